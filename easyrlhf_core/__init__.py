@@ -1,0 +1,10 @@
+"""EasyRLHF core: hook specs, plugin registry, configs, CLI and the run lifecycle.
+
+Nothing heavy is imported here: torch and transformers load only when a run needs them.
+"""
+
+__version__ = "0.1.0"
+
+from .hookspecs import hookimpl  # noqa: E402  (pluggy only; cheap)
+
+__all__ = ["hookimpl", "__version__"]

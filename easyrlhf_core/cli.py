@@ -1,0 +1,194 @@
+"""The ``easyrlhf`` command line (click + rich). No torch import on ``--help`` or ``list-plugins``."""
+
+from __future__ import annotations
+
+import functools
+import json
+import sys
+from typing import Any, Callable
+
+import click
+
+from . import __version__
+from .errors import EasyRLHFError
+
+
+def _fail(message: str, code: int = 2) -> None:
+    click.echo(f"Error: {message}", err=True)
+    sys.exit(code)
+
+
+def handle_errors(func: Callable[..., Any]) -> Callable[..., Any]:
+    """One ``Error: ...`` line and a nonzero exit for bad input; the traceback only with ``--debug``."""
+
+    @functools.wraps(func)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        ctx = click.get_current_context()
+        debug = kwargs.get("debug") or (ctx.obj or {}).get("debug", False)
+        try:
+            return func(*args, **kwargs)
+        except EasyRLHFError as exc:
+            if debug:
+                raise
+            _fail(str(exc))
+        except KeyboardInterrupt:
+            click.echo("Interrupted.", err=True)
+            sys.exit(130)
+        except Exception as exc:  # an unexpected failure: still one line unless --debug
+            if debug:
+                raise
+            _fail(f"{type(exc).__name__}: {exc} (run again with --debug for the traceback)", code=1)
+
+    return wrapper
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="easyrlhf")
+@click.option("--debug", is_flag=True, help="Show full tracebacks on errors.")
+@click.pass_context
+def cli(ctx: click.Context, debug: bool) -> None:
+    """EasyRLHF: align language models with SFT, reward models, PPO, DPO, IPO and RRHF.
+
+    \b
+    easyrlhf list-plugins
+    easyrlhf run --method dpo --dataset hh-rlhf --max-steps 20
+    """
+    ctx.obj = {"debug": debug}
+
+
+@cli.command("list-plugins")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of tables.")
+@handle_errors
+def list_plugins(as_json: bool) -> None:
+    """List installed plugins and the methods, datasets and reward functions they provide."""
+    from .registry import get_registry
+
+    registry = get_registry()
+    data = registry.as_dict()
+    if as_json:
+        click.echo(json.dumps(data, indent=2))
+        return
+    from rich.console import Console
+    from rich.table import Table
+
+    console = Console()
+    for kind in ("methods", "datasets", "rewards"):
+        table = Table(title=kind.capitalize(), title_justify="left")
+        for col in ("name", "description", "plugin", "package", "version"):
+            table.add_column(col)
+        for entry in data[kind]:
+            table.add_row(*(str(entry.get(c, "")) for c in ("name", "description", "plugin", "package", "version")))
+        console.print(table)
+    table = Table(title="Plugins", title_justify="left")
+    for col in ("plugin", "package", "version", "status", "error"):
+        table.add_column(col)
+    for plugin in data["plugins"]:
+        status = "[green]ok[/green]" if plugin["status"] == "ok" else "[red]error[/red]"
+        table.add_row(plugin["name"], plugin["package"], plugin["version"], status, plugin["error"] or "")
+    console.print(table)
+
+
+# Flags that set config keys: flag name -> config key.
+_FLAG_KEYS = {
+    "model": "model",
+    "dataset": "dataset",
+    "data_files": "data_files",
+    "max_steps": "max_steps",
+    "output_dir": "output_dir",
+    "precision": "precision",
+    "deepspeed": "deepspeed",
+    "reward_model": "reward_model",
+    "reward": "reward",
+    "seed": "seed",
+}
+_BOOL_FLAG_KEYS = {
+    "lora": "lora.enabled",
+    "save_adapter_only": "save_adapter_only",
+    "gradient_checkpointing": "gradient_checkpointing",
+    "trust_remote_code": "trust_remote_code",
+}
+
+
+def config_options(func: Callable[..., Any]) -> Callable[..., Any]:
+    """The options shared by ``run`` and ``show-config``."""
+    options = [
+        click.option("--method", "-m", help="Alignment method (see `easyrlhf list-plugins`)."),
+        click.option("--config", "-c", "config_file", type=click.Path(dir_okay=False),
+                     help="YAML config file (method defaults < this file < flags < --set)."),
+        click.option("--set", "set_options", multiple=True, metavar="KEY=VALUE",
+                     help="Override any config key, e.g. --set beta=0.2 --set lora.r=8 (repeatable)."),
+    ]
+    for opt in reversed(options):
+        func = opt(func)
+    return func
+
+
+@cli.command("run")
+@config_options
+@click.option("--model", help="Hub id, model directory or .gguf file (default: embedded SmolLM2-135M-Instruct).")
+@click.option("--dataset", help="Dataset plugin (default: hh-rlhf, embedded sample).")
+@click.option("--data-files", help="Comma-separated local data files for the dataset plugin.")
+@click.option("--max-steps", type=int, help="Stop after N optimizer steps.")
+@click.option("--output-dir", "-o", help="Run directory (default: runs/<method>-<timestamp>).")
+@click.option("--seed", type=int, help="Random seed.")
+@click.option("--lora", is_flag=True, default=None, help="Train LoRA adapters (peft) instead of all weights.")
+@click.option("--save-adapter-only", is_flag=True, default=None, help="With --lora: save the adapter, not the merged model.")
+@click.option("--precision", type=click.Choice(["auto", "fp32", "bf16", "fp16"]), help="Training precision.")
+@click.option("--gradient-checkpointing", is_flag=True, default=None, help="Recompute activations to save memory.")
+@click.option("--deepspeed", help="DeepSpeed JSON config (e.g. configs/deepspeed/zero2.json).")
+@click.option("--reward-model", help="Reward model directory (methods that score generations).")
+@click.option("--reward", help="Registered reward function name (methods that score generations).")
+@click.option("--trust-remote-code", is_flag=True, default=None, help="Allow custom model code (off by default).")
+@click.option("--overwrite", is_flag=True, help="Replace a non-empty output directory.")
+@click.option("--resume", is_flag=True, help="Continue the run in --output-dir from its latest checkpoint.")
+@click.option("--debug", is_flag=True, help="Show full tracebacks on errors.")
+@handle_errors
+def run_command(method: str | None, config_file: str | None, set_options: tuple[str, ...], overwrite: bool,
+                resume: bool, debug: bool, **flags: Any) -> None:
+    """Train a model with one alignment method."""
+    from .run import RunRequest, execute, prepare
+
+    request = RunRequest(method=method, config_file=config_file, flags=_flag_values(flags),
+                         set_options=list(set_options), overwrite=overwrite, resume=resume)
+    run = prepare(request)
+    execute(run)
+
+
+def _flag_values(flags: dict[str, Any]) -> dict[str, Any]:
+    values: dict[str, Any] = {}
+    for name, key in _FLAG_KEYS.items():
+        if flags.get(name) is not None:
+            value = flags[name]
+            if name == "data_files":
+                value = [v.strip() for v in value.split(",") if v.strip()]
+            values[key] = value
+    for name, key in _BOOL_FLAG_KEYS.items():
+        if flags.get(name):
+            values[key] = True
+    return values
+
+
+@cli.command("show-config")
+@config_options
+@click.option("--no-comments", is_flag=True, help="Leave out the help text above each option.")
+@handle_errors
+def show_config(method: str | None, config_file: str | None, set_options: tuple[str, ...],
+                no_comments: bool) -> None:
+    """Print the effective config of a method as YAML (defaults, then --config and --set applied)."""
+    from .config import config_to_yaml
+    from .run import RunRequest, resolve
+
+    request = RunRequest(method=method, config_file=config_file, set_options=list(set_options))
+    method_obj, config = resolve(request)
+    text = f"method: {method_obj.name}\n" + config_to_yaml(config, comments=not no_comments)
+    if not no_comments:
+        text = f"# {method_obj.name}: {method_obj.description}\n" + text
+    click.echo(text, nl=False)
+
+
+def main() -> None:
+    cli(prog_name="easyrlhf")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,416 @@
+"""Method configs: typed dataclasses with ``help`` metadata, merged from layers with provenance.
+
+Precedence: method defaults < ``--config`` file < flags < ``--set key=value``. Every value is checked
+against its field's type before any model loads; an error names the file and line (or the flag) that
+set the bad value, with a did-you-mean for unknown keys.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, Union
+
+import yaml
+
+from .errors import ConfigError
+
+
+def option(default: Any = dataclasses.MISSING, help: str = "", **kwargs: Any) -> Any:
+    """A dataclass field with ``help`` text: ``beta: float = option(0.1, "KL strength")``."""
+    if isinstance(default, (list, dict, set)) or dataclasses.is_dataclass(default):
+        value = default
+        return field(default_factory=lambda: _copy(value), metadata={"help": help}, **kwargs)
+    return field(default=default, metadata={"help": help}, **kwargs)
+
+
+def _copy(value: Any) -> Any:
+    import copy
+
+    return copy.deepcopy(value)
+
+
+def invalid(key: str, message: str) -> ConfigError:
+    """A validation error about ``key``, raised from ``__post_init__``; the loader adds where it was set."""
+    err = ConfigError(f"'{key}' {message}")
+    err.key = key  # type: ignore[attr-defined]
+    return err
+
+
+# --------------------------------------------------------------------------------------------------
+# Shared option groups
+
+
+@dataclass
+class LoraOptions:
+    """Low-rank adapters (peft)."""
+
+    enabled: bool = option(False, "Train LoRA adapters instead of all weights (--lora).")
+    r: int = option(16, "Adapter rank.")
+    alpha: int = option(32, "Adapter scaling (lora_alpha).")
+    dropout: float = option(0.05, "Dropout on the adapter input.")
+    target_modules: list[str] = option(["all-linear"], "Module names to adapt, or 'all-linear'.")
+
+    def __post_init__(self) -> None:
+        if self.r <= 0:
+            raise invalid("lora.r", "must be a positive integer")
+        if not 0.0 <= self.dropout < 1.0:
+            raise invalid("lora.dropout", "must be in [0, 1)")
+        if not self.target_modules:
+            raise invalid("lora.target_modules", "name at least one module, or use ['all-linear']")
+
+
+@dataclass
+class BaseConfig:
+    """Options every training method shares: model, data, output, optimisation, precision, LoRA."""
+
+    # model
+    model: str | None = option(None, "Hub id, local transformers directory or .gguf file; "
+                                     "empty: the embedded SmolLM2-135M-Instruct.")
+    trust_remote_code: bool = option(False, "Allow custom model code from the model repository.")
+    # data
+    dataset: str = option("hh-rlhf", "Dataset plugin name (see `easyrlhf list-plugins`).")
+    data_files: list[str] = option([], "Local data files for the dataset plugin; empty: its default source.")
+    eval_fraction: float = option(0.05, "Fraction of the data held out for evaluation when no eval split exists.")
+    max_train_samples: int | None = option(None, "Use at most this many training examples.")
+    max_eval_samples: int | None = option(200, "Use at most this many evaluation examples.")
+    skip_bad_rows: bool = option(False, "Skip (and count) malformed data rows instead of stopping.")
+    columns: dict[str, str] = option({}, "Map our field names to the file's column names, e.g. {prompt: question}.")
+    max_length: int = option(512, "Maximum tokens per example (prompt + completion).")
+    # output and logging
+    output_dir: str | None = option(None, "Run directory; empty: runs/<method>-<timestamp>.")
+    logging_steps: int = option(1, "Log metrics every N optimizer steps.")
+    eval_steps: int | None = option(None, "Evaluate every N steps; empty: only at the end.")
+    save_steps: int = option(100, "Save a checkpoint every N steps (0: never).")
+    save_total_limit: int = option(2, "Keep at most this many checkpoints.")
+    report_to: list[str] = option([], "Extra loggers for the HF integrations, e.g. [tensorboard, wandb].")
+    # optimisation
+    seed: int = option(42, "Random seed for data order, initialisation and sampling.")
+    max_steps: int = option(-1, "Stop after N optimizer steps (-1: run num_train_epochs).")
+    num_train_epochs: float = option(1.0, "Epochs over the training data when max_steps is -1.")
+    learning_rate: float = option(1e-5, "Peak learning rate.")
+    lr_scheduler_type: str = option("linear", "transformers scheduler name (linear, cosine, constant, ...).")
+    warmup_ratio: float = option(0.0, "Fraction of steps for linear warm-up.")
+    weight_decay: float = option(0.0, "AdamW weight decay.")
+    max_grad_norm: float = option(1.0, "Gradient clipping norm.")
+    per_device_train_batch_size: int = option(4, "Examples per device per forward pass.")
+    per_device_eval_batch_size: int = option(4, "Evaluation examples per device per forward pass.")
+    gradient_accumulation_steps: int = option(1, "Forward passes per optimizer step.")
+    # hardware
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = option(
+        "auto", "auto: fp32 on CPU, bf16 (or fp16) on GPUs that support it.")
+    gradient_checkpointing: bool = option(False, "Recompute activations to save memory.")
+    deepspeed: str | None = option(None, "DeepSpeed JSON config, e.g. configs/deepspeed/zero2.json.")
+    # adapters
+    lora: LoraOptions = option(LoraOptions(), "LoRA adapters (peft).")
+    save_adapter_only: bool = option(False, "With LoRA: save only the adapter in model/ instead of the merged model.")
+
+    def __post_init__(self) -> None:
+        positive = ("per_device_train_batch_size", "per_device_eval_batch_size", "gradient_accumulation_steps",
+                    "max_length", "logging_steps", "save_total_limit")
+        for key in positive:
+            if getattr(self, key) <= 0:
+                raise invalid(key, "must be a positive integer")
+        if self.max_steps == 0 or self.max_steps < -1:
+            raise invalid("max_steps", "must be a positive integer, or -1 to run num_train_epochs")
+        if self.learning_rate <= 0:
+            raise invalid("learning_rate", "must be > 0")
+        if not 0.0 <= self.eval_fraction < 1.0:
+            raise invalid("eval_fraction", "must be in [0, 1)")
+        if self.save_steps < 0:
+            raise invalid("save_steps", "must be >= 0 (0: never)")
+        if self.eval_steps is not None and self.eval_steps <= 0:
+            raise invalid("eval_steps", "must be a positive integer, or empty")
+        if self.save_adapter_only and not self.lora.enabled:
+            raise invalid("save_adapter_only", "needs LoRA: add --lora (or lora.enabled: true)")
+        if self.deepspeed is not None and not Path(self.deepspeed).is_file():
+            raise invalid("deepspeed", f"file not found: {self.deepspeed}")
+
+
+# --------------------------------------------------------------------------------------------------
+# Layers and merging
+
+
+@dataclass
+class Layer:
+    """Values from one source. ``lines`` maps dotted keys to line numbers (config files)."""
+
+    values: dict[str, Any]
+    source: str
+    is_file: bool = False
+    lines: dict[str, int] = field(default_factory=dict)
+
+    def error(self, key: str, message: str) -> ConfigError:
+        if self.is_file:
+            return ConfigError(message, file=self.source, line=self.lines.get(key))
+        return ConfigError(message, where=self.source if self.source != "--set" else f"--set {key}")
+
+
+def load_yaml_layer(path: str | Path) -> Layer:
+    """Read a YAML config file, remembering the line of every key."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError("config file not found; check the --config path", file=path) from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"not valid UTF-8 ({exc.reason})", file=path) from None
+    try:
+        node = yaml.compose(text, Loader=yaml.SafeLoader)
+        values = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        raise ConfigError(f"invalid YAML: {problem}", file=path,
+                          line=mark.line + 1 if mark is not None else None) from None
+    if values is None:
+        values, node = {}, None
+    if not isinstance(values, dict):
+        raise ConfigError("a config file must be a mapping of option: value", file=path, line=1)
+    lines: dict[str, int] = {}
+    if node is not None:
+        _collect_lines(node, "", lines)
+    return Layer(values=values, source=str(path), is_file=True, lines=lines)
+
+
+def _collect_lines(node: yaml.Node, prefix: str, lines: dict[str, int]) -> None:
+    if isinstance(node, yaml.MappingNode):
+        for key_node, value_node in node.value:
+            key = f"{prefix}{key_node.value}"
+            lines[key] = key_node.start_mark.line + 1
+            _collect_lines(value_node, key + ".", lines)
+
+
+def parse_set_options(pairs: tuple[str, ...] | list[str]) -> Layer:
+    """``("lora.r=8", "beta=0.2")`` -> a nested layer; values are parsed as YAML scalars."""
+    values: dict[str, Any] = {}
+    for pair in pairs:
+        key, sep, raw = pair.partition("=")
+        key = key.strip()
+        if not sep or not key:
+            raise ConfigError(f"expected key=value, got '{pair}'", where="--set")
+        try:
+            value = yaml.safe_load(raw) if raw.strip() else None
+        except yaml.YAMLError:
+            value = raw
+        node = values
+        parts = key.split(".")
+        for part in parts[:-1]:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"'{part}' is set both as a value and as a group", where=f"--set {key}")
+        node[parts[-1]] = _RawString(raw, value)
+    return Layer(values=values, source="--set")
+
+
+class _RawString:
+    """A --set value: parsed as YAML, but the raw text is kept for string fields (``model=007``)."""
+
+    def __init__(self, raw: str, parsed: Any) -> None:
+        self.raw, self.parsed = raw, parsed
+
+
+def resolve_config(cls: type, layers: list[Layer]) -> Any:
+    """Merge ``layers`` over the defaults of dataclass ``cls``; validate types, then ``__post_init__``."""
+    values = _defaults_as_dict(cls)
+    provenance: dict[str, Layer] = {}
+    for layer in layers:
+        _merge(cls, values, layer.values, layer, "", provenance)
+    try:
+        return _build(cls, values)
+    except ConfigError as exc:
+        key = getattr(exc, "key", None)
+        layer = provenance.get(key) if key else None
+        if layer is not None:
+            located = layer.error(key, exc.message)
+            raise located from None
+        raise
+
+
+def _defaults_as_dict(cls: type) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    hints = typing.get_type_hints(cls)
+    for f in dataclasses.fields(cls):
+        if f.default is not dataclasses.MISSING:
+            out[f.name] = f.default
+        elif f.default_factory is not dataclasses.MISSING:  # type: ignore[misc]
+            value = f.default_factory()  # type: ignore[misc]
+            out[f.name] = dataclasses.asdict(value) if dataclasses.is_dataclass(value) else value
+        elif dataclasses.is_dataclass(hints[f.name]):
+            out[f.name] = _defaults_as_dict(hints[f.name])
+    return out
+
+
+def _merge(cls: type, target: dict, incoming: dict, layer: Layer, prefix: str,
+           provenance: dict[str, Layer]) -> None:
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls)]
+    for key, value in incoming.items():
+        dotted = f"{prefix}{key}"
+        if key not in names:
+            close = difflib.get_close_matches(str(key), names, n=1, cutoff=0.6)
+            hint = f" (did you mean '{prefix}{close[0]}'?)" if close else ""
+            raise layer.error(dotted, f"unknown option '{dotted}'{hint}; "
+                                      f"`easyrlhf show-config --method ...` lists the options")
+        hint_type = hints[key]
+        if dataclasses.is_dataclass(hint_type):
+            if isinstance(value, _RawString):
+                value = value.parsed
+            if not isinstance(value, dict):
+                raise layer.error(dotted, f"'{dotted}' is a group of options; set its keys, "
+                                          f"e.g. {dotted}.{dataclasses.fields(hint_type)[0].name}")
+            sub = target.get(key)
+            if not isinstance(sub, dict):
+                sub = _defaults_as_dict(hint_type)
+                target[key] = sub
+            _merge(hint_type, sub, value, layer, dotted + ".", provenance)
+            continue
+        target[key] = coerce(value, hint_type, dotted, layer)
+        provenance[dotted] = layer
+
+
+def coerce(value: Any, hint: Any, key: str, layer: Layer) -> Any:
+    """Check ``value`` against type ``hint``; convert the few safe cases (int -> float, str from --set)."""
+    raw = value.raw if isinstance(value, _RawString) else None
+    if isinstance(value, _RawString):
+        value = value.parsed
+    ok, result = _check(value, hint, raw)
+    if not ok:
+        raise layer.error(key, f"'{key}' must be {_type_name(hint)}, got {value!r}")
+    return result
+
+
+def _check(value: Any, hint: Any, raw: str | None) -> tuple[bool, Any]:
+    origin = typing.get_origin(hint)
+    args = typing.get_args(hint)
+    if hint is Any:
+        return True, value
+    if origin in (Union, types.UnionType):
+        if value is None and type(None) in args:
+            return True, None
+        for arg in args:
+            if arg is type(None):
+                continue
+            ok, result = _check(value, arg, raw)
+            if ok:
+                return True, result
+        return False, None
+    if origin is Literal:
+        return (value in args, value)
+    if hint is bool:
+        return (isinstance(value, bool), value)
+    if hint is int:
+        return (isinstance(value, int) and not isinstance(value, bool), value)
+    if hint is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return True, float(value)
+        if isinstance(value, str):  # YAML reads 1e-5 as a string
+            try:
+                return True, float(value)
+            except ValueError:
+                return False, None
+        return False, None
+    if hint is str:
+        if isinstance(value, str):
+            return True, value
+        if raw is not None and value is not None:
+            return True, raw.strip()
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return True, str(value)
+        return False, None
+    if origin is list:
+        (item,) = args or (Any,)
+        if isinstance(value, str) and raw is not None:  # --set data_files=a.jsonl,b.jsonl
+            value = [v.strip() for v in value.split(",") if v.strip()]
+        if not isinstance(value, list):
+            return False, None
+        out = []
+        for v in value:
+            ok, r = _check(v, item, None)
+            if not ok:
+                return False, None
+            out.append(r)
+        return True, out
+    if origin is dict:
+        key_t, val_t = args or (Any, Any)
+        if not isinstance(value, dict):
+            return False, None
+        out_d = {}
+        for k, v in value.items():
+            ok_k, rk = _check(k, key_t, None)
+            ok_v, rv = _check(v, val_t, None)
+            if not (ok_k and ok_v):
+                return False, None
+            out_d[rk] = rv
+        return True, out_d
+    return (isinstance(value, hint), value) if isinstance(hint, type) else (True, value)
+
+
+def _type_name(hint: Any) -> str:
+    origin = typing.get_origin(hint)
+    args = typing.get_args(hint)
+    if origin in (Union, types.UnionType):
+        names = [_type_name(a) for a in args if a is not type(None)]
+        return " or ".join(names) + (" or empty (null)" if type(None) in args else "")
+    if origin is Literal:
+        return "one of " + ", ".join(repr(a) for a in args)
+    if origin is list:
+        return f"a list of {_type_name(args[0]) if args else 'values'}"
+    if origin is dict:
+        return "a mapping"
+    return {bool: "true or false", int: "an integer", float: "a number", str: "a string"}.get(
+        hint, getattr(hint, "__name__", str(hint)))
+
+
+def _build(cls: type, values: dict[str, Any]) -> Any:
+    hints = typing.get_type_hints(cls)
+    kwargs = {}
+    for f in dataclasses.fields(cls):
+        if f.name not in values:
+            continue
+        value = values[f.name]
+        if dataclasses.is_dataclass(hints[f.name]) and isinstance(value, dict):
+            value = _build(hints[f.name], value)
+        kwargs[f.name] = value
+    return cls(**kwargs)
+
+
+# --------------------------------------------------------------------------------------------------
+# Output
+
+
+def config_to_dict(config: Any) -> dict[str, Any]:
+    """A plain nested dict of a config dataclass (YAML/JSON friendly)."""
+    return dataclasses.asdict(config)
+
+
+def config_to_yaml(config: Any, comments: bool = True) -> str:
+    """YAML for a config, each option preceded by its help text when ``comments``."""
+    lines: list[str] = []
+    _emit(config, lines, indent="", comments=comments)
+    return "\n".join(lines) + "\n"
+
+
+def _emit(config: Any, lines: list[str], indent: str, comments: bool) -> None:
+    for f in dataclasses.fields(config):
+        value = getattr(config, f.name)
+        help_text = f.metadata.get("help", "")
+        if comments and help_text:
+            lines.append(f"{indent}# {help_text}")
+        if dataclasses.is_dataclass(value):
+            lines.append(f"{indent}{f.name}:")
+            _emit(value, lines, indent + "  ", comments)
+            continue
+        dumped = yaml.safe_dump({f.name: value}, default_flow_style=True, sort_keys=False, width=10_000)
+        dumped = dumped.strip()
+        if dumped.startswith("{") and dumped.endswith("}"):
+            dumped = dumped[1:-1]
+        lines.append(f"{indent}{dumped}")
+
+
+def field_names(cls: type) -> list[str]:
+    return [f.name for f in dataclasses.fields(cls)]

@@ -1,0 +1,42 @@
+"""The one error type users see: a message, and where the bad input is."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+
+class EasyRLHFError(Exception):
+    """Bad input or setup, reported as one line: ``Error: <where>: <what is wrong and how to fix it>``.
+
+    ``where`` is ``file:line`` for a file, or a flag such as ``--set`` for command-line input.
+    """
+
+    def __init__(self, message: str, *, file: str | Path | None = None, line: int | None = None,
+                 where: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.file = str(file) if file is not None else None
+        self.line = line
+        self.where = where
+
+    @property
+    def location(self) -> str | None:
+        if self.file is not None:
+            return f"{self.file}:{self.line}" if self.line is not None else self.file
+        return self.where
+
+    def __str__(self) -> str:
+        loc = self.location
+        return f"{loc}: {self.message}" if loc else self.message
+
+
+class ConfigError(EasyRLHFError):
+    """A config value is unknown, of the wrong type, or fails validation."""
+
+
+class DataError(EasyRLHFError):
+    """A data file cannot be read or a row does not have the expected shape."""
+
+
+class PluginError(EasyRLHFError):
+    """A plugin is missing, broken, or collides with another one."""

@@ -1,0 +1,201 @@
+"""Plugin discovery: entry points of group ``easyrlhf`` -> a pluggy manager -> a registry of names.
+
+Each entry point loads in its own ``try``: a broken plugin is listed with status ``error`` and only the
+commands that need it fail. Nothing is loaded at import time; call :func:`get_registry`.
+"""
+
+from __future__ import annotations
+
+import difflib
+import importlib.metadata as metadata
+from dataclasses import dataclass, field
+from typing import Any, Callable, Generic, TypeVar
+
+import pluggy
+
+from . import hookspecs
+from .errors import PluginError
+
+ENTRY_POINT_GROUP = "easyrlhf"
+KINDS = ("methods", "datasets", "rewards")
+_KIND_SINGULAR = {"methods": "method", "datasets": "dataset", "rewards": "reward function"}
+_KIND_FLAG = {"methods": "--method", "datasets": "--dataset", "rewards": "--reward"}
+
+T = TypeVar("T")
+
+
+@dataclass
+class PluginInfo:
+    """One plugin: where it comes from and whether it loaded."""
+
+    name: str
+    package: str
+    version: str
+    status: str = "ok"
+    error: str | None = None
+    description: str = ""
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"name": self.name, "plugin": self.name, "package": self.package, "version": self.version,
+                "description": self.description, "status": self.status, "error": self.error}
+
+
+@dataclass
+class Entry(Generic[T]):
+    """A registered method, dataset or reward class and the plugin that provides it."""
+
+    name: str
+    obj: T
+    plugin: PluginInfo
+
+    def as_dict(self) -> dict[str, Any]:
+        data = {"name": self.name, "plugin": self.plugin.name, "package": self.plugin.package,
+                "version": self.plugin.version, "description": getattr(self.obj, "description", "")}
+        shapes = getattr(self.obj, "shapes", None)
+        if shapes is not None:
+            data["shapes"] = sorted(str(s) for s in shapes)
+        shape = getattr(self.obj, "shape", None)
+        if "shapes" not in data and hasattr(self.obj, "config_class"):
+            data["shape"] = str(shape) if shape is not None else None
+        return data
+
+
+@dataclass
+class Registry:
+    """Everything the installed plugins provide, by kind and name."""
+
+    plugins: list[PluginInfo] = field(default_factory=list)
+    methods: dict[str, Entry] = field(default_factory=dict)
+    datasets: dict[str, Entry] = field(default_factory=dict)
+    rewards: dict[str, Entry] = field(default_factory=dict)
+    #: (kind, name) -> the entries that claim the same name
+    conflicts: dict[tuple[str, str], list[Entry]] = field(default_factory=dict)
+
+    def get(self, kind: str, name: str) -> Any:
+        """The class registered as ``name``, or a :class:`PluginError` with a did-you-mean."""
+        entries: dict[str, Entry] = getattr(self, kind)
+        what = _KIND_SINGULAR[kind]
+        if (kind, name) in self.conflicts:
+            owners = " and ".join(f"{e.plugin.package} (plugin {e.plugin.name})"
+                                  for e in self.conflicts[(kind, name)])
+            raise PluginError(f"{what} '{name}' is registered by two plugins: {owners}; uninstall one of them",
+                              where=_KIND_FLAG[kind])
+        if name not in entries:
+            raise PluginError(unknown_name_message(what, name, list(entries)), where=_KIND_FLAG[kind])
+        return entries[name].obj
+
+    def as_dict(self) -> dict[str, list[dict[str, Any]]]:
+        return {"plugins": [p.as_dict() for p in self.plugins],
+                **{kind: [e.as_dict() for e in getattr(self, kind).values()] for kind in KINDS}}
+
+
+def unknown_name_message(what: str, name: str, known: list[str]) -> str:
+    """``unknown method 'dpp' (did you mean 'dpo'?); available: ...``"""
+    close = difflib.get_close_matches(name, known, n=1, cutoff=0.5)
+    hint = f" (did you mean '{close[0]}'?)" if close else ""
+    available = ", ".join(sorted(known)) or "none installed"
+    return f"unknown {what} '{name}'{hint}; available: {available}"
+
+
+def _first_line(doc: str | None) -> str:
+    return (doc or "").strip().splitlines()[0] if (doc or "").strip() else ""
+
+
+def _distribution_of(ep: metadata.EntryPoint) -> tuple[str, str]:
+    dist = getattr(ep, "dist", None)
+    if dist is None:
+        return "unknown", "unknown"
+    return dist.metadata["Name"] or dist.name, dist.version
+
+
+def build_registry(extra_plugins: list[tuple[str, object]] | None = None) -> Registry:
+    """Load every ``easyrlhf`` entry point (plus ``extra_plugins``, e.g. from tests) into a registry."""
+    pm = pluggy.PluginManager(ENTRY_POINT_GROUP)
+    pm.add_hookspecs(hookspecs)
+    registry = Registry()
+    loaded: list[tuple[PluginInfo, object]] = []
+    seen: set[str] = set()
+    for ep in sorted(metadata.entry_points(group=ENTRY_POINT_GROUP), key=lambda e: e.name):
+        if ep.name in seen:  # the same distribution visible twice on sys.path
+            continue
+        seen.add(ep.name)
+        package, version = _distribution_of(ep)
+        info = PluginInfo(name=ep.name, package=package, version=version)
+        registry.plugins.append(info)
+        try:
+            module = ep.load()
+            pm.register(module, name=ep.name)
+            info.description = _first_line(module.__doc__)
+        except Exception as exc:  # a broken plugin must not break the others
+            info.status, info.error = "error", f"{type(exc).__name__}: {exc}"
+            continue
+        loaded.append((info, module))
+    for name, plugin in extra_plugins or []:
+        info = PluginInfo(name=name, package=getattr(plugin, "__package_name__", name),
+                          version=getattr(plugin, "__version__", "0"), description=_first_line(plugin.__doc__))
+        registry.plugins.append(info)
+        pm.register(plugin, name=name)
+        loaded.append((info, plugin))
+
+    all_plugins = [p for _, p in loaded]
+    for info, plugin in loaded:
+        others = [p for p in all_plugins if p is not plugin]
+        for kind in KINDS:
+            caller = pm.subset_hook_caller(f"register_{kind}", remove_plugins=others)
+            try:
+                caller(register=_registrar(registry, kind, info))
+            except Exception as exc:
+                info.status, info.error = "error", f"register_{kind} failed: {type(exc).__name__}: {exc}"
+    return registry
+
+
+def _registrar(registry: Registry, kind: str, info: PluginInfo) -> Callable[[Any], None]:
+    entries: dict[str, Entry] = getattr(registry, kind)
+
+    def register(obj: Any) -> None:
+        name = getattr(obj, "name", None)
+        if not isinstance(name, str) or not name:
+            raise PluginError(f"{_KIND_SINGULAR[kind]} {obj!r} has no 'name'")
+        entry = Entry(name=name, obj=obj, plugin=info)
+        if name in entries and entries[name].plugin is not info:
+            first = entries[name]
+            registry.conflicts.setdefault((kind, name), [first]).append(entry)
+            info.status = "error"
+            info.error = (f"{_KIND_SINGULAR[kind]} '{name}' is also registered by "
+                          f"{first.plugin.package} (plugin {first.plugin.name})")
+            return
+        entries[name] = entry
+
+    return register
+
+
+_registry: Registry | None = None
+_extra: list[tuple[str, object]] = []
+
+
+def get_registry() -> Registry:
+    """The process-wide registry, built on first use."""
+    global _registry
+    if _registry is None:
+        _registry = build_registry(_extra)
+    return _registry
+
+
+def register_plugin(name: str, plugin: object) -> None:
+    """Add a plugin object by hand (tests, notebooks). Resets the cached registry."""
+    global _registry
+    _extra.append((name, plugin))
+    _registry = None
+
+
+def unregister_plugin(name: str) -> None:
+    """Remove a plugin added with :func:`register_plugin`."""
+    global _registry
+    _extra[:] = [(n, p) for n, p in _extra if n != name]
+    _registry = None
+
+
+def reset_registry() -> None:
+    """Forget the cached registry (after installing or faking a distribution)."""
+    global _registry
+    _registry = None

@@ -1,0 +1,253 @@
+"""The run lifecycle: resolve method and config, load data, claim the output dir, train, write outputs.
+
+Everything that can be checked is checked before a model loads and before anything is written:
+unknown methods and options, wrong types, data that does not parse, an output dir already in use.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .api import Method, RewardFunction
+from .config import BaseConfig, Layer, config_to_yaml, load_yaml_layer, parse_set_options, resolve_config
+from .errors import ConfigError, DataError, EasyRLHFError
+from .progress import ProgressReporter
+from .registry import Registry, get_registry
+from .shapes import SHAPE_DESCRIPTIONS, DataOptions, DataSplits, Shape
+
+CONFIG_FILE = "config.yaml"
+METRICS_FILE = "metrics.jsonl"
+MODEL_DIR = "model"
+CHECKPOINTS_DIR = "checkpoints"
+
+
+@dataclass
+class RunRequest:
+    """What the user asked for on the command line."""
+
+    method: str | None
+    config_file: str | None = None
+    flags: dict[str, Any] = field(default_factory=dict)  # config key -> value, from dedicated flags
+    set_options: list[str] = field(default_factory=list)
+    overwrite: bool = False
+    resume: bool = False
+
+
+def is_main_process() -> bool:
+    """True on the rank that writes outputs (rank 0, or a single process)."""
+    return int(os.environ.get("RANK", "0")) == 0
+
+
+class Run:
+    """A run in progress: what a method's ``train`` gets."""
+
+    def __init__(self, method: Method, config: BaseConfig, output_dir: Path, data: DataSplits | None,
+                 registry: Registry, resume: bool = False, progress: ProgressReporter | None = None) -> None:
+        self.method = method
+        self.config = config
+        self.output_dir = output_dir
+        self.data = data
+        self.registry = registry
+        self.resume = resume
+        self.is_main_process = is_main_process()
+        self.progress = progress or ProgressReporter(enabled=self.is_main_process)
+        self.started = time.time()
+
+    # -- paths -------------------------------------------------------------------------------------
+    @property
+    def metrics_path(self) -> Path:
+        return self.output_dir / METRICS_FILE
+
+    @property
+    def model_dir(self) -> Path:
+        return self.output_dir / MODEL_DIR
+
+    @property
+    def checkpoints_dir(self) -> Path:
+        return self.output_dir / CHECKPOINTS_DIR
+
+    # -- reporting ---------------------------------------------------------------------------------
+    def log(self, message: str) -> None:
+        """A line in the run log (stderr), on the main process only."""
+        if self.is_main_process:
+            print(f"[easyrlhf] {message}", file=sys.stderr, flush=True)
+
+    def log_metrics(self, step: int, metrics: dict[str, Any]) -> None:
+        """Append one JSON object to ``metrics.jsonl`` and show it in the progress display."""
+        if not self.is_main_process:
+            return
+        clean = {k: _jsonable(v) for k, v in metrics.items()}
+        record = {"step": int(step), **{k: v for k, v in clean.items() if k != "step"}}
+        with self.metrics_path.open("a", encoding="utf-8") as fh:
+            fh.write(json.dumps(record) + "\n")
+        self.progress.update(step, record)
+
+    # -- outputs -----------------------------------------------------------------------------------
+    def save_model(self, model: Any, tokenizer: Any) -> Path:
+        """Save the trained model (merged LoRA unless ``save_adapter_only``) and tokenizer to ``model/``."""
+        from .models import save_model
+
+        if self.is_main_process:
+            save_model(model, tokenizer, self.model_dir, merge_lora=not self.config.save_adapter_only)
+            self.log(f"saved model to {self.model_dir}")
+        return self.model_dir
+
+    def reward_function(self, name: str, **options: Any) -> RewardFunction:
+        """Instantiate the reward function registered as ``name``."""
+        cls = self.registry.get("rewards", name)
+        return cls(**options)
+
+
+def _jsonable(value: Any) -> Any:
+    if hasattr(value, "item") and callable(value.item):
+        try:
+            return value.item()
+        except (ValueError, RuntimeError):
+            pass
+    if isinstance(value, float) and (value != value or value in (float("inf"), float("-inf"))):
+        return str(value)
+    if isinstance(value, (str, int, float, bool)) or value is None:
+        return value
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, dict):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    return str(value)
+
+
+# --------------------------------------------------------------------------------------------------
+# Steps of a run
+
+
+def resolve(request: RunRequest, registry: Registry | None = None) -> tuple[Method, BaseConfig]:
+    """The method instance and its validated config, from defaults < file < flags < --set."""
+    registry = registry or get_registry()
+    layers: list[Layer] = []
+    method_name = request.method
+    if request.config_file:
+        file_layer = load_yaml_layer(request.config_file)
+        file_method = file_layer.values.pop("method", None)
+        if method_name is None:
+            method_name = file_method
+        layers.append(file_layer)
+    if not method_name:
+        raise ConfigError("no method given; pass --method NAME (see `easyrlhf list-plugins`)", where="--method")
+    method_cls = registry.get("methods", method_name)
+    config_cls = method_cls.config_class
+    if request.flags:
+        for key in request.flags:
+            if key.split(".")[0] not in {f for f in config_cls.__dataclass_fields__}:
+                flag = "--" + key.split(".")[0].replace("_", "-")
+                raise ConfigError(f"method '{method_name}' has no option '{key}'", where=flag)
+        layers.append(Layer(values=_nest(request.flags), source="flags"))
+    if request.set_options:
+        layers.append(parse_set_options(request.set_options))
+    # Flags get their own error location: the flag name.
+    config = _resolve_with_flag_locations(config_cls, layers)
+    return method_cls(), config
+
+
+def _nest(flat: dict[str, Any]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in flat.items():
+        node = out
+        parts = key.split(".")
+        for part in parts[:-1]:
+            node = node.setdefault(part, {})
+        node[parts[-1]] = value
+    return out
+
+
+def _resolve_with_flag_locations(config_cls: type, layers: list[Layer]) -> BaseConfig:
+    class _FlagLayer(Layer):
+        def error(self, key: str, message: str) -> ConfigError:  # name the flag, not "flags"
+            return ConfigError(message, where="--" + key.split(".")[-1].replace("_", "-"))
+
+    fixed = [(_FlagLayer(values=l.values, source=l.source) if l.source == "flags" else l) for l in layers]
+    return resolve_config(config_cls, fixed)
+
+
+def load_data(method: Method, config: BaseConfig, registry: Registry) -> DataSplits | None:
+    """Load the method's data shape from the configured dataset plugin (before any model loads)."""
+    shape = method.shape
+    if shape is None:
+        return None
+    dataset_cls = registry.get("datasets", config.dataset)
+    if shape not in dataset_cls.shapes:
+        offers = ", ".join(SHAPE_DESCRIPTIONS[s] for s in sorted(dataset_cls.shapes, key=str)) or "nothing"
+        needs = [name for name, e in registry.datasets.items() if shape in e.obj.shapes]
+        raise ConfigError(f"method '{method.name}' needs {SHAPE_DESCRIPTIONS[shape]}, but dataset "
+                          f"'{config.dataset}' yields {offers}; use one of: {', '.join(sorted(needs))}",
+                          where="--dataset")
+    options = DataOptions(shape=shape, data_files=list(config.data_files), eval_fraction=config.eval_fraction,
+                          max_train_samples=config.max_train_samples, max_eval_samples=config.max_eval_samples,
+                          skip_bad_rows=config.skip_bad_rows, columns=dict(config.columns), seed=config.seed)
+    splits = dataset_cls().load(options)
+    if not splits.train:
+        raise DataError(f"dataset '{config.dataset}' gave no training examples of shape '{shape}'",
+                        where="--dataset")
+    return splits
+
+
+def default_output_dir(method_name: str) -> Path:
+    return Path("runs") / f"{method_name}-{time.strftime('%Y%m%d-%H%M%S')}"
+
+
+def check_output_dir(path: Path, overwrite: bool, resume: bool) -> None:
+    """Refuse a non-empty ``path`` unless ``overwrite`` or ``resume``; touch nothing."""
+    if resume and overwrite:
+        raise ConfigError("--resume and --overwrite contradict each other; pick one", where="--resume")
+    if path.exists() and not path.is_dir():
+        raise EasyRLHFError("the output path exists and is not a directory; choose another --output-dir",
+                            where=str(path))
+    non_empty = path.is_dir() and any(path.iterdir())
+    if non_empty and not (overwrite or resume):
+        raise EasyRLHFError("output directory is not empty; pass --overwrite to replace it, --resume to "
+                            "continue its run, or choose another --output-dir", where=str(path))
+    if resume and not non_empty:
+        raise EasyRLHFError("--resume needs an existing run directory; none found here", where=str(path))
+
+
+def claim_output_dir(path: Path, overwrite: bool) -> None:
+    """Create ``path`` (emptying it first with ``overwrite``); call after :func:`check_output_dir`."""
+    if overwrite and path.is_dir():
+        shutil.rmtree(path)
+    path.mkdir(parents=True, exist_ok=True)
+
+
+def prepare(request: RunRequest, registry: Registry | None = None) -> Run:
+    """Everything before training: validation, data, output dir. Raises :class:`EasyRLHFError`."""
+    registry = registry or get_registry()
+    method, config = resolve(request, registry)
+    output_dir = Path(config.output_dir) if config.output_dir else default_output_dir(method.name)
+    check_output_dir(output_dir, overwrite=request.overwrite, resume=request.resume)
+    data = load_data(method, config, registry)
+    config.output_dir = str(output_dir)
+    if is_main_process():
+        claim_output_dir(output_dir, overwrite=request.overwrite)
+        if not (request.resume and (output_dir / CONFIG_FILE).exists()):
+            text = f"method: {method.name}\n" + config_to_yaml(config, comments=False)
+            (output_dir / CONFIG_FILE).write_text(text, encoding="utf-8")
+    run = Run(method, config, output_dir, data, registry, resume=request.resume)
+    if data is not None:
+        run.log(f"data: {config.dataset} ({data.shape}): {len(data.train)} train / {len(data.eval)} eval examples")
+        for note in data.notes:
+            run.log(f"data: {note}")
+    return run
+
+
+def execute(run: Run) -> None:
+    """Train, then close the progress display."""
+    run.log(f"method: {run.method.name}; output: {run.output_dir}")
+    try:
+        run.method.train(run)
+    finally:
+        run.progress.close()
+    run.log(f"done in {time.time() - run.started:.0f}s; model: {run.model_dir}")

@@ -1,0 +1,60 @@
+"""Shared fixtures: tiny models and tokenizers built locally (never downloaded), offline settings,
+and a CLI runner that resets the plugin registry."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+# Offline and quiet before anything imports transformers / datasets.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+os.environ.setdefault("WANDB_DISABLED", "true")
+os.environ.setdefault("HF_DATASETS_DISABLE_PROGRESS_BARS", "1")
+
+from tests.helpers import build_tiny_causal_lm, build_tiny_tokenizer, run_cli  # noqa: E402
+
+
+@pytest.fixture(autouse=True)
+def _isolated_cache(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each test session gets its own easyrlhf cache dir."""
+    cache = tmp_path_factory.getbasetemp() / "easyrlhf-cache"
+    monkeypatch.setenv("EASYRLHF_CACHE", str(cache))
+
+
+@pytest.fixture(autouse=True)
+def _fresh_registry():
+    from easyrlhf_core import registry
+
+    registry.reset_registry()
+    yield
+    registry.reset_registry()
+
+
+@pytest.fixture(scope="session")
+def tiny_tokenizer_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A byte-level BPE tokenizer (~400 tokens) with a ChatML template; pad == eos like SmolLM2."""
+    out = tmp_path_factory.mktemp("tiny-tokenizer")
+    build_tiny_tokenizer().save_pretrained(out)
+    return out
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A 2-layer random Llama (hidden 32) with the tiny tokenizer, saved like a Hub model dir."""
+    out = tmp_path_factory.mktemp("tiny-llama")
+    tokenizer = build_tiny_tokenizer()
+    model = build_tiny_causal_lm(tokenizer)
+    model.save_pretrained(out)
+    tokenizer.save_pretrained(out)
+    return out
+
+
+@pytest.fixture
+def cli_run():
+    """``cli_run("run", "--method", ...)`` -> click Result with ``exit_code``, ``stdout``, ``stderr``."""
+    return run_cli
