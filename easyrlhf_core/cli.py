@@ -141,17 +141,51 @@ def config_options(func: Callable[..., Any]) -> Callable[..., Any]:
 @click.option("--trust-remote-code", is_flag=True, default=None, help="Allow custom model code (off by default).")
 @click.option("--overwrite", is_flag=True, help="Replace a non-empty output directory.")
 @click.option("--resume", is_flag=True, help="Continue the run in --output-dir from its latest checkpoint.")
+@click.option("--num-processes", type=click.IntRange(min=1), default=1, show_default=True,
+              help="Processes (GPUs) per machine; >1 launches through accelerate (GPU) or torchrun (CPU, gloo).")
+@click.option("--num-machines", type=click.IntRange(min=1), default=1, show_default=True, help="Machines (nodes).")
+@click.option("--machine-rank", type=click.IntRange(min=0), default=0, show_default=True, help="This machine's rank.")
+@click.option("--main-process-ip", help="Address of the rank-0 machine (multi-node).")
+@click.option("--main-process-port", type=int, default=29500, show_default=True, help="Rendezvous port.")
 @click.option("--debug", is_flag=True, help="Show full tracebacks on errors.")
 @handle_errors
 def run_command(method: str | None, config_file: str | None, set_options: tuple[str, ...], overwrite: bool,
-                resume: bool, debug: bool, **flags: Any) -> None:
+                resume: bool, debug: bool, num_processes: int, num_machines: int, machine_rank: int,
+                main_process_ip: str | None, main_process_port: int, **flags: Any) -> None:
     """Train a model with one alignment method."""
+    from .launch import LaunchOptions, is_launched, launch
     from .run import RunRequest, execute, prepare
 
     request = RunRequest(method=method, config_file=config_file, flags=_flag_values(flags),
                          set_options=list(set_options), overwrite=overwrite, resume=resume)
-    run = prepare(request)
+    options = LaunchOptions(num_processes, num_machines, machine_rank, main_process_ip, main_process_port)
+    run = prepare(request)  # validates, loads data and claims the output dir before any rank starts
+    if options.distributed and not is_launched():
+        sys.exit(launch(options, _rank_args(sys.argv[1:], str(run.output_dir))))
     execute(run)
+
+
+_LAUNCHER_OPTIONS = {"--num-processes", "--num-machines", "--machine-rank", "--main-process-ip",
+                     "--main-process-port", "--output-dir", "-o"}
+
+
+def _rank_args(argv: list[str], output_dir: str) -> list[str]:
+    """The parent's arguments for the launched ranks: no launcher options, no --overwrite (done), and
+    the output dir fixed (a default one has a timestamp that must not differ between ranks)."""
+    out: list[str] = []
+    skip = False
+    for arg in argv:
+        if skip:
+            skip = False
+            continue
+        name = arg.split("=", 1)[0]
+        if name in _LAUNCHER_OPTIONS:
+            skip = "=" not in arg
+            continue
+        if arg == "--overwrite":
+            continue
+        out.append(arg)
+    return out + ["--output-dir", output_dir]
 
 
 def _flag_values(flags: dict[str, Any]) -> dict[str, Any]:
@@ -184,6 +218,22 @@ def show_config(method: str | None, config_file: str | None, set_options: tuple[
     if not no_comments:
         text = f"# {method_obj.name}: {method_obj.description}\n" + text
     click.echo(text, nl=False)
+
+
+@cli.command("plot")
+@click.argument("run_dir", type=click.Path(file_okay=False))
+@handle_errors
+def plot_command(run_dir: str) -> None:
+    """Draw PNG curves of a run's metrics into RUN_DIR/plots."""
+    from pathlib import Path
+
+    from .plots import plot_run
+
+    written = plot_run(Path(run_dir))
+    for path in written:
+        click.echo(str(path))
+    if not written:
+        click.echo("no numeric key metrics to plot", err=True)
 
 
 def main() -> None:

@@ -18,6 +18,7 @@ from typing import Any
 from .api import Method, RewardFunction
 from .config import BaseConfig, Layer, config_to_yaml, load_yaml_layer, parse_set_options, resolve_config
 from .errors import ConfigError, DataError, EasyRLHFError
+from .launch import is_launched, world_size
 from .progress import ProgressReporter
 from .registry import Registry, get_registry
 from .shapes import SHAPE_DESCRIPTIONS, DataOptions, DataSplits, Shape
@@ -227,10 +228,12 @@ def prepare(request: RunRequest, registry: Registry | None = None) -> Run:
     registry = registry or get_registry()
     method, config = resolve(request, registry)
     output_dir = Path(config.output_dir) if config.output_dir else default_output_dir(method.name)
-    check_output_dir(output_dir, overwrite=request.overwrite, resume=request.resume)
+    launched = is_launched()  # a rank started by `launch`: the parent already checked and claimed the dir
+    if not launched:
+        check_output_dir(output_dir, overwrite=request.overwrite, resume=request.resume)
     data = load_data(method, config, registry)
     config.output_dir = str(output_dir)
-    if is_main_process():
+    if not launched and is_main_process():
         claim_output_dir(output_dir, overwrite=request.overwrite)
         if not (request.resume and (output_dir / CONFIG_FILE).exists()):
             text = f"method: {method.name}\n" + config_to_yaml(config, comments=False)
@@ -246,8 +249,31 @@ def prepare(request: RunRequest, registry: Registry | None = None) -> Run:
 def execute(run: Run) -> None:
     """Train, then close the progress display."""
     run.log(f"method: {run.method.name}; output: {run.output_dir}")
+    config = run.config
+    if hasattr(config, "per_device_train_batch_size"):
+        per_device = config.per_device_train_batch_size
+        accumulation = config.gradient_accumulation_steps
+        processes = world_size()
+        run.log(f"batch: {per_device} per device x {accumulation} accumulation steps x {processes} "
+                f"process{'es' if processes > 1 else ''} = {per_device * accumulation * processes} examples "
+                f"per optimizer step (global)")
     try:
         run.method.train(run)
     finally:
         run.progress.close()
+    if run.is_main_process:
+        finish_run_dir(run)
     run.log(f"done in {time.time() - run.started:.0f}s; model: {run.model_dir}")
+
+
+def finish_run_dir(run: Run) -> None:
+    """Plots and the model card; a failure here is a warning, never a lost run."""
+    from .model_card import write_model_card
+    from .plots import plot_run
+
+    try:
+        if run.metrics_path.is_file():
+            plot_run(run.output_dir)
+        write_model_card(run)
+    except Exception as exc:  # the trained model is already saved
+        run.log(f"warning: could not write plots or README.md: {type(exc).__name__}: {exc}")
