@@ -1,0 +1,38 @@
+"""The loop every dataset plugin shares: read each source's rows, turn each into a record (or a counted
+drop), route bad rows through :class:`BadRows`, and build train/eval splits."""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+from easyrlhf_core.shapes import DataOptions, DataSplits, Record
+
+from .rows import BadRows, RowProblem
+from .sources import EVAL, Source, has_explicit_eval
+from .splits import make_splits
+
+#: ``row -> record``, or ``None`` when the row is dropped on purpose (the parser counts why).
+RowParser = Callable[[Any], "Record | None"]
+
+
+def collect(sources: list[Source], parse: RowParser, options: DataOptions,
+            notes: Callable[[int], list[str]]) -> DataSplits:
+    """Records of ``options.shape`` from ``sources``. ``notes(rows_read)`` gives the plugin's run notes;
+    skipped bad rows are reported after them."""
+    bad = BadRows(skip=options.skip_bad_rows)
+    explicit_eval = has_explicit_eval(sources)
+    train: list[Record] = []
+    eval_: list[Record] = []
+    rows_read = 0
+    for source in sources:
+        target = eval_ if explicit_eval and source.split == EVAL else train
+        for line, row in source.rows(bad):
+            rows_read += 1
+            try:
+                record = parse(row)
+            except RowProblem as problem:
+                bad.report(problem, file=source.name, line=line)
+                continue
+            if record is not None:
+                target.append(record)
+    return make_splits(options, train, eval_ if explicit_eval else None, notes(rows_read) + bad.notes())
