@@ -106,6 +106,7 @@ _BOOL_FLAG_KEYS = {
     "save_adapter_only": "save_adapter_only",
     "gradient_checkpointing": "gradient_checkpointing",
     "trust_remote_code": "trust_remote_code",
+    "skip_bad_rows": "skip_bad_rows",
 }
 
 
@@ -128,6 +129,8 @@ def config_options(func: Callable[..., Any]) -> Callable[..., Any]:
 @click.option("--model", help="Hub id, model directory or .gguf file (default: embedded SmolLM2-135M-Instruct).")
 @click.option("--dataset", help="Dataset plugin (default: hh-rlhf, embedded sample).")
 @click.option("--data-files", help="Comma-separated local data files for the dataset plugin.")
+@click.option("--skip-bad-rows", is_flag=True, default=None,
+              help="Skip (and count) malformed data rows instead of stopping at the first one.")
 @click.option("--max-steps", type=int, help="Stop after N optimizer steps.")
 @click.option("--output-dir", "-o", help="Run directory (default: runs/<method>-<timestamp>).")
 @click.option("--seed", type=int, help="Random seed.")
@@ -234,6 +237,69 @@ def plot_command(run_dir: str) -> None:
         click.echo(str(path))
     if not written:
         click.echo("no numeric key metrics to plot", err=True)
+
+
+@cli.command("eval")
+@click.option("--model", required=True,
+              help="Model to evaluate: a reward model (sequence classifier) or a policy (causal LM) directory.")
+@click.option("--reference", help="Policies: the reference (starting) model, for implicit-reward accuracy, "
+                                  "KL and win rate.")
+@click.option("--reward-model", help="Policies: reward model directory that scores answers.")
+@click.option("--reward", help="Policies: registered reward function that scores answers (instead of --reward-model).")
+@click.option("--reward-option", "reward_options", multiple=True, metavar="KEY=VALUE",
+              help="Option for --reward (YAML value), e.g. --reward-option keywords=thanks (repeatable).")
+@click.option("--dataset", default="hh-rlhf", show_default=True, help="Dataset plugin (see `easyrlhf list-plugins`).")
+@click.option("--data-files", help="Comma-separated local data files for the dataset plugin.")
+@click.option("--split", type=click.Choice(["eval", "all"]), default="eval", show_default=True,
+              help="eval: the dataset's held-out rows (all rows if it has none); all: train + eval rows.")
+@click.option("--limit", type=int, help="Evaluate at most N pairs / prompts (the first N).")
+@click.option("--max-new-tokens", type=int, default=128, show_default=True, help="Answer length cap (policies).")
+@click.option("--max-length", type=int, default=1024, show_default=True,
+              help="Token cap per sequence; longer ones lose their oldest prompt tokens.")
+@click.option("--batch-size", type=int, default=8, show_default=True, help="Sequences per forward pass.")
+@click.option("--seed", type=int, default=42, show_default=True,
+              help="Seed for the data split, sampling and bootstrap.")
+@click.option("--sample/--no-sample", default=True, show_default=True,
+              help="Policies: also sample answers (temperature 1) for the sampled reward and KL.")
+@click.option("--bootstrap-samples", type=int, default=1000, show_default=True,
+              help="Bootstrap resamples for the 95% intervals.")
+@click.option("--trust-remote-code", is_flag=True, help="Allow custom model code (off by default).")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object (keys in docs/eval.md).")
+@click.option("--debug", is_flag=True, help="Show full tracebacks on errors.")
+@handle_errors
+def eval_command(data_files: str | None, reward_options: tuple[str, ...], as_json: bool, debug: bool,
+                 **options: Any) -> None:
+    """Evaluate a reward model (pairwise accuracy vs a length baseline) or a policy (implicit-reward
+    accuracy, reward scores, win rate and KL against a reference). Batched, no gradients."""
+    from .evaluation import EvalRequest, evaluate
+    from .evaluation.report import render_table
+
+    files = [f.strip() for f in (data_files or "").split(",") if f.strip()]
+    request = EvalRequest(data_files=files, reward_options=_key_values(reward_options, "--reward-option"),
+                          **options)
+    report = evaluate(request)
+    if as_json:
+        click.echo(json.dumps(report.as_dict(), indent=2))
+    else:
+        render_table(report)
+
+
+def _key_values(items: tuple[str, ...], flag: str) -> dict[str, Any]:
+    """``KEY=VALUE`` pairs, values parsed as YAML scalars (``3`` -> 3, ``[a, b]`` -> a list)."""
+    import yaml
+
+    from .errors import ConfigError
+
+    values: dict[str, Any] = {}
+    for item in items:
+        key, sep, raw = item.partition("=")
+        if not sep or not key.strip():
+            raise ConfigError(f"expected KEY=VALUE, got {item!r}", where=flag)
+        try:
+            values[key.strip()] = yaml.safe_load(raw) if raw.strip() else ""
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"{key.strip()}: not a valid YAML value ({exc.__class__.__name__})", where=flag) from None
+    return values
 
 
 def main() -> None:

@@ -130,6 +130,10 @@ class BaseConfig:
         if self.deepspeed is not None and not Path(self.deepspeed).is_file():
             raise invalid("deepspeed", f"file not found: {self.deepspeed}")
 
+    def validate_for_run(self) -> None:
+        """Checks that only a run needs, e.g. a required option without a default (PPO's reward);
+        ``show-config`` skips them so it can print the defaults. Raise a ConfigError naming the flag."""
+
 
 # --------------------------------------------------------------------------------------------------
 # Layers and merging

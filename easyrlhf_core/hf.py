@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any
 from transformers import TrainerCallback
 
 from .checkpoints import latest_checkpoint
+from .launch import world_size
 from .models import resolve_precision
 
 if TYPE_CHECKING:
@@ -54,7 +55,8 @@ def training_arguments(config: BaseConfig, run: Run, has_eval: bool) -> dict[str
         disable_tqdm=True,
         log_level="warning",
         dataloader_num_workers=0,
-        ddp_backend=None if torch.cuda.is_available() else "gloo",
+        # gloo only for real multi-process CPU runs: set in one process, accelerate asks for a process group
+        ddp_backend="gloo" if world_size() > 1 and not torch.cuda.is_available() else None,
     )
 
 
@@ -90,6 +92,9 @@ def resume_checkpoint(run: Run) -> str | None:
 
 def train_and_save(run: Run, trainer: Any, model_for_save: Any = None, tokenizer: Any = None) -> dict[str, Any]:
     """Run ``trainer.train`` (resuming when asked), evaluate once at the end, save ``model/``."""
+    from transformers.trainer_callback import PrinterCallback
+
+    trainer.remove_callback(PrinterCallback)  # metrics reach the progress display and metrics.jsonl instead
     trainer.add_callback(RunCallback(run))
     trainer.train(resume_from_checkpoint=resume_checkpoint(run))
     final: dict[str, Any] = {}

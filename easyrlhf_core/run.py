@@ -227,6 +227,7 @@ def prepare(request: RunRequest, registry: Registry | None = None) -> Run:
     """Everything before training: validation, data, output dir. Raises :class:`EasyRLHFError`."""
     registry = registry or get_registry()
     method, config = resolve(request, registry)
+    config.validate_for_run()
     output_dir = Path(config.output_dir) if config.output_dir else default_output_dir(method.name)
     launched = is_launched()  # a rank started by `launch`: the parent already checked and claimed the dir
     if not launched:

@@ -1,0 +1,56 @@
+"""Scoring answers with a reward: a reward model directory (through the ``reward-model`` reward plugin) or
+any registered reward function (``--reward NAME``)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from ..api import RewardFunction
+from ..errors import EasyRLHFError
+from ..registry import Registry
+from ..shapes import Message
+from .loading import ModelRef
+
+#: The reward plugin that scores with a sequence-classification model directory (option ``path``).
+REWARD_MODEL_REWARD = "reward-model"
+
+
+@dataclass
+class Judge:
+    """A reward function and a phrase naming it for the report."""
+
+    reward: RewardFunction
+    description: str
+
+    def score(self, prompts: list[list[Message]], completions: list[list[Message]]) -> list[float]:
+        """One score per (prompt, completion messages).
+
+        Reward functions score one answer text; a completion of several turns is scored as its last
+        assistant message after a prompt that holds the turns before it (the same rendered conversation).
+        """
+        if not prompts:
+            return []
+        contexts = [list(p) + list(c[:-1]) for p, c in zip(prompts, completions)]
+        texts = [c[-1]["content"] for c in completions]
+        scores = self.reward.score(contexts, texts)
+        if len(scores) != len(texts):
+            raise EasyRLHFError(f"reward '{self.reward.name}' returned {len(scores)} scores for {len(texts)} "
+                                f"answers; a reward function must return one float per answer", where="--reward")
+        return [float(s) for s in scores]
+
+
+def reward_model_judge(registry: Registry, model: ModelRef, batch_size: int, max_length: int,
+                       trust_remote_code: bool = False) -> Judge:
+    """A judge that scores with the reward model at ``model.path``."""
+    cls = registry.get("rewards", REWARD_MODEL_REWARD)
+    reward = cls(path=model.path, batch_size=batch_size, max_length=max_length, trust_remote_code=trust_remote_code)
+    return Judge(reward=reward, description=f"reward model {model.name}")
+
+
+def named_judge(registry: Registry, name: str, options: dict[str, Any]) -> Judge:
+    """A judge from the reward function registered as ``name`` (options as keyword arguments)."""
+    cls = registry.get("rewards", name)
+    reward = cls(**options)
+    shown = ", ".join(f"{k}={v}" for k, v in options.items())
+    return Judge(reward=reward, description=f"reward function '{name}'" + (f" ({shown})" if shown else ""))

@@ -1,0 +1,64 @@
+"""Summed log-probabilities of completions given their prompts, batched, without gradients.
+
+Only completion tokens count: prompt and padding positions are masked out. Sequences longer than
+``max_length`` lose their oldest prompt tokens (see :func:`~.chat.keep_last`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from .chat import keep_last
+
+
+@dataclass
+class CompletionLogProb:
+    """``total``: sum of log p(token | earlier tokens) over the completion's ``tokens`` tokens."""
+
+    total: float
+    tokens: int
+
+
+def batches_by_length(lengths: list[int], batch_size: int) -> list[list[int]]:
+    """Indices grouped into batches of similar length (less padding); deterministic for equal inputs."""
+    order = sorted(range(len(lengths)), key=lambda i: (lengths[i], i))
+    return [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
+
+
+def completion_logprobs(model: Any, examples: list[tuple[list[int], list[int]]], pad_token_id: int,
+                        batch_size: int = 8, max_length: int = 1024) -> list[CompletionLogProb]:
+    """One :class:`CompletionLogProb` per ``(prompt_ids, completion_ids)``, in input order."""
+    import torch
+
+    device = next(model.parameters()).device
+    sequences = [keep_last(list(p) + list(c), max_length) for p, c in examples]
+    # The completion is the tail of each sequence; its first token is predicted from the token before it.
+    starts = [max(1, len(seq) - len(c)) for seq, (_p, c) in zip(sequences, examples)]
+    results: list[CompletionLogProb | None] = [None] * len(examples)
+    with torch.inference_mode():
+        for batch in batches_by_length([len(s) for s in sequences], batch_size):
+            width = max(len(sequences[i]) for i in batch)
+            input_ids = torch.full((len(batch), width), pad_token_id, dtype=torch.long)
+            attention = torch.zeros((len(batch), width), dtype=torch.long)
+            counted = torch.zeros((len(batch), width), dtype=torch.bool)
+            for row, i in enumerate(batch):
+                seq = sequences[i]
+                input_ids[row, :len(seq)] = torch.tensor(seq, dtype=torch.long)
+                attention[row, :len(seq)] = 1
+                counted[row, starts[i]:len(seq)] = True
+            input_ids, attention, counted = input_ids.to(device), attention.to(device), counted.to(device)
+            logits = model(input_ids=input_ids, attention_mask=attention).logits[:, :-1].float()
+            targets = input_ids[:, 1:]
+            token_logp = logits.gather(-1, targets.unsqueeze(-1)).squeeze(-1) - torch.logsumexp(logits, dim=-1)
+            mask = counted[:, 1:]
+            sums = (token_logp * mask).sum(dim=-1)
+            counts = mask.sum(dim=-1)
+            for row, i in enumerate(batch):
+                results[i] = CompletionLogProb(total=float(sums[row]), tokens=int(counts[row]))
+    return [r for r in results if r is not None]
+
+
+def truncated_count(examples: list[tuple[list[int], list[int]]], max_length: int) -> int:
+    """How many examples :func:`completion_logprobs` shortens."""
+    return sum(1 for p, c in examples if len(p) + len(c) > max_length)

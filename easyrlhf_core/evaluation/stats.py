@@ -1,0 +1,74 @@
+"""Pairwise outcomes, accuracy with ties counted as half, seeded bootstrap intervals, the length baseline."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Sequence
+
+#: Two scores closer than this are a tie (absorbs float noise between batches of different shapes).
+TIE_TOLERANCE = 1e-6
+BOOTSTRAP_SAMPLES = 1000
+
+
+@dataclass
+class PairwiseResult:
+    """How often the first of each pair wins: a point estimate, its 95% interval and the tie count."""
+
+    accuracy: float
+    ci95: tuple[float, float]
+    ties: int
+    count: int
+
+
+def outcomes(first: Sequence[float], second: Sequence[float], tolerance: float = TIE_TOLERANCE) -> list[float]:
+    """1.0 where ``first`` wins, 0.0 where it loses, 0.5 for a tie (``|difference| <= tolerance``)."""
+    if len(first) != len(second):
+        raise ValueError(f"{len(first)} scores against {len(second)}")
+    result = []
+    for a, b in zip(first, second):
+        diff = a - b
+        result.append(0.5 if abs(diff) <= tolerance else (1.0 if diff > 0 else 0.0))
+    return result
+
+
+def bootstrap_interval(values: Sequence[float], seed: int, samples: int = BOOTSTRAP_SAMPLES,
+                       level: float = 0.95) -> tuple[float, float]:
+    """Percentile bootstrap interval of the mean of ``values`` (resampled with replacement, seeded)."""
+    import numpy as np
+
+    data = np.asarray(values, dtype=np.float64)
+    if data.size == 0:
+        return (float("nan"), float("nan"))
+    rng = np.random.default_rng(seed)
+    means = np.empty(samples, dtype=np.float64)
+    chunk = max(1, 2_000_000 // data.size)  # bound memory: resample a few hundred means at a time
+    for start in range(0, samples, chunk):
+        stop = min(samples, start + chunk)
+        means[start:stop] = data[rng.integers(0, data.size, size=(stop - start, data.size))].mean(axis=1)
+    tail = (1.0 - level) / 2 * 100
+    low, high = np.percentile(means, [tail, 100 - tail])
+    return (float(low), float(high))
+
+
+def pairwise(first: Sequence[float], second: Sequence[float], seed: int,
+             samples: int = BOOTSTRAP_SAMPLES) -> PairwiseResult:
+    """Win rate of ``first`` over ``second`` (ties half) with its bootstrap 95% interval."""
+    values = outcomes(first, second)
+    count = len(values)
+    accuracy = sum(values) / count if count else float("nan")
+    return PairwiseResult(accuracy=accuracy, ci95=bootstrap_interval(values, seed, samples),
+                          ties=sum(1 for v in values if v == 0.5), count=count)
+
+
+def length_baseline(chosen: Sequence[str], rejected: Sequence[str], seed: int,
+                    samples: int = BOOTSTRAP_SAMPLES) -> PairwiseResult:
+    """The "longer response wins" predictor: accuracy of picking the answer with more characters.
+
+    Equal lengths are ties (half a point). Characters, not tokens, so the figure does not depend on a
+    tokenizer (on hh-rlhf helpful-base test it is 0.599).
+    """
+    return pairwise([float(len(c)) for c in chosen], [float(len(r)) for r in rejected], seed, samples)
+
+
+def mean(values: Sequence[float]) -> float:
+    return sum(values) / len(values) if values else float("nan")

@@ -1,0 +1,110 @@
+"""Direct Preference Optimization (DPO) and IPO on TRL's DPOTrainer."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Literal
+
+from easyrlhf_core import hookimpl
+from easyrlhf_core.config import invalid, option
+from easyrlhf_core.shapes import Shape
+
+from .trl_common import (TrainerConfig, TrainerMethod, data_splits, describe_trainable, load_policy, load_tokenizer,
+                         lora_config, resolve_model_path, trl_arguments)
+
+if TYPE_CHECKING:
+    from easyrlhf_core.run import Run
+
+
+@dataclass
+class DPOConfig(TrainerConfig):
+    """Options of the dpo method (on top of the shared ones)."""
+
+    learning_rate: float = option(1e-6, "Peak learning rate.")
+    beta: float = option(0.1, "KL strength: higher keeps the policy closer to the reference model.")
+    precompute_ref_log_probs: bool = option(
+        False, "Compute the reference model's log-probs once before training (no reference forward per step, "
+               "no reference copy in memory).")
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.beta <= 0:
+            raise invalid("beta", "must be > 0")
+
+
+@dataclass
+class IPOConfig(DPOConfig):
+    """Options of the ipo method (on top of the shared ones)."""
+
+    beta: float = option(0.1, "IPO's tau: the loss pulls the chosen-minus-rejected log-ratio towards 1/(2*tau).")
+    log_ratio_normalization: Literal["mean", "sum"] = option(
+        "mean", "mean: each completion's log-ratio is averaged over its tokens (TRL's IPO); sum: summed over "
+                "tokens, as in the IPO paper's Eq. 17 and the reference DPO code (then 1/(2*tau) is a gap "
+                "over the whole completion, not per token).")
+
+
+class DPOMethod(TrainerMethod):
+    """DPO: the policy's log-ratio against a frozen reference, pushed up for chosen, down for rejected."""
+
+    name = "dpo"
+    description = "Direct Preference Optimization (TRL DPOTrainer, sigmoid loss) on preference pairs"
+    config_class = DPOConfig
+    shape = Shape.PREFERENCE
+    loss_type = "sigmoid"
+
+    def trainer_class(self, config: DPOConfig) -> type:
+        from trl import DPOTrainer
+
+        return DPOTrainer
+
+    def build_trainer(self, run: Run) -> tuple[Any, Any]:
+        from trl import DPOConfig as TRLDPOConfig
+
+        config = run.config
+        path = resolve_model_path(run)
+        tokenizer = load_tokenizer(run, path)
+        model = load_policy(run, path)
+        train, evaluation = data_splits(run)
+        args = trl_arguments(TRLDPOConfig, run, has_eval=evaluation is not None, beta=config.beta,
+                             loss_type=[self.loss_type], precompute_ref_log_probs=config.precompute_ref_log_probs)
+        trainer = self.trainer_class(config)(
+            model=model, ref_model=None, args=args, train_dataset=train, eval_dataset=evaluation,
+            processing_class=tokenizer, peft_config=lora_config(config, "CAUSAL_LM"))
+        run.log(f"{self.name}: reference = {describe_reference(trainer)}")
+        run.log(f"{self.name}: {len(trainer.train_dataset)} of {len(run.data.train)} training pairs kept "
+                f"(pairs whose prompt alone fills max_length={config.max_length} are dropped)")
+        describe_trainable(run, trainer.model)
+        return trainer, tokenizer
+
+
+class IPOMethod(DPOMethod):
+    """IPO: a squared loss on the log-ratio gap, which does not saturate on deterministic preferences."""
+
+    name = "ipo"
+    description = "Identity Preference Optimization (TRL DPOTrainer, IPO loss) on preference pairs"
+    config_class = IPOConfig
+    loss_type = "ipo"
+
+    def trainer_class(self, config: IPOConfig) -> type:  # type: ignore[override]
+        if config.log_ratio_normalization == "sum":
+            from .dpo_losses import SummedIPOTrainer
+
+            return SummedIPOTrainer
+        return super().trainer_class(config)
+
+
+def describe_reference(trainer: Any) -> str:
+    """Where the reference log-probs come from, for the run log."""
+    from peft import PeftModel
+
+    if trainer.precompute_ref_logps:
+        return "log-probs precomputed before training (no reference model kept)"
+    if trainer.ref_model is None and isinstance(trainer.model, PeftModel):
+        return "the base model with the LoRA adapter disabled (no second copy)"
+    return "a frozen copy of the starting model"
+
+
+@hookimpl
+def register_methods(register):
+    register(DPOMethod)
+    register(IPOMethod)

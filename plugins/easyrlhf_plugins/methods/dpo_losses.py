@@ -1,0 +1,78 @@
+"""DPO and IPO losses on per-sequence log-ratios, and a DPOTrainer whose IPO loss sums log-ratios over tokens.
+
+TRL 1.16's ``loss_type="ipo"`` divides each completion's log-ratio by its token count (a per-token mean).
+The IPO paper's Eq. 17 and the reference DPO implementation use the plain sum of token log-probs.
+:class:`SummedIPOTrainer` is TRL's DPOTrainer with that summed form; everything else (data, reference
+model or adapter-disabled reference, precomputed reference log-probs) stays TRL's.
+
+Imports torch and TRL at module level: import this module only inside ``Method.train`` or tests.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from trl import DPOTrainer
+
+
+def dpo_sigmoid_loss(chosen_logratios: torch.Tensor, rejected_logratios: torch.Tensor,
+                     beta: float) -> torch.Tensor:
+    """Per-pair DPO loss ``-log σ(β((log π/π_ref)(y_w) − (log π/π_ref)(y_l)))``."""
+    return -F.logsigmoid(beta * (chosen_logratios - rejected_logratios))
+
+
+def ipo_loss(chosen_logratios: torch.Tensor, rejected_logratios: torch.Tensor, tau: float,
+             chosen_tokens: torch.Tensor | None = None, rejected_tokens: torch.Tensor | None = None) -> torch.Tensor:
+    """Per-pair IPO loss ``(h − 1/(2τ))²`` with ``h`` the chosen-minus-rejected log-ratio.
+
+    With token counts, each log-ratio is first divided by its completion's length (TRL's "mean");
+    without them the summed log-ratios are used as they are (the paper's "sum").
+    """
+    if chosen_tokens is not None and rejected_tokens is not None:
+        chosen_logratios = chosen_logratios / chosen_tokens.clamp(min=1)
+        rejected_logratios = rejected_logratios / rejected_tokens.clamp(min=1)
+    return (chosen_logratios - rejected_logratios - 1.0 / (2.0 * tau)) ** 2
+
+
+_NON_MODEL_KEYS = {"completion_mask", "ref_chosen_logps", "ref_rejected_logps"}
+
+
+class SummedIPOTrainer(DPOTrainer):
+    """TRL's DPOTrainer with the IPO loss on token-summed log-ratios (IPO paper Eq. 17)."""
+
+    def _compute_loss(self, model: Any, inputs: dict[str, Any], return_outputs: bool) -> Any:
+        if return_outputs:  # only the deprecated compute_metrics path asks for outputs
+            return super()._compute_loss(model, inputs, return_outputs)
+        completion_mask = inputs["completion_mask"]
+        labels = inputs["input_ids"].masked_fill(completion_mask == 0, -100)
+        model_kwargs = {k: v for k, v in inputs.items() if k not in _NON_MODEL_KEYS}
+        model_kwargs["use_cache"] = False
+        outputs = model(**model_kwargs, labels=labels, fused_lm_head=True)
+        seq_len = completion_mask.size(1) - 1
+        chosen_logps, rejected_logps = outputs.log_probs[:, -seq_len:].sum(dim=1).chunk(2, dim=0)
+        if self.precompute_ref_logps:
+            ref_chosen_logps, ref_rejected_logps = inputs["ref_chosen_logps"], inputs["ref_rejected_logps"]
+        else:  # TRL's reference pass: adapter disabled with LoRA, else the frozen reference copy
+            ref_chosen_logps, ref_rejected_logps = self.compute_ref_log_probs(self.ref_model or self.model, inputs)
+        chosen_logratios = chosen_logps - ref_chosen_logps
+        rejected_logratios = rejected_logps - ref_rejected_logps
+        loss = ipo_loss(chosen_logratios, rejected_logratios, self.beta).mean()
+        self._record_metrics(chosen_logps, rejected_logps, chosen_logratios, rejected_logratios)
+        return loss
+
+    def _record_metrics(self, chosen_logps: torch.Tensor, rejected_logps: torch.Tensor,
+                        chosen_logratios: torch.Tensor, rejected_logratios: torch.Tensor) -> None:
+        """The same reward metrics TRL logs for its own losses (β · log-ratio)."""
+        mode = "train" if self.model.training else "eval"
+        gather = self.accelerator.gather
+        chosen_rewards = self.beta * chosen_logratios.detach()
+        rejected_rewards = self.beta * rejected_logratios.detach()
+        metrics = self._metrics[mode]
+        metrics["rewards/chosen"].append(gather(chosen_rewards).mean().item())
+        metrics["rewards/rejected"].append(gather(rejected_rewards).mean().item())
+        metrics["rewards/accuracies"].append(gather((chosen_rewards > rejected_rewards).float()).mean().item())
+        metrics["rewards/margins"].append(gather(chosen_rewards - rejected_rewards).mean().item())
+        metrics["logps/chosen"].append(gather(chosen_logps.detach()).mean().item())
+        metrics["logps/rejected"].append(gather(rejected_logps.detach()).mean().item())

@@ -1,0 +1,82 @@
+"""Reward model (RM) training on preference pairs with TRL's RewardTrainer."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from easyrlhf_core import hookimpl
+from easyrlhf_core.config import invalid, option
+from easyrlhf_core.errors import DataError
+from easyrlhf_core.shapes import Shape
+
+from .trl_common import (TrainerConfig, TrainerMethod, as_dataset, describe_trainable, load_scalar_model,
+                         load_tokenizer, lora_config, resolve_model_path, trl_arguments)
+
+if TYPE_CHECKING:
+    from easyrlhf_core.run import Run
+    from easyrlhf_core.shapes import Record
+
+
+@dataclass
+class RMConfig(TrainerConfig):
+    """Options of the rm method (on top of the shared ones)."""
+
+    learning_rate: float = option(1e-5, "Peak learning rate.")
+    margin: float = option(
+        0.0, "Reward gap the chosen answer must win by: loss = -log sigmoid(r_chosen - r_rejected - margin). "
+             "Records with their own 'margin' field keep it.")
+    center_rewards_coefficient: float | None = option(
+        None, "Pull rewards towards mean zero: adds coef * mean((r_chosen + r_rejected)^2) to the loss "
+              "(0.01 is typical); empty: off.")
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.margin < 0:
+            raise invalid("margin", "must be >= 0")
+        if self.center_rewards_coefficient is not None and self.center_rewards_coefficient < 0:
+            raise invalid("center_rewards_coefficient", "must be >= 0, or empty for off")
+
+
+class RMMethod(TrainerMethod):
+    """A scalar reward read at the last token, trained so chosen answers outscore rejected ones."""
+
+    name = "rm"
+    description = "Reward model (TRL RewardTrainer, one-label sequence classifier) on preference pairs"
+    config_class = RMConfig
+    shape = Shape.PREFERENCE
+
+    def build_trainer(self, run: Run) -> tuple[Any, Any]:
+        from trl import RewardConfig, RewardTrainer
+
+        config = run.config
+        path = resolve_model_path(run)
+        tokenizer = load_tokenizer(run, path)
+        model = load_scalar_model(run, path, pad_token_id=tokenizer.pad_token_id)
+        train = as_dataset(with_margins(run.data.train, config.margin))
+        evaluation = as_dataset(with_margins(run.data.eval, config.margin)) if run.data.eval else None
+        args = trl_arguments(RewardConfig, run, has_eval=evaluation is not None,
+                             center_rewards_coefficient=config.center_rewards_coefficient)
+        trainer = RewardTrainer(model=model, args=args, train_dataset=train, eval_dataset=evaluation,
+                                processing_class=tokenizer, peft_config=lora_config(config, "SEQ_CLS"))
+        kept = len(trainer.train_dataset)
+        if kept == 0:
+            raise DataError(f"every training pair is longer than max_length={config.max_length} tokens; "
+                            f"raise max_length", where="max_length")
+        kept_eval = len(trainer.eval_dataset) if evaluation is not None else 0
+        run.log(f"rm: kept {kept} of {len(run.data.train)} training and {kept_eval} of {len(run.data.eval)} eval "
+                f"pairs (TRL drops pairs longer than max_length={config.max_length} tokens)")
+        describe_trainable(run, trainer.model)
+        return trainer, tokenizer
+
+
+def with_margins(records: list[Record], margin: float) -> list[Record]:
+    """Records with a ``margin`` field (the record's own, else ``margin``) when any margin is in play."""
+    if margin == 0 and not any("margin" in r for r in records):
+        return records
+    return [{**r, "margin": float(r.get("margin", margin))} for r in records]
+
+
+@hookimpl
+def register_methods(register):
+    register(RMMethod)

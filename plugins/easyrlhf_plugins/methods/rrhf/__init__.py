@@ -1,0 +1,92 @@
+"""RRHF (Yuan et al. 2023): rank k scored responses per prompt with a hinge loss, fine-tune on the best."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from easyrlhf_core import hookimpl
+from easyrlhf_core.api import Method
+from easyrlhf_core.shapes import Shape
+
+from .config import RRHFConfig
+
+if TYPE_CHECKING:
+    from easyrlhf_core.run import Run
+
+
+class RRHFMethod(Method):
+    """RRHF on our own ``transformers.Trainer`` subclass (one forward pass per batch of candidates)."""
+
+    name = "rrhf"
+    description = ("RRHF: ranking loss over k scored candidates + fine-tuning on the best "
+                   "(candidates from the data, or sampled and scored by a reward)")
+    config_class = RRHFConfig
+    shape = Shape.RANKED
+
+    def train(self, run: Run) -> None:
+        from easyrlhf_core.hf import train_and_save
+
+        trainer, tokenizer = build_trainer(run)
+        final = train_and_save(run, trainer, tokenizer=tokenizer)
+        if final:
+            run.log("final eval: " + ", ".join(f"{k}={v:.4g}" for k, v in final.items()
+                                               if isinstance(v, (int, float))))
+
+
+def build_trainer(run: Run) -> tuple[Any, Any]:
+    """Model, tokenizer, candidates (dataset or generated + scored, cached), encoded data, trainer."""
+    from transformers import TrainingArguments
+
+    from easyrlhf_core.models import apply_lora, disable_dropout
+
+    from ..trl_common import describe_trainable, load_policy, load_tokenizer, resolve_model_path
+    from .candidates import generated_candidates, reward_function
+    from .encoding import RankedCollator, encode_dataset
+    from .trainer import RRHFTrainer
+
+    config: RRHFConfig = run.config
+    reward = reward_function(run) if config.candidates == "generate" else None  # bad options fail before loading
+    path = resolve_model_path(run)
+    tokenizer = load_tokenizer(run, path)
+    model = load_policy(run, path)
+    disable_dropout(model)  # p_i compares candidates: keep the scores deterministic
+    has_eval = bool(run.data.eval)
+    args = TrainingArguments(**trainer_arguments(run, has_eval))
+
+    train_records, eval_records = run.data.train, run.data.eval
+    if config.candidates == "generate":
+        model.to(args.device)  # sample where training will run
+        with args.main_process_first(desc="rrhf candidates"):
+            generated = generated_candidates(run, model, tokenizer, reward)
+        train_records, eval_records = generated["train"], generated["eval"]
+    train_data, truncated = encode_dataset(tokenizer, train_records, config.max_length)
+    eval_data, eval_truncated = encode_dataset(tokenizer, eval_records, config.max_length)
+    if truncated or eval_truncated:
+        run.log(f"data: {truncated + eval_truncated} queries truncated to max_length={config.max_length} "
+                f"(prompt from the left, responses from the right)")
+    candidates = [len(q.response_ids) for q in train_data.queries]
+    run.log(f"rrhf: {len(candidates)} train queries, {min(candidates)}-{max(candidates)} candidates each, "
+            f"rank_weight={config.rank_weight}, length_penalty={config.length_penalty}")
+
+    if config.lora.enabled and config.gradient_checkpointing:
+        model.enable_input_require_grads()
+    model = apply_lora(model, config.lora)
+    describe_trainable(run, model)
+    trainer = RRHFTrainer(model=model, args=args, train_dataset=train_data,
+                          eval_dataset=eval_data if len(eval_data) else None,
+                          data_collator=RankedCollator(pad_token_id=tokenizer.pad_token_id),
+                          processing_class=tokenizer, rank_weight=config.rank_weight,
+                          length_penalty=config.length_penalty)
+    return trainer, tokenizer
+
+
+def trainer_arguments(run: Run, has_eval: bool) -> dict[str, Any]:
+    """``TrainingArguments`` kwargs: the shared ones, with our own batches (no column removal)."""
+    from easyrlhf_core.hf import training_arguments
+
+    return {**training_arguments(run.config, run, has_eval=has_eval), "remove_unused_columns": False}
+
+
+@hookimpl
+def register_methods(register: Any) -> None:
+    register(RRHFMethod)

@@ -1,0 +1,214 @@
+"""candidates=generate: sample responses per prompt, add the dataset's, score all with a reward plugin,
+once, cached in ``OUTPUT_DIR/candidates.jsonl`` (written atomically) so ``--resume`` reuses them.
+
+The cache's first line is a header ``{"rrhf_candidates": 1, "fingerprint": ..., "train": N, "eval": M}``;
+each following line is a ranked record plus its split: ``{"split", "prompt", "responses", "scores",
+"generated"}`` (``generated``: how many of the responses, first in the list, were sampled).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from easyrlhf_core.errors import DataError, PluginError
+from easyrlhf_core.shapes import Message, Record
+
+if TYPE_CHECKING:
+    from easyrlhf_core.api import RewardFunction
+    from easyrlhf_core.run import Run
+
+    from .config import RRHFConfig
+
+CACHE_FILE = "candidates.jsonl"
+CACHE_VERSION = 1
+SCORE_CHUNK = 64
+
+
+def cache_path(run: Run) -> Path:
+    return run.output_dir / CACHE_FILE
+
+
+def fingerprint(config: RRHFConfig, splits: dict[str, list[Record]]) -> str:
+    """What the cached candidates depend on: generation and reward settings, and the prompts."""
+    settings = {k: getattr(config, k) for k in ("num_generations", "keep_dataset_responses", "generation_model",
+                                                "temperature", "top_p", "max_new_tokens", "max_length",
+                                                "reward_model", "reward", "reward_options", "seed", "model")}
+    digest = hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode())
+    for split in sorted(splits):
+        for record in splits[split]:
+            digest.update(json.dumps([split, record["prompt"], record["responses"]], sort_keys=True).encode())
+    return digest.hexdigest()[:16]
+
+
+def read_cache(path: Path, expected: str) -> dict[str, list[Record]] | None:
+    """The cached splits when ``path`` holds candidates for ``expected``; None otherwise."""
+    if not path.is_file():
+        return None
+    with path.open(encoding="utf-8") as fh:
+        lines = fh.read().splitlines()
+    try:
+        header = json.loads(lines[0]) if lines else {}
+    except ValueError:
+        return None
+    if header.get("rrhf_candidates") != CACHE_VERSION or header.get("fingerprint") != expected:
+        return None
+    splits: dict[str, list[Record]] = {"train": [], "eval": []}
+    for number, line in enumerate(lines[1:], start=2):
+        try:
+            row = json.loads(line)
+            splits[row.pop("split")].append(row)
+        except (ValueError, KeyError) as exc:
+            raise DataError(f"corrupt candidates cache ({type(exc).__name__}); delete the file to regenerate",
+                            file=path, line=number) from None
+    if len(splits["train"]) != header.get("train") or len(splits["eval"]) != header.get("eval"):
+        return None
+    return splits
+
+
+def write_cache(path: Path, key: str, splits: dict[str, list[Record]]) -> None:
+    """Write the cache atomically: a temp file beside it, then rename."""
+    header = {"rrhf_candidates": CACHE_VERSION, "fingerprint": key,
+              "train": len(splits["train"]), "eval": len(splits["eval"])}
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            fh.write(json.dumps(header) + "\n")
+            for split in ("train", "eval"):
+                for record in splits[split]:
+                    fh.write(json.dumps({"split": split, **record}) + "\n")
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def reward_function(run: Run) -> RewardFunction:
+    """The reward plugin that scores candidates: ``--reward-model PATH`` or ``--reward NAME``."""
+    config = run.config
+    if config.reward_model is not None:
+        return run.reward_function("reward-model", path=config.reward_model, **config.reward_options)
+    return run.reward_function(config.reward, **config.reward_options)
+
+
+def score_all(reward: RewardFunction, prompts: list[list[Message]], completions: list[str],
+              log: Any = lambda _m: None) -> list[float]:
+    """Scores in chunks; the reward must return one number per completion."""
+    scores: list[float] = []
+    for start in range(0, len(completions), SCORE_CHUNK):
+        chunk_prompts, chunk = prompts[start:start + SCORE_CHUNK], completions[start:start + SCORE_CHUNK]
+        got = list(reward.score(chunk_prompts, chunk))
+        if len(got) != len(chunk):
+            raise PluginError(f"reward function '{reward.name}' returned {len(got)} scores for {len(chunk)} "
+                              f"completions; it must return one per completion", where="--reward")
+        try:
+            scores.extend(float(s) for s in got)
+        except (TypeError, ValueError):
+            raise PluginError(f"reward function '{reward.name}' returned a non-number score", where="--reward")
+        if len(completions) > SCORE_CHUNK:
+            log(f"scored {len(scores)}/{len(completions)} candidates")
+    return scores
+
+
+def sample_responses(model: Any, tokenizer: Any, prompts: list[list[Message]], config: RRHFConfig,
+                     log: Any = lambda _m: None) -> list[list[str]]:
+    """``num_generations`` sampled responses per prompt (batched, left-padded)."""
+    import torch
+
+    from .encoding import prompt_text
+
+    if config.num_generations == 0:
+        return [[] for _ in prompts]
+    torch.manual_seed(config.seed)
+    side, truncation_side = tokenizer.padding_side, tokenizer.truncation_side
+    tokenizer.padding_side, tokenizer.truncation_side = "left", "left"
+    was_training = model.training
+    model.eval()
+    out: list[list[str]] = []
+    try:
+        max_prompt = max(config.max_length - config.max_new_tokens, 1)
+        for start in range(0, len(prompts), config.generation_batch_size):
+            batch = [prompt_text(tokenizer, p) for p in prompts[start:start + config.generation_batch_size]]
+            enc = tokenizer(batch, add_special_tokens=False, padding=True, truncation=True, max_length=max_prompt,
+                            return_tensors="pt").to(model.device)
+            with torch.no_grad():
+                generated = model.generate(**enc, do_sample=True, temperature=config.temperature,
+                                           top_p=config.top_p, max_new_tokens=config.max_new_tokens,
+                                           num_return_sequences=config.num_generations,
+                                           pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id)
+            texts = tokenizer.batch_decode(generated[:, enc["input_ids"].shape[1]:], skip_special_tokens=True)
+            n = config.num_generations
+            out.extend([t.strip() for t in texts[i * n:(i + 1) * n]] for i in range(len(batch)))
+            log(f"sampled candidates for {len(out)}/{len(prompts)} prompts")
+    finally:
+        tokenizer.padding_side, tokenizer.truncation_side = side, truncation_side
+        model.train(was_training)
+    return out
+
+
+def build_candidates(records: list[Record], sampled: list[list[str]], reward: RewardFunction,
+                     keep_dataset_responses: bool, log: Any = lambda _m: None) -> list[Record]:
+    """Ranked records: sampled (+ dataset) responses per prompt, every one scored by ``reward``."""
+    responses = [list(s) + (list(r["responses"]) if keep_dataset_responses else [])
+                 for r, s in zip(records, sampled)]
+    flat_prompts = [r["prompt"] for r, rs in zip(records, responses) for _ in rs]
+    flat_scores = score_all(reward, flat_prompts, [x for rs in responses for x in rs], log)
+    out, at = [], 0
+    for record, sampled_here, rs in zip(records, sampled, responses):
+        out.append({"prompt": record["prompt"], "responses": rs, "scores": flat_scores[at:at + len(rs)],
+                    "generated": len(sampled_here)})
+        at += len(rs)
+    return out
+
+
+def generated_candidates(run: Run, policy: Any, tokenizer: Any, reward: RewardFunction) -> dict[str, list[Record]]:
+    """Train and eval ranked records for candidates=generate: from the cache, or sampled and scored now.
+
+    Only the main process generates and writes; call inside ``TrainingArguments.main_process_first``
+    so the other ranks then read the cache.
+    """
+    config = run.config
+    splits = {"train": run.data.train, "eval": run.data.eval}
+    key = fingerprint(config, splits)
+    path = cache_path(run)
+    cached = read_cache(path, key)
+    if cached is not None:
+        run.log(f"candidates: reusing {sum(map(len, cached.values()))} scored queries from {path}")
+        return cached
+    if path.exists():
+        run.log(f"candidates: {path} was made with other settings or data; generating again")
+    if not run.is_main_process:
+        raise PluginError(f"candidates cache missing on a non-main rank; the main rank should have written {path}")
+    generator, generator_tokenizer = policy, tokenizer
+    if config.generation_model is not None and config.num_generations > 0:
+        from easyrlhf_core.models import load_causal_lm, load_tokenizer, resolve_model
+
+        resolved = resolve_model(config.generation_model, log=run.log)
+        run.log(f"candidates: sampling with {resolved.source}")
+        generator_tokenizer = load_tokenizer(resolved.path, config.trust_remote_code)
+        generator = load_causal_lm(resolved.path, config.trust_remote_code).to(policy.device)
+    run.log(f"candidates: sampling {config.num_generations} per prompt for {len(splits['train'])} train + "
+            f"{len(splits['eval'])} eval prompts, scoring with '{reward.name}'")
+    result: dict[str, list[Record]] = {}
+    for split, records in splits.items():
+        sampled = sample_responses(generator, generator_tokenizer, [r["prompt"] for r in records], config, run.log)
+        result[split] = build_candidates(records, sampled, reward, config.keep_dataset_responses, run.log)
+    write_cache(path, key, result)
+    run.log(f"candidates: {summary(result['train'])}; cached in {path}")
+    return result
+
+
+def summary(records: list[Record]) -> str:
+    """Mean reward of sampled vs dataset responses (a quick look at what the ranking will teach)."""
+    sampled = [s for r in records for s in r["scores"][: r["generated"]]]
+    given = [s for r in records for s in r["scores"][r["generated"]:]]
+    parts = [f"{len(records)} queries"]
+    if sampled:
+        parts.append(f"mean reward of sampled responses {sum(sampled) / len(sampled):.4g}")
+    if given:
+        parts.append(f"of dataset responses {sum(given) / len(given):.4g}")
+    return ", ".join(parts)

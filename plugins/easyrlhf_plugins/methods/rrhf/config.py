@@ -1,0 +1,66 @@
+"""The rrhf method's options (on top of the shared ones) and their validation."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from easyrlhf_core.config import invalid, option
+
+from ..trl_common import TrainerConfig
+
+
+@dataclass
+class RRHFConfig(TrainerConfig):
+    """RRHF: a ranking loss over k scored candidates per prompt plus fine-tuning on the best one."""
+
+    rank_weight: float = option(1.0, "Weight of the ranking loss: L = rank_weight * L_rank + L_ft (paper: 1; "
+                                     "the reference code uses 100).")
+    length_penalty: float = option(1.0, "p_i = sum of response log-probs / (response tokens ** length_penalty).")
+    candidates: Literal["dataset", "generate"] = option(
+        "dataset", "Where the ranked candidates come from: 'dataset' (responses and scores as given) or "
+                   "'generate' (sample from a model, add the dataset responses, score all with a reward).")
+    num_generations: int = option(4, "candidates=generate: responses sampled per prompt.")
+    keep_dataset_responses: bool = option(True, "candidates=generate: rank the dataset's responses too "
+                                                "(re-scored by the reward).")
+    generation_model: str | None = option(None, "candidates=generate: model that samples the candidates; "
+                                                "empty: the policy (its weights before training).")
+    temperature: float = option(1.0, "candidates=generate: sampling temperature.")
+    top_p: float = option(1.0, "candidates=generate: nucleus sampling threshold.")
+    max_new_tokens: int = option(128, "candidates=generate: maximum tokens per sampled response.")
+    generation_batch_size: int = option(8, "candidates=generate: prompts per generate() call.")
+    reward_model: str | None = option(None, "candidates=generate: reward model directory (--reward-model); "
+                                            "scored with the 'reward-model' reward function.")
+    reward: str | None = option(None, "candidates=generate: registered reward function (--reward NAME).")
+    reward_options: dict[str, Any] = option({}, "Keyword options for the reward function, e.g. {batch_size: 8}.")
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.rank_weight < 0:
+            raise invalid("rank_weight", "must be >= 0")
+        if self.length_penalty < 0:
+            raise invalid("length_penalty", "must be >= 0 (0: sum of log-probs, 1: mean per token)")
+        if self.num_generations < 0:
+            raise invalid("num_generations", "must be >= 0")
+        if self.temperature <= 0:
+            raise invalid("temperature", "must be > 0")
+        if not 0.0 < self.top_p <= 1.0:
+            raise invalid("top_p", "must be in (0, 1]")
+        for key in ("max_new_tokens", "generation_batch_size"):
+            if getattr(self, key) <= 0:
+                raise invalid(key, "must be a positive integer")
+        has_reward = self.reward is not None or self.reward_model is not None
+        if self.candidates == "generate":
+            if self.reward is not None and self.reward_model is not None:
+                raise invalid("reward", "and reward_model are both set; give one: --reward NAME or "
+                                        "--reward-model PATH")
+            if not has_reward:
+                raise invalid("candidates", "'generate' needs a reward to score the candidates: add "
+                                            "--reward-model PATH or --reward NAME")
+            if self.num_generations == 0 and not self.keep_dataset_responses:
+                raise invalid("num_generations", "is 0 and keep_dataset_responses is false: no candidates "
+                                                 "left to rank")
+        elif has_reward:
+            key = "reward" if self.reward is not None else "reward_model"
+            raise invalid(key, "is only used with candidates=generate; add --set candidates=generate "
+                               "(or drop the reward)")
