@@ -256,6 +256,24 @@ def load_sequence_classifier(path: str, trust_remote_code: bool = False, num_lab
     return model
 
 
+def scalar_head_outputs(model: Any, input_ids: Any, attention_mask: Any, position_ids: Any = None) -> Any:
+    """Per-token outputs ``(batch, seq)`` of a one-label sequence classifier's ``score`` head.
+
+    The model's own forward reads one position found from ``pad_token_id``; this reads every position,
+    so callers pick the last real token from the attention mask (pad may equal eos) or keep all of
+    them (value models). Works through peft wrappers.
+    """
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    head = getattr(base, "score", None)
+    if head is None:
+        raise EasyRLHFError(f"{type(base).__name__} has no 'score' head; use a decoder model's "
+                            f"AutoModelForSequenceClassification (Llama, Qwen, Mistral, GPT-2, ...)")
+    backbone = getattr(base, base.base_model_prefix)
+    hidden = backbone(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
+                      use_cache=False).last_hidden_state
+    return head(hidden).squeeze(-1)
+
+
 def disable_dropout(model: Any) -> None:
     """Set every dropout probability to 0 (RL methods need deterministic log-probs)."""
     import torch

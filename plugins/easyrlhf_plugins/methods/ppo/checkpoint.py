@@ -1,0 +1,107 @@
+"""PPO checkpoints: ``checkpoints/checkpoint-<iteration>``, written atomically (a temp dir renamed into place
+after a ``COMPLETE`` marker), holding everything ``--resume`` needs to continue as if never stopped.
+
+Contents: accelerate's ``save_state`` (policy + value weights, optimizer state, python/numpy/torch RNG
+states of every process), ``scheduler.pt``, and ``ppo_state.json`` (iteration, data position, KL
+controller, reward normalisation moments).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+from pathlib import Path
+from typing import Any, Callable
+
+from easyrlhf_core.checkpoints import COMPLETE_MARKER, is_complete, list_checkpoints
+
+STATE_FILE = "ppo_state.json"
+SCHEDULER_FILE = "scheduler.pt"
+
+
+def _temp_dir(checkpoints_dir: Path, iteration: int) -> Path:
+    return checkpoints_dir / f".checkpoint-{iteration}.tmp"
+
+
+def remove_partial_checkpoints(checkpoints_dir: Path) -> None:
+    """Delete temp dirs a killed run left behind (they were never renamed, so never resumable)."""
+    if checkpoints_dir.is_dir():
+        for path in checkpoints_dir.glob(".checkpoint-*.tmp"):
+            shutil.rmtree(path, ignore_errors=True)
+
+
+def save_checkpoint(accelerator: Any, checkpoints_dir: Path, iteration: int, state: dict[str, Any],
+                    scheduler: Any, total_limit: int) -> Path:
+    """Write ``checkpoint-<iteration>`` (all processes call this; the main one renames and prunes)."""
+    import torch
+
+    final = checkpoints_dir / f"checkpoint-{iteration}"
+    tmp = _temp_dir(checkpoints_dir, iteration)
+    if accelerator.is_main_process:
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+    accelerator.wait_for_everyone()
+    quiet = logging.getLogger("accelerate.utils.other")  # "removed shared tensor": tied embeddings, expected
+    level = quiet.level
+    quiet.setLevel(logging.ERROR)
+    try:
+        accelerator.save_state(str(tmp))
+    finally:
+        quiet.setLevel(level)
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        torch.save(scheduler.state_dict(), tmp / SCHEDULER_FILE)
+        (tmp / STATE_FILE).write_text(json.dumps({"iteration": iteration, **state}, indent=2), encoding="utf-8")
+        (tmp / COMPLETE_MARKER).write_text(f"iteration {iteration}\n", encoding="utf-8")
+        if final.exists():
+            shutil.rmtree(final)
+        tmp.rename(final)
+        for old in list_checkpoints(checkpoints_dir)[:-total_limit]:
+            shutil.rmtree(old, ignore_errors=True)
+    accelerator.wait_for_everyone()
+    return final
+
+
+def resume_from_latest(accelerator: Any, checkpoints_dir: Path, scheduler: Any, log: Callable[[str], None]
+                       ) -> dict[str, Any] | None:
+    """Load the newest checkpoint that is complete and loads; a corrupt newer one is skipped with a
+    warning. Returns its ``ppo_state.json``, or None when there is none."""
+    candidates = [p for p in reversed(list_checkpoints(checkpoints_dir))]
+    for path in candidates:
+        if not is_complete(path):
+            log(f"warning: skipping incomplete checkpoint {path}")
+            continue
+        try:
+            state = load_checkpoint(accelerator, path, scheduler)
+        except Exception as exc:  # a truncated or damaged file: fall back to the one before
+            log(f"warning: skipping corrupt checkpoint {path} ({type(exc).__name__}: {exc})")
+            continue
+        log(f"--resume: continuing from {path} (iteration {state['iteration']})")
+        return state
+    return None
+
+
+def load_checkpoint(accelerator: Any, path: Path, scheduler: Any) -> dict[str, Any]:
+    """Restore models, optimizer, RNG states and scheduler from ``path``; return ``ppo_state.json``."""
+    import torch
+
+    state = json.loads((path / STATE_FILE).read_text(encoding="utf-8"))
+    accelerator.load_state(str(path))
+    scheduler.load_state_dict(torch.load(path / SCHEDULER_FILE, weights_only=False))
+    return state
+
+
+def truncate_jsonl(path: Path, last_step: int) -> None:
+    """Drop rows logged after ``last_step`` (iterations the resumed run will redo)."""
+    if not path.is_file():
+        return
+    kept = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        try:
+            step = json.loads(line).get("step", 0)
+        except ValueError:
+            continue
+        if isinstance(step, int) and step <= last_step:
+            kept.append(line)
+    path.write_text("".join(f"{line}\n" for line in kept), encoding="utf-8")

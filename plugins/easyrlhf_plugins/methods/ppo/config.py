@@ -1,0 +1,182 @@
+"""PPO's options (on top of the shared ones), validated before any model loads.
+
+Batch sizes, per process (``--num-processes N`` multiplies each by N):
+
+- ``rollout_batch_size`` prompts are sampled per iteration (one ``generate`` call);
+- the update runs ``ppo_epochs`` passes over those samples in shuffled minibatches of
+  ``per_device_train_batch_size * gradient_accumulation_steps`` samples (one optimizer step each),
+  each split into micro-batches of ``per_device_train_batch_size``;
+- ``max_steps`` counts iterations (rollout + update); ``-1``: ``num_train_epochs`` passes over the prompts.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+from easyrlhf_core.config import invalid, option
+
+from ..trl_common import TrainerConfig
+
+
+@dataclass
+class PPOConfig(TrainerConfig):
+    """Options of the ppo method."""
+
+    # shared options whose meaning PPO makes precise
+    max_length: int = option(512, "Maximum tokens per prompt + response; longer prompts are dropped.")
+    logging_steps: int = option(1, "Log metrics (and sample generations) every N iterations.")
+    eval_steps: int | None = option(None, "Score sampled answers to the eval prompts every N iterations; "
+                                          "empty: never.")
+    save_steps: int = option(100, "Save a checkpoint every N iterations (0: never).")
+    max_steps: int = option(-1, "Stop after N PPO iterations (rollout + update); -1: num_train_epochs passes "
+                                "over the prompts.")
+    num_train_epochs: float = option(1.0, "Passes over the training prompts when max_steps is -1.")
+    learning_rate: float = option(3e-6, "Peak learning rate of the policy.")
+    per_device_train_batch_size: int = option(4, "Samples per forward/backward pass in the PPO update "
+                                                 "(micro-batch).")
+    per_device_eval_batch_size: int = option(16, "Eval prompts per generate call.")
+    gradient_accumulation_steps: int = option(1, "Micro-batches per optimizer step; minibatch = "
+                                                 "per_device_train_batch_size x this.")
+    # reward
+    reward_model: str | None = option(None, "Reward model directory (a sequence classifier, e.g. from --method rm); "
+                                            "give this or `reward`.")
+    reward: str | None = option(None, "Registered reward function (see `easyrlhf list-plugins`); give this or "
+                                      "`reward_model`.")
+    reward_options: dict[str, Any] = option({}, "Keyword options for the reward function, e.g. {target: 50}.")
+    missing_eos_penalty: float | None = option(1.0, "Subtracted from the score of responses that never emit the "
+                                                    "stop token; empty: off.")
+    reward_clip: float | None = option(None, "Clip scores to [-reward_clip, reward_clip]; empty: off.")
+    normalize_reward: bool = option(False, "Scale scores by running mean/std over all iterations so far.")
+    # models
+    value_model: str | None = option(None, "Value model init; empty: the reward model when its tokenizer matches "
+                                           "the policy's, else the policy with a fresh scalar head.")
+    value_learning_rate: float | None = option(None, "Learning rate of the value model; empty: learning_rate.")
+    # rollout
+    rollout_batch_size: int = option(16, "Prompts sampled per iteration on each process (one generate call).")
+    forward_batch_size: int | None = option(None, "Sequences per no-grad forward pass (log-probs, reference, "
+                                                  "values, reward); empty: the whole rollout batch.")
+    max_new_tokens: int = option(64, "Longest response, in tokens.")
+    temperature: float = option(1.0, "Sampling temperature; log-probs use logits / temperature too.")
+    top_k: int = option(0, "Sample from the k likeliest tokens; 0: off.")
+    top_p: float = option(1.0, "Nucleus sampling mass; 1.0: off.")
+    stop_token: str | None = option(None, "Token that ends a response; empty: the tokenizer's eos token.")
+    generation_backend: Literal["transformers", "vllm"] = option(
+        "transformers", "Rollout engine: transformers (model.generate with KV cache); vllm needs CUDA GPUs.")
+    # objective
+    beta: float = option(0.05, "KL penalty coefficient (initial value with adaptive_kl).")
+    kl_estimator: Literal["k1", "k3"] = option("k1", "Per-token KL estimate: k1 = log p - log q; k3 = "
+                                                     "(q/p - 1) - log(q/p), non-negative.")
+    adaptive_kl: bool = option(False, "Adapt beta towards target_kl (Ziegler et al. 2019).")
+    target_kl: float = option(6.0, "Target KL per response (nats) for adaptive_kl.")
+    kl_horizon: int = option(10000, "Adaptive KL horizon, in samples.")
+    gamma: float = option(1.0, "Discount factor.")
+    lam: float = option(0.95, "GAE lambda.")
+    ppo_epochs: int = option(4, "Passes over each rollout batch.")
+    cliprange: float = option(0.2, "Policy ratio clip.")
+    cliprange_value: float = option(0.2, "Value prediction clip, around the rollout's values.")
+    vf_coef: float = option(0.1, "Value loss weight.")
+    # logging
+    num_sample_generations: int = option(4, "Sample generations written to samples.jsonl per logged iteration.")
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.reward_model is not None and self.reward is not None:
+            raise invalid("reward", "conflicts with 'reward_model': give only one of --reward-model PATH and "
+                                    "--reward NAME")
+        if self.reward_model is not None and not (Path(self.reward_model) / "config.json").is_file():
+            raise invalid("reward_model", f"is not a transformers model directory (no config.json): "
+                                          f"{self.reward_model}")
+        if self.value_model is not None and not (Path(self.value_model) / "config.json").is_file():
+            raise invalid("value_model", f"is not a transformers model directory (no config.json): {self.value_model}")
+        for key in ("rollout_batch_size", "max_new_tokens", "ppo_epochs", "kl_horizon"):
+            if getattr(self, key) <= 0:
+                raise invalid(key, "must be a positive integer")
+        if self.num_sample_generations < 0:
+            raise invalid("num_sample_generations", "must be >= 0")
+        if self.forward_batch_size is not None and self.forward_batch_size <= 0:
+            raise invalid("forward_batch_size", "must be a positive integer, or empty for the whole rollout batch")
+        if self.rollout_batch_size % self.mini_batch_size:
+            raise invalid("rollout_batch_size", f"must be a multiple of the minibatch size "
+                                                f"per_device_train_batch_size x gradient_accumulation_steps = "
+                                                f"{self.mini_batch_size}")
+        if self.max_new_tokens >= self.max_length:
+            raise invalid("max_new_tokens", f"must be below max_length ({self.max_length}), which also bounds the "
+                                            f"prompt")
+        if self.temperature <= 0:
+            raise invalid("temperature", "must be > 0 (PPO samples; log-probs divide by it)")
+        if self.top_k < 0:
+            raise invalid("top_k", "must be >= 0 (0: off)")
+        if not 0.0 < self.top_p <= 1.0:
+            raise invalid("top_p", "must be in (0, 1]")
+        for key in ("cliprange", "cliprange_value", "target_kl"):
+            if getattr(self, key) <= 0:
+                raise invalid(key, "must be > 0")
+        for key in ("beta", "vf_coef"):
+            if getattr(self, key) < 0:
+                raise invalid(key, "must be >= 0")
+        for key in ("gamma", "lam"):
+            if not 0.0 <= getattr(self, key) <= 1.0:
+                raise invalid(key, "must be in [0, 1]")
+        if self.reward_clip is not None and self.reward_clip <= 0:
+            raise invalid("reward_clip", "must be > 0, or empty for off")
+        if self.missing_eos_penalty is not None and self.missing_eos_penalty < 0:
+            raise invalid("missing_eos_penalty", "must be >= 0 (it is subtracted), or empty for off")
+        if self.value_learning_rate is not None and self.value_learning_rate <= 0:
+            raise invalid("value_learning_rate", "must be > 0, or empty for learning_rate")
+        if self.deepspeed is not None:
+            stage = _zero_stage(self.deepspeed)
+            if stage == 3:
+                raise invalid("deepspeed", "ZeRO stage 3 is not supported by ppo (generation would need gathered "
+                                           "parameters); use configs/deepspeed/zero2.json")
+        if self.generation_backend == "vllm":
+            raise invalid("generation_backend", _vllm_unavailable_reason())
+
+    def validate_for_run(self) -> None:
+        """A run needs exactly one reward, with valid options; checked before data or models load
+        (``show-config`` skips this so it can print the defaults)."""
+        from easyrlhf_core.errors import ConfigError
+        from easyrlhf_core.registry import get_registry
+
+        if self.reward_model is None and self.reward is None:
+            raise ConfigError("PPO needs a reward: pass --reward-model PATH (a sequence-classifier directory, "
+                              "e.g. from --method rm) or --reward NAME (see `easyrlhf list-plugins`)",
+                              where="--reward-model")
+        name = "reward-model" if self.reward_model is not None else str(self.reward)
+        options = dict(self.reward_options, **({"path": self.reward_model} if self.reward_model else {}))
+        reward_class = get_registry().get("rewards", name)
+        try:
+            reward_class(**options)  # reward functions validate options here and load lazily
+        except TypeError as exc:
+            raise ConfigError(f"reward '{name}' does not accept these options: {exc}",
+                              where="reward_options") from None
+
+    @property
+    def mini_batch_size(self) -> int:
+        """Samples per optimizer step on each process."""
+        return self.per_device_train_batch_size * self.gradient_accumulation_steps
+
+
+def _zero_stage(path: str) -> int | None:
+    try:
+        data = json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    stage = (data.get("zero_optimization") or {}).get("stage")
+    return stage if isinstance(stage, int) else None
+
+
+def _vllm_unavailable_reason() -> str:
+    """Why the vllm backend cannot run here (it is never emulated)."""
+    if importlib.util.find_spec("vllm") is None:
+        return ("'vllm' needs the vllm package and CUDA GPUs (`pip install vllm`); on this machine use "
+                "generation_backend: transformers")
+    import torch
+
+    if not torch.cuda.is_available():
+        return "'vllm' needs CUDA GPUs; on CPU use generation_backend: transformers"
+    return ("'vllm' is not wired into this version of ppo: rollouts run on transformers' generate (docs/ppo.md, "
+            "'Generation backends', describes the vLLM design); use generation_backend: transformers")

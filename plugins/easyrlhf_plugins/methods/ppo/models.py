@@ -1,0 +1,118 @@
+"""PPO's four models: the policy (trained), the reference (frozen copy, or the adapter-disabled base with
+LoRA), the value model (trained; from the reward model when tokenizers match, else the policy with a fresh
+scalar head) and the container that trains policy and value as one module (one DDP/DeepSpeed engine)."""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Callable
+
+import torch
+
+from .rollout import policy_response_logits, value_response_outputs
+
+if TYPE_CHECKING:
+    from easyrlhf_core.run import Run
+
+    from .config import PPOConfig
+
+
+class PolicyAndValue(torch.nn.Module):
+    """Policy and value model behind one ``forward``, so one optimizer and one DDP wrapper cover both."""
+
+    def __init__(self, policy: Any, value_model: Any) -> None:
+        super().__init__()
+        self.policy = policy
+        self.value_model = value_model
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, n_query: int
+                ) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(logits, values)`` at the positions that predict each response token."""
+        logits = policy_response_logits(self.policy, input_ids, attention_mask, n_query)
+        values = value_response_outputs(self.value_model, input_ids, attention_mask, n_query)
+        return logits, values
+
+
+@dataclass
+class Models:
+    tokenizer: Any
+    policy: Any
+    value_model: Any
+    #: ``(input_ids, attention_mask, n_query) -> response logits`` of the frozen reference policy
+    reference: Callable[[torch.Tensor, torch.Tensor, int], torch.Tensor]
+    #: the separate reference model (None with LoRA: the policy without its adapter)
+    reference_model: Any
+
+
+def same_vocabulary(tokenizer_a: Any, tokenizer_b: Any) -> bool:
+    """True when both tokenizers map the same strings to the same ids."""
+    return tokenizer_a.get_vocab() == tokenizer_b.get_vocab()
+
+
+def value_model_path(run: Run, config: PPOConfig, policy_path: str, tokenizer: Any) -> str:
+    """Where the value model starts: ``value_model``, else the reward model when its tokenizer matches the
+    policy's, else the policy (with a fresh scalar head)."""
+    from easyrlhf_core.models import load_tokenizer
+
+    if config.value_model is not None:
+        run.log(f"value model: from {config.value_model}")
+        return config.value_model
+    if config.reward_model is not None:
+        reward_tokenizer = load_tokenizer(config.reward_model, trust_remote_code=config.trust_remote_code)
+        if same_vocabulary(reward_tokenizer, tokenizer):
+            run.log(f"value model: initialised from the reward model {config.reward_model}")
+            return config.reward_model
+        run.log("value model: the reward model's tokenizer differs from the policy's; starting from the policy "
+                "with a fresh scalar head (scores are decoded and re-tokenized)")
+    else:
+        run.log("value model: the policy with a fresh scalar head")
+    return policy_path
+
+
+def load_models(run: Run, config: PPOConfig, policy_path: str) -> Models:
+    """Load, freeze and wire the policy, reference and value models (dropout off in all)."""
+    from easyrlhf_core.models import (apply_lora, disable_dropout, load_causal_lm, load_sequence_classifier,
+                                      load_tokenizer, unwrap)
+
+    tokenizer = load_tokenizer(policy_path, trust_remote_code=config.trust_remote_code, padding_side="left")
+    policy = load_causal_lm(policy_path, trust_remote_code=config.trust_remote_code)
+    disable_dropout(policy)
+    value_path = value_model_path(run, config, policy_path, tokenizer)
+    value_model = load_sequence_classifier(value_path, trust_remote_code=config.trust_remote_code,
+                                           pad_token_id=tokenizer.pad_token_id)
+    disable_dropout(value_model)
+    if config.gradient_checkpointing:
+        for model in (policy, value_model):
+            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    reference_model = None
+    if config.lora.enabled:
+        policy = apply_lora(policy, config.lora, "CAUSAL_LM")
+        value_model = apply_lora(value_model, config.lora, "SEQ_CLS")
+        disable_dropout(policy)  # the adapters' own dropout too
+        disable_dropout(value_model)
+
+        def reference(input_ids: torch.Tensor, attention_mask: torch.Tensor, n_query: int) -> torch.Tensor:
+            with unwrap(policy).disable_adapter():
+                return policy_response_logits(policy, input_ids, attention_mask, n_query)
+    else:
+        reference_model = copy.deepcopy(policy).eval().requires_grad_(False)
+
+        def reference(input_ids: torch.Tensor, attention_mask: torch.Tensor, n_query: int) -> torch.Tensor:
+            return policy_response_logits(reference_model, input_ids, attention_mask, n_query)
+    return Models(tokenizer=tokenizer, policy=policy, value_model=value_model, reference=reference,
+                  reference_model=reference_model)
+
+
+def stop_token_ids(config: PPOConfig, tokenizer: Any) -> list[int]:
+    """The ids that end a response: ``stop_token`` or the tokenizer's eos token."""
+    from easyrlhf_core.errors import ConfigError
+
+    token = config.stop_token or tokenizer.eos_token
+    if token is None:
+        raise ConfigError("the tokenizer has no eos token; set stop_token", where="stop_token")
+    token_id = tokenizer.convert_tokens_to_ids(token)
+    if token_id is None or token_id == tokenizer.unk_token_id and token != tokenizer.unk_token:
+        raise ConfigError(f"stop_token {token!r} is not a single token of the policy's tokenizer",
+                          where="stop_token")
+    return [int(token_id)]

@@ -1,0 +1,159 @@
+"""Rollouts: tokenize prompts, sample responses in one batched ``generate`` call (left padding, KV cache),
+and record what the update needs (log-probs, reference log-probs, values, scores) without gradients."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, fields
+from typing import TYPE_CHECKING, Any, Callable
+
+import torch
+
+from . import core
+
+if TYPE_CHECKING:
+    from easyrlhf_core.shapes import Record
+
+    from .config import PPOConfig
+
+
+# --------------------------------------------------------------------------------------------------
+# Prompts
+
+
+def encode_prompts(tokenizer: Any, records: list[Record], max_prompt_tokens: int) -> tuple[list[int], list[list[int]]]:
+    """Chat-template token ids of each record's prompt (with the assistant header), skipping prompts longer
+    than ``max_prompt_tokens``. Returns ``(indices of the kept records, their ids)``."""
+    from transformers.utils import logging as hf_logging
+
+    kept, encoded = [], []
+    verbosity = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()  # "sequence longer than model_max_length": such prompts are dropped here
+    try:
+        for index, record in enumerate(records):
+            ids = tokenizer.apply_chat_template(record["prompt"], add_generation_prompt=True, tokenize=True)
+            ids = list(ids["input_ids"] if hasattr(ids, "keys") else ids)
+            if len(ids) <= max_prompt_tokens:
+                kept.append(index)
+                encoded.append(ids)
+    finally:
+        hf_logging.set_verbosity(verbosity)
+    return kept, encoded
+
+
+def left_pad(sequences: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(input_ids, attention_mask)`` with padding on the left, so every prompt ends at the same column."""
+    width = max(len(s) for s in sequences)
+    ids = torch.full((len(sequences), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(sequences), width), dtype=torch.long)
+    for row, seq in enumerate(sequences):
+        if seq:
+            ids[row, width - len(seq):] = torch.tensor(seq, dtype=torch.long)
+            mask[row, width - len(seq):] = 1
+    return ids, mask
+
+
+def position_ids(attention_mask: torch.Tensor) -> torch.Tensor:
+    """Positions counted over real tokens only (what ``generate`` uses with left padding)."""
+    return (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
+
+
+# --------------------------------------------------------------------------------------------------
+# Generation
+
+
+def generation_config(config: PPOConfig, tokenizer: Any, stop_ids: list[int]) -> Any:
+    """Sampling settings, complete, so the model's own ``generation_config`` defaults never leak in."""
+    from transformers import GenerationConfig
+
+    return GenerationConfig(do_sample=True, temperature=config.temperature, top_k=config.top_k,
+                            top_p=config.top_p, max_new_tokens=config.max_new_tokens, min_new_tokens=0,
+                            eos_token_id=stop_ids, pad_token_id=tokenizer.pad_token_id,
+                            bos_token_id=tokenizer.bos_token_id, use_cache=True, repetition_penalty=1.0,
+                            num_beams=1)
+
+
+def generate(policy: Any, queries: torch.Tensor, query_mask: torch.Tensor, gen_config: Any) -> torch.Tensor:
+    """Response token ids ``(batch, new_tokens)`` from one batched ``generate`` call."""
+    output = policy.generate(input_ids=queries, attention_mask=query_mask, generation_config=gen_config)
+    return output[:, queries.shape[1]:]
+
+
+# --------------------------------------------------------------------------------------------------
+# Forward passes over prompt + response
+
+
+def policy_response_logits(policy: Any, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+                           n_query: int) -> torch.Tensor:
+    """Logits that predicted each response token (positions ``n_query - 1 .. end - 1``), with positions
+    counted as ``generate`` counts them; the LM head runs on those positions only."""
+    keep = input_ids.shape[1] - n_query + 1
+    out = policy(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids(attention_mask),
+                 use_cache=False, logits_to_keep=keep)
+    return out.logits[:, :-1]
+
+
+def value_response_outputs(value_model: Any, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+                           n_query: int) -> torch.Tensor:
+    """Value estimates for the states before each response token (same positions as the logits)."""
+    from easyrlhf_core.models import scalar_head_outputs
+
+    values = scalar_head_outputs(value_model, input_ids, attention_mask, position_ids(attention_mask))
+    return values[:, n_query - 1:-1].float()
+
+
+@dataclass
+class Rollout:
+    """One rollout batch on this process; every ``(batch, response_len)`` tensor aligns with ``responses``."""
+
+    queries: torch.Tensor
+    query_mask: torch.Tensor
+    responses: torch.Tensor
+    mask: torch.Tensor
+    has_stop: torch.Tensor
+    logprobs: torch.Tensor
+    ref_logprobs: torch.Tensor
+    values: torch.Tensor
+    entropy: torch.Tensor
+    scores: torch.Tensor  # raw scores from the reward function, one per sample
+
+    @property
+    def input_ids(self) -> torch.Tensor:
+        return torch.cat([self.queries, self.responses], dim=1)
+
+    @property
+    def attention_mask(self) -> torch.Tensor:
+        return torch.cat([self.query_mask, self.mask], dim=1)
+
+    def select(self, index: torch.Tensor) -> Rollout:
+        return Rollout(**{f.name: getattr(self, f.name)[index] for f in fields(self)})
+
+
+def chunks(n: int, size: int | None) -> list[slice]:
+    size = size or n
+    return [slice(start, min(start + size, n)) for start in range(0, n, size)]
+
+
+@torch.no_grad()
+def record_rollout(policy: Any, reference: Callable[[torch.Tensor, torch.Tensor, int], torch.Tensor],
+                   value_model: Any, queries: torch.Tensor, query_mask: torch.Tensor, responses: torch.Tensor,
+                   stop_ids: list[int], temperature: float, forward_batch_size: int | None,
+                   score_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]) -> Rollout:
+    """Everything the update needs about sampled ``responses``: masks, log-probs (policy and reference,
+    both with ``logits / temperature``), entropy, values and scores."""
+    mask, has_stop = core.response_mask(responses, stop_ids)
+    n_query = queries.shape[1]
+    input_ids = torch.cat([queries, responses], dim=1)
+    attention_mask = torch.cat([query_mask, mask], dim=1)
+    logprobs, ref_logprobs, values, entropy = [], [], [], []
+    for part in chunks(len(queries), forward_batch_size):
+        ids, att, resp = input_ids[part], attention_mask[part], responses[part]
+        logits = policy_response_logits(policy, ids, att, n_query)
+        logprobs.append(core.logprobs_from_logits(logits, resp, temperature))
+        entropy.append(core.entropy_from_logits(logits, temperature))
+        del logits
+        ref_logprobs.append(core.logprobs_from_logits(reference(ids, att, n_query), resp, temperature))
+        values.append(value_response_outputs(value_model, ids, att, n_query))
+    scores = score_fn(responses, mask)
+    return Rollout(queries=queries, query_mask=query_mask, responses=responses, mask=mask, has_stop=has_stop,
+                   logprobs=torch.cat(logprobs), ref_logprobs=torch.cat(ref_logprobs), values=torch.cat(values),
+                   entropy=torch.cat(entropy), scores=scores.float())

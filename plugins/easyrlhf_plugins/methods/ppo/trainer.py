@@ -1,0 +1,421 @@
+"""The PPO loop (InstructGPT-style RLHF), on transformers + accelerate.
+
+One iteration: sample responses to a batch of prompts -> score them -> per-token rewards (KL penalty plus
+the score on the last token) -> GAE advantages -> ``ppo_epochs`` passes of clipped policy and value
+updates over shuffled minibatches. accelerate places models, wraps policy + value in DDP (or DeepSpeed)
+and keeps gradients in sync; every process samples different prompts; only the main one writes.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import signal
+import sys
+import threading
+import time
+from typing import TYPE_CHECKING, Any
+
+import torch
+
+from . import core
+from .checkpoint import remove_partial_checkpoints, resume_from_latest, save_checkpoint, truncate_jsonl
+from .models import PolicyAndValue, load_models, stop_token_ids
+from .rollout import Rollout, encode_prompts, generate, generation_config, left_pad, record_rollout
+
+if TYPE_CHECKING:
+    from easyrlhf_core.api import RewardFunction
+    from easyrlhf_core.run import Run
+    from easyrlhf_core.shapes import Record
+
+    from .config import PPOConfig
+
+SAMPLES_FILE = "samples.jsonl"
+VALUE_MODEL_DIR = "value_model"
+
+
+def build_accelerator(config: PPOConfig) -> Any:
+    """An ``Accelerator``: CPU when there is no GPU (gloo under torchrun), mixed precision, DeepSpeed."""
+    from accelerate import Accelerator
+    from accelerate.utils import DeepSpeedPlugin
+
+    from easyrlhf_core.models import resolve_precision
+
+    mixed = {"fp32": "no", "bf16": "bf16", "fp16": "fp16"}[resolve_precision(config.precision)]
+    plugin = None
+    if config.deepspeed:
+        plugin = DeepSpeedPlugin(hf_ds_config=config.deepspeed, gradient_clipping=config.max_grad_norm,
+                                 gradient_accumulation_steps=config.gradient_accumulation_steps)
+        if plugin.is_auto("train_micro_batch_size_per_gpu"):  # no dataloader to infer it from
+            plugin.deepspeed_config["train_micro_batch_size_per_gpu"] = config.per_device_train_batch_size
+    return Accelerator(cpu=not torch.cuda.is_available(), mixed_precision=mixed, deepspeed_plugin=plugin,
+                       gradient_accumulation_steps=config.gradient_accumulation_steps)
+
+
+def make_reward_function(run: Run, config: PPOConfig) -> RewardFunction:
+    """``--reward-model PATH`` -> the ``reward-model`` plugin; ``--reward NAME`` -> that plugin."""
+    if config.reward_model is not None:
+        run.log(f"reward: reward model {config.reward_model}")
+        return run.reward_function("reward-model", path=config.reward_model, **config.reward_options)
+    run.log(f"reward: '{config.reward}' {config.reward_options or ''}".rstrip())
+    return run.reward_function(config.reward, **config.reward_options)
+
+
+class PPOTrainer:
+    """Builds models, optimizer and data order from a run; ``train()`` runs the iterations."""
+
+    def __init__(self, run: Run) -> None:
+        from accelerate.utils import set_seed
+        from transformers import get_scheduler
+
+        from ..trl_common import check_precision, describe_trainable, resolve_model_path
+
+        self.run = run
+        self.config: PPOConfig = run.config  # type: ignore[assignment]
+        config = self.config
+        check_precision(config)
+        self.accelerator = build_accelerator(config)
+        self.reward_fn = make_reward_function(run, config)  # bad reward options fail before any model loads
+        policy_path = resolve_model_path(run)
+        set_seed(config.seed)  # the same fresh value head on every process
+        models = load_models(run, config, policy_path)
+        self.tokenizer = models.tokenizer
+        self.reference = models.reference
+        self.stop_ids = stop_token_ids(config, self.tokenizer)
+        self.gen_config = generation_config(config, self.tokenizer, self.stop_ids)
+
+        self.prompts, self.prompt_ids = self._encode(run.data.train, "training")
+        self.eval_prompts, self.eval_ids = self._encode(run.data.eval, "eval") if run.data.eval else ([], [])
+        self.world = self.accelerator.num_processes
+        self.rank = self.accelerator.process_index
+        self.global_batch = config.rollout_batch_size * self.world
+        self.total_iterations = self._count_iterations()
+        self._orders: dict[int, list[int]] = {}
+
+        optimizer = torch.optim.AdamW(self._param_groups(models), lr=config.learning_rate,
+                                      weight_decay=config.weight_decay)
+        updates_per_iteration = config.ppo_epochs * (config.rollout_batch_size // config.mini_batch_size)
+        total_updates = self.total_iterations * updates_per_iteration
+        self.scheduler = get_scheduler(config.lr_scheduler_type, optimizer,
+                                       num_warmup_steps=math.ceil(config.warmup_ratio * total_updates),
+                                       num_training_steps=total_updates)
+        self.model, self.optimizer = self.accelerator.prepare(PolicyAndValue(models.policy, models.value_model),
+                                                              optimizer)
+        if models.reference_model is not None:
+            models.reference_model.to(self.accelerator.device)
+        self.kl_ctl = core.KLController(config.beta, config.adaptive_kl, config.target_kl, config.kl_horizon)
+        self.moments = core.RunningMoments()
+        set_seed(config.seed, device_specific=True)  # each process samples differently
+        describe_trainable(run, self.unwrapped)
+        run.log(f"ppo: {self.total_iterations} iterations x {self.global_batch} prompts (global; "
+                f"{config.rollout_batch_size} per process), {config.ppo_epochs} epochs x "
+                f"{config.rollout_batch_size // config.mini_batch_size} minibatches of {config.mini_batch_size} "
+                f"per iteration = {total_updates} optimizer steps")
+
+    # -- setup -------------------------------------------------------------------------------------
+    @property
+    def unwrapped(self) -> PolicyAndValue:
+        return self.accelerator.unwrap_model(self.model)
+
+    def _encode(self, records: list[Record], split: str) -> tuple[list[Record], list[list[int]]]:
+        from easyrlhf_core.errors import DataError
+
+        limit = self.config.max_length - self.config.max_new_tokens
+        kept, ids = encode_prompts(self.tokenizer, records, limit)
+        kept_records = [records[i] for i in kept]
+        dropped = len(records) - len(kept_records)
+        if dropped:
+            self.run.log(f"data: dropped {dropped} {split} prompts longer than max_length - max_new_tokens = "
+                         f"{limit} tokens")
+        if split == "training" and not ids:
+            raise DataError(f"every training prompt is longer than max_length - max_new_tokens = {limit} tokens; "
+                            f"raise max_length", where="max_length")
+        return kept_records, ids
+
+    def _count_iterations(self) -> int:
+        if self.config.max_steps > 0:
+            return self.config.max_steps
+        return max(1, math.ceil(self.config.num_train_epochs * len(self.prompt_ids) / self.global_batch))
+
+    def _param_groups(self, models: Any) -> list[dict[str, Any]]:
+        value_lr = self.config.value_learning_rate or self.config.learning_rate
+        return [{"params": [p for p in models.policy.parameters() if p.requires_grad]},
+                {"params": [p for p in models.value_model.parameters() if p.requires_grad], "lr": value_lr}]
+
+    def _order(self, epoch: int) -> list[int]:
+        """The shuffled prompt order of one pass over the data (the same on every process)."""
+        if epoch not in self._orders:
+            generator = torch.Generator().manual_seed(self.config.seed + epoch)
+            self._orders[epoch] = torch.randperm(len(self.prompt_ids), generator=generator).tolist()
+        return self._orders[epoch]
+
+    def batch_indices(self, iteration: int) -> list[int]:
+        """This process's prompts for ``iteration`` (1-based): its slice of the global batch."""
+        n = len(self.prompt_ids)
+        start = (iteration - 1) * self.global_batch + self.rank * self.config.rollout_batch_size
+        return [self._order(pos // n)[pos % n] for pos in range(start, start + self.config.rollout_batch_size)]
+
+    # -- rollout -----------------------------------------------------------------------------------
+    def _texts(self, responses: torch.Tensor, mask: torch.Tensor) -> list[str]:
+        lengths = mask.sum(dim=1).tolist()
+        return [self.tokenizer.decode(row[:n].tolist(), skip_special_tokens=True).strip()
+                for row, n in zip(responses.cpu(), lengths)]
+
+    def sample(self, prompt_ids: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """``(queries, query_mask, responses)`` for ``prompt_ids`` in one ``generate`` call."""
+        queries, query_mask = left_pad(prompt_ids, self.tokenizer.pad_token_id)
+        queries, query_mask = queries.to(self.accelerator.device), query_mask.to(self.accelerator.device)
+        with torch.no_grad(), self.accelerator.autocast():
+            responses = generate(self.unwrapped.policy, queries, query_mask, self.gen_config)
+        return queries, query_mask, responses
+
+    def rollout(self, iteration: int) -> tuple[Rollout, list[Record], list[str], dict[str, float]]:
+        """Sample and score this process's prompts; ``(rollout, prompts, completions, timings)``."""
+        indices = self.batch_indices(iteration)
+        prompts = [self.prompts[i] for i in indices]
+        self.unwrapped.eval()
+        start = time.perf_counter()
+        queries, query_mask, responses = self.sample([self.prompt_ids[i] for i in indices])
+        generated = time.perf_counter()
+        texts: list[str] = []
+        score_time = [0.0]
+
+        def score(responses: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+            began = time.perf_counter()
+            texts.extend(self._texts(responses, mask))
+            values = self.reward_fn.score([p["prompt"] for p in prompts], texts)
+            score_time[0] = time.perf_counter() - began
+            return torch.tensor(values, dtype=torch.float32, device=responses.device)
+
+        with self.accelerator.autocast():
+            result = record_rollout(self.unwrapped.policy, self.reference, self.unwrapped.value_model, queries,
+                                    query_mask, responses, self.stop_ids, self.config.temperature,
+                                    self.config.forward_batch_size, score)
+        finished = time.perf_counter()
+        timings = {"time/generate": generated - start, "time/score": score_time[0],
+                   "time/forward": finished - generated - score_time[0]}
+        return result, prompts, texts, timings
+
+    # -- advantages ----------------------------------------------------------------------------------
+    def advantages(self, ro: Rollout) -> dict[str, torch.Tensor]:
+        """Processed scores, KL, per-token rewards, whitened advantages and returns of a rollout."""
+        config = self.config
+        scores = core.postprocess_scores(ro.scores, ro.has_stop, config.missing_eos_penalty, config.reward_clip)
+        if config.normalize_reward:
+            self.moments.update(self.accelerator.gather(scores).cpu())
+            scores = self.moments.normalize(scores)
+        kl = core.kl_per_token(ro.logprobs, ro.ref_logprobs, config.kl_estimator) * ro.mask
+        rewards, non_score = core.per_token_rewards(scores, kl, ro.mask, self.kl_ctl.value)
+        advantages, returns = core.gae(rewards, ro.values, ro.mask, config.gamma, config.lam)
+        advantages = core.masked_whiten(advantages, ro.mask)
+        return {"scores": scores, "kl": kl, "rewards": rewards, "non_score": non_score,
+                "advantages": advantages, "returns": returns}
+
+    # -- update --------------------------------------------------------------------------------------
+    def update(self, ro: Rollout, adv: dict[str, torch.Tensor], iteration: int) -> dict[str, torch.Tensor]:
+        """``ppo_epochs`` passes of shuffled minibatches; each minibatch is one optimizer step made of
+        ``gradient_accumulation_steps`` micro-batches."""
+        config, accelerator = self.config, self.accelerator
+        n_query = ro.queries.shape[1]
+        input_ids, attention_mask = ro.input_ids, ro.attention_mask
+        generator = torch.Generator().manual_seed(config.seed * 100_003 + iteration)
+        stats: dict[str, list[torch.Tensor]] = {k: [] for k in ("policy_loss", "value_loss", "clipfrac",
+                                                                 "value_clipfrac", "approx_kl", "ratio_mean")}
+        self.model.train()
+        for _ in range(config.ppo_epochs):
+            order = torch.randperm(len(ro.responses), generator=generator).to(input_ids.device)
+            for start in range(0, len(order), config.per_device_train_batch_size):
+                idx = order[start:start + config.per_device_train_batch_size]
+                with accelerator.accumulate(self.model):
+                    logits, values = self.model(input_ids[idx], attention_mask[idx], n_query)
+                    logprobs = core.logprobs_from_logits(logits, ro.responses[idx], config.temperature)
+                    del logits
+                    policy = core.clipped_policy_loss(logprobs, ro.logprobs[idx], adv["advantages"][idx],
+                                                      ro.mask[idx], config.cliprange)
+                    value_loss, value_clipfrac = core.clipped_value_loss(
+                        values, ro.values[idx], adv["returns"][idx], ro.mask[idx], config.cliprange_value)
+                    accelerator.backward(policy.loss + config.vf_coef * value_loss)
+                    if accelerator.sync_gradients:
+                        accelerator.clip_grad_norm_(self.model.parameters(), config.max_grad_norm)
+                    self.optimizer.step()
+                    if accelerator.sync_gradients:
+                        self.scheduler.step()
+                    self.optimizer.zero_grad()
+                for key, value in (("policy_loss", policy.loss), ("value_loss", value_loss),
+                                   ("clipfrac", policy.clipfrac), ("value_clipfrac", value_clipfrac),
+                                   ("approx_kl", policy.approx_kl), ("ratio_mean", policy.ratio_mean)):
+                    stats[key].append(value.detach().float())
+        self.model.eval()
+        return {key: torch.stack(values).mean() for key, values in stats.items()}
+
+    # -- reporting -----------------------------------------------------------------------------------
+    def _mean(self, value: torch.Tensor) -> float:
+        """Mean over processes (every process holds the same number of samples)."""
+        value = value.detach().float().reshape(1).to(self.accelerator.device)
+        return float(self.accelerator.reduce(value, reduction="mean").item())
+
+    def metrics(self, iteration: int, ro: Rollout, adv: dict[str, torch.Tensor], update: dict[str, torch.Tensor],
+                beta: float, timings: dict[str, float]) -> dict[str, float]:
+        mask = ro.mask.float()
+        per_sample = {
+            "score": ro.scores,
+            "kl": adv["kl"].sum(1),
+            "non_score_reward": adv["non_score"].sum(1),
+            "reward": adv["rewards"].sum(1),
+            "response_length": mask.sum(1),
+            "eos_fraction": ro.has_stop.float(),
+        }
+        metrics = {key: self._mean(value.mean()) for key, value in per_sample.items()}
+        metrics["entropy"] = self._mean(core.masked_mean(ro.entropy, mask))
+        metrics["value_mean"] = self._mean(core.masked_mean(ro.values, mask))
+        metrics["return_mean"] = self._mean(core.masked_mean(adv["returns"], mask))
+        metrics.update({key: self._mean(value) for key, value in update.items()})
+        metrics["beta"] = beta
+        metrics["learning_rate"] = self.scheduler.get_last_lr()[0]
+        metrics["epoch"] = iteration * self.global_batch / len(self.prompt_ids)
+        metrics.update({key: self._mean(torch.tensor(value)) for key, value in timings.items()})
+        return metrics
+
+    def write_samples(self, iteration: int, prompts: list[Record], texts: list[str], scores: torch.Tensor) -> None:
+        if not self.run.is_main_process or self.config.num_sample_generations == 0:
+            return
+        with (self.run.output_dir / SAMPLES_FILE).open("a", encoding="utf-8") as fh:
+            for prompt, text, score in list(zip(prompts, texts, scores.tolist()))[:self.config.num_sample_generations]:
+                fh.write(json.dumps({"step": iteration, "prompt": prompt["prompt"], "response": text,
+                                     "score": score}) + "\n")
+
+    def evaluate(self, iteration: int) -> None:
+        """Mean score, length and EOS fraction of sampled responses to the eval prompts."""
+        if not self.eval_ids:
+            return
+        mine = list(range(self.rank, len(self.eval_ids), self.world))
+        totals = torch.zeros(4, device=self.accelerator.device)  # score, length, eos, count
+        size = self.config.per_device_eval_batch_size
+        for start in range(0, len(mine), size):
+            chunk = mine[start:start + size]
+            _, _, responses = self.sample([self.eval_ids[i] for i in chunk])
+            mask, has_stop = core.response_mask(responses, self.stop_ids)
+            scores = self.reward_fn.score([self.eval_prompts[i]["prompt"] for i in chunk], self._texts(responses, mask))
+            totals += torch.tensor([sum(scores), float(mask.sum()), float(has_stop.sum()), len(chunk)],
+                                   device=totals.device)
+        totals = self.accelerator.reduce(totals, reduction="sum")
+        count = max(float(totals[3]), 1.0)
+        self.run.log_metrics(iteration, {"eval/score": float(totals[0]) / count,
+                                         "eval/response_length": float(totals[1]) / count,
+                                         "eval/eos_fraction": float(totals[2]) / count})
+
+    # -- checkpoints ---------------------------------------------------------------------------------
+    def state(self, iteration: int) -> dict[str, Any]:
+        return {"data_position": iteration * self.global_batch, "num_processes": self.world,
+                "kl_controller": self.kl_ctl.state_dict(), "reward_moments": self.moments.state_dict()}
+
+    def resume(self) -> int:
+        """Restore the newest loadable checkpoint; the iteration to continue after (0: from scratch)."""
+        run = self.run
+        if run.is_main_process:
+            remove_partial_checkpoints(run.checkpoints_dir)
+        self.accelerator.wait_for_everyone()
+        if not run.resume:
+            return 0
+        state = resume_from_latest(self.accelerator, run.checkpoints_dir, self.scheduler, run.log)
+        if state is None:
+            run.log("--resume: no checkpoint found; starting from the beginning")
+            iteration = 0
+        else:
+            iteration = int(state["iteration"])
+            self.kl_ctl.load_state_dict(state["kl_controller"])
+            self.moments.load_state_dict(state["reward_moments"])
+            if state.get("num_processes", self.world) != self.world:
+                run.log(f"warning: the checkpoint was written by {state['num_processes']} processes, this run has "
+                        f"{self.world}: prompts and sampling will differ from an uninterrupted run")
+        if run.is_main_process:
+            truncate_jsonl(run.metrics_path, iteration)
+            truncate_jsonl(run.output_dir / SAMPLES_FILE, iteration)
+        return iteration
+
+    def checkpoint(self, iteration: int) -> None:
+        path = save_checkpoint(self.accelerator, self.run.checkpoints_dir, iteration, self.state(iteration),
+                               self.scheduler, self.config.save_total_limit)
+        self.run.log(f"checkpoint: {path}")
+
+    # -- the loop ------------------------------------------------------------------------------------
+    def train(self) -> None:
+        config, run = self.config, self.run
+        first = self.resume() + 1
+        run.progress.start(self.total_iterations, description="ppo")
+        run.progress.advance_to(first - 1)
+        with StopRequest() as stop:
+            for iteration in range(first, self.total_iterations + 1):
+                self.step(iteration)
+                saved = bool(config.save_steps) and iteration % config.save_steps == 0
+                if saved:
+                    self.checkpoint(iteration)
+                if self._any_process(stop.requested):
+                    if config.save_steps and not saved:
+                        self.checkpoint(iteration)
+                    run.log(f"interrupted after iteration {iteration}; continue with the same command plus "
+                            f"--resume (output dir {run.output_dir})")
+                    raise KeyboardInterrupt
+        self.save_models()
+
+    def _any_process(self, flag: bool) -> bool:
+        """True when ``flag`` is set on any process (so every process stops after the same iteration)."""
+        value = torch.tensor([1.0 if flag else 0.0], device=self.accelerator.device)
+        return bool(self.accelerator.reduce(value, reduction="sum").item() > 0)
+
+    def step(self, iteration: int) -> None:
+        """One PPO iteration: rollout, advantages, update, metrics (and eval when due)."""
+        config = self.config
+        began = time.perf_counter()
+        ro, prompts, texts, timings = self.rollout(iteration)
+        beta = self.kl_ctl.value
+        adv = self.advantages(ro)
+        update_start = time.perf_counter()
+        update = self.update(ro, adv, iteration)
+        timings["time/update"] = time.perf_counter() - update_start
+        timings["time/iteration"] = time.perf_counter() - began
+        mean_kl = self._mean(adv["kl"].sum(1).mean())
+        self.kl_ctl.update(mean_kl, self.global_batch)
+        if iteration % config.logging_steps == 0 or iteration == self.total_iterations:
+            self.run.log_metrics(iteration, self.metrics(iteration, ro, adv, update, beta, timings))
+            self.write_samples(iteration, prompts, texts, ro.scores)
+        if config.eval_steps and (iteration % config.eval_steps == 0 or iteration == self.total_iterations):
+            self.evaluate(iteration)
+        self.run.progress.advance_to(iteration)
+
+    def save_models(self) -> None:
+        """The policy to ``model/`` (merged LoRA unless save_adapter_only) and the value model beside it."""
+        from easyrlhf_core.models import save_model
+
+        self.accelerator.wait_for_everyone()
+        unwrapped = self.unwrapped
+        self.run.save_model(unwrapped.policy, self.tokenizer)
+        if self.run.is_main_process:
+            save_model(unwrapped.value_model, self.tokenizer, self.run.output_dir / VALUE_MODEL_DIR,
+                       merge_lora=not self.config.save_adapter_only)
+            self.run.log(f"saved value model to {self.run.output_dir / VALUE_MODEL_DIR}")
+        self.accelerator.wait_for_everyone()
+
+
+class StopRequest:
+    """Ctrl-C (SIGINT) asks the loop to stop after the current iteration, so the checkpoint it saves is
+    consistent; a second Ctrl-C aborts at once."""
+
+    def __init__(self) -> None:
+        self.requested = False
+        self._previous: Any = None
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        self.requested = True
+        signal.signal(signal.SIGINT, self._previous)
+        print("[easyrlhf] stopping after this iteration (Ctrl-C again to abort now)", file=sys.stderr, flush=True)
+
+    def __enter__(self) -> StopRequest:
+        if threading.current_thread() is threading.main_thread():
+            self._previous = signal.signal(signal.SIGINT, self._handle) or signal.SIG_DFL
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        if self._previous is not None:
+            signal.signal(signal.SIGINT, self._previous)
+
