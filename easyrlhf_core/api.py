@@ -13,6 +13,7 @@ from .shapes import DataOptions, DataSplits, Message, Shape
 
 if TYPE_CHECKING:
     from .config import BaseConfig
+    from .registry import Registry
     from .run import Run
 
 
@@ -27,6 +28,14 @@ class Method(ABC):
     #: The data shape ``train`` consumes; the run loads it before any model does. ``None``: the method
     #: loads its own data (a pipeline of other methods, say).
     shape: ClassVar[Shape | None] = None
+
+    def load_data(self, config: BaseConfig, registry: Registry) -> Any:
+        """The data ``train`` gets as ``run.data``, read before any model loads and before the output
+        dir is touched. Default: the configured dataset plugin's records of ``shape`` (a
+        :class:`DataSplits`), or None when ``shape`` is None. Override to read several datasets."""
+        from .run import load_shape_data
+
+        return load_shape_data(self, config, registry)
 
     @abstractmethod
     def train(self, run: Run) -> None:

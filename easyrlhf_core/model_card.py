@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Any
 
 from .config import BaseConfig
 from .plots import PLOTS_DIR, read_metrics
+from .shapes import DataSplits
 
 if TYPE_CHECKING:
     from .run import Run
@@ -62,7 +63,7 @@ def write_model_card(run: Run) -> Path:
              f"Trained with **EasyRLHF**, method **{run.method.name}**: {run.method.description}.", "",
              "| | |", "|---|---|",
              f"| base model | `{getattr(config, 'model', None) or 'SmolLM2-135M-Instruct (embedded default)'}` |"]
-    if run.data is not None:
+    if isinstance(run.data, DataSplits):
         files = ", ".join(config.data_files) or "default source"
         lines.append(f"| data | `{config.dataset}` ({files}): {len(run.data.train)} train / "
                      f"{len(run.data.eval)} eval {run.data.shape} examples |")

@@ -175,7 +175,7 @@ def _resolve_with_flag_locations(config_cls: type, layers: list[Layer]) -> BaseC
     return resolve_config(config_cls, fixed)
 
 
-def load_data(method: Method, config: BaseConfig, registry: Registry) -> DataSplits | None:
+def load_shape_data(method: Method, config: BaseConfig, registry: Registry) -> DataSplits | None:
     """Load the method's data shape from the configured dataset plugin (before any model loads)."""
     shape = method.shape
     if shape is None:
@@ -223,6 +223,12 @@ def claim_output_dir(path: Path, overwrite: bool) -> None:
     path.mkdir(parents=True, exist_ok=True)
 
 
+def write_run_config(output_dir: Path, method_name: str, config: Any) -> None:
+    """``config.yaml``: the fully resolved config, loadable again with ``--config``."""
+    text = f"method: {method_name}\n" + config_to_yaml(config, comments=False)
+    (output_dir / CONFIG_FILE).write_text(text, encoding="utf-8")
+
+
 def prepare(request: RunRequest, registry: Registry | None = None) -> Run:
     """Everything before training: validation, data, output dir. Raises :class:`EasyRLHFError`."""
     registry = registry or get_registry()
@@ -232,15 +238,14 @@ def prepare(request: RunRequest, registry: Registry | None = None) -> Run:
     launched = is_launched()  # a rank started by `launch`: the parent already checked and claimed the dir
     if not launched:
         check_output_dir(output_dir, overwrite=request.overwrite, resume=request.resume)
-    data = load_data(method, config, registry)
     config.output_dir = str(output_dir)
+    data = method.load_data(config, registry)
     if not launched and is_main_process():
         claim_output_dir(output_dir, overwrite=request.overwrite)
         if not (request.resume and (output_dir / CONFIG_FILE).exists()):
-            text = f"method: {method.name}\n" + config_to_yaml(config, comments=False)
-            (output_dir / CONFIG_FILE).write_text(text, encoding="utf-8")
+            write_run_config(output_dir, method.name, config)
     run = Run(method, config, output_dir, data, registry, resume=request.resume)
-    if data is not None:
+    if isinstance(data, DataSplits):
         run.log(f"data: {config.dataset} ({data.shape}): {len(data.train)} train / {len(data.eval)} eval examples")
         for note in data.notes:
             run.log(f"data: {note}")

@@ -255,11 +255,3 @@ def test_bad_ppo_configs_fail_before_anything_is_written(cli_run, tiny_model_dir
     assert result.stderr.startswith("Error:") and message in result.stderr, result.stderr
     assert "Traceback" not in result.stderr
     assert not out.exists()
-
-
-def test_show_config_prints_ppo_defaults_without_a_reward(cli_run):
-    result = cli_run("show-config", "--method", "ppo", "--no-comments")
-    assert result.exit_code == 0
-    shipped = Path(__file__).resolve().parents[1] / "configs" / "ppo.yaml"
-    lines = [line for line in shipped.read_text().splitlines() if not line.lstrip().startswith("#")]
-    assert result.stdout.splitlines() == lines

@@ -1,0 +1,186 @@
+"""The InstructGPT pipeline in one command: SFT -> reward model -> PPO, each stage a method of its own."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal
+
+from easyrlhf_core import hookimpl
+from easyrlhf_core.api import Method
+from easyrlhf_core.config import LoraOptions, invalid, option
+from easyrlhf_core.errors import ConfigError
+
+from .ppo.config import PPOConfig
+from .rm import RMConfig
+from .sft import SFTConfig
+
+if TYPE_CHECKING:
+    from easyrlhf_core.registry import Registry
+    from easyrlhf_core.run import Run
+    from easyrlhf_core.shapes import DataSplits
+
+STAGES = ("sft", "rm", "ppo")
+
+
+@dataclass
+class RLHFConfig:
+    """The pipeline's options. Shared options set here (model, seed, max_steps, precision, lora, ...)
+    apply to every stage that leaves its own at the default; ``sft``, ``rm`` and ``ppo`` hold each
+    stage's options. In a stage group, ``model`` means "use this trained model as the stage's result and
+    skip training it" (``--set rm.model=PATH``)."""
+
+    model: str | None = option(None, "Starting model for SFT: Hub id, directory or .gguf; empty: the embedded "
+                                     "SmolLM2-135M-Instruct.")
+    output_dir: str | None = option(None, "Run directory (stages in sft/, rm/, ppo/); empty: runs/rlhf-<timestamp>.")
+    seed: int = option(42, "Random seed of every stage.")
+    max_steps: int = option(-1, "Steps of every stage (PPO: iterations); -1: each stage's own setting.")
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = option("auto", "Precision of every stage.")
+    gradient_checkpointing: bool = option(False, "Recompute activations to save memory, in every stage.")
+    deepspeed: str | None = option(None, "DeepSpeed JSON config for every stage (ZeRO-2 for PPO).")
+    lora: LoraOptions = option(LoraOptions(), "LoRA adapters for every stage (--lora).")
+    trust_remote_code: bool = option(False, "Allow custom model code.")
+    max_train_samples: int | None = option(None, "Training examples per stage at most.")
+    max_eval_samples: int | None = option(200, "Evaluation examples per stage at most.")
+    report_to: list[str] = option([], "Extra loggers for the HF integrations, e.g. [tensorboard].")
+    sft: SFTConfig = option(SFTConfig(), "SFT stage: conversations (hh-rlhf chosen side, or slimorca).")
+    rm: RMConfig = option(RMConfig(), "Reward-model stage: preference pairs, initialised from the SFT model.")
+    ppo: PPOConfig = option(PPOConfig(), "PPO stage: prompts; policy from the SFT model, reward (and value "
+                                         "model) from the RM stage unless ppo.reward names a reward function.")
+
+    def __post_init__(self) -> None:
+        if self.max_steps == 0 or self.max_steps < -1:
+            raise invalid("max_steps", "must be a positive integer, or -1 for each stage's own setting")
+        if self.ppo.model is not None:
+            raise invalid("ppo.model", "PPO starts from the SFT stage's model; to skip SFT give "
+                                       "sft.model=PATH instead")
+        if self.ppo.reward_model is not None and self.rm.model is not None:
+            raise invalid("ppo.reward_model", "conflicts with rm.model; give the trained reward model once, "
+                                              "as rm.model")
+
+    def validate_for_run(self) -> None:
+        for name in STAGES:
+            stage = getattr(self, name)
+            if name == "ppo" and stage.reward is None and stage.reward_model is None:
+                continue  # its reward model arrives from the RM stage
+            stage.validate_for_run()
+
+
+#: Shared options that flow from the top of the config into every stage.
+SHARED = tuple(f.name for f in dataclasses.fields(RLHFConfig) if f.name not in ("model", "output_dir", *STAGES))
+
+
+def _default(cls: type, name: str) -> Any:
+    f = next(f for f in dataclasses.fields(cls) if f.name == name)
+    return f.default_factory() if f.default is dataclasses.MISSING else f.default  # type: ignore[misc]
+
+
+def stage_config(config: RLHFConfig, name: str, output_dir: Path) -> Any:
+    """A stage's config: its own group, plus each shared option set at the top that the stage left at
+    its default, plus its output dir."""
+    stage = getattr(config, name)
+    inherited = {key: getattr(config, key) for key in SHARED
+                 if getattr(config, key) != _default(RLHFConfig, key)
+                 and getattr(stage, key) == _default(type(stage), key)}
+    return dataclasses.replace(stage, output_dir=str(output_dir), **inherited)
+
+
+def is_complete(stage_dir: Path) -> bool:
+    """A stage finished when its model was saved (``model/`` is written atomically at the end)."""
+    return (stage_dir / "model" / "config.json").is_file()
+
+
+class RLHFPipeline(Method):
+    """SFT -> RM -> PPO, as in InstructGPT."""
+
+    name = "rlhf"
+    description = "The whole InstructGPT pipeline: SFT, then a reward model, then PPO"
+    config_class = RLHFConfig
+    shape = None
+
+    def load_data(self, config: RLHFConfig, registry: Registry) -> dict[str, DataSplits]:
+        """Every stage's data, read before any model loads: bad data fails in seconds, not hours."""
+        return {name: registry.get("methods", name)().load_data(cfg, registry)
+                for name, cfg in self.plan(config, Path(config.output_dir or ".")).items() if cfg is not None}
+
+    def train(self, run: Run) -> None:
+        config: RLHFConfig = run.config
+        plan = self.plan(config, run.output_dir)
+        data = run.data
+        sft_model = config.sft.model or self.run_stage(run, "sft", plan["sft"], data["sft"],
+                                                        model=config.model)
+        reward_model = config.rm.model or config.ppo.reward_model
+        if reward_model is None and config.ppo.reward is None:
+            reward_model = self.run_stage(run, "rm", plan["rm"], data["rm"], model=sft_model)
+        elif plan["rm"] is None:
+            run.log("rlhf: rm stage skipped: " + (f"using rm.model={reward_model}" if reward_model
+                                                   else f"ppo.reward={config.ppo.reward}"))
+        policy = self.run_stage(run, "ppo", plan["ppo"], data["ppo"], model=sft_model,
+                                reward_model=reward_model)
+        self.link_final_model(run, Path(policy))
+
+    def plan(self, config: RLHFConfig, output_dir: Path) -> dict[str, Any]:
+        """Each stage's config (None for a stage given as a trained model)."""
+        skip_rm = config.rm.model is not None or config.ppo.reward is not None or config.ppo.reward_model is not None
+        return {
+            "sft": None if config.sft.model else stage_config(config, "sft", output_dir / "sft"),
+            "rm": None if skip_rm else stage_config(config, "rm", output_dir / "rm"),
+            "ppo": stage_config(config, "ppo", output_dir / "ppo"),
+        }
+
+    def run_stage(self, run: Run, name: str, stage_cfg: Any, data: DataSplits, **models: Any) -> str:
+        """Train one stage into ``OUTPUT_DIR/<name>`` (skipped when already complete); its model path."""
+        from easyrlhf_core.run import Run as StageRun
+        from easyrlhf_core.run import claim_output_dir, execute, write_run_config
+
+        stage_dir = run.output_dir / name
+        if is_complete(stage_dir):
+            run.log(f"rlhf: {name} stage already complete in {stage_dir}; skipped")
+            return str(stage_dir / "model")
+        cfg = dataclasses.replace(stage_cfg, **{k: v for k, v in models.items() if v is not None or k == "model"})
+        cfg.validate_for_run()
+        method = run.registry.get("methods", name)()
+        resume = stage_dir.is_dir() and any(stage_dir.iterdir())
+        if run.is_main_process:
+            claim_output_dir(stage_dir, overwrite=False)
+            write_run_config(stage_dir, name, cfg)
+        run.log(f"rlhf: {name} stage{' (resuming)' if resume else ''} -> {stage_dir}")
+        stage_run = StageRun(method, cfg, stage_dir, data, run.registry, resume=resume, progress=run.progress)
+        execute(stage_run)
+        self.log_stage_metrics(run, name, stage_dir)
+        return str(stage_dir / "model")
+
+    def log_stage_metrics(self, run: Run, name: str, stage_dir: Path) -> None:
+        """The stage's last value of every metric, prefixed ``<stage>/``, as one row of the pipeline's metrics."""
+        path = stage_dir / "metrics.jsonl"
+        if not run.is_main_process or not path.is_file():
+            return
+        last: dict[str, Any] = {}
+        for line in path.read_text(encoding="utf-8").splitlines():
+            if line.strip():
+                last.update(json.loads(line))
+        last.pop("step", None)
+        run.log_metrics(STAGES.index(name) + 1, {f"{name}/{k}": v for k, v in last.items()
+                                                 if isinstance(v, (int, float))})
+
+    def link_final_model(self, run: Run, policy: Path) -> None:
+        """``OUTPUT_DIR/model`` points at the PPO policy (a relative symlink: no second copy)."""
+        if not run.is_main_process:
+            return
+        link = run.model_dir
+        if link.is_symlink() or link.exists():
+            if link.is_symlink():
+                link.unlink()
+            else:
+                raise ConfigError("the run directory already has a model/ that is not the pipeline's link",
+                                  where=str(link))
+        os.symlink(os.path.relpath(policy, run.output_dir), link)
+        run.log(f"rlhf: final policy {policy} (linked as {link})")
+
+
+@hookimpl
+def register_methods(register: Any) -> None:
+    register(RLHFPipeline)

@@ -1,0 +1,103 @@
+"""The SFT -> RM -> PPO pipeline: stage dirs, hand-over of models, skipping complete stages, given models."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import yaml
+
+TINY_STAGES = ["--max-steps", "2", "--set", "max_train_samples=12", "--set", "max_eval_samples=2",
+               "--set", "sft.max_length=256", "--set", "rm.max_length=256", "--set", "ppo.max_length=256",
+               "--set", "ppo.max_new_tokens=8", "--set", "ppo.rollout_batch_size=4"]
+
+
+def _pipeline(cli_run, model, out, *extra):
+    return cli_run("run", "--method", "rlhf", "--model", str(model), "--output-dir", str(out), *TINY_STAGES, *extra)
+
+
+@pytest.fixture(scope="module")
+def pipeline_run(tiny_model_dir, tmp_path_factory):
+    from tests.helpers import run_cli
+
+    out = tmp_path_factory.mktemp("rlhf") / "run"
+    result = _pipeline(run_cli, tiny_model_dir, out)
+    assert result.exit_code == 0, result.stderr
+    return out, result
+
+
+def test_pipeline_runs_every_stage_and_hands_models_over(pipeline_run, tiny_model_dir):
+    out, result = pipeline_run
+    for stage in ("sft", "rm", "ppo"):
+        assert (out / stage / "model" / "config.json").is_file(), stage
+        assert (out / stage / "config.yaml").is_file() and (out / stage / "README.md").is_file()
+    configs = {s: yaml.safe_load((out / s / "config.yaml").read_text()) for s in ("sft", "rm", "ppo")}
+    assert configs["sft"]["model"] == str(tiny_model_dir)
+    assert configs["rm"]["model"] == str(out / "sft" / "model")          # RM starts from the SFT model
+    assert configs["ppo"]["model"] == str(out / "sft" / "model")         # the policy too
+    assert configs["ppo"]["reward_model"] == str(out / "rm" / "model")   # scored by the RM
+    assert all(c["max_steps"] == 2 and c["max_train_samples"] == 12 for c in configs.values())
+    assert "value model: initialised from the reward model" in result.stderr
+    assert (out / "model").resolve() == (out / "ppo" / "model").resolve()
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows] == [1, 2, 3]
+    assert "sft/loss" in rows[0] and "rm/loss" in rows[1] and "ppo/score" in rows[2]
+
+
+def test_rerun_skips_complete_stages(pipeline_run, tiny_model_dir, cli_run):
+    out, _ = pipeline_run
+    before = {s: (out / s / "model" / "model.safetensors").stat().st_mtime_ns for s in ("sft", "rm", "ppo")}
+    refused = _pipeline(cli_run, tiny_model_dir, out)
+    assert refused.exit_code == 2 and "pass --overwrite to replace it, --resume" in refused.stderr
+    result = _pipeline(cli_run, tiny_model_dir, out, "--resume")
+    assert result.exit_code == 0, result.stderr
+    for stage in ("sft", "rm", "ppo"):
+        assert f"rlhf: {stage} stage already complete" in result.stderr
+        assert (out / stage / "model" / "model.safetensors").stat().st_mtime_ns == before[stage]
+
+
+def test_interrupted_pipeline_continues_where_it_stopped(pipeline_run, tiny_model_dir, cli_run, tmp_path):
+    import shutil
+
+    out = tmp_path / "run"
+    shutil.copytree(pipeline_run[0], out, symlinks=True)
+    shutil.rmtree(out / "ppo")  # as if the run died before PPO finished
+    result = _pipeline(cli_run, tiny_model_dir, out, "--resume")
+    assert result.exit_code == 0, result.stderr
+    assert "rlhf: sft stage already complete" in result.stderr and "rlhf: rm stage already complete" in result.stderr
+    assert "rlhf: ppo stage -> " in result.stderr and (out / "ppo" / "model" / "config.json").is_file()
+
+
+def test_given_reward_model_skips_rm_training(pipeline_run, tiny_model_dir, cli_run, tmp_path):
+    given = pipeline_run[0] / "rm" / "model"
+    out = tmp_path / "run"
+    result = _pipeline(cli_run, tiny_model_dir, out, "--set", f"rm.model={given}")
+    assert result.exit_code == 0, result.stderr
+    assert not (out / "rm").exists()
+    assert yaml.safe_load((out / "ppo" / "config.yaml").read_text())["reward_model"] == str(given)
+
+
+def test_stage_options_override_shared_ones(tiny_model_dir, cli_run, tmp_path):
+    from easyrlhf_core.registry import get_registry
+
+    from easyrlhf_core.config import parse_set_options, resolve_config
+
+    method = get_registry().get("methods", "rlhf")()
+    config = resolve_config(method.config_class, [parse_set_options(["max_steps=5", "sft.max_steps=3", "seed=7"])])
+    plan = method.plan(config, tmp_path)
+    assert (plan["sft"].max_steps, plan["rm"].max_steps, plan["ppo"].max_steps) == (3, 5, 5)
+    assert plan["rm"].seed == 7 and plan["rm"].output_dir == str(tmp_path / "rm")
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--set", "rm.learnig_rate=1e-5"], "Error: --set rm.learnig_rate: unknown option 'rm.learnig_rate' "
+                                        "(did you mean 'rm.learning_rate'?)"),
+    (["--set", "ppo.model=x"], "Error: --set ppo.model: 'ppo.model' PPO starts from the SFT stage's model"),
+    (["--set", "ppo.data_files=/nonexistent/prompts.jsonl"], "Error: /nonexistent/prompts.jsonl: file not found"),
+])
+def test_bad_stage_options_fail_before_anything_is_written(tiny_model_dir, cli_run, tmp_path, args, message):
+    out = tmp_path / "run"
+    result = _pipeline(cli_run, tiny_model_dir, out, *args)
+    assert result.exit_code == 2
+    assert result.stderr.strip().splitlines()[-1].startswith(message), result.stderr
+    assert not out.exists()

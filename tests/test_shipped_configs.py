@@ -1,0 +1,33 @@
+"""configs/<method>.yaml hold each built-in method's real defaults and load back as they are."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+BUILTIN_METHODS = ["sft", "rm", "dpo", "ipo", "rrhf", "ppo", "rlhf"]
+
+
+@pytest.mark.parametrize("method", BUILTIN_METHODS)
+def test_config_file_is_show_config_output(cli_run, method):
+    result = cli_run("show-config", "--method", method)
+    assert result.exit_code == 0, result.stderr
+    assert (CONFIGS / f"{method}.yaml").read_text() == result.stdout
+
+
+@pytest.mark.parametrize("method", BUILTIN_METHODS)
+def test_config_file_loads_back_with_config(cli_run, method):
+    result = cli_run("show-config", "--config", str(CONFIGS / f"{method}.yaml"), "--no-comments")
+    assert result.exit_code == 0, result.stderr
+    assert yaml.safe_load(result.stdout) == yaml.safe_load((CONFIGS / f"{method}.yaml").read_text())
+
+
+def test_every_builtin_method_has_a_config_file():
+    from easyrlhf_core.registry import build_registry
+
+    builtin = {name for name, entry in build_registry().methods.items() if entry.plugin.package == "easyrlhf"}
+    assert builtin == set(BUILTIN_METHODS)
+    assert {p.stem for p in CONFIGS.glob("*.yaml")} == builtin
