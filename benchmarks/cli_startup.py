@@ -1,7 +1,7 @@
 """CLI start-up: how long `easyrlhf list-plugins`, `easyrlhf run --help` and `easyrlhf eval --help` take,
 against `trl dpo --help` (TRL's own CLI) measured in the same run.
 
-    python benchmarks/cli_startup.py [--repeats 7] [--markdown benchmarks/results/cli_startup.md]
+    python benchmarks/cli_startup.py [--repeats 7] [--markdown FILE]
 
 Each command runs once untimed (warm file cache), then ``--repeats`` times; the table shows the median wall
 time and the ratio to TRL's median. Commands run from the venv of the Python that runs this script.

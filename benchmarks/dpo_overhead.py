@@ -127,8 +127,8 @@ def main() -> None:
     base_step, base_rss = best["easyrlhf run (fp32, full)"]
     print(f"model: {model}; {args.steps} steps x batch {args.batch} pairs, max_length {args.max_length}, "
           f"best of {args.repeats}; total {time.time() - started:.0f}s")
-    print(f"| variant | s/step | ratio | peak RSS MiB | RSS ratio |")
-    print(f"|---|---|---|---|---|")
+    print("| variant | s/step | ratio | peak RSS MiB | RSS ratio |")
+    print("|---|---|---|---|---|")
     for name in names:
         step, rss = best[name]
         reference = raw_step if name in ("raw TRL DPOTrainer", "easyrlhf run (fp32, full)") else base_step

@@ -1,19 +1,34 @@
 """Finding checkpoints to resume from: ``checkpoint-<step>`` dirs, newest complete one first.
 
-A checkpoint counts as complete when it holds ``trainer_state.json`` that parses (the HF Trainer writes
-it last) or, for our own loops, a ``COMPLETE`` marker. A broken newest checkpoint is skipped with a
-warning, so ``--resume`` falls back to the one before it.
+A checkpoint counts as complete (:func:`is_complete`) when it holds the ``COMPLETE`` marker, written only
+after every file of the checkpoint is on disk, by every process. PPO writes it into a temp dir that is
+then renamed into place. The HF Trainer writes ``checkpoint-N`` in place (no public hook changes that), so
+``easyrlhf_core.hf.CheckpointCallback`` writes the marker from ``on_save``, which fires after the save,
+behind a barrier so every rank has finished; it also prunes old checkpoints only after that. A save cut
+short by a crash or SIGKILL never has the marker, so it is never resumed from.
+
+:func:`latest_checkpoint` also wants the files intact (:func:`checkpoint_problem`): ``trainer_state.json``
+(when present) parses, every ``*.safetensors`` file is as long as its header says, and every zip-format
+torch file (``*.pt``, ``*.pth``, ``*.bin``, ``*.pkl``) has its central directory (a truncated one has
+not). Only headers are read, so this is cheap.
+
+A broken newest checkpoint is skipped with a warning naming the problem, so ``--resume`` falls back to the
+one before it.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import re
+import struct
+import zipfile
 from pathlib import Path
 from typing import Callable
 
 _CHECKPOINT = re.compile(r"^checkpoint-(\d+)$")
 COMPLETE_MARKER = "COMPLETE"
+_TORCH_SUFFIXES = {".pt", ".pth", ".bin", ".pkl"}
 
 
 def list_checkpoints(root: Path) -> list[Path]:
@@ -24,25 +39,110 @@ def list_checkpoints(root: Path) -> list[Path]:
     return [p for _, p in sorted(found)]
 
 
+def checkpoint_step(path: Path) -> int:
+    """The step in a ``checkpoint-<step>`` dir name."""
+    match = _CHECKPOINT.match(path.name)
+    if match is None:
+        raise ValueError(f"not a checkpoint directory name: {path.name}")
+    return int(match.group(1))
+
+
 def is_complete(path: Path) -> bool:
-    """True when ``path`` looks fully written."""
-    if (path / COMPLETE_MARKER).is_file():
-        return True
+    """True when ``path`` was fully written: it holds the ``COMPLETE`` marker."""
+    return (path / COMPLETE_MARKER).is_file()
+
+
+def checkpoint_problem(path: Path) -> str | None:
+    """Why ``path`` cannot be resumed from (one short phrase), or None when it is complete and intact."""
+    if not is_complete(path):
+        return f"no {COMPLETE_MARKER} marker (its save did not finish)"
     state = path / "trainer_state.json"
-    if not state.is_file():
-        return False
+    if state.exists():
+        try:
+            json.loads(state.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            return "trainer_state.json does not parse"
+    files = sorted(p for p in path.rglob("*") if p.is_file())
+    if not any(p.suffix == ".safetensors" or p.suffix in _TORCH_SUFFIXES for p in files):
+        return "no weights in it"
+    for file in files:
+        problem = _safetensors_problem(file) if file.suffix == ".safetensors" else (
+            _torch_file_problem(file) if file.suffix in _TORCH_SUFFIXES else None)
+        if problem:
+            return f"{file.relative_to(path)} {problem}"
+    return None
+
+
+def _safetensors_problem(path: Path) -> str | None:
+    """A safetensors file is an 8-byte header length, a JSON header and the tensor bytes it describes."""
     try:
-        json.loads(state.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return False
-    weights = list(path.glob("*.safetensors")) + list(path.glob("*.bin")) + list(path.glob("global_step*"))
-    return bool(weights)
+        size = path.stat().st_size
+        with path.open("rb") as fh:
+            (header_length,) = struct.unpack("<Q", fh.read(8))
+            if header_length > size:
+                return "is truncated"
+            header = json.loads(fh.read(header_length))
+    except (OSError, ValueError, struct.error):
+        return "has no readable header"
+    end = max((int(t["data_offsets"][1]) for k, t in header.items() if k != "__metadata__"), default=0)
+    return None if size == 8 + header_length + end else "is truncated"
+
+
+def _torch_file_problem(path: Path) -> str | None:
+    """``torch.save`` writes a zip archive; a truncated one lost its central directory (at the end)."""
+    try:
+        with path.open("rb") as fh:
+            if fh.read(4) != b"PK\x03\x04":
+                return None  # not a zip (legacy torch or plain pickle format): nothing cheap to check
+        with zipfile.ZipFile(path):
+            return None
+    except (OSError, zipfile.BadZipFile):
+        return "is truncated"
 
 
 def latest_checkpoint(root: Path, log: Callable[[str], None] = lambda _m: None) -> Path | None:
-    """The newest complete checkpoint; incomplete newer ones are reported and skipped."""
+    """The newest complete checkpoint; incomplete or corrupt newer ones are reported and skipped."""
     for path in reversed(list_checkpoints(root)):
-        if is_complete(path):
+        problem = checkpoint_problem(path)
+        if problem is None:
             return path
-        log(f"warning: skipping incomplete or corrupt checkpoint {path}")
+        log(f"warning: skipping checkpoint {path}: {problem}")
     return None
+
+
+def prune_checkpoints(root: Path, keep: int) -> None:
+    """Delete all but the newest ``keep`` checkpoints under ``root`` (nothing when ``keep`` <= 0)."""
+    import shutil
+
+    if keep > 0:
+        for old in list_checkpoints(root)[:-keep]:
+            shutil.rmtree(old, ignore_errors=True)
+
+
+def remove_checkpoints_after(root: Path, step: int, log: Callable[[str], None] = lambda _m: None) -> None:
+    """Delete checkpoints newer than ``step`` (the broken ones a resume skipped: the resumed run rewrites
+    them, and a stale file or marker must not survive into the new save)."""
+    import shutil
+
+    for path in list_checkpoints(root):
+        if checkpoint_step(path) > step:
+            log(f"removing {path} (it will be written again)")
+            shutil.rmtree(path, ignore_errors=True)
+
+
+def drop_rows_after(path: Path, step: int) -> None:
+    """Keep the rows of a ``*.jsonl`` log (metrics, samples) up to ``step``, minus end-of-training
+    summaries (``train_runtime``: a stopped run's); the resumed run logs the rest again."""
+    if not path.is_file():
+        return
+    kept = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        try:
+            row = json.loads(line)
+        except ValueError:  # a line cut short by a kill
+            continue
+        if isinstance(row, dict) and row.get("step", 0) <= step and "train_runtime" not in row:
+            kept.append(line + "\n")
+    partial = path.with_name(path.name + ".tmp")
+    partial.write_text("".join(kept), encoding="utf-8")
+    os.replace(partial, path)

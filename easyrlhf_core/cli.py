@@ -156,16 +156,50 @@ def run_command(method: str | None, config_file: str | None, set_options: tuple[
                 resume: bool, debug: bool, num_processes: int, num_machines: int, machine_rank: int,
                 main_process_ip: str | None, main_process_port: int, **flags: Any) -> None:
     """Train a model with one alignment method."""
-    from .launch import LaunchOptions, is_launched, launch
-    from .run import RunRequest, execute, prepare
+    from .launch import STOPPED_EXIT_CODES, LaunchOptions, is_launched, launch
+    from .run import RunInterrupted, RunRequest, execute, prepare
 
     request = RunRequest(method=method, config_file=config_file, flags=_flag_values(flags),
-                         set_options=list(set_options), overwrite=overwrite, resume=resume)
+                         set_options=list(set_options), overwrite=overwrite, resume=resume,
+                         num_machines=num_machines, machine_rank=machine_rank)
     options = LaunchOptions(num_processes, num_machines, machine_rank, main_process_ip, main_process_port)
     run = prepare(request)  # validates, loads data and claims the output dir before any rank starts
     if options.distributed and not is_launched():
-        sys.exit(launch(options, _rank_args(sys.argv[1:], str(run.output_dir))))
-    execute(run)
+        code = launch(options, _rank_args(sys.argv[1:], str(run.output_dir)))
+        if code in STOPPED_EXIT_CODES:
+            _print_resume_hint(str(run.output_dir))
+        sys.exit(code)
+    try:
+        execute(run)
+    except RunInterrupted as stopped:
+        if is_launched():  # a rank that stopped as asked: the parent process reports the stop
+            sys.exit(0)
+        _print_resume_hint(str(run.output_dir))
+        sys.exit(stopped.exit_code)
+
+
+def _print_resume_hint(output_dir: str) -> None:
+    click.echo(f"Stopped. Resume with:\n  {resume_command(sys.argv[1:], output_dir)}", err=True)
+
+
+def resume_command(argv: list[str], output_dir: str) -> str:
+    """The command line that continues this run: the same arguments without --overwrite / --resume /
+    --output-dir, then ``--resume --output-dir OUTPUT_DIR``."""
+    import shlex
+
+    out: list[str] = []
+    skip = False
+    for arg in argv:
+        if skip:
+            skip = False
+            continue
+        name = arg.split("=", 1)[0]
+        if name in ("--output-dir", "-o"):
+            skip = "=" not in arg
+            continue
+        if arg not in ("--overwrite", "--resume"):
+            out.append(arg)
+    return shlex.join(["easyrlhf", *out, "--resume", "--output-dir", output_dir])
 
 
 _LAUNCHER_OPTIONS = {"--num-processes", "--num-machines", "--machine-rank", "--main-process-ip",

@@ -1,5 +1,19 @@
 """Glue between a :class:`~easyrlhf_core.run.Run` and a transformers/TRL ``Trainer``: arguments from our
-config, metrics and progress through a callback, checkpoints under ``OUTPUT_DIR/checkpoints``, resume.
+config, metrics and progress through a callback, checkpoints under ``OUTPUT_DIR/checkpoints``, resume,
+and a clean stop on Ctrl-C / SIGTERM.
+
+Checkpoints. The Trainer writes ``checkpoint-N`` in place; :class:`CheckpointCallback` then (``on_save``,
+after a barrier, so every rank has finished) writes the ``COMPLETE`` marker and only then prunes old
+checkpoints to ``save_total_limit`` (the Trainer's own pruning is off: it could delete the last good
+checkpoint before the new one is known to be whole). ``--resume`` takes the newest checkpoint with the
+marker and intact files (:func:`easyrlhf_core.checkpoints.latest_checkpoint`), deletes the broken newer ones
+(the resumed run writes them again) and drops the ``metrics.jsonl`` rows logged after that checkpoint's
+step (the resumed run logs those steps again), so the file reads as one run.
+
+Stopping. During ``trainer.train`` SIGINT/SIGTERM only set a flag (:class:`~easyrlhf_core.run.StopSignals`);
+at the end of the current optimizer step every rank agrees on it, the Trainer saves a checkpoint at that
+step and stops, and :func:`train_and_save` raises :class:`~easyrlhf_core.run.RunInterrupted` (no final
+evaluation, no ``model/``). Nothing after the last optimizer step is lost.
 
 Imported only inside ``Method.train`` (it pulls in transformers).
 """
@@ -10,9 +24,12 @@ from typing import TYPE_CHECKING, Any
 
 from transformers import TrainerCallback
 
-from .checkpoints import latest_checkpoint
+from .checkpoints import (COMPLETE_MARKER, checkpoint_step, drop_rows_after, latest_checkpoint, prune_checkpoints,
+                          remove_checkpoints_after)
+from .errors import ConfigError
 from .launch import world_size
 from .models import resolve_precision
+from .run import RunInterrupted, StopSignals
 
 if TYPE_CHECKING:
     from .config import BaseConfig
@@ -20,7 +37,11 @@ if TYPE_CHECKING:
 
 
 def training_arguments(config: BaseConfig, run: Run, has_eval: bool) -> dict[str, Any]:
-    """Keyword arguments for ``TrainingArguments`` (or a TRL ``*Config``) from our shared options."""
+    """Keyword arguments for ``TrainingArguments`` (or a TRL ``*Config``) from our shared options.
+
+    Checkpoint pruning (``save_total_limit``) and the ``COMPLETE`` marker are :class:`CheckpointCallback`'s
+    job: run the trainer through :func:`train_and_save`.
+    """
     import torch
 
     precision = resolve_precision(config.precision)
@@ -45,19 +66,38 @@ def training_arguments(config: BaseConfig, run: Run, has_eval: bool) -> dict[str
         eval_steps=config.eval_steps if evaluate else None,
         save_strategy="steps" if save else "no",
         save_steps=config.save_steps if save else 500,
-        save_total_limit=config.save_total_limit,
+        save_total_limit=None,  # CheckpointCallback prunes, after the new checkpoint is marked complete
         bf16=precision == "bf16",
         fp16=precision == "fp16",
         use_cpu=not torch.cuda.is_available(),
         gradient_checkpointing=config.gradient_checkpointing,
         deepspeed=config.deepspeed,
-        report_to=list(config.report_to) or "none",
+        report_to=reporting_integrations(config.report_to),
         disable_tqdm=True,
         log_level="warning",
         dataloader_num_workers=0,
         # gloo only for real multi-process CPU runs: set in one process, accelerate asks for a process group
         ddp_backend="gloo" if world_size() > 1 and not torch.cuda.is_available() else None,
+        # every parameter of our models takes part in the loss: skip DDP's extra search for unused ones
+        ddp_find_unused_parameters=False,
     )
+
+
+def reporting_integrations(names: list[str]) -> list[str] | str:
+    """``report_to`` for the Trainer: our list as is (``"none"`` when empty), after checking that each
+    HF integration exists and is installed."""
+    from transformers.integrations import INTEGRATION_TO_CALLBACK, get_available_reporting_integrations
+
+    installed = get_available_reporting_integrations()
+    for name in names:
+        if name in ("all", "none"):
+            continue
+        if name not in INTEGRATION_TO_CALLBACK:
+            raise ConfigError(f"unknown logger '{name}'; choose from {', '.join(sorted(INTEGRATION_TO_CALLBACK))}",
+                              where="report_to")
+        if name not in installed:
+            raise ConfigError(f"the '{name}' logger needs its package: pip install {name}", where="report_to")
+    return list(names) or "none"
 
 
 class RunCallback(TrainerCallback):
@@ -78,25 +118,100 @@ class RunCallback(TrainerCallback):
             self.run.log_metrics(state.global_step, {"epoch": state.epoch, **logs})
 
 
+class CheckpointCallback(TrainerCallback):
+    """Marks each checkpoint complete once every rank has written it, then prunes to ``save_total_limit``."""
+
+    def __init__(self, run: Run) -> None:
+        self.run = run
+
+    def on_save(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        barrier()
+        if self.run.is_main_process:
+            path = self.run.checkpoints_dir / f"checkpoint-{state.global_step}"
+            (path / COMPLETE_MARKER).write_text(f"step {state.global_step}\n", encoding="utf-8")
+            prune_checkpoints(self.run.checkpoints_dir, self.run.config.save_total_limit)
+        barrier()
+
+
+class StopCallback(TrainerCallback):
+    """At each optimizer step's end: once a stop signal came (on any rank), save a checkpoint and stop."""
+
+    def __init__(self, stop: StopSignals) -> None:
+        self.stop = stop
+
+    def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        if self.stop.requested(device=args.device):
+            control.should_save = True
+            control.should_training_stop = True
+
+
+def barrier() -> None:
+    """Wait for every rank (nothing to do in a single process)."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+
+
 def resume_checkpoint(run: Run) -> str | None:
-    """The checkpoint to resume from with ``--resume`` (newest complete one), else None."""
+    """The checkpoint to resume from with ``--resume`` (newest complete one), else None. Broken newer
+    checkpoints are removed and ``metrics.jsonl`` cut back to the checkpoint's step (main process)."""
     if not run.resume:
         return None
     found = latest_checkpoint(run.checkpoints_dir, log=run.log)
+    if run.is_main_process:
+        step = checkpoint_step(found) if found is not None else 0
+        remove_checkpoints_after(run.checkpoints_dir, step, log=run.log)
+        drop_rows_after(run.metrics_path, step)
+    barrier()
     if found is None:
-        run.log("--resume: no checkpoint found; starting from the beginning")
+        run.log("--resume: no complete checkpoint found; starting from the beginning")
         return None
     run.log(f"--resume: continuing from {found}")
     return str(found)
 
 
+def check_ranks_agree(run: Run, model: Any) -> None:
+    """In a multi-process run, log each rank's parameter checksum: equal values show the gradients were
+    synchronised (a warning when they differ). Parameters sharded by DeepSpeed ZeRO-3 are not checked."""
+    import torch
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1):
+        return
+    params = list(model.parameters())
+    if not params or any(hasattr(p, "ds_id") for p in params):
+        return
+    with torch.no_grad():
+        total = sum((p.detach().double().sum() * (i + 1) + p.detach().double().square().sum())
+                    for i, p in enumerate(params))
+    gathered = [torch.zeros_like(total) for _ in range(dist.get_world_size())]
+    dist.all_gather(gathered, total)
+    values = [float(v) for v in gathered]
+    if len(set(values)) == 1:
+        run.log(f"ranks: parameter checksum per rank {values}: identical")
+    else:
+        run.log(f"warning: ranks: parameter checksum per rank {values}: DIFFERENT (gradients not synchronised?)")
+
+
 def train_and_save(run: Run, trainer: Any, model_for_save: Any = None, tokenizer: Any = None) -> dict[str, Any]:
-    """Run ``trainer.train`` (resuming when asked), evaluate once at the end, save ``model/``."""
+    """Run ``trainer.train`` (resuming when asked; stopping cleanly on SIGINT/SIGTERM with a checkpoint and
+    :class:`RunInterrupted`), evaluate once at the end, save ``model/``."""
     from transformers.trainer_callback import PrinterCallback
 
     trainer.remove_callback(PrinterCallback)  # metrics reach the progress display and metrics.jsonl instead
     trainer.add_callback(RunCallback(run))
-    trainer.train(resume_from_checkpoint=resume_checkpoint(run))
+    trainer.add_callback(CheckpointCallback(run))
+    checkpoint = resume_checkpoint(run)
+    with StopSignals(run.log) as stop:
+        trainer.add_callback(StopCallback(stop))
+        trainer.train(resume_from_checkpoint=checkpoint)
+    if stop.agreed:
+        step = trainer.state.global_step
+        saved = run.checkpoints_dir / f"checkpoint-{step}"
+        run.log(f"stopped at step {step}; checkpoint saved to {saved}")
+        raise RunInterrupted(stop.agreed, saved)
+    check_ranks_agree(run, trainer.model)
     final: dict[str, Any] = {}
     if getattr(trainer, "eval_dataset", None) is not None and len(trainer.eval_dataset) > 0:
         final = trainer.evaluate()

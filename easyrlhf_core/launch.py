@@ -3,17 +3,22 @@
 On GPUs: ``accelerate launch`` (which also wires DeepSpeed). On CPU: ``torch.distributed.run``
 (torchrun) with the gloo backend, because ``accelerate launch --cpu`` starts a single process without MPI.
 The parent process validates everything and claims the output dir first; the launched ranks see
-``EASYRLHF_LAUNCHED=1`` and skip those steps.
+``EASYRLHF_LAUNCHED=1`` and skip those steps. Ctrl-C / SIGTERM reach the parent, which passes them on to
+the ranks, so they stop together with a checkpoint (see :func:`launch`).
 """
 
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 from dataclasses import dataclass
 
 LAUNCHED_ENV = "EASYRLHF_LAUNCHED"
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+#: Exit codes of a run stopped by SIGINT / SIGTERM (after saving a checkpoint).
+STOPPED_EXIT_CODES = tuple(128 + sig for sig in STOP_SIGNALS)
 
 
 @dataclass
@@ -65,11 +70,45 @@ def launcher_command(options: LaunchOptions, cli_args: list[str], use_gpu: bool)
 
 
 def launch(options: LaunchOptions, cli_args: list[str]) -> int:
-    """Start the ranks and wait; returns the launcher's exit code."""
+    """Start the ranks and wait; returns the launcher's exit code, or ``128 + signal`` when stopped.
+
+    The launcher runs in its own session, so a Ctrl-C reaches only this process, which passes SIGINT /
+    SIGTERM on to the ranks (the launcher's child processes): each saves a checkpoint at the same step and
+    exits 0 (see ``easyrlhf_core.run.StopSignals``), so the launcher ends quietly and this process reports
+    the stop. The launcher gets the signal itself only before its ranks exist.
+    """
     import torch
 
     cmd = launcher_command(options, cli_args, use_gpu=torch.cuda.is_available())
     env = dict(os.environ, **{LAUNCHED_ENV: "1"})
     env.setdefault("OMP_NUM_THREADS", "1")
     print(f"[easyrlhf] launching: {' '.join(cmd)}", file=sys.stderr, flush=True)
-    return subprocess.call(cmd, env=env)
+    process = subprocess.Popen(cmd, env=env, start_new_session=True)
+    stopped_by: list[int] = []
+
+    def forward(signum: int, frame: object) -> None:
+        stopped_by.append(signum)
+        forward_signal(process.pid, signum)
+
+    previous = {sig: signal.signal(sig, forward) for sig in STOP_SIGNALS}
+    try:
+        code = process.wait()
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+    return 128 + stopped_by[0] if stopped_by else code
+
+
+def forward_signal(launcher_pid: int, signum: int) -> None:
+    """Send ``signum`` to the launcher's children (the ranks), or to the launcher when it has none yet."""
+    import psutil  # an accelerate dependency
+
+    try:
+        ranks = psutil.Process(launcher_pid).children()
+    except psutil.Error:
+        return
+    for rank in ranks or [psutil.Process(launcher_pid)]:
+        try:
+            rank.send_signal(signum)
+        except psutil.Error:
+            pass

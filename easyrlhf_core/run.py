@@ -9,19 +9,21 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
 import sys
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from .api import Method, RewardFunction
 from .config import BaseConfig, Layer, config_to_yaml, load_yaml_layer, parse_set_options, resolve_config
 from .errors import ConfigError, DataError, EasyRLHFError
-from .launch import is_launched, world_size
+from .launch import STOP_SIGNALS, is_launched, world_size
 from .progress import ProgressReporter
 from .registry import Registry, get_registry
-from .shapes import SHAPE_DESCRIPTIONS, DataOptions, DataSplits, Shape
+from .shapes import SHAPE_DESCRIPTIONS, DataOptions, DataSplits
 
 CONFIG_FILE = "config.yaml"
 METRICS_FILE = "metrics.jsonl"
@@ -39,6 +41,8 @@ class RunRequest:
     set_options: list[str] = field(default_factory=list)
     overwrite: bool = False
     resume: bool = False
+    num_machines: int = 1  # multi-node runs: only machine 0 checks and claims the output dir
+    machine_rank: int = 0
 
 
 def is_main_process() -> bool:
@@ -104,6 +108,89 @@ class Run:
         """Instantiate the reward function registered as ``name``."""
         cls = self.registry.get("rewards", name)
         return cls(**options)
+
+
+class RunInterrupted(Exception):
+    """Training stopped early on SIGINT/SIGTERM, after saving the checkpoint ``checkpoint``; the CLI
+    prints how to resume and exits with ``128 + signal_number`` (130 for Ctrl-C)."""
+
+    def __init__(self, signal_number: int, checkpoint: Path | None = None) -> None:
+        self.signal_number = signal_number
+        self.checkpoint = checkpoint
+        super().__init__(f"stopped by {signal.Signals(signal_number).name}")
+
+    @property
+    def exit_code(self) -> int:
+        return 128 + self.signal_number
+
+
+class StopSignals:
+    """SIGINT (Ctrl-C) and SIGTERM as a request to stop at the next step boundary, so a training loop can
+    save a checkpoint and stop cleanly. Use around the loop and call :meth:`requested` once per step on
+    every rank (it agrees across ranks, so all stop at the same step)::
+
+        with StopSignals(run.log) as stop:
+            for step in ...:
+                ...
+                if stop.requested():
+                    save a checkpoint; raise RunInterrupted(stop.requested(), path)
+
+    A second Ctrl-C more than a second after the first stops at once (KeyboardInterrupt, no checkpoint);
+    repeats within that second (one Ctrl-C delivered twice, e.g. by a launcher) and repeated SIGTERMs are
+    ignored. Handlers are installed only in the main thread and restored on exit.
+    """
+
+    def __init__(self, log: Callable[[str], None]) -> None:
+        self.log = log
+        self.received: int | None = None
+        self._received_at = 0.0
+        self._announced = False
+        self._agreed: int | None = None
+        self._previous: dict[int, Any] = {}
+
+    def __enter__(self) -> StopSignals:
+        if threading.current_thread() is threading.main_thread():
+            for sig in STOP_SIGNALS:
+                self._previous[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+        self._previous.clear()
+
+    def _handle(self, signum: int, frame: Any) -> None:  # no I/O here: the handler may interrupt a write
+        if self.received is None:
+            self.received, self._received_at = signum, time.monotonic()
+        elif signum == signal.SIGINT and time.monotonic() - self._received_at > 1.0:
+            raise KeyboardInterrupt
+
+    @property
+    def agreed(self) -> int | None:
+        """The signal the last :meth:`requested` call acted on (no collective), else None."""
+        return self._agreed
+
+    def requested(self, device: Any = None) -> int | None:
+        """The stop signal (a number) once any rank got one, else None. Collective when distributed:
+        every rank must call it at the same points; ``device`` is where the flag tensor lives (the
+        training device, for NCCL)."""
+        if self._agreed:
+            return self._agreed
+        signum = self.received or 0
+        if "torch" in sys.modules:
+            import torch
+            import torch.distributed as dist
+
+            if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+                flag = torch.tensor([signum], dtype=torch.int64, device=device)
+                dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+                signum = int(flag.item())
+        if signum and not self._announced:
+            self._announced = True
+            again = " (Ctrl-C again to stop at once, without one)" if signum == signal.SIGINT else ""
+            self.log(f"received {signal.Signals(signum).name}: stopping after this step and saving a checkpoint{again}")
+        self._agreed = signum or None
+        return self._agreed
 
 
 def _jsonable(value: Any) -> Any:
@@ -234,13 +321,18 @@ def prepare(request: RunRequest, registry: Registry | None = None) -> Run:
     registry = registry or get_registry()
     method, config = resolve(request, registry)
     config.validate_for_run()
+    if request.num_machines > 1 and not config.output_dir:
+        raise ConfigError("a run on several machines needs --output-dir: the same path on every machine, on a "
+                          "filesystem they all see", where="--output-dir")
     output_dir = Path(config.output_dir) if config.output_dir else default_output_dir(method.name)
-    launched = is_launched()  # a rank started by `launch`: the parent already checked and claimed the dir
-    if not launched:
+    # A rank started by `launch`, or a machine other than the first: the first machine's parent process
+    # checks and claims the output dir.
+    claims = not is_launched() and request.machine_rank == 0
+    if claims:
         check_output_dir(output_dir, overwrite=request.overwrite, resume=request.resume)
     config.output_dir = str(output_dir)
     data = method.load_data(config, registry)
-    if not launched and is_main_process():
+    if claims and is_main_process():
         claim_output_dir(output_dir, overwrite=request.overwrite)
         if not (request.resume and (output_dir / CONFIG_FILE).exists()):
             write_run_config(output_dir, method.name, config)

@@ -110,7 +110,7 @@ def test_embedded_sample_counts_are_printed_once_on_a_real_run(cli_run, tmp_path
     result = run(cli_run, out, "--set", "max_train_samples=10", method="probe-conversation")
     assert result.exit_code == 0, result.stderr
     expected = ("[easyrlhf] data: hh-rlhf: read 6240 pairs from the embedded sample (helpful-base, helpful-online, "
-                "helpful-rejection-sampled test splits); dropped 37 identical pairs; 0 split at a divergent turn")
+                "helpful-rejection-sampled test splits); dropped 36 identical pairs; 12 split at a divergent turn")
     assert result.stderr.count(expected) == 1
     assert "[easyrlhf] data: hh-rlhf (conversation): 10 train / 200 eval examples" in result.stderr
     assert len(json.loads((out / "probe.json").read_text())["train"]) == 10

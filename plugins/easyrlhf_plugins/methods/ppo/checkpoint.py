@@ -14,7 +14,7 @@ import shutil
 from pathlib import Path
 from typing import Any, Callable
 
-from easyrlhf_core.checkpoints import COMPLETE_MARKER, is_complete, list_checkpoints
+from easyrlhf_core.checkpoints import COMPLETE_MARKER, is_complete, list_checkpoints, prune_checkpoints
 
 STATE_FILE = "ppo_state.json"
 SCHEDULER_FILE = "scheduler.pt"
@@ -57,8 +57,7 @@ def save_checkpoint(accelerator: Any, checkpoints_dir: Path, iteration: int, sta
         if final.exists():
             shutil.rmtree(final)
         tmp.rename(final)
-        for old in list_checkpoints(checkpoints_dir)[:-total_limit]:
-            shutil.rmtree(old, ignore_errors=True)
+        prune_checkpoints(checkpoints_dir, total_limit)
     accelerator.wait_for_everyone()
     return final
 
@@ -90,18 +89,3 @@ def load_checkpoint(accelerator: Any, path: Path, scheduler: Any) -> dict[str, A
     accelerator.load_state(str(path))
     scheduler.load_state_dict(torch.load(path / SCHEDULER_FILE, weights_only=False))
     return state
-
-
-def truncate_jsonl(path: Path, last_step: int) -> None:
-    """Drop rows logged after ``last_step`` (iterations the resumed run will redo)."""
-    if not path.is_file():
-        return
-    kept = []
-    for line in path.read_text(encoding="utf-8").splitlines():
-        try:
-            step = json.loads(line).get("step", 0)
-        except ValueError:
-            continue
-        if isinstance(step, int) and step <= last_step:
-            kept.append(line)
-    path.write_text("".join(f"{line}\n" for line in kept), encoding="utf-8")

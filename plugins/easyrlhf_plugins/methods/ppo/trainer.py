@@ -10,16 +10,17 @@ from __future__ import annotations
 
 import json
 import math
-import signal
-import sys
-import threading
 import time
 from typing import TYPE_CHECKING, Any
 
 import torch
 
+from easyrlhf_core.checkpoints import drop_rows_after
+from easyrlhf_core.hf import check_ranks_agree
+from easyrlhf_core.run import RunInterrupted, StopSignals
+
 from . import core
-from .checkpoint import remove_partial_checkpoints, resume_from_latest, save_checkpoint, truncate_jsonl
+from .checkpoint import remove_partial_checkpoints, resume_from_latest, save_checkpoint
 from .models import PolicyAndValue, load_models, stop_token_ids
 from .rollout import Rollout, encode_prompts, generate, generation_config, left_pad, record_rollout
 
@@ -329,8 +330,8 @@ class PPOTrainer:
                 run.log(f"warning: the checkpoint was written by {state['num_processes']} processes, this run has "
                         f"{self.world}: prompts and sampling will differ from an uninterrupted run")
         if run.is_main_process:
-            truncate_jsonl(run.metrics_path, iteration)
-            truncate_jsonl(run.output_dir / SAMPLES_FILE, iteration)
+            drop_rows_after(run.metrics_path, iteration)
+            drop_rows_after(run.output_dir / SAMPLES_FILE, iteration)
         return iteration
 
     def checkpoint(self, iteration: int) -> None:
@@ -344,24 +345,19 @@ class PPOTrainer:
         first = self.resume() + 1
         run.progress.start(self.total_iterations, description="ppo")
         run.progress.advance_to(first - 1)
-        with StopRequest() as stop:
+        with StopSignals(run.log) as stop:
             for iteration in range(first, self.total_iterations + 1):
                 self.step(iteration)
                 saved = bool(config.save_steps) and iteration % config.save_steps == 0
                 if saved:
                     self.checkpoint(iteration)
-                if self._any_process(stop.requested):
-                    if config.save_steps and not saved:
+                signum = stop.requested(device=self.accelerator.device)  # agreed by every process
+                if signum:
+                    if not saved:
                         self.checkpoint(iteration)
-                    run.log(f"interrupted after iteration {iteration}; continue with the same command plus "
-                            f"--resume (output dir {run.output_dir})")
-                    raise KeyboardInterrupt
+                    raise RunInterrupted(signum, run.checkpoints_dir / f"checkpoint-{iteration}")
+        check_ranks_agree(run, self.unwrapped)
         self.save_models()
-
-    def _any_process(self, flag: bool) -> bool:
-        """True when ``flag`` is set on any process (so every process stops after the same iteration)."""
-        value = torch.tensor([1.0 if flag else 0.0], device=self.accelerator.device)
-        return bool(self.accelerator.reduce(value, reduction="sum").item() > 0)
 
     def step(self, iteration: int) -> None:
         """One PPO iteration: rollout, advantages, update, metrics (and eval when due)."""
@@ -395,27 +391,3 @@ class PPOTrainer:
                        merge_lora=not self.config.save_adapter_only)
             self.run.log(f"saved value model to {self.run.output_dir / VALUE_MODEL_DIR}")
         self.accelerator.wait_for_everyone()
-
-
-class StopRequest:
-    """Ctrl-C (SIGINT) asks the loop to stop after the current iteration, so the checkpoint it saves is
-    consistent; a second Ctrl-C aborts at once."""
-
-    def __init__(self) -> None:
-        self.requested = False
-        self._previous: Any = None
-
-    def _handle(self, signum: int, frame: Any) -> None:
-        self.requested = True
-        signal.signal(signal.SIGINT, self._previous)
-        print("[easyrlhf] stopping after this iteration (Ctrl-C again to abort now)", file=sys.stderr, flush=True)
-
-    def __enter__(self) -> StopRequest:
-        if threading.current_thread() is threading.main_thread():
-            self._previous = signal.signal(signal.SIGINT, self._handle) or signal.SIG_DFL
-        return self
-
-    def __exit__(self, *exc: Any) -> None:
-        if self._previous is not None:
-            signal.signal(signal.SIGINT, self._previous)
-
