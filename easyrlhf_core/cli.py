@@ -159,6 +159,7 @@ def run_command(method: str | None, config_file: str | None, set_options: tuple[
     from .launch import STOPPED_EXIT_CODES, LaunchOptions, is_launched, launch
     from .run import RunInterrupted, RunRequest, execute, prepare
 
+    quiet_library_output()
     request = RunRequest(method=method, config_file=config_file, flags=_flag_values(flags),
                          set_options=list(set_options), overwrite=overwrite, resume=resume,
                          num_machines=num_machines, machine_rank=machine_rank)
@@ -176,6 +177,19 @@ def run_command(method: str | None, config_file: str | None, set_options: tuple[
             sys.exit(0)
         _print_resume_hint(str(run.output_dir))
         sys.exit(stopped.exit_code)
+
+
+def quiet_library_output() -> None:
+    """Our progress display and run log replace the libraries' progress bars when output is not a
+    terminal, and their deprecation notices about their own internals are dropped."""
+    import os
+    import warnings
+
+    if not sys.stderr.isatty():
+        os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")  # transformers' bars follow this one
+        os.environ.setdefault("HF_DATASETS_DISABLE_PROGRESS_BARS", "1")
+    for notice in (r".*gradient_checkpointing.* is deprecated", r".*torch_dtype.* is deprecated"):
+        warnings.filterwarnings("ignore", message=notice, category=FutureWarning)
 
 
 def _print_resume_hint(output_dir: str) -> None:

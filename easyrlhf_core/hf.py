@@ -70,7 +70,7 @@ def training_arguments(config: BaseConfig, run: Run, has_eval: bool) -> dict[str
         bf16=precision == "bf16",
         fp16=precision == "fp16",
         use_cpu=not torch.cuda.is_available(),
-        gradient_checkpointing=config.gradient_checkpointing,
+        **({"gradient_checkpointing": True} if config.gradient_checkpointing else {}),
         deepspeed=config.deepspeed,
         report_to=reporting_integrations(config.report_to),
         disable_tqdm=True,
