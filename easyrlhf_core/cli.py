@@ -201,42 +201,35 @@ def resume_command(argv: list[str], output_dir: str) -> str:
     --output-dir, then ``--resume --output-dir OUTPUT_DIR``."""
     import shlex
 
-    out: list[str] = []
-    skip = False
-    for arg in argv:
-        if skip:
-            skip = False
-            continue
-        name = arg.split("=", 1)[0]
-        if name in ("--output-dir", "-o"):
-            skip = "=" not in arg
-            continue
-        if arg not in ("--overwrite", "--resume"):
-            out.append(arg)
-    return shlex.join(["easyrlhf", *out, "--resume", "--output-dir", output_dir])
+    kept = _drop_options(argv, valued={"--output-dir", "-o"}, flags={"--overwrite", "--resume"})
+    return shlex.join(["easyrlhf", *kept, "--resume", "--output-dir", output_dir])
 
 
 _LAUNCHER_OPTIONS = {"--num-processes", "--num-machines", "--machine-rank", "--main-process-ip",
-                     "--main-process-port", "--output-dir", "-o"}
+                     "--main-process-port"}
 
 
 def _rank_args(argv: list[str], output_dir: str) -> list[str]:
     """The parent's arguments for the launched ranks: no launcher options, no --overwrite (done), and
     the output dir fixed (a default one has a timestamp that must not differ between ranks)."""
+    kept = _drop_options(argv, valued=_LAUNCHER_OPTIONS | {"--output-dir", "-o"}, flags={"--overwrite"})
+    return kept + ["--output-dir", output_dir]
+
+
+def _drop_options(argv: list[str], valued: set[str], flags: set[str]) -> list[str]:
+    """``argv`` without the ``valued`` options (``--opt VALUE`` or ``--opt=VALUE``) and the ``flags``."""
     out: list[str] = []
     skip = False
     for arg in argv:
         if skip:
             skip = False
             continue
-        name = arg.split("=", 1)[0]
-        if name in _LAUNCHER_OPTIONS:
+        if arg.split("=", 1)[0] in valued:
             skip = "=" not in arg
             continue
-        if arg == "--overwrite":
-            continue
-        out.append(arg)
-    return out + ["--output-dir", output_dir]
+        if arg not in flags:
+            out.append(arg)
+    return out
 
 
 def _flag_values(flags: dict[str, Any]) -> dict[str, Any]:

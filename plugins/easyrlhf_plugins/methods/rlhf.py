@@ -115,7 +115,7 @@ class RLHFPipeline(Method):
         reward_model = config.rm.model or config.ppo.reward_model
         if reward_model is None and config.ppo.reward is None:
             reward_model = self.run_stage(run, "rm", plan["rm"], data["rm"], model=sft_model)
-        elif plan["rm"] is None:
+        else:
             run.log("rlhf: rm stage skipped: " + (f"using rm.model={reward_model}" if reward_model
                                                    else f"ppo.reward={config.ppo.reward}"))
         policy = self.run_stage(run, "ppo", plan["ppo"], data["ppo"], model=sft_model,
@@ -163,6 +163,7 @@ class RLHFPipeline(Method):
             if line.strip():
                 last.update(json.loads(line))
         last.pop("step", None)
+        run.progress.start(len(STAGES), description=self.name)  # the stage's own display has closed
         run.log_metrics(STAGES.index(name) + 1, {f"{name}/{k}": v for k, v in last.items()
                                                  if isinstance(v, (int, float))})
 
