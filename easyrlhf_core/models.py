@@ -56,7 +56,7 @@ class ResolvedModel:
 
 def resolve_model(name: str | None, log: Log = lambda _msg: None) -> ResolvedModel:
     """Turn ``--model`` (Hub id, directory, .gguf file, or nothing) into a path transformers can load."""
-    if not name:
+    if not name or name == DEFAULT_MODEL_ID:  # the default's Hub id falls back to the embedded GGUF offline
         return resolve_default_model(log)
     path = Path(name).expanduser()
     if name.endswith(".gguf"):

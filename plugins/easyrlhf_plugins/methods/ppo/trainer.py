@@ -355,7 +355,9 @@ class PPOTrainer:
                 if signum:
                     if not saved:
                         self.checkpoint(iteration)
-                    raise RunInterrupted(signum, run.checkpoints_dir / f"checkpoint-{iteration}")
+                    saved_to = run.checkpoints_dir / f"checkpoint-{iteration}"
+                    run.log(f"stopped at iteration {iteration}; checkpoint saved to {saved_to}")
+                    raise RunInterrupted(signum, saved_to)
         check_ranks_agree(run, self.unwrapped)
         self.save_models()
 
