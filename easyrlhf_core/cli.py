@@ -156,7 +156,7 @@ def run_command(method: str | None, config_file: str | None, set_options: tuple[
                 resume: bool, debug: bool, num_processes: int, num_machines: int, machine_rank: int,
                 main_process_ip: str | None, main_process_port: int, **flags: Any) -> None:
     """Train a model with one alignment method."""
-    from .launch import STOPPED_EXIT_CODES, LaunchOptions, is_launched, launch
+    from .launch import STOPPED_EXIT_CODES, LaunchOptions, finish_distributed, is_launched, launch
     from .run import RunInterrupted, RunRequest, execute, prepare
 
     quiet_library_output()
@@ -174,9 +174,12 @@ def run_command(method: str | None, config_file: str | None, set_options: tuple[
         execute(run)
     except RunInterrupted as stopped:
         if is_launched():  # a rank that stopped as asked: the parent process reports the stop
+            finish_distributed()
             sys.exit(0)
         _print_resume_hint(str(run.output_dir))
         sys.exit(stopped.exit_code)
+    if is_launched():
+        finish_distributed()
 
 
 def quiet_library_output() -> None:

@@ -112,3 +112,17 @@ def forward_signal(launcher_pid: int, signum: int) -> None:
             rank.send_signal(signum)
         except psutil.Error:
             pass
+
+
+def finish_distributed() -> None:
+    """Tear the process group down before a rank exits: left to interpreter shutdown, gloo can abort the
+    process ("terminate called without an active exception") after a successful run."""
+    if "torch" not in sys.modules:
+        return
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        try:
+            dist.barrier()
+        finally:
+            dist.destroy_process_group()
