@@ -122,7 +122,4 @@ def finish_distributed() -> None:
     import torch.distributed as dist
 
     if dist.is_available() and dist.is_initialized():
-        try:
-            dist.barrier()
-        finally:
-            dist.destroy_process_group()
+        dist.destroy_process_group()  # no barrier: a rank must never wait here for one that has gone
