@@ -348,6 +348,17 @@ def test_policy_trained_on_the_marker_beats_its_reference(cli_run, models):
     assert option["metrics"]["reward_greedy_mean"] == 0.0
 
 
+def test_logprob_accuracy_needs_no_reference(cli_run, models):
+    """A policy alone on preference pairs: does it give the chosen answer more probability per token?"""
+    learnt = _eval_json(cli_run, "--model", str(models["marker_policy"]), "--dataset", "toy-marker-prefs")
+    m = learnt["metrics"]
+    assert learnt["pairs"] == 4 and learnt["prompts"] == 0
+    assert m["logprob_accuracy"] == 1.0 and m["logprob_mean_margin"] > 0 and m["logprob_ties"] == 0
+    assert m["implicit_reward_accuracy"] is None and "--reference" in learnt["skipped"]["implicit_reward_accuracy"]
+    start = _eval_json(cli_run, "--model", str(models["policy"]), "--dataset", "toy-marker-prefs")
+    assert start["metrics"]["logprob_mean_margin"] < m["logprob_mean_margin"]
+
+
 def test_reward_model_judges_policy_answers(cli_run, models):
     """--reward-model DIR scores the answers (a zero head: every answer 0, so every game a tie)."""
     report = _eval_json(cli_run, "--model", str(models["marker_policy"]), "--reference", str(models["policy"]),
@@ -393,7 +404,7 @@ def test_table_output(cli_run, models):
     (["--model", "/no/such/dir"], "model path not found"),
     (["--model", "{policy}", "--reward-model", "{policy}"], "--reward-model must be a reward model"),
     (["--model", "{policy}", "--reference", "{zero_rm}"], "--reference must be a causal LM"),
-    (["--model", "{policy}"], "nothing to measure"),
+    (["--model", "{policy}", "--dataset", "toy-prompts"], "nothing to measure"),
     (["--model", "{zero_rm}", "--reference", "{policy}"], "--reference is for evaluating a policy"),
     (["--model", "{zero_rm}", "--dataset", "nope"], "unknown dataset 'nope'"),
     (["--model", "{zero_rm}", "--dataset", "toy-prompts"], "needs preference pairs"),

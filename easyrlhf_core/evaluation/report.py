@@ -18,6 +18,7 @@ REWARD_MODEL_METRICS = (
     "length_baseline_accuracy", "length_baseline_ci95", "length_baseline_ties",
 )
 POLICY_METRICS = (
+    "logprob_accuracy", "logprob_ci95", "logprob_ties", "logprob_mean_margin",
     "implicit_reward_accuracy", "implicit_reward_ci95", "implicit_reward_ties", "implicit_reward_mean_margin",
     "reward_greedy_mean", "reward_sampled_mean", "reference_reward_greedy_mean",
     "win_rate", "win_rate_ci95", "win_rate_ties",
@@ -89,6 +90,8 @@ _ROWS = {
          "length_baseline_ties"),
     ],
     "policy": [
+        ("log-prob preference accuracy (per token)", "logprob_accuracy", "logprob_ci95", "logprob_ties"),
+        ("log-prob mean margin per token (nats)", "logprob_mean_margin", None, None),
         ("implicit-reward accuracy", "implicit_reward_accuracy", "implicit_reward_ci95", "implicit_reward_ties"),
         ("implicit-reward mean margin (nats)", "implicit_reward_mean_margin", None, None),
         ("mean reward, greedy answers", "reward_greedy_mean", None, None),

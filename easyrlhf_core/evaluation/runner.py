@@ -159,11 +159,13 @@ def prepare_policy(request: EvalRequest, registry: Registry, policy: ModelRef) -
         judge = reward_model_judge(registry, rm, request.batch_size, request.max_length, request.trust_remote_code)
     elif request.reward:
         judge = named_judge(registry, request.reward, request.reward_options)
-    if reference is None and judge is None:
-        raise ConfigError("nothing to measure: a policy needs --reference DIR (implicit-reward accuracy, KL) "
-                          "and/or a reward, --reward-model DIR or --reward NAME (reward scores, win rate)",
-                          where="--reference")
-    data = _load(request, registry, [Shape.PREFERENCE, Shape.PROMPT])
+    shape = pick_shape(registry, request.dataset, [Shape.PREFERENCE, Shape.PROMPT])
+    if reference is None and judge is None and shape != Shape.PREFERENCE:
+        raise ConfigError(f"nothing to measure: dataset '{request.dataset}' gives prompts only, so a policy needs "
+                          "--reference DIR (KL) and/or a reward, --reward-model DIR or --reward NAME (reward "
+                          "scores, win rate)", where="--reference")
+    data = load_eval_data(registry, request.dataset, shape, request.data_files, request.split, request.limit,
+                          request.seed)
     tokenizer = load_tokenizer(policy, request.trust_remote_code)
     if reference is not None:
         ref_tokenizer = load_tokenizer(reference, request.trust_remote_code)
@@ -172,7 +174,7 @@ def prepare_policy(request: EvalRequest, registry: Registry, policy: ModelRef) -
                                 "compare the same tokens, so give the policy's starting model", where=reference.name)
     prompts = _unique_prompts(data.prompts)
     pair_examples: list[tuple[list[int], list[int]]] = []
-    if reference is not None and data.shape == Shape.PREFERENCE:
+    if data.shape == Shape.PREFERENCE:
         for side in ("chosen", "rejected"):
             pair_examples += [chat.split_completion(tokenizer, r["prompt"], r[side]) for r in data.records]
     return PolicyInputs(policy=policy, reference=reference, judge=judge, data=data, tokenizer=tokenizer,
@@ -236,13 +238,20 @@ def evaluate_policy(request: EvalRequest, registry: Registry, policy: ModelRef, 
     metrics = report.metrics
     if mine.pair_logps:
         n = len(mine.pair_logps) // 2
+        per_token = [p.total / max(p.tokens, 1) for p in mine.pair_logps]
+        gaps = [per_token[i] - per_token[n + i] for i in range(n)]
+        report.set_pairwise("logprob_accuracy", "logprob_ci95", "logprob_ties",
+                            pairwise(gaps, [0.0] * n, request.seed, request.bootstrap_samples))
+        metrics["logprob_mean_margin"] = mean(gaps)
+        _note_truncation(report, "chosen/rejected completions", truncated_count(inputs.pair_examples,
+                                                                               request.max_length), request)
+    if mine.pair_logps and theirs.pair_logps:
+        n = len(mine.pair_logps) // 2
         ratios = [p.total - r.total for p, r in zip(mine.pair_logps, theirs.pair_logps)]
         margins = [ratios[i] - ratios[n + i] for i in range(n)]
         report.set_pairwise("implicit_reward_accuracy", "implicit_reward_ci95", "implicit_reward_ties",
                             pairwise(margins, [0.0] * n, request.seed, request.bootstrap_samples))
         metrics["implicit_reward_mean_margin"] = mean(margins)
-        _note_truncation(report, "chosen/rejected completions", truncated_count(inputs.pair_examples,
-                                                                               request.max_length), request)
     if mine.sample_logps:
         diffs = [p.total - r.total for p, r in zip(mine.sample_logps, theirs.sample_logps)]
         tokens = sum(p.tokens for p in mine.sample_logps)
@@ -293,5 +302,6 @@ def _explain_skips(report: EvalReport, request: EvalRequest, inputs: PolicyInput
         report.skip(("reward_sampled_mean", "kl_per_token", "kl_per_sequence", "sampled_tokens_mean"),
                     "--no-sample given")
     if inputs.data.shape != Shape.PREFERENCE:
-        report.skip(("implicit_reward_accuracy", "implicit_reward_ci95", "implicit_reward_ties",
+        report.skip(("logprob_accuracy", "logprob_ci95", "logprob_ties", "logprob_mean_margin",
+                     "implicit_reward_accuracy", "implicit_reward_ci95", "implicit_reward_ties",
                      "implicit_reward_mean_margin"), f"dataset '{request.dataset}' gives prompts, not preference pairs")
