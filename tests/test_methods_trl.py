@@ -165,6 +165,18 @@ def test_rm_trains_on_hh_rlhf_and_reloads_as_a_scorer(cli_run, tiny_model_dir, t
     assert scores.shape == (2, 1) and torch.isfinite(scores).all()
 
 
+@pytest.mark.parametrize("method, metric", [("sft", "eval_loss"), ("rm", "eval_accuracy"),
+                                            ("dpo", "eval_rewards/accuracies")])
+def test_eval_steps_write_eval_rows_to_metrics_during_training(cli_run, tiny_model_dir, tmp_path, method, metric):
+    out = tmp_path / method
+    run_method(cli_run, method, tiny_model_dir, out, "--set", "eval_steps=3", "--set", "learning_rate=5e-3",
+               steps=6)
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    evals = [r for r in rows if metric in r]
+    assert [r["step"] for r in evals][:2] == [3, 6], evals  # every 3 steps (and again at the end)
+    assert evals[1]["eval_loss"] < evals[0]["eval_loss"], evals  # held-out loss falls as training goes on
+
+
 # --------------------------------------------------------------------------------------------------
 # SFT: assistant-only loss, EOS, packing
 

@@ -255,6 +255,11 @@ class PPOTrainer:
         value = value.detach().float().reshape(1).to(self.accelerator.device)
         return float(self.accelerator.reduce(value, reduction="mean").item())
 
+    def _sum(self, value: torch.Tensor) -> float:
+        """Sum over processes."""
+        value = value.detach().float().reshape(1).to(self.accelerator.device)
+        return float(self.accelerator.reduce(value, reduction="sum").item())
+
     def metrics(self, iteration: int, ro: Rollout, adv: dict[str, torch.Tensor], update: dict[str, torch.Tensor],
                 beta: float, timings: dict[str, float]) -> dict[str, float]:
         mask = ro.mask.float()
@@ -271,6 +276,7 @@ class PPOTrainer:
         metrics["value_mean"] = self._mean(core.masked_mean(ro.values, mask))
         metrics["return_mean"] = self._mean(core.masked_mean(adv["returns"], mask))
         metrics.update({key: self._mean(value) for key, value in update.items()})
+        metrics["tokens"] = self.config.ppo_epochs * self._sum(ro.attention_mask.sum())
         metrics["beta"] = beta
         metrics["learning_rate"] = self.scheduler.get_last_lr()[0]
         metrics["epoch"] = iteration * self.global_batch / len(self.prompt_ids)

@@ -25,6 +25,7 @@ class RRHFTrainer(Trainer):
         self.length_penalty = length_penalty
         self.model_accepts_loss_kwargs = False  # our loss is already per batch: Trainer scales it for accumulation
         self._window: dict[str, torch.Tensor | None] = {"train": None, "eval": None}
+        self._total_train_tokens = 0  # non-padding tokens of every candidate row trained on (all processes)
 
     def rrhf_forward(self, model: Any, inputs: dict[str, torch.Tensor]) -> RRHFTerms:
         """One forward pass over every candidate row, then the RRHF terms."""
@@ -39,6 +40,9 @@ class RRHFTrainer(Trainer):
                      num_items_in_batch: Any = None) -> Any:
         terms = self.rrhf_forward(model, inputs)
         self._accumulate("train" if model.training else "eval", terms)
+        if model.training:  # counted as TRL's trainers count their logged `num_tokens`
+            tokens = self.accelerator.gather_for_metrics(inputs["attention_mask"].sum()).sum().item()
+            self._total_train_tokens += int(tokens)
         return (terms.loss, {"p": terms.p.detach()}) if return_outputs else terms.loss
 
     def prediction_step(self, model: Any, inputs: dict[str, Any], prediction_loss_only: bool,
@@ -78,4 +82,5 @@ class RRHFTrainer(Trainer):
             logs.update({f"eval_{k}": v for k, v in self._flush("eval").items()})
         elif "loss" in logs:
             logs.update(self._flush("train"))
+            logs["num_tokens"] = float(self._total_train_tokens)
         super().log(logs, start_time)
