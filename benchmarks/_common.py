@@ -97,6 +97,11 @@ def first(rows: list[dict[str, Any]], key: str) -> Any:
     raise KeyError(f"no metrics row has {key!r}")
 
 
+def last(rows: list[dict[str, Any]], key: str) -> Any:
+    """The last row's value of ``key`` (KeyError when no row has it)."""
+    return first(list(reversed(rows)), key)
+
+
 def remove(path: Path) -> None:
     """Delete a finished run's directory (a saved model per run would fill the disk)."""
     shutil.rmtree(path, ignore_errors=True)
