@@ -24,12 +24,8 @@ Settings pinned on our side so both sides match (our defaults differ from TRL's 
   it (our sft method rebuilds a marked copy), so a raw TRL script cannot do the same on this model.
 * rm: ``learning_rate`` 1e-5 (ours; TRL's default is 1e-4), ``margin=0`` (no margin column), no reward
   centring.
-* gradient checkpointing: on for both sides by default (``--no-gradient-checkpointing``: off for both).
-  It is TRL's default (``gradient_checkpointing=True`` in every TRL ``*Config``), and ``easyrlhf run``
-  currently gets it too: ``easyrlhf_core.hf.training_arguments`` passes the key only when our option is
-  true, so our ``gradient_checkpointing: false`` leaves TRL's True in place. Until that is fixed,
-  ``--no-gradient-checkpointing`` is NOT a like-for-like comparison (raw off, ours still on): the check
-  line still matches, the step time and RSS do not.
+* gradient checkpointing: off for both sides by default (our default; ``--gradient-checkpointing``: on for
+  both). TRL's ``*Config`` classes default it to on; the raw script sets it explicitly, as we do.
 
 Differences that remain (they are what "our layer" is): we hand TRL an Arrow-backed dataset stored by
 content hash (``easyrlhf_core.hfdata``) rather than ``Dataset.from_list``; our callbacks (metrics.jsonl
@@ -185,8 +181,8 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--max-length", type=int, default=256)
     parser.add_argument("--samples", type=int, help="training records (default: steps x batch)")
     parser.add_argument("--repeats", type=int, default=2)
-    parser.add_argument("--gradient-checkpointing", action=argparse.BooleanOptionalAction, default=True,
-                        help="gradient checkpointing on both sides (default: on, TRL's default; see the docstring)")
+    parser.add_argument("--gradient-checkpointing", action=argparse.BooleanOptionalAction, default=False,
+                        help="gradient checkpointing on both sides (default: off, our default)")
     args = parser.parse_args()
     args.methods = [m.strip() for m in args.methods.split(",") if m.strip()]
     unknown = set(args.methods) - set(METHODS)

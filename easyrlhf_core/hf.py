@@ -70,7 +70,7 @@ def training_arguments(config: BaseConfig, run: Run, has_eval: bool) -> dict[str
         bf16=precision == "bf16",
         fp16=precision == "fp16",
         use_cpu=not torch.cuda.is_available(),
-        **({"gradient_checkpointing": True} if config.gradient_checkpointing else {}),
+        **checkpointing_argument(config.gradient_checkpointing),
         deepspeed=config.deepspeed,
         report_to=reporting_integrations(config.report_to),
         disable_tqdm=True,
@@ -81,6 +81,18 @@ def training_arguments(config: BaseConfig, run: Run, has_eval: bool) -> dict[str
         # every parameter of our models takes part in the loss: skip DDP's extra search for unused ones
         ddp_find_unused_parameters=False,
     )
+
+
+def checkpointing_argument(enabled: bool) -> dict[str, bool]:
+    """Our ``gradient_checkpointing`` option, always passed: TRL's ``*Config`` classes default it to on, so
+    leaving it out would turn it on. Under its current name (``activation_checkpointing``, transformers 5)
+    where it exists, so no deprecation warning; ``gradient_checkpointing`` on older transformers."""
+    import dataclasses
+
+    from transformers import TrainingArguments
+
+    names = {f.name for f in dataclasses.fields(TrainingArguments)}
+    return {"activation_checkpointing" if "activation_checkpointing" in names else "gradient_checkpointing": enabled}
 
 
 def reporting_integrations(names: list[str]) -> list[str] | str:

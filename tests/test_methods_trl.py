@@ -431,6 +431,20 @@ def test_deepspeed_config_reaches_the_trainer_arguments(cli_run, tiny_model_dir,
     assert captured["deepspeed"] == str(path) and captured["beta"] == 0.1
 
 
+@pytest.mark.parametrize("method, config_class", [("sft", "SFTConfig"), ("rm", "RewardConfig"),
+                                                  ("dpo", "DPOConfig"), ("ipo", "DPOConfig")])
+@pytest.mark.parametrize("asked", [False, True])
+def test_gradient_checkpointing_is_what_the_config_says(tiny_model_dir, tmp_path, method, config_class, asked):
+    """TRL's configs default gradient checkpointing to on: ours (off unless asked) must win, both ways."""
+    import trl
+
+    from easyrlhf_plugins.methods.trl_common import trl_arguments
+
+    run = prepared_run(method, tiny_model_dir, tmp_path / "out", f"gradient_checkpointing={str(asked).lower()}")
+    arguments = trl_arguments(getattr(trl, config_class), run, has_eval=False)
+    assert arguments.gradient_checkpointing is asked
+
+
 def test_deepspeed_without_the_package_is_a_one_line_error(cli_run, tmp_path):
     from easyrlhf_plugins.methods.trl_common import deepspeed_installed
 

@@ -19,7 +19,7 @@ from easyrlhf_core.shapes import DataSplits, Shape
 DOCUMENTED_METRICS = {"score", "kl", "non_score_reward", "reward", "entropy", "policy_loss", "value_loss", "clipfrac",
                       "value_clipfrac", "approx_kl", "ratio_mean", "response_length", "eos_fraction", "beta",
                       "learning_rate", "value_mean", "return_mean", "epoch", "time/generate", "time/score",
-                      "time/forward", "time/update", "time/iteration"}
+                      "time/forward", "time/update", "time/iteration", "tokens"}
 QUESTIONS = ["What is the capital of France?", "How do I bake bread?", "Tell me a joke.", "Can you help me?"]
 
 
