@@ -6,7 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from .chat import keep_last
+from ..chat import keep_last
 from .logprobs import batches_by_length
 
 
@@ -33,7 +33,7 @@ def stop_token_ids(model: Any, tokenizer: Any) -> list[int]:
 def generate_answers(model: Any, tokenizer: Any, prompts: list[list[int]], max_new_tokens: int,
                      batch_size: int = 8, sample: bool = False, seed: int = 42,
                      max_length: int = 1024) -> list[Answer]:
-    """One :class:`Answer` per prompt (token ids from :func:`~.chat.prompt_ids`), in input order.
+    """One :class:`Answer` per prompt (token ids from :func:`easyrlhf_core.chat.prompt_ids`), in input order.
 
     Prompts keep their last ``max_length - max_new_tokens`` tokens. Sampling is seeded once with ``seed``.
     """

@@ -1,7 +1,7 @@
 """Summed log-probabilities of completions given their prompts, batched, without gradients.
 
 Only completion tokens count: prompt and padding positions are masked out. Sequences longer than
-``max_length`` lose their oldest prompt tokens (see :func:`~.chat.keep_last`).
+``max_length`` lose their oldest prompt tokens (see :func:`easyrlhf_core.chat.keep_last`).
 """
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from .chat import keep_last
+from ..chat import keep_last
 
 
 @dataclass

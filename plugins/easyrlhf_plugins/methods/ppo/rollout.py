@@ -8,6 +8,8 @@ from typing import TYPE_CHECKING, Any, Callable
 
 import torch
 
+from easyrlhf_core.chat import prompt_ids
+
 from . import core
 
 if TYPE_CHECKING:
@@ -30,8 +32,7 @@ def encode_prompts(tokenizer: Any, records: list[Record], max_prompt_tokens: int
     hf_logging.set_verbosity_error()  # "sequence longer than model_max_length": such prompts are dropped here
     try:
         for index, record in enumerate(records):
-            ids = tokenizer.apply_chat_template(record["prompt"], add_generation_prompt=True, tokenize=True)
-            ids = list(ids["input_ids"] if hasattr(ids, "keys") else ids)
+            ids = prompt_ids(tokenizer, record["prompt"])
             if len(ids) <= max_prompt_tokens:
                 kept.append(index)
                 encoded.append(ids)

@@ -119,7 +119,7 @@ def sample_responses(model: Any, tokenizer: Any, prompts: list[list[Message]], c
     """``num_generations`` sampled responses per prompt (batched, left-padded)."""
     import torch
 
-    from .encoding import prompt_text
+    from easyrlhf_core.chat import prompt_text
 
     if config.num_generations == 0:
         return [[] for _ in prompts]
