@@ -6,7 +6,7 @@ sampled answers), :mod:`.judges` (reward scoring), :mod:`.stats` (accuracy, ties
 length baseline), :mod:`.report` (JSON and table), :mod:`.runner` (what runs for a reward model and for a
 policy).
 
-Chat formatting into token ids is :mod:`easyrlhf_core.chat`.
+Chat formatting into token ids is :mod:`easyrlhf_core.chat`, the LM helpers :mod:`easyrlhf_core.lm`.
 Nothing heavy is imported here; torch and transformers load when an evaluation runs.
 """
 

@@ -13,6 +13,7 @@ from typing import Any
 import torch
 
 from easyrlhf_core.chat import keep_last, prompt_ids, prompt_text
+from easyrlhf_core.lm import right_pad, tail_mask
 from easyrlhf_core.shapes import Message, Record
 
 
@@ -89,14 +90,8 @@ class RankedCollator:
                 response_lengths.append(len(response))
                 query_index.append(q)
                 rewards.append(score)
-        width = max(len(row) for row in rows)
-        input_ids = torch.full((len(rows), width), self.pad_token_id, dtype=torch.long)
-        attention_mask = torch.zeros((len(rows), width), dtype=torch.long)
-        response_mask = torch.zeros((len(rows), width), dtype=torch.long)
-        for n, (row, n_response) in enumerate(zip(rows, response_lengths)):
-            input_ids[n, : len(row)] = torch.tensor(row, dtype=torch.long)
-            attention_mask[n, : len(row)] = 1
-            response_mask[n, len(row) - n_response: len(row)] = 1
+        input_ids, attention_mask = right_pad(rows, self.pad_token_id)
+        response_mask = tail_mask(attention_mask, response_lengths).long()
         return {"input_ids": input_ids, "attention_mask": attention_mask, "response_mask": response_mask,
                 "rewards": torch.tensor(rewards, dtype=torch.float32),
                 "query_index": torch.tensor(query_index, dtype=torch.long)}
