@@ -19,8 +19,9 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from easyrlhf_core.lm import response_log_probs  # noqa: E402
 from easyrlhf_plugins.methods.rrhf.encoding import RankedCollator, encode_dataset  # noqa: E402
-from easyrlhf_plugins.methods.rrhf.loss import response_log_probs, rrhf_terms  # noqa: E402
+from easyrlhf_plugins.methods.rrhf.loss import rrhf_terms  # noqa: E402
 
 WORDS = ("the a cat dog road bread flour water salt Paris France capital city why how what is was "
          "help sure please thanks sorry answer question joke homework subject").split()

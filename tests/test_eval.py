@@ -144,7 +144,7 @@ def _save(model, tokenizer, path: Path) -> Path:
 
 
 def _conversation_ids(tokenizer, prompt, completion):
-    from easyrlhf_core.evaluation.chat import split_completion
+    from easyrlhf_core.chat import split_completion
 
     p, c = split_completion(tokenizer, prompt, completion)
     return p, c
@@ -154,7 +154,7 @@ def _train_policy_to_say(model, tokenizer, prompts, answer: str, steps: int = 40
     """A few full-batch Adam steps on ``prompt -> answer`` (loss on the answer tokens only)."""
     import torch
 
-    from easyrlhf_core.evaluation.chat import as_completion
+    from easyrlhf_core.chat import as_completion
 
     rows = [_conversation_ids(tokenizer, p, as_completion(answer)) for p in prompts]
     width = max(len(p) + len(c) for p, c in rows)
@@ -179,7 +179,7 @@ def _train_rm_to_prefer_chosen(model, tokenizer, pairs, steps: int = 40) -> None
     """Pairwise logistic loss on the pairs until chosen outscores rejected."""
     import torch
 
-    from easyrlhf_core.evaluation.chat import encode
+    from easyrlhf_core.chat import encode
 
     texts = [encode(tokenizer, r["prompt"] + r[side]) for side in ("chosen", "rejected") for r in pairs]
     width = max(len(t) for t in texts)
@@ -295,7 +295,7 @@ def test_batched_accuracy_matches_one_by_one_scoring(cli_run, models):
     import torch
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-    from easyrlhf_core.evaluation.chat import encode
+    from easyrlhf_core.chat import encode
 
     path = models["random_rm"]
     model = AutoModelForSequenceClassification.from_pretrained(path).eval()

@@ -7,6 +7,7 @@ import math
 import pytest
 import torch
 
+from easyrlhf_core import lm
 from easyrlhf_plugins.methods.ppo import core
 
 
@@ -25,10 +26,10 @@ def test_response_mask_stops_at_first_stop_token_even_when_pad_equals_eos():
 def test_logprobs_use_temperature_scaled_logits():
     logits = torch.tensor([[[2.0, 0.0, -1.0], [0.5, 0.5, 3.0]]])
     tokens = torch.tensor([[0, 2]])
-    got = core.logprobs_from_logits(logits, tokens, temperature=0.5)
+    got = lm.logprobs_from_logits(logits, tokens, temperature=0.5)
     expected = torch.log_softmax(logits / 0.5, dim=-1).gather(-1, tokens.unsqueeze(-1)).squeeze(-1)
     assert torch.allclose(got, expected)
-    assert not torch.allclose(got, core.logprobs_from_logits(logits, tokens, temperature=1.0))
+    assert not torch.allclose(got, lm.logprobs_from_logits(logits, tokens, temperature=1.0))
     entropy = core.entropy_from_logits(torch.zeros(1, 1, 4))
     assert entropy.item() == pytest.approx(math.log(4))
 

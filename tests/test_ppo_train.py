@@ -126,6 +126,7 @@ def test_forward_logprobs_match_the_sampling_distribution(tiny_model_dir):
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    from easyrlhf_core import lm
     from easyrlhf_core.config import resolve_config
     from easyrlhf_plugins.methods.ppo import core, rollout
     from easyrlhf_plugins.methods.ppo.config import PPOConfig
@@ -137,7 +138,7 @@ def test_forward_logprobs_match_the_sampling_distribution(tiny_model_dir):
     kept, ids = rollout.encode_prompts(tokenizer, [{"prompt": [{"role": "user", "content": q}]}
                                                       for q in ("hi", QUESTIONS[0] + " " + QUESTIONS[1])], 100)
     assert kept == [0, 1] and len(ids[0]) != len(ids[1])
-    queries, query_mask = rollout.left_pad(ids, tokenizer.pad_token_id)
+    queries, query_mask = lm.left_pad(ids, tokenizer.pad_token_id)
     gen_config = rollout.generation_config(config, tokenizer, [tokenizer.eos_token_id])
     gen_config.output_scores, gen_config.return_dict_in_generate = True, True
     torch.manual_seed(0)
@@ -148,7 +149,7 @@ def test_forward_logprobs_match_the_sampling_distribution(tiny_model_dir):
     with torch.no_grad():
         logits = rollout.policy_response_logits(model, torch.cat([queries, responses], 1),
                                                 torch.cat([query_mask, mask], 1), queries.shape[1])
-    recorded = core.logprobs_from_logits(logits, responses, temperature=0.7)
+    recorded = lm.logprobs_from_logits(logits, responses, temperature=0.7)
     assert torch.allclose(recorded * mask, sampled * mask, atol=1e-4)
 
 

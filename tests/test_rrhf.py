@@ -12,9 +12,10 @@ import torch
 
 from easyrlhf_core import hookimpl, registry
 from easyrlhf_core.api import Dataset, RewardFunction
+from easyrlhf_core.lm import response_log_probs
 from easyrlhf_core.shapes import DataSplits, Shape
 from easyrlhf_plugins.methods.rrhf.encoding import RankedCollator, encode_dataset, encode_record
-from easyrlhf_plugins.methods.rrhf.loss import response_log_probs, rrhf_terms
+from easyrlhf_plugins.methods.rrhf.loss import rrhf_terms
 
 # --------------------------------------------------------------------------------------------------
 # Toy plugins: a learnable ranking (answers drawn from three word pools, better pools score higher)

@@ -1,7 +1,7 @@
 """Summed log-probabilities of completions given their prompts, batched, without gradients.
 
 Only completion tokens count: prompt and padding positions are masked out. Sequences longer than
-``max_length`` lose their oldest prompt tokens (see :func:`~.chat.keep_last`).
+``max_length`` lose their oldest prompt tokens (see :func:`easyrlhf_core.chat.keep_last`).
 """
 
 from __future__ import annotations
@@ -9,7 +9,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from .chat import keep_last
+from ..chat import keep_last
+from ..lm import response_log_probs, right_pad, tail_mask
 
 
 @dataclass
@@ -34,26 +35,15 @@ def completion_logprobs(model: Any, examples: list[tuple[list[int], list[int]]],
     device = next(model.parameters()).device
     sequences = [keep_last(list(p) + list(c), max_length) for p, c in examples]
     # The completion is the tail of each sequence; its first token is predicted from the token before it.
-    starts = [max(1, len(seq) - len(c)) for seq, (_p, c) in zip(sequences, examples)]
+    completion_lengths = [len(c) for _p, c in examples]
     results: list[CompletionLogProb | None] = [None] * len(examples)
     with torch.inference_mode():
         for batch in batches_by_length([len(s) for s in sequences], batch_size):
-            width = max(len(sequences[i]) for i in batch)
-            input_ids = torch.full((len(batch), width), pad_token_id, dtype=torch.long)
-            attention = torch.zeros((len(batch), width), dtype=torch.long)
-            counted = torch.zeros((len(batch), width), dtype=torch.bool)
-            for row, i in enumerate(batch):
-                seq = sequences[i]
-                input_ids[row, :len(seq)] = torch.tensor(seq, dtype=torch.long)
-                attention[row, :len(seq)] = 1
-                counted[row, starts[i]:len(seq)] = True
+            input_ids, attention = right_pad([sequences[i] for i in batch], pad_token_id)
+            counted = tail_mask(attention, [completion_lengths[i] for i in batch])
             input_ids, attention, counted = input_ids.to(device), attention.to(device), counted.to(device)
-            logits = model(input_ids=input_ids, attention_mask=attention).logits[:, :-1].float()
-            targets = input_ids[:, 1:]
-            token_logp = logits.gather(-1, targets.unsqueeze(-1)).squeeze(-1) - torch.logsumexp(logits, dim=-1)
-            mask = counted[:, 1:]
-            sums = (token_logp * mask).sum(dim=-1)
-            counts = mask.sum(dim=-1)
+            logits = model(input_ids=input_ids, attention_mask=attention).logits
+            sums, counts = response_log_probs(logits, input_ids, counted)
             for row, i in enumerate(batch):
                 results[i] = CompletionLogProb(total=float(sums[row]), tokens=int(counts[row]))
     return [r for r in results if r is not None]

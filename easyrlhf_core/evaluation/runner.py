@@ -8,10 +8,10 @@ import sys
 from dataclasses import dataclass, field
 from typing import Any, Callable, Literal
 
+from .. import chat
 from ..errors import ConfigError, EasyRLHFError
 from ..registry import Registry, get_registry
 from ..shapes import Message, Shape
-from . import chat
 from .data import EvalData, Split, load_eval_data, pick_shape
 from .generation import Answer, generate_answers
 from .judges import Judge, named_judge, reward_model_judge

@@ -1,5 +1,6 @@
-"""PPO's tensor math, free of models and I/O: log-probs, masks, KL estimators, per-token rewards, GAE,
-masked statistics, the clipped losses and the KL controllers.
+"""PPO's tensor math, free of models and I/O: entropy, masks, KL estimators, per-token rewards, GAE,
+masked statistics, the clipped losses and the KL controllers (token log-probs:
+:func:`easyrlhf_core.lm.logprobs_from_logits`).
 
 Conventions: response tensors are ``(batch, response_len)``; ``mask`` is 1 on the real response tokens
 (up to and including the first stop token) and 0 on padding, which never enters a mean.
@@ -15,14 +16,7 @@ import torch
 
 
 # --------------------------------------------------------------------------------------------------
-# Log-probs and masks
-
-
-def logprobs_from_logits(logits: torch.Tensor, tokens: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
-    """``log softmax(logits / temperature)`` at ``tokens``: the sampling distribution's log-probs."""
-    logits = logits.float() / temperature
-    picked = torch.gather(logits, -1, tokens.unsqueeze(-1)).squeeze(-1)
-    return picked - torch.logsumexp(logits, dim=-1)
+# Entropy and masks
 
 
 def entropy_from_logits(logits: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:

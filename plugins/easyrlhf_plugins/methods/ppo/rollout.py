@@ -1,5 +1,6 @@
-"""Rollouts: tokenize prompts, sample responses in one batched ``generate`` call (left padding, KV cache),
-and record what the update needs (log-probs, reference log-probs, values, scores) without gradients."""
+"""Rollouts: tokenize prompts, the sampling settings of the batched ``generate`` call
+(:func:`easyrlhf_core.lm.generate`: left padding, KV cache), and record what the update needs (log-probs,
+reference log-probs, values, scores) without gradients."""
 
 from __future__ import annotations
 
@@ -7,6 +8,9 @@ from dataclasses import dataclass, fields
 from typing import TYPE_CHECKING, Any, Callable
 
 import torch
+
+from easyrlhf_core import lm
+from easyrlhf_core.chat import prompt_ids
 
 from . import core
 
@@ -30,26 +34,13 @@ def encode_prompts(tokenizer: Any, records: list[Record], max_prompt_tokens: int
     hf_logging.set_verbosity_error()  # "sequence longer than model_max_length": such prompts are dropped here
     try:
         for index, record in enumerate(records):
-            ids = tokenizer.apply_chat_template(record["prompt"], add_generation_prompt=True, tokenize=True)
-            ids = list(ids["input_ids"] if hasattr(ids, "keys") else ids)
+            ids = prompt_ids(tokenizer, record["prompt"])
             if len(ids) <= max_prompt_tokens:
                 kept.append(index)
                 encoded.append(ids)
     finally:
         hf_logging.set_verbosity(verbosity)
     return kept, encoded
-
-
-def left_pad(sequences: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """``(input_ids, attention_mask)`` with padding on the left, so every prompt ends at the same column."""
-    width = max(len(s) for s in sequences)
-    ids = torch.full((len(sequences), width), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(sequences), width), dtype=torch.long)
-    for row, seq in enumerate(sequences):
-        if seq:
-            ids[row, width - len(seq):] = torch.tensor(seq, dtype=torch.long)
-            mask[row, width - len(seq):] = 1
-    return ids, mask
 
 
 def position_ids(attention_mask: torch.Tensor) -> torch.Tensor:
@@ -63,19 +54,10 @@ def position_ids(attention_mask: torch.Tensor) -> torch.Tensor:
 
 def generation_config(config: PPOConfig, tokenizer: Any, stop_ids: list[int]) -> Any:
     """Sampling settings, complete, so the model's own ``generation_config`` defaults never leak in."""
-    from transformers import GenerationConfig
-
-    return GenerationConfig(do_sample=True, temperature=config.temperature, top_k=config.top_k,
-                            top_p=config.top_p, max_new_tokens=config.max_new_tokens, min_new_tokens=0,
-                            eos_token_id=stop_ids, pad_token_id=tokenizer.pad_token_id,
-                            bos_token_id=tokenizer.bos_token_id, use_cache=True, repetition_penalty=1.0,
-                            num_beams=1)
-
-
-def generate(policy: Any, queries: torch.Tensor, query_mask: torch.Tensor, gen_config: Any) -> torch.Tensor:
-    """Response token ids ``(batch, new_tokens)`` from one batched ``generate`` call."""
-    output = policy.generate(input_ids=queries, attention_mask=query_mask, generation_config=gen_config)
-    return output[:, queries.shape[1]:]
+    return lm.generation_config(config.max_new_tokens, stop_ids, tokenizer.pad_token_id,
+                                {"temperature": config.temperature, "top_k": config.top_k, "top_p": config.top_p},
+                                min_new_tokens=0, bos_token_id=tokenizer.bos_token_id, use_cache=True,
+                                repetition_penalty=1.0, num_beams=1)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -148,10 +130,10 @@ def record_rollout(policy: Any, reference: Callable[[torch.Tensor, torch.Tensor,
     for part in chunks(len(queries), forward_batch_size):
         ids, att, resp = input_ids[part], attention_mask[part], responses[part]
         logits = policy_response_logits(policy, ids, att, n_query)
-        logprobs.append(core.logprobs_from_logits(logits, resp, temperature))
+        logprobs.append(lm.logprobs_from_logits(logits, resp, temperature))
         entropy.append(core.entropy_from_logits(logits, temperature))
         del logits
-        ref_logprobs.append(core.logprobs_from_logits(reference(ids, att, n_query), resp, temperature))
+        ref_logprobs.append(lm.logprobs_from_logits(reference(ids, att, n_query), resp, temperature))
         values.append(value_response_outputs(value_model, ids, att, n_query))
     scores = score_fn(responses, mask)
     return Rollout(queries=queries, query_mask=query_mask, responses=responses, mask=mask, has_stop=has_stop,

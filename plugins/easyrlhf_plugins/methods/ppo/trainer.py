@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
+from easyrlhf_core import lm
 from easyrlhf_core.checkpoints import drop_rows_after
 from easyrlhf_core.hf import check_ranks_agree
 from easyrlhf_core.run import RunInterrupted, StopSignals
@@ -22,7 +23,7 @@ from easyrlhf_core.run import RunInterrupted, StopSignals
 from . import core
 from .checkpoint import remove_partial_checkpoints, resume_from_latest, save_checkpoint
 from .models import PolicyAndValue, load_models, stop_token_ids
-from .rollout import Rollout, encode_prompts, generate, generation_config, left_pad, record_rollout
+from .rollout import Rollout, encode_prompts, generation_config, record_rollout
 
 if TYPE_CHECKING:
     from easyrlhf_core.api import RewardFunction
@@ -164,10 +165,10 @@ class PPOTrainer:
 
     def sample(self, prompt_ids: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """``(queries, query_mask, responses)`` for ``prompt_ids`` in one ``generate`` call."""
-        queries, query_mask = left_pad(prompt_ids, self.tokenizer.pad_token_id)
+        queries, query_mask = lm.left_pad(prompt_ids, self.tokenizer.pad_token_id)
         queries, query_mask = queries.to(self.accelerator.device), query_mask.to(self.accelerator.device)
         with torch.no_grad(), self.accelerator.autocast():
-            responses = generate(self.unwrapped.policy, queries, query_mask, self.gen_config)
+            responses = lm.generate(self.unwrapped.policy, queries, query_mask, self.gen_config)
         return queries, query_mask, responses
 
     def rollout(self, iteration: int) -> tuple[Rollout, list[Record], list[str], dict[str, float]]:
@@ -229,7 +230,7 @@ class PPOTrainer:
                 idx = order[start:start + config.per_device_train_batch_size]
                 with accelerator.accumulate(self.model):
                     logits, values = self.model(input_ids[idx], attention_mask[idx], n_query)
-                    logprobs = core.logprobs_from_logits(logits, ro.responses[idx], config.temperature)
+                    logprobs = lm.logprobs_from_logits(logits, ro.responses[idx], config.temperature)
                     del logits
                     policy = core.clipped_policy_loss(logprobs, ro.logprobs[idx], adv["advantages"][idx],
                                                       ro.mask[idx], config.cliprange)

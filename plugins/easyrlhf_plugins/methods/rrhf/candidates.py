@@ -119,33 +119,31 @@ def sample_responses(model: Any, tokenizer: Any, prompts: list[list[Message]], c
     """``num_generations`` sampled responses per prompt (batched, left-padded)."""
     import torch
 
-    from .encoding import prompt_text
+    from easyrlhf_core.chat import keep_last, prompt_ids
+    from easyrlhf_core.lm import generate, generation_config, left_pad
 
     if config.num_generations == 0:
         return [[] for _ in prompts]
     torch.manual_seed(config.seed)
-    side, truncation_side = tokenizer.padding_side, tokenizer.truncation_side
-    tokenizer.padding_side, tokenizer.truncation_side = "left", "left"
+    settings = generation_config(config.max_new_tokens, tokenizer.eos_token_id, tokenizer.pad_token_id,
+                                 {"temperature": config.temperature, "top_p": config.top_p},
+                                 num_return_sequences=config.num_generations)
     was_training = model.training
     model.eval()
     out: list[list[str]] = []
     try:
         max_prompt = max(config.max_length - config.max_new_tokens, 1)
         for start in range(0, len(prompts), config.generation_batch_size):
-            batch = [prompt_text(tokenizer, p) for p in prompts[start:start + config.generation_batch_size]]
-            enc = tokenizer(batch, add_special_tokens=False, padding=True, truncation=True, max_length=max_prompt,
-                            return_tensors="pt").to(model.device)
+            batch = [keep_last(prompt_ids(tokenizer, p), max_prompt)
+                     for p in prompts[start:start + config.generation_batch_size]]
+            input_ids, attention_mask = left_pad(batch, tokenizer.pad_token_id)
             with torch.no_grad():
-                generated = model.generate(**enc, do_sample=True, temperature=config.temperature,
-                                           top_p=config.top_p, max_new_tokens=config.max_new_tokens,
-                                           num_return_sequences=config.num_generations,
-                                           pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id)
-            texts = tokenizer.batch_decode(generated[:, enc["input_ids"].shape[1]:], skip_special_tokens=True)
+                generated = generate(model, input_ids.to(model.device), attention_mask.to(model.device), settings)
+            texts = tokenizer.batch_decode(generated, skip_special_tokens=True)
             n = config.num_generations
             out.extend([t.strip() for t in texts[i * n:(i + 1) * n]] for i in range(len(batch)))
             log(f"sampled candidates for {len(out)}/{len(prompts)} prompts")
     finally:
-        tokenizer.padding_side, tokenizer.truncation_side = side, truncation_side
         model.train(was_training)
     return out
 

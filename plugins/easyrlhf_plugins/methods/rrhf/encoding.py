@@ -12,6 +12,8 @@ from typing import Any
 
 import torch
 
+from easyrlhf_core.chat import keep_last, prompt_ids, prompt_text
+from easyrlhf_core.lm import right_pad, tail_mask
 from easyrlhf_core.shapes import Message, Record
 
 
@@ -28,11 +30,6 @@ class EncodedQuery:
         return {"prompt_ids": self.prompt_ids, "response_ids": self.response_ids, "scores": self.scores}
 
 
-def prompt_text(tokenizer: Any, prompt: list[Message]) -> str:
-    """The prompt as the model sees it before it answers."""
-    return tokenizer.apply_chat_template(prompt, tokenize=False, add_generation_prompt=True)
-
-
 def response_token_ids(tokenizer: Any, prompt: list[Message], rendered_prompt: str, response: str) -> list[int]:
     """The tokens of ``response`` as the assistant turn after ``prompt``, ending with EOS."""
     full = tokenizer.apply_chat_template(prompt + [{"role": "assistant", "content": response}], tokenize=False)
@@ -47,13 +44,12 @@ def response_token_ids(tokenizer: Any, prompt: list[Message], rendered_prompt: s
 def encode_record(tokenizer: Any, record: Record, max_length: int) -> EncodedQuery:
     """Tokenize a ranked record; truncate the prompt from the left, then responses from the right."""
     rendered = prompt_text(tokenizer, record["prompt"])
-    prompt_ids = tokenizer(rendered, add_special_tokens=False)["input_ids"]
+    prompt = prompt_ids(tokenizer, record["prompt"])
     responses = [response_token_ids(tokenizer, record["prompt"], rendered, r) for r in record["responses"]]
-    response_budget = max(max_length - len(prompt_ids), max_length // 2)
+    response_budget = max(max_length - len(prompt), max_length // 2)
     cut = [r[:response_budget] for r in responses]
-    longest = max(len(r) for r in cut)
-    kept_prompt = prompt_ids[-(max_length - longest):] if len(prompt_ids) + longest > max_length else prompt_ids
-    truncated = len(kept_prompt) < len(prompt_ids) or any(len(c) < len(r) for c, r in zip(cut, responses))
+    kept_prompt = keep_last(prompt, max_length - max(len(r) for r in cut))
+    truncated = len(kept_prompt) < len(prompt) or any(len(c) < len(r) for c, r in zip(cut, responses))
     return EncodedQuery(kept_prompt, cut, [float(s) for s in record["scores"]], truncated)
 
 
@@ -94,14 +90,8 @@ class RankedCollator:
                 response_lengths.append(len(response))
                 query_index.append(q)
                 rewards.append(score)
-        width = max(len(row) for row in rows)
-        input_ids = torch.full((len(rows), width), self.pad_token_id, dtype=torch.long)
-        attention_mask = torch.zeros((len(rows), width), dtype=torch.long)
-        response_mask = torch.zeros((len(rows), width), dtype=torch.long)
-        for n, (row, n_response) in enumerate(zip(rows, response_lengths)):
-            input_ids[n, : len(row)] = torch.tensor(row, dtype=torch.long)
-            attention_mask[n, : len(row)] = 1
-            response_mask[n, len(row) - n_response: len(row)] = 1
+        input_ids, attention_mask = right_pad(rows, self.pad_token_id)
+        response_mask = tail_mask(attention_mask, response_lengths).long()
         return {"input_ids": input_ids, "attention_mask": attention_mask, "response_mask": response_mask,
                 "rewards": torch.tensor(rewards, dtype=torch.float32),
                 "query_index": torch.tensor(query_index, dtype=torch.long)}

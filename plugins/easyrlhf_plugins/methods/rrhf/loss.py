@@ -6,6 +6,8 @@ For a query with candidates y_1..y_k and rewards r_1..r_k:
     L_rank = sum over pairs with r_i < r_j of max(0, p_i - p_j)        (ties contribute nothing)
     L_ft   = -(1/|y_b|) sum_t log P(y_b,t | x, y_b,<t),  b = argmax_i r_i (first one on ties)
     L      = rank_weight * L_rank + L_ft,                              averaged over the batch's queries
+
+The per-candidate log-prob sums come from :func:`easyrlhf_core.lm.response_log_probs`.
 """
 
 from __future__ import annotations
@@ -13,23 +15,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-
-
-def response_log_probs(logits: torch.Tensor, input_ids: torch.Tensor,
-                       response_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per row: the sum of log-probs of the response tokens and how many there are.
-
-    ``response_mask[n, t]`` is 1 where ``input_ids[n, t]`` is a response token; the logits at position
-    t - 1 predict it. Only those positions are read: prompt and padding logits never enter the sums.
-    """
-    targets = input_ids[:, 1:]
-    mask = response_mask[:, 1:].bool()
-    rows = torch.arange(input_ids.shape[0], device=input_ids.device).unsqueeze(1).expand_as(targets)[mask]
-    picked = logits[:, :-1][mask].float()  # [T, V]: only the positions that predict a response token
-    token_logp = torch.log_softmax(picked, dim=-1).gather(-1, targets[mask].unsqueeze(-1)).squeeze(-1)
-    sums = torch.zeros(input_ids.shape[0], dtype=token_logp.dtype, device=logits.device)
-    sums = sums.index_add(0, rows, token_logp)
-    return sums, mask.sum(dim=1)
 
 
 @dataclass

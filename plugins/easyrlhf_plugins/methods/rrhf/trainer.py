@@ -10,7 +10,9 @@ from typing import Any
 import torch
 from transformers import Trainer
 
-from .loss import RRHFTerms, response_log_probs, rrhf_terms
+from easyrlhf_core.lm import response_log_probs
+
+from .loss import RRHFTerms, rrhf_terms
 
 #: Running sums per logging window: rank loss, ft loss, queries, correct pairs, pairs, p best, p worst.
 _SUM_FIELDS = ("rank_loss", "ft_loss", "queries", "correct_pairs", "pairs", "p_best", "p_worst")

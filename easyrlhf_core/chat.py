@@ -1,4 +1,5 @@
-"""Chat formatting into token ids, the way the sft/dpo/rm trainers (TRL, conversational format) do it.
+"""Chat formatting into token ids, the way the sft/dpo/rm trainers (TRL, conversational format) do it;
+shared by evaluation, rrhf and ppo. Needs only a tokenizer (no torch).
 
 A prompt is rendered with the tokenizer's chat template and ``add_generation_prompt``; a completion is the
 tail of the rendered ``prompt + [assistant message]`` after the prompt, so it ends with the template's
@@ -10,7 +11,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from ..shapes import Message
+from .shapes import Message
 
 
 def encode(tokenizer: Any, messages: list[Message], add_generation_prompt: bool = False) -> list[int]:
@@ -21,12 +22,18 @@ def encode(tokenizer: Any, messages: list[Message], add_generation_prompt: bool 
     return list(ids[0] if ids and isinstance(ids[0], list) else ids)
 
 
+def prompt_text(tokenizer: Any, prompt: list[Message]) -> str:
+    """The prompt as the model sees it before answering, as text (generation prompt included)."""
+    return tokenizer.apply_chat_template(prompt, tokenize=False, add_generation_prompt=True)
+
+
 def prompt_ids(tokenizer: Any, prompt: list[Message]) -> list[int]:
     """The prompt as the model sees it before answering (generation prompt included)."""
     return encode(tokenizer, prompt, add_generation_prompt=True)
 
 
 def common_prefix_length(a: list[int], b: list[int]) -> int:
+    """How many leading ids ``a`` and ``b`` share."""
     n = 0
     for x, y in zip(a, b):
         if x != y:
@@ -49,6 +56,7 @@ def completion_text(completion: list[Message]) -> str:
 
 
 def as_completion(text: str) -> list[Message]:
+    """``text`` as a completion: one assistant message."""
     return [{"role": "assistant", "content": text}]
 
 
