@@ -335,3 +335,22 @@ def test_bad_options_are_one_line_errors(cli_run, tiny_model_dir, tmp_path, args
     assert result.exit_code == 2
     assert result.stderr.startswith(f"Error: {where}: ") and words in result.stderr, result.stderr
     assert "Traceback" not in result.stderr and not out.exists()
+
+
+def test_sampling_settings_are_pinned_not_taken_from_the_model(tiny_model_dir, tokenizer, monkeypatch):
+    """The model's own generation defaults (transformers' top_k=50) never apply: our top_k/top_p/temperature do."""
+    from transformers import AutoModelForCausalLM
+
+    from easyrlhf_core import lm
+    from easyrlhf_plugins.methods.rrhf import candidates
+    from easyrlhf_plugins.methods.rrhf.config import RRHFConfig
+
+    seen = []
+    real_generate = lm.generate
+    monkeypatch.setattr(lm, "generate", lambda *args: seen.append(args[3]) or real_generate(*args))
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
+    config = RRHFConfig(candidates="generate", reward="length", num_generations=2, max_new_tokens=4,
+                        temperature=0.7, top_p=0.9)
+    out = candidates.sample_responses(model, tokenizer, [[{"role": "user", "content": "Hi there"}]], config)
+    assert len(out) == 1 and len(out[0]) == 2
+    assert (seen[0].top_k, seen[0].top_p, seen[0].temperature, seen[0].do_sample) == (0, 0.9, 0.7, True)

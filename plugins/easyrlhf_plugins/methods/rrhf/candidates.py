@@ -126,7 +126,7 @@ def sample_responses(model: Any, tokenizer: Any, prompts: list[list[Message]], c
         return [[] for _ in prompts]
     torch.manual_seed(config.seed)
     settings = generation_config(config.max_new_tokens, tokenizer.eos_token_id, tokenizer.pad_token_id,
-                                 {"temperature": config.temperature, "top_p": config.top_p},
+                                 {"temperature": config.temperature, "top_p": config.top_p, "top_k": config.top_k},
                                  num_return_sequences=config.num_generations)
     was_training = model.training
     model.eval()

@@ -27,6 +27,7 @@ class RRHFConfig(TrainerConfig):
                                                 "empty: the policy (its weights before training).")
     temperature: float = option(1.0, "candidates=generate: sampling temperature.")
     top_p: float = option(1.0, "candidates=generate: nucleus sampling threshold.")
+    top_k: int = option(0, "candidates=generate: sample from the k likeliest tokens; 0: off.")
     max_new_tokens: int = option(128, "candidates=generate: maximum tokens per sampled response.")
     generation_batch_size: int = option(8, "candidates=generate: prompts per generate() call.")
     reward_model: str | None = option(None, "candidates=generate: reward model directory (--reward-model); "
@@ -46,6 +47,8 @@ class RRHFConfig(TrainerConfig):
             raise invalid("temperature", "must be > 0")
         if not 0.0 < self.top_p <= 1.0:
             raise invalid("top_p", "must be in (0, 1]")
+        if self.top_k < 0:
+            raise invalid("top_k", "must be >= 0 (0: off)")
         for key in ("max_new_tokens", "generation_batch_size"):
             if getattr(self, key) <= 0:
                 raise invalid(key, "must be a positive integer")
