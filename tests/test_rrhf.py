@@ -327,6 +327,7 @@ def test_generate_with_a_reward_model_directory(cli_run, tiny_model_dir, tmp_pat
     (("--reward", "rrhf-toy-count-a"), "--reward", "candidates=generate"),
     (("--set", "candidates=generate", "--reward", "x", "--reward-model", "y"), "--reward", "both set"),
     (("--set", "rank_weight=-1"), "--set rank_weight", ">= 0"),
+    (("--set", "candidates=generate", "--reward", "length", "--set", "top_k=-1"), "--set top_k", ">= 0"),
     (("--set", "candidates=sample"), "--set candidates", "one of 'dataset', 'generate'"),
 ])
 def test_bad_options_are_one_line_errors(cli_run, tiny_model_dir, tmp_path, args, where, words):
