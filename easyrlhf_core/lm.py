@@ -97,17 +97,23 @@ def stop_token_ids(tokenizer: Any, model: Any = None) -> list[int]:
     return ids
 
 
+#: Output-changing settings pinned in every config, so a model's own ``generation_config`` never applies them.
+NEUTRAL_SETTINGS = {"min_new_tokens": 0, "repetition_penalty": 1.0, "num_beams": 1, "use_cache": True}
+#: Sampling from the model's own distribution; ``sampling`` overrides these.
+UNMODIFIED_SAMPLING = {"temperature": 1.0, "top_k": 0, "top_p": 1.0}
+
+
 def generation_config(max_new_tokens: int, stop_ids: int | list[int] | None, pad_token_id: int | None,
                       sampling: dict[str, Any] | None = None, **settings: Any) -> Any:
-    """A ``GenerationConfig``: greedy, or sampling with ``sampling`` (``temperature``, ``top_k``, ``top_p``).
-
-    ``generate`` fills what is left unset from the model's own ``generation_config``; pin it in ``settings``
-    where that must not happen.
+    """A complete ``GenerationConfig``: greedy (``sampling`` None), or sampling with ``sampling`` on top of
+    :data:`UNMODIFIED_SAMPLING`. :data:`NEUTRAL_SETTINGS` are pinned too, so ``generate`` fills nothing that
+    changes the output from the model's own ``generation_config``; ``settings`` add or override fields.
     """
     from transformers import GenerationConfig
 
+    sampled = {**UNMODIFIED_SAMPLING, **sampling} if sampling is not None else {}
     return GenerationConfig(max_new_tokens=max_new_tokens, do_sample=sampling is not None, eos_token_id=stop_ids,
-                            pad_token_id=pad_token_id, **(sampling or {}), **settings)
+                            pad_token_id=pad_token_id, **{**NEUTRAL_SETTINGS, **sampled, **settings})
 
 
 def generate(model: Any, input_ids: torch.Tensor, attention_mask: torch.Tensor, config: Any) -> torch.Tensor:

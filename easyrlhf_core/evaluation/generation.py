@@ -10,8 +10,6 @@ from ..chat import keep_last
 from ..lm import generate, generation_config, left_pad, stop_token_ids
 from .logprobs import batches_by_length
 
-UNMODIFIED = {"temperature": 1.0, "top_k": 0, "top_p": 1.0}  # sample from the model's own distribution
-
 
 @dataclass
 class Answer:
@@ -35,7 +33,7 @@ def generate_answers(model: Any, tokenizer: Any, prompts: list[list[int]], max_n
     device = next(model.parameters()).device
     stops = stop_token_ids(tokenizer, model)
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else stops[0]
-    config = generation_config(max_new_tokens, stops, pad, UNMODIFIED if sample else None)
+    config = generation_config(max_new_tokens, stops, pad, {} if sample else None)  # {}: the model's own distribution
     room = max(1, max_length - max_new_tokens)
     trimmed = [keep_last(list(p), room) for p in prompts]
     answers: list[Answer | None] = [None] * len(prompts)

@@ -246,7 +246,6 @@ def evaluate_policy(request: EvalRequest, registry: Registry, policy: ModelRef, 
         _note_truncation(report, "chosen/rejected completions", truncated_count(inputs.pair_examples,
                                                                                request.max_length), request)
     if mine.pair_logps and theirs.pair_logps:
-        n = len(mine.pair_logps) // 2
         ratios = [p.total - r.total for p, r in zip(mine.pair_logps, theirs.pair_logps)]
         margins = [ratios[i] - ratios[n + i] for i in range(n)]
         report.set_pairwise("implicit_reward_accuracy", "implicit_reward_ci95", "implicit_reward_ties",

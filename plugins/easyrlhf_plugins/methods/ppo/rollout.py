@@ -56,8 +56,7 @@ def generation_config(config: PPOConfig, tokenizer: Any, stop_ids: list[int]) ->
     """Sampling settings, complete, so the model's own ``generation_config`` defaults never leak in."""
     return lm.generation_config(config.max_new_tokens, stop_ids, tokenizer.pad_token_id,
                                 {"temperature": config.temperature, "top_k": config.top_k, "top_p": config.top_p},
-                                min_new_tokens=0, bos_token_id=tokenizer.bos_token_id, use_cache=True,
-                                repetition_penalty=1.0, num_beams=1)
+                                bos_token_id=tokenizer.bos_token_id)
 
 
 # --------------------------------------------------------------------------------------------------
