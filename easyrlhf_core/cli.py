@@ -5,7 +5,7 @@ from __future__ import annotations
 import functools
 import json
 import sys
-from typing import Any, Callable
+from typing import Any, Callable, NoReturn
 
 import click
 
@@ -13,8 +13,18 @@ from . import __version__
 from .errors import EasyRLHFError
 
 
-def _fail(message: str, code: int = 2) -> None:
+def _fail(message: str, code: int = 2) -> NoReturn:
     click.echo(f"Error: {message}", err=True)
+    _exit(code)
+
+
+def _exit(code: int) -> NoReturn:
+    """Exit with ``code``; a launched rank leaves without interpreter shutdown, so a failed rank ends at once
+    (its launcher then stops the others) instead of hanging in gloo's teardown."""
+    from .launch import exit_launched_rank, is_launched
+
+    if is_launched():
+        exit_launched_rank(code)
     sys.exit(code)
 
 
@@ -33,7 +43,7 @@ def handle_errors(func: Callable[..., Any]) -> Callable[..., Any]:
             _fail(str(exc))
         except KeyboardInterrupt:
             click.echo("Interrupted.", err=True)
-            sys.exit(130)
+            _exit(130)
         except Exception as exc:  # an unexpected failure: still one line unless --debug
             if debug:
                 raise
@@ -156,7 +166,7 @@ def run_command(method: str | None, config_file: str | None, set_options: tuple[
                 resume: bool, debug: bool, num_processes: int, num_machines: int, machine_rank: int,
                 main_process_ip: str | None, main_process_port: int, **flags: Any) -> None:
     """Train a model with one alignment method."""
-    from .launch import STOPPED_EXIT_CODES, LaunchOptions, finish_distributed, is_launched, launch
+    from .launch import STOPPED_EXIT_CODES, LaunchOptions, exit_launched_rank, is_launched, launch
     from .run import RunInterrupted, RunRequest, execute, prepare
 
     quiet_library_output()
@@ -174,12 +184,11 @@ def run_command(method: str | None, config_file: str | None, set_options: tuple[
         execute(run)
     except RunInterrupted as stopped:
         if is_launched():  # a rank that stopped as asked: the parent process reports the stop
-            finish_distributed()
-            sys.exit(0)
+            exit_launched_rank(0)
         _print_resume_hint(str(run.output_dir))
         sys.exit(stopped.exit_code)
     if is_launched():
-        finish_distributed()
+        exit_launched_rank(0)
 
 
 def quiet_library_output() -> None:

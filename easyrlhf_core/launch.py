@@ -14,6 +14,7 @@ import signal
 import subprocess
 import sys
 from dataclasses import dataclass
+from typing import NoReturn
 
 LAUNCHED_ENV = "EASYRLHF_LAUNCHED"
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
@@ -114,12 +115,30 @@ def forward_signal(launcher_pid: int, signum: int) -> None:
             pass
 
 
+def exit_launched_rank(code: int = 0) -> NoReturn:
+    """End a launched rank whose work is done (files written, checkpoints complete): tear the process group
+    down, flush output and trackers, and leave without interpreter shutdown.
+
+    Left to interpreter shutdown, gloo can abort the process ("terminate called without an active
+    exception") or deadlock: freeing the DDP reducer joins gloo's worker thread while that thread waits for
+    the GIL to release a finished collective's tensor. ``os._exit`` skips that teardown.
+    """
+    import logging
+
+    finish_distributed()
+    if "wandb" in sys.modules and getattr(sys.modules["wandb"], "run", None) is not None:
+        sys.modules["wandb"].finish(exit_code=code)  # report_to=wandb: its atexit hook would not run
+    for stream in (sys.stdout, sys.stderr):
+        stream.flush()
+    logging.shutdown()
+    os._exit(code)
+
+
 def finish_distributed() -> None:
-    """Tear the process group down before a rank exits: left to interpreter shutdown, gloo can abort the
-    process ("terminate called without an active exception") after a successful run."""
+    """Destroy the process group, if one is up. No barrier: a rank must never wait here for one that has gone."""
     if "torch" not in sys.modules:
         return
     import torch.distributed as dist
 
     if dist.is_available() and dist.is_initialized():
-        dist.destroy_process_group()  # no barrier: a rank must never wait here for one that has gone
+        dist.destroy_process_group()
