@@ -41,6 +41,19 @@ def invalid(key: str, message: str) -> ConfigError:
     return err
 
 
+def require_positive(config: Any, *keys: str) -> None:
+    """Raise :func:`invalid` for the first of ``keys`` whose value in ``config`` is not a positive integer."""
+    for key in keys:
+        if getattr(config, key) <= 0:
+            raise invalid(key, "must be a positive integer")
+
+
+def require_model_dir(key: str, path: str | None) -> None:
+    """Raise :func:`invalid` unless ``path`` (the value of ``key``) is empty or a transformers model directory."""
+    if path is not None and not (Path(path) / "config.json").is_file():
+        raise invalid(key, f"is not a transformers model directory (no config.json): {path}")
+
+
 # --------------------------------------------------------------------------------------------------
 # Shared option groups
 
@@ -110,11 +123,8 @@ class BaseConfig:
     save_adapter_only: bool = option(False, "With LoRA: save only the adapter in model/ instead of the merged model.")
 
     def __post_init__(self) -> None:
-        positive = ("per_device_train_batch_size", "per_device_eval_batch_size", "gradient_accumulation_steps",
-                    "max_length", "logging_steps", "save_total_limit")
-        for key in positive:
-            if getattr(self, key) <= 0:
-                raise invalid(key, "must be a positive integer")
+        require_positive(self, "per_device_train_batch_size", "per_device_eval_batch_size",
+                         "gradient_accumulation_steps", "max_length", "logging_steps", "save_total_limit")
         if self.max_steps == 0 or self.max_steps < -1:
             raise invalid("max_steps", "must be a positive integer, or -1 to run num_train_epochs")
         if self.learning_rate <= 0:

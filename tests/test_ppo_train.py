@@ -247,6 +247,9 @@ def test_reward_model_scores_and_initialises_the_value_model(cli_run, tiny_model
     (["--reward", "keyword", "--set", "reward_options={colour: red}"], "reward_options"),
     (["--reward", "length", "--set", "generation_backend=vllm"], "vllm"),
     (["--reward", "length", "--set", "rollout_batch_size=10"], "multiple of the minibatch size"),
+    (["--reward-model", "/no/such/rm"], "--reward-model: 'reward_model' is not a transformers model directory"),
+    (["--reward", "length", "--set", "value_model=/no/such/vm"], "'value_model' is not a transformers model"),
+    (["--reward", "length", "--set", "ppo_epochs=0"], "--set ppo_epochs: 'ppo_epochs' must be a positive integer"),
 ])
 def test_bad_ppo_configs_fail_before_anything_is_written(cli_run, tiny_model_dir, tmp_path, args, message):
     out = tmp_path / "never"

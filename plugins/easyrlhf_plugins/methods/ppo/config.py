@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from easyrlhf_core.config import invalid, option
+from easyrlhf_core.config import invalid, option, require_model_dir, require_positive
 
 from ..trl_common import TrainerConfig
 
@@ -87,14 +87,9 @@ class PPOConfig(TrainerConfig):
         if self.reward_model is not None and self.reward is not None:
             raise invalid("reward", "conflicts with 'reward_model': give only one of --reward-model PATH and "
                                     "--reward NAME")
-        if self.reward_model is not None and not (Path(self.reward_model) / "config.json").is_file():
-            raise invalid("reward_model", f"is not a transformers model directory (no config.json): "
-                                          f"{self.reward_model}")
-        if self.value_model is not None and not (Path(self.value_model) / "config.json").is_file():
-            raise invalid("value_model", f"is not a transformers model directory (no config.json): {self.value_model}")
-        for key in ("rollout_batch_size", "max_new_tokens", "ppo_epochs", "kl_horizon"):
-            if getattr(self, key) <= 0:
-                raise invalid(key, "must be a positive integer")
+        require_model_dir("reward_model", self.reward_model)
+        require_model_dir("value_model", self.value_model)
+        require_positive(self, "rollout_batch_size", "max_new_tokens", "ppo_epochs", "kl_horizon")
         if self.num_sample_generations < 0:
             raise invalid("num_sample_generations", "must be >= 0")
         if self.forward_batch_size is not None and self.forward_batch_size <= 0:

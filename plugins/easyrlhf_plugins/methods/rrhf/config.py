@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from easyrlhf_core.config import invalid, option
+from easyrlhf_core.config import invalid, option, require_positive
 
 from ..trl_common import TrainerConfig
 
@@ -49,9 +49,7 @@ class RRHFConfig(TrainerConfig):
             raise invalid("top_p", "must be in (0, 1]")
         if self.top_k < 0:
             raise invalid("top_k", "must be >= 0 (0: off)")
-        for key in ("max_new_tokens", "generation_batch_size"):
-            if getattr(self, key) <= 0:
-                raise invalid(key, "must be a positive integer")
+        require_positive(self, "max_new_tokens", "generation_batch_size")
         has_reward = self.reward is not None or self.reward_model is not None
         if self.candidates == "generate":
             if self.reward is not None and self.reward_model is not None:
