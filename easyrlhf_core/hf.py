@@ -20,6 +20,8 @@ Imported only inside ``Method.train`` (it pulls in transformers).
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from transformers import TrainerCallback
@@ -117,9 +119,12 @@ class RunCallback(TrainerCallback):
 
     def __init__(self, run: Run) -> None:
         self.run = run
+        self.tokens_before = 0.0  # ``num_tokens`` trained on before a resumed run's checkpoint
 
     def on_train_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
         self.run.progress.start(state.max_steps, description=self.run.method.name)
+        if state.global_step > 0:  # resumed: the trainers count num_tokens from zero again
+            self.tokens_before = last_logged(self.run.metrics_path, "num_tokens", state.global_step) or 0.0
 
     def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
         self.run.progress.advance_to(state.global_step)
@@ -127,7 +132,24 @@ class RunCallback(TrainerCallback):
     def on_log(self, args: Any, state: Any, control: Any, logs: dict[str, Any] | None = None,
                **kwargs: Any) -> None:
         if logs:
-            self.run.log_metrics(state.global_step, {"epoch": state.epoch, **logs})
+            row = {"epoch": state.epoch, **logs}
+            if self.tokens_before and isinstance(row.get("num_tokens"), (int, float)):
+                row["num_tokens"] += self.tokens_before  # a running total across the resume, as uninterrupted
+            self.run.log_metrics(state.global_step, row)
+
+
+def last_logged(path: Path, key: str, up_to_step: int) -> float | None:
+    """The last value of ``key`` in the ``metrics.jsonl`` rows up to ``up_to_step``, or None."""
+    value = None
+    if path.is_file():
+        for line in path.read_text(encoding="utf-8").splitlines():
+            try:
+                row = json.loads(line)
+            except ValueError:
+                continue
+            if isinstance(row, dict) and row.get("step", 0) <= up_to_step and isinstance(row.get(key), (int, float)):
+                value = float(row[key])
+    return value
 
 
 class CheckpointCallback(TrainerCallback):

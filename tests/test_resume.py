@@ -21,7 +21,7 @@ from tests.subprocess_runs import (RunningProcess, easyrlhf_command, last_step, 
 
 STEPS = 30
 #: What each method's rows must reproduce after a resume.
-COMPARED = ("loss", "grad_norm", "learning_rate")
+COMPARED = ("loss", "grad_norm", "learning_rate", "num_tokens")
 
 
 @pytest.fixture(scope="module")
