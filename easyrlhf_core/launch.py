@@ -127,7 +127,10 @@ def exit_launched_rank(code: int = 0) -> NoReturn:
 
     finish_distributed()
     if "wandb" in sys.modules and getattr(sys.modules["wandb"], "run", None) is not None:
-        sys.modules["wandb"].finish(exit_code=code)  # report_to=wandb: its atexit hook would not run
+        try:  # report_to=wandb: its atexit hook would not run
+            sys.modules["wandb"].finish(exit_code=code)
+        except Exception as exc:  # the run's files are written; a tracker must not keep the rank alive
+            print(f"[easyrlhf] warning: wandb.finish failed: {exc}", file=sys.stderr)
     for stream in (sys.stdout, sys.stderr):
         stream.flush()
     logging.shutdown()
