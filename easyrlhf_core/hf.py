@@ -20,7 +20,6 @@ Imported only inside ``Method.train`` (it pulls in transformers).
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -140,16 +139,11 @@ class RunCallback(TrainerCallback):
 
 def last_logged(path: Path, key: str, up_to_step: int) -> float | None:
     """The last value of ``key`` in the ``metrics.jsonl`` rows up to ``up_to_step``, or None."""
-    value = None
-    if path.is_file():
-        for line in path.read_text(encoding="utf-8").splitlines():
-            try:
-                row = json.loads(line)
-            except ValueError:
-                continue
-            if isinstance(row, dict) and row.get("step", 0) <= up_to_step and isinstance(row.get(key), (int, float)):
-                value = float(row[key])
-    return value
+    from .plots import read_metrics
+
+    values = [float(row[key]) for row in (read_metrics(path) if path.is_file() else [])
+              if row.get("step", 0) <= up_to_step and isinstance(row.get(key), (int, float))]
+    return values[-1] if values else None
 
 
 class CheckpointCallback(TrainerCallback):
