@@ -66,11 +66,17 @@ def checkpoint_problem(path: Path) -> str | None:
     if not any(p.suffix == ".safetensors" or p.suffix in _TORCH_SUFFIXES for p in files):
         return "no weights in it"
     for file in files:
-        problem = _safetensors_problem(file) if file.suffix == ".safetensors" else (
-            _torch_file_problem(file) if file.suffix in _TORCH_SUFFIXES else None)
+        problem = weights_file_problem(file)
         if problem:
             return f"{file.relative_to(path)} {problem}"
     return None
+
+
+def weights_file_problem(path: Path) -> str | None:
+    """What is wrong with one weights file (``is truncated``, ``has no readable header``), or None."""
+    if path.suffix == ".safetensors":
+        return _safetensors_problem(path)
+    return _torch_file_problem(path) if path.suffix in _TORCH_SUFFIXES else None
 
 
 def _safetensors_problem(path: Path) -> str | None:

@@ -13,9 +13,10 @@ import shutil
 import subprocess
 import sys
 import tempfile
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 from .errors import EasyRLHFError
 
@@ -58,19 +59,58 @@ def resolve_model(name: str | None, log: Log = lambda _msg: None) -> ResolvedMod
     """Turn ``--model`` (Hub id, directory, .gguf file, or nothing) into a path transformers can load."""
     if not name or name == DEFAULT_MODEL_ID:  # the default's Hub id falls back to the embedded GGUF offline
         return resolve_default_model(log)
+    local = check_model_name(name)
+    if local is None:
+        return ResolvedModel(name, f"Hugging Face Hub id {name}")
+    if name.endswith(".gguf"):
+        return ResolvedModel(str(convert_gguf_cached(local, log)), f"GGUF file {local} (dequantized, cached)")
+    return ResolvedModel(str(local), f"local directory {local}")
+
+
+def check_model_name(name: str | None) -> Path | None:
+    """The checks of :func:`resolve_model` that need no download or conversion: a ``.gguf`` file exists, a
+    directory holds a model (config.json, or a LoRA adapter), a path-like name exists. Returns the local
+    path, or None for the default model and Hub ids (those are found when loading)."""
+    if not name or name == DEFAULT_MODEL_ID:
+        return None
     path = Path(name).expanduser()
     if name.endswith(".gguf"):
         if not path.is_file():
             raise EasyRLHFError("GGUF file not found; check the --model path", where=name)
-        return ResolvedModel(str(convert_gguf_cached(path, log)), f"GGUF file {path} (dequantized, cached)")
+        return path
     if path.is_dir():
         if not (path / "config.json").is_file() and not (path / "adapter_config.json").is_file():
             raise EasyRLHFError("not a transformers model directory (no config.json)", where=name)
-        return ResolvedModel(str(path), f"local directory {path}")
+        return path
     if path.exists() or name.startswith((".", "/", "~")) or name.count("/") > 1:
         raise EasyRLHFError("model path not found; give a Hub id, a model directory or a .gguf file",
                             where=name)
-    return ResolvedModel(name, f"Hugging Face Hub id {name}")
+    return None
+
+
+def check_lora_targets(path: Path, targets: list[str], trust_remote_code: bool = False) -> None:
+    """Each of LoRA's ``targets`` names a module of the model in ``path`` (as peft matches a list: the full
+    module name or its last dotted parts); else one line listing the module names LoRA could target.
+    Builds the model on the meta device: no weights are read."""
+    if not (path / "config.json").is_file():
+        return  # a LoRA adapter directory or a .gguf file: checked when loaded
+    import torch
+    from accelerate import init_empty_weights
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    try:
+        config = AutoConfig.from_pretrained(str(path), trust_remote_code=trust_remote_code)
+        with init_empty_weights():
+            model = AutoModelForCausalLM.from_config(config, trust_remote_code=trust_remote_code)
+    except Exception:  # an unusual architecture: peft reports it when the adapters are added
+        return
+    names = [name for name, _ in model.named_modules() if name]
+    missing = [t for t in targets if not any(n == t or n.endswith("." + t) for n in names)]
+    if missing:
+        linear = sorted({n.rsplit(".", 1)[-1] for n, m in model.named_modules() if isinstance(m, torch.nn.Linear)})
+        raise EasyRLHFError(f"{', '.join(repr(t) for t in missing)} matches no module of the model in {path}; "
+                            f"its linear layers are named {', '.join(linear)} (or use [all-linear])",
+                            where="lora.target_modules")
 
 
 def resolve_default_model(log: Log = lambda _msg: None) -> ResolvedModel:
@@ -232,14 +272,42 @@ def load_causal_lm(path: str, trust_remote_code: bool = False, dtype: Any = None
     import torch
     from transformers import AutoModelForCausalLM
 
-    model = AutoModelForCausalLM.from_pretrained(path, trust_remote_code=trust_remote_code,
-                                                 dtype=dtype or torch.float32)
+    with weights_errors(path):
+        model = AutoModelForCausalLM.from_pretrained(path, trust_remote_code=trust_remote_code,
+                                                     dtype=dtype or torch.float32)
     return model
 
 
+@contextmanager
+def weights_errors(path: str | Path) -> Iterator[None]:
+    """Loading errors of a model's weights in our voice: a damaged safetensors file is named, with what is
+    wrong with it, instead of the library's bare ``SafetensorError: Error while deserializing header``."""
+    try:
+        yield
+    except EasyRLHFError:
+        raise
+    except Exception as exc:
+        text = f"{type(exc).__name__}: {exc}"
+        if "afetensor" not in text and "deserializ" not in text:
+            raise
+        from .checkpoints import weights_file_problem
+
+        folder = Path(path)
+        for file in sorted(folder.glob("*.safetensors")) if folder.is_dir() else []:
+            problem = weights_file_problem(file)
+            if problem:
+                raise EasyRLHFError(f"damaged weights file: it {problem}; re-save the model or copy the file "
+                                    f"again", file=file) from None
+        raise EasyRLHFError(f"the weights do not load ({text}); re-save the model", where=str(path)) from None
+
+
 def load_sequence_classifier(path: str, trust_remote_code: bool = False, num_labels: int = 1,
-                             pad_token_id: int | None = None, dtype: Any = None) -> Any:
-    """A scalar-head model (reward or value model); the head is new when ``path`` is a causal LM."""
+                             pad_token_id: int | None = None, dtype: Any = None,
+                             require_trained_head: bool = False) -> Any:
+    """A scalar-head model (reward or value model); the head is new when ``path`` is a causal LM.
+
+    ``require_trained_head``: a reward model must bring its head; refuse a checkpoint whose head
+    transformers had to initialise (one line naming ``path``)."""
     import torch
     from transformers import AutoModelForSequenceClassification
     from transformers.utils import logging as hf_logging
@@ -247,13 +315,112 @@ def load_sequence_classifier(path: str, trust_remote_code: bool = False, num_lab
     verbosity = hf_logging.get_verbosity()
     hf_logging.set_verbosity_error()  # "newly initialized score weights" is expected here
     try:
-        model = AutoModelForSequenceClassification.from_pretrained(
-            path, num_labels=num_labels, trust_remote_code=trust_remote_code, dtype=dtype or torch.float32)
+        with weights_errors(path):
+            model, info = AutoModelForSequenceClassification.from_pretrained(
+                path, num_labels=num_labels, trust_remote_code=trust_remote_code, dtype=dtype or torch.float32,
+                output_loading_info=True)
     finally:
         hf_logging.set_verbosity(verbosity)
+    fresh = [key for key in info.get("missing_keys", []) if key.split(".")[0] in SCORE_HEAD_NAMES]
+    if require_trained_head and fresh:
+        raise EasyRLHFError(f"not a reward model: its weights have no trained score head (missing "
+                            f"{', '.join(sorted(fresh))}); give the model/ directory of `easyrlhf run --method rm`",
+                            where=str(path))
     if pad_token_id is not None:
         model.config.pad_token_id = pad_token_id
     return model
+
+
+#: Names of the scalar head of transformers' ``*ForSequenceClassification`` decoder models.
+SCORE_HEAD_NAMES = ("score", "classifier")
+
+
+def check_reward_model(path: str | Path, where: str) -> None:
+    """Refuse, before anything loads, a directory that is not a trained reward model: no config.json, an
+    architecture that is not a sequence classifier (a causal LM, say), more than one label, or safetensors
+    weights without the score head (transformers would initialise one at random, and training against a
+    random head exits 0 having learnt nothing). One line naming the directory and what was found."""
+    import json
+
+    folder = Path(path)
+    config_file = folder / "config.json"
+    if not config_file.is_file():
+        raise EasyRLHFError(f"{where}: not a transformers model directory (no config.json); give the model/ "
+                            f"directory of `easyrlhf run --method rm`", where=str(path))
+    try:
+        config = json.loads(config_file.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise EasyRLHFError(f"cannot read config.json ({exc})", file=config_file) from None
+    architectures = list(config.get("architectures") or [])
+    if not any(a.endswith("ForSequenceClassification") for a in architectures):
+        found = ", ".join(architectures) or "no architecture"
+        kind = " (a causal LM)" if any(a.endswith(("ForCausalLM", "LMHeadModel")) for a in architectures) else ""
+        raise EasyRLHFError(f"{where}: not a reward model: config.json lists {found}{kind}, a reward model is a "
+                            f"one-label *ForSequenceClassification; train one with `easyrlhf run --method rm` and "
+                            f"pass its model/ directory", where=str(path))
+    labels = config.get("id2label")
+    if isinstance(labels, dict) and len(labels) != 1:
+        raise EasyRLHFError(f"{where}: a sequence classifier with {len(labels)} labels, not a reward model (one "
+                            f"scalar score); give a model trained with `easyrlhf run --method rm`", where=str(path))
+    names = safetensors_tensor_names(folder)
+    if names is not None and not any(n.split(".")[0] in SCORE_HEAD_NAMES for n in names):
+        raise EasyRLHFError(f"{where}: not a reward model: its weights have no score head (transformers would "
+                            f"initialise one at random); give the model/ directory of `easyrlhf run --method rm`",
+                            where=str(path))
+
+
+def safetensors_tensor_names(folder: Path) -> set[str] | None:
+    """Tensor names in ``folder``'s safetensors weights, read from the headers (or the shard index) only;
+    None when it holds no safetensors weights."""
+    import json
+
+    index = folder / "model.safetensors.index.json"
+    if index.is_file():
+        try:
+            return set(json.loads(index.read_text(encoding="utf-8")).get("weight_map", {}))
+        except (OSError, ValueError):
+            return None
+    files = sorted(folder.glob("*.safetensors"))
+    if not files:
+        return None
+    names: set[str] = set()
+    for file in files:
+        header = _safetensors_header(file)
+        if header is None:
+            raise EasyRLHFError("damaged weights file (its safetensors header does not read); replace the file "
+                                "or re-save the model", file=file)
+        names.update(k for k in header if k != "__metadata__")
+    return names
+
+
+def _safetensors_header(file: Path) -> dict[str, Any] | None:
+    import json
+    import struct
+
+    try:
+        with file.open("rb") as fh:
+            (length,) = struct.unpack("<Q", fh.read(8))
+            if length > file.stat().st_size:
+                return None
+            header = json.loads(fh.read(length))
+    except (OSError, ValueError, struct.error):
+        return None
+    return header if isinstance(header, dict) else None
+
+
+def reward_scores(model: Any, input_ids: Any, attention_mask: Any) -> Any:
+    """The one readout rule for reward models: scores ``(batch,)`` from the sequence classifier's own
+    forward, which reads the last token that is not ``config.pad_token_id``. That is the forward TRL's
+    RewardTrainer trains through, so every scoring path (PPO, RRHF ``candidates: generate``, ``easyrlhf
+    eval``) reads the position the head was trained on, also when pad == eos and the chat template ends
+    with it (Llama-3's ``<|eot_id|>``, Mistral's ``</s>``)."""
+    pad = getattr(model.config, "pad_token_id", None)
+    if pad is None:
+        raise EasyRLHFError("the reward model has no pad_token_id in its config: the score position cannot be "
+                            "found; load it with its tokenizer's pad token (load_sequence_classifier(..., "
+                            "pad_token_id=tokenizer.pad_token_id))")
+    out = model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False)
+    return out.logits.squeeze(-1)
 
 
 def scalar_head_outputs(model: Any, input_ids: Any, attention_mask: Any, position_ids: Any = None) -> Any:
@@ -300,7 +467,23 @@ def apply_lora(model: Any, lora: Any, task_type: str = "CAUSAL_LM") -> Any:
         return model
     from peft import get_peft_model
 
-    return get_peft_model(model, peft_config(lora, task_type))
+    with lora_errors(model):
+        return get_peft_model(model, peft_config(lora, task_type))
+
+
+@contextmanager
+def lora_errors(model: Any) -> Iterator[None]:
+    """peft's "target modules not found" in our voice: the option, and the names the model has."""
+    try:
+        yield
+    except ValueError as exc:
+        if "not found in the base model" not in str(exc) and "NoMatchingPeftModule" not in type(exc).__name__:
+            raise
+        import torch
+
+        linear = sorted({n.rsplit(".", 1)[-1] for n, m in model.named_modules() if isinstance(m, torch.nn.Linear)})
+        raise EasyRLHFError(f"no module of the model matches these targets; its linear layers are named "
+                            f"{', '.join(linear)} (or use [all-linear])", where="lora.target_modules") from None
 
 
 def save_model(model: Any, tokenizer: Any, out: Path, merge_lora: bool = True) -> None:

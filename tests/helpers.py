@@ -16,8 +16,19 @@ _CORPUS = [
 ]
 
 
-def build_tiny_tokenizer() -> Any:
-    """A byte-level BPE tokenizer trained on a few sentences, with SmolLM2's special tokens and template."""
+#: A chat template whose rendered text ends with the eos token (= pad), as Llama-3-Instruct's ends with
+#: ``<|eot_id|>`` and Mistral's with ``</s>``: no newline after the last end-of-turn.
+PAD_TERMINATED_TEMPLATE = (
+    "{% for message in messages %}"
+    "{{ '<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' }}"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
+)
+
+
+def build_tiny_tokenizer(chat_template: str | None = None) -> Any:
+    """A byte-level BPE tokenizer trained on a few sentences, with SmolLM2's special tokens and template
+    (or ``chat_template``)."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
 
@@ -31,7 +42,7 @@ def build_tiny_tokenizer() -> Any:
     tok.train_from_iterator(_CORPUS * 4, trainer=trainer)
     fast = PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<|im_start|>", eos_token="<|im_end|>",
                                    unk_token="<|endoftext|>", pad_token="<|im_end|>")
-    fast.chat_template = DEFAULT_CHAT_TEMPLATE
+    fast.chat_template = chat_template or DEFAULT_CHAT_TEMPLATE
     fast.model_max_length = 1024
     return fast
 

@@ -355,3 +355,26 @@ def test_sampling_settings_are_pinned_not_taken_from_the_model(tiny_model_dir, t
     out = candidates.sample_responses(model, tokenizer, [[{"role": "user", "content": "Hi there"}]], config)
     assert len(out) == 1 and len(out[0]) == 2
     assert (seen[0].top_k, seen[0].top_p, seen[0].temperature, seen[0].do_sample) == (0, 0.9, 0.7, True)
+
+
+def test_ft_normalization_sum_is_the_papers_summed_log_likelihood():
+    # the best candidates A1 (3 tokens, log-prob sum -6) and B0 (4 tokens, -4): mean gives 2 and 1, sum 6 and 4
+    mean = rrhf_terms(*_fixed_batch(), num_queries=2)
+    summed = rrhf_terms(*_fixed_batch(), num_queries=2, ft_normalization="sum")
+    assert torch.allclose(mean.ft_loss, torch.tensor([2.0, 1.0]))
+    assert torch.allclose(summed.ft_loss, torch.tensor([6.0, 4.0]))
+    assert torch.allclose(summed.rank_loss, mean.rank_loss)
+    assert summed.loss.item() == pytest.approx(((1 + 6) + (0.5 + 4)) / 2)
+
+
+def test_ft_normalization_reaches_the_trainer(cli_run, tiny_model_dir, tmp_path):
+    out = tmp_path / "ft-sum"
+    result = _rrhf(cli_run, tiny_model_dir, out, "--max-steps", "1", "--set", "ft_normalization=sum")
+    assert result.exit_code == 0, result.stderr
+    assert "ft_normalization=sum" in result.stderr
+    mean = _rrhf(cli_run, tiny_model_dir, tmp_path / "ft-mean", "--max-steps", "1")
+    assert mean.exit_code == 0, mean.stderr
+    summed_ft, mean_ft = (next(r["ft_loss"] for r in _metrics(d) if "ft_loss" in r) for d in (out, tmp_path / "ft-mean"))
+    assert summed_ft > 2 * mean_ft  # the same first batch, summed over its multi-token best answers
+    bad = _rrhf(cli_run, tiny_model_dir, tmp_path / "bad", "--set", "ft_normalization=median")
+    assert bad.exit_code == 2 and "one of 'mean', 'sum'" in bad.stderr

@@ -9,11 +9,10 @@ from typing import Any
 from ..api import RewardFunction
 from ..errors import EasyRLHFError
 from ..registry import Registry
+from ..reward_choice import describe_reward, make_reward
 from ..shapes import Message
 from .loading import ModelRef
 
-#: The reward plugin that scores with a sequence-classification model directory (option ``path``).
-REWARD_MODEL_REWARD = "reward-model"
 
 
 @dataclass
@@ -43,14 +42,11 @@ class Judge:
 def reward_model_judge(registry: Registry, model: ModelRef, batch_size: int, max_length: int,
                        trust_remote_code: bool = False) -> Judge:
     """A judge that scores with the reward model at ``model.path``."""
-    cls = registry.get("rewards", REWARD_MODEL_REWARD)
-    reward = cls(path=model.path, batch_size=batch_size, max_length=max_length, trust_remote_code=trust_remote_code)
-    return Judge(reward=reward, description=f"reward model {model.name}")
+    reward = make_reward(registry, model.path, None, {"batch_size": batch_size, "max_length": max_length,
+                                                      "trust_remote_code": trust_remote_code})
+    return Judge(reward=reward, description=describe_reward(model.name, None))
 
 
 def named_judge(registry: Registry, name: str, options: dict[str, Any]) -> Judge:
     """A judge from the reward function registered as ``name`` (options as keyword arguments)."""
-    cls = registry.get("rewards", name)
-    reward = cls(**options)
-    shown = ", ".join(f"{k}={v}" for k, v in options.items())
-    return Judge(reward=reward, description=f"reward function '{name}'" + (f" ({shown})" if shown else ""))
+    return Judge(reward=make_reward(registry, None, name, options), description=describe_reward(None, name, options))

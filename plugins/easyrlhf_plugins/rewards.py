@@ -29,13 +29,17 @@ def _take(reward: str, options: dict[str, Any], allowed: dict[str, Any]) -> dict
 
 
 class RewardModelReward(RewardFunction):
-    """Scores with a sequence-classification model (e.g. from ``--method rm``), read at the last token of
-    prompt + completion rendered with the reward model's own chat template."""
+    """Scores with a sequence-classification model (e.g. from ``--method rm``): prompt + completion rendered
+    with the reward model's own chat template, tokenized as TRL's RewardTrainer tokenizes its pairs, and
+    read by the one readout rule (:func:`easyrlhf_core.models.reward_scores`) that training used."""
 
     name = "reward-model"
     description = "a sequence-classification reward model directory (option path; --reward-model PATH)"
 
     def __init__(self, **options: Any) -> None:
+        from easyrlhf_core.errors import EasyRLHFError
+        from easyrlhf_core.models import check_reward_model
+
         super().__init__(**options)
         opts = _take(self.name, options, {"path": None, "batch_size": 16, "max_length": 2048, "device": "auto",
                                           "trust_remote_code": False})
@@ -45,6 +49,10 @@ class RewardModelReward(RewardFunction):
             raise _options_error(self.name, f"not a transformers model directory (no config.json): {opts['path']}")
         if not isinstance(opts["batch_size"], int) or opts["batch_size"] <= 0:
             raise _options_error(self.name, "'batch_size' must be a positive integer")
+        try:  # a causal LM or a checkpoint without a trained head is refused before any model loads
+            check_reward_model(str(opts["path"]), "reward model")
+        except EasyRLHFError as exc:
+            raise ConfigError(exc.message, where=exc.location) from None
         self.path, self.batch_size, self.max_length = str(opts["path"]), opts["batch_size"], opts["max_length"]
         self.device_name, self.trust_remote_code = opts["device"], bool(opts["trust_remote_code"])
         self._model: Any = None
@@ -59,9 +67,8 @@ class RewardModelReward(RewardFunction):
         if device == "auto":
             device = f"cuda:{os.environ.get('LOCAL_RANK', '0')}" if torch.cuda.is_available() else "cpu"
         self._tokenizer = load_tokenizer(self.path, trust_remote_code=self.trust_remote_code, padding_side="right")
-        self._tokenizer.truncation_side = "left"  # keep the end, where the score is read
         model = load_sequence_classifier(self.path, trust_remote_code=self.trust_remote_code,
-                                         pad_token_id=self._tokenizer.pad_token_id)
+                                         pad_token_id=self._tokenizer.pad_token_id, require_trained_head=True)
         disable_dropout(model)
         self._model = model.to(device).eval().requires_grad_(False)
 
@@ -71,28 +78,29 @@ class RewardModelReward(RewardFunction):
             self._load()
         return self._tokenizer
 
-    def texts(self, prompts: list[list[Message]], completions: list[str]) -> list[str]:
-        """Prompt + completion as the reward model saw its training pairs (its chat template)."""
-        return [self.tokenizer.apply_chat_template(prompt + [{"role": "assistant", "content": completion}],
-                                                   tokenize=False)
+    def encode(self, prompts: list[list[Message]], completions: list[str]) -> list[list[int]]:
+        """Token ids of prompt + completion as the reward model saw its training pairs (its chat template,
+        tokenized by it, no generation prompt); over ``max_length``, the oldest tokens go (the score is
+        read at the end)."""
+        from easyrlhf_core.chat import encode, keep_last
+
+        return [keep_last(encode(self.tokenizer, prompt + [{"role": "assistant", "content": completion}]),
+                          self.max_length)
                 for prompt, completion in zip(prompts, completions)]
 
     def score(self, prompts: list[list[Message]], completions: list[str]) -> list[float]:
         import torch
 
-        from easyrlhf_core.models import scalar_head_outputs
+        from easyrlhf_core.lm import right_pad
+        from easyrlhf_core.models import reward_scores
 
-        texts = self.texts(prompts, completions)
+        encoded = self.encode(prompts, completions)
         model, tokenizer = self._model, self._tokenizer
         scores: list[float] = []
         with torch.no_grad():
-            for start in range(0, len(texts), self.batch_size):
-                batch = tokenizer(texts[start:start + self.batch_size], return_tensors="pt", padding=True,
-                                  truncation=True, max_length=self.max_length, add_special_tokens=False)
-                batch = batch.to(model.device)
-                per_token = scalar_head_outputs(model, batch["input_ids"], batch["attention_mask"])
-                last = batch["attention_mask"].sum(dim=1) - 1  # right padding: last real token
-                picked = per_token[torch.arange(per_token.shape[0], device=per_token.device), last]
+            for start in range(0, len(encoded), self.batch_size):
+                input_ids, attention_mask = right_pad(encoded[start:start + self.batch_size], tokenizer.pad_token_id)
+                picked = reward_scores(model, input_ids.to(model.device), attention_mask.to(model.device))
                 scores.extend(float(s) for s in picked.float().cpu())
         return scores
 

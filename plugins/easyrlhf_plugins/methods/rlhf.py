@@ -65,7 +65,9 @@ class RLHFConfig:
         for name in STAGES:
             stage = getattr(self, name)
             if name == "ppo" and stage.reward is None and stage.reward_model is None:
-                continue  # its reward model arrives from the RM stage
+                if self.rm.model is not None:  # a given reward model must be one, before SFT trains
+                    dataclasses.replace(stage, reward_model=self.rm.model).validate_for_run()
+                continue  # otherwise its reward model arrives from the RM stage
             stage.validate_for_run()
 
 

@@ -61,9 +61,13 @@ class PPOConfig(TrainerConfig):
                                                   "values, reward); empty: the whole rollout batch.")
     max_new_tokens: int = option(64, "Longest response, in tokens.")
     temperature: float = option(1.0, "Sampling temperature; log-probs use logits / temperature too.")
-    top_k: int = option(0, "Sample from the k likeliest tokens; 0: off.")
-    top_p: float = option(1.0, "Nucleus sampling mass; 1.0: off.")
-    stop_token: str | None = option(None, "Token that ends a response; empty: the tokenizer's eos token.")
+    top_k: int = option(0, "Must stay 0 (off): PPO's log-probs, ratios and KL use the full softmax, so "
+                           "top-k sampling would be off-policy.")
+    top_p: float = option(1.0, "Must stay 1.0 (off): PPO's log-probs, ratios and KL use the full softmax, so "
+                               "nucleus sampling would be off-policy.")
+    stop_token: str | None = option(None, "Token that ends a response; empty: the model's end-of-turn ids (its "
+                                          "generation config's eos ids and the tokenizer's eos), as in eval and "
+                                          "rrhf.")
     generation_backend: Literal["transformers", "vllm"] = option(
         "transformers", "Rollout engine: transformers (model.generate with KV cache); vllm needs CUDA GPUs.")
     # objective
@@ -103,10 +107,14 @@ class PPOConfig(TrainerConfig):
                                             f"prompt")
         if self.temperature <= 0:
             raise invalid("temperature", "must be > 0 (PPO samples; log-probs divide by it)")
-        if self.top_k < 0:
-            raise invalid("top_k", "must be >= 0 (0: off)")
-        if not 0.0 < self.top_p <= 1.0:
-            raise invalid("top_p", "must be in (0, 1]")
+        if self.top_k != 0:  # sampling one distribution and scoring another is a wrong training signal
+            raise invalid("top_k", "must be 0 for ppo: log-probs, ratios and KL are computed on the full softmax "
+                                   "(logits / temperature), so top-k sampling would be off-policy; lower "
+                                   "temperature to sharpen sampling instead")
+        if self.top_p != 1.0:
+            raise invalid("top_p", "must be 1.0 for ppo: log-probs, ratios and KL are computed on the full softmax "
+                                   "(logits / temperature), so nucleus sampling would be off-policy; lower "
+                                   "temperature to sharpen sampling instead")
         for key in ("cliprange", "cliprange_value", "target_kl"):
             if getattr(self, key) <= 0:
                 raise invalid(key, "must be > 0")
@@ -135,19 +143,14 @@ class PPOConfig(TrainerConfig):
         (``show-config`` skips this so it can print the defaults)."""
         from easyrlhf_core.errors import ConfigError
         from easyrlhf_core.registry import get_registry
+        from easyrlhf_core.reward_choice import make_reward
 
+        super().validate_for_run()
         if self.reward_model is None and self.reward is None:
             raise ConfigError("PPO needs a reward: pass --reward-model PATH (a sequence-classifier directory, "
                               "e.g. from --method rm) or --reward NAME (see `easyrlhf list-plugins`)",
                               where="--reward-model")
-        name = "reward-model" if self.reward_model is not None else str(self.reward)
-        options = dict(self.reward_options, **({"path": self.reward_model} if self.reward_model else {}))
-        reward_class = get_registry().get("rewards", name)
-        try:
-            reward_class(**options)  # reward functions validate options here and load lazily
-        except TypeError as exc:
-            raise ConfigError(f"reward '{name}' does not accept these options: {exc}",
-                              where="reward_options") from None
+        make_reward(get_registry(), self.reward_model, self.reward, self.reward_options)
 
     @property
     def mini_batch_size(self) -> int:

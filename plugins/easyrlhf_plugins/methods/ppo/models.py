@@ -104,13 +104,19 @@ def load_models(run: Run, config: PPOConfig, policy_path: str) -> Models:
                   reference_model=reference_model)
 
 
-def stop_token_ids(config: PPOConfig, tokenizer: Any) -> list[int]:
-    """The ids that end a response: ``stop_token`` or the tokenizer's eos token."""
+def response_stop_ids(config: PPOConfig, tokenizer: Any, policy: Any) -> list[int]:
+    """The ids that end a response: ``stop_token`` when set, else the same end-of-turn set that eval and
+    rrhf stop on (:func:`easyrlhf_core.lm.stop_token_ids`: the policy's generation config's eos ids and the
+    tokenizer's eos), so a response ending in any of the model's eos ids counts as finished."""
     from easyrlhf_core.errors import ConfigError
+    from easyrlhf_core.lm import stop_token_ids
 
-    token = config.stop_token or tokenizer.eos_token
-    if token is None:
-        raise ConfigError("the tokenizer has no eos token; set stop_token", where="stop_token")
+    if config.stop_token is None:
+        ids = stop_token_ids(tokenizer, policy)
+        if not ids:
+            raise ConfigError("the tokenizer has no eos token; set stop_token", where="stop_token")
+        return ids
+    token = config.stop_token
     token_id = tokenizer.convert_tokens_to_ids(token)
     if token_id is None or token_id == tokenizer.unk_token_id and token != tokenizer.unk_token:
         raise ConfigError(f"stop_token {token!r} is not a single token of the policy's tokenizer",

@@ -22,7 +22,7 @@ from easyrlhf_core.run import RunInterrupted, StopSignals
 
 from . import core
 from .checkpoint import remove_partial_checkpoints, resume_from_latest, save_checkpoint
-from .models import PolicyAndValue, load_models, stop_token_ids
+from .models import PolicyAndValue, load_models, response_stop_ids
 from .rollout import Rollout, encode_prompts, generation_config, record_rollout
 
 if TYPE_CHECKING:
@@ -56,11 +56,10 @@ def build_accelerator(config: PPOConfig) -> Any:
 
 def make_reward_function(run: Run, config: PPOConfig) -> RewardFunction:
     """``--reward-model PATH`` -> the ``reward-model`` plugin; ``--reward NAME`` -> that plugin."""
-    if config.reward_model is not None:
-        run.log(f"reward: reward model {config.reward_model}")
-        return run.reward_function("reward-model", path=config.reward_model, **config.reward_options)
-    run.log(f"reward: '{config.reward}' {config.reward_options or ''}".rstrip())
-    return run.reward_function(config.reward, **config.reward_options)
+    from easyrlhf_core.reward_choice import describe_reward, make_reward
+
+    run.log(f"reward: {describe_reward(config.reward_model, config.reward, config.reward_options)}")
+    return make_reward(run.registry, config.reward_model, config.reward, config.reward_options)
 
 
 class PPOTrainer:
@@ -83,7 +82,7 @@ class PPOTrainer:
         models = load_models(run, config, policy_path)
         self.tokenizer = models.tokenizer
         self.reference = models.reference
-        self.stop_ids = stop_token_ids(config, self.tokenizer)
+        self.stop_ids = response_stop_ids(config, self.tokenizer, models.policy)
         self.gen_config = generation_config(config, self.tokenizer, self.stop_ids)
 
         self.prompts, self.prompt_ids = self._encode(run.data.train, "training")

@@ -66,7 +66,8 @@ def build_trainer(run: Run) -> tuple[Any, Any]:
                 f"(prompt from the left, responses from the right)")
     candidates = [len(q.response_ids) for q in train_data.queries]
     run.log(f"rrhf: {len(candidates)} train queries, {min(candidates)}-{max(candidates)} candidates each, "
-            f"rank_weight={config.rank_weight}, length_penalty={config.length_penalty}")
+            f"rank_weight={config.rank_weight}, length_penalty={config.length_penalty}, "
+            f"ft_normalization={config.ft_normalization}")
 
     if config.lora.enabled and config.gradient_checkpointing:
         model.enable_input_require_grads()
@@ -76,7 +77,7 @@ def build_trainer(run: Run) -> tuple[Any, Any]:
                           eval_dataset=eval_data if len(eval_data) else None,
                           data_collator=RankedCollator(pad_token_id=tokenizer.pad_token_id),
                           processing_class=tokenizer, rank_weight=config.rank_weight,
-                          length_penalty=config.length_penalty)
+                          length_penalty=config.length_penalty, ft_normalization=config.ft_normalization)
     return trainer, tokenizer
 
 

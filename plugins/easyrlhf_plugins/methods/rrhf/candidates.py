@@ -89,10 +89,10 @@ def write_cache(path: Path, key: str, splits: dict[str, list[Record]]) -> None:
 
 def reward_function(run: Run) -> RewardFunction:
     """The reward plugin that scores candidates: ``--reward-model PATH`` or ``--reward NAME``."""
+    from easyrlhf_core.reward_choice import make_reward
+
     config = run.config
-    if config.reward_model is not None:
-        return run.reward_function("reward-model", path=config.reward_model, **config.reward_options)
-    return run.reward_function(config.reward, **config.reward_options)
+    return make_reward(run.registry, config.reward_model, config.reward, config.reward_options)
 
 
 def score_all(reward: RewardFunction, prompts: list[list[Message]], completions: list[str],
@@ -120,14 +120,12 @@ def sample_responses(model: Any, tokenizer: Any, prompts: list[list[Message]], c
     import torch
 
     from easyrlhf_core.chat import keep_last, prompt_ids
-    from easyrlhf_core.lm import generate, generation_config, left_pad
+    from easyrlhf_core.lm import generate, left_pad
 
     if config.num_generations == 0:
         return [[] for _ in prompts]
     torch.manual_seed(config.seed)
-    settings = generation_config(config.max_new_tokens, tokenizer.eos_token_id, tokenizer.pad_token_id,
-                                 {"temperature": config.temperature, "top_p": config.top_p, "top_k": config.top_k},
-                                 num_return_sequences=config.num_generations)
+    settings = sampling_config(config, tokenizer, model)
     was_training = model.training
     model.eval()
     out: list[list[str]] = []
@@ -146,6 +144,16 @@ def sample_responses(model: Any, tokenizer: Any, prompts: list[list[Message]], c
     finally:
         model.train(was_training)
     return out
+
+
+def sampling_config(config: RRHFConfig, tokenizer: Any, model: Any) -> Any:
+    """The candidates' ``GenerationConfig``: the sampling options, stopping on the same end-of-turn ids as
+    eval and ppo (:func:`easyrlhf_core.lm.stop_token_ids`)."""
+    from easyrlhf_core.lm import generation_config, stop_token_ids
+
+    return generation_config(config.max_new_tokens, stop_token_ids(tokenizer, model), tokenizer.pad_token_id,
+                             {"temperature": config.temperature, "top_p": config.top_p, "top_k": config.top_k},
+                             num_return_sequences=config.num_generations)
 
 
 def build_candidates(records: list[Record], sampled: list[list[str]], reward: RewardFunction,

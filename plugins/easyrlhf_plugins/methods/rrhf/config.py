@@ -14,9 +14,12 @@ from ..trl_common import TrainerConfig
 class RRHFConfig(TrainerConfig):
     """RRHF: a ranking loss over k scored candidates per prompt plus fine-tuning on the best one."""
 
-    rank_weight: float = option(1.0, "Weight of the ranking loss: L = rank_weight * L_rank + L_ft (paper: 1; "
-                                     "the reference code uses 100).")
+    rank_weight: float = option(1.0, "Weight of the ranking loss: L = rank_weight * L_rank + L_ft (paper and the "
+                                     "reference code's training scripts: 1).")
     length_penalty: float = option(1.0, "p_i = sum of response log-probs / (response tokens ** length_penalty).")
+    ft_normalization: Literal["mean", "sum"] = option(
+        "mean", "L_ft on the best candidate: 'mean' (per-token mean of its log-likelihood, as SFT) or 'sum' "
+                "(the paper's L_ft: summed over its tokens).")
     candidates: Literal["dataset", "generate"] = option(
         "dataset", "Where the ranked candidates come from: 'dataset' (responses and scores as given) or "
                    "'generate' (sample from a model, add the dataset responses, score all with a reward).")
@@ -65,3 +68,13 @@ class RRHFConfig(TrainerConfig):
             key = "reward" if self.reward is not None else "reward_model"
             raise invalid(key, "is only used with candidates=generate; add --set candidates=generate "
                                "(or drop the reward)")
+
+    def validate_for_run(self) -> None:
+        """candidates=generate: the reward exists, takes its options and, for a reward model, is one;
+        checked before data or models load."""
+        super().validate_for_run()
+        if self.candidates == "generate":
+            from easyrlhf_core.registry import get_registry
+            from easyrlhf_core.reward_choice import make_reward
+
+            make_reward(get_registry(), self.reward_model, self.reward, self.reward_options)

@@ -5,6 +5,7 @@ For a query with candidates y_1..y_k and rewards r_1..r_k:
     p_i    = sum_t log P(y_i,t | x, y_i,<t) / |y_i| ** length_penalty
     L_rank = sum over pairs with r_i < r_j of max(0, p_i - p_j)        (ties contribute nothing)
     L_ft   = -(1/|y_b|) sum_t log P(y_b,t | x, y_b,<t),  b = argmax_i r_i (first one on ties)
+             (ft_normalization="mean"; "sum", the paper's: without the 1/|y_b|)
     L      = rank_weight * L_rank + L_ft,                              averaged over the batch's queries
 
 The per-candidate log-prob sums come from :func:`easyrlhf_core.lm.response_log_probs`.
@@ -33,12 +34,15 @@ class RRHFTerms:
 
 def rrhf_terms(logp_sum: torch.Tensor, num_tokens: torch.Tensor, rewards: torch.Tensor,
                query_index: torch.Tensor, num_queries: int, rank_weight: float = 1.0,
-               length_penalty: float = 1.0) -> RRHFTerms:
+               length_penalty: float = 1.0, ft_normalization: str = "mean") -> RRHFTerms:
     """The RRHF loss for ``N`` flattened candidates belonging to ``num_queries`` queries.
 
     ``query_index[n]`` is the query of candidate ``n`` (any k per query, candidates of a query in any
-    order); ``rewards`` are the reward scores (higher is better).
+    order); ``rewards`` are the reward scores (higher is better). ``ft_normalization``: ``mean`` divides the
+    best candidate's log-likelihood by its token count, ``sum`` (the paper's L_ft) does not.
     """
+    if ft_normalization not in ("mean", "sum"):
+        raise ValueError(f"ft_normalization must be 'mean' or 'sum', got {ft_normalization!r}")
     lengths = num_tokens.clamp(min=1).to(logp_sum.dtype)
     p = logp_sum / lengths.pow(length_penalty)
     rewards = rewards.to(p.dtype)
@@ -50,7 +54,7 @@ def rrhf_terms(logp_sum: torch.Tensor, num_tokens: torch.Tensor, rewards: torch.
 
     best = _first_extreme(rewards, query_index, num_queries, largest=True)
     worst = _first_extreme(rewards, query_index, num_queries, largest=False)
-    ft_loss = -logp_sum[best] / lengths[best]
+    ft_loss = -logp_sum[best] / lengths[best] if ft_normalization == "mean" else -logp_sum[best]
 
     loss = (rank_weight * rank_loss + ft_loss).mean()
     with torch.no_grad():

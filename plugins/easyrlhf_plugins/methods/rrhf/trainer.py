@@ -21,10 +21,12 @@ _SUM_FIELDS = ("rank_loss", "ft_loss", "queries", "correct_pairs", "pairs", "p_b
 class RRHFTrainer(Trainer):
     """All candidates of the batch's queries go through the model in one forward pass."""
 
-    def __init__(self, *args: Any, rank_weight: float = 1.0, length_penalty: float = 1.0, **kwargs: Any) -> None:
+    def __init__(self, *args: Any, rank_weight: float = 1.0, length_penalty: float = 1.0,
+                 ft_normalization: str = "mean", **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.rank_weight = rank_weight
         self.length_penalty = length_penalty
+        self.ft_normalization = ft_normalization
         self.model_accepts_loss_kwargs = False  # our loss is already per batch: Trainer scales it for accumulation
         self._window: dict[str, torch.Tensor | None] = {"train": None, "eval": None}
         self._total_train_tokens = 0  # non-padding tokens of every candidate row trained on (all processes)
@@ -36,7 +38,8 @@ class RRHFTrainer(Trainer):
         query_index = inputs["query_index"]
         num_queries = int(query_index.max().item()) + 1
         return rrhf_terms(logp_sum, num_tokens, inputs["rewards"], query_index, num_queries,
-                          rank_weight=self.rank_weight, length_penalty=self.length_penalty)
+                          rank_weight=self.rank_weight, length_penalty=self.length_penalty,
+                          ft_normalization=self.ft_normalization)
 
     def compute_loss(self, model: Any, inputs: dict[str, torch.Tensor], return_outputs: bool = False,
                      num_items_in_batch: Any = None) -> Any:
