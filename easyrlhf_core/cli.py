@@ -167,26 +167,38 @@ def run_command(method: str | None, config_file: str | None, set_options: tuple[
                 main_process_ip: str | None, main_process_port: int, **flags: Any) -> None:
     """Train a model with one alignment method."""
     from .launch import STOPPED_EXIT_CODES, LaunchOptions, exit_launched_rank, is_launched, launch
-    from .run import RunInterrupted, RunRequest, execute, prepare
+    from .run import RunComplete, RunInterrupted, RunRequest, execute, finish_directory, prepare
 
     quiet_library_output()
     request = RunRequest(method=method, config_file=config_file, flags=_flag_values(flags),
                          set_options=list(set_options), overwrite=overwrite, resume=resume,
                          num_machines=num_machines, machine_rank=machine_rank)
     options = LaunchOptions(num_processes, num_machines, machine_rank, main_process_ip, main_process_port)
-    run = prepare(request)  # validates, loads data and claims the output dir before any rank starts
-    if options.distributed and not is_launched():
-        code = launch(options, _rank_args(sys.argv[1:], str(run.output_dir)))
-        if code in STOPPED_EXIT_CODES:
-            _print_resume_hint(str(run.output_dir))
-        sys.exit(code)
     try:
-        execute(run)
-    except RunInterrupted as stopped:
-        if is_launched():  # a rank that stopped as asked: the parent process reports the stop
-            exit_launched_rank(0)
-        _print_resume_hint(str(run.output_dir))
-        sys.exit(stopped.exit_code)
+        run = prepare(request)  # validates, locks the output dir, loads data, claims it; before any rank starts
+    except RunComplete as complete:
+        click.echo(f"[easyrlhf] {complete}", err=True)
+        return
+    failed = True
+    try:
+        if options.distributed and not is_launched():
+            if run.directory is not None:
+                run.directory.announce_ranks()
+            code = launch(options, _rank_args(sys.argv[1:], str(run.output_dir)))
+            failed = code != 0
+            if code in STOPPED_EXIT_CODES:
+                _print_resume_hint(str(run.output_dir))
+            sys.exit(code)
+        try:
+            execute(run)
+        except RunInterrupted as stopped:
+            if is_launched():  # a rank that stopped as asked: the parent process reports the stop
+                exit_launched_rank(0)
+            _print_resume_hint(str(run.output_dir))
+            sys.exit(stopped.exit_code)
+        failed = False
+    finally:
+        finish_directory(run, failed)  # a failure before training leaves the directory as it was found
     if is_launched():
         exit_launched_rank(0)
 

@@ -29,6 +29,8 @@ CONFIG_FILE = "config.yaml"
 METRICS_FILE = "metrics.jsonl"
 MODEL_DIR = "model"
 CHECKPOINTS_DIR = "checkpoints"
+#: Written by :func:`execute` once training and the saving of outputs succeeded.
+COMPLETE_FILE = "COMPLETE"
 
 
 @dataclass
@@ -64,6 +66,8 @@ class Run:
         self.is_main_process = is_main_process()
         self.progress = progress or ProgressReporter(enabled=self.is_main_process)
         self.started = time.time()
+        self.directory: Any = None  # the RunDirectory held by the process that claimed the output dir
+        self.rank_lock: Any = None  # a launched rank's shared hold on it
 
     # -- paths -------------------------------------------------------------------------------------
     @property
@@ -108,6 +112,10 @@ class Run:
         """Instantiate the reward function registered as ``name``."""
         cls = self.registry.get("rewards", name)
         return cls(**options)
+
+
+class RunComplete(Exception):
+    """``--resume`` on a run that finished and asks for nothing more: the CLI says so and exits 0."""
 
 
 class RunInterrupted(Exception):
@@ -224,6 +232,10 @@ def resolve(request: RunRequest, registry: Registry | None = None) -> tuple[Meth
         file_method = file_layer.values.pop("method", None)
         if method_name is None:
             method_name = file_method
+        elif file_method is not None and file_method != method_name:
+            raise ConfigError(f"this file is a '{file_method}' config but --method says '{method_name}'; drop "
+                              f"--method to run '{file_method}', or change the file's method",
+                              file=file_layer.source, line=file_layer.lines.get("method"))
         layers.append(file_layer)
     if not method_name:
         raise ConfigError("no method given; pass --method NAME (see `easyrlhf list-plugins`)", where="--method")
@@ -292,15 +304,48 @@ def check_output_dir(path: Path, overwrite: bool, resume: bool) -> None:
     """Refuse a non-empty ``path`` unless ``overwrite`` or ``resume``; touch nothing."""
     if resume and overwrite:
         raise ConfigError("--resume and --overwrite contradict each other; pick one", where="--resume")
+    from .rundir import contents
+
     if path.exists() and not path.is_dir():
         raise EasyRLHFError("the output path exists and is not a directory; choose another --output-dir",
                             where=str(path))
-    non_empty = path.is_dir() and any(path.iterdir())
+    non_empty = bool(contents(path))
     if non_empty and not (overwrite or resume):
         raise EasyRLHFError("output directory is not empty; pass --overwrite to replace it, --resume to "
                             "continue its run, or choose another --output-dir", where=str(path))
     if resume and not non_empty:
         raise EasyRLHFError("--resume needs an existing run directory; none found here", where=str(path))
+
+
+def check_resume(path: Path, method: Method, config: BaseConfig) -> bool:
+    """With ``--resume``: True when the run in ``path`` is complete and ``config`` asks for more training
+    (a higher ``max_steps`` or ``num_train_epochs`` than its ``config.yaml``); :class:`RunComplete` when it
+    is complete and asks for nothing more; False for a run that has not finished."""
+    import yaml
+
+    from .checkpoints import latest_checkpoint
+
+    if not is_complete_run(path):
+        return False
+    try:
+        saved = yaml.safe_load((path / CONFIG_FILE).read_text(encoding="utf-8")) or {}
+    except (OSError, yaml.YAMLError):
+        saved = {}
+    keys = [k for k in ("max_steps", "num_train_epochs") if hasattr(config, k)]
+    if all(getattr(config, k) == saved.get(k, getattr(config, k)) for k in keys):
+        limit = f" (max_steps was {saved['max_steps']})" if "max_steps" in saved else ""
+        raise RunComplete(f"the run in {path} is complete; nothing to do. To train it further, pass a higher "
+                          f"--max-steps{limit} with --resume")
+    if latest_checkpoint(path / CHECKPOINTS_DIR) is None:
+        raise ConfigError(f"cannot train the complete run in {path} further: it has no complete checkpoint to "
+                          f"continue from (save_steps={getattr(config, 'save_steps', '?')}); start a new run from "
+                          f"its model instead: --model {path / MODEL_DIR}", where="--resume")
+    return True
+
+
+def is_complete_run(path: Path) -> bool:
+    """A run that finished: :func:`execute` wrote ``COMPLETE`` (runs of older versions: a saved ``model/``)."""
+    return (path / COMPLETE_FILE).is_file() or (path / MODEL_DIR / "config.json").is_file()
 
 
 def claim_output_dir(path: Path, overwrite: bool) -> None:
@@ -317,7 +362,14 @@ def write_run_config(output_dir: Path, method_name: str, config: Any) -> None:
 
 
 def prepare(request: RunRequest, registry: Registry | None = None) -> Run:
-    """Everything before training: validation, data, output dir. Raises :class:`EasyRLHFError`."""
+    """Everything before training: validation, data, output dir. Raises :class:`EasyRLHFError`.
+
+    The process that claims the output dir (not a launched rank) locks it first, for the whole run
+    (:class:`~easyrlhf_core.rundir.RunDirectory`): the returned run's ``directory`` must be finished with
+    :func:`finish_directory`. Nothing is written into the directory unless every check passed.
+    """
+    from .rundir import RunDirectory, hold_for_rank
+
     registry = registry or get_registry()
     method, config = resolve(request, registry)
     config.validate_for_run()
@@ -325,23 +377,61 @@ def prepare(request: RunRequest, registry: Registry | None = None) -> Run:
         raise ConfigError("a run on several machines needs --output-dir: the same path on every machine, on a "
                           "filesystem they all see", where="--output-dir")
     output_dir = Path(config.output_dir) if config.output_dir else default_output_dir(method.name)
-    # A rank started by `launch`, or a machine other than the first: the first machine's parent process
-    # checks and claims the output dir.
-    claims = not is_launched() and request.machine_rank == 0
-    if claims:
-        check_output_dir(output_dir, overwrite=request.overwrite, resume=request.resume)
     config.output_dir = str(output_dir)
-    data = method.load_data(config, registry)
-    if claims and is_main_process():
-        claim_output_dir(output_dir, overwrite=request.overwrite)
-        if not (request.resume and (output_dir / CONFIG_FILE).exists()):
+    # A rank started by `launch`, or a machine other than the first: the first machine's parent process
+    # checks, locks and claims the output dir.
+    claims = not is_launched() and request.machine_rank == 0
+    if not claims:
+        rank_lock = hold_for_rank(output_dir) if is_launched() else None
+        run = Run(method, config, output_dir, method.load_data(config, registry), registry, resume=request.resume)
+        run.rank_lock = rank_lock
+        return run
+    directory = RunDirectory(output_dir, log=_stderr_log).lock()
+    try:
+        directory.clear_dead_start()
+        check_output_dir(output_dir, overwrite=request.overwrite, resume=request.resume)
+        extend = request.resume and check_resume(output_dir, method, config)
+        preflight(config)
+        data = method.load_data(config, registry)
+        directory.claim(overwrite=request.overwrite)
+        if extend:
+            (output_dir / COMPLETE_FILE).unlink(missing_ok=True)
+            _stderr_log(f"--resume: the run is complete; training it further, to max_steps={config.max_steps}")
+        if extend or not (request.resume and (output_dir / CONFIG_FILE).exists()):
             write_run_config(output_dir, method.name, config)
+    except BaseException:
+        directory.release()
+        raise
     run = Run(method, config, output_dir, data, registry, resume=request.resume)
+    run.directory = directory
     if isinstance(data, DataSplits):
         run.log(f"data: {config.dataset} ({data.shape}): {len(data.train)} train / {len(data.eval)} eval examples")
         for note in data.notes:
             run.log(f"data: {note}")
     return run
+
+
+def _stderr_log(message: str) -> None:
+    print(f"[easyrlhf] {message}", file=sys.stderr, flush=True)
+
+
+def preflight(config: BaseConfig) -> None:
+    """Cheap checks of what training would load first, before the output dir is claimed: a local
+    ``model`` path exists and is a model, and explicit LoRA ``target_modules`` exist in it."""
+    from .models import check_lora_targets, check_model_name
+
+    name = getattr(config, "model", None)
+    path = check_model_name(name) if isinstance(name, str) else None
+    lora = getattr(config, "lora", None)
+    if path is not None and lora is not None and lora.enabled and lora.target_modules != ["all-linear"]:
+        check_lora_targets(path, lora.target_modules, trust_remote_code=getattr(config, "trust_remote_code", False))
+
+
+def finish_directory(run: Run, failed: bool) -> None:
+    """End the claiming process's hold on the output dir: a run that failed before it trained is rolled
+    back (the directory is as it was found), then the lock is released."""
+    if run.directory is not None:
+        run.directory.finish(failed)
 
 
 def execute(run: Run) -> None:
@@ -361,6 +451,9 @@ def execute(run: Run) -> None:
         run.progress.close()
     if run.is_main_process:
         finish_run_dir(run)
+        (run.output_dir / COMPLETE_FILE).write_text(
+            json.dumps({"finished": time.strftime("%Y-%m-%d %H:%M:%S"), "method": run.method.name,
+                        "max_steps": getattr(config, "max_steps", None)}) + "\n", encoding="utf-8")
     run.log(f"done in {time.time() - run.started:.0f}s; model: {run.model_dir}")
 
 

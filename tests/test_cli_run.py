@@ -63,10 +63,31 @@ def test_non_empty_output_dir_is_refused_and_untouched(cli_run, tmp_path):
 def test_resume_keeps_existing_files(cli_run, tmp_path):
     out = tmp_path / "run"
     assert _run(cli_run, out).exit_code == 0
+    (out / "COMPLETE").unlink()  # as if the run had stopped before its end
     result = _run(cli_run, out, "--resume")
     assert result.exit_code == 0, result.stderr
     assert len((out / "metrics.jsonl").read_text().splitlines()) == 6  # appended, nothing lost
     assert _run(cli_run, tmp_path / "nothing-here", "--resume").exit_code != 0
+    assert not (tmp_path / "nothing-here").exists()
+
+
+def _snapshot(path):
+    return {p.relative_to(path): (p.read_bytes() if p.is_file() else None) for p in sorted(path.rglob("*"))}
+
+
+def test_resume_of_a_complete_run_changes_nothing(cli_run, tmp_path):
+    out = tmp_path / "run"
+    assert _run(cli_run, out, "--max-steps", "3").exit_code == 0
+    before = _snapshot(out)
+    result = _run(cli_run, out, "--max-steps", "3", "--resume")
+    assert result.exit_code == 0, result.stderr
+    assert "is complete; nothing to do" in result.stderr and "--max-steps (max_steps was 3)" in result.stderr
+    assert _snapshot(out) == before
+    # more steps need a checkpoint to continue from; echo saves none
+    more = _run(cli_run, out, "--max-steps", "6", "--resume")
+    assert more.exit_code == 2 and "no complete checkpoint to continue from" in more.stderr
+    assert f"--model {out / 'model'}" in more.stderr
+    assert _snapshot(out) == before
 
 
 @pytest.mark.parametrize("args, expected", [

@@ -137,6 +137,8 @@ def test_resume_skips_a_broken_newest_checkpoint(corruption, finished_ipo_run, t
     assert sorted(p.name for p in checkpoints.glob("checkpoint-*")) == ["checkpoint-4", "checkpoint-6"]
     damage, problem = CORRUPTIONS[corruption]
     damage(checkpoints / "checkpoint-6")
+    (out / "COMPLETE").unlink()  # as if killed after its last checkpoint, before the run's end
+    shutil.rmtree(out / "model")
 
     result = cli_run(*ipo_args(tiny_model_dir, data_files, out), "--resume")
     assert result.exit_code == 0, result.stderr

@@ -44,11 +44,21 @@ def test_pipeline_runs_every_stage_and_hands_models_over(pipeline_run, tiny_mode
     assert "sft/loss" in rows[0] and "rm/loss" in rows[1] and "ppo/score" in rows[2]
 
 
-def test_rerun_skips_complete_stages(pipeline_run, tiny_model_dir, cli_run):
-    out, _ = pipeline_run
+def test_rerun_skips_complete_stages(pipeline_run, tiny_model_dir, cli_run, tmp_path):
+    import shutil
+
+    out = tmp_path / "run"
+    shutil.copytree(pipeline_run[0], out, symlinks=True)
     before = {s: (out / s / "model" / "model.safetensors").stat().st_mtime_ns for s in ("sft", "rm", "ppo")}
     refused = _pipeline(cli_run, tiny_model_dir, out)
     assert refused.exit_code == 2 and "pass --overwrite to replace it, --resume" in refused.stderr
+    result = _pipeline(cli_run, tiny_model_dir, out, "--resume")
+    assert result.exit_code == 0, result.stderr
+    assert "is complete; nothing to do" in result.stderr  # the whole pipeline finished
+    for stage in ("sft", "rm", "ppo"):
+        assert (out / stage / "model" / "model.safetensors").stat().st_mtime_ns == before[stage]
+    (out / "COMPLETE").unlink()  # as if it died after its last stage: complete stages are skipped
+    (out / "model").unlink()
     result = _pipeline(cli_run, tiny_model_dir, out, "--resume")
     assert result.exit_code == 0, result.stderr
     for stage in ("sft", "rm", "ppo"):
@@ -62,6 +72,7 @@ def test_interrupted_pipeline_continues_where_it_stopped(pipeline_run, tiny_mode
     out = tmp_path / "run"
     shutil.copytree(pipeline_run[0], out, symlinks=True)
     shutil.rmtree(out / "ppo")  # as if the run died before PPO finished
+    (out / "COMPLETE").unlink(missing_ok=True)
     result = _pipeline(cli_run, tiny_model_dir, out, "--resume")
     assert result.exit_code == 0, result.stderr
     assert "rlhf: sft stage already complete" in result.stderr and "rlhf: rm stage already complete" in result.stderr
