@@ -156,3 +156,16 @@ def test_batch_sizes_are_stated_per_device_and_global(cli_run, tmp_path):
     result = _run(cli_run, tmp_path / "run", "--set", "per_device_train_batch_size=3",
                   "--set", "gradient_accumulation_steps=2")
     assert "batch: 3 per device x 2 accumulation steps x 1 process = 6 examples per optimizer step" in result.stderr
+
+
+def test_a_config_file_for_another_method_conflicts_with_method(cli_run, tmp_path):
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("beta: 0.2\nmethod: echo\n", encoding="utf-8")
+    out = tmp_path / "o"
+    result = cli_run("run", "--method", "dpo", "--config", str(cfg), "--output-dir", str(out))
+    assert result.exit_code == 2
+    assert result.stderr.strip().startswith(f"Error: {cfg}:2: this file is a 'echo' config but --method says 'dpo'")
+    assert not out.exists()
+    same = cli_run("run", "--method", "echo", "--config", str(cfg), "--dataset", "test-prompts", "--output-dir",
+                   str(out))
+    assert same.exit_code == 0, same.stderr
