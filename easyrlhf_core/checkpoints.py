@@ -79,16 +79,32 @@ def weights_file_problem(path: Path) -> str | None:
     return _torch_file_problem(path) if path.suffix in _TORCH_SUFFIXES else None
 
 
-def _safetensors_problem(path: Path) -> str | None:
-    """A safetensors file is an 8-byte header length, a JSON header and the tensor bytes it describes."""
+def safetensors_header(path: Path) -> dict | None:
+    """The JSON header of a safetensors file (tensor name -> dtype, shape, offsets), or None when it does not
+    read: a safetensors file is an 8-byte header length, that JSON header, then the tensor bytes."""
     try:
         size = path.stat().st_size
         with path.open("rb") as fh:
             (header_length,) = struct.unpack("<Q", fh.read(8))
             if header_length > size:
-                return "is truncated"
+                return None
             header = json.loads(fh.read(header_length))
     except (OSError, ValueError, struct.error):
+        return None
+    return header if isinstance(header, dict) else None
+
+
+def _safetensors_problem(path: Path) -> str | None:
+    try:
+        size = path.stat().st_size
+        with path.open("rb") as fh:
+            (header_length,) = struct.unpack("<Q", fh.read(8))
+    except (OSError, struct.error):
+        return "has no readable header"
+    if header_length > size:
+        return "is truncated"
+    header = safetensors_header(path)
+    if header is None:
         return "has no readable header"
     end = max((int(t["data_offsets"][1]) for k, t in header.items() if k != "__metadata__"), default=0)
     return None if size == 8 + header_length + end else "is truncated"

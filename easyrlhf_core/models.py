@@ -94,7 +94,6 @@ def check_lora_targets(path: Path, targets: list[str], trust_remote_code: bool =
     Builds the model on the meta device: no weights are read."""
     if not (path / "config.json").is_file():
         return  # a LoRA adapter directory or a .gguf file: checked when loaded
-    import torch
     from accelerate import init_empty_weights
     from transformers import AutoConfig, AutoModelForCausalLM
 
@@ -107,10 +106,16 @@ def check_lora_targets(path: Path, targets: list[str], trust_remote_code: bool =
     names = [name for name, _ in model.named_modules() if name]
     missing = [t for t in targets if not any(n == t or n.endswith("." + t) for n in names)]
     if missing:
-        linear = sorted({n.rsplit(".", 1)[-1] for n, m in model.named_modules() if isinstance(m, torch.nn.Linear)})
         raise EasyRLHFError(f"{', '.join(repr(t) for t in missing)} matches no module of the model in {path}; "
-                            f"its linear layers are named {', '.join(linear)} (or use [all-linear])",
-                            where="lora.target_modules")
+                            f"its linear layers are named {', '.join(linear_module_names(model))} (or use "
+                            f"[all-linear])", where="lora.target_modules")
+
+
+def linear_module_names(model: Any) -> list[str]:
+    """The distinct last names of ``model``'s linear layers: what LoRA ``target_modules`` can name."""
+    import torch
+
+    return sorted({n.rsplit(".", 1)[-1] for n, m in model.named_modules() if isinstance(m, torch.nn.Linear)})
 
 
 def resolve_default_model(log: Log = lambda _msg: None) -> ResolvedModel:
@@ -383,29 +388,16 @@ def safetensors_tensor_names(folder: Path) -> set[str] | None:
     files = sorted(folder.glob("*.safetensors"))
     if not files:
         return None
+    from .checkpoints import safetensors_header
+
     names: set[str] = set()
     for file in files:
-        header = _safetensors_header(file)
+        header = safetensors_header(file)
         if header is None:
             raise EasyRLHFError("damaged weights file (its safetensors header does not read); replace the file "
                                 "or re-save the model", file=file)
         names.update(k for k in header if k != "__metadata__")
     return names
-
-
-def _safetensors_header(file: Path) -> dict[str, Any] | None:
-    import json
-    import struct
-
-    try:
-        with file.open("rb") as fh:
-            (length,) = struct.unpack("<Q", fh.read(8))
-            if length > file.stat().st_size:
-                return None
-            header = json.loads(fh.read(length))
-    except (OSError, ValueError, struct.error):
-        return None
-    return header if isinstance(header, dict) else None
 
 
 def reward_scores(model: Any, input_ids: Any, attention_mask: Any) -> Any:
@@ -472,18 +464,17 @@ def apply_lora(model: Any, lora: Any, task_type: str = "CAUSAL_LM") -> Any:
 
 
 @contextmanager
-def lora_errors(model: Any) -> Iterator[None]:
-    """peft's "target modules not found" in our voice: the option, and the names the model has."""
+def lora_errors(model: Any = None) -> Iterator[None]:
+    """peft's "target modules not found" in our voice: the option, and the names the model has (when
+    ``model`` is given)."""
     try:
         yield
     except ValueError as exc:
         if "not found in the base model" not in str(exc) and "NoMatchingPeftModule" not in type(exc).__name__:
             raise
-        import torch
-
-        linear = sorted({n.rsplit(".", 1)[-1] for n, m in model.named_modules() if isinstance(m, torch.nn.Linear)})
-        raise EasyRLHFError(f"no module of the model matches these targets; its linear layers are named "
-                            f"{', '.join(linear)} (or use [all-linear])", where="lora.target_modules") from None
+        names = f"; its linear layers are named {', '.join(linear_module_names(model))}" if model is not None else ""
+        raise EasyRLHFError(f"no module of the model matches these targets{names} (or use [all-linear])",
+                            where="lora.target_modules") from None
 
 
 def save_model(model: Any, tokenizer: Any, out: Path, merge_lora: bool = True) -> None:

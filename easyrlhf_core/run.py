@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from .api import Method, RewardFunction
+from .checkpoints import COMPLETE_MARKER
 from .config import BaseConfig, Layer, config_to_yaml, load_yaml_layer, parse_set_options, resolve_config
 from .errors import ConfigError, DataError, EasyRLHFError
 from .launch import STOP_SIGNALS, is_launched, world_size
@@ -29,8 +30,8 @@ CONFIG_FILE = "config.yaml"
 METRICS_FILE = "metrics.jsonl"
 MODEL_DIR = "model"
 CHECKPOINTS_DIR = "checkpoints"
-#: Written by :func:`execute` once training and the saving of outputs succeeded.
-COMPLETE_FILE = "COMPLETE"
+#: Written by :func:`execute` once training and the saving of outputs succeeded (the name checkpoints use too).
+COMPLETE_FILE = COMPLETE_MARKER
 
 
 @dataclass
@@ -306,9 +307,6 @@ def check_output_dir(path: Path, overwrite: bool, resume: bool) -> None:
         raise ConfigError("--resume and --overwrite contradict each other; pick one", where="--resume")
     from .rundir import contents
 
-    if path.exists() and not path.is_dir():
-        raise EasyRLHFError("the output path exists and is not a directory; choose another --output-dir",
-                            where=str(path))
     non_empty = bool(contents(path))
     if non_empty and not (overwrite or resume):
         raise EasyRLHFError("output directory is not empty; pass --overwrite to replace it, --resume to "
@@ -319,8 +317,8 @@ def check_output_dir(path: Path, overwrite: bool, resume: bool) -> None:
 
 def check_resume(path: Path, method: Method, config: BaseConfig) -> bool:
     """With ``--resume``: True when the run in ``path`` is complete and ``config`` asks for more training
-    (a higher ``max_steps`` or ``num_train_epochs`` than its ``config.yaml``); :class:`RunComplete` when it
-    is complete and asks for nothing more; False for a run that has not finished."""
+    (a higher ``max_steps`` or ``num_train_epochs`` than the run's ``config.yaml``); :class:`RunComplete`
+    when it is complete and asks for nothing more; False for a run that has not finished."""
     import yaml
 
     from .checkpoints import latest_checkpoint
@@ -331,11 +329,14 @@ def check_resume(path: Path, method: Method, config: BaseConfig) -> bool:
         saved = yaml.safe_load((path / CONFIG_FILE).read_text(encoding="utf-8")) or {}
     except (OSError, yaml.YAMLError):
         saved = {}
-    keys = [k for k in ("max_steps", "num_train_epochs") if hasattr(config, k)]
-    if all(getattr(config, k) == saved.get(k, getattr(config, k)) for k in keys):
+    if not asks_for_more(saved, config):
         limit = f" (max_steps was {saved['max_steps']})" if "max_steps" in saved else ""
         raise RunComplete(f"the run in {path} is complete; nothing to do. To train it further, pass a higher "
                           f"--max-steps{limit} with --resume")
+    if method.shape is None:
+        raise ConfigError(f"the {method.name} run in {path} is complete; a pipeline is not trained further with "
+                          f"--resume: start a new run from its final model (--model {path / MODEL_DIR})",
+                          where="--resume")
     if latest_checkpoint(path / CHECKPOINTS_DIR) is None:
         raise ConfigError(f"cannot train the complete run in {path} further: it has no complete checkpoint to "
                           f"continue from (save_steps={getattr(config, 'save_steps', '?')}); start a new run from "
@@ -343,9 +344,20 @@ def check_resume(path: Path, method: Method, config: BaseConfig) -> bool:
     return True
 
 
+def asks_for_more(saved: dict[str, Any], config: BaseConfig) -> bool:
+    """Whether ``config`` trains further than the finished run's saved config: a higher positive
+    ``max_steps``, or (both counting epochs, ``max_steps: -1``) a higher ``num_train_epochs``."""
+    steps, saved_steps = getattr(config, "max_steps", None), saved.get("max_steps")
+    if isinstance(steps, int) and isinstance(saved_steps, int) and saved_steps > 0:
+        return steps > saved_steps
+    epochs, saved_epochs = getattr(config, "num_train_epochs", None), saved.get("num_train_epochs")
+    return (steps == -1 and saved_steps == -1 and isinstance(epochs, (int, float))
+            and isinstance(saved_epochs, (int, float)) and epochs > saved_epochs)
+
+
 def is_complete_run(path: Path) -> bool:
-    """A run that finished: :func:`execute` wrote ``COMPLETE`` (runs of older versions: a saved ``model/``)."""
-    return (path / COMPLETE_FILE).is_file() or (path / MODEL_DIR / "config.json").is_file()
+    """A run that finished: :func:`execute` wrote ``COMPLETE`` once training and its outputs succeeded."""
+    return (path / COMPLETE_FILE).is_file()
 
 
 def claim_output_dir(path: Path, overwrite: bool) -> None:
@@ -380,7 +392,7 @@ def prepare(request: RunRequest, registry: Registry | None = None) -> Run:
     config.output_dir = str(output_dir)
     # A rank started by `launch`, or a machine other than the first: the first machine's parent process
     # checks, locks and claims the output dir.
-    claims = not is_launched() and request.machine_rank == 0
+    claims = not is_launched() and request.machine_rank == 0 and is_main_process()
     if not claims:
         rank_lock = hold_for_rank(output_dir) if is_launched() else None
         run = Run(method, config, output_dir, method.load_data(config, registry), registry, resume=request.resume)
@@ -400,7 +412,7 @@ def prepare(request: RunRequest, registry: Registry | None = None) -> Run:
         if extend or not (request.resume and (output_dir / CONFIG_FILE).exists()):
             write_run_config(output_dir, method.name, config)
     except BaseException:
-        directory.release()
+        directory.finish(failed=True)  # as it was found: refused, or failed while claiming
         raise
     run = Run(method, config, output_dir, data, registry, resume=request.resume)
     run.directory = directory

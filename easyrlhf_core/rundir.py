@@ -9,8 +9,8 @@ directory stays taken even if the launching process is killed and its ranks go o
 dead process is taken over with a note. Both files are removed when the run ends.
 
 **Nothing lost.** :meth:`RunDirectory.claim` remembers what the directory held. ``--overwrite`` moves the old
-contents aside (a hidden sibling directory) instead of deleting them; they are deleted once the new run has
-trained. A run that fails before it has trained (no complete checkpoint, no saved ``model/``, no metrics row)
+contents aside (into ``OUTPUT_DIR/.easyrlhf.replaced``) instead of deleting them; they are deleted once the new
+run has trained (after a start killed before that, the next run that takes the lock over restores them). A run that fails before it has trained (no complete checkpoint, no saved ``model/``, no metrics row)
 is rolled back by :meth:`RunDirectory.rollback`: what it created is removed and the old contents come back,
 so the corrected command just works.
 """
@@ -31,8 +31,11 @@ from .errors import EasyRLHFError
 
 LOCK_FILE = ".easyrlhf.lock"
 RANKS_LOCK_FILE = ".easyrlhf.ranks.lock"
-#: Files of the lock itself: never counted as the directory's contents.
-LOCK_FILES = (LOCK_FILE, RANKS_LOCK_FILE)
+#: ``--overwrite``: where the previous contents wait until the new run has trained (inside the directory, so
+#: moving them is a rename on one filesystem whatever the directory is: a mount point, ``-o .``).
+REPLACED_DIR = ".easyrlhf.replaced"
+#: Our own bookkeeping: never counted as the directory's contents.
+LOCK_FILES = (LOCK_FILE, RANKS_LOCK_FILE, REPLACED_DIR)
 
 Log = Callable[[str], None]
 
@@ -76,6 +79,7 @@ class FileLock:
     def __init__(self, path: Path) -> None:
         self.path = path
         self.fd: int | None = None
+        self.unsupported: str | None = None  # why the filesystem cannot lock, when it cannot
 
     def try_acquire(self, shared: bool = False) -> bool:
         """Take the lock; False when another process holds it. Safe against a holder that removes the
@@ -89,6 +93,10 @@ class FileLock:
             except BlockingIOError:
                 os.close(fd)
                 return False
+            except OSError as exc:  # a filesystem without flock (some NFS, Lustre and FUSE mounts)
+                self.unsupported = exc.strerror or str(exc)
+                self.fd = fd
+                return True
             try:
                 same = os.fstat(fd).st_ino == os.stat(self.path).st_ino
             except FileNotFoundError:
@@ -149,7 +157,7 @@ def has_trained(path: Path) -> bool:
 
     if not path.is_dir():
         return False
-    for found in path.rglob("*"):
+    for found in (f for entry in contents(path) for f in (entry, *(entry.rglob("*") if entry.is_dir() else ()))):
         if found.name.startswith("checkpoint-") and found.is_dir() and is_complete(found):
             return True
         if found.name == "model" and (found.is_symlink() or found.is_dir()):
@@ -165,42 +173,67 @@ class RunDirectory:
 
     path: Path
     log: Log = lambda _message: None
-    created: bool = False            # this run made the directory
+    created_dirs: list[Path] = field(default_factory=list)  # directories this run made: itself, parents
     existing: list[str] = field(default_factory=list)  # entries it held when claimed (kept on rollback)
     backup: Path | None = None       # --overwrite: where the old contents wait until the new run has trained
-    taken_over: dict[str, Any] = field(default_factory=dict)  # the lock file's holder, when it had died
+    taken_over: dict[str, Any] = field(default_factory=dict)  # the lock file's holder, when it had died here
     _lock: FileLock | None = None
 
     # -- the lock ----------------------------------------------------------------------------------
     def lock(self) -> RunDirectory:
         """Take the directory (creating it if needed), or raise :class:`DirectoryInUse` naming the holder."""
+        self.path = self.path.absolute()
         if self.path.exists() and not self.path.is_dir():
             raise EasyRLHFError("the output path exists and is not a directory; choose another --output-dir",
                                 where=str(self.path))
-        if not self.path.exists():
+        missing = [p for p in (self.path, *self.path.parents) if not p.exists()]
+        try:
             self.path.mkdir(parents=True)
-            self.created = True
+            self.created_dirs = missing
+        except FileExistsError:  # another run made it a moment ago: the lock decides
+            pass
         lock = FileLock(self.path / LOCK_FILE)
         if not lock.try_acquire():
-            info = _read_info(lock.path)
-            self._forget_created()
-            raise _in_use(self.path, info, "another easyrlhf run is writing to this output directory")
+            self.created_dirs = []  # not ours to remove: the holder works in it
+            raise _in_use(self.path, _read_info(lock.path), "another easyrlhf run is writing to this output directory")
+        if lock.unsupported:
+            self.log(f"warning: cannot lock {self.path} ({lock.unsupported}); make sure no other run writes there")
         previous = _read_info(lock.path)
         ranks = FileLock(self.path / RANKS_LOCK_FILE)
         if (self.path / RANKS_LOCK_FILE).exists() and not ranks.try_acquire():
             lock.release(remove=False)
-            self._forget_created()
+            self.created_dirs = []
             raise _in_use(self.path, _read_info(self.path / RANKS_LOCK_FILE),
                           "the ranks of another easyrlhf run are still writing to this output directory")
         ranks.release()  # our own ranks take it, shared, when they start (see announce_ranks)
         if previous.get("pid") and previous.get("pid") != os.getpid():
-            state = "still running, but not holding the lock" if _pid_alive(previous["pid"]) else "no longer running"
+            here = previous.get("host") in (None, socket.gethostname())
+            dead = here and not _pid_alive(previous["pid"])
+            state = "no longer running" if dead else ("still running, but not holding the lock" if here
+                                                      else "on another machine")
             self.log(f"note: taking over the lock on {self.path} left by {holder_description(previous)} ({state})")
-            self.taken_over = previous
+            if dead:
+                self.taken_over = previous
         lock.write(_holder_info())
         self._lock = lock
+        self._restore_killed_overwrite()
         self.existing = [p.name for p in contents(self.path)]
         return self
+
+    def _restore_killed_overwrite(self) -> None:
+        """A ``--overwrite`` run killed before it trained left the old contents aside: bring them back (when
+        it did train, say where they are)."""
+        aside = self.path / REPLACED_DIR
+        if not aside.is_dir():
+            return
+        if has_trained(self.path):
+            self.log(f"note: {aside} holds what an earlier --overwrite replaced; delete it when no longer needed")
+            return
+        _remove_entries(contents(self.path))
+        for entry in sorted(aside.iterdir()):
+            entry.rename(self.path / entry.name)
+        aside.rmdir()
+        self.log(f"note: restored the contents of {self.path} that an interrupted --overwrite run had moved aside")
 
     def clear_dead_start(self) -> None:
         """A run that died (SIGKILL, out of memory) before training, holding the lock we took over, left only
@@ -209,8 +242,7 @@ class RunDirectory:
         left = [p.name for p in contents(self.path)]
         if not self.taken_over or not left or not set(left) <= ours or has_trained(self.path):
             return
-        for entry in contents(self.path):
-            shutil.rmtree(entry) if entry.is_dir() and not entry.is_symlink() else entry.unlink()
+        _remove_entries(contents(self.path))
         self.existing = []
         self.log(f"note: the run started by {holder_description(self.taken_over)} died before training; removed "
                  f"what it left ({', '.join(left)})")
@@ -219,35 +251,33 @@ class RunDirectory:
         """Before launching ranks: name this process in the ranks lock file the ranks will hold."""
         (self.path / RANKS_LOCK_FILE).write_text(json.dumps(_holder_info()) + "\n", encoding="utf-8")
 
-    def _forget_created(self) -> None:
-        if self.created:
-            shutil.rmtree(self.path, ignore_errors=True)
-            self.created = False
-
     def release(self) -> None:
-        """Drop the lock and remove its files; a directory this run created and left empty goes too."""
+        """Drop the lock and remove its files; directories this run created and left empty go too."""
         if self._lock is not None:
             ranks = FileLock(self.path / RANKS_LOCK_FILE)
             if (self.path / RANKS_LOCK_FILE).exists() and ranks.try_acquire():
                 ranks.release()  # no rank holds it any more
             self._lock.release()
             self._lock = None
-        if self.created and self.path.is_dir() and not any(self.path.iterdir()):
-            self.path.rmdir()
+        for made in self.created_dirs:  # innermost first, only while empty
+            try:
+                made.rmdir()
+            except OSError:
+                break
+        self.created_dirs = []
 
     # -- claiming and rolling back ----------------------------------------------------------------------
     def claim(self, overwrite: bool) -> None:
         """Make the directory this run's: with ``overwrite``, its old contents move aside (kept until
         :meth:`commit`, restored by :meth:`rollback`)."""
         if overwrite and self.existing:
-            self.backup = self.path.parent / f".{self.path.name}.replaced-{os.getpid()}"
-            shutil.rmtree(self.backup, ignore_errors=True)
+            self.backup = self.path / REPLACED_DIR
             self.backup.mkdir()
+            self.existing = []
             for entry in contents(self.path):
                 entry.rename(self.backup / entry.name)
             self.log(f"--overwrite: the previous contents of {self.path} are kept in {self.backup} until this run "
                      f"has trained")
-            self.existing = []
 
     def commit(self) -> None:
         """The run has trained: the replaced contents can go."""
@@ -262,24 +292,32 @@ class RunDirectory:
                 self.rollback()
             else:
                 self.commit()
+        except OSError as exc:  # never hide the run's own error behind a cleanup problem
+            self.log(f"warning: could not tidy {self.path} after the run ({exc})")
         finally:
             self.release()
 
     def rollback(self) -> None:
         """Remove what this run added and bring back what ``--overwrite`` moved aside: the directory is as
         the run found it."""
-        for entry in contents(self.path):
-            if entry.name not in self.existing:
-                if entry.is_dir() and not entry.is_symlink():
-                    shutil.rmtree(entry, ignore_errors=True)
-                else:
-                    entry.unlink(missing_ok=True)
+        added = [e for e in contents(self.path) if e.name not in self.existing]
+        _remove_entries(added)
         if self.backup is not None:
             for entry in sorted(self.backup.iterdir()):
                 entry.rename(self.path / entry.name)
             self.backup.rmdir()
             self.backup = None
-        self.log(f"the run failed before training; {self.path} is left as it was")
+            added.append(self.path)
+        if added:
+            self.log(f"the run failed before training; {self.path} is left as it was found")
+
+
+def _remove_entries(entries: list[Path]) -> None:
+    for entry in entries:
+        if entry.is_dir() and not entry.is_symlink():
+            shutil.rmtree(entry, ignore_errors=True)
+        else:
+            entry.unlink(missing_ok=True)
 
 
 def hold_for_rank(path: Path) -> FileLock | None:

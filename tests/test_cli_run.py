@@ -169,3 +169,15 @@ def test_a_config_file_for_another_method_conflicts_with_method(cli_run, tmp_pat
     same = cli_run("run", "--method", "echo", "--config", str(cfg), "--dataset", "test-prompts", "--output-dir",
                    str(out))
     assert same.exit_code == 0, same.stderr
+
+
+def test_overwrite_of_the_current_directory(cli_run, tmp_path, monkeypatch):
+    (tmp_path / "precious.txt").write_text("old run")
+    monkeypatch.chdir(tmp_path)
+    result = cli_run("run", "--method", "echo", "--dataset", "test-prompts", "--output-dir", ".", "--overwrite")
+    assert result.exit_code == 0, result.stderr
+    assert not (tmp_path / "precious.txt").exists() and (tmp_path / "metrics.jsonl").exists()
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".")) == []
+    lower = cli_run("run", "--method", "echo", "--dataset", "test-prompts", "--output-dir", ".", "--resume",
+                    "--max-steps", "1")
+    assert lower.exit_code == 0 and "is complete; nothing to do" in lower.stderr

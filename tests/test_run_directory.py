@@ -5,6 +5,7 @@ nothing, and library failures reach the user as one line naming the option or fi
 from __future__ import annotations
 
 import json
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -59,7 +60,7 @@ def test_a_lock_left_by_a_dead_process_is_taken_over(tmp_path):
     out = tmp_path / "stale"
     out.mkdir()
     dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
-    (out / LOCK_FILE).write_text(json.dumps({"pid": int(dead.stdout), "host": "h", "command": "easyrlhf run"}))
+    (out / LOCK_FILE).write_text(json.dumps({"pid": int(dead.stdout), "host": socket.gethostname(), "command": "easyrlhf run"}))
     notes: list[str] = []
     directory = RunDirectory(out, log=notes.append).lock()
     assert any("taking over the lock" in n and f"pid {int(dead.stdout)}" in n and "no longer running" in n
@@ -134,9 +135,9 @@ def test_overwrite_restores_the_old_run_when_the_new_one_fails_before_training(c
     failed = cli_run(*sft_args(damaged_model, pairs, out, "--max-steps", "1", "--overwrite"))
     assert failed.exit_code != 0 and "damaged weights file" in failed.stderr
     assert _snapshot(out) == before  # the previous run is back, byte for byte
-    assert not any(p.name.startswith(f".{out.name}.replaced") for p in tmp_path.iterdir())
+    assert not (out / ".easyrlhf.replaced").exists()
     assert cli_run(*sft_args(tiny_model_dir, pairs, out, "--max-steps", "2", "--overwrite")).exit_code == 0
-    assert not any(p.name.startswith(f".{out.name}.replaced") for p in tmp_path.iterdir())
+    assert not (out / ".easyrlhf.replaced").exists()
     assert [r["step"] for r in read_metrics(out) if "loss" in r] == [1, 2]
 
 
@@ -182,3 +183,16 @@ def test_resume_of_a_finished_ppo_run_without_checkpoints(cli_run, tiny_model_di
     more = cli_run(*args, "--max-steps", "3", "--resume")
     assert more.exit_code == 2 and "no complete checkpoint to continue from (save_steps=100)" in more.stderr
     assert _snapshot(out) == before
+
+
+def test_a_killed_overwrite_gets_the_old_contents_back(tmp_path):
+    out = tmp_path / "run"
+    (out / ".easyrlhf.replaced").mkdir(parents=True)
+    (out / ".easyrlhf.replaced" / "config.yaml").write_text("the old run\n")
+    (out / "config.yaml").write_text("the killed new run\n")
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    (out / LOCK_FILE).write_text(json.dumps({"pid": int(dead.stdout)}))
+    notes: list[str] = []
+    RunDirectory(out, log=notes.append).lock().release()
+    assert (out / "config.yaml").read_text() == "the old run\n" and not (out / ".easyrlhf.replaced").exists()
+    assert any("restored the contents" in n for n in notes), notes
