@@ -275,7 +275,7 @@ def test_rm_ranks_chosen_above_rejected_more_often_after_training(cli_run, tiny_
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
     from easyrlhf_core.models import load_sequence_classifier, load_tokenizer
-    from easyrlhf_plugins.methods.trl_common import seed_everything
+    from easyrlhf_core.training import seed_everything
 
     held_out = [toy_pair(i) for i in range(100, 116)]
     tokenizer = load_tokenizer(str(tiny_model_dir))
@@ -411,7 +411,7 @@ def test_ipo_summed_normalization_trains_with_precomputed_reference(cli_run, tin
 def test_deepspeed_config_reaches_the_trainer_arguments(cli_run, tiny_model_dir, tmp_path, monkeypatch):
     import trl
 
-    from easyrlhf_plugins.methods import trl_common
+    from easyrlhf_core import training as trl_common
 
     captured = {}
 
@@ -438,7 +438,7 @@ def test_gradient_checkpointing_is_what_the_config_says(tiny_model_dir, tmp_path
     """TRL's configs default gradient checkpointing to on: ours (off unless asked) must win, both ways."""
     import trl
 
-    from easyrlhf_plugins.methods.trl_common import trl_arguments
+    from easyrlhf_core.training import trl_arguments
 
     run = prepared_run(method, tiny_model_dir, tmp_path / "out", f"gradient_checkpointing={str(asked).lower()}")
     arguments = trl_arguments(getattr(trl, config_class), run, has_eval=False)
@@ -446,7 +446,7 @@ def test_gradient_checkpointing_is_what_the_config_says(tiny_model_dir, tmp_path
 
 
 def test_deepspeed_without_the_package_is_a_one_line_error(cli_run, tmp_path):
-    from easyrlhf_plugins.methods.trl_common import deepspeed_installed
+    from easyrlhf_core.training import deepspeed_installed
 
     if deepspeed_installed():
         pytest.skip("deepspeed is installed here")

@@ -8,9 +8,17 @@ from typing import TYPE_CHECKING, Any, Literal
 from easyrlhf_core import hookimpl
 from easyrlhf_core.config import invalid, option
 from easyrlhf_core.shapes import Shape
-
-from .trl_common import (TrainerConfig, TrainerMethod, data_splits, describe_trainable, load_policy, load_tokenizer,
-                         lora_config, resolve_model_path, trl_arguments)
+from easyrlhf_core.training import (
+    TrainerConfig,
+    TrainerMethod,
+    data_splits,
+    describe_trainable,
+    lora_config,
+    run_model_path,
+    run_policy,
+    run_tokenizer,
+    trl_arguments,
+)
 
 if TYPE_CHECKING:
     from easyrlhf_core.run import Run
@@ -61,9 +69,9 @@ class DPOMethod(TrainerMethod):
         from trl import DPOConfig as TRLDPOConfig
 
         config = run.config
-        path = resolve_model_path(run)
-        tokenizer = load_tokenizer(run, path)
-        model = load_policy(run, path)
+        path = run_model_path(run)
+        tokenizer = run_tokenizer(run, path)
+        model = run_policy(run, path)
         train, evaluation = data_splits(run)
         args = trl_arguments(TRLDPOConfig, run, has_eval=evaluation is not None, beta=config.beta,
                              loss_type=[self.loss_type], precompute_ref_log_probs=config.precompute_ref_log_probs)

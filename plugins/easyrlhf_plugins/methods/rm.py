@@ -9,9 +9,17 @@ from easyrlhf_core import hookimpl
 from easyrlhf_core.config import invalid, option
 from easyrlhf_core.errors import DataError
 from easyrlhf_core.shapes import Shape
-
-from .trl_common import (TrainerConfig, TrainerMethod, as_dataset, describe_trainable, load_scalar_model,
-                         load_tokenizer, lora_config, resolve_model_path, trl_arguments)
+from easyrlhf_core.training import (
+    TrainerConfig,
+    TrainerMethod,
+    as_dataset,
+    describe_trainable,
+    lora_config,
+    run_model_path,
+    run_scalar_model,
+    run_tokenizer,
+    trl_arguments,
+)
 
 if TYPE_CHECKING:
     from easyrlhf_core.run import Run
@@ -50,9 +58,9 @@ class RMMethod(TrainerMethod):
         from trl import RewardConfig, RewardTrainer
 
         config = run.config
-        path = resolve_model_path(run)
-        tokenizer = load_tokenizer(run, path)
-        model = load_scalar_model(run, path, pad_token_id=tokenizer.pad_token_id)
+        path = run_model_path(run)
+        tokenizer = run_tokenizer(run, path)
+        model = run_scalar_model(run, path, pad_token_id=tokenizer.pad_token_id)
         train = as_dataset(with_margins(run.data.train, config.margin))
         evaluation = as_dataset(with_margins(run.data.eval, config.margin)) if run.data.eval else None
         args = trl_arguments(RewardConfig, run, has_eval=evaluation is not None,

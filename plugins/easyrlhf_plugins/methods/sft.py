@@ -11,9 +11,17 @@ from easyrlhf_core.config import option
 from easyrlhf_core.errors import ConfigError
 from easyrlhf_core.models import DEFAULT_CHAT_TEMPLATE
 from easyrlhf_core.shapes import Shape
-
-from .trl_common import (TrainerConfig, TrainerMethod, data_splits, describe_trainable, load_policy, load_tokenizer,
-                         lora_config, resolve_model_path, trl_arguments)
+from easyrlhf_core.training import (
+    TrainerConfig,
+    TrainerMethod,
+    data_splits,
+    describe_trainable,
+    lora_config,
+    run_model_path,
+    run_policy,
+    run_tokenizer,
+    trl_arguments,
+)
 
 if TYPE_CHECKING:
     from easyrlhf_core.run import Run
@@ -45,12 +53,12 @@ class SFTMethod(TrainerMethod):
         from trl import SFTTrainer
 
         config = run.config
-        path = resolve_model_path(run)
-        tokenizer = load_tokenizer(run, path)
+        path = run_model_path(run)
+        tokenizer = run_tokenizer(run, path)
         original = copy.deepcopy(tokenizer)  # saved with the model: the template the model ships with
         if config.assistant_only_loss:
             tokenizer.chat_template = assistant_masking_template(tokenizer, log=run.log)
-        model = load_policy(run, path)
+        model = run_policy(run, path)
         packing = config.packing
         if packing is None:
             packing = keeps_packed_sequences_apart(model)
@@ -74,7 +82,10 @@ def assistant_masking_template(tokenizer: Any, log: Callable[[str], None] = lamb
     """A chat template that renders exactly like the tokenizer's own and marks assistant turns with
     ``{% generation %}``: the template itself if it has the markers, TRL's training variant for the
     templates TRL knows, else a marked ChatML rebuild (SmolLM2, Qwen-style) checked to render the same."""
-    from trl.chat_template_utils import get_training_chat_template, has_generation_markers
+    from trl.chat_template_utils import (
+        get_training_chat_template,
+        has_generation_markers,
+    )
 
     template = tokenizer.chat_template
     if has_generation_markers(template):

@@ -14,7 +14,12 @@ import shutil
 from pathlib import Path
 from typing import Any, Callable
 
-from easyrlhf_core.checkpoints import COMPLETE_MARKER, is_complete, list_checkpoints, prune_checkpoints
+from easyrlhf_core.checkpoints import (
+    COMPLETE_MARKER,
+    is_complete,
+    list_checkpoints,
+    prune_checkpoints,
+)
 
 STATE_FILE = "ppo_state.json"
 SCHEDULER_FILE = "scheduler.pt"

@@ -15,15 +15,14 @@ import importlib.util
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Literal
 
 from easyrlhf_core.config import invalid, option, require_model_dir, require_positive
-
-from ..trl_common import TrainerConfig
+from easyrlhf_core.training import RewardChoice, SamplingOptions, TrainerConfig
 
 
 @dataclass
-class PPOConfig(TrainerConfig):
+class PPOConfig(SamplingOptions, RewardChoice, TrainerConfig):
     """Options of the ppo method."""
 
     # shared options whose meaning PPO makes precise
@@ -41,12 +40,7 @@ class PPOConfig(TrainerConfig):
     per_device_eval_batch_size: int = option(16, "Eval prompts per generate call.")
     gradient_accumulation_steps: int = option(1, "Micro-batches per optimizer step; minibatch = "
                                                  "per_device_train_batch_size x this.")
-    # reward
-    reward_model: str | None = option(None, "Reward model directory (a sequence classifier, e.g. from --method rm); "
-                                            "give this or `reward`.")
-    reward: str | None = option(None, "Registered reward function (see `easyrlhf list-plugins`); give this or "
-                                      "`reward_model`.")
-    reward_options: dict[str, Any] = option({}, "Keyword options for the reward function, e.g. {target: 50}.")
+    # reward (reward_model, reward, reward_options: RewardChoice)
     missing_eos_penalty: float | None = option(1.0, "Subtracted from the score of responses that never emit the "
                                                     "stop token; empty: off.")
     reward_clip: float | None = option(None, "Clip scores to [-reward_clip, reward_clip]; empty: off.")
@@ -60,7 +54,6 @@ class PPOConfig(TrainerConfig):
     forward_batch_size: int | None = option(None, "Sequences per no-grad forward pass (log-probs, reference, "
                                                   "values, reward); empty: the whole rollout batch.")
     max_new_tokens: int = option(64, "Longest response, in tokens.")
-    temperature: float = option(1.0, "Sampling temperature; log-probs use logits / temperature too.")
     top_k: int = option(0, "Must stay 0 (off): PPO's log-probs, ratios and KL use the full softmax, so "
                            "top-k sampling would be off-policy.")
     top_p: float = option(1.0, "Must stay 1.0 (off): PPO's log-probs, ratios and KL use the full softmax, so "
@@ -93,7 +86,7 @@ class PPOConfig(TrainerConfig):
                                     "--reward NAME")
         require_model_dir("reward_model", self.reward_model)
         require_model_dir("value_model", self.value_model)
-        require_positive(self, "rollout_batch_size", "max_new_tokens", "ppo_epochs", "kl_horizon")
+        require_positive(self, "rollout_batch_size", "ppo_epochs", "kl_horizon")
         if self.num_sample_generations < 0:
             raise invalid("num_sample_generations", "must be >= 0")
         if self.forward_batch_size is not None and self.forward_batch_size <= 0:
@@ -105,8 +98,6 @@ class PPOConfig(TrainerConfig):
         if self.max_new_tokens >= self.max_length:
             raise invalid("max_new_tokens", f"must be below max_length ({self.max_length}), which also bounds the "
                                             f"prompt")
-        if self.temperature <= 0:
-            raise invalid("temperature", "must be > 0 (PPO samples; log-probs divide by it)")
         if self.top_k != 0:  # sampling one distribution and scoring another is a wrong training signal
             raise invalid("top_k", "must be 0 for ppo: log-probs, ratios and KL are computed on the full softmax "
                                    "(logits / temperature), so top-k sampling would be off-policy; lower "
@@ -143,14 +134,13 @@ class PPOConfig(TrainerConfig):
         (``show-config`` skips this so it can print the defaults)."""
         from easyrlhf_core.errors import ConfigError
         from easyrlhf_core.registry import get_registry
-        from easyrlhf_core.reward_choice import make_reward
 
         super().validate_for_run()
         if self.reward_model is None and self.reward is None:
             raise ConfigError("PPO needs a reward: pass --reward-model PATH (a sequence-classifier directory, "
                               "e.g. from --method rm) or --reward NAME (see `easyrlhf list-plugins`)",
                               where="--reward-model")
-        make_reward(get_registry(), self.reward_model, self.reward, self.reward_options)
+        self.build_reward(get_registry())
 
     @property
     def mini_batch_size(self) -> int:

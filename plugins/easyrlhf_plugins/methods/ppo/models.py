@@ -72,8 +72,14 @@ def value_model_path(run: Run, config: PPOConfig, policy_path: str, tokenizer: A
 
 def load_models(run: Run, config: PPOConfig, policy_path: str) -> Models:
     """Load, freeze and wire the policy, reference and value models (dropout off in all)."""
-    from easyrlhf_core.models import (apply_lora, disable_dropout, load_causal_lm, load_sequence_classifier,
-                                      load_tokenizer, unwrap)
+    from easyrlhf_core.models import (
+        apply_lora,
+        disable_dropout,
+        load_causal_lm,
+        load_sequence_classifier,
+        load_tokenizer,
+        unwrap,
+    )
 
     tokenizer = load_tokenizer(policy_path, trust_remote_code=config.trust_remote_code, padding_side="left")
     policy = load_causal_lm(policy_path, trust_remote_code=config.trust_remote_code)

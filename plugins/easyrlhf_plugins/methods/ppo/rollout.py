@@ -54,8 +54,7 @@ def position_ids(attention_mask: torch.Tensor) -> torch.Tensor:
 
 def generation_config(config: PPOConfig, tokenizer: Any, stop_ids: list[int]) -> Any:
     """Sampling settings, complete, so the model's own ``generation_config`` defaults never leak in."""
-    return lm.generation_config(config.max_new_tokens, stop_ids, tokenizer.pad_token_id,
-                                {"temperature": config.temperature, "top_k": config.top_k, "top_p": config.top_p},
+    return lm.generation_config(config.max_new_tokens, stop_ids, tokenizer.pad_token_id, config.sampling_settings(),
                                 bos_token_id=tokenizer.bos_token_id)
 
 

@@ -56,10 +56,8 @@ def build_accelerator(config: PPOConfig) -> Any:
 
 def make_reward_function(run: Run, config: PPOConfig) -> RewardFunction:
     """``--reward-model PATH`` -> the ``reward-model`` plugin; ``--reward NAME`` -> that plugin."""
-    from easyrlhf_core.reward_choice import describe_reward, make_reward
-
-    run.log(f"reward: {describe_reward(config.reward_model, config.reward, config.reward_options)}")
-    return make_reward(run.registry, config.reward_model, config.reward, config.reward_options)
+    run.log(f"reward: {config.describe_reward()}")
+    return config.build_reward(run.registry)
 
 
 class PPOTrainer:
@@ -69,7 +67,11 @@ class PPOTrainer:
         from accelerate.utils import set_seed
         from transformers import get_scheduler
 
-        from ..trl_common import check_precision, describe_trainable, resolve_model_path
+        from easyrlhf_core.training import (
+            check_precision,
+            describe_trainable,
+            run_model_path,
+        )
 
         self.run = run
         self.config: PPOConfig = run.config  # type: ignore[assignment]
@@ -77,7 +79,7 @@ class PPOTrainer:
         check_precision(config)
         self.accelerator = build_accelerator(config)
         self.reward_fn = make_reward_function(run, config)  # bad reward options fail before any model loads
-        policy_path = resolve_model_path(run)
+        policy_path = run_model_path(run)
         set_seed(config.seed)  # the same fresh value head on every process
         models = load_models(run, config, policy_path)
         self.tokenizer = models.tokenizer

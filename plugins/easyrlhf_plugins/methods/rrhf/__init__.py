@@ -38,20 +38,26 @@ def build_trainer(run: Run) -> tuple[Any, Any]:
     from transformers import TrainingArguments
 
     from easyrlhf_core.models import apply_lora, disable_dropout
+    from easyrlhf_core.training import (
+        describe_trainable,
+        run_model_path,
+        run_policy,
+        run_tokenizer,
+        trl_arguments,
+    )
 
-    from ..trl_common import describe_trainable, load_policy, load_tokenizer, resolve_model_path
     from .candidates import generated_candidates, reward_function
     from .encoding import RankedCollator, encode_dataset
     from .trainer import RRHFTrainer
 
     config: RRHFConfig = run.config
     reward = reward_function(run) if config.candidates == "generate" else None  # bad options fail before loading
-    path = resolve_model_path(run)
-    tokenizer = load_tokenizer(run, path)
-    model = load_policy(run, path)
+    path = run_model_path(run)
+    tokenizer = run_tokenizer(run, path)
+    model = run_policy(run, path)
     disable_dropout(model)  # p_i compares candidates: keep the scores deterministic
     has_eval = bool(run.data.eval)
-    args = TrainingArguments(**trainer_arguments(run, has_eval))
+    args = trl_arguments(TrainingArguments, run, has_eval, remove_unused_columns=False)  # our own batches
 
     train_records, eval_records = run.data.train, run.data.eval
     if config.candidates == "generate":
@@ -81,11 +87,6 @@ def build_trainer(run: Run) -> tuple[Any, Any]:
     return trainer, tokenizer
 
 
-def trainer_arguments(run: Run, has_eval: bool) -> dict[str, Any]:
-    """``TrainingArguments`` kwargs: the shared ones, with our own batches (no column removal)."""
-    from easyrlhf_core.hf import training_arguments
-
-    return {**training_arguments(run.config, run, has_eval=has_eval), "remove_unused_columns": False}
 
 
 @hookimpl

@@ -89,10 +89,7 @@ def write_cache(path: Path, key: str, splits: dict[str, list[Record]]) -> None:
 
 def reward_function(run: Run) -> RewardFunction:
     """The reward plugin that scores candidates: ``--reward-model PATH`` or ``--reward NAME``."""
-    from easyrlhf_core.reward_choice import make_reward
-
-    config = run.config
-    return make_reward(run.registry, config.reward_model, config.reward, config.reward_options)
+    return run.config.build_reward(run.registry)
 
 
 def score_all(reward: RewardFunction, prompts: list[list[Message]], completions: list[str],
@@ -152,8 +149,7 @@ def sampling_config(config: RRHFConfig, tokenizer: Any, model: Any) -> Any:
     from easyrlhf_core.lm import generation_config, stop_token_ids
 
     return generation_config(config.max_new_tokens, stop_token_ids(tokenizer, model), tokenizer.pad_token_id,
-                             {"temperature": config.temperature, "top_p": config.top_p, "top_k": config.top_k},
-                             num_return_sequences=config.num_generations)
+                             config.sampling_settings(), num_return_sequences=config.num_generations)
 
 
 def build_candidates(records: list[Record], sampled: list[list[str]], reward: RewardFunction,

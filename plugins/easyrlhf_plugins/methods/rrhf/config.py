@@ -3,15 +3,14 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Literal
 
 from easyrlhf_core.config import invalid, option, require_positive
-
-from ..trl_common import TrainerConfig
+from easyrlhf_core.training import RewardChoice, SamplingOptions, TrainerConfig
 
 
 @dataclass
-class RRHFConfig(TrainerConfig):
+class RRHFConfig(SamplingOptions, RewardChoice, TrainerConfig):
     """RRHF: a ranking loss over k scored candidates per prompt plus fine-tuning on the best one."""
 
     rank_weight: float = option(1.0, "Weight of the ranking loss: L = rank_weight * L_rank + L_ft (paper and the "
@@ -28,15 +27,9 @@ class RRHFConfig(TrainerConfig):
                                                 "(re-scored by the reward).")
     generation_model: str | None = option(None, "candidates=generate: model that samples the candidates; "
                                                 "empty: the policy (its weights before training).")
-    temperature: float = option(1.0, "candidates=generate: sampling temperature.")
-    top_p: float = option(1.0, "candidates=generate: nucleus sampling threshold.")
-    top_k: int = option(0, "candidates=generate: sample from the k likeliest tokens; 0: off.")
-    max_new_tokens: int = option(128, "candidates=generate: maximum tokens per sampled response.")
     generation_batch_size: int = option(8, "candidates=generate: prompts per generate() call.")
-    reward_model: str | None = option(None, "candidates=generate: reward model directory (--reward-model); "
-                                            "scored with the 'reward-model' reward function.")
-    reward: str | None = option(None, "candidates=generate: registered reward function (--reward NAME).")
-    reward_options: dict[str, Any] = option({}, "Keyword options for the reward function, e.g. {batch_size: 8}.")
+    # candidates=generate samples with max_new_tokens, temperature, top_k, top_p (SamplingOptions) and scores
+    # with reward_model or reward, reward_options (RewardChoice)
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -46,13 +39,7 @@ class RRHFConfig(TrainerConfig):
             raise invalid("length_penalty", "must be >= 0 (0: sum of log-probs, 1: mean per token)")
         if self.num_generations < 0:
             raise invalid("num_generations", "must be >= 0")
-        if self.temperature <= 0:
-            raise invalid("temperature", "must be > 0")
-        if not 0.0 < self.top_p <= 1.0:
-            raise invalid("top_p", "must be in (0, 1]")
-        if self.top_k < 0:
-            raise invalid("top_k", "must be >= 0 (0: off)")
-        require_positive(self, "max_new_tokens", "generation_batch_size")
+        require_positive(self, "generation_batch_size")
         has_reward = self.reward is not None or self.reward_model is not None
         if self.candidates == "generate":
             if self.reward is not None and self.reward_model is not None:
@@ -74,7 +61,4 @@ class RRHFConfig(TrainerConfig):
         checked before data or models load."""
         super().validate_for_run()
         if self.candidates == "generate":
-            from easyrlhf_core.registry import get_registry
-            from easyrlhf_core.reward_choice import make_reward
-
-            make_reward(get_registry(), self.reward_model, self.reward, self.reward_options)
+            self.build_reward()

@@ -1,0 +1,281 @@
+"""The method kit: what a training method needs, public, the same for the built-in methods and for plugins.
+
+A method on a TRL trainer is a config and a ``build_trainer``::
+
+    from dataclasses import dataclass
+    from easyrlhf_core.config import option
+    from easyrlhf_core.training import (TrainerConfig, TrainerMethod, data_splits, lora_config, run_model_path,
+                                        run_policy, run_tokenizer, trl_arguments)
+
+    @dataclass
+    class SimPOConfig(TrainerConfig):
+        beta: float = option(2.0, "Reward scale.")
+
+    class SimPO(TrainerMethod):
+        name, description, config_class, shape = "simpo", "SimPO (TRL CPOTrainer)", SimPOConfig, Shape.PREFERENCE
+
+        def build_trainer(self, run):
+            from trl import CPOConfig, CPOTrainer
+            path = run_model_path(run)
+            tokenizer, model = run_tokenizer(run, path), run_policy(run, path)
+            train, evaluation = data_splits(run)
+            args = trl_arguments(CPOConfig, run, has_eval=evaluation is not None, loss_type="simpo",
+                                 beta=run.config.beta)
+            trainer = CPOTrainer(model=model, args=args, train_dataset=train, eval_dataset=evaluation,
+                                 processing_class=tokenizer, peft_config=lora_config(run.config, "CAUSAL_LM"))
+            return trainer, tokenizer
+
+:meth:`TrainerMethod.train` then runs it through :func:`train_and_save`: checkpoints under
+``OUTPUT_DIR/checkpoints``, ``--resume``, Ctrl-C, metrics to ``metrics.jsonl``, the final eval and ``model/``.
+A method with its own loop (as ``ppo``) uses the loading helpers and :class:`RewardChoice` directly.
+
+Light at import time (no torch / transformers / TRL); the heavy imports live inside the functions.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from .api import Method
+from .config import BaseConfig, option
+from .errors import ConfigError
+
+if TYPE_CHECKING:
+    from .api import RewardFunction
+    from .registry import Registry
+    from .run import Run
+    from .shapes import Record
+
+__all__ = [
+    "TrainerConfig", "TrainerMethod", "RewardChoice", "SamplingOptions",
+    "run_model_path", "run_tokenizer", "run_policy", "run_scalar_model", "seed_everything", "check_precision",
+    "lora_config", "describe_trainable", "as_dataset", "data_splits", "trl_arguments", "training_arguments",
+    "train_and_save", "deepspeed_installed",
+]
+
+
+# --------------------------------------------------------------------------------------------------
+# Configs
+
+
+@dataclass
+class TrainerConfig(BaseConfig):
+    """The shared options (:class:`~easyrlhf_core.config.BaseConfig`) plus the checks a trainer-based run
+    needs before anything loads (DeepSpeed installed when asked for)."""
+
+    def validate_for_run(self) -> None:
+        super().validate_for_run()
+        if self.deepspeed is not None and not deepspeed_installed():
+            raise ConfigError("the deepspeed package is not installed: "
+                              "`pip install deepspeed` (ZeRO runs need GPUs), or drop --deepspeed",
+                              where="--deepspeed")
+
+
+def deepspeed_installed() -> bool:
+    return importlib.util.find_spec("deepspeed") is not None
+
+
+@dataclass
+class RewardChoice:
+    """The reward of an online method: ``--reward-model PATH`` or ``--reward NAME``, with ``reward_options``.
+    Mix it into a method config (``class MyConfig(RewardChoice, TrainerConfig)``); every online method
+    builds the same reward plugins the same way (:func:`easyrlhf_core.reward_choice.make_reward`)."""
+
+    reward_model: str | None = option(None, "Reward model directory (a sequence classifier, e.g. from --method rm); "
+                                            "give this or `reward`.")
+    reward: str | None = option(None, "Registered reward function (see `easyrlhf list-plugins`); give this or "
+                                      "`reward_model`.")
+    reward_options: dict[str, Any] = option({}, "Options of the reward function, e.g. {target: 50} "
+                                                "(`--set reward_options.target=50`).")
+
+    def build_reward(self, registry: Registry | None = None) -> RewardFunction:
+        """The chosen reward function; its options are checked here (cheap: models load lazily)."""
+        from .registry import get_registry
+        from .reward_choice import make_reward
+
+        return make_reward(registry or get_registry(), self.reward_model, self.reward, self.reward_options)
+
+    def describe_reward(self) -> str:
+        from .reward_choice import describe_reward
+
+        return describe_reward(self.reward_model, self.reward, self.reward_options)
+
+
+@dataclass
+class SamplingOptions:
+    """How an online method samples responses; mix into a method config. :meth:`sampling_settings` is what
+    :func:`easyrlhf_core.lm.generation_config` takes (everything pinned: the model's own generation defaults
+    never apply)."""
+
+    max_new_tokens: int = option(128, "Longest sampled response, in tokens.")
+    temperature: float = option(1.0, "Sampling temperature.")
+    top_k: int = option(0, "Sample from the k likeliest tokens; 0: off.")
+    top_p: float = option(1.0, "Nucleus sampling mass; 1.0: off.")
+
+    def __post_init__(self) -> None:
+        from .config import invalid
+
+        parent = getattr(super(), "__post_init__", None)
+        if parent is not None:
+            parent()
+        if self.max_new_tokens <= 0:
+            raise invalid("max_new_tokens", "must be a positive integer")
+        if self.temperature <= 0:
+            raise invalid("temperature", "must be > 0")
+        if self.top_k < 0:
+            raise invalid("top_k", "must be >= 0 (0: off)")
+        if not 0.0 < self.top_p <= 1.0:
+            raise invalid("top_p", "must be in (0, 1]")
+
+    def sampling_settings(self) -> dict[str, Any]:
+        return {"temperature": self.temperature, "top_k": self.top_k, "top_p": self.top_p}
+
+
+# --------------------------------------------------------------------------------------------------
+# The trainer-based method
+
+
+class TrainerMethod(Method):
+    """A method that builds one transformers/TRL trainer; ``train`` runs it and saves ``model/``."""
+
+    def build_trainer(self, run: Run) -> tuple[Any, Any]:
+        """The ready-to-train trainer and the tokenizer to save next to the model."""
+        raise NotImplementedError
+
+    def train(self, run: Run) -> None:
+        from .models import lora_errors
+
+        with lora_errors():  # peft's "target modules not found" (raised inside the trainer) in our voice
+            trainer, tokenizer = self.build_trainer(run)
+        train_and_save(run, trainer, tokenizer=tokenizer)
+
+
+# --------------------------------------------------------------------------------------------------
+# Loading
+
+
+def run_model_path(run: Run, name: str | None = None) -> str:
+    """``--model`` (or ``name``) as a loadable path (Hub id, directory, .gguf, the embedded default); the
+    source goes to the run log."""
+    from .models import resolve_model
+
+    resolved = resolve_model(name if name is not None else run.config.model, log=run.log)
+    run.log(f"model: {resolved.source}")
+    return resolved.path
+
+
+def run_tokenizer(run: Run, path: str, padding_side: str = "right") -> Any:
+    """The model's tokenizer (pad token and chat template ensured), honouring ``trust_remote_code``."""
+    from .models import load_tokenizer
+
+    return load_tokenizer(path, trust_remote_code=run.config.trust_remote_code, padding_side=padding_side)
+
+
+def run_policy(run: Run, path: str) -> Any:
+    """The causal LM to train (fp32 weights; mixed precision is the trainer's autocast), seeded."""
+    from .models import load_causal_lm
+
+    check_precision(run.config)
+    seed_everything(run.config.seed)
+    return load_causal_lm(path, trust_remote_code=run.config.trust_remote_code)
+
+
+def run_scalar_model(run: Run, path: str, pad_token_id: int) -> Any:
+    """A one-label sequence classifier (reward model) to train, its pad token set so the score is read at
+    the last real token (:func:`easyrlhf_core.models.reward_scores`); a new head is seeded."""
+    from .models import load_sequence_classifier
+
+    check_precision(run.config)
+    seed_everything(run.config.seed)
+    return load_sequence_classifier(path, trust_remote_code=run.config.trust_remote_code, num_labels=1,
+                                    pad_token_id=pad_token_id)
+
+
+def seed_everything(seed: int) -> None:
+    from transformers import set_seed
+
+    set_seed(seed)
+
+
+def check_precision(config: BaseConfig) -> None:
+    """fp16 needs a GPU; say so before a model loads."""
+    from .models import resolve_precision
+
+    if resolve_precision(config.precision) == "fp16":
+        import torch
+
+        if not torch.cuda.is_available():
+            raise ConfigError("fp16 mixed precision needs a GPU; use --precision bf16 or fp32 on CPU",
+                              where="--precision")
+
+
+def lora_config(config: BaseConfig, task_type: str) -> Any:
+    """A peft ``LoraConfig`` for a TRL trainer's ``peft_config`` (None without --lora).
+
+    Handing the config to the TRL trainer (rather than wrapping the model first) lets DPO use the
+    adapter-disabled base as its reference: no second model copy, no extra "ref" adapter.
+    """
+    if not config.lora.enabled:
+        return None
+    from .models import peft_config
+
+    return peft_config(config.lora, task_type)
+
+
+def describe_trainable(run: Run, model: Any) -> None:
+    """Log how many parameters train (after LoRA wrapping)."""
+    total = sum(p.numel() for p in model.parameters())
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    run.log(f"parameters: {trainable:,} trainable of {total:,} ({100 * trainable / max(total, 1):.2f}%)")
+
+
+# --------------------------------------------------------------------------------------------------
+# Data and arguments
+
+
+def as_dataset(records: list[Record]) -> Any:
+    """Records (TRL's conversational format already) as a ``datasets.Dataset`` stored by content hash, so
+    the trainer's tokenization is cached across runs."""
+    from .hfdata import as_hf_dataset
+
+    return as_hf_dataset(records)
+
+
+def data_splits(run: Run) -> tuple[Any, Any]:
+    """``(train, eval or None)`` datasets from ``run.data``."""
+    train = as_dataset(run.data.train)
+    evaluation = as_dataset(run.data.eval) if run.data.eval else None
+    return train, evaluation
+
+
+def training_arguments(config: BaseConfig, run: Run, has_eval: bool) -> dict[str, Any]:
+    """Keyword arguments for ``TrainingArguments`` (or a TRL ``*Config``) from the shared options: output
+    under ``OUTPUT_DIR/checkpoints``, seed, steps, optimiser, batch sizes, logging / eval / save cadence,
+    precision, gradient checkpointing, DeepSpeed, ``report_to``. Override any of them by keyword in
+    :func:`trl_arguments`."""
+    from .hf import training_arguments as arguments
+
+    return arguments(config, run, has_eval=has_eval)
+
+
+def trl_arguments(trl_config_class: type, run: Run, has_eval: bool, **method_fields: Any) -> Any:
+    """A TRL ``*Config`` (or ``TrainingArguments``): :func:`training_arguments`, then ``method_fields`` on top
+    (a method's own fields, or a shared default it overrides, e.g. ``remove_unused_columns=False`` for a
+    collator that needs extra columns); ``max_length`` from the config unless given."""
+    kwargs = training_arguments(run.config, run, has_eval=has_eval)
+    kwargs.update(method_fields)
+    known = getattr(trl_config_class, "__dataclass_fields__", None)
+    if known is None or "max_length" in known:  # TRL's configs have it; TrainingArguments has not
+        kwargs.setdefault("max_length", run.config.max_length)
+    return trl_config_class(**kwargs)
+
+
+def train_and_save(run: Run, trainer: Any, model_for_save: Any = None, tokenizer: Any = None) -> dict[str, Any]:
+    """Train ``trainer`` the way every built-in does: resume with ``--resume``, stop cleanly on Ctrl-C with
+    a checkpoint, metrics to ``metrics.jsonl``, evaluate once at the end, save ``model/``. Returns the
+    final eval metrics."""
+    from .hf import train_and_save as run_trainer
+
+    return run_trainer(run, trainer, model_for_save=model_for_save, tokenizer=tokenizer)
