@@ -59,13 +59,14 @@ def benchmark_model(path: str | None) -> str:
 def load_records(shape: str, samples: int) -> list[dict[str, Any]]:
     """The hh-rlhf training records (embedded sample) that ``easyrlhf run --dataset hh-rlhf`` trains on with
     ``max_train_samples=samples``, ``eval_fraction=0``, ``max_eval_samples=0`` and seed 42."""
+    from easyrlhf_core.data import load_dataset
     from easyrlhf_core.registry import get_registry
     from easyrlhf_core.shapes import DataOptions, Shape
 
-    dataset = get_registry().get("datasets", "hh-rlhf")()
+    dataset = get_registry().get("datasets", "hh-rlhf")
     options = DataOptions(shape=Shape(shape), max_train_samples=samples, eval_fraction=0.0, max_eval_samples=0,
                           seed=SEED)
-    return dataset.load(options).train
+    return load_dataset(dataset, options).train
 
 
 def write_jsonl(path: Path, records: list[dict[str, Any]]) -> Path:

@@ -46,15 +46,16 @@ def child(tokenizer_spec: str) -> None:
     import datasets  # noqa: F401  (import cost counted apart from the phases)
     from transformers import AutoTokenizer
 
+    from easyrlhf_core.data import load_dataset
     from easyrlhf_core.hfdata import as_hf_dataset, tokenize_cached
-    from easyrlhf_plugins.data.hh_rlhf import HHRLHFDataset
+    from easyrlhf_core.registry import get_registry
 
     tokenizer = AutoTokenizer.from_pretrained(tokenizer_spec)
     imports = time.perf_counter() - start
     datasets.disable_progress_bars()
 
     t0 = time.perf_counter()
-    splits = HHRLHFDataset().load(DataOptions(shape=Shape.PREFERENCE, eval_fraction=0.0))
+    splits = load_dataset(get_registry().get("datasets", "hh-rlhf"), DataOptions(shape=Shape.PREFERENCE, eval_fraction=0.0))
     t1 = time.perf_counter()
     dataset = as_hf_dataset(splits.train)
     t2 = time.perf_counter()

@@ -33,9 +33,9 @@ class Method(ABC):
         """The data ``train`` gets as ``run.data``, read before any model loads and before the output
         dir is touched. Default: the configured dataset plugin's records of ``shape`` (a
         :class:`DataSplits`), or None when ``shape`` is None. Override to read several datasets."""
-        from .run import load_shape_data
+        from .data import load_shape_data
 
-        return load_shape_data(self, config, registry)
+        return None if self.shape is None else load_shape_data(self.name, self.shape, config, registry)
 
     @abstractmethod
     def train(self, run: Run) -> None:
@@ -43,25 +43,41 @@ class Method(ABC):
 
 
 class Dataset(ABC):
-    """A data loader that yields records of one or more :class:`Shape` s."""
+    """A data loader that yields records of one or more :class:`Shape` s. It only parses: the framework
+    checks ``columns`` against :attr:`fields`, carves the eval split, applies the sample limits and counts
+    skipped bad rows (:mod:`easyrlhf_core.data`)."""
 
     name: ClassVar[str]
     description: ClassVar[str]
     shapes: ClassVar[frozenset[Shape]]
+    #: The field names the dataset reads, which ``columns`` may map to the file's own names; None: any.
+    fields: ClassVar[tuple[str, ...] | None] = None
 
     @abstractmethod
     def load(self, options: DataOptions) -> DataSplits:
-        """Load ``options.shape`` records; raise :class:`~easyrlhf_core.errors.DataError` on bad input."""
+        """Every ``options.shape`` record read (``eval``: the source's own eval split, else empty). Report a
+        bad row with ``options.bad_rows.report(problem, file=..., line=...)``; raise
+        :class:`~easyrlhf_core.errors.DataError` for input that cannot be read at all."""
 
 
 class RewardFunction(ABC):
-    """Scores completions to prompts. Options from the run config arrive as keyword arguments."""
+    """Scores completions to prompts. Options from the run config (``reward_options``) arrive as keyword
+    arguments: declare them as a dataclass in :attr:`options_class` and they are checked (names with a
+    did-you-mean, types, its ``__post_init__``) before any model loads, then given as ``self.config``."""
 
     name: ClassVar[str]
     description: ClassVar[str]
+    #: A dataclass of the options (``option(default, help)`` fields). None: options are not checked and
+    #: reach the reward only as the ``self.options`` mapping (declare them instead).
+    options_class: ClassVar[type | None] = None
 
     def __init__(self, **options: Any) -> None:
+        from .config import build_options
+
         self.options = options
+        self.config: Any = None
+        if self.options_class is not None:
+            self.config = build_options(self.options_class, options, f"reward '{self.name}'", "reward_options")
 
     @abstractmethod
     def score(self, prompts: list[list[Message]], completions: list[str]) -> list[float]:

@@ -87,14 +87,19 @@ def list_plugins(as_json: bool) -> None:
         for col in ("name", "description", "plugin", "package", "version"):
             table.add_column(col)
         for entry in data[kind]:
-            table.add_row(*(str(entry.get(c, "")) for c in ("name", "description", "plugin", "package", "version")))
+            description = entry.get("description", "")
+            if entry.get("conflict"):
+                description = f"[red]conflict:[/red] {entry['conflict']}"
+            table.add_row(entry["name"], description, *(str(entry.get(c, "")) for c in ("plugin", "package", "version")))
         console.print(table)
     table = Table(title="Plugins", title_justify="left")
     for col in ("plugin", "package", "version", "status", "error"):
         table.add_column(col)
+    colours = {"ok": "green", "conflict": "yellow"}
     for plugin in data["plugins"]:
-        status = "[green]ok[/green]" if plugin["status"] == "ok" else "[red]error[/red]"
-        table.add_row(plugin["name"], plugin["package"], plugin["version"], status, plugin["error"] or "")
+        colour = colours.get(plugin["status"], "red")
+        table.add_row(plugin["name"], plugin["package"], plugin["version"], f"[{colour}]{plugin['status']}[/{colour}]",
+                      plugin["error"] or "")
     console.print(table)
 
 
@@ -134,7 +139,7 @@ def config_options(func: Callable[..., Any]) -> Callable[..., Any]:
     return func
 
 
-@cli.command("run")
+@cli.command("run", context_settings={"help_option_names": []})
 @config_options
 @click.option("--model", help="Hub id, model directory or .gguf file (default: embedded SmolLM2-135M-Instruct).")
 @click.option("--dataset", help="Dataset plugin (default: hh-rlhf, embedded sample).")
@@ -161,13 +166,22 @@ def config_options(func: Callable[..., Any]) -> Callable[..., Any]:
 @click.option("--main-process-ip", help="Address of the rank-0 machine (multi-node).")
 @click.option("--main-process-port", type=int, default=29500, show_default=True, help="Rendezvous port.")
 @click.option("--debug", is_flag=True, help="Show full tracebacks on errors.")
+@click.option("--help", "-h", "show_help", is_flag=True,
+              help="Show this message and exit; with --method NAME, also that method's options.")
 @handle_errors
 def run_command(method: str | None, config_file: str | None, set_options: tuple[str, ...], overwrite: bool,
                 resume: bool, debug: bool, num_processes: int, num_machines: int, machine_rank: int,
-                main_process_ip: str | None, main_process_port: int, **flags: Any) -> None:
-    """Train a model with one alignment method."""
+                main_process_ip: str | None, main_process_port: int, show_help: bool, **flags: Any) -> None:
+    """Train a model with one alignment method (`easyrlhf run --method NAME --help` lists its options)."""
     from .launch import STOPPED_EXIT_CODES, LaunchOptions, exit_launched_rank, is_launched, launch
     from .run import RunComplete, RunInterrupted, RunRequest, execute, finish_directory, prepare
+
+    if show_help:
+        click.echo(click.get_current_context().get_help())
+        if method:
+            click.echo(f"\nOptions of method '{method}' (set with --config FILE or --set KEY=VALUE):\n")
+            click.echo(_method_options_text(method), nl=False)
+        return
 
     quiet_library_output()
     request = RunRequest(method=method, config_file=config_file, flags=_flag_values(flags),
@@ -286,6 +300,15 @@ def show_config(method: str | None, config_file: str | None, set_options: tuple[
     if not no_comments:
         text = f"# {method_obj.name}: {method_obj.description}\n" + text
     click.echo(text, nl=False)
+
+
+def _method_options_text(method: str) -> str:
+    """Every option of ``method`` with its default and help text (what show-config prints)."""
+    from .config import config_to_yaml
+    from .run import RunRequest, resolve
+
+    method_obj, config = resolve(RunRequest(method=method))
+    return f"# {method_obj.name}: {method_obj.description}\n" + config_to_yaml(config, comments=True)
 
 
 @cli.command("plot")

@@ -228,14 +228,16 @@ class _RawString:
         self.raw, self.parsed = raw, parsed
 
 
-def resolve_config(cls: type, layers: list[Layer]) -> Any:
-    """Merge ``layers`` over the defaults of dataclass ``cls``; validate types, then ``__post_init__``."""
+def resolve_config(cls: type, layers: list[Layer], method: str | None = None) -> Any:
+    """Merge ``layers`` over the defaults of dataclass ``cls``; validate types, then ``__post_init__``.
+    ``method`` names the method in the did-you-mean hint. The dotted keys the layers set are kept
+    (:func:`explicit_keys`)."""
     values = _defaults_as_dict(cls)
     provenance: dict[str, Layer] = {}
     for layer in layers:
-        _merge(cls, values, layer.values, layer, "", provenance)
+        _merge(cls, values, layer.values, layer, "", provenance, method)
     try:
-        return _build(cls, values)
+        config = _build(cls, values)
     except ConfigError as exc:
         key = getattr(exc, "key", None)
         layer = provenance.get(key) if key else None
@@ -243,6 +245,14 @@ def resolve_config(cls: type, layers: list[Layer]) -> Any:
             located = layer.error(key, exc.message)
             raise located from None
         raise
+    object.__setattr__(config, "_explicit_keys", frozenset(provenance))
+    return config
+
+
+def explicit_keys(config: Any) -> frozenset[str]:
+    """The dotted keys of ``config`` that a file, a flag or ``--set`` set (not left at the default), as
+    :func:`resolve_config` recorded them; empty for a config built otherwise."""
+    return getattr(config, "_explicit_keys", frozenset())
 
 
 def _defaults_as_dict(cls: type) -> dict[str, Any]:
@@ -260,7 +270,7 @@ def _defaults_as_dict(cls: type) -> dict[str, Any]:
 
 
 def _merge(cls: type, target: dict, incoming: dict, layer: Layer, prefix: str,
-           provenance: dict[str, Layer]) -> None:
+           provenance: dict[str, Layer], method: str | None = None) -> None:
     hints = typing.get_type_hints(cls)
     names = [f.name for f in dataclasses.fields(cls)]
     for key, value in incoming.items():
@@ -269,7 +279,7 @@ def _merge(cls: type, target: dict, incoming: dict, layer: Layer, prefix: str,
             close = difflib.get_close_matches(str(key), names, n=1, cutoff=0.6)
             hint = f" (did you mean '{prefix}{close[0]}'?)" if close else ""
             raise layer.error(dotted, f"unknown option '{dotted}'{hint}; "
-                                      f"`easyrlhf show-config --method ...` lists the options")
+                                      f"`easyrlhf show-config --method {method or '...'}` lists the options")
         hint_type = hints[key]
         if dataclasses.is_dataclass(hint_type):
             if isinstance(value, _RawString):
@@ -281,7 +291,17 @@ def _merge(cls: type, target: dict, incoming: dict, layer: Layer, prefix: str,
             if not isinstance(sub, dict):
                 sub = _defaults_as_dict(hint_type)
                 target[key] = sub
-            _merge(hint_type, sub, value, layer, dotted + ".", provenance)
+            _merge(hint_type, sub, value, layer, dotted + ".", provenance, method)
+            continue
+        if typing.get_origin(hint_type) is dict and isinstance(value, dict):
+            # a mapping set key by key (YAML, or dotted --set columns.prompt=question): merge into the current one
+            _, value_type = typing.get_args(hint_type) or (Any, Any)
+            merged = dict(target.get(key) or {})
+            for name, item in value.items():
+                merged[name] = coerce(item, value_type, f"{dotted}.{name}", layer)
+                provenance[f"{dotted}.{name}"] = layer
+            target[key] = merged
+            provenance[dotted] = layer
             continue
         target[key] = coerce(value, hint_type, dotted, layer)
         provenance[dotted] = layer
@@ -428,3 +448,28 @@ def _emit(config: Any, lines: list[str], indent: str, comments: bool) -> None:
 
 def field_names(cls: type) -> list[str]:
     return [f.name for f in dataclasses.fields(cls)]
+
+
+def build_options(options_class: type, options: dict[str, Any], owner: str, where: str) -> Any:
+    """``options`` (a plain mapping, e.g. a reward's ``reward_options``) as an instance of the dataclass
+    ``options_class``: unknown names with a did-you-mean, wrong types and ``__post_init__`` failures are one
+    ConfigError ``where: owner: what is wrong``."""
+    names = [f.name for f in dataclasses.fields(options_class)]
+    unknown = sorted(set(options) - set(names))
+    if unknown:
+        close = difflib.get_close_matches(str(unknown[0]), names, n=1, cutoff=0.6)
+        hint = f" (did you mean '{close[0]}'?)" if close else ""
+        raise ConfigError(f"{owner}: unknown option(s) {', '.join(map(str, unknown))}{hint}; known: "
+                          f"{', '.join(names) or 'none'}", where=where)
+    layer = Layer(values={}, source=where)
+    hints = typing.get_type_hints(options_class)
+    typed = {}
+    for key, value in options.items():
+        try:
+            typed[key] = coerce(value, hints[key], key, layer)
+        except ConfigError as exc:
+            raise ConfigError(f"{owner}: {exc.message}", where=where) from None
+    try:
+        return options_class(**typed)
+    except ConfigError as exc:
+        raise ConfigError(f"{owner}: {exc.message}", where=where) from None

@@ -74,19 +74,33 @@ class Registry:
     def get(self, kind: str, name: str) -> Any:
         """The class registered as ``name``, or a :class:`PluginError` with a did-you-mean."""
         entries: dict[str, Entry] = getattr(self, kind)
-        what = _KIND_SINGULAR[kind]
         if (kind, name) in self.conflicts:
-            owners = " and ".join(f"{e.plugin.package} (plugin {e.plugin.name})"
-                                  for e in self.conflicts[(kind, name)])
-            raise PluginError(f"{what} '{name}' is registered by two plugins: {owners}; uninstall one of them",
-                              where=_KIND_FLAG[kind])
+            raise PluginError(self.conflict_message(kind, name), where=_KIND_FLAG[kind])
+        what = _KIND_SINGULAR[kind]
         if name not in entries:
             raise PluginError(unknown_name_message(what, name, list(entries)), where=_KIND_FLAG[kind])
         return entries[name].obj
 
+    def conflict_message(self, kind: str, name: str) -> str:
+        """The one sentence ``run`` and ``list-plugins`` both give for a name two plugins register."""
+        owners = " and ".join(f"{e.plugin.package} (plugin {e.plugin.name})" for e in self.conflicts[(kind, name)])
+        return f"{_KIND_SINGULAR[kind]} '{name}' is registered by two plugins: {owners}; uninstall one of them"
+
     def as_dict(self) -> dict[str, list[dict[str, Any]]]:
-        return {"plugins": [p.as_dict() for p in self.plugins],
-                **{kind: [e.as_dict() for e in getattr(self, kind).values()] for kind in KINDS}}
+        """Plugins and what they register; a name two plugins register is listed once per provider, each
+        row with the same ``conflict`` sentence that ``run`` gives."""
+        out: dict[str, list[dict[str, Any]]] = {"plugins": [p.as_dict() for p in self.plugins]}
+        for kind in KINDS:
+            rows = []
+            for name, entry in getattr(self, kind).items():
+                providers = self.conflicts.get((kind, name), [entry])
+                for provider in providers:
+                    row = provider.as_dict()
+                    if len(providers) > 1:
+                        row["conflict"] = self.conflict_message(kind, name)
+                    rows.append(row)
+            out[kind] = rows
+        return out
 
 
 def unknown_name_message(what: str, name: str, known: list[str]) -> str:
@@ -114,25 +128,37 @@ def build_registry(extra_plugins: list[tuple[str, object]] | None = None) -> Reg
     pm.add_hookspecs(hookspecs)
     registry = Registry()
     loaded: list[tuple[PluginInfo, object]] = []
+    extra = list(extra_plugins or [])
+    extra_names = {name for name, _ in extra}
+    installed: dict[int, PluginInfo] = {}  # id(module) -> its distribution, for extras that are installed too
     seen: set[str] = set()
     for ep in sorted(metadata.entry_points(group=ENTRY_POINT_GROUP), key=lambda e: e.name):
         if ep.name in seen:  # the same distribution visible twice on sys.path
             continue
         seen.add(ep.name)
         package, version = _distribution_of(ep)
+        if ep.name in extra_names:  # registered by hand (a test of this plugin): that one counts
+            installed[id(next(p for n, p in extra if n == ep.name))] = PluginInfo(ep.name, package, version)
+            continue
         info = PluginInfo(name=ep.name, package=package, version=version)
-        registry.plugins.append(info)
         try:
             module = ep.load()
-            pm.register(module, name=ep.name)
-            info.description = _first_line(module.__doc__)
         except Exception as exc:  # a broken plugin must not break the others
             info.status, info.error = "error", f"{type(exc).__name__}: {exc}"
+            registry.plugins.append(info)
             continue
+        if any(module is plugin for _, plugin in extra):  # installed and registered by hand: once
+            installed[id(module)] = info
+            continue
+        registry.plugins.append(info)
+        pm.register(module, name=ep.name)
+        info.description = _first_line(module.__doc__)
         loaded.append((info, module))
-    for name, plugin in extra_plugins or []:
-        info = PluginInfo(name=name, package=getattr(plugin, "__package_name__", name),
-                          version=getattr(plugin, "__version__", "0"), description=_first_line(plugin.__doc__))
+    for name, plugin in extra:
+        known = installed.get(id(plugin))
+        info = PluginInfo(name=name, package=known.package if known else getattr(plugin, "__package_name__", name),
+                          version=known.version if known else getattr(plugin, "__version__", "0"),
+                          description=_first_line(plugin.__doc__))
         registry.plugins.append(info)
         pm.register(plugin, name=name)
         loaded.append((info, plugin))
@@ -160,9 +186,10 @@ def _registrar(registry: Registry, kind: str, info: PluginInfo) -> Callable[[Any
         if name in entries and entries[name].plugin is not info:
             first = entries[name]
             registry.conflicts.setdefault((kind, name), [first]).append(entry)
-            info.status = "error"
-            info.error = (f"{_KIND_SINGULAR[kind]} '{name}' is also registered by "
-                          f"{first.plugin.package} (plugin {first.plugin.name})")
+            for mine, other in ((info, first.plugin), (first.plugin, info)):  # both sides tell the same story
+                mine.status = "conflict"
+                mine.error = (f"{_KIND_SINGULAR[kind]} '{name}' is also registered by {other.package} "
+                              f"(plugin {other.name}); `easyrlhf run` refuses it until one is uninstalled")
             return
         entries[name] = entry
 

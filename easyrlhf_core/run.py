@@ -19,12 +19,19 @@ from typing import Any, Callable
 
 from .api import Method, RewardFunction
 from .checkpoints import COMPLETE_MARKER
-from .config import BaseConfig, Layer, config_to_yaml, load_yaml_layer, parse_set_options, resolve_config
-from .errors import ConfigError, DataError, EasyRLHFError
+from .config import (
+    BaseConfig,
+    Layer,
+    config_to_yaml,
+    load_yaml_layer,
+    parse_set_options,
+    resolve_config,
+)
+from .errors import ConfigError, EasyRLHFError
 from .launch import STOP_SIGNALS, is_launched, world_size
 from .progress import ProgressReporter
 from .registry import Registry, get_registry
-from .shapes import SHAPE_DESCRIPTIONS, DataOptions, DataSplits
+from .shapes import DataSplits
 
 CONFIG_FILE = "config.yaml"
 METRICS_FILE = "metrics.jsonl"
@@ -251,7 +258,7 @@ def resolve(request: RunRequest, registry: Registry | None = None) -> tuple[Meth
     if request.set_options:
         layers.append(parse_set_options(request.set_options))
     # Flags get their own error location: the flag name.
-    config = _resolve_with_flag_locations(config_cls, layers)
+    config = _resolve_with_flag_locations(config_cls, layers, method_name)
     return method_cls(), config
 
 
@@ -266,35 +273,13 @@ def _nest(flat: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def _resolve_with_flag_locations(config_cls: type, layers: list[Layer]) -> BaseConfig:
+def _resolve_with_flag_locations(config_cls: type, layers: list[Layer], method: str) -> BaseConfig:
     class _FlagLayer(Layer):
         def error(self, key: str, message: str) -> ConfigError:  # name the flag, not "flags"
             return ConfigError(message, where="--" + key.split(".")[-1].replace("_", "-"))
 
     fixed = [(_FlagLayer(values=l.values, source=l.source) if l.source == "flags" else l) for l in layers]
-    return resolve_config(config_cls, fixed)
-
-
-def load_shape_data(method: Method, config: BaseConfig, registry: Registry) -> DataSplits | None:
-    """Load the method's data shape from the configured dataset plugin (before any model loads)."""
-    shape = method.shape
-    if shape is None:
-        return None
-    dataset_cls = registry.get("datasets", config.dataset)
-    if shape not in dataset_cls.shapes:
-        offers = ", ".join(SHAPE_DESCRIPTIONS[s] for s in sorted(dataset_cls.shapes, key=str)) or "nothing"
-        needs = [name for name, e in registry.datasets.items() if shape in e.obj.shapes]
-        raise ConfigError(f"method '{method.name}' needs {SHAPE_DESCRIPTIONS[shape]}, but dataset "
-                          f"'{config.dataset}' yields {offers}; use one of: {', '.join(sorted(needs))}",
-                          where="--dataset")
-    options = DataOptions(shape=shape, data_files=list(config.data_files), eval_fraction=config.eval_fraction,
-                          max_train_samples=config.max_train_samples, max_eval_samples=config.max_eval_samples,
-                          skip_bad_rows=config.skip_bad_rows, columns=dict(config.columns), seed=config.seed)
-    splits = dataset_cls().load(options)
-    if not splits.train:
-        raise DataError(f"dataset '{config.dataset}' gave no training examples of shape '{shape}'",
-                        where="--dataset")
-    return splits
+    return resolve_config(config_cls, fixed, method)
 
 
 def default_output_dir(method_name: str) -> Path:

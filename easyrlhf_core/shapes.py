@@ -55,6 +55,15 @@ class DataOptions:
     skip_bad_rows: bool = False
     columns: dict[str, str] = field(default_factory=dict)
     seed: int = 42
+    #: Where a dataset reports bad rows (:class:`easyrlhf_core.rows.BadRows`): raised at once, or counted
+    #: and skipped with ``skip_bad_rows``. Made from ``skip_bad_rows`` when not given.
+    bad_rows: Any = None
+
+    def __post_init__(self) -> None:
+        if self.bad_rows is None:
+            from .rows import BadRows
+
+            self.bad_rows = BadRows(skip=self.skip_bad_rows)
 
 
 @dataclass

@@ -61,11 +61,7 @@ def build_tiny_causal_lm(tokenizer: Any, seed: int = 0) -> Any:
 
 
 def run_cli(*args: str, env: dict[str, str] | None = None) -> Any:
-    """Invoke the ``easyrlhf`` CLI in-process; a fresh plugin registry each call."""
-    from click.testing import CliRunner
+    """Invoke the ``easyrlhf`` CLI in-process; a fresh plugin registry each call (the public helper)."""
+    from easyrlhf_core.testing import run_cli as run
 
-    from easyrlhf_core import registry
-    from easyrlhf_core.cli import cli
-
-    registry.reset_registry()
-    return CliRunner().invoke(cli, list(args), env=env, catch_exceptions=False)
+    return run(*args, env=env)

@@ -19,6 +19,7 @@ class EchoConfig(BaseConfig):
 
     beta: float = option(0.1, "A positive strength.")
     mode: str = option("fast", "Any string.")
+    eval_fraction: float = option(0.0, "No held-out prompts: every prompt is a step.")
 
     def __post_init__(self) -> None:
         super().__post_init__()

@@ -8,14 +8,20 @@ import tempfile
 from pathlib import Path
 
 import pytest
-
-from easyrlhf_core.hfdata import as_hf_dataset, datasets_cache_dir, records_digest, tokenize_cached
-from easyrlhf_core.shapes import DataOptions, Shape
 from easyrlhf_plugins.data.hh_rlhf import HHRLHFDataset
+
+from easyrlhf_core.data import load_dataset
+from easyrlhf_core.hfdata import (
+    as_hf_dataset,
+    datasets_cache_dir,
+    records_digest,
+    tokenize_cached,
+)
+from easyrlhf_core.shapes import DataOptions, Shape
 
 
 def records(shape: Shape, n: int, seed: int = 0) -> list[dict]:
-    return HHRLHFDataset().load(DataOptions(shape=shape, max_train_samples=n, seed=seed)).train
+    return load_dataset(HHRLHFDataset, DataOptions(shape=shape, max_train_samples=n, seed=seed)).train
 
 
 def test_records_are_stored_once_by_content_and_round_trip():

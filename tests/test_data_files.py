@@ -4,13 +4,14 @@ parquet), and the reader's file formats."""
 from __future__ import annotations
 
 import pytest
-
-from easyrlhf_core.errors import ConfigError, DataError
-from easyrlhf_core.shapes import DataOptions, Shape
 from easyrlhf_plugins.data.jsonl import JsonlDataset
 from easyrlhf_plugins.data.reader import iter_rows
-from easyrlhf_plugins.data.rows import BadRows
 from easyrlhf_plugins.data.slimorca import SlimOrcaDataset
+
+from easyrlhf_core.data import load_dataset
+from easyrlhf_core.errors import ConfigError, DataError
+from easyrlhf_core.rows import BadRows
+from easyrlhf_core.shapes import DataOptions, Shape
 from tests.data_helpers import check_record, write_jsonl
 
 U = lambda text: {"role": "user", "content": text}  # noqa: E731
@@ -20,7 +21,7 @@ S = lambda text: {"role": "system", "content": text}  # noqa: E731
 
 def load(dataset, shape, files, **kwargs):
     kwargs.setdefault("eval_fraction", 0.0)
-    return dataset().load(DataOptions(shape=shape, data_files=[str(f) for f in files], **kwargs))
+    return load_dataset(dataset, DataOptions(shape=shape, data_files=[str(f) for f in files], **kwargs))
 
 
 # -- jsonl: every shape ------------------------------------------------------------------------------

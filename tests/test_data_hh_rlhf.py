@@ -4,12 +4,13 @@ deterministic splits, local files and the Anthropic directory layout."""
 from __future__ import annotations
 
 import pytest
-
-from easyrlhf_core.errors import ConfigError, DataError
-from easyrlhf_core.shapes import DataOptions, Shape
 from easyrlhf_plugins.data.hh_rlhf import HHRLHFDataset, embedded_files
-from easyrlhf_plugins.data.rows import RowProblem
 from easyrlhf_plugins.data.transcripts import parse_transcript
+
+from easyrlhf_core.data import load_dataset
+from easyrlhf_core.errors import ConfigError, DataError
+from easyrlhf_core.rows import RowProblem
+from easyrlhf_core.shapes import DataOptions, Shape
 from tests.data_helpers import check_record, hh_row, write_jsonl
 
 EMBEDDED_PAIRS = 6240
@@ -18,7 +19,7 @@ EMBEDDED_KEPT = 6240 - 37
 
 def load(shape: Shape, **kwargs) -> object:
     kwargs.setdefault("max_eval_samples", None)
-    return HHRLHFDataset().load(DataOptions(shape=shape, **kwargs))
+    return load_dataset(HHRLHFDataset, DataOptions(shape=shape, **kwargs))
 
 
 def user(text):

@@ -265,8 +265,14 @@ def test_trained_reward_model_accuracy_and_length_baseline(cli_run, models):
 def test_split_all_and_limit(cli_run, models):
     everything = _eval_json(cli_run, "--model", str(models["zero_rm"]), "--dataset", "toy-prefs", "--split", "all")
     assert everything["pairs"] == 6 and everything["metrics"]["length_baseline_accuracy"] == 0.75
+    from easyrlhf_core.data import shuffled
+    from easyrlhf_core.evaluation.stats import length_baseline
+
     limited = _eval_json(cli_run, "--model", str(models["zero_rm"]), "--dataset", "toy-prefs", "--limit", "2")
-    assert limited["pairs"] == 2 and limited["metrics"]["length_baseline_accuracy"] == 0.5
+    first_two = shuffled(EVAL_PAIRS, 42)[:2]  # the framework shuffles a dataset's eval split with the seed
+    expected = length_baseline([r["chosen"][-1]["content"] for r in first_two],
+                               [r["rejected"][-1]["content"] for r in first_two], 42).accuracy
+    assert limited["pairs"] == 2 and limited["metrics"]["length_baseline_accuracy"] == expected
     assert any("limit" in note for note in limited["notes"])
 
 

@@ -94,9 +94,13 @@ def test_same_name_from_two_plugins_is_an_error_naming_both_packages(fake_dists)
         reg.get("rewards", "shout")
     message = str(err.value)
     assert "easyrlhf-plugin-shout" in message and "easyrlhf-plugin-clash" in message
-    # entry points load in name order: 'clash' first, so 'shout' is the one flagged, naming the other
-    flagged = {p.name: p.error for p in reg.plugins if p.status == "error" and p.name in ("shout", "clash")}
-    assert list(flagged) == ["shout"] and "easyrlhf-plugin-clash" in flagged["shout"]
+    # both plugins are flagged, each naming the other; list-plugins lists both providers with run's sentence
+    flagged = {p.name: p.error for p in reg.plugins if p.status == "conflict"}
+    assert sorted(flagged) == ["clash", "shout"]
+    assert "easyrlhf-plugin-clash" in flagged["shout"] and "easyrlhf-plugin-shout" in flagged["clash"]
+    rows = [r for r in reg.as_dict()["rewards"] if r["name"] == "shout"]
+    assert sorted(r["package"] for r in rows) == ["easyrlhf-plugin-clash", "easyrlhf-plugin-shout"]
+    assert all(r["conflict"] == message.split(": ", 1)[1] for r in rows)
 
 
 def test_list_plugins_json_shape(cli_run):
@@ -112,7 +116,7 @@ def test_list_plugins_json_shape(cli_run):
         for item in data[kind]:
             assert {"name", "plugin", "package", "version", "description"} <= set(item), (kind, item)
     for plugin in data["plugins"]:
-        assert plugin["status"] in ("ok", "error") and "error" in plugin
+        assert plugin["status"] in ("ok", "error", "conflict") and "error" in plugin
     echo = next(m for m in data["methods"] if m["name"] == "echo")
     assert echo["plugin"] == "echo-test" and echo["shape"] == "prompt"
     assert next(d for d in data["datasets"] if d["name"] == "test-prompts")["shapes"] == ["prompt"]

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
+from ..data import load_dataset
 from ..errors import ConfigError, DataError
 from ..registry import Registry
 from ..shapes import SHAPE_DESCRIPTIONS, DataOptions, Record, Shape
@@ -54,7 +55,7 @@ def load_eval_data(registry: Registry, dataset: str, shape: Shape, data_files: l
     dataset_cls = registry.get("datasets", dataset)
     options = DataOptions(shape=shape, data_files=list(data_files), eval_fraction=EVAL_FRACTION,
                           max_train_samples=None, max_eval_samples=None, seed=seed)
-    splits = dataset_cls().load(options)
+    splits = load_dataset(dataset_cls, options)
     notes = list(splits.notes)
     if split == "all":
         records = list(splits.train) + list(splits.eval)

@@ -1,17 +1,19 @@
 """Built-in reward functions: a reward model directory, and rule-based length and keyword rewards.
 
-Options arrive as keyword arguments (config ``reward_options``); bad options raise a ConfigError naming
-``reward_options`` before any model loads.
+Each declares its options as a dataclass (``options_class``); the core checks them (names, types, the
+dataclass's own checks) before any model loads and hands them over as ``self.config``.
 """
 
 from __future__ import annotations
 
 import os
 import re
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, Literal
 
 from easyrlhf_core import hookimpl
 from easyrlhf_core.api import RewardFunction
+from easyrlhf_core.config import invalid, option
 from easyrlhf_core.errors import ConfigError
 from easyrlhf_core.shapes import Message
 
@@ -20,12 +22,55 @@ def _options_error(reward: str, message: str) -> ConfigError:
     return ConfigError(f"reward '{reward}': {message}", where="reward_options")
 
 
-def _take(reward: str, options: dict[str, Any], allowed: dict[str, Any]) -> dict[str, Any]:
-    """``allowed`` (name -> default) filled from ``options``; unknown names are an error."""
-    unknown = sorted(set(options) - set(allowed))
-    if unknown:
-        raise _options_error(reward, f"unknown option(s) {', '.join(unknown)}; known: {', '.join(sorted(allowed))}")
-    return {name: options.get(name, default) for name, default in allowed.items()}
+@dataclass
+class RewardModelOptions:
+    """Options of the ``reward-model`` reward."""
+
+    path: str | None = option(None, "The reward model directory (--reward-model PATH sets it).")
+    batch_size: int = option(16, "Sequences per forward pass.")
+    max_length: int = option(2048, "Token cap per sequence; longer ones lose their oldest tokens.")
+    device: str = option("auto", "Where the reward model runs: auto (this rank's GPU, else CPU), cpu, cuda:N.")
+    trust_remote_code: bool = option(False, "Allow custom model code.")
+
+    def __post_init__(self) -> None:
+        if not self.path:
+            raise ConfigError("needs option 'path' (a model directory), e.g. --reward-model PATH")
+        if not os.path.isfile(os.path.join(str(self.path), "config.json")):
+            raise invalid("path", f"is not a transformers model directory (no config.json): {self.path}")
+        if self.batch_size <= 0:
+            raise invalid("batch_size", "must be a positive integer")
+
+
+@dataclass
+class LengthOptions:
+    """Options of the ``length`` reward."""
+
+    target: int = option(50, "The length that scores best (0).")
+    unit: Literal["words", "characters"] = option("words", "How length is counted.")
+
+    def __post_init__(self) -> None:
+        if self.target <= 0:
+            raise invalid("target", f"must be a positive integer, got {self.target!r}")
+
+
+@dataclass
+class KeywordOptions:
+    """Options of the ``keyword`` reward."""
+
+    keywords: list[str] | str | None = option(None, "A word or a list of words to find (or give pattern).")
+    pattern: str | None = option(None, "A regular expression to find (or give keywords).")
+    mode: Literal["count", "presence"] = option("count", "count: the number of matches; presence: 1 if any.")
+    case_sensitive: bool = option(False, "Match case.")
+    weight: float = option(1.0, "Multiplies the score.")
+
+    def __post_init__(self) -> None:
+        if (self.keywords is None) == (self.pattern is None):
+            raise ConfigError("give exactly one of 'keywords' (a word or list of words) and 'pattern' (a regular "
+                              "expression)")
+        if self.keywords is not None:
+            words = [self.keywords] if isinstance(self.keywords, str) else self.keywords
+            if not words or not all(w for w in words):
+                raise invalid("keywords", "must be a non-empty word or list of words")
 
 
 class RewardModelReward(RewardFunction):
@@ -35,26 +80,20 @@ class RewardModelReward(RewardFunction):
 
     name = "reward-model"
     description = "a sequence-classification reward model directory (option path; --reward-model PATH)"
+    options_class = RewardModelOptions
 
     def __init__(self, **options: Any) -> None:
         from easyrlhf_core.errors import EasyRLHFError
         from easyrlhf_core.models import check_reward_model
 
         super().__init__(**options)
-        opts = _take(self.name, options, {"path": None, "batch_size": 16, "max_length": 2048, "device": "auto",
-                                          "trust_remote_code": False})
-        if not opts["path"]:
-            raise _options_error(self.name, "needs option 'path' (a model directory), e.g. --reward-model PATH")
-        if not os.path.isfile(os.path.join(str(opts["path"]), "config.json")):
-            raise _options_error(self.name, f"not a transformers model directory (no config.json): {opts['path']}")
-        if not isinstance(opts["batch_size"], int) or opts["batch_size"] <= 0:
-            raise _options_error(self.name, "'batch_size' must be a positive integer")
+        opts: RewardModelOptions = self.config
         try:  # a causal LM or a checkpoint without a trained head is refused before any model loads
-            check_reward_model(str(opts["path"]), "reward model")
+            check_reward_model(str(opts.path), "reward model")
         except EasyRLHFError as exc:
             raise ConfigError(exc.message, where=exc.location) from None
-        self.path, self.batch_size, self.max_length = str(opts["path"]), opts["batch_size"], opts["max_length"]
-        self.device_name, self.trust_remote_code = opts["device"], bool(opts["trust_remote_code"])
+        self.path, self.batch_size, self.max_length = str(opts.path), opts.batch_size, opts.max_length
+        self.device_name, self.trust_remote_code = opts.device, opts.trust_remote_code
         self._model: Any = None
         self._tokenizer: Any = None
 
@@ -110,15 +149,11 @@ class LengthReward(RewardFunction):
 
     name = "length"
     description = "closeness to a target length (options target=50, unit=words|characters)"
+    options_class = LengthOptions
 
     def __init__(self, **options: Any) -> None:
         super().__init__(**options)
-        opts = _take(self.name, options, {"target": 50, "unit": "words"})
-        if not isinstance(opts["target"], int) or isinstance(opts["target"], bool) or opts["target"] <= 0:
-            raise _options_error(self.name, f"'target' must be a positive integer, got {opts['target']!r}")
-        if opts["unit"] not in ("words", "characters"):
-            raise _options_error(self.name, f"'unit' must be 'words' or 'characters', got {opts['unit']!r}")
-        self.target, self.unit = opts["target"], opts["unit"]
+        self.target, self.unit = self.config.target, self.config.unit
 
     def length(self, text: str) -> int:
         return len(text.split()) if self.unit == "words" else len(text)
@@ -132,30 +167,20 @@ class KeywordReward(RewardFunction):
 
     name = "keyword"
     description = "keyword / regex matches in the completion (options keywords or pattern, mode=count|presence)"
+    options_class = KeywordOptions
 
     def __init__(self, **options: Any) -> None:
         super().__init__(**options)
-        opts = _take(self.name, options, {"keywords": None, "pattern": None, "mode": "count",
-                                          "case_sensitive": False, "weight": 1.0})
-        keywords, pattern = opts["keywords"], opts["pattern"]
-        if (keywords is None) == (pattern is None):
-            raise _options_error(self.name, "give exactly one of 'keywords' (a word or list of words) and "
-                                            "'pattern' (a regular expression)")
-        if keywords is not None:
-            words = [keywords] if isinstance(keywords, str) else keywords
-            if not isinstance(words, list) or not words or not all(isinstance(w, str) and w for w in words):
-                raise _options_error(self.name, "'keywords' must be a non-empty word or list of words")
+        opts: KeywordOptions = self.config
+        pattern = opts.pattern
+        if opts.keywords is not None:
+            words = [opts.keywords] if isinstance(opts.keywords, str) else opts.keywords
             pattern = "|".join(re.escape(w) for w in sorted(words, key=len, reverse=True))
-        flags = 0 if opts["case_sensitive"] else re.IGNORECASE
         try:
-            self.regex = re.compile(str(pattern), flags)
+            self.regex = re.compile(str(pattern), 0 if opts.case_sensitive else re.IGNORECASE)
         except re.error as exc:
             raise _options_error(self.name, f"'pattern' is not a valid regular expression: {exc}") from None
-        if opts["mode"] not in ("count", "presence"):
-            raise _options_error(self.name, f"'mode' must be 'count' or 'presence', got {opts['mode']!r}")
-        if not isinstance(opts["weight"], (int, float)) or isinstance(opts["weight"], bool):
-            raise _options_error(self.name, f"'weight' must be a number, got {opts['weight']!r}")
-        self.mode, self.weight = opts["mode"], float(opts["weight"])
+        self.mode, self.weight = opts.mode, float(opts.weight)
 
     def score(self, prompts: list[list[Message]], completions: list[str]) -> list[float]:
         if self.mode == "presence":

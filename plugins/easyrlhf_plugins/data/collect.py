@@ -1,15 +1,15 @@
-"""The loop every dataset plugin shares: read each source's rows, turn each into a record (or a counted
-drop), route bad rows through :class:`BadRows`, and build train/eval splits."""
+"""The loop the built-in dataset plugins share: read each source's rows, turn each into a record (or a
+counted drop) and route bad rows through ``options.bad_rows``; the framework then splits and limits
+(:func:`easyrlhf_core.data.load_dataset`)."""
 
 from __future__ import annotations
 
 from typing import Any, Callable
 
+from easyrlhf_core.rows import RowProblem
 from easyrlhf_core.shapes import DataOptions, DataSplits, Record
 
-from .rows import BadRows, RowProblem
 from .sources import EVAL, Source, has_explicit_eval
-from .splits import make_splits
 
 #: ``row -> record``, or ``None`` when the row is dropped on purpose (the parser counts why).
 RowParser = Callable[[Any], "Record | None"]
@@ -17,9 +17,9 @@ RowParser = Callable[[Any], "Record | None"]
 
 def collect(sources: list[Source], parse: RowParser, options: DataOptions,
             notes: Callable[[int], list[str]]) -> DataSplits:
-    """Records of ``options.shape`` from ``sources``. ``notes(rows_read)`` gives the plugin's run notes;
-    skipped bad rows are reported after them."""
-    bad = BadRows(skip=options.skip_bad_rows)
+    """Records of ``options.shape`` from ``sources`` (``eval``: the sources' own eval split, else empty).
+    ``notes(rows_read)`` gives the plugin's run notes."""
+    bad = options.bad_rows
     explicit_eval = has_explicit_eval(sources)
     train: list[Record] = []
     eval_: list[Record] = []
@@ -35,4 +35,4 @@ def collect(sources: list[Source], parse: RowParser, options: DataOptions,
                 continue
             if record is not None:
                 target.append(record)
-    return make_splits(options, train, eval_ if explicit_eval else None, notes(rows_read) + bad.notes())
+    return DataSplits(options.shape, train, eval_ if explicit_eval else [], notes(rows_read))

@@ -12,9 +12,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from easyrlhf_core.rows import RowProblem, ends_with
 from easyrlhf_core.shapes import Message, Record, Shape
-
-from .rows import RowProblem, ends_with
 
 
 @dataclass

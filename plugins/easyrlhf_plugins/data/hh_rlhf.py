@@ -9,11 +9,11 @@ from typing import Any
 
 from easyrlhf_core import hookimpl
 from easyrlhf_core.api import Dataset
+from easyrlhf_core.rows import get_field
 from easyrlhf_core.shapes import DataOptions, DataSplits, Record, Shape
 
 from .collect import collect
 from .convert import pair_to, split_conversations
-from .rows import check_columns, get_field
 from .sources import Source, file_source, hub_sources, local_sources
 from .transcripts import diverges_before_final_reply, parse_transcript
 
@@ -94,9 +94,9 @@ class HHRLHFDataset(Dataset):
     name = "hh-rlhf"
     description = "Anthropic hh-rlhf (embedded helpful sample, local files, or the Hub): all four shapes"
     shapes = frozenset(Shape)
+    fields = FIELDS
 
     def load(self, options: DataOptions) -> DataSplits:
-        check_columns(options.columns, FIELDS, self.name)
         sources, origin = hh_sources(options.data_files)
         parser = PairParser(options.shape, options.columns)
         return collect(sources, parser, options, lambda rows: parser.notes(rows, origin))

@@ -8,12 +8,20 @@ from typing import Any
 from easyrlhf_core import hookimpl
 from easyrlhf_core.api import Dataset
 from easyrlhf_core.errors import ConfigError
+from easyrlhf_core.rows import (
+    RowProblem,
+    as_messages,
+    as_number_list,
+    as_text_list,
+    ends_with,
+    get_field,
+    has_field,
+    json_type,
+)
 from easyrlhf_core.shapes import DataOptions, DataSplits, Message, Record, Shape
 
 from .collect import collect
 from .convert import Pair, conversation_to, pair_to, ranked_to, split_conversations
-from .rows import (RowProblem, as_messages, as_number_list, as_text_list, check_columns, ends_with, get_field,
-                   has_field, json_type)
 from .sources import Source, local_sources
 
 FIELDS = ("prompt", "chosen", "rejected", "responses", "scores", "messages", "completion")
@@ -122,9 +130,9 @@ class JsonlDataset(Dataset):
     name = "jsonl"
     description = "local .jsonl/.json/.parquet files in any shape (rename fields with `columns`)"
     shapes = frozenset(Shape)
+    fields = FIELDS
 
     def load(self, options: DataOptions) -> DataSplits:
-        check_columns(options.columns, FIELDS, self.name)
         if not options.data_files:
             raise ConfigError("dataset 'jsonl' reads local files; pass them with --data-files a.jsonl[,b.jsonl]",
                               where="--data-files")

@@ -16,8 +16,7 @@ from pathlib import Path
 from typing import IO, Any, Iterator
 
 from easyrlhf_core.errors import DataError
-
-from .rows import BadRows, json_type
+from easyrlhf_core.rows import BadRows, json_type
 
 SUFFIXES = (".jsonl", ".jsonl.gz", ".json", ".json.gz", ".parquet")
 _GZIP_ERRORS = (gzip.BadGzipFile, EOFError, zlib.error, OSError)

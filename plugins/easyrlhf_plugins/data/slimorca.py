@@ -8,11 +8,11 @@ from typing import Any
 
 from easyrlhf_core import hookimpl
 from easyrlhf_core.api import Dataset
+from easyrlhf_core.rows import RowProblem, get_field
 from easyrlhf_core.shapes import DataOptions, DataSplits, Message, Record, Shape
 
 from .collect import collect
 from .convert import conversation_to
-from .rows import RowProblem, check_columns, get_field
 from .sources import Source, hub_sources, local_sources
 
 HUB_ID = "Open-Orca/SlimOrca-Dedup"
@@ -48,9 +48,9 @@ class SlimOrcaDataset(Dataset):
     name = "slimorca"
     description = "Open-Orca/SlimOrca-Dedup (local .jsonl/.parquet, or the Hub): conversations, prompts"
     shapes = frozenset({Shape.CONVERSATION, Shape.PROMPT})
+    fields = FIELDS
 
     def load(self, options: DataOptions) -> DataSplits:
-        check_columns(options.columns, FIELDS, self.name)
         sources = self._sources(options.data_files)
         columns, shape = options.columns, options.shape
         counts: Counter[str] = Counter()

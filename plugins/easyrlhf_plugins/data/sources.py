@@ -10,9 +10,9 @@ from pathlib import Path
 from typing import Any, Callable, Iterator
 
 from easyrlhf_core.errors import DataError
+from easyrlhf_core.rows import BadRows
 
 from .reader import is_data_file, iter_rows
-from .rows import BadRows
 
 TRAIN, EVAL = "train", "eval"
 _EVAL_NAME = re.compile(r"(^|[-_.])(test|eval|valid|validation|dev)($|[-_.])")

@@ -14,9 +14,8 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
+from easyrlhf_core.rows import RowProblem, json_type
 from easyrlhf_core.shapes import Message
-
-from .rows import RowProblem, json_type
 
 _TURN = re.compile(r"\n\n(Human|Assistant): ")
 _ROLES = {"Human": "user", "Assistant": "assistant"}

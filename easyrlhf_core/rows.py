@@ -1,5 +1,11 @@
-"""Row-level checks shared by the dataset plugins: field access with column mapping, message lists, and the
-bad-row policy (stop at the first bad row, or skip and count with ``skip_bad_rows``)."""
+"""Row-level parsing for dataset plugins: field access through the ``columns`` mapping, message lists, texts
+and numbers, and the bad-row policy (:class:`BadRows`: stop at the first bad row, or skip and count with
+``skip_bad_rows``).
+
+A dataset plugin's ``load`` gets a :class:`BadRows` as ``options.bad_rows``: raise :class:`RowProblem` from
+your row parser and hand it to ``options.bad_rows.report(problem, file=..., line=...)``; the framework
+reports the count with the run's data notes.
+"""
 
 from __future__ import annotations
 
@@ -7,8 +13,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable
 
-from easyrlhf_core.errors import ConfigError, DataError
-from easyrlhf_core.shapes import Message
+from .errors import ConfigError, DataError
+from .shapes import Message
 
 ROLES = ("system", "user", "assistant")
 
