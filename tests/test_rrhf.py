@@ -9,13 +9,18 @@ from pathlib import Path
 
 import pytest
 import torch
+from easyrlhf_plugins.methods.rrhf.encoding import (
+    RankedCollator,
+    encode_dataset,
+    encode_record,
+)
+from easyrlhf_plugins.methods.rrhf.loss import rrhf_terms
 
 from easyrlhf_core import hookimpl, registry
 from easyrlhf_core.api import Dataset, RewardFunction
+from easyrlhf_core.data import load_dataset
 from easyrlhf_core.lm import response_log_probs
-from easyrlhf_core.shapes import DataSplits, Shape
-from easyrlhf_plugins.methods.rrhf.encoding import RankedCollator, encode_dataset, encode_record
-from easyrlhf_plugins.methods.rrhf.loss import rrhf_terms
+from easyrlhf_core.shapes import DataOptions, DataSplits, Shape
 
 # --------------------------------------------------------------------------------------------------
 # Toy plugins: a learnable ranking (answers drawn from three word pools, better pools score higher)
@@ -267,7 +272,7 @@ def test_generate_scores_candidates_once_and_resume_reuses_the_cache(cli_run, ti
     lines = cache.read_text().splitlines()
     header, rows = json.loads(lines[0]), [json.loads(line) for line in lines[1:]]
     assert (header["train"], header["eval"]) == (6, 8)
-    data = ToyRanked().load(type("O", (), {"shape": Shape.RANKED, "max_train_samples": 6})())
+    data = load_dataset(ToyRanked, DataOptions(shape=Shape.RANKED, max_train_samples=6))  # as the run loads it
     for row, source in zip(rows, data.train):
         assert row["split"] == "train" and row["generated"] == 2 and len(row["responses"]) == 5
         assert row["responses"][2:] == source["responses"]  # dataset responses kept, re-scored
@@ -317,7 +322,7 @@ def test_generate_with_a_reward_model_directory(cli_run, tiny_model_dir, tmp_pat
                    "--set", "max_train_samples=4", "--set", "max_eval_samples=2")
     assert result.exit_code == 0, result.stderr
     rows = [json.loads(line) for line in (out / "candidates.jsonl").read_text().splitlines()[1:]]
-    assert len(rows) == 4 + 8 and all(len(r["scores"]) == 4 for r in rows)
+    assert len(rows) == 4 + 2 and all(len(r["scores"]) == 4 for r in rows)  # max_eval_samples applies too
     assert len({s for r in rows for s in r["scores"]}) > 1  # real model scores, not a constant
     assert "scoring with 'reward-model'" in result.stderr
 
@@ -340,11 +345,11 @@ def test_bad_options_are_one_line_errors(cli_run, tiny_model_dir, tmp_path, args
 
 def test_sampling_settings_are_pinned_not_taken_from_the_model(tiny_model_dir, tokenizer, monkeypatch):
     """The model's own generation defaults (transformers' top_k=50) never apply: our top_k/top_p/temperature do."""
+    from easyrlhf_plugins.methods.rrhf import candidates
+    from easyrlhf_plugins.methods.rrhf.config import RRHFConfig
     from transformers import AutoModelForCausalLM
 
     from easyrlhf_core import lm
-    from easyrlhf_plugins.methods.rrhf import candidates
-    from easyrlhf_plugins.methods.rrhf.config import RRHFConfig
 
     seen = []
     real_generate = lm.generate
