@@ -32,7 +32,7 @@ def prompt_ids(tokenizer: Any, prompt: list[Message]) -> list[int]:
     return encode(tokenizer, prompt, add_generation_prompt=True)
 
 
-def common_prefix_length(a: list[int], b: list[int]) -> int:
+def common_prefix_ids(a: list[int], b: list[int]) -> int:
     """How many leading ids ``a`` and ``b`` share."""
     n = 0
     for x, y in zip(a, b):
@@ -46,13 +46,8 @@ def split_completion(tokenizer: Any, prompt: list[Message], completion: list[Mes
     """``(prompt ids, completion ids)`` of a prompt and its assistant answer (end-of-turn included)."""
     prompt_only = prompt_ids(tokenizer, prompt)
     full = encode(tokenizer, prompt + completion)
-    cut = common_prefix_length(prompt_only, full)
+    cut = common_prefix_ids(prompt_only, full)
     return full[:cut], full[cut:]
-
-
-def completion_text(completion: list[Message]) -> str:
-    """The answer's text (a completion is one assistant message; several are joined)."""
-    return "".join(message["content"] for message in completion)
 
 
 def as_completion(text: str) -> list[Message]:

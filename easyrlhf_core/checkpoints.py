@@ -19,12 +19,11 @@ one before it.
 from __future__ import annotations
 
 import json
-import os
 import re
 import struct
 import zipfile
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterator
 
 _CHECKPOINT = re.compile(r"^checkpoint-(\d+)$")
 COMPLETE_MARKER = "COMPLETE"
@@ -122,14 +121,21 @@ def _torch_file_problem(path: Path) -> str | None:
         return "is truncated"
 
 
-def latest_checkpoint(root: Path, log: Callable[[str], None] = lambda _m: None) -> Path | None:
-    """The newest complete checkpoint; incomplete or corrupt newer ones are reported and skipped."""
+def resumable_checkpoints(root: Path, log: Callable[[str], None] = lambda _m: None) -> Iterator[Path]:
+    """Complete, intact checkpoints, newest first; each broken one on the way is reported and skipped. The
+    one resume protocol: the Trainer-based methods take the first, a method that can still fail to load
+    one (PPO) goes on to the next."""
     for path in reversed(list_checkpoints(root)):
         problem = checkpoint_problem(path)
         if problem is None:
-            return path
-        log(f"warning: skipping checkpoint {path}: {problem}")
-    return None
+            yield path
+        else:
+            log(f"warning: skipping checkpoint {path}: {problem}")
+
+
+def latest_checkpoint(root: Path, log: Callable[[str], None] = lambda _m: None) -> Path | None:
+    """The newest complete checkpoint; incomplete or corrupt newer ones are reported and skipped."""
+    return next(resumable_checkpoints(root, log), None)
 
 
 def prune_checkpoints(root: Path, keep: int) -> None:
@@ -150,21 +156,3 @@ def remove_checkpoints_after(root: Path, step: int, log: Callable[[str], None] =
         if checkpoint_step(path) > step:
             log(f"removing {path} (it will be written again)")
             shutil.rmtree(path, ignore_errors=True)
-
-
-def drop_rows_after(path: Path, step: int) -> None:
-    """Keep the rows of a ``*.jsonl`` log (metrics, samples) up to ``step``, minus end-of-training
-    summaries (``train_runtime``: a stopped run's); the resumed run logs the rest again."""
-    if not path.is_file():
-        return
-    kept = []
-    for line in path.read_text(encoding="utf-8").splitlines():
-        try:
-            row = json.loads(line)
-        except ValueError:  # a line cut short by a kill
-            continue
-        if isinstance(row, dict) and row.get("step", 0) <= step and "train_runtime" not in row:
-            kept.append(line + "\n")
-    partial = path.with_name(path.name + ".tmp")
-    partial.write_text("".join(kept), encoding="utf-8")
-    os.replace(partial, path)

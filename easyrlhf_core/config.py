@@ -417,11 +417,6 @@ def _build(cls: type, values: dict[str, Any]) -> Any:
 # Output
 
 
-def config_to_dict(config: Any) -> dict[str, Any]:
-    """A plain nested dict of a config dataclass (YAML/JSON friendly)."""
-    return dataclasses.asdict(config)
-
-
 def config_to_yaml(config: Any, comments: bool = True) -> str:
     """YAML for a config, each option preceded by its help text when ``comments``."""
     lines: list[str] = []
@@ -444,10 +439,6 @@ def _emit(config: Any, lines: list[str], indent: str, comments: bool) -> None:
         if dumped.startswith("{") and dumped.endswith("}"):
             dumped = dumped[1:-1]
         lines.append(f"{indent}{dumped}")
-
-
-def field_names(cls: type) -> list[str]:
-    return [f.name for f in dataclasses.fields(cls)]
 
 
 def build_options(options_class: type, options: dict[str, Any], owner: str, where: str) -> Any:

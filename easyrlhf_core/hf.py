@@ -20,15 +20,15 @@ Imported only inside ``Method.train`` (it pulls in transformers).
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from transformers import TrainerCallback
 
-from .checkpoints import (COMPLETE_MARKER, checkpoint_step, drop_rows_after, latest_checkpoint, prune_checkpoints,
+from .checkpoints import (COMPLETE_MARKER, checkpoint_step, latest_checkpoint, prune_checkpoints,
                           remove_checkpoints_after)
 from .errors import ConfigError
 from .launch import world_size
+from .metrics import drop_rows_after, last_logged
 from .models import resolve_precision
 from .run import RunInterrupted, StopSignals
 
@@ -135,15 +135,6 @@ class RunCallback(TrainerCallback):
             if self.tokens_before and isinstance(row.get("num_tokens"), (int, float)):
                 row["num_tokens"] += self.tokens_before  # a running total across the resume, as uninterrupted
             self.run.log_metrics(state.global_step, row)
-
-
-def last_logged(path: Path, key: str, up_to_step: int) -> float | None:
-    """The last value of ``key`` in the ``metrics.jsonl`` rows up to ``up_to_step``, or None."""
-    from .plots import read_metrics
-
-    values = [float(row[key]) for row in (read_metrics(path) if path.is_file() else [])
-              if row.get("step", 0) <= up_to_step and isinstance(row.get(key), (int, float))]
-    return values[-1] if values else None
 
 
 class CheckpointCallback(TrainerCallback):

@@ -9,7 +9,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from .config import BaseConfig
-from .plots import PLOTS_DIR, read_metrics
+from .metrics import read_metrics
+from .plots import PLOTS_DIR
 from .shapes import DataSplits
 
 if TYPE_CHECKING:

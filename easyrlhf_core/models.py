@@ -265,12 +265,6 @@ def resolve_precision(precision: str) -> str:
     return "fp32"
 
 
-def torch_dtype(precision: str) -> Any:
-    import torch
-
-    return {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[resolve_precision(precision)]
-
-
 def load_causal_lm(path: str, trust_remote_code: bool = False, dtype: Any = None) -> Any:
     """A causal LM for training, weights in fp32 unless ``dtype`` says otherwise (mixed precision is
     the trainer's job)."""

@@ -3,32 +3,14 @@
 
 from __future__ import annotations
 
-import json
 import re
 from pathlib import Path
 
-from .errors import EasyRLHFError
+from .metrics import read_metrics
 
 #: Metrics worth a curve: loss and the methods' key signals.
 KEY_PATTERN = re.compile(r"loss|accurac|margin|kl|score|reward|entropy|clipfrac|length", re.IGNORECASE)
 PLOTS_DIR = "plots"
-
-
-def read_metrics(path: Path) -> list[dict]:
-    """Rows of ``metrics.jsonl``; a bad line is an error naming file and line."""
-    if not path.is_file():
-        raise EasyRLHFError("no metrics.jsonl here; is this a run directory?", where=str(path.parent))
-    rows = []
-    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise EasyRLHFError(f"invalid JSON ({exc.msg})", file=path, line=number) from None
-        if isinstance(row, dict):
-            rows.append(row)
-    return rows
 
 
 def series(rows: list[dict]) -> dict[str, tuple[list[float], list[float]]]:

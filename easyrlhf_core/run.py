@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import signal
 import sys
 import threading
@@ -29,12 +28,12 @@ from .config import (
 )
 from .errors import ConfigError, EasyRLHFError
 from .launch import STOP_SIGNALS, is_launched, world_size
+from .metrics import METRICS_FILE
 from .progress import ProgressReporter
 from .registry import Registry, get_registry
 from .shapes import DataSplits
 
 CONFIG_FILE = "config.yaml"
-METRICS_FILE = "metrics.jsonl"
 MODEL_DIR = "model"
 CHECKPOINTS_DIR = "checkpoints"
 #: Written by :func:`execute` once training and the saving of outputs succeeded (the name checkpoints use too).
@@ -345,11 +344,24 @@ def is_complete_run(path: Path) -> bool:
     return (path / COMPLETE_FILE).is_file()
 
 
-def claim_output_dir(path: Path, overwrite: bool) -> None:
-    """Create ``path`` (emptying it first with ``overwrite``); call after :func:`check_output_dir`."""
-    if overwrite and path.is_dir():
-        shutil.rmtree(path)
-    path.mkdir(parents=True, exist_ok=True)
+def run_stage(parent: Run, method: Method, config: BaseConfig, data: Any, output_dir: Path) -> Path:
+    """Run ``method`` as one stage of ``parent``'s run (a pipeline), into ``output_dir`` below the parent's
+    locked directory, with the usual run layout: skipped when complete, resumed when started, else new.
+    Returns the stage's ``model/``."""
+    from .rundir import contents
+
+    if is_complete_run(output_dir):
+        parent.log(f"{parent.method.name}: {method.name} stage already complete in {output_dir}; skipped")
+        return output_dir / MODEL_DIR
+    config.validate_for_run()
+    resume = bool(contents(output_dir))
+    if parent.is_main_process:
+        output_dir.mkdir(parents=True, exist_ok=True)
+        if not (resume and (output_dir / CONFIG_FILE).exists()):
+            write_run_config(output_dir, method.name, config)
+    parent.log(f"{parent.method.name}: {method.name} stage{' (resuming)' if resume else ''} -> {output_dir}")
+    execute(Run(method, config, output_dir, data, parent.registry, resume=resume, progress=parent.progress))
+    return output_dir / MODEL_DIR
 
 
 def write_run_config(output_dir: Path, method_name: str, config: Any) -> None:

@@ -205,7 +205,7 @@ def test_resume_continues_exactly_and_skips_a_corrupt_checkpoint(cli_run, tiny_m
     for finished in ("COMPLETE", "model", "value_model"):  # as if killed before the run's end
         shutil.rmtree(halves / finished) if (halves / finished).is_dir() else (halves / finished).unlink()
     again = ppo(cli_run, tiny_model_dir, halves, *common, "--max-steps", "4", "--resume")
-    assert "skipping corrupt checkpoint" in again.stderr and "checkpoint-4" in again.stderr
+    assert "warning: skipping checkpoint" in again.stderr and "checkpoint-4" in again.stderr
     assert_same_rows(train_rows(halves), expected)
 
 

@@ -186,7 +186,7 @@ def test_latest_checkpoint_wants_the_marker_and_intact_files(tmp_path):
 
 
 def test_resume_drops_the_metrics_rows_it_will_log_again(tmp_path):
-    from easyrlhf_core.checkpoints import drop_rows_after
+    from easyrlhf_core.metrics import drop_rows_after
 
     path = tmp_path / "metrics.jsonl"
     rows = [{"step": 1, "loss": 3.0}, {"step": 2, "loss": 2.0}, {"step": 2, "eval_loss": 2.5},

@@ -112,3 +112,19 @@ def test_bad_stage_options_fail_before_anything_is_written(tiny_model_dir, cli_r
     assert result.exit_code == 2
     assert result.stderr.strip().splitlines()[-1].startswith(message), result.stderr
     assert not out.exists()
+
+
+def test_stages_inherit_what_was_set_not_what_differs_from_a_default(tiny_model_dir, tmp_path):
+    from pathlib import Path
+
+    from easyrlhf_core.run import RunRequest, resolve
+    from easyrlhf_plugins.methods.rlhf import stage_config
+
+    _, config = resolve(RunRequest(method="rlhf", flags={"max_steps": 5, "lora.enabled": True},
+                                   set_options=["sft.max_steps=-1", "max_eval_samples=200", "lora.r=4",
+                                                "rm.lora.r=8", "seed=42"]))
+    sft, rm, ppo = (stage_config(config, s, Path(tmp_path) / s) for s in ("sft", "rm", "ppo"))
+    assert (sft.max_steps, rm.max_steps, ppo.max_steps) == (-1, 5, 5)  # sft set its own, even to the default
+    assert all(c.lora.enabled for c in (sft, rm, ppo))
+    assert (sft.lora.r, rm.lora.r, ppo.lora.r) == (4, 8, 4)
+    assert ppo.max_eval_samples == 200 and ppo.seed == 42

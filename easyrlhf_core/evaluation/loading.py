@@ -86,13 +86,13 @@ def for_inference(model: Any) -> Any:
     return model.to(device())
 
 
-def load_policy(ref: ModelRef, trust_remote_code: bool = False) -> Any:
+def load_ref_policy(ref: ModelRef, trust_remote_code: bool = False) -> Any:
     from ..models import load_causal_lm
 
     return for_inference(load_causal_lm(ref.path, trust_remote_code=trust_remote_code))
 
 
-def load_tokenizer(ref: ModelRef, trust_remote_code: bool = False, padding_side: str = "right") -> Any:
+def load_ref_tokenizer(ref: ModelRef, trust_remote_code: bool = False, padding_side: str = "right") -> Any:
     from ..models import load_tokenizer as load
 
     return load(ref.path, trust_remote_code=trust_remote_code, padding_side=padding_side)

@@ -15,7 +15,7 @@ from ..shapes import Message, Shape
 from .data import EvalData, Split, load_eval_data, pick_shape
 from .generation import Answer, generate_answers
 from .judges import Judge, named_judge, reward_model_judge
-from .loading import ModelRef, inspect_model, load_policy, load_tokenizer, quiet_transformers, require_kind
+from .loading import ModelRef, inspect_model, load_ref_policy, load_ref_tokenizer, quiet_transformers, require_kind
 from .logprobs import CompletionLogProb, completion_logprobs, truncated_count
 from .report import EvalReport
 from .stats import BOOTSTRAP_SAMPLES, length_baseline, mean, pairwise
@@ -166,9 +166,9 @@ def prepare_policy(request: EvalRequest, registry: Registry, policy: ModelRef) -
                           "scores, win rate)", where="--reference")
     data = load_eval_data(registry, request.dataset, shape, request.data_files, request.split, request.limit,
                           request.seed)
-    tokenizer = load_tokenizer(policy, request.trust_remote_code)
+    tokenizer = load_ref_tokenizer(policy, request.trust_remote_code)
     if reference is not None:
-        ref_tokenizer = load_tokenizer(reference, request.trust_remote_code)
+        ref_tokenizer = load_ref_tokenizer(reference, request.trust_remote_code)
         if ref_tokenizer.get_vocab() != tokenizer.get_vocab():
             raise EasyRLHFError("the reference's tokenizer differs from the policy's; log-prob margins and KL "
                                 "compare the same tokens, so give the policy's starting model", where=reference.name)
@@ -198,7 +198,7 @@ def run_model(ref: ModelRef, inputs: PolicyInputs, request: EvalRequest, log: Lo
     tokenizer, pad = inputs.tokenizer, inputs.tokenizer.pad_token_id
     size = request.batch_size
     log(f"loading {ref.flag} {ref.name}")
-    model = load_policy(ref, request.trust_remote_code)
+    model = load_ref_policy(ref, request.trust_remote_code)
     out = ModelOutputs()
     if inputs.pair_examples:
         log(f"{ref.flag}: log-probs of {len(inputs.pair_examples)} chosen/rejected completions")

@@ -30,7 +30,7 @@ class Pair:
         return len(self.chosen) > 1 or len(self.rejected) > 1
 
 
-def common_prefix_length(a: list[Message], b: list[Message]) -> int:
+def common_turns(a: list[Message], b: list[Message]) -> int:
     n = 0
     while n < len(a) and n < len(b) and a[n] == b[n]:
         n += 1
@@ -43,7 +43,7 @@ def split_conversations(chosen: list[Message], rejected: list[Message]) -> Pair 
         return None
     ends_with(chosen, "assistant", "chosen")
     ends_with(rejected, "assistant", "rejected")
-    cut = common_prefix_length(chosen, rejected)
+    cut = common_turns(chosen, rejected)
     while cut > 0 and chosen[cut - 1]["role"] != "user":
         cut -= 1
     if cut == 0:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -75,24 +74,25 @@ class RLHFConfig:
 SHARED = tuple(f.name for f in dataclasses.fields(RLHFConfig) if f.name not in ("model", "output_dir", *STAGES))
 
 
-def _default(cls: type, name: str) -> Any:
-    f = next(f for f in dataclasses.fields(cls) if f.name == name)
-    return f.default_factory() if f.default is dataclasses.MISSING else f.default  # type: ignore[misc]
-
-
 def stage_config(config: RLHFConfig, name: str, output_dir: Path) -> Any:
-    """A stage's config: its own group, plus each shared option set at the top that the stage left at
-    its default, plus its output dir."""
+    """A stage's config: its own group, plus each shared option the user set at the top (in a file, a flag
+    or ``--set``) that they did not also set for this stage, plus its output dir. What counts is what was
+    set, not the value: ``--set sft.max_steps=-1`` keeps SFT at -1 under a top-level ``--max-steps 5``."""
+    from easyrlhf_core.config import explicit_keys
+
     stage = getattr(config, name)
-    inherited = {key: getattr(config, key) for key in SHARED
-                 if getattr(config, key) != _default(RLHFConfig, key)
-                 and getattr(stage, key) == _default(type(stage), key)}
+    given = explicit_keys(config)
+    inherited: dict[str, Any] = {}
+    for key in SHARED:
+        value = getattr(config, key)
+        if dataclasses.is_dataclass(value):  # a group (lora): field by field
+            fields = {f.name: getattr(value, f.name) for f in dataclasses.fields(value)
+                      if f"{key}.{f.name}" in given and f"{name}.{key}.{f.name}" not in given}
+            if fields:
+                inherited[key] = dataclasses.replace(getattr(stage, key), **fields)
+        elif key in given and f"{name}.{key}" not in given:
+            inherited[key] = value
     return dataclasses.replace(stage, output_dir=str(output_dir), **inherited)
-
-
-def is_complete(stage_dir: Path) -> bool:
-    """A stage finished when its model was saved (``model/`` is written atomically at the end)."""
-    return (stage_dir / "model" / "config.json").is_file()
 
 
 class RLHFPipeline(Method):
@@ -135,36 +135,26 @@ class RLHFPipeline(Method):
 
     def run_stage(self, run: Run, name: str, stage_cfg: Any, data: DataSplits, **models: Any) -> str:
         """Train one stage into ``OUTPUT_DIR/<name>`` (skipped when already complete); its model path."""
-        from easyrlhf_core.run import Run as StageRun
-        from easyrlhf_core.run import claim_output_dir, execute, write_run_config
+        from easyrlhf_core.run import is_complete_run, run_stage
 
         stage_dir = run.output_dir / name
-        if is_complete(stage_dir):
-            run.log(f"rlhf: {name} stage already complete in {stage_dir}; skipped")
-            return str(stage_dir / "model")
+        trains = not is_complete_run(stage_dir)
         cfg = dataclasses.replace(stage_cfg, **{k: v for k, v in models.items() if v is not None or k == "model"})
-        cfg.validate_for_run()
-        method = run.registry.get("methods", name)()
-        resume = stage_dir.is_dir() and any(stage_dir.iterdir())
-        if run.is_main_process:
-            claim_output_dir(stage_dir, overwrite=False)
-            write_run_config(stage_dir, name, cfg)
-        run.log(f"rlhf: {name} stage{' (resuming)' if resume else ''} -> {stage_dir}")
-        stage_run = StageRun(method, cfg, stage_dir, data, run.registry, resume=resume, progress=run.progress)
-        execute(stage_run)
-        self.log_stage_metrics(run, name, stage_dir)
-        return str(stage_dir / "model")
+        model = run_stage(run, run.registry.get("methods", name)(), cfg, data, stage_dir)
+        if trains:
+            self.log_stage_metrics(run, name, stage_dir)
+        return str(model)
 
     def log_stage_metrics(self, run: Run, name: str, stage_dir: Path) -> None:
         """The stage's last value of every metric, prefixed ``<stage>/``, as one row of the pipeline's metrics."""
-        path = stage_dir / "metrics.jsonl"
-        if not run.is_main_process or not path.is_file():
+        from easyrlhf_core.metrics import last_values
+
+        if not run.is_main_process:
             return
-        last: dict[str, Any] = {}
-        for line in path.read_text(encoding="utf-8").splitlines():
-            if line.strip():
-                last.update(json.loads(line))
+        last = last_values(stage_dir / "metrics.jsonl")
         last.pop("step", None)
+        if not last:
+            return
         run.progress.start(len(STAGES), description=self.name)  # the stage's own display has closed
         run.log_metrics(STAGES.index(name) + 1, {f"{name}/{k}": v for k, v in last.items()
                                                  if isinstance(v, (int, float))})

@@ -16,9 +16,8 @@ from typing import Any, Callable
 
 from easyrlhf_core.checkpoints import (
     COMPLETE_MARKER,
-    is_complete,
-    list_checkpoints,
     prune_checkpoints,
+    resumable_checkpoints,
 )
 
 STATE_FILE = "ppo_state.json"
@@ -69,13 +68,10 @@ def save_checkpoint(accelerator: Any, checkpoints_dir: Path, iteration: int, sta
 
 def resume_from_latest(accelerator: Any, checkpoints_dir: Path, scheduler: Any, log: Callable[[str], None]
                        ) -> dict[str, Any] | None:
-    """Load the newest checkpoint that is complete and loads; a corrupt newer one is skipped with a
-    warning. Returns its ``ppo_state.json``, or None when there is none."""
-    candidates = [p for p in reversed(list_checkpoints(checkpoints_dir))]
-    for path in candidates:
-        if not is_complete(path):
-            log(f"warning: skipping incomplete checkpoint {path}")
-            continue
+    """Load the newest checkpoint that is complete, intact and loads (the core's resume protocol,
+    :func:`easyrlhf_core.checkpoints.resumable_checkpoints`); a broken newer one is skipped with a warning.
+    Returns its ``ppo_state.json``, or None when there is none."""
+    for path in resumable_checkpoints(checkpoints_dir, log):
         try:
             state = load_checkpoint(accelerator, path, scheduler)
         except Exception as exc:  # a truncated or damaged file: fall back to the one before

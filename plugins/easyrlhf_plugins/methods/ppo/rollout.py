@@ -4,7 +4,7 @@ reference log-probs, values, scores) without gradients."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Callable
 
 import torch
@@ -103,9 +103,6 @@ class Rollout:
     @property
     def attention_mask(self) -> torch.Tensor:
         return torch.cat([self.query_mask, self.mask], dim=1)
-
-    def select(self, index: torch.Tensor) -> Rollout:
-        return Rollout(**{f.name: getattr(self, f.name)[index] for f in fields(self)})
 
 
 def chunks(n: int, size: int | None) -> list[slice]:

@@ -16,8 +16,9 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from easyrlhf_core import lm
-from easyrlhf_core.checkpoints import drop_rows_after
+from easyrlhf_core.checkpoints import remove_checkpoints_after
 from easyrlhf_core.hf import check_ranks_agree
+from easyrlhf_core.metrics import drop_rows_after
 from easyrlhf_core.run import RunInterrupted, StopSignals
 
 from . import core
@@ -337,7 +338,8 @@ class PPOTrainer:
             if state.get("num_processes", self.world) != self.world:
                 run.log(f"warning: the checkpoint was written by {state['num_processes']} processes, this run has "
                         f"{self.world}: prompts and sampling will differ from an uninterrupted run")
-        if run.is_main_process:
+        if run.is_main_process:  # as the Trainer-based methods do: newer broken checkpoints go, rows are cut back
+            remove_checkpoints_after(run.checkpoints_dir, iteration, log=run.log)
             drop_rows_after(run.metrics_path, iteration)
             drop_rows_after(run.output_dir / SAMPLES_FILE, iteration)
         return iteration
