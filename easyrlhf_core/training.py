@@ -15,7 +15,7 @@ A method on a TRL trainer is a config and a ``build_trainer``::
         name, description, config_class, shape = "simpo", "SimPO (TRL CPOTrainer)", SimPOConfig, Shape.PREFERENCE
 
         def build_trainer(self, run):
-            from trl import CPOConfig, CPOTrainer
+            from trl.experimental.cpo import CPOConfig, CPOTrainer
             path = run_model_path(run)
             tokenizer, model = run_tokenizer(run, path), run_policy(run, path)
             train, evaluation = data_splits(run)

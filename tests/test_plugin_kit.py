@@ -157,3 +157,10 @@ def test_did_you_mean_names_the_method(easyrlhf_cli, tmp_path):
     result = easyrlhf_cli("run", "--method", "dpo", "--set", "bta=1", "--output-dir", str(tmp_path / "x"))
     assert result.exit_code == 2
     assert "(did you mean 'beta'?); `easyrlhf show-config --method dpo` lists the options" in result.stderr
+
+
+def test_dotted_set_into_reward_options_is_written_back_as_yaml(easyrlhf_cli):
+    result = easyrlhf_cli("show-config", "--method", "ppo", "--no-comments", "--set", "reward_options.weight=2",
+                          "--set", "reward_options.words=[please, thanks]")
+    assert result.exit_code == 0, result.stderr
+    assert "reward_options: {weight: 2, words: [please, thanks]}" in result.stdout
