@@ -100,7 +100,8 @@ class BaseConfig:
     eval_steps: int | None = option(None, "Evaluate every N steps; empty: only at the end.")
     save_steps: int = option(100, "Save a checkpoint every N steps (0: never).")
     save_total_limit: int = option(2, "Keep at most this many checkpoints.")
-    report_to: list[str] = option([], "Extra loggers for the HF integrations, e.g. [tensorboard, wandb].")
+    report_to: list[str] = option([], "Live trackers, e.g. [tensorboard] or [wandb]: every metrics.jsonl row at its "
+                                      "step, local ones under OUTPUT_DIR/logs.")
     # optimisation
     seed: int = option(42, "Random seed for data order, initialisation and sampling.")
     max_steps: int = option(-1, "Stop after N optimizer steps (-1: run num_train_epochs).")
@@ -143,6 +144,9 @@ class BaseConfig:
     def validate_for_run(self) -> None:
         """Checks that only a run needs, e.g. a required option without a default (PPO's reward);
         ``show-config`` skips them so it can print the defaults. Raise a ConfigError naming the flag."""
+        from .tracking import check_trackers
+
+        check_trackers(self.report_to)
 
 
 # --------------------------------------------------------------------------------------------------

@@ -73,7 +73,7 @@ def training_arguments(config: BaseConfig, run: Run, has_eval: bool) -> dict[str
         use_cpu=not torch.cuda.is_available(),
         **checkpointing_argument(config.gradient_checkpointing),
         deepspeed=config.deepspeed,
-        report_to=reporting_integrations(config.report_to),
+        report_to="none",  # report_to is ours: every metrics.jsonl row goes to the trackers (easyrlhf_core.tracking)
         disable_tqdm=True,
         log_level="warning",
         dataloader_num_workers=0,
@@ -94,23 +94,6 @@ def checkpointing_argument(enabled: bool) -> dict[str, bool]:
 
     names = {f.name for f in dataclasses.fields(TrainingArguments)}
     return {"activation_checkpointing" if "activation_checkpointing" in names else "gradient_checkpointing": enabled}
-
-
-def reporting_integrations(names: list[str]) -> list[str] | str:
-    """``report_to`` for the Trainer: our list as is (``"none"`` when empty), after checking that each
-    HF integration exists and is installed."""
-    from transformers.integrations import INTEGRATION_TO_CALLBACK, get_available_reporting_integrations
-
-    installed = get_available_reporting_integrations()
-    for name in names:
-        if name in ("all", "none"):
-            continue
-        if name not in INTEGRATION_TO_CALLBACK:
-            raise ConfigError(f"unknown logger '{name}'; choose from {', '.join(sorted(INTEGRATION_TO_CALLBACK))}",
-                              where="report_to")
-        if name not in installed:
-            raise ConfigError(f"the '{name}' logger needs its package: pip install {name}", where="report_to")
-    return list(names) or "none"
 
 
 class RunCallback(TrainerCallback):

@@ -29,6 +29,7 @@ from .config import (
 from .errors import ConfigError, EasyRLHFError
 from .launch import STOP_SIGNALS, is_launched, world_size
 from .metrics import METRICS_FILE
+from .tracking import LOGS_DIR
 from .progress import ProgressReporter
 from .registry import Registry, get_registry
 from .shapes import DataSplits
@@ -73,6 +74,8 @@ class Run:
         self.is_main_process = is_main_process()
         self.progress = progress or ProgressReporter(enabled=self.is_main_process)
         self.started = time.time()
+        self.logs_dir = output_dir / LOGS_DIR  # where local trackers write (a pipeline's stages: below its own)
+        self.trackers: Any = None  # easyrlhf_core.tracking.Trackers while execute() runs, on the main process
         self.directory: Any = None  # the RunDirectory held by the process that claimed the output dir
         self.rank_lock: Any = None  # a launched rank's shared hold on it
 
@@ -103,6 +106,8 @@ class Run:
         record = {"step": int(step), **{k: v for k, v in clean.items() if k != "step"}}
         with self.metrics_path.open("a", encoding="utf-8") as fh:
             fh.write(json.dumps(record) + "\n")
+        if self.trackers is not None:
+            self.trackers.log_row(int(step), record)
         self.progress.update(step, record)
 
     # -- outputs -----------------------------------------------------------------------------------
@@ -360,7 +365,9 @@ def run_stage(parent: Run, method: Method, config: BaseConfig, data: Any, output
         if not (resume and (output_dir / CONFIG_FILE).exists()):
             write_run_config(output_dir, method.name, config)
     parent.log(f"{parent.method.name}: {method.name} stage{' (resuming)' if resume else ''} -> {output_dir}")
-    execute(Run(method, config, output_dir, data, parent.registry, resume=resume, progress=parent.progress))
+    stage = Run(method, config, output_dir, data, parent.registry, resume=resume, progress=parent.progress)
+    stage.logs_dir = parent.logs_dir / method.name  # one `tensorboard --logdir OUTPUT_DIR/logs` for the pipeline
+    execute(stage)
     return output_dir / MODEL_DIR
 
 
@@ -454,10 +461,18 @@ def execute(run: Run) -> None:
         run.log(f"batch: {per_device} per device x {accumulation} accumulation steps x {processes} "
                 f"process{'es' if processes > 1 else ''} = {per_device * accumulation * processes} examples "
                 f"per optimizer step (global)")
+    report_to = [name for name in getattr(config, "report_to", []) if name != "none"]
+    if report_to and run.is_main_process:
+        from .tracking import Trackers
+
+        run.trackers = Trackers(report_to, run.logs_dir, run.output_dir.name, config, run.resume, run.log)
     try:
         run.method.train(run)
     finally:
         run.progress.close()
+        if run.trackers is not None:
+            run.trackers.close()
+            run.trackers = None
     if run.is_main_process:
         finish_run_dir(run)
         (run.output_dir / COMPLETE_FILE).write_text(

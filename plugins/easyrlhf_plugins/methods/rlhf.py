@@ -44,7 +44,8 @@ class RLHFConfig:
     trust_remote_code: bool = option(False, "Allow custom model code.")
     max_train_samples: int | None = option(None, "Training examples per stage at most.")
     max_eval_samples: int | None = option(200, "Evaluation examples per stage at most.")
-    report_to: list[str] = option([], "Extra loggers for the HF integrations, e.g. [tensorboard].")
+    report_to: list[str] = option([], "Live trackers for every stage, e.g. [tensorboard]: stages under "
+                                      "OUTPUT_DIR/logs/{sft,rm,ppo}.")
     sft: SFTConfig = option(SFTConfig(), "SFT stage: conversations (hh-rlhf chosen side, or slimorca).")
     rm: RMConfig = option(RMConfig(), "Reward-model stage: preference pairs, initialised from the SFT model.")
     ppo: PPOConfig = option(PPOConfig(), "PPO stage: prompts; policy from the SFT model, reward (and value "
@@ -61,6 +62,9 @@ class RLHFConfig:
                                               "as rm.model")
 
     def validate_for_run(self) -> None:
+        from easyrlhf_core.tracking import check_trackers
+
+        check_trackers(self.report_to)
         for name in STAGES:
             stage = getattr(self, name)
             if name == "ppo" and stage.reward is None and stage.reward_model is None:
