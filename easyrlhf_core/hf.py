@@ -26,7 +26,6 @@ from transformers import TrainerCallback
 
 from .checkpoints import (COMPLETE_MARKER, checkpoint_step, latest_checkpoint, prune_checkpoints,
                           remove_checkpoints_after)
-from .errors import ConfigError
 from .launch import world_size
 from .metrics import drop_rows_after, last_logged
 from .models import resolve_precision
