@@ -155,7 +155,8 @@ def config_options(func: Callable[..., Any]) -> Callable[..., Any]:
 @click.option("--gradient-checkpointing", is_flag=True, default=None, help="Recompute activations to save memory.")
 @click.option("--deepspeed", help="DeepSpeed JSON config (e.g. configs/deepspeed/zero2.json).")
 @click.option("--reward-model", help="Reward model directory (methods that score generations).")
-@click.option("--reward", help="Registered reward function name (methods that score generations).")
+@click.option("--reward", multiple=True, help="Registered reward function name (methods that score generations); "
+                                              "repeat it to sum several (grpo, rloo).")
 @click.option("--trust-remote-code", is_flag=True, default=None, help="Allow custom model code (off by default).")
 @click.option("--overwrite", is_flag=True, help="Replace a non-empty output directory.")
 @click.option("--resume", is_flag=True, help="Continue the run in --output-dir from its latest checkpoint.")
@@ -272,6 +273,10 @@ def _drop_options(argv: list[str], valued: set[str], flags: set[str]) -> list[st
 
 def _flag_values(flags: dict[str, Any]) -> dict[str, Any]:
     values: dict[str, Any] = {}
+    rewards = list(flags.get("reward") or ())
+    flags = {**flags, "reward": rewards[0] if len(rewards) == 1 else None}
+    if len(rewards) > 1:  # several rewards: the methods that sum them take a rewards list
+        values["rewards"] = [{"reward": name} for name in rewards]
     for name, key in _FLAG_KEYS.items():
         if flags.get(name) is not None:
             value = flags[name]

@@ -256,6 +256,9 @@ def resolve(request: RunRequest, registry: Registry | None = None) -> tuple[Meth
     if request.flags:
         for key in request.flags:
             if key.split(".")[0] not in {f for f in config_cls.__dataclass_fields__}:
+                if key == "rewards":  # --reward given several times
+                    raise ConfigError(f"method '{method_name}' takes one reward; give --reward once (grpo and rloo "
+                                      f"sum several)", where="--reward")
                 flag = "--" + key.split(".")[0].replace("_", "-")
                 raise ConfigError(f"method '{method_name}' has no option '{key}'", where=flag)
         layers.append(Layer(values=_nest(request.flags), source="flags"))

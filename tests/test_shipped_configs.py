@@ -8,7 +8,7 @@ import pytest
 import yaml
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
-BUILTIN_METHODS = ["sft", "rm", "dpo", "ipo", "rrhf", "ppo", "rlhf"]
+BUILTIN_METHODS = ["sft", "rm", "dpo", "ipo", "rrhf", "ppo", "grpo", "rloo", "rlhf"]
 
 
 @pytest.mark.parametrize("method", BUILTIN_METHODS)

@@ -188,8 +188,70 @@ class KeywordReward(RewardFunction):
         return [self.weight * len(self.regex.findall(text)) for text in completions]
 
 
+@dataclass
+class MatchOptions:
+    """Options of the ``match`` reward."""
+
+    column: str = option("answer", "The dataset column holding the expected answer.")
+    pattern: str | None = option(None, "A regular expression that extracts the answer from the completion (its first "
+                                       "group, else the whole match; the last match counts); empty: the last number.")
+    case_sensitive: bool = option(False, "Compare texts with case.")
+
+    def __post_init__(self) -> None:
+        if self.pattern is not None:
+            try:
+                re.compile(self.pattern)
+            except re.error as exc:
+                raise invalid("pattern", f"is not a valid regular expression: {exc}") from None
+
+
+class MatchReward(RewardFunction):
+    """A verifiable reward: 1.0 when the answer extracted from the completion equals the row's expected answer
+    (numbers compared as numbers), else 0.0."""
+
+    name = "match"
+    description = "1 if the completion's answer (a regex, or its last number) equals a dataset column, else 0"
+    options_class = MatchOptions
+    NUMBER = re.compile(r"-?\d[\d,]*(?:\.\d+)?|-?\.\d+")
+
+    def __init__(self, **options: Any) -> None:
+        super().__init__(**options)
+        self.pattern = re.compile(self.config.pattern) if self.config.pattern else None
+
+    def extract(self, completion: str) -> str | None:
+        """The completion's answer: the last match of ``pattern`` (its first group), else its last number."""
+        regex = self.pattern or self.NUMBER
+        found = list(regex.finditer(completion))
+        if not found:
+            return None
+        last = found[-1]
+        return (last.group(1) if last.groups() else last.group(0)).strip()
+
+    def same(self, got: str | None, expected: Any) -> bool:
+        if got is None or expected is None:
+            return False
+        try:
+            return abs(float(got.replace(",", "")) - float(str(expected).replace(",", ""))) < 1e-6
+        except ValueError:
+            pass
+        a, b = got.strip(), str(expected).strip()
+        return a == b if self.config.case_sensitive else a.lower() == b.lower()
+
+    def score(self, prompts: list[list[Message]], completions: list[str],
+              columns: dict[str, list[Any]] | None = None) -> list[float]:
+        column = self.config.column
+        if not columns or column not in columns:
+            known = ", ".join(sorted(columns or {})) or "none"
+            raise ConfigError(f"reward 'match' compares with the dataset column '{column}', but the rows have no "
+                              f"column '{column}' (they have: {known}); give each prompt row an '{column}' field "
+                              f"(the jsonl dataset keeps extra fields) or set reward_options.column",
+                              where="reward_options")
+        return [float(self.same(self.extract(c), e)) for c, e in zip(completions, columns[column])]
+
+
 @hookimpl
 def register_rewards(register):
     register(RewardModelReward)
     register(LengthReward)
     register(KeywordReward)
+    register(MatchReward)

@@ -59,8 +59,9 @@ class RowReader:
             if has("responses"):
                 return self._from_ranked(row)
             get_field(row, "messages", self.columns)  # raises, naming the missing field
-        if has("prompt"):
-            return {"prompt": self._prompt(row)}
+        if has("prompt"):  # the row's other fields ride along: online rewards read them (an answer, a test)
+            used = {self._name(f) for f in FIELDS}
+            return {"prompt": self._prompt(row), **{k: v for k, v in row.items() if k not in used}}
         if has("messages"):
             return conversation_to(self._messages(row, "messages", "user"), Shape.PROMPT, self._name("messages"))
         if has("chosen"):
