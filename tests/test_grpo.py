@@ -5,7 +5,6 @@ resume after SIGKILL continues exactly, two processes stay in sync, bad configs 
 from __future__ import annotations
 
 import json
-import signal
 from dataclasses import dataclass
 from pathlib import Path
 
