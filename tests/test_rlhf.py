@@ -128,3 +128,15 @@ def test_stages_inherit_what_was_set_not_what_differs_from_a_default(tiny_model_
     assert all(c.lora.enabled for c in (sft, rm, ppo))
     assert (sft.lora.r, rm.lora.r, ppo.lora.r) == (4, 8, 4)
     assert ppo.max_eval_samples == 200 and ppo.seed == 42
+
+
+def test_the_rl_stage_is_selectable(tiny_model_dir, cli_run, tmp_path):
+    out = tmp_path / "grpo-pipeline"
+    result = _pipeline(cli_run, tiny_model_dir, out, "--set", "rl_method=grpo", "--set", "grpo.max_length=256",
+                       "--set", "grpo.max_completion_length=8", "--set", "grpo.per_device_train_batch_size=4")
+    assert result.exit_code == 0, result.stderr
+    assert (out / "grpo" / "model" / "config.json").is_file() and not (out / "ppo").exists()
+    assert yaml.safe_load((out / "grpo" / "config.yaml").read_text())["reward_model"] == str(out / "rm" / "model")
+    assert (out / "model").resolve() == (out / "grpo" / "model").resolve()
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows] == [1, 2, 3] and "grpo/loss" in rows[2]

@@ -13,6 +13,7 @@ from easyrlhf_core.api import Method
 from easyrlhf_core.config import LoraOptions, invalid, option
 from easyrlhf_core.errors import ConfigError
 
+from .grpo import GRPOConfig, RLOOConfig
 from .ppo.config import PPOConfig
 from .rm import RMConfig
 from .sft import SFTConfig
@@ -22,7 +23,9 @@ if TYPE_CHECKING:
     from easyrlhf_core.run import Run
     from easyrlhf_core.shapes import DataSplits
 
-STAGES = ("sft", "rm", "ppo")
+#: The RL stage's methods (``rl_method``), each with its own group of options.
+RL_METHODS = ("ppo", "grpo", "rloo")
+STAGE_GROUPS = ("sft", "rm", *RL_METHODS)
 
 
 @dataclass
@@ -46,28 +49,48 @@ class RLHFConfig:
     max_eval_samples: int | None = option(200, "Evaluation examples per stage at most.")
     report_to: list[str] = option([], "Live trackers for every stage, e.g. [tensorboard]: stages under "
                                       "OUTPUT_DIR/logs/{sft,rm,ppo}.")
+    rl_method: Literal["ppo", "grpo", "rloo"] = option(
+        "ppo", "The RL stage: ppo (the InstructGPT recipe, default), grpo or rloo; its options are in its group.")
     sft: SFTConfig = option(SFTConfig(), "SFT stage: conversations (hh-rlhf chosen side, or slimorca).")
     rm: RMConfig = option(RMConfig(), "Reward-model stage: preference pairs, initialised from the SFT model.")
     ppo: PPOConfig = option(PPOConfig(), "PPO stage: prompts; policy from the SFT model, reward (and value "
                                          "model) from the RM stage unless ppo.reward names a reward function.")
+    grpo: GRPOConfig = option(GRPOConfig(), "GRPO stage (rl_method: grpo): prompts; policy from the SFT model, "
+                                            "scored by the RM stage's model unless grpo.reward(s) name rewards.")
+    rloo: RLOOConfig = option(RLOOConfig(), "RLOO stage (rl_method: rloo): as grpo.")
 
     def __post_init__(self) -> None:
         if self.max_steps == 0 or self.max_steps < -1:
             raise invalid("max_steps", "must be a positive integer, or -1 for each stage's own setting")
-        if self.ppo.model is not None:
-            raise invalid("ppo.model", "PPO starts from the SFT stage's model; to skip SFT give "
-                                       "sft.model=PATH instead")
-        if self.ppo.reward_model is not None and self.rm.model is not None:
-            raise invalid("ppo.reward_model", "conflicts with rm.model; give the trained reward model once, "
-                                              "as rm.model")
+        for name in RL_METHODS:
+            if getattr(self, name).model is not None:
+                raise invalid(f"{name}.model", f"{name.upper()} starts from the SFT stage's model; to skip SFT give "
+                                               f"sft.model=PATH instead")
+        if self.rl.reward_model is not None and self.rm.model is not None:
+            raise invalid(f"{self.rl_method}.reward_model", "conflicts with rm.model; give the trained reward model "
+                                                            "once, as rm.model")
+
+    @property
+    def rl(self) -> Any:
+        """The options of the RL stage ``rl_method`` selects."""
+        return getattr(self, self.rl_method)
+
+    @property
+    def stages(self) -> tuple[str, str, str]:
+        return ("sft", "rm", self.rl_method)
+
+    def rl_has_reward(self) -> bool:
+        """The RL stage names its own reward (a function, a directory, or a rewards list): no RM stage."""
+        rl = self.rl
+        return rl.reward is not None or rl.reward_model is not None or bool(getattr(rl, "rewards", []))
 
     def validate_for_run(self) -> None:
         from easyrlhf_core.tracking import check_trackers
 
         check_trackers(self.report_to)
-        for name in STAGES:
+        for name in self.stages:
             stage = getattr(self, name)
-            if name == "ppo" and stage.reward is None and stage.reward_model is None:
+            if name == self.rl_method and not self.rl_has_reward():
                 if self.rm.model is not None:  # a given reward model must be one, before SFT trains
                     dataclasses.replace(stage, reward_model=self.rm.model).validate_for_run()
                 continue  # otherwise its reward model arrives from the RM stage
@@ -75,7 +98,8 @@ class RLHFConfig:
 
 
 #: Shared options that flow from the top of the config into every stage.
-SHARED = tuple(f.name for f in dataclasses.fields(RLHFConfig) if f.name not in ("model", "output_dir", *STAGES))
+SHARED = tuple(f.name for f in dataclasses.fields(RLHFConfig)
+               if f.name not in ("model", "output_dir", "rl_method", *STAGE_GROUPS))
 
 
 def stage_config(config: RLHFConfig, name: str, output_dir: Path) -> Any:
@@ -100,10 +124,10 @@ def stage_config(config: RLHFConfig, name: str, output_dir: Path) -> Any:
 
 
 class RLHFPipeline(Method):
-    """SFT -> RM -> PPO, as in InstructGPT."""
+    """SFT -> RM -> PPO, as in InstructGPT (the RL stage selectable: GRPO or RLOO)."""
 
     name = "rlhf"
-    description = "The whole InstructGPT pipeline: SFT, then a reward model, then PPO"
+    description = "The whole InstructGPT pipeline: SFT, then a reward model, then PPO (or rl_method: grpo | rloo)"
     config_class = RLHFConfig
     shape = None
 
@@ -118,23 +142,24 @@ class RLHFPipeline(Method):
         data = run.data
         sft_model = config.sft.model or self.run_stage(run, "sft", plan["sft"], data["sft"],
                                                         model=config.model)
-        reward_model = config.rm.model or config.ppo.reward_model
-        if reward_model is None and config.ppo.reward is None:
+        rl = config.rl_method
+        reward_model = config.rm.model or config.rl.reward_model
+        if reward_model is None and not config.rl_has_reward():
             reward_model = self.run_stage(run, "rm", plan["rm"], data["rm"], model=sft_model)
         else:
             run.log("rlhf: rm stage skipped: " + (f"using rm.model={reward_model}" if reward_model
-                                                   else f"ppo.reward={config.ppo.reward}"))
-        policy = self.run_stage(run, "ppo", plan["ppo"], data["ppo"], model=sft_model,
-                                reward_model=reward_model)
+                                                   else f"{rl} names its own reward"))
+        policy = self.run_stage(run, rl, plan[rl], data[rl], model=sft_model, reward_model=reward_model)
         self.link_final_model(run, Path(policy))
 
     def plan(self, config: RLHFConfig, output_dir: Path) -> dict[str, Any]:
         """Each stage's config (None for a stage given as a trained model)."""
-        skip_rm = config.rm.model is not None or config.ppo.reward is not None or config.ppo.reward_model is not None
+        skip_rm = config.rm.model is not None or config.rl_has_reward()
+        rl = config.rl_method
         return {
             "sft": None if config.sft.model else stage_config(config, "sft", output_dir / "sft"),
             "rm": None if skip_rm else stage_config(config, "rm", output_dir / "rm"),
-            "ppo": stage_config(config, "ppo", output_dir / "ppo"),
+            rl: stage_config(config, rl, output_dir / rl),
         }
 
     def run_stage(self, run: Run, name: str, stage_cfg: Any, data: DataSplits, **models: Any) -> str:
@@ -159,8 +184,9 @@ class RLHFPipeline(Method):
         last.pop("step", None)
         if not last:
             return
-        run.progress.start(len(STAGES), description=self.name)  # the stage's own display has closed
-        run.log_metrics(STAGES.index(name) + 1, {f"{name}/{k}": v for k, v in last.items()
+        stages = run.config.stages
+        run.progress.start(len(stages), description=self.name)  # the stage's own display has closed
+        run.log_metrics(stages.index(name) + 1, {f"{name}/{k}": v for k, v in last.items()
                                                  if isinstance(v, (int, float))})
 
     def link_final_model(self, run: Run, policy: Path) -> None:
