@@ -166,3 +166,23 @@ def test_two_processes_stay_in_sync(tiny_model_dir, prompts, tmp_path):
     checksums = result.rank_checksums
     assert len(checksums) == 2 and checksums[0] == checksums[1], result.stderr
     assert [r["step"] for r in read_metrics(out) if "loss" in r] == [1, 2]
+
+
+def test_the_arithmetic_dataset_pairs_with_match(easyrlhf_cli):
+    from easyrlhf_core.data import load_dataset
+    from easyrlhf_core.shapes import DataOptions, Shape
+    from easyrlhf_plugins.data.arithmetic import ArithmeticDataset
+    from easyrlhf_plugins.rewards import MatchReward
+
+    splits = load_dataset(ArithmeticDataset, DataOptions(shape=Shape.PROMPT, max_eval_samples=50))
+    assert len(splits.eval) == 50 and len(splits.train) == 1900
+    again = load_dataset(ArithmeticDataset, DataOptions(shape=Shape.PROMPT, max_eval_samples=50))
+    assert splits.eval == again.eval  # the same held-out problems on every machine
+    row = splits.train[0]
+    question = row["prompt"][0]["content"]
+    a, op, b = question.split("?")[0].split()[-3:]
+    assert row["answer"] == str(eval(f"{a} {op} {b}"))
+    right = MatchReward().score([row["prompt"]], [f"It is {row['answer']}."], columns={"answer": [row["answer"]]})
+    assert right == [1.0]
+    listed = json.loads(easyrlhf_cli("list-plugins", "--json").stdout)
+    assert any(d["name"] == "arithmetic" for d in listed["datasets"])

@@ -7,8 +7,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..api import RewardFunction
-from ..errors import EasyRLHFError
 from ..registry import Registry
+from ..online import score_with_columns
 from ..reward_choice import describe_reward, make_reward
 from ..shapes import Message
 from .loading import ModelRef
@@ -22,7 +22,8 @@ class Judge:
     reward: RewardFunction
     description: str
 
-    def score(self, prompts: list[list[Message]], completions: list[list[Message]]) -> list[float]:
+    def score(self, prompts: list[list[Message]], completions: list[list[Message]],
+              columns: dict[str, list[Any]] | None = None) -> list[float]:
         """One score per (prompt, completion messages).
 
         Reward functions score one answer text; a completion of several turns is scored as its last
@@ -32,11 +33,7 @@ class Judge:
             return []
         contexts = [list(p) + list(c[:-1]) for p, c in zip(prompts, completions)]
         texts = [c[-1]["content"] for c in completions]
-        scores = self.reward.score(contexts, texts)
-        if len(scores) != len(texts):
-            raise EasyRLHFError(f"reward '{self.reward.name}' returned {len(scores)} scores for {len(texts)} "
-                                f"answers; a reward function must return one float per answer", where="--reward")
-        return [float(s) for s in scores]
+        return score_with_columns(self.reward, contexts, texts, columns or {})
 
 
 def reward_model_judge(registry: Registry, model: ModelRef, batch_size: int, max_length: int,

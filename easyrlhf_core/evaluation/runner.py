@@ -129,6 +129,7 @@ class PolicyInputs:
     prompts: list[list[Message]]            # unique prompts, in data order
     prompt_ids: list[list[int]]
     pair_examples: list[tuple[list[int], list[int]]]  # chosen completions, then rejected ones
+    columns: dict[str, list[Any]] = field(default_factory=dict)  # the prompt rows' extra fields (e.g. answer)
 
 
 def _unique_prompts(prompts: list[list[Message]]) -> list[list[Message]]:
@@ -136,6 +137,16 @@ def _unique_prompts(prompts: list[list[Message]]) -> list[list[Message]]:
     for prompt in prompts:
         seen.setdefault(json.dumps(prompt, sort_keys=True), prompt)
     return list(seen.values())
+
+
+def _prompt_columns(records: list[dict[str, Any]], prompts: list[list[Message]]) -> dict[str, list[Any]]:
+    """The extra fields of prompt rows (an ``answer`` for the ``match`` reward), one value per unique prompt."""
+    first: dict[str, dict[str, Any]] = {}
+    for record in records:
+        first.setdefault(json.dumps(record["prompt"], sort_keys=True), record)
+    keys = sorted({k for r in first.values() for k in r if k != "prompt"})
+    rows = [first[json.dumps(p, sort_keys=True)] for p in prompts]
+    return {k: [row.get(k) for row in rows] for k in keys}
 
 
 def prepare_policy(request: EvalRequest, registry: Registry, policy: ModelRef) -> PolicyInputs:
@@ -177,9 +188,10 @@ def prepare_policy(request: EvalRequest, registry: Registry, policy: ModelRef) -
     if data.shape == Shape.PREFERENCE:
         for side in ("chosen", "rejected"):
             pair_examples += [chat.split_completion(tokenizer, r["prompt"], r[side]) for r in data.records]
+    columns = _prompt_columns(data.records, prompts) if data.shape == Shape.PROMPT else {}
     return PolicyInputs(policy=policy, reference=reference, judge=judge, data=data, tokenizer=tokenizer,
                         prompts=prompts, prompt_ids=[chat.prompt_ids(tokenizer, p) for p in prompts],
-                        pair_examples=pair_examples)
+                        pair_examples=pair_examples, columns=columns)
 
 
 @dataclass
@@ -268,7 +280,8 @@ def evaluate_policy(request: EvalRequest, registry: Registry, policy: ModelRef, 
                      if (mine.greedy or mine.sampled) else 0, request)
     if judge is not None:
         log(f"scoring answers with {judge.description}")
-        score = lambda answers: judge.score(inputs.prompts, [chat.as_completion(a.text) for a in answers])  # noqa: E731
+        score = lambda answers: judge.score(inputs.prompts, [chat.as_completion(a.text) for a in answers],  # noqa: E731
+                                            inputs.columns)
         greedy_scores = score(mine.greedy)
         metrics["reward_greedy_mean"] = mean(greedy_scores)
         if mine.sampled:

@@ -1,0 +1,53 @@
+"""Arithmetic: generated two-number sums, products and differences with their answers, a verifiable task
+for online RL (GRPO, RLOO, PPO) scored by the ``match`` reward. Nothing to download: the same prompts for
+the same seed, on every machine."""
+
+from __future__ import annotations
+
+import random
+
+from easyrlhf_core import hookimpl
+from easyrlhf_core.api import Dataset
+from easyrlhf_core.errors import ConfigError
+from easyrlhf_core.shapes import DataOptions, DataSplits, Record, Shape
+
+#: How many problems the dataset generates; the run holds eval_fraction of them out.
+SIZE = 2000
+GENERATOR_SEED = 1234
+INSTRUCTION = "Answer with the number only."
+
+
+def problem(rng: random.Random) -> Record:
+    """One problem: a prompt and its answer (the ``answer`` column the ``match`` reward reads)."""
+    op = rng.choice("+-*")
+    if op == "*":
+        a, b = rng.randint(2, 12), rng.randint(2, 12)
+    else:
+        a, b = rng.randint(10, 99), rng.randint(10, 99)
+    answer = {"+": a + b, "-": a - b, "*": a * b}[op]
+    return {"prompt": [{"role": "user", "content": f"What is {a} {op} {b}? {INSTRUCTION}"}], "answer": str(answer)}
+
+
+def problems(count: int = SIZE, seed: int = GENERATOR_SEED) -> list[Record]:
+    rng = random.Random(seed)
+    return [problem(rng) for _ in range(count)]
+
+
+class ArithmeticDataset(Dataset):
+    """Generated arithmetic prompts with an answer column."""
+
+    name = "arithmetic"
+    description = "generated arithmetic problems (+, -, *) with an 'answer' column, for the match reward"
+    shapes = frozenset({Shape.PROMPT})
+    fields = ()
+
+    def load(self, options: DataOptions) -> DataSplits:
+        if options.data_files:
+            raise ConfigError("dataset 'arithmetic' generates its problems; drop --data-files (or use --dataset "
+                              "jsonl for your own file)", where="--data-files")
+        return DataSplits(options.shape, problems(), [], notes=[f"arithmetic: {SIZE} generated problems"])
+
+
+@hookimpl
+def register_datasets(register):
+    register(ArithmeticDataset)
