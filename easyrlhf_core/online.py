@@ -51,6 +51,9 @@ class RewardsChoice(RewardChoice):
         parent = getattr(super(), "__post_init__", None)
         if parent is not None:
             parent()
+        if self.reward_options and self.reward is None and self.reward_model is None and self.rewards:
+            raise invalid("reward_options", "belong to --reward / --reward-model; with several rewards give each "
+                                            "its own: rewards: [{reward: NAME, options: {...}}]")
         for i, spec in enumerate(self.rewards):
             where = f"rewards[{i}]"
             if not isinstance(spec, dict):

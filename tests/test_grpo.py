@@ -129,6 +129,7 @@ def test_match_reads_the_dataset_column(cli_run, tiny_model_dir, prompts, tmp_pa
     (["--set", "reward_options.letter=e"], "a reward is needed"),
     (["--set", "rewards=[{reward: length, wieght: 2}]"], "unknown key(s) wieght"),
     (["--reward", "count-letter", "--set", "reward_options.lettr=e"], "unknown option(s) lettr (did you mean 'letter'?)"),
+    (["--reward", "count-letter", "--reward", "length", "--set", "reward_options.target=3"], "with several rewards"),
 ])
 def test_bad_configs_fail_before_anything_is_written(cli_run, tiny_model_dir, prompts, tmp_path, extra, message):
     out = tmp_path / "never"
