@@ -52,8 +52,37 @@ def handle_errors(func: Callable[..., Any]) -> Callable[..., Any]:
     return wrapper
 
 
+def _print_versions(ctx: click.Context, _param: Any, value: bool) -> None:
+    """``--version``: ours, the libraries a bug report needs, and whether a GPU is visible."""
+    if not value or ctx.resilient_parsing:
+        return
+    click.echo(version_report())
+    ctx.exit()
+
+
+def version_report() -> str:
+    import importlib.metadata as metadata
+    import platform
+
+    lines = [f"easyrlhf {__version__}", f"python {platform.python_version()} ({platform.system()} {platform.machine()})"]
+    for package in ("torch", "transformers", "trl", "peft", "accelerate", "datasets", "deepspeed"):
+        try:
+            lines.append(f"{package} {metadata.version(package)}")
+        except metadata.PackageNotFoundError:
+            lines.append(f"{package} not installed")
+    try:
+        import torch
+
+        gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        lines.append(f"gpu: {gpus} visible ({torch.cuda.get_device_name(0)})" if gpus else "gpu: none visible (CPU)")
+    except Exception as exc:  # a broken torch install is worth reporting, not a traceback
+        lines.append(f"gpu: unknown ({type(exc).__name__}: {exc})")
+    return "\n".join(lines)
+
+
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
-@click.version_option(__version__, prog_name="easyrlhf")
+@click.option("--version", is_flag=True, expose_value=False, is_eager=True, callback=_print_versions,
+              help="Show the versions of easyrlhf and its libraries, and whether a GPU is visible.")
 @click.option("--debug", is_flag=True, help="Show full tracebacks on errors.")
 @click.pass_context
 def cli(ctx: click.Context, debug: bool) -> None:

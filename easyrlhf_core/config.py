@@ -138,8 +138,13 @@ class BaseConfig:
             raise invalid("eval_steps", "must be a positive integer, or empty")
         if self.save_adapter_only and not self.lora.enabled:
             raise invalid("save_adapter_only", "needs LoRA: add --lora (or lora.enabled: true)")
-        if self.deepspeed is not None and not Path(self.deepspeed).is_file():
-            raise invalid("deepspeed", f"file not found: {self.deepspeed}")
+        if self.deepspeed is not None:
+            from .presets import deepspeed_presets, resolve_deepspeed
+
+            self.deepspeed = resolve_deepspeed(self.deepspeed)  # a shipped preset by name: --deepspeed zero3
+            if not Path(self.deepspeed).is_file():
+                raise invalid("deepspeed", f"file not found: {self.deepspeed}; give a DeepSpeed JSON file or a "
+                                           f"shipped preset: {', '.join(deepspeed_presets())}")
 
     def validate_for_run(self) -> None:
         """Checks that only a run needs, e.g. a required option without a default (PPO's reward);
@@ -169,12 +174,16 @@ class Layer:
 
 
 def load_yaml_layer(path: str | Path) -> Layer:
-    """Read a YAML config file, remembering the line of every key."""
-    path = Path(path)
+    """Read a YAML config file (or a shipped method config by name: ``--config rlhf``), remembering the line
+    of every key."""
+    from .presets import method_configs, resolve_config_file
+
+    path = Path(resolve_config_file(str(path)))
     try:
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
-        raise ConfigError("config file not found; check the --config path", file=path) from None
+        raise ConfigError(f"config file not found; check the --config path, or name a shipped config: "
+                          f"{', '.join(method_configs())}", file=path) from None
     except UnicodeDecodeError as exc:
         raise ConfigError(f"not valid UTF-8 ({exc.reason})", file=path) from None
     try:

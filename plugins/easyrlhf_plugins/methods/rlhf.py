@@ -60,6 +60,10 @@ class RLHFConfig:
     rloo: RLOOConfig = option(RLOOConfig(), "RLOO stage (rl_method: rloo): as grpo.")
 
     def __post_init__(self) -> None:
+        if self.deepspeed is not None:  # a shipped preset by name, as for every method
+            from easyrlhf_core.presets import resolve_deepspeed
+
+            self.deepspeed = resolve_deepspeed(self.deepspeed)
         if self.max_steps == 0 or self.max_steps < -1:
             raise invalid("max_steps", "must be a positive integer, or -1 for each stage's own setting")
         for name in RL_METHODS:
