@@ -28,6 +28,9 @@ class Method(ABC):
     #: The data shape ``train`` consumes; the run loads it before any model does. ``None``: the method
     #: loads its own data (a pipeline of other methods, say).
     shape: ClassVar[Shape | None] = None
+    #: True for a pipeline that runs other methods as stages (:func:`easyrlhf_core.run.run_stage`): the
+    #: stages log and track themselves.
+    runs_stages: ClassVar[bool] = False
 
     def load_data(self, config: BaseConfig, registry: Registry) -> Any:
         """The data ``train`` gets as ``run.data``, read before any model loads and before the output

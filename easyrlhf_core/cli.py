@@ -158,7 +158,7 @@ def config_options(func: Callable[..., Any]) -> Callable[..., Any]:
     """The options shared by ``run`` and ``show-config``."""
     options = [
         click.option("--method", "-m", help="Alignment method (see `easyrlhf list-plugins`)."),
-        click.option("--config", "-c", "config_file", type=click.Path(dir_okay=False),
+        click.option("--config", "-c", "config_file",
                      help="YAML config file (method defaults < this file < flags < --set)."),
         click.option("--set", "set_options", multiple=True, metavar="KEY=VALUE",
                      help="Override any config key, e.g. --set beta=0.2 --set lora.r=8 (repeatable)."),

@@ -234,6 +234,14 @@ def parse_set_options(pairs: tuple[str, ...] | list[str]) -> Layer:
     return Layer(values=values, source="--set")
 
 
+def _plain(value: Any) -> Any:
+    """A nested mapping set key by key (``--set reward_options.a.b=1``), with every ``--set`` leaf parsed;
+    a top-level leaf stays as it is (:func:`coerce` reads it)."""
+    if isinstance(value, dict):
+        return {k: (v.parsed if isinstance(v, _RawString) else _plain(v)) for k, v in value.items()}
+    return value
+
+
 class _RawString:
     """A --set value: parsed as YAML, but the raw text is kept for string fields (``model=007``)."""
 
@@ -258,14 +266,15 @@ def resolve_config(cls: type, layers: list[Layer], method: str | None = None) ->
             located = layer.error(key, exc.message)
             raise located from None
         raise
-    object.__setattr__(config, "_explicit_keys", frozenset(provenance))
+    object.__setattr__(config, "_explicit_keys", {key: layer.is_file for key, layer in provenance.items()})
     return config
 
 
-def explicit_keys(config: Any) -> frozenset[str]:
-    """The dotted keys of ``config`` that a file, a flag or ``--set`` set (not left at the default), as
-    :func:`resolve_config` recorded them; empty for a config built otherwise."""
-    return getattr(config, "_explicit_keys", frozenset())
+def explicit_keys(config: Any) -> dict[str, bool]:
+    """The dotted keys of ``config`` that a file, a flag or ``--set`` set, each mapped to whether a config
+    file set it (a full dump such as ``show-config`` output sets every key), as :func:`resolve_config`
+    recorded them; empty for a config built otherwise."""
+    return getattr(config, "_explicit_keys", {})
 
 
 def _defaults_as_dict(cls: type) -> dict[str, Any]:
@@ -311,7 +320,7 @@ def _merge(cls: type, target: dict, incoming: dict, layer: Layer, prefix: str,
             _, value_type = typing.get_args(hint_type) or (Any, Any)
             merged = dict(target.get(key) or {})
             for name, item in value.items():
-                merged[name] = coerce(item, value_type, f"{dotted}.{name}", layer)
+                merged[name] = coerce(_plain(item), value_type, f"{dotted}.{name}", layer)
                 provenance[f"{dotted}.{name}"] = layer
             target[key] = merged
             provenance[dotted] = layer

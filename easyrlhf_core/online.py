@@ -106,7 +106,8 @@ def score_with_columns(reward: RewardFunction, prompts: list[list[Message]], com
     completion) when its ``score`` takes a ``columns`` argument; one float per completion, checked."""
     from .errors import PluginError
 
-    takes_columns = "columns" in inspect.signature(reward.score).parameters
+    parameters = inspect.signature(reward.score).parameters
+    takes_columns = "columns" in parameters or any(p.kind is p.VAR_KEYWORD for p in parameters.values())
     scores = reward.score(prompts, completions, columns=columns) if takes_columns else reward.score(prompts, completions)
     scores = list(scores)
     if len(scores) != len(completions):
@@ -132,10 +133,17 @@ class TRLRewardFunc:
         texts = [c[-1]["content"] if isinstance(c, list) else str(c) for c in completions]
         columns = {k: v for k, v in kwargs.items() if k not in TRL_REWARD_KWARGS}
         scores = score_with_columns(self.weighted.reward, messages, texts, columns)
-        if self.samples is not None:
+        if self.samples is not None and self.samples.training():
             state = kwargs.get("trainer_state")
             self.samples.record(int(getattr(state, "global_step", 0)) + 1, self.weighted.label, messages, texts, scores)
         return scores
+
+
+def record_columns(records: list[dict[str, Any]], skip: tuple[str, ...] = ("prompt",)) -> dict[str, list[Any]]:
+    """The extra fields of prompt records (``answer``, ...) as columns, one value per record, for
+    :func:`score_with_columns` (PPO and RRHF hand them to the rewards as GRPO and RLOO do)."""
+    keys = sorted({k for r in records for k in r if k not in skip})
+    return {k: [r.get(k) for r in records] for k in keys}
 
 
 def trl_reward_funcs(rewards: list[WeightedReward], samples: SampleLog | None = None
@@ -156,6 +164,11 @@ class SampleLog:
         self._pending: dict[str, list[float]] = {}
         self._batch: tuple[int, list[list[Message]], list[str]] | None = None
         self._written_step: int | None = None
+        self.trainer: Any = None  # set once the trainer exists: eval batches are scored too, and not logged
+
+    def training(self) -> bool:
+        model = getattr(self.trainer, "model", None)
+        return model is None or bool(getattr(model, "training", True))
 
     def record(self, step: int, label: str, prompts: list[list[Message]], completions: list[str],
                scores: list[float]) -> None:

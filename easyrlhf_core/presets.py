@@ -21,16 +21,16 @@ def deepspeed_presets() -> list[str]:
 
 
 def resolve_config_file(value: str) -> str:
-    """``--config``: an existing path as given, else a shipped method config by name (``rlhf``, ``rlhf.yaml``)."""
-    if Path(value).exists():
+    """``--config``: an existing file as given, else a shipped method config by name (``rlhf``, ``rlhf.yaml``)."""
+    if Path(value).is_file():
         return value
     shipped = CONFIGS_DIR / (value if value.endswith((".yaml", ".yml")) else f"{value}.yaml")
     return str(shipped) if shipped.is_file() and "/" not in value else value
 
 
 def resolve_deepspeed(value: str) -> str:
-    """``--deepspeed``: an existing path as given, else a shipped preset by name (``zero3``, ``zero3.json``)."""
-    if Path(value).exists():
+    """``--deepspeed``: an existing file as given, else a shipped preset by name (``zero3``, ``zero3.json``)."""
+    if Path(value).is_file():
         return value
     shipped = DEEPSPEED_DIR / (value if value.endswith(".json") else f"{value}.json")
     return str(shipped) if shipped.is_file() and "/" not in value else value

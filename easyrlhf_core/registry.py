@@ -137,22 +137,23 @@ def build_registry(extra_plugins: list[tuple[str, object]] | None = None) -> Reg
             continue
         seen.add(ep.name)
         package, version = _distribution_of(ep)
-        if ep.name in extra_names:  # registered by hand (a test of this plugin): that one counts
-            installed[id(next(p for n, p in extra if n == ep.name))] = PluginInfo(ep.name, package, version)
+        same = next((p for n, p in extra if n == ep.name and getattr(p, "__name__", None) == ep.value), None)
+        if same is not None:  # this plugin, registered by hand (its own tests): that registration counts
+            installed[id(same)] = PluginInfo(ep.name, package, version)
             continue
         info = PluginInfo(name=ep.name, package=package, version=version)
         try:
             module = ep.load()
+            if any(module is plugin for _, plugin in extra):  # installed and registered by hand: once
+                installed[id(module)] = info
+                continue
+            pm.register(module, name=ep.name if ep.name not in extra_names else f"{ep.name} ({package})")
+            info.description = _first_line(module.__doc__)
         except Exception as exc:  # a broken plugin must not break the others
             info.status, info.error = "error", f"{type(exc).__name__}: {exc}"
             registry.plugins.append(info)
             continue
-        if any(module is plugin for _, plugin in extra):  # installed and registered by hand: once
-            installed[id(module)] = info
-            continue
         registry.plugins.append(info)
-        pm.register(module, name=ep.name)
-        info.description = _first_line(module.__doc__)
         loaded.append((info, module))
     for name, plugin in extra:
         known = installed.get(id(plugin))

@@ -356,13 +356,11 @@ def run_stage(parent: Run, method: Method, config: BaseConfig, data: Any, output
     """Run ``method`` as one stage of ``parent``'s run (a pipeline), into ``output_dir`` below the parent's
     locked directory, with the usual run layout: skipped when complete, resumed when started, else new.
     Returns the stage's ``model/``."""
-    from .rundir import contents
-
     if is_complete_run(output_dir):
         parent.log(f"{parent.method.name}: {method.name} stage already complete in {output_dir}; skipped")
         return output_dir / MODEL_DIR
     config.validate_for_run()
-    resume = bool(contents(output_dir))
+    resume = parent.resume  # the same on every rank (a stage dir's contents may be mid-write on rank 0)
     if parent.is_main_process:
         output_dir.mkdir(parents=True, exist_ok=True)
         if not (resume and (output_dir / CONFIG_FILE).exists()):
@@ -465,7 +463,7 @@ def execute(run: Run) -> None:
                 f"process{'es' if processes > 1 else ''} = {per_device * accumulation * processes} examples "
                 f"per optimizer step (global)")
     report_to = [name for name in getattr(config, "report_to", []) if name != "none"]
-    if report_to and run.is_main_process:
+    if report_to and run.is_main_process and not run.method.runs_stages:  # a pipeline's stages track themselves
         from .tracking import Trackers
 
         run.trackers = Trackers(report_to, run.logs_dir, run.output_dir.name, config, run.resume, run.log)

@@ -20,7 +20,7 @@ A method on a TRL trainer is a config and a ``build_trainer``::
             tokenizer, model = run_tokenizer(run, path), run_policy(run, path)
             train, evaluation = data_splits(run)
             args = trl_arguments(CPOConfig, run, has_eval=evaluation is not None, loss_type="simpo",
-                                 beta=run.config.beta)
+                                 cpo_alpha=0.0, beta=run.config.beta)
             trainer = CPOTrainer(model=model, args=args, train_dataset=train, eval_dataset=evaluation,
                                  processing_class=tokenizer, peft_config=lora_config(run.config, "CAUSAL_LM"))
             return trainer, tokenizer
@@ -253,7 +253,7 @@ def data_splits(run: Run) -> tuple[Any, Any]:
 def training_arguments(config: BaseConfig, run: Run, has_eval: bool) -> dict[str, Any]:
     """Keyword arguments for ``TrainingArguments`` (or a TRL ``*Config``) from the shared options: output
     under ``OUTPUT_DIR/checkpoints``, seed, steps, optimiser, batch sizes, logging / eval / save cadence,
-    precision, gradient checkpointing, DeepSpeed, ``report_to``. Override any of them by keyword in
+    precision, gradient checkpointing, DeepSpeed, ``report_to="none"`` (our tracking logs the rows). Override any by keyword in
     :func:`trl_arguments`."""
     from .hf import training_arguments as arguments
 

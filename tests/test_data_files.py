@@ -210,3 +210,15 @@ def test_json_lines_in_a_json_file_and_blank_lines(tmp_path):
     with pytest.raises(DataError) as info:
         list(iter_rows(not_objects, BadRows()))
     assert str(info.value) == f"{not_objects}:2: expected a JSON object per line, got a list"
+
+
+def test_prompt_rows_keep_their_extra_fields_with_one_type_each(tmp_path):
+    from easyrlhf_plugins.data.jsonl import JsonlDataset
+
+    good = write_jsonl(tmp_path / "good.jsonl", [{"prompt": "2+2?", "answer": "4"}, {"prompt": "3+3?", "answer": "6",
+                                                                                      "source": None}])
+    records = load(JsonlDataset, Shape.PROMPT, [good]).train
+    assert sorted(r["answer"] for r in records) == ["4", "6"]
+    mixed = write_jsonl(tmp_path / "mixed.jsonl", [{"prompt": "2+2?", "answer": "4"}, {"prompt": "3+3?", "answer": 6}])
+    with pytest.raises(DataError, match=r"mixed.jsonl:2: field 'answer' is a number here but a string in earlier"):
+        load(JsonlDataset, Shape.PROMPT, [mixed])

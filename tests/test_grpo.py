@@ -122,7 +122,6 @@ def test_match_reads_the_dataset_column(cli_run, tiny_model_dir, prompts, tmp_pa
 
 
 @pytest.mark.parametrize("extra, message", [
-    (["--set", "num_generations=3"], "must be a multiple of num_generations"),
     (["--set", "num_generations=1"], "at least 2"),
     (["--set", "use_vllm=true"], "use_vllm needs"),
     (["--set", "loss_type=ppo"], "one of 'grpo', 'dr_grpo', 'dapo'"),
@@ -187,3 +186,24 @@ def test_the_arithmetic_dataset_pairs_with_match(easyrlhf_cli):
     assert right == [1.0]
     listed = json.loads(easyrlhf_cli("list-plugins", "--json").stdout)
     assert any(d["name"] == "arithmetic" for d in listed["datasets"])
+
+
+def test_ppo_reads_the_dataset_columns_too(cli_run, tiny_model_dir, tmp_path):
+    out = tmp_path / "ppo-match"
+    result = cli_run("run", "--method", "ppo", "--model", str(tiny_model_dir), "--dataset", "arithmetic", "--reward",
+                     "match", "--max-steps", "1", "--output-dir", str(out), "--set", "max_new_tokens=4",
+                     "--set", "rollout_batch_size=4", "--set", "max_train_samples=8", "--set", "max_eval_samples=0",
+                     "--set", "save_steps=0")
+    assert result.exit_code == 0, result.stderr
+    row = json.loads((out / "metrics.jsonl").read_text().splitlines()[0])
+    assert 0.0 - 1.0 <= row["score"] <= 1.0  # match scores in {0, 1}, minus the missing-EOS penalty
+
+
+def test_a_batch_that_does_not_split_into_groups_is_one_line_and_leaves_nothing(cli_run, tiny_model_dir, prompts,
+                                                                               tmp_path):
+    out = tmp_path / "never"
+    result = cli_run(*args("grpo", tiny_model_dir, prompts, out, "--reward", "length", "--set", "num_generations=3"))
+    assert result.exit_code == 2  # TRL's check (it counts every process), in our voice
+    errors = [line for line in result.stderr.splitlines() if line.startswith("Error:")]
+    assert len(errors) == 1 and errors[0].startswith("Error: num_generations: ") and "multiple of num_generations" in errors[0]
+    assert "Traceback" not in result.stderr and not out.exists()

@@ -46,3 +46,12 @@ def test_the_wheel_carries_what_the_docs_reference(tmp_path):
     entry_points = next(n for n in names if n.endswith("entry_points.txt"))
     text = zipfile.ZipFile(wheel).read(entry_points).decode()
     assert "grpo = easyrlhf_plugins.methods.grpo" in text and "easyrlhf = easyrlhf_core.testing" in text
+
+
+def test_a_directory_named_like_a_preset_does_not_shadow_it(cli_run, tmp_path, monkeypatch):
+    (tmp_path / "zero2").mkdir()
+    (tmp_path / "rlhf").mkdir()
+    monkeypatch.chdir(tmp_path)
+    result = cli_run("show-config", "--config", "rlhf", "--no-comments", "--set", "deepspeed=zero2")
+    assert result.exit_code == 0, result.stderr
+    assert "configs/deepspeed/zero2.json" in result.stdout

@@ -140,3 +140,19 @@ def test_the_rl_stage_is_selectable(tiny_model_dir, cli_run, tmp_path):
     assert (out / "model").resolve() == (out / "grpo" / "model").resolve()
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in rows] == [1, 2, 3] and "grpo/loss" in rows[2]
+
+
+def test_a_full_config_dump_still_lets_top_level_flags_reach_the_stages(tmp_path):
+    from easyrlhf_core.run import RunRequest, resolve
+    from easyrlhf_plugins.methods.rlhf import stage_config
+
+    _, config = resolve(RunRequest(method=None, config_file="rlhf", flags={"max_steps": 20, "lora.enabled": True}))
+    for stage in ("sft", "rm", "ppo"):
+        cfg = stage_config(config, stage, tmp_path / stage)
+        assert cfg.max_steps == 20 and cfg.lora.enabled, stage
+
+
+def test_rm_model_with_an_rl_stage_that_names_its_own_reward_is_refused(cli_run, tmp_path, tiny_model_dir):
+    result = cli_run("run", "--method", "rlhf", "--output-dir", str(tmp_path / "x"), "--set", f"rm.model={tiny_model_dir}",
+                     "--set", "ppo.reward=length")
+    assert result.exit_code == 2 and "'rm.model' is used only when the ppo stage is scored by the reward model" in result.stderr

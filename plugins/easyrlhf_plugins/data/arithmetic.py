@@ -29,8 +29,13 @@ def problem(rng: random.Random) -> Record:
 
 
 def problems(count: int = SIZE, seed: int = GENERATOR_SEED) -> list[Record]:
+    """``count`` distinct problems (so a held-out one is never also a training one)."""
     rng = random.Random(seed)
-    return [problem(rng) for _ in range(count)]
+    seen: dict[str, Record] = {}
+    while len(seen) < count:
+        record = problem(rng)
+        seen.setdefault(record["prompt"][0]["content"], record)
+    return list(seen.values())
 
 
 class ArithmeticDataset(Dataset):

@@ -34,6 +34,7 @@ class RowReader:
     def __init__(self, shape: Shape, columns: dict[str, str]) -> None:
         self.shape, self.columns = shape, columns
         self.counts: Counter[str] = Counter()
+        self.extra_types: dict[str, str] = {}  # a prompt row's extra fields: one JSON type per column
 
     def __call__(self, row: Any) -> Record | None:
         if not isinstance(row, dict):
@@ -61,13 +62,25 @@ class RowReader:
             get_field(row, "messages", self.columns)  # raises, naming the missing field
         if has("prompt"):  # the row's other fields ride along: online rewards read them (an answer, a test)
             used = {self._name(f) for f in FIELDS}
-            return {"prompt": self._prompt(row), **{k: v for k, v in row.items() if k not in used}}
+            return {"prompt": self._prompt(row), **self._extras({k: v for k, v in row.items() if k not in used})}
         if has("messages"):
             return conversation_to(self._messages(row, "messages", "user"), Shape.PROMPT, self._name("messages"))
         if has("chosen"):
             return self._from_pair(row)
         get_field(row, "prompt", self.columns)  # raises, naming the missing field
         return None
+
+    def _extras(self, extras: dict[str, Any]) -> dict[str, Any]:
+        """Extra fields, each column of one JSON type (the rows become one Arrow table)."""
+        for key, value in extras.items():
+            if value is None:
+                continue
+            kind = json_type(value)
+            seen = self.extra_types.setdefault(key, kind)
+            if kind != seen:
+                raise RowProblem(f"field '{key}' is {kind} here but {seen} in earlier rows; give every row's "
+                                 f"'{key}' the same type (quote the numbers, say)")
+        return extras
 
     # -- fields --------------------------------------------------------------------------------------
     def _name(self, field: str) -> str:

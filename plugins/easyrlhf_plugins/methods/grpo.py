@@ -25,8 +25,8 @@ class OnlineConfig(RewardsChoice, TrainerConfig):
     """What GRPO and RLOO share; names as TRL's configs name them."""
 
     learning_rate: float = option(1e-6, "Peak learning rate (TRL's default for GRPO and RLOO).")
-    per_device_train_batch_size: int = option(4, "Completions per device per step (a multiple of num_generations "
-                                                 "with steps_per_generation, as TRL requires).")
+    per_device_train_batch_size: int = option(4, "Completions per device per micro-batch; x processes x "
+                                                 "steps_per_generation must be a multiple of num_generations.")
     per_device_eval_batch_size: int = option(4, "Eval completions per device per pass.")
     max_length: int = option(512, "Prompt + completion tokens at most; longer prompts are dropped.")
     num_generations: int = option(4, "Completions sampled per prompt, the group the advantages compare "
@@ -38,8 +38,8 @@ class OnlineConfig(RewardsChoice, TrainerConfig):
     epsilon: float = option(0.2, "Clip range of the policy ratio.")
     epsilon_high: float | None = option(None, "Upper clip range (DAPO's clip-higher); empty: epsilon.")
     num_iterations: int = option(1, "Updates per generated batch (PPO-style epochs; 1: on-policy).")
-    steps_per_generation: int | None = option(None, "Optimizer steps per generation round; empty: "
-                                                    "gradient_accumulation_steps.")
+    steps_per_generation: int | None = option(None, "Micro-batches trained per generation round (TRL's count); "
+                                                    "empty: gradient_accumulation_steps.")
     mask_truncated_completions: bool = option(False, "Leave completions cut at max_completion_length out of the loss.")
     use_vllm: bool = option(False, "Generate with vLLM (CUDA GPUs and the vllm package).")
     vllm_mode: Literal["colocate", "server"] = option("colocate", "vLLM in the training processes, or a `trl "
@@ -64,14 +64,6 @@ class OnlineConfig(RewardsChoice, TrainerConfig):
             raise invalid("epsilon", "must be > 0, and epsilon_high (if set) at least epsilon")
         if self.num_sample_completions < 0:
             raise invalid("num_sample_completions", "must be >= 0")
-        steps = self.steps_per_generation or self.gradient_accumulation_steps
-        if (self.per_device_train_batch_size * steps) % self.num_generations:
-            raise invalid("per_device_train_batch_size", f"x steps_per_generation ({steps}) must be a multiple of "
-                                                         f"num_generations ({self.num_generations}): each prompt's "
-                                                         f"group is generated together")
-        if self.per_device_eval_batch_size % self.num_generations:
-            raise invalid("per_device_eval_batch_size", f"must be a multiple of num_generations "
-                                                        f"({self.num_generations})")
 
     def validate_for_run(self) -> None:
         """The rewards exist and take their options; vLLM can run here. Before data or models load."""
@@ -145,11 +137,18 @@ class OnlineMethod(TrainerMethod):
         run.log(f"{self.name}: rewards " + ", ".join(f"{r.label} x {r.weight:g}" for r in rewards) +
                 f"; {config.num_generations} completions per prompt")
         config_class, trainer_class = (getattr(trl, n) for n in self.trl_names)
-        args = trl_arguments(config_class, run, has_eval=bool(evaluation), reward_weights=weights,
-                             **config.trl_fields())
-        trainer = trainer_class(model=model, reward_funcs=funcs, args=args, train_dataset=as_dataset(train),
-                                eval_dataset=as_dataset(evaluation) if evaluation else None,
-                                processing_class=tokenizer, peft_config=lora_config(config, "CAUSAL_LM"))
+        try:  # TRL checks the batch against num_generations across all processes, in its config and trainer
+            args = trl_arguments(config_class, run, has_eval=bool(evaluation), reward_weights=weights,
+                                 **config.trl_fields())
+            trainer = trainer_class(model=model, reward_funcs=funcs, args=args, train_dataset=as_dataset(train),
+                                    eval_dataset=as_dataset(evaluation) if evaluation else None,
+                                    processing_class=tokenizer, peft_config=lora_config(config, "CAUSAL_LM"))
+        except ValueError as exc:
+            if "num_generations" in str(exc) or "number of generations" in str(exc):
+                raise ConfigError(f"{exc} (per_device_train_batch_size x processes x steps_per_generation must be "
+                                  f"a multiple of num_generations)", where="num_generations") from None
+            raise
+        samples.trainer = trainer
         describe_trainable(run, trainer.model)
         return trainer, tokenizer
 

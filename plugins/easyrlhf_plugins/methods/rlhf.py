@@ -31,7 +31,7 @@ STAGE_GROUPS = ("sft", "rm", *RL_METHODS)
 @dataclass
 class RLHFConfig:
     """The pipeline's options. Shared options set here (model, seed, max_steps, precision, lora, ...)
-    apply to every stage that leaves its own at the default; ``sft``, ``rm`` and ``ppo`` hold each
+    apply to every stage that does not set its own; ``sft``, ``rm`` and ``ppo`` hold each
     stage's options. In a stage group, ``model`` means "use this trained model as the stage's result and
     skip training it" (``--set rm.model=PATH``)."""
 
@@ -48,7 +48,7 @@ class RLHFConfig:
     max_train_samples: int | None = option(None, "Training examples per stage at most.")
     max_eval_samples: int | None = option(200, "Evaluation examples per stage at most.")
     report_to: list[str] = option([], "Live trackers for every stage, e.g. [tensorboard]: stages under "
-                                      "OUTPUT_DIR/logs/{sft,rm,ppo}.")
+                                      "OUTPUT_DIR/logs/<stage>.")
     rl_method: Literal["ppo", "grpo", "rloo"] = option(
         "ppo", "The RL stage: ppo (the InstructGPT recipe, default), grpo or rloo; its options are in its group.")
     sft: SFTConfig = option(SFTConfig(), "SFT stage: conversations (hh-rlhf chosen side, or slimorca).")
@@ -70,6 +70,9 @@ class RLHFConfig:
             if getattr(self, name).model is not None:
                 raise invalid(f"{name}.model", f"{name.upper()} starts from the SFT stage's model; to skip SFT give "
                                                f"sft.model=PATH instead")
+        if self.rm.model is not None and self.rl_has_reward():
+            raise invalid("rm.model", f"is used only when the {self.rl_method} stage is scored by the reward model; "
+                                      f"{self.rl_method} names its own reward: drop one of them")
         if self.rl.reward_model is not None and self.rm.model is not None:
             raise invalid(f"{self.rl_method}.reward_model", "conflicts with rm.model; give the trained reward model "
                                                             "once, as rm.model")
@@ -114,17 +117,32 @@ def stage_config(config: RLHFConfig, name: str, output_dir: Path) -> Any:
 
     stage = getattr(config, name)
     given = explicit_keys(config)
+
+    def set_here(dotted: str, value: Any, default: Any) -> bool:
+        """Set by the user: by a flag or --set, or by a file to something else than the default (a full
+        dump, such as configs/rlhf.yaml or a run's config.yaml, lists every key at its default)."""
+        return dotted in given and (not given[dotted] or value != default)
+
     inherited: dict[str, Any] = {}
     for key in SHARED:
         value = getattr(config, key)
         if dataclasses.is_dataclass(value):  # a group (lora): field by field
+            top_default, stage_default = _default(RLHFConfig, key), _default(type(stage), key)
             fields = {f.name: getattr(value, f.name) for f in dataclasses.fields(value)
-                      if f"{key}.{f.name}" in given and f"{name}.{key}.{f.name}" not in given}
+                      if set_here(f"{key}.{f.name}", getattr(value, f.name), getattr(top_default, f.name))
+                      and not set_here(f"{name}.{key}.{f.name}", getattr(getattr(stage, key), f.name),
+                                       getattr(stage_default, f.name))}
             if fields:
                 inherited[key] = dataclasses.replace(getattr(stage, key), **fields)
-        elif key in given and f"{name}.{key}" not in given:
+        elif (set_here(key, value, _default(RLHFConfig, key))
+              and not set_here(f"{name}.{key}", getattr(stage, key), _default(type(stage), key))):
             inherited[key] = value
     return dataclasses.replace(stage, output_dir=str(output_dir), **inherited)
+
+
+def _default(cls: type, name: str) -> Any:
+    f = next(f for f in dataclasses.fields(cls) if f.name == name)
+    return f.default_factory() if f.default is dataclasses.MISSING else f.default  # type: ignore[misc]
 
 
 class RLHFPipeline(Method):
@@ -134,6 +152,7 @@ class RLHFPipeline(Method):
     description = "The whole InstructGPT pipeline: SFT, then a reward model, then PPO (or rl_method: grpo | rloo)"
     config_class = RLHFConfig
     shape = None
+    runs_stages = True
 
     def load_data(self, config: RLHFConfig, registry: Registry) -> dict[str, DataSplits]:
         """Every stage's data, read before any model loads: bad data fails in seconds, not hours."""

@@ -19,6 +19,7 @@ from easyrlhf_core import lm
 from easyrlhf_core.checkpoints import remove_checkpoints_after
 from easyrlhf_core.hf import check_ranks_agree
 from easyrlhf_core.metrics import drop_rows_after
+from easyrlhf_core.online import record_columns, score_with_columns
 from easyrlhf_core.run import RunInterrupted, StopSignals
 
 from . import core
@@ -187,7 +188,7 @@ class PPOTrainer:
         def score(responses: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
             began = time.perf_counter()
             texts.extend(self._texts(responses, mask))
-            values = self.reward_fn.score([p["prompt"] for p in prompts], texts)
+            values = score_with_columns(self.reward_fn, [p["prompt"] for p in prompts], texts, record_columns(prompts))
             score_time[0] = time.perf_counter() - began
             return torch.tensor(values, dtype=torch.float32, device=responses.device)
 
@@ -305,7 +306,9 @@ class PPOTrainer:
             chunk = mine[start:start + size]
             _, _, responses = self.sample([self.eval_ids[i] for i in chunk])
             mask, has_stop = core.response_mask(responses, self.stop_ids)
-            scores = self.reward_fn.score([self.eval_prompts[i]["prompt"] for i in chunk], self._texts(responses, mask))
+            records = [self.eval_prompts[i] for i in chunk]
+            scores = score_with_columns(self.reward_fn, [r["prompt"] for r in records], self._texts(responses, mask),
+                                        record_columns(records))
             totals += torch.tensor([sum(scores), float(mask.sum()), float(has_stop.sum()), len(chunk)],
                                    device=totals.device)
         totals = self.accelerator.reduce(totals, reduction="sum")

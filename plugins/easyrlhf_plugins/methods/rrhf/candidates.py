@@ -93,19 +93,16 @@ def reward_function(run: Run) -> RewardFunction:
 
 
 def score_all(reward: RewardFunction, prompts: list[list[Message]], completions: list[str],
-              log: Any = lambda _m: None) -> list[float]:
-    """Scores in chunks; the reward must return one number per completion."""
+              log: Any = lambda _m: None, columns: dict[str, list[Any]] | None = None) -> list[float]:
+    """Scores in chunks (:func:`easyrlhf_core.online.score_with_columns`: one number per completion, the
+    records' extra columns handed over to rewards that read them)."""
+    from easyrlhf_core.online import score_with_columns
+
     scores: list[float] = []
     for start in range(0, len(completions), SCORE_CHUNK):
-        chunk_prompts, chunk = prompts[start:start + SCORE_CHUNK], completions[start:start + SCORE_CHUNK]
-        got = list(reward.score(chunk_prompts, chunk))
-        if len(got) != len(chunk):
-            raise PluginError(f"reward function '{reward.name}' returned {len(got)} scores for {len(chunk)} "
-                              f"completions; it must return one per completion", where="--reward")
-        try:
-            scores.extend(float(s) for s in got)
-        except (TypeError, ValueError):
-            raise PluginError(f"reward function '{reward.name}' returned a non-number score", where="--reward")
+        part = slice(start, start + SCORE_CHUNK)
+        scores.extend(score_with_columns(reward, prompts[part], completions[part],
+                                         {k: v[part] for k, v in (columns or {}).items()}))
         if len(completions) > SCORE_CHUNK:
             log(f"scored {len(scores)}/{len(completions)} candidates")
     return scores
@@ -157,8 +154,11 @@ def build_candidates(records: list[Record], sampled: list[list[str]], reward: Re
     """Ranked records: sampled (+ dataset) responses per prompt, every one scored by ``reward``."""
     responses = [list(s) + (list(r["responses"]) if keep_dataset_responses else [])
                  for r, s in zip(records, sampled)]
-    flat_prompts = [r["prompt"] for r, rs in zip(records, responses) for _ in rs]
-    flat_scores = score_all(reward, flat_prompts, [x for rs in responses for x in rs], log)
+    from easyrlhf_core.online import record_columns
+
+    flat_records = [r for r, rs in zip(records, responses) for _ in rs]
+    flat_scores = score_all(reward, [r["prompt"] for r in flat_records], [x for rs in responses for x in rs], log,
+                            record_columns(flat_records, skip=("prompt", "responses", "scores", "generated")))
     out, at = [], 0
     for record, sampled_here, rs in zip(records, sampled, responses):
         out.append({"prompt": record["prompt"], "responses": rs, "scores": flat_scores[at:at + len(rs)],
