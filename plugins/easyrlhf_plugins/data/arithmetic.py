@@ -8,8 +8,10 @@ import random
 
 from easyrlhf_core import hookimpl
 from easyrlhf_core.api import Dataset
-from easyrlhf_core.errors import ConfigError
+from easyrlhf_core.rows import RowProblem, as_messages, get_field
 from easyrlhf_core.shapes import DataOptions, DataSplits, Record, Shape
+
+from .reader import iter_rows
 
 #: How many problems the dataset generates; the run holds eval_fraction of them out.
 SIZE = 2000
@@ -47,10 +49,19 @@ class ArithmeticDataset(Dataset):
     fields = ()
 
     def load(self, options: DataOptions) -> DataSplits:
-        if options.data_files:
-            raise ConfigError("dataset 'arithmetic' generates its problems; drop --data-files (or use --dataset "
-                              "jsonl for your own file)", where="--data-files")
-        return DataSplits(options.shape, problems(), [], notes=[f"arithmetic: {SIZE} generated problems"])
+        """The generated problems; with ``data_files``, problems from those files instead (rows with a
+        ``prompt`` and an ``answer``: a held-out set of your own, say)."""
+        if not options.data_files:
+            return DataSplits(options.shape, problems(), [], notes=[f"arithmetic: {SIZE} generated problems"])
+        records = []
+        for entry in options.data_files:
+            for line, row in iter_rows(entry, options.bad_rows):
+                try:
+                    records.append({"prompt": as_messages(get_field(row, "prompt", {}), "prompt", "user"),
+                                    "answer": str(get_field(row, "answer", {}))})
+                except RowProblem as problem:
+                    options.bad_rows.report(problem, file=entry, line=line)
+        return DataSplits(options.shape, records, [], notes=[f"arithmetic: {len(records)} problems from files"])
 
 
 @hookimpl
