@@ -356,16 +356,19 @@ def run_stage(parent: Run, method: Method, config: BaseConfig, data: Any, output
     """Run ``method`` as one stage of ``parent``'s run (a pipeline), into ``output_dir`` below the parent's
     locked directory, with the usual run layout: skipped when complete, resumed when started, else new.
     Returns the stage's ``model/``."""
+    from .rundir import contents
+
     if is_complete_run(output_dir):
         parent.log(f"{parent.method.name}: {method.name} stage already complete in {output_dir}; skipped")
         return output_dir / MODEL_DIR
     config.validate_for_run()
     resume = parent.resume  # the same on every rank (a stage dir's contents may be mid-write on rank 0)
+    started = resume and bool(contents(output_dir))  # for the log line (main process) only
     if parent.is_main_process:
         output_dir.mkdir(parents=True, exist_ok=True)
         if not (resume and (output_dir / CONFIG_FILE).exists()):
             write_run_config(output_dir, method.name, config)
-    parent.log(f"{parent.method.name}: {method.name} stage{' (resuming)' if resume else ''} -> {output_dir}")
+    parent.log(f"{parent.method.name}: {method.name} stage{' (resuming)' if started else ''} -> {output_dir}")
     stage = Run(method, config, output_dir, data, parent.registry, resume=resume, progress=parent.progress)
     stage.logs_dir = parent.logs_dir / method.name  # one `tensorboard --logdir OUTPUT_DIR/logs` for the pipeline
     execute(stage)
