@@ -49,7 +49,7 @@ if TYPE_CHECKING:
     from .shapes import Record
 
 __all__ = [
-    "TrainerConfig", "TrainerMethod", "RewardChoice", "SamplingOptions",
+    "TrainerConfig", "TrainerMethod", "RewardChoice", "SamplingOptions", "check_sampling",
     "run_model_path", "run_tokenizer", "run_policy", "run_scalar_model", "seed_everything", "check_precision",
     "lora_config", "describe_trainable", "as_dataset", "data_splits", "trl_arguments", "training_arguments",
     "train_and_save", "deepspeed_installed",
@@ -122,15 +122,22 @@ class SamplingOptions:
             parent()
         if self.max_new_tokens <= 0:
             raise invalid("max_new_tokens", "must be a positive integer")
-        if self.temperature <= 0:
-            raise invalid("temperature", "must be > 0")
-        if self.top_k < 0:
-            raise invalid("top_k", "must be >= 0 (0: off)")
-        if not 0.0 < self.top_p <= 1.0:
-            raise invalid("top_p", "must be in (0, 1]")
+        check_sampling(self)
 
     def sampling_settings(self) -> dict[str, Any]:
         return {"temperature": self.temperature, "top_k": self.top_k, "top_p": self.top_p}
+
+
+def check_sampling(config: Any) -> None:
+    """``temperature`` > 0, ``top_k`` >= 0 and ``top_p`` in (0, 1] on any config that has them."""
+    from .config import invalid
+
+    if config.temperature <= 0:
+        raise invalid("temperature", "must be > 0")
+    if config.top_k < 0:
+        raise invalid("top_k", "must be >= 0 (0: off)")
+    if not 0.0 < config.top_p <= 1.0:
+        raise invalid("top_p", "must be in (0, 1]")
 
 
 # --------------------------------------------------------------------------------------------------

@@ -54,6 +54,17 @@ def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return out
 
 
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """One torch thread for the module's tests (the tiny model is faster so; the cores are shared)."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture
 def cli_run():
     """``cli_run("run", "--method", ...)`` -> click Result with ``exit_code``, ``stdout``, ``stderr``."""

@@ -60,13 +60,8 @@ def _third_party(easyrlhf_plugin):
 
 
 @pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+def _one_thread(one_torch_thread):
+    """The tiny model is faster on one thread (conftest's one_torch_thread)."""
 
 
 @pytest.mark.parametrize("method", ["grpo", "rloo"])

@@ -66,14 +66,8 @@ def _test_plugin():
 
 
 @pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    """The tiny model is faster on one thread, and the machine's cores are shared."""
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+def _one_thread(one_torch_thread):
+    """The tiny model is faster on one thread (conftest's one_torch_thread)."""
 
 
 SMALL = ["--set", "max_new_tokens=8", "--set", "rollout_batch_size=16", "--set", "per_device_train_batch_size=8",

@@ -10,10 +10,25 @@ from typing import TYPE_CHECKING, Any, Literal
 from easyrlhf_core import hookimpl
 from easyrlhf_core.config import invalid, option, require_positive
 from easyrlhf_core.errors import ConfigError, DataError
-from easyrlhf_core.online import SAMPLES_FILE, RewardsChoice, SampleLog, trl_reward_funcs
+from easyrlhf_core.online import (
+    SAMPLES_FILE,
+    RewardsChoice,
+    SampleLog,
+    trl_reward_funcs,
+)
 from easyrlhf_core.shapes import Shape
-from easyrlhf_core.training import (TrainerConfig, TrainerMethod, as_dataset, describe_trainable, lora_config,
-                                    run_model_path, run_policy, run_tokenizer, trl_arguments)
+from easyrlhf_core.training import (
+    TrainerConfig,
+    TrainerMethod,
+    as_dataset,
+    check_sampling,
+    describe_trainable,
+    lora_config,
+    run_model_path,
+    run_policy,
+    run_tokenizer,
+    trl_arguments,
+)
 
 if TYPE_CHECKING:
     from easyrlhf_core.run import Run
@@ -54,12 +69,7 @@ class OnlineConfig(RewardsChoice, TrainerConfig):
         if self.max_completion_length >= self.max_length:
             raise invalid("max_completion_length", f"must be below max_length ({self.max_length}), which also "
                                                    f"bounds the prompt")
-        if self.temperature <= 0:
-            raise invalid("temperature", "must be > 0")
-        if not 0.0 < self.top_p <= 1.0:
-            raise invalid("top_p", "must be in (0, 1]")
-        if self.top_k < 0:
-            raise invalid("top_k", "must be >= 0 (0: off)")
+        check_sampling(self)
         if self.epsilon <= 0 or (self.epsilon_high is not None and self.epsilon_high < self.epsilon):
             raise invalid("epsilon", "must be > 0, and epsilon_high (if set) at least epsilon")
         if self.num_sample_completions < 0:

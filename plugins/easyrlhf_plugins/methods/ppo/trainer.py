@@ -19,7 +19,7 @@ from easyrlhf_core import lm
 from easyrlhf_core.checkpoints import remove_checkpoints_after
 from easyrlhf_core.hf import check_ranks_agree
 from easyrlhf_core.metrics import drop_rows_after
-from easyrlhf_core.online import record_columns, score_with_columns
+from easyrlhf_core.online import SAMPLES_FILE, record_columns, score_with_columns
 from easyrlhf_core.run import RunInterrupted, StopSignals
 
 from . import core
@@ -34,7 +34,6 @@ if TYPE_CHECKING:
 
     from .config import PPOConfig
 
-SAMPLES_FILE = "samples.jsonl"
 VALUE_MODEL_DIR = "value_model"
 
 
