@@ -15,6 +15,7 @@ if TYPE_CHECKING:
     from .config import BaseConfig
     from .registry import Registry
     from .run import Run
+    from .summary import Finding
 
 
 class Method(ABC):
@@ -43,6 +44,12 @@ class Method(ABC):
     @abstractmethod
     def train(self, run: Run) -> None:
         """Train on ``run.data`` with ``run.config``; log with ``run.log_metrics``; save with ``run.save_model``."""
+
+    def what_changed(self, run: Run) -> list[Finding]:
+        """What training changed, for the end-of-run summary (``summary.json``): called on the main process
+        after ``train`` saved ``model/``. Default: nothing. A policy trained on preference pairs can return
+        :func:`easyrlhf_core.summary.held_out_pairs_change`."""
+        return []
 
 
 class Dataset(ABC):

@@ -346,19 +346,30 @@ def _method_options_text(method: str) -> str:
 
 
 @cli.command("plot")
-@click.argument("run_dir", type=click.Path(file_okay=False))
+@click.argument("run_dirs", nargs=-1, required=True, metavar="RUN_DIR [RUN_DIR ...]",
+                type=click.Path(file_okay=False))
+@click.option("--output-dir", "-o", type=click.Path(file_okay=False),
+              help="Where the PNGs go (default: RUN_DIR/plots for one run, ./plots-compare for several).")
 @handle_errors
-def plot_command(run_dir: str) -> None:
-    """Draw PNG curves of a run's metrics into RUN_DIR/plots."""
+def plot_command(run_dirs: tuple[str, ...], output_dir: str | None) -> None:
+    """Draw PNG curves of a run's metrics into RUN_DIR/plots. With several runs, overlay them: one figure per
+    key metric that at least two of the runs logged, one line per run, labelled with the run directory's
+    name (parent/name where names collide)."""
     from pathlib import Path
 
-    from .plots import plot_run
+    from .plots import plot_compare, plot_run
 
-    written = plot_run(Path(run_dir))
+    out = Path(output_dir) if output_dir else None
+    if len(run_dirs) == 1:
+        written = plot_run(Path(run_dirs[0]), out)
+        missing = "no numeric key metrics to plot"
+    else:
+        written = plot_compare([Path(d) for d in run_dirs], out or Path("plots-compare"))
+        missing = "no numeric key metric is logged by two or more of these runs"
     for path in written:
         click.echo(str(path))
     if not written:
-        click.echo("no numeric key metrics to plot", err=True)
+        click.echo(missing, err=True)
 
 
 @cli.command("eval")
@@ -404,6 +415,32 @@ def eval_command(data_files: str | None, reward_options: tuple[str, ...], as_jso
         click.echo(json.dumps(report.as_dict(), indent=2))
     else:
         render_table(report)
+
+
+@cli.command("chat")
+@click.argument("model_dir")
+@click.option("--prompt", help="Answer this one message and exit; the answer alone goes to stdout.")
+@click.option("--compare", metavar="OTHER_DIR",
+              help="A second model answering the same messages; answers are labelled with each model's name.")
+@click.option("--system", help="System message at the start of the conversation.")
+@click.option("--max-new-tokens", type=int, default=128, show_default=True, help="Answer length cap.")
+@click.option("--max-length", type=int, default=1024, show_default=True,
+              help="Token cap per prompt + answer; the oldest turns are dropped to fit.")
+@click.option("--sample/--no-sample", default=False, show_default=True,
+              help="Sample answers instead of greedy decoding.")
+@click.option("--temperature", type=float, default=1.0, show_default=True, help="With --sample: temperature.")
+@click.option("--top-k", type=int, default=0, show_default=True, help="With --sample: the k likeliest tokens; 0: off.")
+@click.option("--top-p", type=float, default=1.0, show_default=True, help="With --sample: nucleus mass; 1.0: off.")
+@click.option("--seed", type=int, default=42, show_default=True, help="With --sample: seed (set once).")
+@click.option("--trust-remote-code", is_flag=True, help="Allow custom model code (off by default).")
+@click.option("--debug", is_flag=True, help="Show full tracebacks on errors.")
+@handle_errors
+def chat_command(model_dir: str, prompt: str | None, compare: str | None, debug: bool, **options: Any) -> None:
+    """Chat with a causal LM (a model directory, Hub id or .gguf file) through its chat template, the answer
+    streamed as it is generated. Multi-turn: /reset clears the history, /quit or Ctrl-D leaves."""
+    from .chat_session import ChatSettings, run_chat
+
+    run_chat(model_dir, compare, prompt, ChatSettings(**options))
 
 
 def _key_values(items: tuple[str, ...], flag: str) -> dict[str, Any]:

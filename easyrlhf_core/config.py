@@ -98,6 +98,8 @@ class BaseConfig:
     output_dir: str | None = option(None, "Run directory; empty: runs/<method>-<timestamp>.")
     logging_steps: int = option(1, "Log metrics every N optimizer steps.")
     eval_steps: int | None = option(None, "Evaluate every N steps; empty: only at the end.")
+    final_eval: bool = option(True, "Evaluate on the eval split once more at the end (eval_* rows in metrics.jsonl); "
+                                    "false skips it (a method's run summary still scores its held-out examples).")
     save_steps: int = option(100, "Save a checkpoint every N steps (0: never).")
     save_total_limit: int = option(2, "Keep at most this many checkpoints.")
     report_to: list[str] = option([], "Live trackers, e.g. [tensorboard] or [wandb]: every metrics.jsonl row at its "

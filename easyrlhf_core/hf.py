@@ -197,7 +197,7 @@ def check_ranks_agree(run: Run, model: Any) -> None:
 
 def train_and_save(run: Run, trainer: Any, model_for_save: Any = None, tokenizer: Any = None) -> dict[str, Any]:
     """Run ``trainer.train`` (resuming when asked; stopping cleanly on SIGINT/SIGTERM with a checkpoint and
-    :class:`RunInterrupted`), evaluate once at the end, save ``model/``."""
+    :class:`RunInterrupted`), evaluate once at the end (unless ``final_eval`` is off), save ``model/``."""
     from transformers.trainer_callback import PrinterCallback
 
     trainer.remove_callback(PrinterCallback)  # metrics reach the progress display and metrics.jsonl instead
@@ -214,7 +214,8 @@ def train_and_save(run: Run, trainer: Any, model_for_save: Any = None, tokenizer
         raise RunInterrupted(stop.agreed, saved)
     check_ranks_agree(run, trainer.model)
     final: dict[str, Any] = {}
-    if getattr(trainer, "eval_dataset", None) is not None and len(trainer.eval_dataset) > 0:
+    wanted = getattr(run.config, "final_eval", True)
+    if wanted and getattr(trainer, "eval_dataset", None) is not None and len(trainer.eval_dataset) > 0:
         final = trainer.evaluate()
     model = model_for_save if model_for_save is not None else trainer.model
     tok = tokenizer if tokenizer is not None else getattr(trainer, "processing_class", None)

@@ -479,10 +479,29 @@ def execute(run: Run) -> None:
             run.trackers = None
     if run.is_main_process:
         finish_run_dir(run)
+        write_run_summary(run)
         (run.output_dir / COMPLETE_FILE).write_text(
             json.dumps({"finished": time.strftime("%Y-%m-%d %H:%M:%S"), "method": run.method.name,
                         "max_steps": getattr(config, "max_steps", None)}) + "\n", encoding="utf-8")
     run.log(f"done in {time.time() - run.started:.0f}s; model: {run.model_dir}")
+
+
+def write_run_summary(run: Run) -> None:
+    """The end-of-run summary (:mod:`easyrlhf_core.summary`); a pipeline's stages print their own. A failure
+    here is a warning: the trained model is already saved."""
+    if run.method.runs_stages or not run.model_dir.is_dir():
+        return
+    from .summary import build_summary, write_summary
+
+    try:
+        changed = run.method.what_changed(run)
+    except Exception as exc:
+        run.log(f"warning: could not score what changed for the summary: {type(exc).__name__}: {exc}")
+        changed = []
+    try:
+        write_summary(run, build_summary(run, changed))
+    except OSError as exc:
+        run.log(f"warning: could not write {run.output_dir / 'summary.json'}: {exc}")
 
 
 def finish_run_dir(run: Run) -> None:

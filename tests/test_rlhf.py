@@ -156,3 +156,58 @@ def test_rm_model_with_an_rl_stage_that_names_its_own_reward_is_refused(cli_run,
     result = cli_run("run", "--method", "rlhf", "--output-dir", str(tmp_path / "x"), "--set", f"rm.model={tiny_model_dir}",
                      "--set", "ppo.reward=length")
     assert result.exit_code == 2 and "'rm.model' is used only when the ppo stage is scored by the reward model" in result.stderr
+
+
+def _plan(flags: dict, set_options: list[str] | None = None, config_file: str | None = None):
+    from pathlib import Path
+
+    from easyrlhf_core.run import RunRequest, resolve
+
+    method, config = resolve(RunRequest(method="rlhf" if config_file is None else None, config_file=config_file,
+                                        flags=flags, set_options=set_options or []))
+    return method.plan(config, Path("unused"))
+
+
+def test_pipeline_data_flags_reach_every_stage_that_can_use_them(tmp_path):
+    files = [str(tmp_path / "a.jsonl")]
+    plan = _plan({"dataset": "hh-rlhf", "data_files": files})
+    assert all((cfg.dataset, cfg.data_files) == ("hh-rlhf", files) for cfg in plan.values())
+    # The same from a full config dump (every key listed at its default) with the flags on top.
+    plan = _plan({"data_files": files}, config_file="rlhf")
+    assert all(cfg.data_files == files for cfg in plan.values())
+
+
+def test_a_prompt_only_dataset_goes_to_the_rl_stage_alone():
+    plan = _plan({"dataset": "arithmetic"}, ["rl_method=grpo", "grpo.reward=match"])
+    assert plan["grpo"].dataset == "arithmetic"
+    assert plan["sft"].dataset == "hh-rlhf" and plan["rm"] is None  # rm skipped: grpo names its own reward
+
+
+def test_a_stage_that_sets_its_own_data_keeps_it(tmp_path):
+    plan = _plan({"dataset": "hh-rlhf", "data_files": [str(tmp_path / "pairs.jsonl")]},
+                 ["ppo.dataset=arithmetic"])
+    assert plan["ppo"].dataset == "arithmetic" and plan["ppo"].data_files == []
+    assert plan["rm"].data_files == [str(tmp_path / "pairs.jsonl")]
+
+
+def test_pipeline_data_flags_through_the_cli(cli_run, tiny_model_dir, tmp_path):
+    hh = tmp_path / "hh.jsonl"
+    rows = [{"chosen": f"\n\nHuman: Say {w}.\n\nAssistant: {w}!", "rejected": f"\n\nHuman: Say {w}.\n\nAssistant: no."}
+            for w in ("one", "two", "three", "four", "five", "six", "seven", "eight")]
+    hh.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    out = tmp_path / "run"
+    result = _pipeline(cli_run, tiny_model_dir, out, "--dataset", "hh-rlhf", "--data-files", str(hh))
+    assert result.exit_code == 0, result.stderr[-3000:]
+    for stage in ("sft", "rm", "ppo"):
+        saved = yaml.safe_load((out / stage / "config.yaml").read_text())
+        assert saved["data_files"] == [str(hh)], stage
+    sft_rows = json.loads((out / "sft" / "summary.json").read_text())["train_examples"]
+    assert sft_rows < 8  # the file's 8 conversations less the eval split, not the embedded 6,000
+
+
+def test_a_dataset_no_stage_can_use_is_one_line(cli_run, tiny_model_dir, tmp_path):
+    out = tmp_path / "run"
+    result = _pipeline(cli_run, tiny_model_dir, out, "--dataset", "arithmetic", "--set", "ppo.dataset=hh-rlhf")
+    assert result.exit_code == 2
+    assert "no stage can use dataset 'arithmetic'" in result.stderr.strip().splitlines()[-1], result.stderr
+    assert not out.exists()

@@ -30,4 +30,19 @@ def test_every_builtin_method_has_a_config_file():
 
     builtin = {name for name, entry in build_registry().methods.items() if entry.plugin.package == "easyrlhf"}
     assert builtin == set(BUILTIN_METHODS)
-    assert {p.stem for p in CONFIGS.glob("*.yaml")} == builtin
+    assert {p.stem for p in CONFIGS.glob("*.yaml")} == builtin | set(PRESETS)
+
+
+#: Shipped configs that are not a method's defaults but a chosen set of settings for one of them.
+PRESETS = {"quickstart": "dpo"}
+
+
+@pytest.mark.parametrize("preset, method", sorted(PRESETS.items()))
+def test_presets_name_their_method_and_only_change_real_options(cli_run, preset, method):
+    given = yaml.safe_load((CONFIGS / f"{preset}.yaml").read_text())
+    result = cli_run("show-config", "--config", preset, "--no-comments")
+    assert result.exit_code == 0, result.stderr
+    resolved = yaml.safe_load(result.stdout)
+    assert given["method"] == resolved["method"] == method
+    for key, value in given.items():
+        assert resolved[key] == value if not isinstance(value, dict) else resolved[key].items() >= value.items()

@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Any, Literal
 from easyrlhf_core import hookimpl
 from easyrlhf_core.config import invalid, option
 from easyrlhf_core.shapes import Shape
+from easyrlhf_core.summary import Finding, held_out_pairs_change, training_rows_finding
 from easyrlhf_core.training import (
     TrainerConfig,
     TrainerMethod,
@@ -33,11 +34,16 @@ class DPOConfig(TrainerConfig):
     precompute_ref_log_probs: bool = option(
         False, "Compute the reference model's log-probs once before training (no reference forward per step, "
                "no reference copy in memory).")
+    summary_pairs: int = option(
+        64, "Held-out pairs that the start model and the trained model both score at the end, for the run "
+            "summary (summary.json: preference before -> after, with intervals); 0 skips it.")
 
     def __post_init__(self) -> None:
         super().__post_init__()
         if self.beta <= 0:
             raise invalid("beta", "must be > 0")
+        if self.summary_pairs < 0:
+            raise invalid("summary_pairs", "must be >= 0 (0: no before/after scoring)")
 
 
 @dataclass
@@ -83,6 +89,11 @@ class DPOMethod(TrainerMethod):
                 f"(pairs whose prompt alone fills max_length={config.max_length} are dropped)")
         describe_trainable(run, trainer.model)
         return trainer, tokenizer
+
+
+    def what_changed(self, run: Run) -> list[Finding]:
+        return (training_rows_finding(run, "rewards/accuracies", "rewards/margins")
+                + held_out_pairs_change(run, run.config.summary_pairs))
 
 
 class IPOMethod(DPOMethod):

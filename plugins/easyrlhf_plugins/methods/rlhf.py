@@ -38,6 +38,11 @@ class RLHFConfig:
     model: str | None = option(None, "Starting model for SFT: Hub id, directory or .gguf; empty: the embedded "
                                      "SmolLM2-135M-Instruct.")
     output_dir: str | None = option(None, "Run directory (stages in sft/, rm/, ppo/); empty: runs/rlhf-<timestamp>.")
+    dataset: str = option("hh-rlhf", "Dataset plugin of every stage whose data it yields (hh-rlhf: all three; "
+                                      "a prompt-only dataset such as arithmetic: the RL stage only); a stage's "
+                                      "own `dataset` wins.")
+    data_files: list[str] = option([], "Local data files for `dataset`, given to the stages that take it.")
+    skip_bad_rows: bool = option(False, "Skip (and count) malformed data rows in every stage.")
     seed: int = option(42, "Random seed of every stage.")
     max_steps: int = option(-1, "Steps of every stage (PPO: iterations); -1: each stage's own setting.")
     precision: Literal["auto", "fp32", "bf16", "fp16"] = option("auto", "Precision of every stage.")
@@ -105,8 +110,29 @@ class RLHFConfig:
 
 
 #: Shared options that flow from the top of the config into every stage.
+#: Options that reach a stage only with the top-level dataset (see :func:`stage_data`).
+DATA_OPTIONS = ("dataset", "data_files")
 SHARED = tuple(f.name for f in dataclasses.fields(RLHFConfig)
-               if f.name not in ("model", "output_dir", "rl_method", *STAGE_GROUPS))
+               if f.name not in ("model", "output_dir", "rl_method", *STAGE_GROUPS, *DATA_OPTIONS))
+
+
+def stage_data(config: RLHFConfig, name: str, set_here: Any) -> dict[str, Any]:
+    """``dataset`` / ``data_files`` for stage ``name``: the top-level dataset, when the user set it (or its
+    files) and the stage did not set its own and the dataset yields the stage's shape; its files travel
+    with it."""
+    from easyrlhf_core.registry import get_registry
+
+    stage = getattr(config, name)
+    top_set = any(set_here(key, getattr(config, key), _default(RLHFConfig, key)) for key in DATA_OPTIONS)
+    own_set = any(set_here(f"{name}.{key}", getattr(stage, key), _default(type(stage), key)) for key in DATA_OPTIONS)
+    if not top_set or own_set:
+        return {}
+    registry = get_registry()
+    shape = registry.get("methods", name).shape
+    dataset_cls = registry.datasets.get(config.dataset)
+    if dataset_cls is None or shape not in dataset_cls.obj.shapes:
+        return {}
+    return {"dataset": config.dataset, "data_files": list(config.data_files)}
 
 
 def stage_config(config: RLHFConfig, name: str, output_dir: Path) -> Any:
@@ -123,7 +149,7 @@ def stage_config(config: RLHFConfig, name: str, output_dir: Path) -> Any:
         dump, such as configs/rlhf.yaml or a run's config.yaml, lists every key at its default)."""
         return dotted in given and (not given[dotted] or value != default)
 
-    inherited: dict[str, Any] = {}
+    inherited: dict[str, Any] = stage_data(config, name, set_here)
     for key in SHARED:
         value = getattr(config, key)
         if dataclasses.is_dataclass(value):  # a group (lora): field by field
@@ -179,11 +205,37 @@ class RLHFPipeline(Method):
         """Each stage's config (None for a stage given as a trained model)."""
         skip_rm = config.rm.model is not None or config.rl_has_reward()
         rl = config.rl_method
-        return {
+        plan = {
             "sft": None if config.sft.model else stage_config(config, "sft", output_dir / "sft"),
             "rm": None if skip_rm else stage_config(config, "rm", output_dir / "rm"),
             rl: stage_config(config, rl, output_dir / rl),
         }
+        self.check_dataset_used(config, plan)
+        return plan
+
+    @staticmethod
+    def check_dataset_used(config: RLHFConfig, plan: dict[str, Any]) -> None:
+        """A top-level ``dataset`` that no stage takes is a mistake worth one line, not a silent default."""
+        from easyrlhf_core.config import explicit_keys
+        from easyrlhf_core.registry import get_registry
+
+        given = explicit_keys(config)
+        if not any(key in given for key in DATA_OPTIONS):
+            return
+        if any(cfg is not None and cfg.dataset == config.dataset and cfg.data_files == list(config.data_files)
+               for cfg in plan.values()):
+            return
+        registry = get_registry()
+        entry = registry.datasets.get(config.dataset)
+        if entry is None:
+            raise ConfigError(f"unknown dataset '{config.dataset}'; `easyrlhf list-plugins` lists the datasets",
+                              where="dataset")
+        yields = ", ".join(sorted(str(s) for s in entry.obj.shapes)) or "nothing"
+        wants = ", ".join(f"{name}: {registry.get('methods', name).shape}" for name, cfg in plan.items()
+                          if cfg is not None)
+        raise ConfigError(f"no stage can use dataset '{config.dataset}' (it yields {yields}; the stages want "
+                          f"{wants}), or every stage sets its own; set it per stage, e.g. "
+                          f"--set {config.rl_method}.dataset={config.dataset}", where="dataset")
 
     def run_stage(self, run: Run, name: str, stage_cfg: Any, data: DataSplits, **models: Any) -> str:
         """Train one stage into ``OUTPUT_DIR/<name>`` (skipped when already complete); its model path."""

@@ -389,7 +389,8 @@ class PPOTrainer:
         if iteration % config.logging_steps == 0 or iteration == self.total_iterations:
             self.run.log_metrics(iteration, self.metrics(iteration, ro, adv, update, beta, timings))
             self.write_samples(iteration, prompts, texts, ro.scores)
-        if config.eval_steps and (iteration % config.eval_steps == 0 or iteration == self.total_iterations):
+        last = iteration == self.total_iterations and config.final_eval
+        if config.eval_steps and (iteration % config.eval_steps == 0 or last):
             self.evaluate(iteration)
         self.run.progress.advance_to(iteration)
 

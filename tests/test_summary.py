@@ -1,0 +1,76 @@
+"""The end-of-run summary: its figures are what a hand computation and `easyrlhf eval` give on the same pairs,
+and the README's quick start (`--config quickstart`) ends with one."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from easyrlhf_core import registry
+from easyrlhf_core.summary import PairScores, pair_findings
+
+from .test_methods_trl import ToyPlugin
+
+
+@pytest.fixture(autouse=True)
+def toy_plugin():
+    registry.register_plugin("toy-prefs-summary", ToyPlugin)
+    yield
+    registry.unregister_plugin("toy-prefs-summary")
+
+
+def test_pair_findings_match_a_hand_computation():
+    scores = PairScores(before_gaps=[0.5, -0.2, 0.0, -1.0], after_gaps=[0.6, 0.3, -0.1, -0.5],
+                        margin_changes=[1.0, 2.0, -1.0, 0.0])
+    held, moved = pair_findings(scores, seed=0)
+    assert held.figures["held_out_pairs"] == 4
+    assert held.figures["logprob_accuracy_before"] == pytest.approx(1 / 4 + 0.5 / 4)  # one win, one tie
+    assert held.figures["logprob_accuracy_after"] == pytest.approx(2 / 4)
+    assert moved.figures["moved_towards_chosen"] == pytest.approx((1 + 1 + 0 + 0.5) / 4)
+    assert moved.figures["margin_change_mean"] == pytest.approx(0.5)
+    low, high = moved.figures["margin_change_ci95"]
+    assert -1.0 <= low <= 0.5 <= high <= 2.0
+    assert "0.38 of 4 held-out pairs before -> 0.50 after" in held.text
+
+
+def test_dpo_summary_agrees_with_eval_on_the_same_pairs(cli_run, tiny_model_dir, tmp_path):
+    out = tmp_path / "dpo"
+    result = cli_run("run", "--method", "dpo", "--model", str(tiny_model_dir), "--dataset", "toy-prefs",
+                     "--output-dir", str(out), "--max-steps", "4", "--set", "max_length=128",
+                     "--set", "per_device_train_batch_size=4", "--set", "learning_rate=1e-3")
+    assert result.exit_code == 0, result.stderr[-3000:]
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["method"] == "dpo" and summary["steps"] == 4 and summary["train_examples"] == 16
+    assert summary["model_dir"] == str(out / "model")
+    figures = {k: v for finding in summary["changed"] for k, v in finding["figures"].items()}
+    assert figures["held_out_pairs"] == 8  # the toy dataset's eval split
+    assert "train_accuracy" in figures
+    assert any(c.startswith(f"easyrlhf chat {out / 'model'} --compare {tiny_model_dir}")
+               for c in summary["next_commands"])
+    assert "Summary" in result.stderr and "moved towards the chosen answer" in result.stderr
+
+    report = cli_run("eval", "--model", str(out / "model"), "--reference", str(tiny_model_dir), "--dataset",
+                     "toy-prefs", "--split", "eval", "--max-length", "128", "--max-new-tokens", "8", "--json")
+    assert report.exit_code == 0, report.stderr[-3000:]
+    metrics = json.loads(report.stdout)["metrics"]
+    assert figures["margin_change_mean"] == pytest.approx(metrics["implicit_reward_mean_margin"], rel=1e-4, abs=1e-5)
+    assert figures["moved_towards_chosen"] == pytest.approx(metrics["implicit_reward_accuracy"])
+    assert figures["logprob_accuracy_after"] == pytest.approx(metrics["logprob_accuracy"])
+
+
+def test_quick_start_settings_end_with_a_summary_of_what_changed(cli_run, tiny_model_dir, tmp_path):
+    out = tmp_path / "quickstart"
+    result = cli_run("run", "--config", "quickstart", "--model", str(tiny_model_dir), "--dataset", "toy-prefs",
+                     "--output-dir", str(out))
+    assert result.exit_code == 0, result.stderr[-3000:]
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["trained"].startswith("dpo (LoRA r16) from ")
+    assert summary["steps"] == 16
+    figures = {k: v for finding in summary["changed"] for k, v in finding["figures"].items()}
+    assert figures["held_out_pairs"] == 8
+    # The toy preference (chosen answers say "Paris") is learnable: the quick start's learning rate moves it.
+    assert figures["margin_change_mean"] > 0 and figures["moved_towards_chosen"] > 0.5
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert not any("eval_loss" in row for row in rows)  # final_eval off: the summary is the eval
+    assert (out / "COMPLETE").is_file()
