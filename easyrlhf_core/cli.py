@@ -256,6 +256,7 @@ def quiet_library_output() -> None:
     if not sys.stderr.isatty():
         os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")  # transformers' bars follow this one
         os.environ.setdefault("HF_DATASETS_DISABLE_PROGRESS_BARS", "1")
+        os.environ.setdefault("TQDM_DISABLE", "1")  # bars drawn with tqdm itself (GGUF conversion, shard writing)
     for notice in (r".*gradient_checkpointing.* is deprecated", r".*torch_dtype.* is deprecated"):
         warnings.filterwarnings("ignore", message=notice, category=FutureWarning)
 

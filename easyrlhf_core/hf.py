@@ -20,6 +20,8 @@ Imported only inside ``Method.train`` (it pulls in transformers).
 
 from __future__ import annotations
 
+import logging
+import re
 from typing import TYPE_CHECKING, Any
 
 from transformers import TrainerCallback
@@ -195,12 +197,57 @@ def check_ranks_agree(run: Run, model: Any) -> None:
         run.log(f"warning: ranks: parameter checksum per rank {values}: DIFFERENT (gradients not synchronised?)")
 
 
+def _no_model_card(*_args: Any, **_kwargs: Any) -> None:
+    """Stands in for a TRL trainer's ``create_model_card``: the run's model card is ``OUTPUT_DIR/README.md``."""
+
+
+class _TiedKeysFilter(logging.Filter):
+    """Drops transformers' "missing keys in the checkpoint" warning on resume when the only missing keys are
+    tied weights (``lm_head.weight`` of a tied-embedding model): they are restored by the tie, not lost."""
+
+    def __init__(self, tied: set[str]) -> None:
+        super().__init__()
+        self.tied = tied
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        if not message.startswith("There were missing keys in the checkpoint model loaded:"):
+            return True
+        listed = set(re.findall(r"'([^']+)'", message))
+        return not (listed and listed <= self.tied)
+
+
+def tied_parameter_names(model: Any) -> set[str]:
+    """State-dict names whose tensor is another name's (tied weights), all but the first of each group."""
+    seen: dict[int, str] = {}
+    tied = set()
+    for name, tensor in model.state_dict(keep_vars=True).items():
+        key = tensor.data_ptr()
+        if key in seen:
+            tied.add(name)
+        else:
+            seen[key] = name
+    return tied
+
+
+def _quiet_tied_weight_warning(model: Any) -> None:
+    tied = tied_parameter_names(model)
+    if not tied:
+        return
+    trainer_logger = logging.getLogger("transformers.trainer")
+    for old in [f for f in trainer_logger.filters if isinstance(f, _TiedKeysFilter)]:
+        trainer_logger.removeFilter(old)
+    trainer_logger.addFilter(_TiedKeysFilter(tied))
+
+
 def train_and_save(run: Run, trainer: Any, model_for_save: Any = None, tokenizer: Any = None) -> dict[str, Any]:
     """Run ``trainer.train`` (resuming when asked; stopping cleanly on SIGINT/SIGTERM with a checkpoint and
     :class:`RunInterrupted`), evaluate once at the end (unless ``final_eval`` is off), save ``model/``."""
     from transformers.trainer_callback import PrinterCallback
 
     trainer.remove_callback(PrinterCallback)  # metrics reach the progress display and metrics.jsonl instead
+    trainer.create_model_card = _no_model_card  # TRL's card in checkpoints/ names no base model; ours is README.md
+    _quiet_tied_weight_warning(trainer.model)
     trainer.add_callback(RunCallback(run))
     trainer.add_callback(CheckpointCallback(run))
     checkpoint = resume_checkpoint(run)
