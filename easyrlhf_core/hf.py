@@ -26,8 +26,13 @@ from typing import TYPE_CHECKING, Any
 
 from transformers import TrainerCallback
 
-from .checkpoints import (COMPLETE_MARKER, checkpoint_step, latest_checkpoint, prune_checkpoints,
-                          remove_checkpoints_after)
+from .checkpoints import (
+    COMPLETE_MARKER,
+    checkpoint_step,
+    latest_checkpoint,
+    prune_checkpoints,
+    remove_checkpoints_after,
+)
 from .launch import world_size
 from .metrics import drop_rows_after, last_logged
 from .models import resolve_precision

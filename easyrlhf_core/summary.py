@@ -81,7 +81,9 @@ def pair_findings(scores: PairScores, seed: int) -> list[Finding]:
                  "logprob_accuracy_after": after.accuracy, "logprob_accuracy_after_ci95": list(after.ci95)}),
         Finding(f"moved towards the chosen answer on {moved.accuracy:.2f} of them [{moved.ci95[0]:.2f}, "
                 f"{moved.ci95[1]:.2f}] (0.50 = no change); the chosen-minus-rejected log-prob margin changed by "
-                f"{change:+.3f} nats per pair [{low:+.3f}, {high:+.3f}]",
+                f"{change:+.3f} nats per pair [{low:+.3f}, {high:+.3f}]"
+                + (f"; within noise: {n} pairs cannot show a smaller change (more pairs and steps can)"
+                   if moved.ci95[0] <= 0.5 <= moved.ci95[1] else ""),
                 {"moved_towards_chosen": moved.accuracy, "moved_towards_chosen_ci95": list(moved.ci95),
                  "margin_change_mean": change, "margin_change_ci95": [low, high]}),
     ]
@@ -148,8 +150,9 @@ class RunSummary:
     def lines(self) -> list[str]:
         """The summary as a newcomer reads it."""
         steps = f", {self.steps} steps" if self.steps is not None else ""
-        out = ["", "Summary", f"  trained  {self.trained} on {self.train_examples} {self.dataset} examples"
-               f"{steps}, in {_duration(self.seconds)}"]
+        trained = f"  trained  {self.trained} on {self.train_examples} {self.dataset} examples{steps}, in " \
+                  f"{_duration(self.seconds)}"
+        out = ["", "Summary", trained]
         for i, finding in enumerate(self.changed):
             out.append(f"  {'changed' if i == 0 else '':7}  {finding.text}")
         out.append(f"  model    {self.model_dir}")
@@ -159,7 +162,7 @@ class RunSummary:
 
 
 def _duration(seconds: float) -> str:
-    minutes, secs = divmod(int(round(seconds)), 60)
+    minutes, secs = divmod(round(seconds), 60)
     return f"{minutes} min {secs} s" if minutes else f"{secs} s"
 
 
@@ -180,9 +183,10 @@ def next_commands(run: Run) -> list[str]:
     if _is_reward_model(run.model_dir):
         return [f"easyrlhf eval --model {model}{data}",
                 f"easyrlhf run --method ppo --reward-model {model} --max-steps 10"]
-    start = run.config.model
-    compare = f" --compare {shlex.quote(start)}" if start else ""
-    reference = f" --reference {shlex.quote(start)}" if start else ""
+    from .models import DEFAULT_MODEL_ID
+
+    start = shlex.quote(run.config.model or DEFAULT_MODEL_ID)  # the default's id finds the embedded copy offline
+    compare, reference = f" --compare {start}", f" --reference {start}"
     return [f"easyrlhf chat {model}{compare}",
             f"easyrlhf eval --model {model}{reference}{data}",
             "easyrlhf run --method rlhf --max-steps 10   # the whole SFT -> RM -> PPO pipeline"]

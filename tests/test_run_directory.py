@@ -37,7 +37,7 @@ def _snapshot(path: Path) -> dict:
 
 def test_a_second_run_into_a_live_directory_is_refused(tiny_model_dir, pairs, tmp_path):
     out = tmp_path / "live"
-    first = RunningProcess(sft_args(tiny_model_dir, pairs, out, "--max-steps", "40"))
+    first = RunningProcess(sft_args(tiny_model_dir, pairs, out, "--max-steps", "200"))  # outlives three refusals
     try:
         first.wait_for_step(1)
         for extra in ([], ["--resume"], ["--overwrite"]):
@@ -52,7 +52,7 @@ def test_a_second_run_into_a_live_directory_is_refused(tiny_model_dir, pairs, tm
         first.kill()
     assert done.returncode == 0, done.stderr
     steps = [row["step"] for row in read_metrics(out) if "loss" in row]
-    assert steps == sorted(set(steps)) and steps[-1] == 40  # every step exactly once: one writer
+    assert steps == sorted(set(steps)) and steps[-1] == 200  # every step exactly once: one writer
     assert not (out / LOCK_FILE).exists()
 
 
