@@ -11,9 +11,9 @@ temperature, learning rate, seed and precision, no eval and no checkpoints:
   at ``ppo_epochs`` passes (default 4, the InstructGPT recipe; ``--ppo-epochs``) in minibatches of the
   same size as the TRL methods' batch.
 
-Iteration time: PPO's own ``ppo/time/iteration`` (generate + score + no-grad forwards + update), averaged
+Iteration time: PPO's own ``time/iteration`` (generate + score + no-grad forwards + update), averaged
 over iterations; grpo/rloo: TRL's ``train_runtime`` / steps (the same span: the training loop). Sampled
-tokens: completion tokens per iteration (PPO: ``ppo/response_length`` x completions; TRL:
+tokens: completion tokens per iteration (PPO: ``response_length`` x completions; TRL:
 ``completions/mean_length`` x completions). Peak RSS from the child's rusage.
 
     python benchmarks/online_speed.py                   # SmolLM2-135M-Instruct (embedded default)
@@ -47,9 +47,9 @@ def measure(method: str, model: str, out: Path, steps: int, settings: dict[str, 
     rows = read_metrics(out)
     completions = int(settings["per_device_train_batch_size"])
     if method == "ppo":
-        iterations = [r for r in rows if "ppo/time/iteration" in r]
-        seconds = sum(r["ppo/time/iteration"] for r in iterations) / len(iterations)
-        tokens = sum(r["ppo/response_length"] for r in iterations) * completions / len(iterations)
+        iterations = [r for r in rows if "time/iteration" in r]
+        seconds = sum(r["time/iteration"] for r in iterations) / len(iterations)
+        tokens = sum(r["response_length"] for r in iterations) * completions / len(iterations)
     else:
         runtime = next(r["train_runtime"] for r in rows if "train_runtime" in r)
         lengths = [r["completions/mean_length"] for r in rows if "completions/mean_length" in r]
