@@ -45,20 +45,13 @@ def score_pairs(start: Any, trained: Any, tokenizer: Any, records: list[Record],
                 batch_size: int = 8) -> PairScores:
     """Score ``records`` (preference pairs) with two causal LMs loaded for inference."""
     from .chat import split_completion
-    from .evaluation.logprobs import completion_logprobs
+    from .evaluation.logprobs import completion_logprobs, pair_gaps, pair_margins
 
     examples = [split_completion(tokenizer, r["prompt"], r[side]) for side in ("chosen", "rejected") for r in records]
-    n = len(records)
-    pad = tokenizer.pad_token_id
-
-    def per_pair(model: Any) -> tuple[list[float], list[float]]:
-        logps = completion_logprobs(model, examples, pad, batch_size, max_length)
-        gaps = [logps[i].total / max(logps[i].tokens, 1) - logps[n + i].total / max(logps[n + i].tokens, 1)
-                for i in range(n)]
-        return gaps, [logps[i].total - logps[n + i].total for i in range(n)]
-
-    before_gaps, before_margins = per_pair(start)
-    after_gaps, after_margins = per_pair(trained)
+    before = completion_logprobs(start, examples, tokenizer.pad_token_id, batch_size, max_length)
+    after = completion_logprobs(trained, examples, tokenizer.pad_token_id, batch_size, max_length)
+    before_gaps, before_margins = pair_gaps(before), pair_margins(before)
+    after_gaps, after_margins = pair_gaps(after), pair_margins(after)
     return PairScores(before_gaps, after_gaps, [a - b for a, b in zip(after_margins, before_margins)])
 
 

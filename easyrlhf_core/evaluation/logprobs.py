@@ -52,3 +52,17 @@ def completion_logprobs(model: Any, examples: list[tuple[list[int], list[int]]],
 def truncated_count(examples: list[tuple[list[int], list[int]]], max_length: int) -> int:
     """How many examples :func:`completion_logprobs` shortens."""
     return sum(1 for p, c in examples if len(p) + len(c) > max_length)
+
+
+def pair_gaps(logps: list[CompletionLogProb]) -> list[float]:
+    """Per pair, the chosen minus the rejected completion's mean log-prob per token; ``logps`` holds the
+    chosen completions, then the rejected ones, in the same pair order."""
+    n = len(logps) // 2
+    per_token = [p.total / max(p.tokens, 1) for p in logps]
+    return [per_token[i] - per_token[n + i] for i in range(n)]
+
+
+def pair_margins(logps: list[CompletionLogProb]) -> list[float]:
+    """Per pair, the chosen minus the rejected completion's summed log-prob (order as in :func:`pair_gaps`)."""
+    n = len(logps) // 2
+    return [logps[i].total - logps[n + i].total for i in range(n)]

@@ -16,7 +16,7 @@ from .data import EvalData, Split, load_eval_data, pick_shape
 from .generation import Answer, generate_answers
 from .judges import Judge, named_judge, reward_model_judge
 from .loading import ModelRef, inspect_model, load_ref_policy, load_ref_tokenizer, quiet_transformers, require_kind
-from .logprobs import CompletionLogProb, completion_logprobs, truncated_count
+from .logprobs import CompletionLogProb, completion_logprobs, pair_gaps, pair_margins, truncated_count
 from .report import EvalReport
 from .stats import BOOTSTRAP_SAMPLES, length_baseline, mean, pairwise
 
@@ -250,16 +250,14 @@ def evaluate_policy(request: EvalRequest, registry: Registry, policy: ModelRef, 
     metrics = report.metrics
     if mine.pair_logps:
         n = len(mine.pair_logps) // 2
-        per_token = [p.total / max(p.tokens, 1) for p in mine.pair_logps]
-        gaps = [per_token[i] - per_token[n + i] for i in range(n)]
+        gaps = pair_gaps(mine.pair_logps)
         report.set_pairwise("logprob_accuracy", "logprob_ci95", "logprob_ties",
                             pairwise(gaps, [0.0] * n, request.seed, request.bootstrap_samples))
         metrics["logprob_mean_margin"] = mean(gaps)
         _note_truncation(report, "chosen/rejected completions", truncated_count(inputs.pair_examples,
                                                                                request.max_length), request)
     if mine.pair_logps and theirs.pair_logps:
-        ratios = [p.total - r.total for p, r in zip(mine.pair_logps, theirs.pair_logps)]
-        margins = [ratios[i] - ratios[n + i] for i in range(n)]
+        margins = [a - b for a, b in zip(pair_margins(mine.pair_logps), pair_margins(theirs.pair_logps))]
         report.set_pairwise("implicit_reward_accuracy", "implicit_reward_ci95", "implicit_reward_ties",
                             pairwise(margins, [0.0] * n, request.seed, request.bootstrap_samples))
         metrics["implicit_reward_mean_margin"] = mean(margins)
