@@ -74,3 +74,13 @@ def test_quick_start_settings_end_with_a_summary_of_what_changed(cli_run, tiny_m
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert not any("eval_loss" in row for row in rows)  # final_eval off: the summary is the eval
     assert (out / "COMPLETE").is_file()
+
+
+def test_a_negative_summary_pairs_is_one_line_before_anything_is_written(cli_run, tiny_model_dir, tmp_path):
+    out = tmp_path / "bad"
+    result = cli_run("run", "--method", "dpo", "--model", str(tiny_model_dir), "--dataset", "toy-prefs",
+                     "--output-dir", str(out), "--set", "summary_pairs=-1")
+    assert result.exit_code == 2
+    assert result.stderr.strip().splitlines()[-1] == ("Error: --set summary_pairs: 'summary_pairs' must be >= 0 "
+                                                      "(0: no before/after scoring)")
+    assert not out.exists()
