@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from easyrlhf_core import hookimpl
 from easyrlhf_core.config import invalid, option
+from easyrlhf_core.prefix_sharing import PREFIX_SHARING_HELP
 from easyrlhf_core.shapes import Shape
 from easyrlhf_core.summary import Finding, held_out_pairs_change, training_rows_finding
 from easyrlhf_core.training import (
@@ -37,6 +38,7 @@ class DPOConfig(TrainerConfig):
     summary_pairs: int = option(
         64, "Held-out pairs that the start model and the trained model both score at the end, for the run "
             "summary (summary.json: preference before -> after, with intervals); 0 skips it.")
+    prefix_sharing: bool = option(True, PREFIX_SHARING_HELP)
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -81,9 +83,17 @@ class DPOMethod(TrainerMethod):
         train, evaluation = data_splits(run)
         args = trl_arguments(TRLDPOConfig, run, has_eval=evaluation is not None, beta=config.beta,
                              loss_type=[self.loss_type], precompute_ref_log_probs=config.precompute_ref_log_probs)
-        trainer = self.trainer_class(config)(
+        trainer_class = self.trainer_class(config)
+        collator = None
+        if config.prefix_sharing:
+            from .dpo_losses import shared_prefix_trainer
+
+            trainer_class, collator = shared_prefix_trainer(trainer_class, args, tokenizer, run.log)
+        trainer = trainer_class(
             model=model, ref_model=None, args=args, train_dataset=train, eval_dataset=evaluation,
-            processing_class=tokenizer, peft_config=lora_config(config, "CAUSAL_LM"))
+            processing_class=tokenizer, peft_config=lora_config(config, "CAUSAL_LM"), data_collator=collator)
+        if collator is not None:
+            trainer.share_prefixes()
         run.log(f"{self.name}: reference = {describe_reference(trainer)}")
         run.log(f"{self.name}: {len(trainer.train_dataset)} of {len(run.data.train)} training pairs kept "
                 f"(pairs whose prompt alone fills max_length={config.max_length} are dropped)")

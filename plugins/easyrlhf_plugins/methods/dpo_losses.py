@@ -5,6 +5,10 @@ The IPO paper's Eq. 17 and the reference DPO implementation use the plain sum of
 :class:`SummedIPOTrainer` is TRL's DPOTrainer with that summed form; everything else (data, reference
 model or adapter-disabled reference, precomputed reference log-probs) stays TRL's.
 
+:func:`shared_prefix_trainer` gives either trainer the shared-prefix forward
+(:mod:`easyrlhf_core.prefix_sharing`): TRL's loss code is kept, only the per-response log-probs come from
+one packed forward per batch.
+
 Imports torch and TRL at module level: import this module only inside ``Method.train`` or tests.
 """
 
@@ -15,6 +19,10 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from trl import DPOTrainer
+from trl.trainer.dpo_trainer import DataCollatorForPreference
+
+from easyrlhf_core.prefix_sharing import SharedPrefixCollator
+from easyrlhf_core.shared_forward import share_prefixes
 
 
 def dpo_sigmoid_loss(chosen_logratios: torch.Tensor, rejected_logratios: torch.Tensor,
@@ -76,3 +84,35 @@ class SummedIPOTrainer(DPOTrainer):
         metrics["rewards/margins"].append(gather(chosen_rewards - rejected_rewards).mean().item())
         metrics["logps/chosen"].append(gather(chosen_logps.detach()).mean().item())
         metrics["logps/rejected"].append(gather(rejected_logps.detach()).mean().item())
+
+
+def shared_prefix_trainer(trainer_class: type, args: Any, tokenizer: Any,
+                          log: Any) -> tuple[type, SharedPrefixCollator]:
+    """``trainer_class`` (a DPOTrainer) whose batches carry the packed shared-prefix form, and its collator.
+
+    TRL's own collator still builds the padded rows its loss reads (labels, completion masks); the models
+    answer from the packed form. They are patched once TRL has added its fused LM head, before the
+    reference log-probs are precomputed (``precompute_ref_log_probs``) and again after ``__init__``
+    (``share_prefixes``, idempotent), so every forward pass of the run takes the shared path.
+    """
+    collator = SharedPrefixCollator(
+        DataCollatorForPreference(pad_token_id=tokenizer.pad_token_id, max_length=args.max_length,
+                                  truncation_mode=args.truncation_mode, pad_to_multiple_of=args.pad_to_multiple_of),
+        pad_token_id=tokenizer.pad_token_id, grouping="pairs")
+
+    class SharedPrefixDPOTrainer(trainer_class):  # type: ignore[misc, valid-type]
+        _shared_prefix_decided = False
+
+        def share_prefixes(self) -> bool:
+            if not self._shared_prefix_decided:
+                models = [self.model] + ([self.ref_model] if self.ref_model is not None else [])
+                share_prefixes(collator, models, "causal_lm", log)
+                self._shared_prefix_decided = True
+            return collator.enabled
+
+        def _precompute_ref_logps(self, *args: Any, **kwargs: Any) -> Any:
+            self.share_prefixes()
+            return super()._precompute_ref_logps(*args, **kwargs)
+
+    SharedPrefixDPOTrainer.__name__ = f"SharedPrefix{trainer_class.__name__}"
+    return SharedPrefixDPOTrainer, collator

@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Any
 from easyrlhf_core import hookimpl
 from easyrlhf_core.config import invalid, option
 from easyrlhf_core.errors import DataError
+from easyrlhf_core.prefix_sharing import PREFIX_SHARING_HELP
 from easyrlhf_core.shapes import Shape
 from easyrlhf_core.training import (
     TrainerConfig,
@@ -37,6 +38,7 @@ class RMConfig(TrainerConfig):
     center_rewards_coefficient: float | None = option(
         None, "Pull rewards towards mean zero: adds coef * mean((r_chosen + r_rejected)^2) to the loss "
               "(0.01 is typical); empty: off.")
+    prefix_sharing: bool = option(True, PREFIX_SHARING_HELP)
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -65,8 +67,14 @@ class RMMethod(TrainerMethod):
         evaluation = as_dataset(with_margins(run.data.eval, config.margin)) if run.data.eval else None
         args = trl_arguments(RewardConfig, run, has_eval=evaluation is not None,
                              center_rewards_coefficient=config.center_rewards_coefficient)
+        collator = shared_prefix_collator(tokenizer) if config.prefix_sharing else None
         trainer = RewardTrainer(model=model, args=args, train_dataset=train, eval_dataset=evaluation,
-                                processing_class=tokenizer, peft_config=lora_config(config, "SEQ_CLS"))
+                                processing_class=tokenizer, peft_config=lora_config(config, "SEQ_CLS"),
+                                data_collator=collator)
+        if collator is not None:
+            from easyrlhf_core.shared_forward import share_prefixes
+
+            share_prefixes(collator, [trainer.model], "classifier", run.log)
         kept = len(trainer.train_dataset)
         if kept == 0:
             raise DataError(f"every training pair is longer than max_length={config.max_length} tokens; "
@@ -76,6 +84,17 @@ class RMMethod(TrainerMethod):
                 f"pairs (TRL drops pairs longer than max_length={config.max_length} tokens)")
         describe_trainable(run, trainer.model)
         return trainer, tokenizer
+
+
+def shared_prefix_collator(tokenizer: Any) -> Any:
+    """TRL's reward collator (chosen rows, then rejected rows, right-padded) with each pair's common prefix
+    packed once (:class:`easyrlhf_core.prefix_sharing.SharedPrefixCollator`)."""
+    from trl.trainer.reward_trainer import DataCollatorForPreference
+
+    from easyrlhf_core.prefix_sharing import SharedPrefixCollator
+
+    return SharedPrefixCollator(DataCollatorForPreference(pad_token_id=tokenizer.pad_token_id),
+                                pad_token_id=tokenizer.pad_token_id, grouping="pairs")
 
 
 def with_margins(records: list[Record], margin: float) -> list[Record]:

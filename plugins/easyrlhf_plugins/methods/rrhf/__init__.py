@@ -79,9 +79,16 @@ def build_trainer(run: Run) -> tuple[Any, Any]:
         model.enable_input_require_grads()
     model = apply_lora(model, config.lora)
     describe_trainable(run, model)
+    collator = RankedCollator(pad_token_id=tokenizer.pad_token_id)
+    if config.prefix_sharing:
+        from easyrlhf_core.prefix_sharing import SharedPrefixCollator
+        from easyrlhf_core.shared_forward import share_prefixes
+
+        collator = SharedPrefixCollator(collator, pad_token_id=tokenizer.pad_token_id, grouping="queries")
+        share_prefixes(collator, [model], "causal_lm", run.log)
     trainer = RRHFTrainer(model=model, args=args, train_dataset=train_data,
                           eval_dataset=eval_data if len(eval_data) else None,
-                          data_collator=RankedCollator(pad_token_id=tokenizer.pad_token_id),
+                          data_collator=collator,
                           processing_class=tokenizer, rank_weight=config.rank_weight,
                           length_penalty=config.length_penalty, ft_normalization=config.ft_normalization)
     return trainer, tokenizer

@@ -6,6 +6,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 from easyrlhf_core.config import invalid, option, require_positive
+from easyrlhf_core.prefix_sharing import PREFIX_SHARING_HELP
 from easyrlhf_core.training import RewardChoice, SamplingOptions, TrainerConfig
 
 
@@ -28,6 +29,7 @@ class RRHFConfig(SamplingOptions, RewardChoice, TrainerConfig):
     generation_model: str | None = option(None, "candidates=generate: model that samples the candidates; "
                                                 "empty: the policy (its weights before training).")
     generation_batch_size: int = option(8, "candidates=generate: prompts per generate() call.")
+    prefix_sharing: bool = option(True, PREFIX_SHARING_HELP)
     # candidates=generate samples with max_new_tokens, temperature, top_k, top_p (SamplingOptions) and scores
     # with reward_model or reward, reward_options (RewardChoice)
 

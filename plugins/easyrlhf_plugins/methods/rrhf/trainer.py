@@ -11,6 +11,7 @@ import torch
 from transformers import Trainer
 
 from easyrlhf_core.lm import response_log_probs
+from easyrlhf_core.prefix_sharing import SHARED_PREFIX_KEY
 
 from .loss import RRHFTerms, rrhf_terms
 
@@ -32,9 +33,16 @@ class RRHFTrainer(Trainer):
         self._total_train_tokens = 0  # non-padding tokens of every candidate row trained on (all processes)
 
     def rrhf_forward(self, model: Any, inputs: dict[str, torch.Tensor]) -> RRHFTerms:
-        """One forward pass over every candidate row, then the RRHF terms."""
-        outputs = model(input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"], use_cache=False)
-        logp_sum, num_tokens = response_log_probs(outputs.logits, inputs["input_ids"], inputs["response_mask"])
+        """One forward pass over every candidate row (or over the packed shared-prefix form of the batch,
+        each query's prompt once), then the RRHF terms."""
+        if SHARED_PREFIX_KEY in inputs:
+            labels = inputs["input_ids"].masked_fill(inputs["response_mask"] == 0, -100)
+            outputs = model(input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"], labels=labels,
+                            shared_prefix=inputs[SHARED_PREFIX_KEY], use_cache=False)
+            logp_sum, num_tokens = outputs.log_probs.sum(dim=-1), outputs.label_mask.sum(dim=-1)
+        else:
+            outputs = model(input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"], use_cache=False)
+            logp_sum, num_tokens = response_log_probs(outputs.logits, inputs["input_ids"], inputs["response_mask"])
         query_index = inputs["query_index"]
         num_queries = int(query_index.max().item()) + 1
         return rrhf_terms(logp_sum, num_tokens, inputs["rewards"], query_index, num_queries,
