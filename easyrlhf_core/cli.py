@@ -10,11 +10,17 @@ from typing import Any, Callable, NoReturn
 import click
 
 from . import __version__
-from .errors import EasyRLHFError
+from .errors import EasyRLHFError, RanksFailed
 
 
 def _fail(message: str, code: int = 2) -> NoReturn:
-    click.echo(f"Error: {message}", err=True)
+    """``Error: <message>`` and exit; a rank launched by ``easyrlhf run`` hands the line to its parent
+    instead, which prints the first failing rank's (:mod:`easyrlhf_core.ranks`)."""
+    from .launch import is_launched
+    from .ranks import record_rank_error
+
+    if not (is_launched() and record_rank_error(message, code)):
+        click.echo(f"Error: {message}", err=True)
     _exit(code)
 
 
@@ -37,19 +43,38 @@ def handle_errors(func: Callable[..., Any]) -> Callable[..., Any]:
         debug = kwargs.get("debug") or (ctx.obj or {}).get("debug", False)
         try:
             return func(*args, **kwargs)
+        except RanksFailed as exc:  # the ranks printed their tracebacks (with --debug) themselves
+            _fail(str(exc), code=exc.exit_code)
         except EasyRLHFError as exc:
             if debug:
+                _record_for_parent(str(exc), exc.exit_code)
                 raise
-            _fail(str(exc))
+            _fail(str(exc), code=exc.exit_code)
         except KeyboardInterrupt:
             click.echo("Interrupted.", err=True)
             _exit(130)
         except Exception as exc:  # an unexpected failure: still one line unless --debug
+            message = f"{type(exc).__name__}: {_one_line(str(exc))}"
             if debug:
+                _record_for_parent(message, 1)
                 raise
-            _fail(f"{type(exc).__name__}: {exc} (run again with --debug for the traceback)", code=1)
+            _fail(f"{message} (run again with --debug for the traceback)", code=1)
 
     return wrapper
+
+
+def _one_line(text: str) -> str:
+    """A library's multi-line message as one line."""
+    return " ".join(line.strip() for line in text.splitlines() if line.strip())
+
+
+def _record_for_parent(message: str, code: int) -> None:
+    """With --debug a launched rank prints its traceback and still hands its error line to the parent."""
+    from .launch import is_launched
+    from .ranks import record_rank_error
+
+    if is_launched():
+        record_rank_error(message, code)
 
 
 def _print_versions(ctx: click.Context, _param: Any, value: bool) -> None:
@@ -217,22 +242,25 @@ def run_command(method: str | None, config_file: str | None, set_options: tuple[
     request = RunRequest(method=method, config_file=config_file, flags=_flag_values(flags),
                          set_options=list(set_options), overwrite=overwrite, resume=resume,
                          num_machines=num_machines, machine_rank=machine_rank)
-    options = LaunchOptions(num_processes, num_machines, machine_rank, main_process_ip, main_process_port)
     try:
         run = prepare(request)  # validates, locks the output dir, loads data, claims it; before any rank starts
     except RunComplete as complete:
         click.echo(f"[easyrlhf] {complete}", err=True)
         return
+    options = LaunchOptions(num_processes, num_machines, machine_rank, main_process_ip, main_process_port,
+                            deepspeed=bool(getattr(run.config, "deepspeed", None)))
     failed = True
     try:
-        if options.distributed and not is_launched():
+        if options.needs_launcher and not is_launched():
             if run.directory is not None:
                 run.directory.announce_ranks()
-            code = launch(options, _rank_args(sys.argv[1:], str(run.output_dir)))
-            failed = code != 0
-            if code in STOPPED_EXIT_CODES:
+            launched = launch(options, _rank_args(sys.argv[1:], str(run.output_dir)))
+            failed = launched.code != 0
+            if launched.code in STOPPED_EXIT_CODES:
                 _print_resume_hint(str(run.output_dir))
-            sys.exit(code)
+            if launched.error is not None:
+                raise RanksFailed(launched.error, launched.code)
+            sys.exit(launched.code)
         try:
             execute(run)
         except RunInterrupted as stopped:
@@ -257,7 +285,8 @@ def quiet_library_output() -> None:
         os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")  # transformers' bars follow this one
         os.environ.setdefault("HF_DATASETS_DISABLE_PROGRESS_BARS", "1")
         os.environ.setdefault("TQDM_DISABLE", "1")  # bars drawn with tqdm itself (GGUF conversion, shard writing)
-    for notice in (r".*gradient_checkpointing.* is deprecated", r".*torch_dtype.* is deprecated"):
+    for notice in (r".*gradient_checkpointing.* is deprecated", r".*torch_dtype.* is deprecated",
+                   r"`torch\.distributed\.\w+` is deprecated"):  # DeepSpeed's calls into torch.distributed
         warnings.filterwarnings("ignore", message=notice, category=FutureWarning)
 
 

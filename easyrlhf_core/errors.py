@@ -11,6 +11,9 @@ class EasyRLHFError(Exception):
     ``where`` is ``file:line`` for a file, or a flag such as ``--set`` for command-line input.
     """
 
+    #: The process exit code the CLI ends with.
+    exit_code = 2
+
     def __init__(self, message: str, *, file: str | Path | None = None, line: int | None = None,
                  where: str | None = None) -> None:
         super().__init__(message)
@@ -40,3 +43,12 @@ class DataError(EasyRLHFError):
 
 class PluginError(EasyRLHFError):
     """A plugin is missing, broken, or collides with another one."""
+
+
+class RanksFailed(EasyRLHFError):
+    """A launched rank failed: its error line (``rank N: ...``), reported by the process that launched it,
+    with the rank's exit code."""
+
+    def __init__(self, message: str, exit_code: int) -> None:
+        super().__init__(message)
+        self.exit_code = exit_code

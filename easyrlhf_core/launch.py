@@ -2,6 +2,10 @@
 
 On GPUs: ``accelerate launch`` (which also wires DeepSpeed). On CPU: ``torch.distributed.run``
 (torchrun) with the gloo backend, because ``accelerate launch --cpu`` starts a single process without MPI.
+A ``--deepspeed`` run is launched even with one process (torchrun, on GPUs too: ``accelerate launch``
+starts a single process without the ``RANK``/``WORLD_SIZE`` DeepSpeed needs, and DeepSpeed would then
+look for MPI). The launcher runs inside :mod:`easyrlhf_core.ranks`, so a failed rank is one ``Error:``
+line (the first failure, named), never the launcher's traceback.
 The parent process validates everything and claims the output dir first; the launched ranks see
 ``EASYRLHF_LAUNCHED=1`` and skip those steps. Ctrl-C / SIGTERM reach the parent, which passes them on to
 the ranks, so they stop together with a checkpoint (see :func:`launch`).
@@ -31,10 +35,24 @@ class LaunchOptions:
     machine_rank: int = 0
     main_process_ip: str | None = None
     main_process_port: int = 29500
+    deepspeed: bool = False  # a DeepSpeed run: launched even with one process
 
     @property
     def distributed(self) -> bool:
         return self.num_processes > 1 or self.num_machines > 1
+
+    @property
+    def needs_launcher(self) -> bool:
+        """Whether the ranks are started by a launcher (several processes, or DeepSpeed)."""
+        return self.distributed or self.deepspeed
+
+
+@dataclass
+class Launched:
+    """How the ranks ended: the exit code, and the first failing rank's error line (without ``Error: ``)."""
+
+    code: int
+    error: str | None = None
 
 
 def is_launched() -> bool:
@@ -49,20 +67,21 @@ def world_size() -> int:
 def launcher_command(options: LaunchOptions, cli_args: list[str], use_gpu: bool) -> list[str]:
     """The launcher invocation that runs ``easyrlhf <cli_args>`` on every rank of this machine.
 
-    ``num_processes`` is per machine, as with ``torchrun --nproc_per_node``.
+    ``num_processes`` is per machine, as with ``torchrun --nproc_per_node``. The launcher runs in
+    :mod:`easyrlhf_core.ranks` (``python -m easyrlhf_core.ranks torchrun|accelerate ARGS``).
     """
     target = ["-m", "easyrlhf_core.cli", *cli_args]
-    if use_gpu:
-        cmd = [sys.executable, "-m", "accelerate.commands.launch",
+    if use_gpu and options.num_processes * options.num_machines > 1:
+        cmd = [sys.executable, "-m", "easyrlhf_core.ranks", "accelerate",
                "--num_processes", str(options.num_processes * options.num_machines),
                "--num_machines", str(options.num_machines), "--machine_rank", str(options.machine_rank),
                "--main_process_port", str(options.main_process_port)]
         if options.main_process_ip:
             cmd += ["--main_process_ip", options.main_process_ip]
-        if options.num_processes * options.num_machines > 1:
-            cmd += ["--multi_gpu"]
-        return cmd + target
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(options.num_processes),
+        return cmd + ["--multi_gpu"] + target
+    # CPU; or one GPU process of a DeepSpeed run (accelerate refuses --multi_gpu with one process, and its
+    # single-process launcher sets no RANK / WORLD_SIZE)
+    cmd = [sys.executable, "-m", "easyrlhf_core.ranks", "torchrun", "--nproc_per_node", str(options.num_processes),
            "--nnodes", str(options.num_machines), "--node_rank", str(options.machine_rank),
            "--master_port", str(options.main_process_port)]
     if options.main_process_ip:
@@ -70,34 +89,52 @@ def launcher_command(options: LaunchOptions, cli_args: list[str], use_gpu: bool)
     return cmd + target
 
 
-def launch(options: LaunchOptions, cli_args: list[str]) -> int:
-    """Start the ranks and wait; returns the launcher's exit code, or ``128 + signal`` when stopped.
+def launch(options: LaunchOptions, cli_args: list[str]) -> Launched:
+    """Start the ranks and wait; the launcher's exit code (``128 + signal`` when stopped) and, when a rank
+    failed, the first failure's error line (:func:`easyrlhf_core.ranks.first_failure`).
 
     The launcher runs in its own session, so a Ctrl-C reaches only this process, which passes SIGINT /
     SIGTERM on to the ranks (the launcher's child processes): each saves a checkpoint at the same step and
     exits 0 (see ``easyrlhf_core.run.StopSignals``), so the launcher ends quietly and this process reports
     the stop. The launcher gets the signal itself only before its ranks exist.
     """
+    import shutil
+    import tempfile
+    from pathlib import Path
+
     import torch
 
+    from .ranks import RANK_ERRORS_ENV, first_failure
+
     cmd = launcher_command(options, cli_args, use_gpu=torch.cuda.is_available())
-    env = dict(os.environ, **{LAUNCHED_ENV: "1"})
+    errors = Path(tempfile.mkdtemp(prefix="easyrlhf-ranks-"))
+    env = dict(os.environ, **{LAUNCHED_ENV: "1", RANK_ERRORS_ENV: str(errors)})
     env.setdefault("OMP_NUM_THREADS", "1")
+    if not torch.cuda.is_available():
+        env.setdefault("DS_ACCELERATOR", "cpu")  # what DeepSpeed picks anyway, without a warning per rank
     print(f"[easyrlhf] launching: {' '.join(cmd)}", file=sys.stderr, flush=True)
-    process = subprocess.Popen(cmd, env=env, start_new_session=True)
     stopped_by: list[int] = []
-
-    def forward(signum: int, frame: object) -> None:
-        stopped_by.append(signum)
-        forward_signal(process.pid, signum)
-
-    previous = {sig: signal.signal(sig, forward) for sig in STOP_SIGNALS}
     try:
-        code = process.wait()
+        process = subprocess.Popen(cmd, env=env, start_new_session=True)
+
+        def forward(signum: int, frame: object) -> None:
+            stopped_by.append(signum)
+            forward_signal(process.pid, signum)
+
+        previous = {sig: signal.signal(sig, forward) for sig in STOP_SIGNALS}
+        try:
+            code = process.wait()
+        finally:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+        if stopped_by:
+            return Launched(128 + stopped_by[0])
+        failure = first_failure(errors) if code != 0 else None
+        if failure is None:
+            return Launched(code, f"the launcher exited with code {code}" if code else None)
+        return Launched(failure[1], failure[0])
     finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
-    return 128 + stopped_by[0] if stopped_by else code
+        shutil.rmtree(errors, ignore_errors=True)
 
 
 def forward_signal(launcher_pid: int, signum: int) -> None:

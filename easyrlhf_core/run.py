@@ -114,10 +114,12 @@ class Run:
     def save_model(self, model: Any, tokenizer: Any) -> Path:
         """Save the trained model (merged LoRA unless ``save_adapter_only``) and tokenizer to ``model/``."""
         from .models import save_model
+        from .zero import gathered
 
-        if self.is_main_process:
-            save_model(model, tokenizer, self.model_dir, merge_lora=not self.config.save_adapter_only)
-            self.log(f"saved model to {self.model_dir}")
+        with gathered(model):  # ZeRO-3: the partitions made whole on every rank (collective), rank 0 writes
+            if self.is_main_process:
+                save_model(model, tokenizer, self.model_dir, merge_lora=not self.config.save_adapter_only)
+                self.log(f"saved model to {self.model_dir}")
         return self.model_dir
 
     def reward_function(self, name: str, **options: Any) -> RewardFunction:
@@ -372,7 +374,18 @@ def run_stage(parent: Run, method: Method, config: BaseConfig, data: Any, output
     stage = Run(method, config, output_dir, data, parent.registry, resume=resume, progress=parent.progress)
     stage.logs_dir = parent.logs_dir / method.name  # one `tensorboard --logdir OUTPUT_DIR/logs` for the pipeline
     execute(stage)
+    _barrier()  # the next stage loads this one's model/, which rank 0 may still be writing
     return output_dir / MODEL_DIR
+
+
+def _barrier() -> None:
+    """Wait for every rank of a multi-process run (nothing to do otherwise)."""
+    if "torch" not in sys.modules:
+        return
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+        dist.barrier()
 
 
 def write_run_config(output_dir: Path, method_name: str, config: Any) -> None:
@@ -465,6 +478,10 @@ def execute(run: Run) -> None:
         run.log(f"batch: {per_device} per device x {accumulation} accumulation steps x {processes} "
                 f"process{'es' if processes > 1 else ''} = {per_device * accumulation * processes} examples "
                 f"per optimizer step (global)")
+    if getattr(config, "deepspeed", None):  # before any model loads (ZeRO-3 loads them partitioned)
+        from .zero import start_deepspeed
+
+        start_deepspeed()
     report_to = [name for name in getattr(config, "report_to", []) if name != "none"]
     if report_to and run.is_main_process and not run.method.runs_stages:  # a pipeline's stages track themselves
         from .tracking import Trackers
@@ -473,6 +490,10 @@ def execute(run: Run) -> None:
     try:
         run.method.train(run)
     finally:
+        if getattr(config, "deepspeed", None):
+            from .zero import stop_zero_init
+
+            stop_zero_init()
         run.progress.close()
         if run.trackers is not None:
             run.trackers.close()

@@ -68,9 +68,8 @@ class TrainerConfig(BaseConfig):
     def validate_for_run(self) -> None:
         super().validate_for_run()
         if self.deepspeed is not None and not deepspeed_installed():
-            raise ConfigError("the deepspeed package is not installed: "
-                              "`pip install deepspeed` (ZeRO runs need GPUs), or drop --deepspeed",
-                              where="--deepspeed")
+            raise ConfigError("the deepspeed package is not installed: `pip install deepspeed` (it runs on CPU "
+                              "too), or drop --deepspeed", where="--deepspeed")
 
 
 def deepspeed_installed() -> bool:
@@ -232,9 +231,12 @@ def lora_config(config: BaseConfig, task_type: str) -> Any:
 
 
 def describe_trainable(run: Run, model: Any) -> None:
-    """Log how many parameters train (after LoRA wrapping)."""
-    total = sum(p.numel() for p in model.parameters())
-    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    """Log how many parameters train (after LoRA wrapping; ZeRO-3 partitions counted whole)."""
+    def count(p: Any) -> int:
+        return getattr(p, "ds_numel", None) or p.numel()
+
+    total = sum(count(p) for p in model.parameters())
+    trainable = sum(count(p) for p in model.parameters() if p.requires_grad)
     run.log(f"parameters: {trainable:,} trainable of {total:,} ({100 * trainable / max(total, 1):.2f}%)")
 
 

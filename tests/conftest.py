@@ -54,6 +54,14 @@ def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return out
 
 
+@pytest.fixture(scope="session")
+def shared_runs(tmp_path_factory: pytest.TempPathFactory):
+    """Subprocess runs several tests use, each run once (:class:`tests.subprocess_runs.SharedRuns`)."""
+    from tests.subprocess_runs import SharedRuns
+
+    return SharedRuns(tmp_path_factory.mktemp("shared-runs"))
+
+
 @pytest.fixture(scope="module")
 def one_torch_thread():
     """One torch thread for the module's tests (the tiny model is faster so; the cores are shared)."""

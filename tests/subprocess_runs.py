@@ -82,6 +82,21 @@ def run_easyrlhf(args: list[str], num_processes: int = 1, timeout: float = 300) 
     return ProcessRun(done.returncode, done.stderr, output_dir_of(args))
 
 
+class SharedRuns:
+    """Subprocess runs that several tests compare against (the 2-rank DDP runs: the rank tests check them, the
+    DeepSpeed tests compare their weights), each run once per session under its name."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self._done: dict[str, ProcessRun] = {}
+
+    def get(self, name: str, args_for: Callable[[Path], list[str]], num_processes: int = 1) -> ProcessRun:
+        """The run ``name`` (``args_for(output_dir)``), started on first use."""
+        if name not in self._done:
+            self._done[name] = run_easyrlhf(args_for(self.root / name), num_processes=num_processes)
+        return self._done[name]
+
+
 class RunningProcess:
     """An ``easyrlhf`` subprocess in its own session (as a shell runs it), to signal while it trains."""
 
@@ -132,6 +147,33 @@ class RunningProcess:
 
 
 # --------------------------------------------------------------------------------------------------
+# The small runs the multi-process tests share (3 steps, tiny model, fixed seed)
+
+
+def trainer_run_args(method: str, model: Path, data: Path, out: Path, per_device: int, steps: int = 3) -> list[str]:
+    """A Trainer-based method (sft, dpo, ...) on a ``jsonl`` file: 3 steps at lr 1e-3, constant schedule."""
+    return ["run", "--method", method, "--model", str(model), "--dataset", "jsonl", "--data-files", str(data),
+            "--output-dir", str(out), "--max-steps", str(steps), "--seed", "7", "--set", "max_length=64",
+            "--set", f"per_device_train_batch_size={per_device}", "--set", "learning_rate=1e-3",
+            "--set", "lr_scheduler_type=constant", "--set", "logging_steps=1", "--set", "save_steps=2",
+            "--set", "eval_fraction=0.2", "--set", "per_device_eval_batch_size=2"]
+
+
+def ppo_run_args(model: Path, data: Path, out: Path, iterations: int) -> list[str]:
+    """PPO on a ``jsonl`` prompts file with the keyword reward: 2 prompts per process, 6 new tokens."""
+    return ["run", "--method", "ppo", "--model", str(model), "--dataset", "jsonl", "--data-files", str(data),
+            "--output-dir", str(out), "--max-steps", str(iterations), "--reward", "keyword", "--seed", "3",
+            "--set", "reward_options={pattern: e}", "--set", "rollout_batch_size=2",
+            "--set", "per_device_train_batch_size=2", "--set", "max_new_tokens=6", "--set", "max_length=64",
+            "--set", "ppo_epochs=1", "--set", "eval_fraction=0", "--set", "save_steps=1",
+            "--set", "learning_rate=1e-3"]
+
+
+def toy_prompt(i: int) -> dict[str, Any]:
+    return {"prompt": [{"role": "user", "content": f"Say something nice about topic {i}."}]}
+
+
+# --------------------------------------------------------------------------------------------------
 # Reading a run directory
 
 
@@ -156,6 +198,12 @@ def last_step(output_dir: Path | None) -> int:
 def train_rows(output_dir: Path) -> list[dict[str, Any]]:
     """The per-step training rows (those with a ``loss``)."""
     return [r for r in read_metrics(output_dir) if "loss" in r]
+
+
+def max_difference(a: dict[str, Any], b: dict[str, Any]) -> float:
+    """The largest elementwise difference between two state dicts with the same keys."""
+    assert a.keys() == b.keys()
+    return max(float((a[k].float() - b[k].float()).abs().max()) for k in a)
 
 
 def model_tensors(model_dir: Path) -> dict[str, Any]:

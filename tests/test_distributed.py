@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.subprocess_runs import (RunningProcess, easyrlhf_command, last_step, model_tensors, run_easyrlhf,
-                                   subprocess_env, toy_pair, train_rows, write_rows)
+from tests.subprocess_runs import (RunningProcess, easyrlhf_command, last_step, max_difference, model_tensors,
+                                   subprocess_env, toy_pair, train_rows, trainer_run_args, write_rows)
 
 
 @pytest.fixture(scope="module")
@@ -22,23 +22,15 @@ def pairs_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def run_args(method: str, model: Path, data: Path, out: Path, per_device: int, steps: int = 3) -> list[str]:
-    return ["run", "--method", method, "--model", str(model), "--dataset", "jsonl", "--data-files", str(data),
-            "--output-dir", str(out), "--max-steps", str(steps), "--seed", "7", "--set", "max_length=64",
-            "--set", f"per_device_train_batch_size={per_device}", "--set", "learning_rate=1e-3",
-            "--set", "lr_scheduler_type=constant", "--set", "logging_steps=1", "--set", "save_steps=2",
-            "--set", "eval_fraction=0.2", "--set", "per_device_eval_batch_size=2"]
-
-
-def max_difference(a: dict, b: dict) -> float:
-    assert a.keys() == b.keys()
-    return max(float((a[k].float() - b[k].float()).abs().max()) for k in a)
+    return trainer_run_args(method, model, data, out, per_device, steps)
 
 
 @pytest.mark.parametrize("method", ["sft", "dpo"])
 def test_two_ranks_train_in_sync_on_different_data_and_rank0_writes(method, tiny_model_dir, pairs_file, tmp_path,
-                                                                     cli_run):
-    two = tmp_path / "two-ranks"
-    result = run_easyrlhf(run_args(method, tiny_model_dir, pairs_file, two, per_device=2), num_processes=2)
+                                                                     cli_run, shared_runs):
+    result = shared_runs.get(f"{method}-ddp", lambda out: run_args(method, tiny_model_dir, pairs_file, out, per_device=2),
+                             num_processes=2)  # tests/test_deepspeed.py compares ZeRO runs with it
+    two = result.output_dir
     assert result.returncode == 0, result.stderr
 
     assert "batch: 2 per device x 1 accumulation steps x 2 processes = 4 examples per optimizer step (global)" \

@@ -5,6 +5,8 @@ from __future__ import annotations
 import subprocess
 import sys
 
+import pytest
+
 from easyrlhf_core.cli import _rank_args
 from easyrlhf_core.launch import LaunchOptions, launcher_command
 
@@ -15,7 +17,7 @@ def test_cpu_uses_torchrun_with_per_machine_processes():
     cmd = launcher_command(LaunchOptions(num_processes=2, num_machines=3, machine_rank=1,
                                          main_process_ip="10.0.0.1", main_process_port=1234),
                            ["run", "--method", "dpo"], use_gpu=False)
-    assert cmd[:3] == [sys.executable, "-m", "torch.distributed.run"]
+    assert cmd[:4] == [sys.executable, "-m", "easyrlhf_core.ranks", "torchrun"]  # torchrun, run by us
     joined = " ".join(cmd)
     assert "--nproc_per_node 2 --nnodes 3 --node_rank 1 --master_port 1234 --master_addr 10.0.0.1" in joined
     assert cmd[-5:] == ["-m", "easyrlhf_core.cli", "run", "--method", "dpo"]
@@ -23,8 +25,21 @@ def test_cpu_uses_torchrun_with_per_machine_processes():
 
 def test_gpu_uses_accelerate_with_total_processes():
     cmd = launcher_command(LaunchOptions(num_processes=4, num_machines=2), ["run"], use_gpu=True)
-    assert cmd[:3] == [sys.executable, "-m", "accelerate.commands.launch"]
+    assert cmd[:4] == [sys.executable, "-m", "easyrlhf_core.ranks", "accelerate"]
     assert cmd[cmd.index("--num_processes") + 1] == "8" and "--multi_gpu" in cmd
+    assert cmd.index("--multi_gpu") < cmd.index("easyrlhf_core.cli")  # a launcher option, not the CLI's
+
+
+@pytest.mark.parametrize("use_gpu", [False, True])
+def test_one_deepspeed_process_is_launched_by_torchrun(use_gpu):
+    """DeepSpeed needs RANK / WORLD_SIZE / MASTER_ADDR even for one process (else it looks for MPI):
+    torchrun sets them; accelerate would refuse --multi_gpu with one process and set none without it."""
+    options = LaunchOptions(num_processes=1, deepspeed=True)
+    assert options.needs_launcher and not options.distributed
+    cmd = launcher_command(options, ["run", "--deepspeed", "zero3"], use_gpu=use_gpu)
+    assert cmd[:4] == [sys.executable, "-m", "easyrlhf_core.ranks", "torchrun"]
+    assert "--nproc_per_node 1 " in " ".join(cmd)
+    assert not LaunchOptions(num_processes=1).needs_launcher
 
 
 def test_rank_args_drop_launcher_options_and_fix_the_output_dir():

@@ -408,27 +408,16 @@ def test_ipo_summed_normalization_trains_with_precomputed_reference(cli_run, tin
 # DeepSpeed, configs
 
 
-def test_deepspeed_config_reaches_the_trainer_arguments(cli_run, tiny_model_dir, tmp_path, monkeypatch):
-    import trl
-
-    from easyrlhf_core import training as trl_common
+def test_deepspeed_config_reaches_the_trainer_arguments(tiny_model_dir, tmp_path, monkeypatch):
+    """The TRL config gets the DeepSpeed file, a shipped preset found by name (the ZeRO runs themselves:
+    tests/test_deepspeed.py)."""
+    from easyrlhf_core.training import trl_arguments
 
     captured = {}
-
-    class Captured(Exception):
-        pass
-
-    def capture(**kwargs):
-        captured.update(kwargs)
-        raise Captured("stop before DeepSpeed itself is needed")
-
-    monkeypatch.setattr(trl_common, "deepspeed_installed", lambda: True)
-    monkeypatch.setattr(trl, "DPOConfig", capture)
-    path = ROOT / "configs" / "deepspeed" / "zero2.json"
-    result = cli_run("run", "--method", "dpo", "--model", str(tiny_model_dir), "--dataset", "toy-prefs",
-                     "--output-dir", str(tmp_path / "out"), "--deepspeed", str(path))
-    assert result.exit_code == 1 and "stop before DeepSpeed" in result.stderr
-    assert captured["deepspeed"] == str(path) and captured["beta"] == 0.1
+    run = prepared_run("dpo", tiny_model_dir, tmp_path / "out", "deepspeed=zero2")
+    trl_arguments(lambda **kwargs: captured.update(kwargs), run, has_eval=False, beta=run.config.beta)
+    assert captured["deepspeed"] == str(ROOT / "easyrlhf_core" / "configs" / "deepspeed" / "zero2.json")
+    assert captured["beta"] == 0.1
 
 
 @pytest.mark.parametrize("method, config_class", [("sft", "SFTConfig"), ("rm", "RewardConfig"),
@@ -445,19 +434,20 @@ def test_gradient_checkpointing_is_what_the_config_says(tiny_model_dir, tmp_path
     assert arguments.gradient_checkpointing is asked
 
 
-def test_deepspeed_without_the_package_is_a_one_line_error(cli_run, tmp_path):
-    from easyrlhf_core.training import deepspeed_installed
+@pytest.mark.parametrize("method", ["sft", "ppo"])
+def test_deepspeed_without_the_package_is_a_one_line_error(cli_run, tmp_path, monkeypatch, method):
+    import sys
 
-    if deepspeed_installed():
-        pytest.skip("deepspeed is installed here")
+    monkeypatch.setitem(sys.modules, "deepspeed", None)  # hidden: find_spec says absent, import fails
     path = ROOT / "configs" / "deepspeed" / "zero3.json"
     out = tmp_path / "out"
-    result = cli_run("run", "--method", "sft", "--dataset", "toy-prefs", "--output-dir", str(out),
+    reward = ["--reward", "length"] if method == "ppo" else []
+    result = cli_run("run", "--method", method, "--dataset", "toy-prefs", "--output-dir", str(out), *reward,
                      "--deepspeed", str(path))
     assert result.exit_code == 2
     assert result.stderr.strip().splitlines() == [
-        "Error: --deepspeed: the deepspeed package is not installed: `pip install "
-        "deepspeed` (ZeRO runs need GPUs), or drop --deepspeed"]
+        "Error: --deepspeed: the deepspeed package is not installed: `pip install deepspeed` (it runs on CPU "
+        "too), or drop --deepspeed"]
     assert not out.exists()
 
 

@@ -8,27 +8,22 @@ from pathlib import Path
 
 import pytest
 
-from tests.subprocess_runs import RunningProcess, read_metrics, run_easyrlhf, write_rows
+from tests.subprocess_runs import RunningProcess, ppo_run_args, read_metrics, run_easyrlhf, toy_prompt, write_rows
 
 
 @pytest.fixture(scope="module")
 def prompts_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    rows = [{"prompt": [{"role": "user", "content": f"Say something nice about topic {i}."}]} for i in range(16)]
-    return write_rows(tmp_path_factory.mktemp("data") / "prompts.jsonl", rows)
+    return write_rows(tmp_path_factory.mktemp("data") / "prompts.jsonl", [toy_prompt(i) for i in range(16)])
 
 
 def ppo_args(model: Path, data: Path, out: Path, iterations: int) -> list[str]:
-    return ["run", "--method", "ppo", "--model", str(model), "--dataset", "jsonl", "--data-files", str(data),
-            "--output-dir", str(out), "--max-steps", str(iterations), "--reward", "keyword", "--seed", "3",
-            "--set", "reward_options={pattern: e}", "--set", "rollout_batch_size=2",
-            "--set", "per_device_train_batch_size=2", "--set", "max_new_tokens=6", "--set", "max_length=64",
-            "--set", "ppo_epochs=1", "--set", "eval_fraction=0", "--set", "save_steps=1",
-            "--set", "learning_rate=1e-3"]
+    return ppo_run_args(model, data, out, iterations)
 
 
-def test_two_ranks_run_ppo_in_sync_and_rank0_writes(tiny_model_dir, prompts_file, tmp_path):
-    out = tmp_path / "ppo-two"
-    result = run_easyrlhf(ppo_args(tiny_model_dir, prompts_file, out, iterations=2), num_processes=2)
+def test_two_ranks_run_ppo_in_sync_and_rank0_writes(tiny_model_dir, prompts_file, shared_runs):
+    result = shared_runs.get("ppo-ddp", lambda out: ppo_args(tiny_model_dir, prompts_file, out, iterations=2),
+                             num_processes=2)  # tests/test_deepspeed.py compares ZeRO runs with it
+    out = result.output_dir
     assert result.returncode == 0, result.stderr
     checksums = result.rank_checksums
     assert len(checksums) == 2 and checksums[0] == checksums[1], result.stderr

@@ -101,13 +101,15 @@ class RewardModelReward(RewardFunction):
         import torch
 
         from easyrlhf_core.models import disable_dropout, load_sequence_classifier, load_tokenizer
+        from easyrlhf_core.zero import loading_whole
 
         device = self.device_name
         if device == "auto":
             device = f"cuda:{os.environ.get('LOCAL_RANK', '0')}" if torch.cuda.is_available() else "cpu"
         self._tokenizer = load_tokenizer(self.path, trust_remote_code=self.trust_remote_code, padding_side="right")
-        model = load_sequence_classifier(self.path, trust_remote_code=self.trust_remote_code,
-                                         pad_token_id=self._tokenizer.pad_token_id, require_trained_head=True)
+        with loading_whole():  # each rank scores its own samples, at its own times: never ZeRO-3 partitioned
+            model = load_sequence_classifier(self.path, trust_remote_code=self.trust_remote_code,
+                                             pad_token_id=self._tokenizer.pad_token_id, require_trained_head=True)
         disable_dropout(model)
         self._model = model.to(device).eval().requires_grad_(False)
 

@@ -12,9 +12,7 @@ Batch sizes, per process (``--num-processes N`` multiplies each by N):
 from __future__ import annotations
 
 import importlib.util
-import json
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Literal
 
 from easyrlhf_core.config import invalid, option, require_model_dir, require_positive
@@ -121,11 +119,6 @@ class PPOConfig(SamplingOptions, RewardChoice, TrainerConfig):
             raise invalid("missing_eos_penalty", "must be >= 0 (it is subtracted), or empty for off")
         if self.value_learning_rate is not None and self.value_learning_rate <= 0:
             raise invalid("value_learning_rate", "must be > 0, or empty for learning_rate")
-        if self.deepspeed is not None:
-            stage = _zero_stage(self.deepspeed)
-            if stage == 3:
-                raise invalid("deepspeed", "ZeRO stage 3 is not supported by ppo (generation would need gathered "
-                                           "parameters); use configs/deepspeed/zero2.json")
         if self.generation_backend == "vllm":
             raise invalid("generation_backend", _vllm_unavailable_reason())
 
@@ -146,15 +139,6 @@ class PPOConfig(SamplingOptions, RewardChoice, TrainerConfig):
     def mini_batch_size(self) -> int:
         """Samples per optimizer step on each process."""
         return self.per_device_train_batch_size * self.gradient_accumulation_steps
-
-
-def _zero_stage(path: str) -> int | None:
-    try:
-        data = json.loads(Path(path).read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None
-    stage = (data.get("zero_optimization") or {}).get("stage")
-    return stage if isinstance(stage, int) else None
 
 
 def _vllm_unavailable_reason() -> str:

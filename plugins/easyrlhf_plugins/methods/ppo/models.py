@@ -10,6 +10,8 @@ from typing import TYPE_CHECKING, Any, Callable
 
 import torch
 
+from easyrlhf_core.zero import is_partitioned
+
 from .rollout import policy_response_logits, value_response_outputs
 
 if TYPE_CHECKING:
@@ -102,7 +104,12 @@ def load_models(run: Run, config: PPOConfig, policy_path: str) -> Models:
             with unwrap(policy).disable_adapter():
                 return policy_response_logits(policy, input_ids, attention_mask, n_query)
     else:
-        reference_model = copy.deepcopy(policy).eval().requires_grad_(False)
+        if is_partitioned(policy):  # ZeRO-3 loaded it partitioned: a copy of the slices is no model; load again
+            reference_model = load_causal_lm(policy_path, trust_remote_code=config.trust_remote_code)
+            disable_dropout(reference_model)
+        else:
+            reference_model = copy.deepcopy(policy)
+        reference_model.eval().requires_grad_(False)
 
         def reference(input_ids: torch.Tensor, attention_mask: torch.Tensor, n_query: int) -> torch.Tensor:
             return policy_response_logits(reference_model, input_ids, attention_mask, n_query)

@@ -4,6 +4,8 @@ One iteration: sample responses to a batch of prompts -> score them -> per-token
 the score on the last token) -> GAE advantages -> ``ppo_epochs`` passes of clipped policy and value
 updates over shuffled minibatches. accelerate places models, wraps policy + value in DDP (or DeepSpeed)
 and keeps gradients in sync; every process samples different prompts; only the main one writes.
+Under ZeRO-3 policy and value train partitioned, the reference is a partitioned inference engine, the
+policy is gathered whole for each ``generate`` and released after (:mod:`easyrlhf_core.zero`).
 """
 
 from __future__ import annotations
@@ -21,6 +23,9 @@ from easyrlhf_core.hf import check_ranks_agree
 from easyrlhf_core.metrics import drop_rows_after
 from easyrlhf_core.online import SAMPLES_FILE, record_columns, score_with_columns
 from easyrlhf_core.run import RunInterrupted, StopSignals
+from easyrlhf_core.models import unwrap
+from easyrlhf_core.zero import (fill_size_autos, gathered, gathered_for_generation, inference_engine,
+                                  is_partitioned)
 
 from . import core
 from .checkpoint import remove_partial_checkpoints, resume_from_latest, save_checkpoint
@@ -38,7 +43,8 @@ VALUE_MODEL_DIR = "value_model"
 
 
 def build_accelerator(config: PPOConfig) -> Any:
-    """An ``Accelerator``: CPU when there is no GPU (gloo under torchrun), mixed precision, DeepSpeed."""
+    """An ``Accelerator``: CPU when there is no GPU (gloo under torchrun), mixed precision, DeepSpeed (on
+    CPU too)."""
     from accelerate import Accelerator
     from accelerate.utils import DeepSpeedPlugin
 
@@ -51,7 +57,22 @@ def build_accelerator(config: PPOConfig) -> Any:
                                  gradient_accumulation_steps=config.gradient_accumulation_steps)
         if plugin.is_auto("train_micro_batch_size_per_gpu"):  # no dataloader to infer it from
             plugin.deepspeed_config["train_micro_batch_size_per_gpu"] = config.per_device_train_batch_size
-    return Accelerator(cpu=not torch.cuda.is_available(), mixed_precision=mixed, deepspeed_plugin=plugin,
+    cpu = not torch.cuda.is_available()
+    if plugin is not None:  # a pipeline's earlier stage (a Trainer) left its DeepSpeed state: the Trainer's way
+        from accelerate.state import AcceleratorState
+
+        AcceleratorState._reset_state(reset_partial_state=True)
+    if cpu and plugin is not None:
+        # Accelerator(cpu=True) would drop the DeepSpeed plugin without a word (plain DDP), and cpu=False
+        # alone counts one process on a machine without GPUs. The Trainer's way: the process state first, for
+        # CPU (gloo), then the accelerator on it, which takes DeepSpeed (its CPU accelerator).
+        from accelerate import PartialState
+
+        from easyrlhf_core.launch import world_size
+
+        PartialState(cpu=True, backend="gloo" if world_size() > 1 else None)
+        cpu = False
+    return Accelerator(cpu=cpu, mixed_precision=mixed, deepspeed_plugin=plugin,
                        gradient_accumulation_steps=config.gradient_accumulation_steps)
 
 
@@ -103,9 +124,17 @@ class PPOTrainer:
         self.scheduler = get_scheduler(config.lr_scheduler_type, optimizer,
                                        num_warmup_steps=math.ceil(config.warmup_ratio * total_updates),
                                        num_training_steps=total_updates)
+        if self.accelerator.state.deepspeed_plugin is not None:
+            fill_size_autos(self.accelerator.state.deepspeed_plugin.deepspeed_config,
+                            unwrap(models.policy).config.hidden_size)
         self.model, self.optimizer = self.accelerator.prepare(PolicyAndValue(models.policy, models.value_model),
                                                               optimizer)
-        if models.reference_model is not None:
+        self.reference_engine = None  # ZeRO-3: the reference, partitioned like the policy (no optimizer)
+        if models.reference_model is not None and is_partitioned(models.reference_model):
+            self.reference_engine = inference_engine(models.reference_model,
+                                                     self.accelerator.state.deepspeed_plugin.deepspeed_config,
+                                                     config.forward_batch_size or config.rollout_batch_size)
+        elif models.reference_model is not None:
             models.reference_model.to(self.accelerator.device)
         self.kl_ctl = core.KLController(config.beta, config.adaptive_kl, config.target_kl, config.kl_horizon)
         self.moments = core.RunningMoments()
@@ -165,8 +194,15 @@ class PPOTrainer:
         return [self.tokenizer.decode(row[:n].tolist(), skip_special_tokens=True).strip()
                 for row, n in zip(responses.cpu(), lengths)]
 
+    def generating(self) -> Any:
+        """The block in which :meth:`sample` may run: under ZeRO-3 the policy's parameters are gathered
+        whole on every rank (and released after), so ``generate`` runs locally. Collective: enter it the
+        same number of times on every rank."""
+        return gathered_for_generation(self.model, self.unwrapped.policy)
+
     def sample(self, prompt_ids: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """``(queries, query_mask, responses)`` for ``prompt_ids`` in one ``generate`` call."""
+        """``(queries, query_mask, responses)`` for ``prompt_ids`` in one ``generate`` call (inside
+        :meth:`generating`)."""
         queries, query_mask = lm.left_pad(prompt_ids, self.tokenizer.pad_token_id)
         queries, query_mask = queries.to(self.accelerator.device), query_mask.to(self.accelerator.device)
         with torch.no_grad(), self.accelerator.autocast():
@@ -179,7 +215,8 @@ class PPOTrainer:
         prompts = [self.prompts[i] for i in indices]
         self.unwrapped.eval()
         start = time.perf_counter()
-        queries, query_mask, responses = self.sample([self.prompt_ids[i] for i in indices])
+        with self.generating():
+            queries, query_mask, responses = self.sample([self.prompt_ids[i] for i in indices])
         generated = time.perf_counter()
         texts: list[str] = []
         score_time = [0.0]
@@ -301,15 +338,16 @@ class PPOTrainer:
         mine = list(range(self.rank, len(self.eval_ids), self.world))
         totals = torch.zeros(4, device=self.accelerator.device)  # score, length, eos, count
         size = self.config.per_device_eval_batch_size
-        for start in range(0, len(mine), size):
-            chunk = mine[start:start + size]
-            _, _, responses = self.sample([self.eval_ids[i] for i in chunk])
-            mask, has_stop = core.response_mask(responses, self.stop_ids)
-            records = [self.eval_prompts[i] for i in chunk]
-            scores = score_with_columns(self.reward_fn, [r["prompt"] for r in records], self._texts(responses, mask),
-                                        record_columns(records))
-            totals += torch.tensor([sum(scores), float(mask.sum()), float(has_stop.sum()), len(chunk)],
-                                   device=totals.device)
+        with self.generating():  # once: ranks may have different numbers of eval chunks
+            for start in range(0, len(mine), size):
+                chunk = mine[start:start + size]
+                _, _, responses = self.sample([self.eval_ids[i] for i in chunk])
+                mask, has_stop = core.response_mask(responses, self.stop_ids)
+                records = [self.eval_prompts[i] for i in chunk]
+                scores = score_with_columns(self.reward_fn, [r["prompt"] for r in records],
+                                            self._texts(responses, mask), record_columns(records))
+                totals += torch.tensor([sum(scores), float(mask.sum()), float(has_stop.sum()), len(chunk)],
+                                       device=totals.device)
         totals = self.accelerator.reduce(totals, reduction="sum")
         count = max(float(totals[3]), 1.0)
         self.run.log_metrics(iteration, {"eval/score": float(totals[0]) / count,
@@ -401,8 +439,9 @@ class PPOTrainer:
         self.accelerator.wait_for_everyone()
         unwrapped = self.unwrapped
         self.run.save_model(unwrapped.policy, self.tokenizer)
-        if self.run.is_main_process:
-            save_model(unwrapped.value_model, self.tokenizer, self.run.output_dir / VALUE_MODEL_DIR,
-                       merge_lora=not self.config.save_adapter_only)
-            self.run.log(f"saved value model to {self.run.output_dir / VALUE_MODEL_DIR}")
+        with gathered(unwrapped.value_model):  # ZeRO-3: whole on every rank while rank 0 writes it
+            if self.run.is_main_process:
+                save_model(unwrapped.value_model, self.tokenizer, self.run.output_dir / VALUE_MODEL_DIR,
+                           merge_lora=not self.config.save_adapter_only)
+                self.run.log(f"saved value model to {self.run.output_dir / VALUE_MODEL_DIR}")
         self.accelerator.wait_for_everyone()

@@ -1,0 +1,127 @@
+"""A failing rank reaches the user as one ``Error:`` line, the first rank's error, named.
+
+Each launched rank that fails records its error line in ``$EASYRLHF_RANK_ERRORS/rank-N.json``
+(:func:`record_rank_error`, called by the CLI's error handler, which then prints nothing itself, so two
+failing ranks do not print two lines). The launcher runs in this module's process
+(``python -m easyrlhf_core.ranks torchrun|accelerate ARGS``): torch's launcher (torchrun) or accelerate's,
+called as a function instead of through its command-line entry point, so a failed rank ends it with an
+exit code and a ``launcher.json`` naming the failed ranks, not torch elastic's ``ChildFailedError``
+traceback; its own log lines are off unless ``--debug``. The parent process then reads the directory
+(:func:`first_failure`) and prints one line.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import signal
+import sys
+import time
+from pathlib import Path
+
+RANK_ERRORS_ENV = "EASYRLHF_RANK_ERRORS"
+LAUNCHER_FILE = "launcher.json"
+
+
+def record_rank_error(message: str, code: int) -> bool:
+    """In a launched rank: write its error line for the parent; False when there is nowhere to write it
+    (not launched by ``easyrlhf run``), so the caller prints it."""
+    folder = os.environ.get(RANK_ERRORS_ENV)
+    if not folder or not Path(folder).is_dir():
+        return False
+    rank = int(os.environ.get("RANK", "0"))
+    record = {"rank": rank, "world_size": int(os.environ.get("WORLD_SIZE", "1")), "message": message,
+              "code": code, "time": time.time()}
+    path = Path(folder) / f"rank-{rank}.json"
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(record), encoding="utf-8")
+    tmp.rename(path)
+    return True
+
+
+def first_failure(folder: Path) -> tuple[str, int] | None:
+    """``(error line without "Error: ", exit code)`` of the rank that failed first, from what the ranks
+    and the launcher wrote into ``folder``; None when nothing failed there."""
+    records = []
+    for path in folder.glob("rank-*.json"):
+        try:
+            records.append(json.loads(path.read_text(encoding="utf-8")))
+        except (OSError, ValueError):
+            continue
+    if records:
+        first = min(records, key=lambda r: (r["time"], r["rank"]))
+        named = f"rank {first['rank']}: " if first.get("world_size", 1) > 1 else ""
+        return f"{named}{first['message']}", int(first.get("code") or 1)
+    try:
+        failures = json.loads((folder / LAUNCHER_FILE).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    if not failures:
+        return None
+    first = min(failures, key=lambda f: (f["time"], f["rank"]))
+    exitcode = int(first["exitcode"])
+    if exitcode < 0:
+        name = _signal_name(-exitcode)
+        hint = " (out of memory? see `dmesg`)" if -exitcode == signal.SIGKILL else ""
+        return f"rank {first['rank']}: killed by {name}{hint}", 128 - exitcode
+    return f"rank {first['rank']}: exited with code {exitcode} before reporting an error", exitcode or 1
+
+
+def _signal_name(number: int) -> str:
+    try:
+        return signal.Signals(number).name
+    except ValueError:
+        return f"signal {number}"
+
+
+def _write_failures(failures: dict[int, object]) -> None:
+    folder = os.environ.get(RANK_ERRORS_ENV)
+    if not folder or not Path(folder).is_dir():
+        return
+    rows = [{"rank": int(rank), "exitcode": int(getattr(f, "exitcode", 1)),
+             "time": float(getattr(f, "timestamp", 0) or 0)} for rank, f in failures.items()]
+    (Path(folder) / LAUNCHER_FILE).write_text(json.dumps(rows), encoding="utf-8")
+
+
+def _quiet_launcher_logs() -> None:
+    """torch elastic's warnings and errors about the ranks it stops ("failed (exitcode: 1) ...", "Sending
+    process ... closing signal SIGTERM"): the parent prints the one line that matters."""
+    for name in list(logging.root.manager.loggerDict):
+        if name.startswith(("torch.distributed", "accelerate")):
+            logging.getLogger(name).setLevel(logging.CRITICAL)
+    logging.getLogger("torch.distributed").setLevel(logging.CRITICAL)
+
+
+def main(argv: list[str]) -> int:
+    """Run ``torchrun ARGS`` or ``accelerate ARGS`` (``accelerate launch``) in this process; its exit code."""
+    from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
+
+    which, args = argv[0], argv[1:]
+    debug = "--debug" in args
+    if which == "torchrun":
+        from torch.distributed.run import parse_args, run
+
+        def start() -> None:
+            run(parse_args(args))
+    else:
+        from accelerate.commands.launch import launch_command, launch_command_parser
+
+        def start() -> None:
+            launch_command(launch_command_parser().parse_args(args))
+    if not debug:
+        _quiet_launcher_logs()
+    try:
+        start()
+    except ChildFailedError as exc:
+        if debug:
+            print(exc, file=sys.stderr)
+        _write_failures(exc.failures)
+        _, failure = exc.get_first_failure()
+        code = int(getattr(failure, "exitcode", 1))
+        return 128 - code if code < 0 else code or 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
