@@ -151,6 +151,46 @@ def test_a_failing_rank_is_one_error_line_and_the_directory_is_as_found(tiny_mod
     assert (out / "notes.txt").read_text(encoding="utf-8") == "an earlier run\n"
 
 
+GENERATION_CHECK = """
+import sys, torch, deepspeed
+from transformers import AutoModelForCausalLM
+from easyrlhf_core.zero import _parameter_offload, gathered_for_generation, is_partitioned, start_deepspeed
+start_deepspeed()
+model = AutoModelForCausalLM.from_pretrained(sys.argv[1], dtype=torch.float32)
+config = {"train_micro_batch_size_per_gpu": 1, "gradient_accumulation_steps": 1,
+          "zero_optimization": {"stage": 3, "stage3_param_persistence_threshold": 0},
+          "optimizer": {"type": "AdamW", "params": {"lr": 1e-3, "torch_adam": True}}}
+engine, *_ = deepspeed.initialize(model=model, model_parameters=model.parameters(), config=config)
+hooks, ids = _parameter_offload(engine), torch.tensor([[1, 2, 3]])
+report = [len(hooks.forward_hooks) > 0, is_partitioned(engine.module)]
+with gathered_for_generation(engine, engine.module):
+    report += [len(hooks.forward_hooks), engine.module.model.embed_tokens.weight.numel() > 0]
+    report.append(engine.module.generate(ids, max_new_tokens=3, do_sample=False).shape[1])
+report += [len(hooks.forward_hooks) > 0, engine.module.model.embed_tokens.weight.numel()]
+loss = engine(input_ids=ids, labels=ids).loss
+engine.backward(loss)
+engine.step()
+print("REPORT", report, bool(torch.isfinite(loss)))
+"""
+
+
+def test_generation_gathers_the_policy_with_the_hooks_off_and_gives_both_back(tiny_model_dir, tmp_path):
+    """Inside the block the ZeRO-3 module is whole and hook-free (``generate`` runs locally); after it the
+    parameters are partitions again and the engine trains on (its hooks back)."""
+    import subprocess
+    import sys
+
+    from tests.subprocess_runs import subprocess_env
+
+    script = tmp_path / "check.py"
+    script.write_text(GENERATION_CHECK, encoding="utf-8")
+    done = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "1", "--master_port",
+                           str(_free_port()), str(script), str(tiny_model_dir)], capture_output=True, text=True,
+                          env={**subprocess_env(), "DS_ACCELERATOR": "cpu"}, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert "REPORT [True, True, 0, True, 6, True, 0] True" in done.stdout, done.stdout
+
+
 def _free_port() -> int:
     from tests.subprocess_runs import free_port
 
