@@ -75,13 +75,14 @@ def write_jsonl(path: Path, records: list[dict[str, Any]]) -> Path:
 
 
 def easyrlhf_command(method: str, model: str, out: Path, steps: int, settings: dict[str, Any],
-                     flags: Sequence[str] = ()) -> list[str]:
-    """``easyrlhf run`` on hh-rlhf into ``out``: ``steps`` steps, no eval, no checkpoints, seed 42, one
-    metrics row per step; ``settings`` become ``--set KEY=VALUE`` (after the defaults here, so they win)."""
+                     flags: Sequence[str] = (), data: Sequence[str] = ("--dataset", "hh-rlhf")) -> list[str]:
+    """``easyrlhf run`` on hh-rlhf (or ``data``: the dataset flags) into ``out``: ``steps`` steps, no eval, no
+    checkpoints, seed 42, one metrics row per step; ``settings`` become ``--set KEY=VALUE`` (after the
+    defaults here, so they win)."""
     base = {"eval_fraction": 0.0, "max_eval_samples": 0, "save_steps": 0, "logging_steps": 1}
     sets = [item for key, value in {**base, **settings}.items() for item in ("--set", f"{key}={value}")]
     return [sys.executable, "-m", "easyrlhf_core.cli", "run", "--method", method, "--model", model,
-            "--dataset", "hh-rlhf", "--output-dir", str(out), "--overwrite", "--max-steps", str(steps),
+            *data, "--output-dir", str(out), "--overwrite", "--max-steps", str(steps),
             "--seed", str(SEED), *flags, *sets]
 
 

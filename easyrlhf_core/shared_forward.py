@@ -31,8 +31,13 @@ from .prefix_sharing import SHARED_PREFIX_KEY, block_attention_mask, pack_groups
 if TYPE_CHECKING:
     import torch
 
-__all__ = ["enable_shared_prefix", "shared_prefix_unsupported", "chunked_token_log_probs", "packed_hidden_states",
-           "CHUNK_TOKENS"]
+__all__ = [
+    "CHUNK_TOKENS",
+    "chunked_token_log_probs",
+    "enable_shared_prefix",
+    "packed_hidden_states",
+    "shared_prefix_unsupported",
+]
 
 #: LM-head positions per chunk: ``CHUNK_TOKENS x vocab`` fp32 logits exist at a time (100 MB for 49k vocab).
 CHUNK_TOKENS = 512
@@ -226,28 +231,31 @@ def _probe_batch(model: Any, kind: str) -> dict[str, Any]:
 
 
 def _max_difference(model: Any, kind: str) -> float:
-    """Largest absolute difference between the patched path and the model's own forward on a probe."""
+    """Largest absolute difference between the patched path and the model class's own forward on a probe,
+    both in the weights' dtype without autocast (an instance's forward may carry wrappers: TRL's fused LM
+    head, accelerate's mixed-precision autocast on a prepared reference model)."""
     import torch
 
     base = _base(model)
+    own_forward = type(base).forward
     device = next(base.parameters()).device
     batch = {k: v.to(device) for k, v in _probe_batch(base, kind).items() if k != SHARED_PREFIX_KEY}
     packed = {k: v.to(device) for k, v in _probe_batch(base, kind)[SHARED_PREFIX_KEY].items()}
     was_training = base.training
     base.eval()
     try:
-        with torch.no_grad():
+        with torch.no_grad(), torch.autocast(device.type, enabled=False):
             if kind == "causal_lm":
                 labels = batch["input_ids"].masked_fill(batch["attention_mask"] == 0, -100)
                 shared = _lm_forward(base, packed, labels).log_probs
-                logits = base(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
-                              use_cache=False).logits[:, :-1].float()
+                logits = own_forward(base, input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
+                                     use_cache=False).logits[:, :-1].float()
                 own = torch.log_softmax(logits, dim=-1).gather(-1, labels[:, 1:].clamp(min=0).unsqueeze(-1))
                 own = own.squeeze(-1) * (labels[:, 1:] != -100)
             else:
                 shared = _classifier_forward(base, packed).logits.float()
-                own = base(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
-                           use_cache=False).logits.float()
+                own = own_forward(base, input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
+                                  use_cache=False).logits.float()
     finally:
         base.train(was_training)
     return float((shared - own).abs().max())
@@ -269,7 +277,7 @@ def enable_shared_prefix(model: Any, kind: str = "causal_lm", tolerance: float =
         return reason
     try:
         difference = _max_difference(model, kind)
-    except Exception as error:  # a model whose forward rejects a 4D mask or position ids
+    except Exception as error:  # noqa: BLE001  (a forward that rejects a 4D mask; ZeRO-3-sharded weights)
         return f"the packed forward failed on a probe batch ({type(error).__name__}: {error})"
     if not difference <= tolerance:
         return (f"the packed forward differs from the model's own by {difference:.2g} on a probe batch "

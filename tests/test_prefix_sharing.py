@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from easyrlhf_core import registry
 from easyrlhf_core.prefix_sharing import (
     SHARED_PREFIX_KEY,
     block_attention_mask,
@@ -19,8 +20,6 @@ from easyrlhf_core.prefix_sharing import (
     pair_groups,
     query_groups,
 )
-
-from easyrlhf_core import registry
 
 from . import test_methods_trl, test_rrhf
 from .test_methods_trl import prepared_run, run_method
@@ -257,7 +256,6 @@ def _perturb(*models) -> None:
 ])
 def test_dpo_and_ipo_shared_path_equals_the_padded_path(tiny_model_dir, tmp_path, method, options):
     import torch
-
     from easyrlhf_plugins.methods.dpo import DPOMethod, IPOMethod
 
     builder = DPOMethod() if method == "dpo" else IPOMethod()
@@ -286,7 +284,6 @@ def test_dpo_and_ipo_shared_path_equals_the_padded_path(tiny_model_dir, tmp_path
 
 def test_rm_shared_path_equals_the_padded_path(tiny_model_dir, tmp_path):
     import torch
-
     from easyrlhf_plugins.methods.rm import RMMethod
 
     on, _ = RMMethod().build_trainer(prepared_run("rm", tiny_model_dir, tmp_path / "on"))
@@ -306,7 +303,6 @@ def test_rm_shared_path_equals_the_padded_path(tiny_model_dir, tmp_path):
 
 def test_rrhf_shared_path_equals_the_padded_path(tiny_model_dir, tmp_path):
     import torch
-
     from easyrlhf_plugins.methods.rrhf import build_trainer
 
     def trainer(name: str, *options: str):
@@ -355,3 +351,45 @@ def test_a_few_steps_with_and_without_prefix_sharing_end_with_the_same_weights(
     assert moved > 1e-3
     for name, value in w_off.items():
         assert torch.allclose(w_on[name], value, atol=2e-5), (name, float((w_on[name] - value).abs().max()))
+
+
+def test_a_model_that_cannot_take_the_mask_trains_on_padded_rows_and_says_why(cli_run, tiny_tokenizer_dir,
+                                                                                tmp_path):
+    import torch
+    from transformers import AutoTokenizer, MistralConfig, MistralForCausalLM
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_tokenizer_dir)
+    torch.manual_seed(0)
+    config = MistralConfig(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                           num_attention_heads=4, num_key_value_heads=2, sliding_window=64,
+                           pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id)
+    model_dir = tmp_path / "tiny-mistral"
+    MistralForCausalLM(config).save_pretrained(model_dir)
+    tokenizer.save_pretrained(model_dir)
+    result = run_method(cli_run, "dpo", model_dir, tmp_path / "out", "--set", "max_eval_samples=0", steps=1)
+    assert "prefix sharing: off (sliding-window attention" in result.stderr
+    assert (tmp_path / "out" / "model" / "model.safetensors").is_file()
+
+
+def test_the_probe_ignores_an_autocast_wrapper_on_the_model(tiny_model_dir):
+    """accelerate wraps a prepared frozen reference's forward in bf16 autocast (TRL's DPO reference under
+    --precision bf16); the probe compares the packed path with the model class's own forward in the same
+    precision, so such a model keeps prefix sharing (the training step itself runs under the trainer's
+    autocast either way)."""
+    import types
+
+    import torch
+
+    from easyrlhf_core.shared_forward import enable_shared_prefix
+
+    lm, _ = _tiny_models(tiny_model_dir)
+    with torch.no_grad():
+        lm.get_input_embeddings().weight.mul_(40)  # large logits: bf16 and fp32 log-probs differ visibly
+    inner = lm.forward.__func__
+
+    def autocast_forward(self, *args, **kwargs):  # what Accelerator(mixed_precision="bf16").prepare_model does
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            return inner(self, *args, **kwargs)
+
+    lm.forward = types.MethodType(autocast_forward, lm)
+    assert enable_shared_prefix(lm) is None
