@@ -25,8 +25,17 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     import torch
 
-__all__ = ["PREFIX_SHARING_HELP", "PackedGroup", "common_prefix_length", "pack_groups", "pair_groups", "query_groups",
-           "block_attention_mask", "SharedPrefixCollator", "SHARED_PREFIX_KEY"]
+__all__ = [
+    "PREFIX_SHARING_HELP",
+    "SHARED_PREFIX_KEY",
+    "PackedGroup",
+    "SharedPrefixCollator",
+    "block_attention_mask",
+    "common_prefix_length",
+    "pack_groups",
+    "pair_groups",
+    "query_groups",
+]
 
 #: The help text of the ``prefix_sharing`` option of every method that has one.
 PREFIX_SHARING_HELP = ("Run each prompt once for all of its responses (shared-prefix forward: one sequence per "

@@ -22,6 +22,7 @@ windows, custom code) is left unpatched and the reason is returned for the run l
 
 from __future__ import annotations
 
+import functools
 import types
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -145,22 +146,27 @@ def chunked_token_log_probs(head: Any, hidden: torch.Tensor, labels: torch.Tenso
     return tuple(torch.cat(column) for column in zip(*parts))
 
 
-@dataclass
-class SharedPrefixLMOutput:
-    """What the patched causal LM returns for a packed batch (the fields TRL's fused LM head returns)."""
+@functools.cache
+def _lm_output_class() -> type:
+    """What the patched causal LM returns for a packed batch: a transformers ``ModelOutput`` (so DDP and
+    DeepSpeed hooks walk it as they walk any model output) with the fields of TRL's fused LM head output."""
+    from transformers.utils import ModelOutput
 
-    loss: Any
-    log_probs: Any
-    entropy: Any
-    mean_logits: Any
-    is_top1: Any
-    label_mask: Any
-    log_sum_sq_probs: Any = None
-    aux_loss: Any = None
-    logits: Any = None
+    @dataclass
+    class SharedPrefixLMOutput(ModelOutput):
+        loss: Any = None
+        log_probs: Any = None
+        entropy: Any = None
+        mean_logits: Any = None
+        is_top1: Any = None
+        label_mask: Any = None
+        log_sum_sq_probs: Any = None
+        aux_loss: Any = None
+
+    return SharedPrefixLMOutput
 
 
-def _lm_forward(self: Any, packed: dict[str, torch.Tensor], labels: torch.Tensor | None) -> SharedPrefixLMOutput:
+def _lm_forward(self: Any, packed: dict[str, torch.Tensor], labels: torch.Tensor | None) -> Any:
     if labels is None:
         raise ValueError("a shared-prefix forward of a causal LM needs labels (-100 where nothing is read)")
     hidden = packed_hidden_states(self, packed)
@@ -173,7 +179,7 @@ def _lm_forward(self: Any, packed: dict[str, torch.Tensor], labels: torch.Tensor
     log_probs, entropy, mean_logits, is_top1 = (
         v.new_zeros(read.shape).masked_scatter(read, v) for v in values)
     loss = -log_probs.sum() / read.sum().clamp(min=1)
-    return SharedPrefixLMOutput(loss=loss, log_probs=log_probs, entropy=entropy, mean_logits=mean_logits,
+    return _lm_output_class()(loss=loss, log_probs=log_probs, entropy=entropy, mean_logits=mean_logits,
                                 is_top1=is_top1, label_mask=read)
 
 
