@@ -216,7 +216,7 @@ def _install(model: Any, kind: str) -> None:
     model.forward = types.MethodType(forward, model)
 
 
-def _probe_batch(model: Any, kind: str) -> dict[str, Any]:
+def _probe_batch(model: Any) -> dict[str, Any]:
     """Two groups of uneven rows (one pair sharing 5 tokens, one whose rows differ from the first token),
     packed into one row, as a padded batch would hold them."""
     import torch
@@ -245,8 +245,9 @@ def _max_difference(model: Any, kind: str) -> float:
     base = _base(model)
     own_forward = type(base).forward
     device = next(base.parameters()).device
-    batch = {k: v.to(device) for k, v in _probe_batch(base, kind).items() if k != SHARED_PREFIX_KEY}
-    packed = {k: v.to(device) for k, v in _probe_batch(base, kind)[SHARED_PREFIX_KEY].items()}
+    probe = _probe_batch(base)
+    batch = {k: v.to(device) for k, v in probe.items() if k != SHARED_PREFIX_KEY}
+    packed = {k: v.to(device) for k, v in probe[SHARED_PREFIX_KEY].items()}
     was_training = base.training
     base.eval()
     try:
