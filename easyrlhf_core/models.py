@@ -6,6 +6,7 @@ torch / transformers / peft are imported inside functions so the CLI starts inst
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import importlib.util
 import os
@@ -201,12 +202,15 @@ def convert_gguf(gguf: Path, out: Path) -> None:
     A gguf-loaded model refuses ``save_pretrained``; we rebuild the model from its config without the
     quantization config and load the dequantized weights into it.
     """
+    import copy
+
     import torch
-    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoModelForCausalLM, AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
-    loaded = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32)
-    config = AutoConfig.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
+    with _cached_gguf_name_maps():
+        loaded = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32)
+    config = copy.deepcopy(loaded.config)  # parsing the GGUF's metadata again costs seconds
     if hasattr(config, "quantization_config"):
         delattr(config, "quantization_config")
     config.dtype = torch.float32
@@ -217,6 +221,23 @@ def convert_gguf(gguf: Path, out: Path) -> None:
     fresh.generation_config = loaded.generation_config
     _atomic_save(out, lambda tmp: (fresh.save_pretrained(tmp, safe_serialization=True),
                                    tokenizer.save_pretrained(tmp)))
+
+
+@contextmanager
+def _cached_gguf_name_maps() -> Iterator[None]:
+    """While loading a GGUF: transformers asks ``gguf.get_tensor_name_map(arch, layers)`` once per module
+    (hundreds of times, ~14 ms each, the same answer); answer repeats from a cache, then put it back."""
+    import gguf as gguf_package
+
+    original = getattr(gguf_package, "get_tensor_name_map", None)
+    if original is None:
+        yield
+        return
+    gguf_package.get_tensor_name_map = functools.lru_cache(maxsize=None)(original)
+    try:
+        yield
+    finally:
+        gguf_package.get_tensor_name_map = original
 
 
 def _atomic_save(out: Path, write: Callable[[Path], Any]) -> None:

@@ -107,9 +107,10 @@ def packed_hidden_states(model: Any, packed: dict[str, torch.Tensor]) -> torch.T
     return hidden.reshape(-1, hidden.shape[-1])
 
 
-def _head_chunk(head: Any, softcap: float | None, hidden: torch.Tensor,
-                labels: torch.Tensor) -> tuple[torch.Tensor, ...]:
-    """log-prob of ``labels`` (with gradient), entropy, mean logit and top-1 hit (without) for one chunk."""
+def _head_chunk(head: Any, softcap: float | None, hidden: torch.Tensor, labels: torch.Tensor,
+                metrics: list[tuple[torch.Tensor, ...]]) -> torch.Tensor:
+    """log-prob of ``labels`` (with gradient) for one chunk; on the first call also its entropy, mean logit
+    and top-1 hit (without gradient), appended to ``metrics`` (a checkpoint's recompute skips them)."""
     import torch
 
     logits = head(hidden).float()
@@ -117,33 +118,38 @@ def _head_chunk(head: Any, softcap: float | None, hidden: torch.Tensor,
         logits = torch.tanh(logits / softcap) * softcap
     normaliser = torch.logsumexp(logits, dim=-1)
     log_probs = logits.gather(-1, labels.unsqueeze(-1)).squeeze(-1) - normaliser
-    with torch.no_grad():
-        probs = torch.exp(logits - normaliser.unsqueeze(-1))
-        entropy = normaliser - (probs * logits).sum(dim=-1)
-        mean_logits = logits.mean(dim=-1)
-        is_top1 = logits.argmax(dim=-1) == labels
-    return log_probs, entropy, mean_logits, is_top1
+    if not metrics:
+        with torch.no_grad():
+            probs = torch.exp(logits - normaliser.unsqueeze(-1))
+            entropy = normaliser - (probs * logits).sum(dim=-1)
+            metrics.append((entropy, logits.mean(dim=-1), logits.argmax(dim=-1) == labels))
+    return log_probs
 
 
 def chunked_token_log_probs(head: Any, hidden: torch.Tensor, labels: torch.Tensor, softcap: float | None = None,
                             chunk: int = CHUNK_TOKENS) -> tuple[torch.Tensor, ...]:
     """``(log_probs, entropy, mean_logits, is_top1)`` of ``labels`` ``[n]`` under ``head(hidden)``
-    (``hidden`` ``[n, d]``), ``chunk`` positions at a time; with gradients on, each chunk is checkpointed,
-    so its logits are recomputed in the backward instead of kept."""
+    (``hidden`` ``[n, d]``), ``chunk`` positions at a time; with gradients on, each chunk but the last is
+    checkpointed, so its logits are recomputed in the backward instead of kept (the last one's are used by
+    the backward right away: at most two chunks' logits exist at a time, and a batch of one chunk is not
+    recomputed at all)."""
     import torch
     from torch.utils.checkpoint import checkpoint
 
-    parts = []
-    for start in range(0, hidden.shape[0], chunk):
+    log_probs, metrics = [], []
+    starts = range(0, hidden.shape[0], chunk)
+    for start in starts:
         h, y = hidden[start: start + chunk], labels[start: start + chunk]
-        if torch.is_grad_enabled() and h.requires_grad:
-            parts.append(checkpoint(_head_chunk, head, softcap, h, y, use_reentrant=False))
+        found: list[tuple[torch.Tensor, ...]] = []
+        if torch.is_grad_enabled() and h.requires_grad and start != starts[-1]:
+            log_probs.append(checkpoint(_head_chunk, head, softcap, h, y, found, use_reentrant=False))
         else:
-            parts.append(_head_chunk(head, softcap, h, y))
-    if not parts:
+            log_probs.append(_head_chunk(head, softcap, h, y, found))
+        metrics.append(found[0])
+    if not log_probs:
         empty = hidden.new_zeros(0, dtype=torch.float32)
         return empty, empty, empty, torch.zeros(0, dtype=torch.bool, device=hidden.device)
-    return tuple(torch.cat(column) for column in zip(*parts))
+    return (torch.cat(log_probs), *(torch.cat(column) for column in zip(*metrics)))
 
 
 @functools.cache

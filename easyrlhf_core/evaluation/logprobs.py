@@ -1,7 +1,13 @@
 """Summed log-probabilities of completions given their prompts, batched, without gradients.
 
 Only completion tokens count: prompt and padding positions are masked out. Sequences longer than
-``max_length`` lose their oldest prompt tokens (see :func:`easyrlhf_core.chat.keep_last`).
+``max_length`` lose their oldest prompt tokens (:func:`truncated_sequences`), the same number for every
+completion of one prompt, so the two answers of a pair are scored in the same context.
+
+Completions of the same prompt (a pair's chosen and rejected answer) are scored on the shared-prefix path
+when the model takes it (:mod:`easyrlhf_core.shared_forward`): the prompt runs once per group, groups are
+packed without padding and the LM head runs on completion tokens only. Same numbers as padded rows (to
+fp32 noise), fewer tokens; a model that cannot take the block mask is scored on padded rows.
 """
 
 from __future__ import annotations
@@ -27,23 +33,77 @@ def batches_by_length(lengths: list[int], batch_size: int) -> list[list[int]]:
     return [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
 
 
+def truncated_sequences(examples: list[tuple[list[int], list[int]]], max_length: int) -> list[list[int]]:
+    """``prompt + completion`` per example, at most ``max_length`` tokens: a prompt keeps its last tokens, as
+    many as its longest completion leaves room for, for all of its completions; a completion longer than
+    ``max_length`` alone keeps its last ``max_length`` tokens (:func:`easyrlhf_core.chat.keep_last`)."""
+    longest: dict[tuple[int, ...], int] = {}
+    for prompt, completion in examples:
+        key = tuple(prompt)
+        longest[key] = max(longest.get(key, 0), len(completion))
+    sequences = []
+    for prompt, completion in examples:
+        room = max(max_length - longest[tuple(prompt)], 0)
+        kept = list(prompt)[len(prompt) - room:] if room < len(prompt) else list(prompt)
+        sequences.append(keep_last(kept + list(completion), max_length))
+    return sequences
+
+
+def groups_by_prompt(examples: list[tuple[list[int], list[int]]], lengths: list[int],
+                     batch_size: int) -> list[list[list[int]]]:
+    """Batches of prompt groups: example indices grouped by identical prompt, the groups ordered by their
+    longest sequence and cut into batches of at most ``batch_size`` examples (a larger group is a batch)."""
+    groups: dict[tuple[int, ...], list[int]] = {}
+    for i, (prompt, _completion) in enumerate(examples):
+        groups.setdefault(tuple(prompt), []).append(i)
+    ordered = sorted(groups.values(), key=lambda g: (max(lengths[i] for i in g), g[0]))
+    batches: list[list[list[int]]] = []
+    for group in ordered:
+        if batches and sum(len(g) for g in batches[-1]) + len(group) <= batch_size:
+            batches[-1].append(group)
+        else:
+            batches.append([group])
+    return batches
+
+
 def completion_logprobs(model: Any, examples: list[tuple[list[int], list[int]]], pad_token_id: int,
-                        batch_size: int = 8, max_length: int = 1024) -> list[CompletionLogProb]:
-    """One :class:`CompletionLogProb` per ``(prompt_ids, completion_ids)``, in input order."""
+                        batch_size: int = 8, max_length: int = 1024,
+                        share_prefixes: bool = True) -> list[CompletionLogProb]:
+    """One :class:`CompletionLogProb` per ``(prompt_ids, completion_ids)``, in input order.
+    ``share_prefixes``: use the shared-prefix path when ``model`` takes it (patching it, see
+    :func:`easyrlhf_core.shared_forward.enable_shared_prefix`); False: padded rows."""
     import torch
 
+    from ..prefix_sharing import pack_groups
+    from ..shared_forward import enable_shared_prefix
+
     device = next(model.parameters()).device
-    sequences = [keep_last(list(p) + list(c), max_length) for p, c in examples]
+    sequences = truncated_sequences(examples, max_length)
     # The completion is the tail of each sequence; its first token is predicted from the token before it.
     completion_lengths = [len(c) for _p, c in examples]
+    lengths = [len(s) for s in sequences]
+    shared = share_prefixes and enable_shared_prefix(model, "causal_lm") is None
+    if shared:
+        batches = groups_by_prompt(examples, lengths, batch_size)
+    else:
+        batches = [[[i] for i in batch] for batch in batches_by_length(lengths, batch_size)]
     results: list[CompletionLogProb | None] = [None] * len(examples)
     with torch.inference_mode():
-        for batch in batches_by_length([len(s) for s in sequences], batch_size):
+        for groups in batches:
+            batch = [i for group in groups for i in group]
             input_ids, attention = right_pad([sequences[i] for i in batch], pad_token_id)
             counted = tail_mask(attention, [completion_lengths[i] for i in batch])
-            input_ids, attention, counted = input_ids.to(device), attention.to(device), counted.to(device)
-            logits = model(input_ids=input_ids, attention_mask=attention).logits
-            sums, counts = response_log_probs(logits, input_ids, counted)
+            if shared:
+                rows = {i: row for row, i in enumerate(batch)}
+                packed = pack_groups(input_ids, attention, [[rows[i] for i in g] for g in groups], pad_token_id)
+                labels = input_ids.masked_fill(~counted, -100).to(device)
+                out = model(input_ids=input_ids.to(device), attention_mask=attention.to(device), labels=labels,
+                            shared_prefix={k: v.to(device) for k, v in packed.items()})
+                sums, counts = out.log_probs.sum(dim=-1), out.label_mask.sum(dim=-1)
+            else:
+                input_ids, attention, counted = input_ids.to(device), attention.to(device), counted.to(device)
+                logits = model(input_ids=input_ids, attention_mask=attention).logits
+                sums, counts = response_log_probs(logits, input_ids, counted)
             for row, i in enumerate(batch):
                 results[i] = CompletionLogProb(total=float(sums[row]), tokens=int(counts[row]))
     return [r for r in results if r is not None]
@@ -51,7 +111,8 @@ def completion_logprobs(model: Any, examples: list[tuple[list[int], list[int]]],
 
 def truncated_count(examples: list[tuple[list[int], list[int]]], max_length: int) -> int:
     """How many examples :func:`completion_logprobs` shortens."""
-    return sum(1 for p, c in examples if len(p) + len(c) > max_length)
+    kept = truncated_sequences(examples, max_length)
+    return sum(1 for (p, c), sequence in zip(examples, kept) if len(sequence) < len(p) + len(c))
 
 
 def pair_gaps(logps: list[CompletionLogProb]) -> list[float]:
