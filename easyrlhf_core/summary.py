@@ -74,12 +74,21 @@ def pair_findings(scores: PairScores, seed: int) -> list[Finding]:
                  "logprob_accuracy_after": after.accuracy, "logprob_accuracy_after_ci95": list(after.ci95)}),
         Finding(f"moved towards the chosen answer on {moved.accuracy:.2f} of them [{moved.ci95[0]:.2f}, "
                 f"{moved.ci95[1]:.2f}] (0.50 = no change); the chosen-minus-rejected log-prob margin changed by "
-                f"{change:+.3f} nats per pair [{low:+.3f}, {high:+.3f}]"
-                + (f"; within noise: {n} pairs cannot show a smaller change (more pairs and steps can)"
-                   if moved.ci95[0] <= 0.5 <= moved.ci95[1] else ""),
+                f"{change:+.3f} nats per pair [{low:+.3f}, {high:+.3f}]" + _verdict(moved.ci95, (low, high), n),
                 {"moved_towards_chosen": moved.accuracy, "moved_towards_chosen_ci95": list(moved.ci95),
                  "margin_change_mean": change, "margin_change_ci95": [low, high]}),
     ]
+
+
+def _verdict(moved_ci95: tuple[float, float], margin_ci95: tuple[float, float], n: int) -> str:
+    """What the two intervals say together, in words: within noise only when neither excludes no change."""
+    if margin_ci95[1] < 0:
+        return "; the margin fell: on these pairs the model moved towards the rejected answers"
+    if margin_ci95[0] > 0:
+        return "; the margin rose: on these pairs the model moved towards the chosen answers"
+    if moved_ci95[0] <= 0.5 <= moved_ci95[1]:
+        return f"; within noise: {n} pairs cannot show a smaller change (more pairs and steps can)"
+    return "; the mean margin change is within noise, the share of pairs that moved is not"
 
 
 def training_rows_finding(run: Run, accuracy_key: str, margin_key: str, last: int = 5) -> list[Finding]:

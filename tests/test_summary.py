@@ -84,3 +84,15 @@ def test_a_negative_summary_pairs_is_one_line_before_anything_is_written(cli_run
     assert result.stderr.strip().splitlines()[-1] == ("Error: --set summary_pairs: 'summary_pairs' must be >= 0 "
                                                       "(0: no before/after scoring)")
     assert not out.exists()
+
+
+@pytest.mark.parametrize("changes, words", [
+    ([-1.0, -0.8, -1.2, -0.9, -1.1, -0.7], "the margin fell"),
+    ([1.0, 0.8, 1.2, 0.9, 1.1, 0.7], "the margin rose"),
+    ([1.0, -1.0, 0.5, -0.5, 0.1, -0.2], "within noise: 6 pairs"),
+])
+def test_the_summary_says_within_noise_only_when_no_interval_excludes_no_change(changes, words):
+    scores = PairScores(before_gaps=[0.0] * 6, after_gaps=[0.0] * 6, margin_changes=changes)
+    _held, moved = pair_findings(scores, seed=0)
+    assert words in moved.text, moved.text
+    assert ("within noise" in moved.text) == (words.startswith("within noise")), moved.text
