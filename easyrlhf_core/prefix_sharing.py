@@ -27,6 +27,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "PREFIX_SHARING_HELP",
+    "ROW_TOKENS",
     "SHARED_PREFIX_KEY",
     "PackedGroup",
     "SharedPrefixCollator",
@@ -42,6 +43,10 @@ PREFIX_SHARING_HELP = ("Run each prompt once for all of its responses (shared-pr
                        "example with a block attention mask), pack examples without padding and run the LM head "
                        "only on the tokens a loss reads; same results, less time and memory. false: padded rows, "
                        "one per response. Models whose attention takes no such mask fall back by themselves.")
+
+#: Default packed-row length: a batch's groups share one row up to this many tokens (fewer padding slots;
+#: the block mask is ``ROW_TOKENS**2`` booleans per row, and masked attention costs grow with the row length).
+ROW_TOKENS = 2048
 
 #: The batch key under which :class:`SharedPrefixCollator` puts the packed batch.
 SHARED_PREFIX_KEY = "shared_prefix"
@@ -126,10 +131,9 @@ def pack_groups(input_ids: torch.Tensor, attention_mask: torch.Tensor, groups: l
     """The packed, shared-prefix form of a right-padded batch.
 
     ``groups`` partitions the rows (e.g. :func:`pair_groups`); each group is laid out once
-    (:class:`PackedGroup`) and the groups are packed first-fit into rows of ``budget`` tokens (default: the
-    longest group or the batch width, whichever is more; a group longer than ``budget`` gets a row of its
-    own). Returns ``input_ids``, ``position_ids``,
-    ``segment_ids`` (-1 on padding), ``branch_ids`` of shape ``[packed_rows, width]`` and ``token_index``
+    (:class:`PackedGroup`) and the groups are packed first-fit into rows of ``budget`` tokens (a group longer
+    than ``budget`` gets a row of its own; default: the whole batch in one row, up to :data:`ROW_TOKENS` or the
+    longest group). Returns ``input_ids``, ``position_ids``, ``segment_ids`` (-1 on padding), ``branch_ids`` of shape ``[packed_rows, width]`` and ``token_index``
     of the original shape (flat index into the packed batch, -1 past each row's length).
     """
     import torch
@@ -141,7 +145,7 @@ def pack_groups(input_ids: torch.Tensor, attention_mask: torch.Tensor, groups: l
         raise ValueError(f"groups must cover each of the {len(rows)} rows exactly once, got {groups}")
     laid_out = [PackedGroup.of({r: rows[r] for r in g}) for g in groups]
     sizes = [len(g.tokens) for g in laid_out]
-    capacity = budget if budget is not None else max([input_ids.shape[1], *sizes])
+    capacity = budget if budget is not None else max([input_ids.shape[1], *sizes, min(sum(sizes), ROW_TOKENS)])
     bins = _first_fit(sizes, capacity)
     width = max(sum(sizes[i] for i in b) for b in bins)
 

@@ -78,6 +78,9 @@ class Run:
         self.trackers: Any = None  # easyrlhf_core.tracking.Trackers while execute() runs, on the main process
         self.directory: Any = None  # the RunDirectory held by the process that claimed the output dir
         self.rank_lock: Any = None  # a launched rank's shared hold on it
+        #: How many training examples the method really trains on, when it drops some (too long for
+        #: max_length, say); the summary says "N of M". None: all of ``data.train``.
+        self.train_examples_used: int | None = None
 
     # -- paths -------------------------------------------------------------------------------------
     @property

@@ -142,6 +142,7 @@ class RunSummary:
     trained: str
     dataset: str
     train_examples: int
+    train_examples_used: int | None  # None: all train_examples (the method dropped none)
     steps: int | None
     seconds: float
     output_dir: str
@@ -152,8 +153,10 @@ class RunSummary:
     def lines(self) -> list[str]:
         """The summary as a newcomer reads it."""
         steps = f", {self.steps} steps" if self.steps is not None else ""
-        trained = f"  trained  {self.trained} on {self.train_examples} {self.dataset} examples{steps}, in " \
-                  f"{_duration(self.seconds)}"
+        used = self.train_examples_used
+        count = (f"{used} of {self.train_examples} {self.dataset} examples (the rest too long for max_length)"
+                 if used is not None and used != self.train_examples else f"{self.train_examples} {self.dataset} examples")
+        trained = f"  trained  {self.trained} on {count}{steps}, in {_duration(self.seconds)}"
         out = ["", "Summary", trained]
         for i, finding in enumerate(self.changed):
             out.append(f"  {'changed' if i == 0 else '':7}  {finding.text}")
@@ -205,6 +208,7 @@ def build_summary(run: Run, changed: list[Finding]) -> RunSummary:
     train = len(run.data.train) if run.data is not None and hasattr(run.data, "train") else 0
     return RunSummary(method=run.method.name, model=start, trained=f"{how} from {start}",
                       dataset=str(getattr(config, "dataset", "")), train_examples=train,
+                      train_examples_used=run.train_examples_used,
                       steps=int(step) if isinstance(step, (int, float)) else None,
                       seconds=time.time() - run.started, output_dir=str(run.output_dir),
                       model_dir=str(run.model_dir), changed=changed, next_commands=next_commands(run))

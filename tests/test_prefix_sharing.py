@@ -82,6 +82,18 @@ def test_every_row_is_recoverable_from_the_packed_batch():
     assert packed["input_ids"].shape[0] >= 3  # budget 16: the 30-token prompt's group has a row of its own
 
 
+def test_by_default_a_batch_shares_one_row_up_to_row_tokens(monkeypatch):
+    from easyrlhf_core import prefix_sharing
+
+    rows = [[1] * 10 + [2] * n for n in (3, 9, 1, 4)] + [[1] * 10 + [3] * n for n in (5, 2, 8, 6)]
+    ids, mask = _padded(rows)
+    packed = pack_groups(ids, mask, pair_groups(8), pad_token_id=0)
+    assert packed["input_ids"].shape == (1, 4 * 10 + 3 + 9 + 1 + 4 + 5 + 2 + 8 + 6)  # no padding slot
+    monkeypatch.setattr(prefix_sharing, "ROW_TOKENS", 40)
+    packed = pack_groups(ids, mask, pair_groups(8), pad_token_id=0)
+    assert packed["input_ids"].shape[0] == 2 and packed["input_ids"].shape[1] <= 40
+
+
 def test_block_mask_sees_the_prefix_and_its_own_tail_only():
     import torch
 

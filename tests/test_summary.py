@@ -67,6 +67,7 @@ def test_quick_start_settings_end_with_a_summary_of_what_changed(cli_run, tiny_m
     summary = json.loads((out / "summary.json").read_text())
     assert summary["trained"].startswith("dpo (LoRA r16) from ")
     assert summary["steps"] == 16
+    assert summary["train_examples"] == 16 and summary["train_examples_used"] == 16  # every toy pair fits
     figures = {k: v for finding in summary["changed"] for k, v in finding["figures"].items()}
     assert figures["held_out_pairs"] == 8
     # The toy preference (chosen answers say "Paris") is learnable: the quick start's learning rate moves it.
@@ -74,6 +75,18 @@ def test_quick_start_settings_end_with_a_summary_of_what_changed(cli_run, tiny_m
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert not any("eval_loss" in row for row in rows)  # final_eval off: the summary is the eval
     assert (out / "COMPLETE").is_file()
+
+
+def test_the_summary_counts_the_pairs_trained_on_when_some_are_too_long(cli_run, tiny_model_dir, tmp_path):
+    out = tmp_path / "short"
+    result = cli_run("run", "--method", "dpo", "--model", str(tiny_model_dir), "--dataset", "toy-prefs",
+                     "--output-dir", str(out), "--max-steps", "1", "--set", "max_length=29",
+                     "--set", "summary_pairs=0")
+    assert result.exit_code == 0, result.stderr[-3000:]
+    summary = json.loads((out / "summary.json").read_text())
+    kept = summary["train_examples_used"]
+    assert 0 < kept < summary["train_examples"] == 16, summary
+    assert f"on {kept} of 16 toy-prefs examples (the rest too long for max_length)" in result.stderr
 
 
 def test_a_negative_summary_pairs_is_one_line_before_anything_is_written(cli_run, tiny_model_dir, tmp_path):
@@ -96,3 +109,13 @@ def test_the_summary_says_within_noise_only_when_no_interval_excludes_no_change(
     _held, moved = pair_findings(scores, seed=0)
     assert words in moved.text, moved.text
     assert ("within noise" in moved.text) == (words.startswith("within noise")), moved.text
+
+
+def test_dpo_with_no_pair_that_fits_is_one_line_naming_max_length(cli_run, tiny_model_dir, tmp_path):
+    out = tmp_path / "none-fit"
+    result = cli_run("run", "--method", "dpo", "--model", str(tiny_model_dir), "--dataset", "toy-prefs",
+                     "--output-dir", str(out), "--max-steps", "1", "--set", "max_length=20")
+    assert result.exit_code != 0 and "Traceback" not in result.stderr
+    assert result.stderr.strip().splitlines()[-1].startswith(
+        "Error: max_length: every training pair's prompt alone fills max_length=20 tokens; raise max_length")
+    assert not out.exists()

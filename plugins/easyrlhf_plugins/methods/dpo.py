@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from easyrlhf_core import hookimpl
 from easyrlhf_core.config import invalid, option
+from easyrlhf_core.errors import DataError
 from easyrlhf_core.prefix_sharing import PREFIX_SHARING_HELP
 from easyrlhf_core.shapes import Shape
 from easyrlhf_core.summary import Finding, held_out_pairs_change, training_rows_finding
@@ -95,6 +96,10 @@ class DPOMethod(TrainerMethod):
         if collator is not None:
             trainer.share_prefixes()
         run.log(f"{self.name}: reference = {describe_reference(trainer)}")
+        run.train_examples_used = len(trainer.train_dataset)
+        if run.train_examples_used == 0:
+            raise DataError(f"every training pair's prompt alone fills max_length={config.max_length} tokens; "
+                            f"raise max_length", where="max_length")
         run.log(f"{self.name}: {len(trainer.train_dataset)} of {len(run.data.train)} training pairs kept "
                 f"(pairs whose prompt alone fills max_length={config.max_length} are dropped)")
         describe_trainable(run, trainer.model)

@@ -79,6 +79,7 @@ class RMMethod(TrainerMethod):
         if kept == 0:
             raise DataError(f"every training pair is longer than max_length={config.max_length} tokens; "
                             f"raise max_length", where="max_length")
+        run.train_examples_used = kept
         kept_eval = len(trainer.eval_dataset) if evaluation is not None else 0
         run.log(f"rm: kept {kept} of {len(run.data.train)} training and {kept_eval} of {len(run.data.eval)} eval "
                 f"pairs (TRL drops pairs longer than max_length={config.max_length} tokens)")
