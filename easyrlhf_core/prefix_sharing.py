@@ -133,8 +133,9 @@ def pack_groups(input_ids: torch.Tensor, attention_mask: torch.Tensor, groups: l
     ``groups`` partitions the rows (e.g. :func:`pair_groups`); each group is laid out once
     (:class:`PackedGroup`) and the groups are packed first-fit into rows of ``budget`` tokens (a group longer
     than ``budget`` gets a row of its own; default: the whole batch in one row, up to :data:`ROW_TOKENS` or the
-    longest group). Returns ``input_ids``, ``position_ids``, ``segment_ids`` (-1 on padding), ``branch_ids`` of shape ``[packed_rows, width]`` and ``token_index``
-    of the original shape (flat index into the packed batch, -1 past each row's length).
+    longest group). Returns ``input_ids``, ``position_ids``, ``segment_ids`` (-1 on padding), ``branch_ids``
+    of shape ``[packed_rows, width]`` and ``token_index`` of the original shape (flat index into the packed
+    batch, -1 past each row's length).
     """
     import torch
 

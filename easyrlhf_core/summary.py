@@ -153,9 +153,9 @@ class RunSummary:
     def lines(self) -> list[str]:
         """The summary as a newcomer reads it."""
         steps = f", {self.steps} steps" if self.steps is not None else ""
-        used = self.train_examples_used
-        count = (f"{used} of {self.train_examples} {self.dataset} examples (the rest too long for max_length)"
-                 if used is not None and used != self.train_examples else f"{self.train_examples} {self.dataset} examples")
+        used, total = self.train_examples_used, self.train_examples
+        count = (f"{used} of {total} {self.dataset} examples (the rest too long for max_length)"
+                 if used is not None and used != total else f"{total} {self.dataset} examples")
         trained = f"  trained  {self.trained} on {count}{steps}, in {_duration(self.seconds)}"
         out = ["", "Summary", trained]
         for i, finding in enumerate(self.changed):
