@@ -265,11 +265,19 @@ def train_and_save(run: Run, trainer: Any, model_for_save: Any = None, tokenizer
         run.log(f"stopped at step {step}; checkpoint saved to {saved}")
         raise RunInterrupted(stop.agreed, saved)
     check_ranks_agree(run, trainer.model)
-    final: dict[str, Any] = {}
-    wanted = getattr(run.config, "final_eval", True)
-    if wanted and getattr(trainer, "eval_dataset", None) is not None and len(trainer.eval_dataset) > 0:
+    final = _eval_at_step(trainer, trainer.state.global_step)  # transformers evaluates at the last step itself
+    wanted = getattr(run.config, "final_eval", True)           # when eval_steps is set: not twice
+    if not final and wanted and getattr(trainer, "eval_dataset", None) is not None and len(trainer.eval_dataset) > 0:
         final = trainer.evaluate()
     model = model_for_save if model_for_save is not None else trainer.model
     tok = tokenizer if tokenizer is not None else getattr(trainer, "processing_class", None)
     run.save_model(model, tok)
     return final
+
+
+def _eval_at_step(trainer: Any, step: int) -> dict[str, Any]:
+    """The ``eval_*`` metrics the trainer logged at ``step`` (empty when it did not evaluate there)."""
+    for entry in reversed(trainer.state.log_history):
+        if entry.get("step") == step and any(key.startswith("eval_") for key in entry):
+            return {key: value for key, value in entry.items() if key.startswith("eval_")}
+    return {}
