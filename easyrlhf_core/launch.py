@@ -61,6 +61,7 @@ def is_launched() -> bool:
 
 
 def world_size() -> int:
+    """How many processes this run has (``WORLD_SIZE`` of the launcher; 1 without one)."""
     return int(os.environ.get("WORLD_SIZE", "1"))
 
 

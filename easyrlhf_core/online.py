@@ -1,6 +1,6 @@
 """What online methods on TRL's trainers share (GRPO, RLOO, a plugin's own): several weighted rewards
 from the reward plugins, handed to TRL as reward functions, with the dataset's extra columns, and a log of
-sampled completions with their rewards.
+sampled completions with their rewards; and which prompts leave room for a completion (PPO's too).
 
 The reward plugins are the same ones PPO and RRHF use (:mod:`easyrlhf_core.reward_choice`): a registered
 reward function, or a reward-model directory read by the one readout rule the ``rm`` method trains with.
@@ -20,7 +20,8 @@ from .training import RewardChoice
 if TYPE_CHECKING:
     from .api import RewardFunction
     from .registry import Registry
-    from .shapes import Message
+    from .run import Run
+    from .shapes import Message, Record
 
 #: Keys TRL adds to a reward function's keyword arguments that are not dataset columns.
 TRL_REWARD_KWARGS = {"trainer_state", "log_extra", "log_metric", "environments", "completion_ids"}
@@ -150,6 +151,49 @@ def trl_reward_funcs(rewards: list[WeightedReward], samples: SampleLog | None = 
                      ) -> tuple[list[TRLRewardFunc], list[float]]:
     """``(reward_funcs, reward_weights)`` for a TRL online trainer (GRPOTrainer, RLOOTrainer)."""
     return [TRLRewardFunc(r, samples) for r in rewards], [r.weight for r in rewards]
+
+
+def encode_prompts(tokenizer: Any, records: list[Record], max_prompt_tokens: int
+                   ) -> tuple[list[int], list[list[int]]]:
+    """Chat-template token ids of each record's prompt (generation prompt included), leaving out prompts
+    longer than ``max_prompt_tokens``: ``(indices of the kept records, their ids)``."""
+    from transformers.utils import logging as hf_logging
+
+    from .chat import prompt_ids
+
+    kept, encoded = [], []
+    verbosity = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()  # "sequence longer than model_max_length": such prompts are left out here
+    try:
+        for index, record in enumerate(records):
+            ids = prompt_ids(tokenizer, record["prompt"])
+            if len(ids) <= max_prompt_tokens:
+                kept.append(index)
+                encoded.append(ids)
+    finally:
+        hf_logging.set_verbosity(verbosity)
+    return kept, encoded
+
+
+def prompts_that_fit(run: Run, tokenizer: Any, records: list[Record], room: int, split: str, room_name: str
+                     ) -> tuple[list[Record], list[list[int]]]:
+    """The records whose prompt leaves room for a completion (at most ``room`` tokens, ``room_name`` saying
+    which options set it, e.g. ``"max_length - max_new_tokens"``), with their prompt ids. The dropped count
+    goes to the run's log; for the ``"training"`` split the kept count is ``run.train_examples_used`` (the
+    summary's "N of M examples"), and none kept is a :class:`~easyrlhf_core.errors.DataError` naming
+    ``max_length``."""
+    from .errors import DataError
+
+    kept, ids = encode_prompts(tokenizer, records, room)
+    dropped = len(records) - len(kept)
+    if dropped:
+        run.log(f"data: dropped {dropped} {split} prompts longer than {room_name} = {room} tokens")
+    if split == "training":
+        if not kept:
+            raise DataError(f"every training prompt is longer than {room_name} = {room} tokens; raise max_length",
+                            where="max_length")
+        run.train_examples_used = len(kept)
+    return [records[i] for i in kept], ids
 
 
 class SampleLog:

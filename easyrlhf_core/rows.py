@@ -75,6 +75,7 @@ def get_field(row: Any, name: str, columns: dict[str, str], required: bool = Tru
 
 
 def has_field(row: Any, name: str, columns: dict[str, str]) -> bool:
+    """Whether ``row`` has field ``name`` (through ``columns``), not null."""
     return isinstance(row, dict) and row.get(columns.get(name, name)) is not None
 
 
@@ -108,12 +109,14 @@ def as_text(value: Any, name: str) -> str:
 
 
 def as_text_list(value: Any, name: str) -> list[str]:
+    """``value`` as a list of strings (field ``name``), checked."""
     if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
         raise RowProblem(f"field '{name}' must be a list of strings, got {json_type(value)}")
     return list(value)
 
 
 def as_number_list(value: Any, name: str) -> list[float]:
+    """``value`` as a list of floats (field ``name``; booleans refused), checked."""
     if not isinstance(value, list) or not all(isinstance(v, (int, float)) and not isinstance(v, bool)
                                               for v in value):
         raise RowProblem(f"field '{name}' must be a list of numbers, got {json_type(value)}")
@@ -121,6 +124,7 @@ def as_number_list(value: Any, name: str) -> list[float]:
 
 
 def ends_with(messages: list[Message], role: str, name: str) -> list[Message]:
+    """``messages`` unchanged when the last one is ``role``'s, else a :class:`RowProblem` naming ``name``."""
     if not messages or messages[-1]["role"] != role:
         last = messages[-1]["role"] if messages else "nothing"
         article = "an" if role[0] in "aeiou" else "a"
@@ -129,6 +133,7 @@ def ends_with(messages: list[Message], role: str, name: str) -> list[Message]:
 
 
 def json_type(value: Any) -> str:
+    """What ``value`` is, in JSON's words ("a string", "null"), for error messages."""
     if value is None:
         return "null"
     return {bool: "a boolean", int: "a number", float: "a number", str: "a string", list: "a list",

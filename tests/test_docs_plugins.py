@@ -87,3 +87,43 @@ def test_the_documented_dataset_and_reward_work_in_ppo(doc_plugin, easyrlhf_plug
     typo = easyrlhf_cli(*args, "--set", "reward_options.targte=3", "--output-dir", str(tmp_path / "typo"))
     assert typo.exit_code == 2
     assert "unknown option(s) targte (did you mean 'target'?); known: target, weight" in typo.stderr
+
+
+def _core_imports_of_the_built_ins() -> dict[tuple[str, str], str]:
+    """``(module, name)`` -> the first built-in file that imports it from ``easyrlhf_core``."""
+    import ast
+
+    found: dict[tuple[str, str], str] = {}
+    for path in sorted((DOC.parents[1] / "plugins").rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("easyrlhf_core"):
+                for alias in node.names:
+                    found.setdefault((node.module, alias.name), path.name)
+    return found
+
+
+def test_every_core_name_a_built_in_imports_is_documented_and_public():
+    """The built-ins use only what docs/plugins.md names: each such name is in section 6, under its
+    module's bullet, exists and has a docstring (a constant or a module excepted)."""
+    import importlib
+    import inspect
+
+    text = DOC.read_text(encoding="utf-8")
+    section = text[text.index("## 6. "):]
+    bullets: dict[str, str] = {}  # module -> the text of the bullets that name it
+    for bullet in re.split(r"^- ", section, flags=re.M)[1:]:
+        modules = set(re.findall(r"`(easyrlhf_core(?:\.[a-z_]+)?)`", bullet))
+        modules |= {f"easyrlhf_core.{m}" for m in re.findall(r"`\.([a-z_]+)`", bullet)}
+        for module in modules:
+            bullets[module] = bullets.get(module, "") + bullet
+    imports = _core_imports_of_the_built_ins()
+    assert len(imports) > 50  # the walk found the plugins
+    missing = [f"{module}.{name} ({where})" for (module, name), where in imports.items()
+               if f"`{name}`" not in bullets.get(module, "") and f"`{name}(" not in bullets.get(module, "")]
+    assert not missing, f"imported by a built-in but not in docs/plugins.md section 6: {missing}"
+    undocumented = []
+    for module, name in imports:
+        value = getattr(importlib.import_module(module), name)
+        if (inspect.isclass(value) or inspect.isfunction(value)) and not inspect.getdoc(value):
+            undocumented.append(f"{module}.{name}")
+    assert not undocumented, f"public kit names without a docstring: {undocumented}"

@@ -202,3 +202,34 @@ def test_a_batch_that_does_not_split_into_groups_is_one_line_and_leaves_nothing(
     errors = [line for line in result.stderr.splitlines() if line.startswith("Error:")]
     assert len(errors) == 1 and errors[0].startswith("Error: num_generations: ") and "multiple of num_generations" in errors[0]
     assert "Traceback" not in result.stderr and not out.exists()
+
+
+@pytest.mark.parametrize("method", ["grpo", "ppo"])
+def test_prompts_too_long_for_a_completion_are_dropped_and_counted(method, cli_run, tiny_model_dir, tmp_path):
+    """The online methods share one rule (easyrlhf_core.online.prompts_that_fit): a prompt that leaves no
+    room for a completion is dropped, the log says how many, the summary trains on "N of M"."""
+    rows = [{"prompt": q} for q in QUESTIONS] + [{"prompt": "word " * 200}]
+    data = write_rows(tmp_path / "prompts.jsonl", rows)
+    out = tmp_path / method
+    common = ["--set", "eval_fraction=0", "--set", "max_length=64", "--set", "save_steps=0", "--max-steps", "1",
+              "--reward", "length", "--output-dir", str(out), "--dataset", "jsonl", "--data-files", str(data)]
+    shape = (["--set", "max_completion_length=8", "--set", "num_generations=4", "--set",
+              "per_device_train_batch_size=4"] if method == "grpo" else
+             ["--set", "max_new_tokens=8", "--set", "rollout_batch_size=4"])
+    result = cli_run("run", "--method", method, "--model", str(tiny_model_dir), *common, *shape)
+    assert result.exit_code == 0, result.stderr
+    assert "data: dropped 1 training prompts longer than max_length - " in result.stderr
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["train_examples"] == 5 and summary["train_examples_used"] == 4
+    assert "on 4 of 5 jsonl examples (the rest too long for max_length)" in result.stderr
+
+
+def test_no_prompt_that_fits_is_one_line_naming_max_length(cli_run, tiny_model_dir, tmp_path):
+    data = write_rows(tmp_path / "long.jsonl", [{"prompt": "word " * 200}] * 4)
+    out = tmp_path / "none-fit"
+    result = cli_run(*args("grpo", tiny_model_dir, data, out, "--reward", "length", "--set", "max_length=64"))
+    assert result.exit_code == 2
+    errors = [line for line in result.stderr.splitlines() if line.startswith("Error:")]
+    assert errors == ["Error: max_length: every training prompt is longer than max_length - max_completion_length "
+                      "= 56 tokens; raise max_length"], result.stderr
+    assert not out.exists()

@@ -122,6 +122,7 @@ def test_forward_logprobs_match_the_sampling_distribution(tiny_model_dir):
 
     from easyrlhf_core import lm
     from easyrlhf_core.config import resolve_config
+    from easyrlhf_core.online import encode_prompts
     from easyrlhf_plugins.methods.ppo import core, rollout
     from easyrlhf_plugins.methods.ppo.config import PPOConfig
 
@@ -129,8 +130,8 @@ def test_forward_logprobs_match_the_sampling_distribution(tiny_model_dir):
     config.temperature, config.max_new_tokens = 0.7, 6
     tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
     model = AutoModelForCausalLM.from_pretrained(tiny_model_dir).eval()
-    kept, ids = rollout.encode_prompts(tokenizer, [{"prompt": [{"role": "user", "content": q}]}
-                                                      for q in ("hi", QUESTIONS[0] + " " + QUESTIONS[1])], 100)
+    kept, ids = encode_prompts(tokenizer, [{"prompt": [{"role": "user", "content": q}]}
+                                             for q in ("hi", QUESTIONS[0] + " " + QUESTIONS[1])], 100)
     assert kept == [0, 1] and len(ids[0]) != len(ids[1])
     queries, query_mask = lm.left_pad(ids, tokenizer.pad_token_id)
     gen_config = rollout.generation_config(config, tokenizer, [tokenizer.eos_token_id])

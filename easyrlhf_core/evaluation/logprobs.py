@@ -33,30 +33,33 @@ def batches_by_length(lengths: list[int], batch_size: int) -> list[list[int]]:
     return [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
 
 
+def prompt_groups(examples: list[tuple[list[int], list[int]]]) -> list[list[int]]:
+    """Example indices grouped by identical prompt, groups in order of first appearance."""
+    groups: dict[tuple[int, ...], list[int]] = {}
+    for i, (prompt, _completion) in enumerate(examples):
+        groups.setdefault(tuple(prompt), []).append(i)
+    return list(groups.values())
+
+
 def truncated_sequences(examples: list[tuple[list[int], list[int]]], max_length: int) -> list[list[int]]:
     """``prompt + completion`` per example, at most ``max_length`` tokens: a prompt keeps its last tokens, as
     many as its longest completion leaves room for, for all of its completions; a completion longer than
     ``max_length`` alone keeps its last ``max_length`` tokens (:func:`easyrlhf_core.chat.keep_last`)."""
-    longest: dict[tuple[int, ...], int] = {}
-    for prompt, completion in examples:
-        key = tuple(prompt)
-        longest[key] = max(longest.get(key, 0), len(completion))
-    sequences = []
-    for prompt, completion in examples:
-        room = max(max_length - longest[tuple(prompt)], 0)
-        kept = list(prompt)[len(prompt) - room:] if room < len(prompt) else list(prompt)
-        sequences.append(keep_last(kept + list(completion), max_length))
+    sequences: list[list[int]] = [[] for _ in examples]
+    for group in prompt_groups(examples):
+        prompt = list(examples[group[0]][0])
+        room = max(max_length - max(len(examples[i][1]) for i in group), 0)
+        kept = prompt[len(prompt) - room:] if room < len(prompt) else prompt
+        for i in group:
+            sequences[i] = keep_last(kept + list(examples[i][1]), max_length)
     return sequences
 
 
 def groups_by_prompt(examples: list[tuple[list[int], list[int]]], lengths: list[int],
                      batch_size: int) -> list[list[list[int]]]:
-    """Batches of prompt groups: example indices grouped by identical prompt, the groups ordered by their
-    longest sequence and cut into batches of at most ``batch_size`` examples (a larger group is a batch)."""
-    groups: dict[tuple[int, ...], list[int]] = {}
-    for i, (prompt, _completion) in enumerate(examples):
-        groups.setdefault(tuple(prompt), []).append(i)
-    ordered = sorted(groups.values(), key=lambda g: (max(lengths[i] for i in g), g[0]))
+    """Batches of prompt groups (:func:`prompt_groups`), the groups ordered by their longest sequence and cut
+    into batches of at most ``batch_size`` examples (a larger group is a batch)."""
+    ordered = sorted(prompt_groups(examples), key=lambda g: (max(lengths[i] for i in g), g[0]))
     batches: list[list[list[int]]] = []
     for group in ordered:
         if batches and sum(len(g) for g in batches[-1]) + len(group) <= batch_size:

@@ -9,11 +9,12 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from easyrlhf_core import hookimpl
 from easyrlhf_core.config import invalid, option, require_positive
-from easyrlhf_core.errors import ConfigError, DataError
+from easyrlhf_core.errors import ConfigError
 from easyrlhf_core.online import (
     SAMPLES_FILE,
     RewardsChoice,
     SampleLog,
+    prompts_that_fit,
     trl_reward_funcs,
 )
 from easyrlhf_core.shapes import Shape
@@ -164,16 +165,8 @@ class OnlineMethod(TrainerMethod):
 
     def prompts(self, run: Run, tokenizer: Any, records: list[Record], split: str) -> list[Record]:
         """The records whose prompt leaves room for a completion (max_length - max_completion_length)."""
-        from easyrlhf_core.chat import prompt_ids
-
         room = run.config.max_length - run.config.max_completion_length
-        kept = [r for r in records if len(prompt_ids(tokenizer, r["prompt"])) <= room]
-        if len(kept) < len(records):
-            run.log(f"data: dropped {len(records) - len(kept)} {split} prompts longer than max_length - "
-                    f"max_completion_length = {room} tokens")
-        if split == "training" and not kept:
-            raise DataError(f"every training prompt is longer than {room} tokens; raise max_length", where="max_length")
-        return kept
+        return prompts_that_fit(run, tokenizer, records, room, split, "max_length - max_completion_length")[0]
 
 
 class GRPOMethod(OnlineMethod):

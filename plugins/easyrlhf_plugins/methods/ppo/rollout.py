@@ -1,4 +1,4 @@
-"""Rollouts: tokenize prompts, the sampling settings of the batched ``generate`` call
+"""Rollouts: prompt positions, the sampling settings of the batched ``generate`` call
 (:func:`easyrlhf_core.lm.generate`: left padding, KV cache), and record what the update needs (log-probs,
 reference log-probs, values, scores) without gradients."""
 
@@ -10,37 +10,15 @@ from typing import TYPE_CHECKING, Any, Callable
 import torch
 
 from easyrlhf_core import lm
-from easyrlhf_core.chat import prompt_ids
 
 from . import core
 
 if TYPE_CHECKING:
-    from easyrlhf_core.shapes import Record
-
     from .config import PPOConfig
 
 
 # --------------------------------------------------------------------------------------------------
-# Prompts
-
-
-def encode_prompts(tokenizer: Any, records: list[Record], max_prompt_tokens: int) -> tuple[list[int], list[list[int]]]:
-    """Chat-template token ids of each record's prompt (with the assistant header), skipping prompts longer
-    than ``max_prompt_tokens``. Returns ``(indices of the kept records, their ids)``."""
-    from transformers.utils import logging as hf_logging
-
-    kept, encoded = [], []
-    verbosity = hf_logging.get_verbosity()
-    hf_logging.set_verbosity_error()  # "sequence longer than model_max_length": such prompts are dropped here
-    try:
-        for index, record in enumerate(records):
-            ids = prompt_ids(tokenizer, record["prompt"])
-            if len(ids) <= max_prompt_tokens:
-                kept.append(index)
-                encoded.append(ids)
-    finally:
-        hf_logging.set_verbosity(verbosity)
-    return kept, encoded
+# Positions
 
 
 def position_ids(attention_mask: torch.Tensor) -> torch.Tensor:

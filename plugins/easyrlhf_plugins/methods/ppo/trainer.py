@@ -21,7 +21,7 @@ from easyrlhf_core import lm
 from easyrlhf_core.checkpoints import remove_checkpoints_after
 from easyrlhf_core.hf import check_ranks_agree
 from easyrlhf_core.metrics import drop_rows_after
-from easyrlhf_core.online import SAMPLES_FILE, record_columns, score_with_columns
+from easyrlhf_core.online import SAMPLES_FILE, prompts_that_fit, record_columns, score_with_columns
 from easyrlhf_core.run import RunInterrupted, StopSignals
 from easyrlhf_core.models import unwrap
 from easyrlhf_core.zero import (fill_size_autos, gathered, gathered_for_generation, inference_engine,
@@ -30,7 +30,7 @@ from easyrlhf_core.zero import (fill_size_autos, gathered, gathered_for_generati
 from . import core
 from .checkpoint import remove_partial_checkpoints, resume_from_latest, save_checkpoint
 from .models import PolicyAndValue, load_models, response_stop_ids
-from .rollout import Rollout, encode_prompts, generation_config, record_rollout
+from .rollout import Rollout, generation_config, record_rollout
 
 if TYPE_CHECKING:
     from easyrlhf_core.api import RewardFunction
@@ -151,19 +151,8 @@ class PPOTrainer:
         return self.accelerator.unwrap_model(self.model)
 
     def _encode(self, records: list[Record], split: str) -> tuple[list[Record], list[list[int]]]:
-        from easyrlhf_core.errors import DataError
-
         limit = self.config.max_length - self.config.max_new_tokens
-        kept, ids = encode_prompts(self.tokenizer, records, limit)
-        kept_records = [records[i] for i in kept]
-        dropped = len(records) - len(kept_records)
-        if dropped:
-            self.run.log(f"data: dropped {dropped} {split} prompts longer than max_length - max_new_tokens = "
-                         f"{limit} tokens")
-        if split == "training" and not ids:
-            raise DataError(f"every training prompt is longer than max_length - max_new_tokens = {limit} tokens; "
-                            f"raise max_length", where="max_length")
-        return kept_records, ids
+        return prompts_that_fit(self.run, self.tokenizer, records, limit, split, "max_length - max_new_tokens")
 
     def _count_iterations(self) -> int:
         if self.config.max_steps > 0:
