@@ -22,10 +22,11 @@ windows, custom code) is left unpatched and the reason is returned for the run l
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import types
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Callable
 
 from .prefix_sharing import SHARED_PREFIX_KEY, block_attention_mask, pack_groups
 
@@ -206,7 +207,7 @@ def _classifier_forward(self: Any, packed: dict[str, torch.Tensor]) -> Any:
     return SequenceClassifierOutputWithPast(logits=logits)
 
 
-def _install(model: Any, kind: str) -> None:
+def _install(model: Any, kind: str, autocast: Callable[[], Any] | None) -> None:
     previous = model.forward
     if getattr(previous, _MARK, False):
         return
@@ -214,9 +215,13 @@ def _install(model: Any, kind: str) -> None:
     def forward(self: Any, *args: Any, shared_prefix: dict[str, Any] | None = None, **kwargs: Any) -> Any:
         if shared_prefix is None:
             return previous(*args, **kwargs)
-        if kind == "causal_lm":
-            return _lm_forward(self, shared_prefix, kwargs.get("labels"))
-        return _classifier_forward(self, shared_prefix)
+        # ``previous`` may be a wrapper that sets the run's mixed precision (accelerate wraps a model it
+        # prepared before this patch, as TRL's reference model is); the shared path bypasses it, so it enters
+        # ``autocast`` itself: policy and reference then run in the same precision.
+        with autocast() if autocast is not None else contextlib.nullcontext():
+            if kind == "causal_lm":
+                return _lm_forward(self, shared_prefix, kwargs.get("labels"))
+            return _classifier_forward(self, shared_prefix)
 
     setattr(forward, _MARK, True)
     model.forward = types.MethodType(forward, model)
@@ -274,8 +279,10 @@ def _max_difference(model: Any, kind: str) -> float:
     return float((shared - own).abs().max())
 
 
-def enable_shared_prefix(model: Any, kind: str = "causal_lm", tolerance: float = 1e-3) -> str | None:
-    """Patch ``model`` (``kind``: ``"causal_lm"`` or ``"classifier"``) to take ``shared_prefix=`` batches.
+def enable_shared_prefix(model: Any, kind: str = "causal_lm", tolerance: float = 1e-3,
+                         autocast: Callable[[], Any] | None = None) -> str | None:
+    """Patch ``model`` (``kind``: ``"causal_lm"`` or ``"classifier"``) to take ``shared_prefix=`` batches;
+    ``autocast``: a context factory the shared path runs in (a trainer's ``accelerator.autocast``).
 
     Returns None when it is patched, else why not (for one log line; the model is left as it was). The
     check runs the patched path and the model's own forward on a small probe batch and wants them to
@@ -295,17 +302,21 @@ def enable_shared_prefix(model: Any, kind: str = "causal_lm", tolerance: float =
     if not difference <= tolerance:
         return (f"the packed forward differs from the model's own by {difference:.2g} on a probe batch "
                 f"(its attention ignores the block mask)")
-    _install(_base(model), kind)
+    _install(_base(model), kind, autocast)
     return None
 
 
-def share_prefixes(collator: Any, models: list[Any], kind: str, log: Any = print) -> bool:
+def share_prefixes(collator: Any, models: list[Any], kind: str, log: Any = print,
+                   autocast: Callable[[], Any] | None = None) -> bool:
     """Turn the shared-prefix path on for a trainer: patch every model in ``models`` (policy, reference, ...)
     with :func:`enable_shared_prefix`; when one cannot take it, switch ``collator`` (a
     :class:`~easyrlhf_core.prefix_sharing.SharedPrefixCollator`) off so batches stay padded rows, and say
-    why in one ``log`` line. Returns whether the path is on."""
+    why in one ``log`` line. Returns whether the path is on. Pass the trainer's ``accelerator.autocast`` as
+    ``autocast`` when a model was already prepared (TRL prepares its reference model in ``__init__``):
+    without it that model's shared forward runs in fp32 under ``--precision bf16`` while the policy runs in
+    bf16, and the two disagree from the first step."""
     for model in models:
-        reason = enable_shared_prefix(model, kind)
+        reason = enable_shared_prefix(model, kind, autocast=autocast)
         if reason is not None:
             collator.enabled = False
             log(f"prefix sharing: off ({reason}); training on padded rows as before")

@@ -470,3 +470,19 @@ def test_the_chunked_head_gives_the_full_head_values_and_gradients(chunk):
     assert torch.allclose(entropy, -(probs * probs.log()).sum(-1), atol=1e-5)
     assert torch.allclose(mean_logits, logits.detach().mean(-1), atol=1e-6)
     assert torch.equal(is_top1, logits.detach().argmax(-1) == labels)
+
+
+def test_under_bf16_the_reference_runs_in_the_policys_precision(cli_run, tiny_model_dir, tmp_path):
+    """TRL prepares its reference model (accelerate's autocast wrapper) before the shared path is patched in;
+    the patch must keep that precision. At step 1 policy and reference are the same weights, so in bf16 as in
+    fp32 every implicit reward is exactly 0 and the loss is ln 2 (it was not: the reference ran in fp32)."""
+    import json
+    import math
+
+    out = tmp_path / "bf16"
+    result = run_method(cli_run, "dpo", tiny_model_dir, out, "--precision", "bf16", "--set", "max_eval_samples=0",
+                        "--set", "per_device_train_batch_size=4", "--set", "summary_pairs=0", steps=1)
+    assert "prefix sharing: on" in result.stderr
+    row = json.loads((out / "metrics.jsonl").read_text().splitlines()[0])
+    assert row["logps/chosen"] != 0.0 and row["rewards/chosen"] == 0.0 and row["rewards/rejected"] == 0.0, row
+    assert row["loss"] == pytest.approx(math.log(2), abs=1e-7), row

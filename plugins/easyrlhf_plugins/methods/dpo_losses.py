@@ -106,7 +106,7 @@ def shared_prefix_trainer(trainer_class: type, args: Any, tokenizer: Any,
         def share_prefixes(self) -> bool:
             if not self._shared_prefix_decided:
                 models = [self.model] + ([self.ref_model] if self.ref_model is not None else [])
-                share_prefixes(collator, models, "causal_lm", log)
+                share_prefixes(collator, models, "causal_lm", log, autocast=self.accelerator.autocast)
                 self._shared_prefix_decided = True
             return collator.enabled
 
