@@ -74,7 +74,7 @@ class RMMethod(TrainerMethod):
         if collator is not None:
             from easyrlhf_core.shared_forward import share_prefixes
 
-            share_prefixes(collator, [trainer.model], "classifier", run.log)
+            share_prefixes(collator, [trainer.model], "classifier", run.log, autocast=trainer.accelerator.autocast)
         kept = len(trainer.train_dataset)
         if kept == 0:
             raise DataError(f"every training pair is longer than max_length={config.max_length} tokens; "
