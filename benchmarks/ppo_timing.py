@@ -62,7 +62,7 @@ def build_trainer(policy_path: str, rm_path: Path, out: Path, batch: int, new_to
 def policy_forward_backward(trainer, iteration: int) -> float:
     """Seconds for one policy forward+backward over a rollout's prompt+response tokens."""
     from easyrlhf_core import lm
-    from easyrlhf_plugins.methods.ppo import core
+    from easyrlhf_core.kit import rl_math
     from easyrlhf_plugins.methods.ppo.rollout import policy_response_logits
 
     ro, _, _, _ = trainer.rollout(iteration)
@@ -70,7 +70,7 @@ def policy_forward_backward(trainer, iteration: int) -> float:
     policy.train()
     start = time.perf_counter()
     logits = policy_response_logits(policy, ro.input_ids, ro.attention_mask, ro.queries.shape[1])
-    loss = -core.masked_mean(lm.logprobs_from_logits(logits, ro.responses), ro.mask)
+    loss = -rl_math.masked_mean(lm.logprobs_from_logits(logits, ro.responses), ro.mask)
     loss.backward()
     elapsed = time.perf_counter() - start
     policy.zero_grad(set_to_none=True)

@@ -2,12 +2,15 @@
 
 Each entry point loads in its own ``try``: a broken plugin is listed with status ``error`` and only the
 commands that need it fail. Nothing is loaded at import time; call :func:`get_registry`.
+``EASYRLHF_LOAD_PLUGINS`` (a comma list, as ``LLM_LOAD_PLUGINS``) limits the third-party plugins that load.
 """
 
 from __future__ import annotations
 
 import difflib
 import importlib.metadata as metadata
+import os
+import re
 from dataclasses import dataclass, field
 from typing import Any, Callable, Generic, TypeVar
 
@@ -17,6 +20,10 @@ from . import hookspecs
 from .errors import PluginError
 
 ENTRY_POINT_GROUP = "easyrlhf"
+#: Comma list of the third-party plugins to load (distribution or entry-point names); unset: all of them
+LOAD_PLUGINS_ENV = "EASYRLHF_LOAD_PLUGINS"
+#: The distribution whose plugins (the built-ins) always load
+BUILTIN_DISTRIBUTION = "easyrlhf"
 KINDS = ("methods", "datasets", "rewards")
 _KIND_SINGULAR = {"methods": "method", "datasets": "dataset", "rewards": "reward function"}
 _KIND_FLAG = {"methods": "--method", "datasets": "--dataset", "rewards": "--reward"}
@@ -84,7 +91,8 @@ class Registry:
     def conflict_message(self, kind: str, name: str) -> str:
         """The one sentence ``run`` and ``list-plugins`` both give for a name two plugins register."""
         owners = " and ".join(f"{e.plugin.package} (plugin {e.plugin.name})" for e in self.conflicts[(kind, name)])
-        return f"{_KIND_SINGULAR[kind]} '{name}' is registered by two plugins: {owners}; uninstall one of them"
+        return (f"{_KIND_SINGULAR[kind]} '{name}' is registered by two plugins: {owners}; uninstall one of them "
+                f"or leave one out of {LOAD_PLUGINS_ENV}")
 
     def as_dict(self) -> dict[str, list[dict[str, Any]]]:
         """Plugins and what they register; a name two plugins register is listed once per provider, each
@@ -122,8 +130,38 @@ def _distribution_of(ep: metadata.EntryPoint) -> tuple[str, str]:
     return dist.metadata["Name"] or dist.name, dist.version
 
 
+def _normalized(name: str) -> str:
+    """A distribution name as pip compares them (PEP 503): lower case, each run of ``-_.`` as ``-``."""
+    return re.sub(r"[-_.]+", "-", name).lower()
+
+
+def selected_entry_points(entry_points: list[metadata.EntryPoint], wanted: str | None
+                          ) -> list[metadata.EntryPoint]:
+    """The entry points to load: all of them when ``wanted`` (``EASYRLHF_LOAD_PLUGINS``) is None; otherwise the
+    built-ins plus the plugins it names by distribution or entry-point name. A name matching none: PluginError."""
+    if wanted is None:
+        return list(entry_points)
+    names = [name.strip() for name in wanted.split(",") if name.strip()]
+    chosen, matched = [], set()
+    for ep in entry_points:
+        package = _normalized(_distribution_of(ep)[0])
+        hits = {name for name in names if _normalized(name) == package or name == ep.name}
+        if hits or package == BUILTIN_DISTRIBUTION:
+            chosen.append(ep)
+            matched |= hits
+    missing = [name for name in names if name not in matched]
+    if missing:
+        third_party = sorted({f"{_distribution_of(ep)[0]} ({ep.name})" for ep in entry_points
+                              if _normalized(_distribution_of(ep)[0]) != BUILTIN_DISTRIBUTION})
+        raise PluginError(f"not an installed plugin package or plugin: {', '.join(repr(m) for m in missing)} "
+                          f"(installed third-party plugins: {', '.join(third_party) or 'none'}); pip install it "
+                          "or take it out of the list", where=LOAD_PLUGINS_ENV)
+    return chosen
+
+
 def build_registry(extra_plugins: list[tuple[str, object]] | None = None) -> Registry:
-    """Load every ``easyrlhf`` entry point (plus ``extra_plugins``, e.g. from tests) into a registry."""
+    """Load the ``easyrlhf`` entry points :func:`selected_entry_points` picks (plus ``extra_plugins``, e.g.
+    from tests, always) into a registry."""
     pm = pluggy.PluginManager(ENTRY_POINT_GROUP)
     pm.add_hookspecs(hookspecs)
     registry = Registry()
@@ -132,7 +170,9 @@ def build_registry(extra_plugins: list[tuple[str, object]] | None = None) -> Reg
     extra_names = {name for name, _ in extra}
     installed: dict[int, PluginInfo] = {}  # id(module) -> its distribution, for extras that are installed too
     seen: set[str] = set()
-    for ep in sorted(metadata.entry_points(group=ENTRY_POINT_GROUP), key=lambda e: e.name):
+    entry_points = selected_entry_points(list(metadata.entry_points(group=ENTRY_POINT_GROUP)),
+                                         os.environ.get(LOAD_PLUGINS_ENV))
+    for ep in sorted(entry_points, key=lambda e: e.name):
         if ep.name in seen:  # the same distribution visible twice on sys.path
             continue
         seen.add(ep.name)
@@ -190,7 +230,8 @@ def _registrar(registry: Registry, kind: str, info: PluginInfo) -> Callable[[Any
             for mine, other in ((info, first.plugin), (first.plugin, info)):  # both sides tell the same story
                 mine.status = "conflict"
                 mine.error = (f"{_KIND_SINGULAR[kind]} '{name}' is also registered by {other.package} "
-                              f"(plugin {other.name}); `easyrlhf run` refuses it until one is uninstalled")
+                              f"(plugin {other.name}); `easyrlhf run` refuses it until one is uninstalled "
+                              f"or left out of {LOAD_PLUGINS_ENV}")
             return
         entries[name] = entry
 

@@ -16,7 +16,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("WANDB_DISABLED", "true")
 os.environ.setdefault("HF_DATASETS_DISABLE_PROGRESS_BARS", "1")
 
-from tests.helpers import build_tiny_causal_lm, build_tiny_tokenizer, run_cli  # noqa: E402
+from tests.helpers import build_tiny_tokenizer, run_cli  # noqa: E402
 
 
 @pytest.fixture(autouse=True)
@@ -24,6 +24,7 @@ def _isolated_cache(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytes
     """Each test session gets its own easyrlhf cache dir."""
     cache = tmp_path_factory.getbasetemp() / "easyrlhf-cache"
     monkeypatch.setenv("EASYRLHF_CACHE", str(cache))
+    monkeypatch.delenv("EASYRLHF_LOAD_PLUGINS", raising=False)  # a developer's own selection must not leak in
 
 
 @pytest.fixture(autouse=True)
@@ -44,14 +45,10 @@ def tiny_tokenizer_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="session")
-def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A 2-layer random Llama (hidden 32) with the tiny tokenizer, saved like a Hub model dir."""
-    out = tmp_path_factory.mktemp("tiny-llama")
-    tokenizer = build_tiny_tokenizer()
-    model = build_tiny_causal_lm(tokenizer)
-    model.save_pretrained(out)
-    tokenizer.save_pretrained(out)
-    return out
+def tiny_model_dir(tiny_causal_lm: Path) -> Path:
+    """A 2-layer random Llama (hidden 32) with the tiny tokenizer, saved like a Hub model dir: the shipped
+    ``tiny_causal_lm`` fixture (:mod:`easyrlhf_core.testing`) under the name the tests use."""
+    return tiny_causal_lm
 
 
 @pytest.fixture(scope="session")

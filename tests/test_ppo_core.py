@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from easyrlhf_core import lm
+from easyrlhf_core.kit import rl_math
 from easyrlhf_plugins.methods.ppo import core
 
 
@@ -72,12 +73,12 @@ def test_gae_matches_a_hand_computed_example():
     rewards = torch.tensor([[1.0, 0.0, 2.0]])
     values = torch.tensor([[0.5, 0.2, 0.1]])
     mask = torch.ones(1, 3)
-    advantages, returns = core.gae(rewards, values, mask, gamma=1.0, lam=0.5)
+    advantages, returns = rl_math.gae_advantages(rewards, values, mask, gamma=1.0, lam=0.5)
     # t=2: 2 + 0 - 0.1 = 1.9;  t=1: (0 + 0.1 - 0.2) + 0.5 * 1.9 = 0.85;  t=0: (1 + 0.2 - 0.5) + 0.5 * 0.85 = 1.125
     assert torch.allclose(advantages, torch.tensor([[1.125, 0.85, 1.9]]))
     assert torch.allclose(returns, torch.tensor([[1.625, 1.05, 2.0]]))
     # lambda = 1: returns are the discounted reward-to-go, whatever the values
-    advantages, returns = core.gae(rewards[:, 1:], values[:, 1:], mask[:, 1:], gamma=0.9, lam=1.0)
+    advantages, returns = rl_math.gae_advantages(rewards[:, 1:], values[:, 1:], mask[:, 1:], gamma=0.9, lam=1.0)
     assert torch.allclose(returns, torch.tensor([[0.9 * 2.0, 2.0]]))
 
 
@@ -85,7 +86,7 @@ def test_gae_ends_the_episode_at_the_last_real_token():
     rewards = torch.tensor([[0.0, 1.0, 7.0, 7.0]])
     values = torch.tensor([[0.3, 0.4, 5.0, 5.0]])  # garbage after the mask must not leak in
     mask = torch.tensor([[1, 1, 0, 0]])
-    advantages, returns = core.gae(rewards, values, mask, gamma=1.0, lam=1.0)
+    advantages, returns = rl_math.gae_advantages(rewards, values, mask, gamma=1.0, lam=1.0)
     assert torch.allclose(advantages, torch.tensor([[0.7, 0.6, 0.0, 0.0]]))
     assert torch.allclose(returns, torch.tensor([[1.0, 1.0, 0.0, 0.0]]))
 
@@ -93,16 +94,16 @@ def test_gae_ends_the_episode_at_the_last_real_token():
 def test_whitening_ignores_padding():
     values = torch.tensor([[1.0, 2.0, 3.0, 1000.0], [4.0, -1000.0, -1000.0, -1000.0]])
     mask = torch.tensor([[1, 1, 1, 0], [1, 0, 0, 0]])
-    whitened = core.masked_whiten(values, mask)
+    whitened = rl_math.masked_whiten(values, mask)
     valid = torch.tensor([1.0, 2.0, 3.0, 4.0])
     expected = (valid - valid.mean()) / valid.std()
     assert torch.allclose(whitened[mask.bool()], expected, atol=1e-5)
     assert whitened[~mask.bool()].abs().sum() == 0
-    assert core.masked_mean(values, mask).item() == pytest.approx(2.5)
-    assert core.masked_var(values, mask).item() == pytest.approx(valid.var().item())
-    assert core.masked_mean(values, mask, dim=1).tolist() == [2.0, 4.0]
-    unshifted = core.masked_whiten(values, mask, shift_mean=False)
-    assert core.masked_mean(unshifted, mask).item() == pytest.approx(2.5)
+    assert rl_math.masked_mean(values, mask).item() == pytest.approx(2.5)
+    assert rl_math.masked_var(values, mask).item() == pytest.approx(valid.var().item())
+    assert rl_math.masked_mean(values, mask, dim=1).tolist() == [2.0, 4.0]
+    unshifted = rl_math.masked_whiten(values, mask, shift_mean=False)
+    assert rl_math.masked_mean(unshifted, mask).item() == pytest.approx(2.5)
 
 
 def test_clipped_policy_loss_on_fixed_numbers():
@@ -110,7 +111,7 @@ def test_clipped_policy_loss_on_fixed_numbers():
     advantages = torch.tensor([[1.0, -1.0, 1.0, -1.0, 100.0]])
     mask = torch.tensor([[1, 1, 1, 1, 0]])  # the last token is padding
     old = torch.zeros(1, 5)
-    out = core.clipped_policy_loss(ratios.log(), old, advantages, mask, cliprange=0.2)
+    out = rl_math.clipped_policy_loss(ratios.log(), old, advantages, mask, cliprange=0.2)
     # per token max(-A r, -A clip(r)): max(-1.5,-1.2)=-1.2, max(1.5,1.2)=1.5, max(-.5,-.8)=-.5, max(.5,.8)=.8
     assert out.loss.item() == pytest.approx((-1.2 + 1.5 - 0.5 + 0.8) / 4)
     assert out.clipfrac.item() == pytest.approx(0.5)
@@ -118,7 +119,7 @@ def test_clipped_policy_loss_on_fixed_numbers():
     assert out.approx_kl.item() == pytest.approx(0.5 * (2 * math.log(1.5) ** 2 + 2 * math.log(0.5) ** 2) / 4)
     # the clipped side carries no gradient
     logprobs = ratios.log().clone().requires_grad_(True)
-    core.clipped_policy_loss(logprobs, old, advantages, mask, cliprange=0.2).loss.backward()
+    rl_math.clipped_policy_loss(logprobs, old, advantages, mask, cliprange=0.2).loss.backward()
     assert logprobs.grad[0, 0] == 0 and logprobs.grad[0, 3] == 0 and logprobs.grad[0, 4] == 0
     assert logprobs.grad[0, 1] != 0 and logprobs.grad[0, 2] != 0
 
@@ -128,22 +129,22 @@ def test_clipped_value_loss_on_fixed_numbers():
     old = torch.tensor([[0.0, 0.0, 0.0]])
     returns = torch.tensor([[0.0, 1.0, 0.0]])
     mask = torch.tensor([[1, 1, 0]])
-    loss, clipfrac = core.clipped_value_loss(values, old, returns, mask, cliprange_value=0.2)
+    loss, clipfrac = rl_math.clipped_value_loss(values, old, returns, mask, cliprange_value=0.2)
     # token 0: max(1, 0.2^2) = 1;  token 1: max(0, (0.2 - 1)^2 = 0.64) = 0.64
     assert loss.item() == pytest.approx(0.5 * (1.0 + 0.64) / 2)
     assert clipfrac.item() == pytest.approx(0.5)
 
 
 def test_adaptive_kl_controller_moves_beta_towards_the_target():
-    fixed = core.KLController(0.1)
+    fixed = core.kl_controller(0.1)
     fixed.update(100.0, 64)
     assert fixed.value == 0.1
-    adaptive = core.KLController(0.1, adaptive=True, target=6.0, horizon=1000)
+    adaptive = core.kl_controller(0.1, adaptive=True, target=6.0, horizon=1000)
     adaptive.update(12.0, 100)  # error clipped to +0.2
     assert adaptive.value == pytest.approx(0.1 * (1 + 0.2 * 100 / 1000))
     adaptive.update(5.4, 100)  # error -0.1
     assert adaptive.value == pytest.approx(0.1 * 1.02 * (1 - 0.1 * 0.1))
-    restored = core.KLController(0.5, adaptive=True)
+    restored = core.kl_controller(0.5, adaptive=True)
     restored.load_state_dict(adaptive.state_dict())
     assert restored.value == adaptive.value
 

@@ -101,6 +101,55 @@ def test_same_name_from_two_plugins_is_an_error_naming_both_packages(fake_dists)
     rows = [r for r in reg.as_dict()["rewards"] if r["name"] == "shout"]
     assert sorted(r["package"] for r in rows) == ["easyrlhf-plugin-clash", "easyrlhf-plugin-shout"]
     assert all(r["conflict"] == message.split(": ", 1)[1] for r in rows)
+    assert "EASYRLHF_LOAD_PLUGINS" in message  # the way out that needs no uninstall
+
+
+@pytest.fixture
+def two_shouts(fake_dists, monkeypatch):
+    """Two installed third-party plugins that both register the reward 'shout'; EASYRLHF_LOAD_PLUGINS unset."""
+    fake_dists("easyrlhf-plugin-shout", "1.0", "fakeplug_shout", GOOD_PLUGIN, "shout")
+    fake_dists("easyrlhf-plugin-clash", "2.0", "fakeplug_clash", CLASHING_PLUGIN, "clash")
+    monkeypatch.delenv(registry.LOAD_PLUGINS_ENV, raising=False)
+
+
+def _third_party(reg: registry.Registry) -> list[str]:
+    return sorted(p.package for p in reg.plugins if p.package != "easyrlhf")
+
+
+@pytest.mark.parametrize("listed,package,score", [
+    ("easyrlhf-plugin-shout", "easyrlhf-plugin-shout", 2.0),   # a distribution name, as LLM_LOAD_PLUGINS
+    (" Easyrlhf_Plugin.Shout ", "easyrlhf-plugin-shout", 2.0),  # compared as pip compares names
+    ("clash", "easyrlhf-plugin-clash", 0.0),                    # an entry-point name
+    ("clash,easyrlhf", "easyrlhf-plugin-clash", 0.0),           # naming the built-ins changes nothing
+])
+def test_load_plugins_env_resolves_a_name_clash_without_uninstalling(two_shouts, monkeypatch, listed, package,
+                                                                     score):
+    assert (("rewards", "shout") in registry.build_registry().conflicts)  # unset: both load, as before
+    monkeypatch.setenv(registry.LOAD_PLUGINS_ENV, listed)
+    reg = registry.build_registry()
+    assert reg.conflicts == {} and _third_party(reg) == [package]
+    assert reg.get("rewards", "shout")().score([[]], ["hi!!"]) == [score]
+    assert {"sft", "dpo", "ppo"} <= set(reg.methods) and "length" in reg.rewards  # the built-ins always load
+
+
+def test_empty_load_plugins_env_lists_the_builtins_and_no_third_party_plugin(two_shouts, monkeypatch, cli_run):
+    monkeypatch.setenv(registry.LOAD_PLUGINS_ENV, "")
+    result = cli_run("list-plugins", "--json")
+    assert result.exit_code == 0, result.stderr
+    data = json.loads(result.stdout)
+    assert {p["package"] for p in data["plugins"]} == {"easyrlhf"}
+    assert {"hh_rlhf", "rewards", "ppo"} <= {p["name"] for p in data["plugins"]}
+    assert not any(r["name"] == "shout" for r in data["rewards"])
+
+
+def test_load_plugins_env_naming_a_plugin_that_is_not_installed_is_one_error_line(two_shouts, monkeypatch,
+                                                                                   cli_run):
+    monkeypatch.setenv(registry.LOAD_PLUGINS_ENV, "easyrlhf-plugin-shout, easyrlhf-plugin-nope")
+    result = cli_run("list-plugins")
+    assert result.exit_code == 2
+    assert result.stderr.startswith("Error: EASYRLHF_LOAD_PLUGINS: ") and result.stderr.count("\n") == 1
+    assert "'easyrlhf-plugin-nope'" in result.stderr and "'easyrlhf-plugin-shout'" not in result.stderr
+    assert "easyrlhf-plugin-clash (clash)" in result.stderr  # what could have been meant
 
 
 def test_list_plugins_json_shape(cli_run):
