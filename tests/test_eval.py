@@ -4,6 +4,7 @@ and one-line errors. Tiny models; a toy preference set whose chosen answers all 
 from __future__ import annotations
 
 import json
+import math
 import subprocess
 import sys
 from pathlib import Path
@@ -13,7 +14,7 @@ import pytest
 from easyrlhf_core import hookimpl
 from easyrlhf_core.api import Dataset, RewardFunction
 from easyrlhf_core.evaluation.report import POLICY_METRICS, REWARD_MODEL_METRICS
-from easyrlhf_core.evaluation.stats import bootstrap_interval, outcomes, pairwise
+from easyrlhf_core.evaluation.stats import bootstrap_interval, outcomes, pairwise, wilson_interval
 from easyrlhf_core.registry import register_plugin, unregister_plugin
 from easyrlhf_core.shapes import DataSplits, Shape
 from tests.helpers import build_tiny_causal_lm, build_tiny_tokenizer
@@ -233,14 +234,38 @@ def _eval_json(cli_run, *args: str) -> dict:
 def test_outcomes_count_ties_as_half_and_bootstrap_is_seeded():
     assert outcomes([2.0, 1.0, 3.0], [1.0, 2.0, 3.0]) == [1.0, 0.0, 0.5]
     values = [1.0] * 30 + [0.0] * 10 + [0.5] * 5
-    result = pairwise(values, [0.5] * len(values), seed=7)
+    result = pairwise(values, [0.5] * len(values))
     point = (30 + 2.5) / 45
     assert result.accuracy == pytest.approx(point)
     assert result.ties == 5
     low, high = result.ci95
     assert 0.0 <= low < point < high <= 1.0
+    assert result.ci95 == pytest.approx(wilson_interval(32.5, 45))  # a share: Wilson, ties half a win
     assert bootstrap_interval(values, seed=7) == bootstrap_interval(values, seed=7)
     assert bootstrap_interval([1.0] * 20, seed=1) == (1.0, 1.0)
+
+
+@pytest.mark.parametrize("successes, count, low, high", [
+    (8, 8, 0.6756, 1.0),
+    (0, 8, 0.0, 0.3244),
+    (5, 10, 0.2366, 0.7634),
+    (4, 4, 0.5101, 1.0),
+    (1, 1, 0.2065, 1.0),
+    (30, 100, 0.2189, 0.3958),
+])
+def test_wilson_interval_known_values(successes, count, low, high):
+    assert wilson_interval(successes, count) == pytest.approx((low, high), abs=1e-4)
+
+
+def test_a_share_of_all_wins_keeps_a_lower_bound_below_one():
+    """8 wins of 8 once read [1.00, 1.00] (a bootstrap of eight 1s); a share's interval is Wilson's."""
+    result = pairwise([1.0] * 8, [0.0] * 8)
+    assert result.accuracy == 1.0
+    assert result.ci95 == pytest.approx((0.6756, 1.0), abs=1e-4)
+    none = pairwise([0.0] * 8, [1.0] * 8)
+    assert none.ci95 == pytest.approx((0.0, 0.3244), abs=1e-4)
+    empty = pairwise([], [])
+    assert all(math.isnan(v) for v in empty.ci95)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -252,7 +277,8 @@ def test_trained_reward_model_accuracy_and_length_baseline(cli_run, models):
     assert report["kind"] == "reward_model" and report["pairs"] == 4
     m = report["metrics"]
     assert m["accuracy"] == 1.0 and m["accuracy_ties"] == 0 and m["mean_margin"] > 0
-    assert m["accuracy_ci95"] == [1.0, 1.0]
+    # 4 of 4 is not proof of a perfect model: the Wilson interval's lower bound stays below 1
+    assert m["accuracy_ci95"] == pytest.approx([0.5101, 1.0], abs=1e-4) and m["accuracy_ci95"][0] < 1.0
     assert m["length_baseline_accuracy"] == 0.625 and m["length_baseline_ties"] == 1
     low, high = m["length_baseline_ci95"]
     assert 0.0 <= low <= 0.625 <= high <= 1.0
@@ -271,7 +297,7 @@ def test_split_all_and_limit(cli_run, models):
     limited = _eval_json(cli_run, "--model", str(models["zero_rm"]), "--dataset", "toy-prefs", "--limit", "2")
     first_two = shuffled(EVAL_PAIRS, 42)[:2]  # the framework shuffles a dataset's eval split with the seed
     expected = length_baseline([r["chosen"][-1]["content"] for r in first_two],
-                               [r["rejected"][-1]["content"] for r in first_two], 42).accuracy
+                               [r["rejected"][-1]["content"] for r in first_two]).accuracy
     assert limited["pairs"] == 2 and limited["metrics"]["length_baseline_accuracy"] == expected
     assert any("limit" in note for note in limited["notes"])
 
@@ -293,7 +319,8 @@ def test_hh_rlhf_files_through_the_dataset_plugin(cli_run, models, tmp_path):
 
 def test_equal_scores_are_ties(cli_run, models):
     m = _eval_json(cli_run, "--model", str(models["zero_rm"]), "--dataset", "toy-prefs")["metrics"]
-    assert m["accuracy"] == 0.5 and m["accuracy_ties"] == 4 and m["accuracy_ci95"] == [0.5, 0.5]
+    assert m["accuracy"] == 0.5 and m["accuracy_ties"] == 4
+    assert m["accuracy_ci95"] == pytest.approx(list(wilson_interval(2.0, 4)))  # 4 ties: 2 wins of 4, not [0.5, 0.5]
 
 
 def test_batched_accuracy_matches_one_by_one_scoring(cli_run, models):
@@ -346,7 +373,7 @@ def test_policy_trained_on_the_marker_beats_its_reference(cli_run, models):
                        "--reward", "marker", "--dataset", "toy-marker-prefs", "--max-new-tokens", "4", "--no-sample")
     m = pairs["metrics"]
     assert m["implicit_reward_accuracy"] == 1.0 and m["implicit_reward_mean_margin"] > 0
-    assert m["implicit_reward_ci95"] == [1.0, 1.0]
+    assert m["implicit_reward_ci95"][0] < 1.0 and m["implicit_reward_ci95"][1] == 1.0  # Wilson: never [1, 1]
 
     option = _eval_json(cli_run, "--model", str(models["marker_policy"]), "--reward", "marker",
                         "--reward-option", "word=Rome", "--dataset", "toy-prefs", "--max-new-tokens", "6",

@@ -34,6 +34,19 @@ def test_pair_findings_match_a_hand_computation():
     assert "0.38 of 4 held-out pairs before -> 0.50 after" in held.text
 
 
+def test_summary_shares_of_all_pairs_keep_an_honest_interval():
+    """8 of 8 pairs preferred and moved: the shares' intervals are Wilson's [0.68, 1.00], never [1.00, 1.00];
+    the mean margin change keeps its bootstrap interval."""
+    scores = PairScores(before_gaps=[-0.1] * 8, after_gaps=[0.5] * 8, margin_changes=[1.0] * 8)
+    held, moved = pair_findings(scores, seed=0)
+    for low, high in (held.figures["logprob_accuracy_after_ci95"], moved.figures["moved_towards_chosen_ci95"]):
+        assert low == pytest.approx(0.6756, abs=1e-4) and high == 1.0
+    assert "1.00 after [0.68, 1.00]" in held.text
+    assert "on 1.00 of them [0.68, 1.00]" in moved.text
+    assert moved.figures["margin_change_ci95"] == [1.0, 1.0]  # every change is +1.0: a mean, bootstrapped
+    assert "the margin rose" in moved.text
+
+
 def test_dpo_summary_agrees_with_eval_on_the_same_pairs(cli_run, tiny_model_dir, tmp_path):
     out = tmp_path / "dpo"
     result = cli_run("run", "--method", "dpo", "--model", str(tiny_model_dir), "--dataset", "toy-prefs",

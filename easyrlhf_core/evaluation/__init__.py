@@ -2,7 +2,7 @@
 
 One job per module: :mod:`.data` (records from a dataset plugin), :mod:`.models` (what a model
 directory holds, loading), :mod:`.logprobs` (summed completion log-probs), :mod:`.generation` (greedy and
-sampled answers), :mod:`.judges` (reward scoring), :mod:`.stats` (accuracy, ties, bootstrap intervals, the
+sampled answers), :mod:`.judges` (reward scoring), :mod:`.stats` (accuracy, ties, Wilson and bootstrap intervals, the
 length baseline), :mod:`.report` (JSON and table), :mod:`.runner` (what runs for a reward model and for a
 policy).
 

@@ -44,6 +44,8 @@ def reward_model_judge(registry: Registry, model: ModelRef, batch_size: int, max
     return Judge(reward=reward, description=describe_reward(model.name, None))
 
 
-def named_judge(registry: Registry, name: str, options: dict[str, Any]) -> Judge:
-    """A judge from the reward function registered as ``name`` (options as keyword arguments)."""
-    return Judge(reward=make_reward(registry, None, name, options), description=describe_reward(None, name, options))
+def named_judge(registry: Registry, name: str, options: dict[str, Any], where: str = "--reward-option") -> Judge:
+    """A judge from the reward function registered as ``name`` (options as keyword arguments; a bad one is
+    reported at ``where``, the flag they came from)."""
+    return Judge(reward=make_reward(registry, None, name, options, where=where),
+                 description=describe_reward(None, name, options))

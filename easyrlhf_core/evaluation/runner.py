@@ -88,7 +88,7 @@ def _report(kind: Literal["reward_model", "policy"], request: EvalRequest, data:
 
 
 def evaluate_reward_model(request: EvalRequest, registry: Registry, model: ModelRef, log: Log) -> EvalReport:
-    """Pairwise accuracy (ties half) with a bootstrap 95% interval, next to the longer-response-wins baseline."""
+    """Pairwise accuracy (ties half) with a Wilson 95% interval, next to the longer-response-wins baseline."""
     for flag, value in (("--reference", request.reference), ("--reward-model", request.reward_model),
                         ("--reward", request.reward)):
         if value:
@@ -105,11 +105,10 @@ def evaluate_reward_model(request: EvalRequest, registry: Registry, model: Model
     report.pairs = n
     report.judge = judge.description
     report.set_pairwise("accuracy", "accuracy_ci95", "accuracy_ties",
-                        pairwise(chosen_scores, rejected_scores, request.seed, request.bootstrap_samples))
+                        pairwise(chosen_scores, rejected_scores))
     report.metrics["mean_margin"] = mean([c - r for c, r in zip(chosen_scores, rejected_scores)])
     report.set_pairwise("length_baseline_accuracy", "length_baseline_ci95", "length_baseline_ties",
-                        length_baseline([c[-1]["content"] for c in chosen], [r[-1]["content"] for r in rejected],
-                                        request.seed, request.bootstrap_samples))
+                        length_baseline([c[-1]["content"] for c in chosen], [r[-1]["content"] for r in rejected]))
     return report
 
 
@@ -252,14 +251,14 @@ def evaluate_policy(request: EvalRequest, registry: Registry, policy: ModelRef, 
         n = len(mine.pair_logps) // 2
         gaps = pair_gaps(mine.pair_logps)
         report.set_pairwise("logprob_accuracy", "logprob_ci95", "logprob_ties",
-                            pairwise(gaps, [0.0] * n, request.seed, request.bootstrap_samples))
+                            pairwise(gaps, [0.0] * n))
         metrics["logprob_mean_margin"] = mean(gaps)
         _note_truncation(report, "chosen/rejected completions", truncated_count(inputs.pair_examples,
                                                                                request.max_length), request)
     if mine.pair_logps and theirs.pair_logps:
         margins = [a - b for a, b in zip(pair_margins(mine.pair_logps), pair_margins(theirs.pair_logps))]
         report.set_pairwise("implicit_reward_accuracy", "implicit_reward_ci95", "implicit_reward_ties",
-                            pairwise(margins, [0.0] * n, request.seed, request.bootstrap_samples))
+                            pairwise(margins, [0.0] * n))
         metrics["implicit_reward_mean_margin"] = mean(margins)
     if mine.sample_logps:
         diffs = [p.total - r.total for p, r in zip(mine.sample_logps, theirs.sample_logps)]
@@ -288,7 +287,7 @@ def evaluate_policy(request: EvalRequest, registry: Registry, policy: ModelRef, 
             reference_scores = score(theirs.greedy)
             metrics["reference_reward_greedy_mean"] = mean(reference_scores)
             report.set_pairwise("win_rate", "win_rate_ci95", "win_rate_ties",
-                                pairwise(greedy_scores, reference_scores, request.seed, request.bootstrap_samples))
+                                pairwise(greedy_scores, reference_scores))
     _explain_skips(report, request, inputs)
     return report
 

@@ -6,9 +6,11 @@ dataclass's own checks) before any model loads and hands them over as ``self.con
 
 from __future__ import annotations
 
+import math
 import os
 import re
 from dataclasses import dataclass
+from fractions import Fraction
 from typing import Any, Literal
 
 from easyrlhf_core import hookimpl
@@ -18,8 +20,11 @@ from easyrlhf_core.errors import ConfigError
 from easyrlhf_core.shapes import Message
 
 
-def _options_error(reward: str, message: str) -> ConfigError:
-    return ConfigError(f"reward '{reward}': {message}", where="reward_options")
+def _options_error(reward: str, message: str, key: str | None = None) -> ConfigError:
+    """A complaint about option ``key`` of ``reward``; the core points it at the file line or flag that set it."""
+    err = ConfigError(f"reward '{reward}': {message}", where="reward_options")
+    err.key = key  # type: ignore[attr-defined]
+    return err
 
 
 @dataclass
@@ -181,7 +186,7 @@ class KeywordReward(RewardFunction):
         try:
             self.regex = re.compile(str(pattern), 0 if opts.case_sensitive else re.IGNORECASE)
         except re.error as exc:
-            raise _options_error(self.name, f"'pattern' is not a valid regular expression: {exc}") from None
+            raise _options_error(self.name, f"'pattern' is not a valid regular expression: {exc}", "pattern") from None
         self.mode, self.weight = opts.mode, float(opts.weight)
 
     def score(self, prompts: list[list[Message]], completions: list[str]) -> list[float]:
@@ -207,14 +212,40 @@ class MatchOptions:
                 raise invalid("pattern", f"is not a valid regular expression: {exc}") from None
 
 
+#: A whole answer that is one number: thousands separators only in groups of three, an optional sign (ASCII or
+#: U+2212 minus), an optional fraction and exponent.
+_WHOLE_NUMBER = re.compile(r"[+\-\u2212]?(?:(?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d*)?|\.\d+)(?:[eE][+\-]?\d+)?")
+#: Two numbers that are not both integers are equal when closer than this.
+NUMBER_TOLERANCE = Fraction(1, 10**6)
+
+
+def parse_number(value: Any) -> tuple[Fraction, bool] | None:
+    """``value`` as an exact number and whether it is an integer (a Python int, or text without a fraction or
+    exponent), else None (booleans, non-finite floats, text that is not one whole number such as ``3,4``)."""
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int):
+        return Fraction(value), True
+    if isinstance(value, float):
+        return (Fraction(value), False) if math.isfinite(value) else None
+    text = str(value).strip()
+    if not _WHOLE_NUMBER.fullmatch(text):
+        return None
+    literal = text.replace("\u2212", "-").replace(",", "")
+    return Fraction(literal), not any(c in literal for c in ".eE")
+
+
 class MatchReward(RewardFunction):
     """A verifiable reward: 1.0 when the answer extracted from the completion equals the row's expected answer
-    (numbers compared as numbers), else 0.0."""
+    (numbers compared as numbers: integers exactly, others within 1e-6), else 0.0. A number's thousands
+    separators come in groups of three (``1,234``; ``3,4`` is two numbers) and a minus sign (``-`` or ``−``)
+    counts only where it starts a number (``10-3`` is 10 and 3)."""
 
     name = "match"
     description = "1 if the completion's answer (a regex, or its last number) equals a dataset column, else 0"
     options_class = MatchOptions
-    NUMBER = re.compile(r"-?\d[\d,]*(?:\.\d+)?|-?\.\d+")
+    NUMBER = re.compile(r"(?:(?<![\w.)\]])[-\u2212])?"  # a minus only where it starts a number: 10-3 is 10, 3
+                        r"(?:(?<!\d)(?:\d{1,3}(?:,\d{3})+(?![\d]|,\d)|\d+)(?:\.\d+)?|\.\d+)")
 
     def __init__(self, **options: Any) -> None:
         super().__init__(**options)
@@ -232,10 +263,12 @@ class MatchReward(RewardFunction):
     def same(self, got: str | None, expected: Any) -> bool:
         if got is None or expected is None:
             return False
-        try:
-            return abs(float(got.replace(",", "")) - float(str(expected).replace(",", ""))) < 1e-6
-        except ValueError:
-            pass
+        mine, theirs = parse_number(got), parse_number(expected)
+        if mine is not None and theirs is not None:
+            (a_value, a_integer), (b_value, b_integer) = mine, theirs
+            if a_integer and b_integer:
+                return a_value == b_value
+            return abs(a_value - b_value) < NUMBER_TOLERANCE
         a, b = got.strip(), str(expected).strip()
         return a == b if self.config.case_sensitive else a.lower() == b.lower()
 
