@@ -301,12 +301,18 @@ def load_causal_lm(path: str, trust_remote_code: bool = False, dtype: Any = None
 @contextmanager
 def weights_errors(path: str | Path) -> Iterator[None]:
     """Loading errors of a model's weights in our voice: a damaged safetensors file is named, with what is
-    wrong with it, instead of the library's bare ``SafetensorError: Error while deserializing header``."""
+    wrong with it, instead of the library's bare ``SafetensorError: Error while deserializing header``; a
+    pickled file torch's safe loader refuses (objects besides tensors) is named, without torch's advice to
+    load it unsafely."""
     try:
         yield
     except EasyRLHFError:
         raise
     except Exception as exc:
+        from .faults import is_unsafe_pickle, unsafe_pickle_error
+
+        if is_unsafe_pickle(exc):  # never pass on torch's advice to turn the safe loader off
+            raise unsafe_pickle_error(path) from None
         text = f"{type(exc).__name__}: {exc}"
         if "afetensor" not in text and "deserializ" not in text:
             raise

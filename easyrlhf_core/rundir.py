@@ -238,7 +238,8 @@ class RunDirectory:
     def clear_dead_start(self) -> None:
         """A run that died (SIGKILL, out of memory) before training, holding the lock we took over, left only
         its own start files: remove them with a note, so the same command can run again."""
-        ours = {"config.yaml", "metrics.jsonl", "checkpoints", "samples.jsonl", "README.md", "plots", "logs"}
+        ours = {"config.yaml", "inputs.json", "metrics.jsonl", "checkpoints", "samples.jsonl", "README.md", "plots",
+                "logs"}
         left = [p.name for p in contents(self.path)]
         if not self.taken_over or not left or not set(left) <= ours or has_trained(self.path):
             return
