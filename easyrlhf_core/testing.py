@@ -12,12 +12,16 @@ With pytest, the fixtures below come with EasyRLHF (a ``pytest11`` entry point):
         result = easyrlhf_cli("run", "--method", "my-method", "--output-dir", str(tmp_path / "run"))
         assert result.exit_code == 0, result.stderr
 
+Tiny models, built locally once per session (never downloaded): ``tiny_causal_lm`` and ``tiny_reward_model``
+are model directories to pass as ``--model`` / ``--reward-model`` (:mod:`easyrlhf_core.tiny_models`).
+
 Without pytest: ``with plugin_registered("my-plugin", my_plugin): run_cli("list-plugins")``.
 """
 
 from __future__ import annotations
 
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any, Callable, Iterator
 
 from . import registry
@@ -75,3 +79,21 @@ if pytest is not None:
     def easyrlhf_cli() -> Callable[..., Any]:
         """``easyrlhf_cli("run", "--method", ...)``: :func:`run_cli`."""
         return run_cli
+
+    @pytest.fixture(scope="session")
+    def tiny_causal_lm(tmp_path_factory: pytest.TempPathFactory) -> Path:
+        """A directory holding a tiny random Llama causal LM (2 layers, hidden 32) and its byte-level BPE
+        tokenizer with a ChatML chat template, pad == eos; built once per session
+        (:func:`easyrlhf_core.tiny_models.save_tiny_causal_lm`). Pass it as ``--model``."""
+        from .tiny_models import save_tiny_causal_lm
+
+        return save_tiny_causal_lm(tmp_path_factory.mktemp("tiny-causal-lm"))
+
+    @pytest.fixture(scope="session")
+    def tiny_reward_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+        """A directory holding a tiny random sequence classifier with one label (a reward model) and the same
+        tokenizer; built once per session (:func:`easyrlhf_core.tiny_models.save_tiny_reward_model`). Pass
+        it as ``--reward-model``."""
+        from .tiny_models import save_tiny_reward_model
+
+        return save_tiny_reward_model(tmp_path_factory.mktemp("tiny-reward-model"))
