@@ -20,8 +20,11 @@ Imported only inside ``Method.train`` (it pulls in transformers).
 
 from __future__ import annotations
 
+import json
 import logging
+import math
 import re
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from transformers import TrainerCallback
@@ -33,6 +36,7 @@ from .checkpoints import (
     prune_checkpoints,
     remove_checkpoints_after,
 )
+from .errors import EasyRLHFError
 from .launch import world_size
 from .metrics import drop_rows_after, last_logged
 from .models import resolve_precision
@@ -80,6 +84,7 @@ def training_arguments(config: BaseConfig, run: Run, has_eval: bool) -> dict[str
         **checkpointing_argument(config.gradient_checkpointing),
         deepspeed=config.deepspeed,
         report_to="none",  # report_to is ours: every metrics.jsonl row goes to the trackers (easyrlhf_core.tracking)
+        logging_nan_inf_filter=False,  # a NaN loss is logged as NaN (not as the average of earlier ones, nor 0)
         disable_tqdm=True,
         log_level="warning",
         dataloader_num_workers=0,
@@ -151,6 +156,162 @@ class StopCallback(TrainerCallback):
         if self.stop.requested(device=args.device):
             control.should_save = True
             control.should_training_stop = True
+
+
+class NonFinite:
+    """Watches losses and gradient norms for NaN / inf, cheaply: :meth:`note` adds each value to a sum on
+    its device (no sync; a sum is not finite once one term is not), :meth:`check` reads the sums once per
+    optimizer step, agreed across ranks by one all-reduce (a NaN loss on one rank stops every rank at the
+    same step). Call :meth:`check` on every rank at the same points."""
+
+    NAMES = ("loss", "gradient norm")
+
+    def __init__(self) -> None:
+        self._sums: dict[str, Any] = {}  # name -> on-device sum since the last check
+
+    def note(self, name: str, value: Any) -> None:
+        """Add ``value`` (a tensor or a number; None: nothing) to the sum ``name`` (one of :attr:`NAMES`)."""
+        import torch
+
+        if value is None:
+            return
+        value = (value.detach().float().sum() if isinstance(value, torch.Tensor)
+                 else torch.tensor(float(value), dtype=torch.float32))
+        previous = self._sums.get(name)
+        self._sums[name] = value if previous is None else previous + value.to(previous.device)
+
+    def check(self, device: Any) -> list[str]:
+        """What was not finite since the last check, as every rank saw it (collective when distributed):
+        ``["the loss is nan"]``, say; empty when all was finite."""
+        import torch
+        import torch.distributed as dist
+
+        zero = torch.zeros((), dtype=torch.float32, device=device)
+        sums = torch.stack([self._sums[n].to(device) if n in self._sums else zero for n in self.NAMES])
+        self._sums.clear()
+        flags = (~torch.isfinite(sums)).to(torch.int64)
+        if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+            dist.all_reduce(flags, op=dist.ReduceOp.MAX)
+        bad = flags.tolist()  # the one sync per optimizer step
+        if not any(bad):
+            return []
+        found = [(name, value) for name, value, flag in zip(self.NAMES, sums.tolist(), bad) if flag]
+        return [f"the {name} is {value if not math.isfinite(value) else 'not finite on another process'}"
+                for name, value in found]
+
+
+class DivergenceCallback(TrainerCallback):
+    """Stops training at the first optimizer step whose loss or gradient norm is not finite (NaN or inf),
+    before that step is saved or evaluated; :func:`train_and_save` then raises :func:`diverged_error`.
+    :meth:`watch` wraps the trainer's ``training_step`` (every micro-batch's loss) and its accelerator's
+    ``clip_grad_norm_`` (the Trainer's gradient norm, clipped or not) to feed a :class:`NonFinite`."""
+
+    def __init__(self) -> None:
+        self.values = NonFinite()
+        self.bad_step: int | None = None
+        self.what: list[str] = []  # "the loss is nan", "the gradient norm is inf"
+
+    def watch(self, trainer: Any) -> None:
+        """Wrap ``trainer.training_step`` and ``trainer.accelerator.clip_grad_norm_`` (on these instances)."""
+        training_step, clip = trainer.training_step, trainer.accelerator.clip_grad_norm_
+
+        def checked_training_step(*args: Any, **kwargs: Any) -> Any:
+            loss = training_step(*args, **kwargs)
+            self.values.note("loss", loss)
+            return loss
+
+        def checked_clip(*args: Any, **kwargs: Any) -> Any:
+            norm = clip(*args, **kwargs)
+            self.values.note("gradient norm", norm)
+            return norm
+
+        trainer.training_step = checked_training_step
+        trainer.accelerator.clip_grad_norm_ = checked_clip
+
+    def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        what = self.values.check(args.device)
+        if what and self.bad_step is None:
+            self.bad_step, self.what = state.global_step, what
+            control.should_training_stop = True
+            control.should_save = False  # the checkpoint on disk stays the newest: no NaN weights saved
+            control.should_evaluate = False
+            control.should_log = True  # this step's row shows the NaN (every rank agrees: the log gathers)
+
+
+def diverged_error(run: Run, step: int, what: list[str], unit: str = "step") -> EasyRLHFError:
+    """The one line of a run stopped by a non-finite loss or gradient norm at ``step``: what was not finite,
+    that nothing from that step on was saved, the newest complete checkpoint, and the levers."""
+    from .faults import checkpoint_note
+
+    config = run.config
+    clip = (f"a lower max_grad_norm (now {config.max_grad_norm:g})" if config.max_grad_norm > 0
+            else "max_grad_norm to clip gradients (now 0: off; e.g. 1.0)")
+    then = ("continue from it with --resume (the new learning_rate applies) or start again"
+            if latest_checkpoint(run.checkpoints_dir) is not None else "start again")
+    return EasyRLHFError(f"training diverged at {unit} {step}: {' and '.join(what)}; nothing from that {unit} on "
+                         f"was saved and no model/ was written ({checkpoint_note(run)}); set a lower learning_rate "
+                         f"(now {config.learning_rate:g}) or {clip}, then {then}")
+
+
+def continue_schedule(run: Run, scheduler: Any, step: int, total: int, was: int | None,
+                      peaks: list[float] | float | None = None, unit: str = "step") -> None:
+    """After ``--resume`` loaded a learning-rate scheduler's saved state: the schedule for this run's horizon
+    (``total`` steps; ``was`` in the run that saved it, None: not recorded) and peak rates (``peaks``, one per
+    parameter group or one for all, from this run's config; None: as saved), at the saved step, and a log
+    line saying which.
+
+    The saved state holds the step, the old peak rates and the old horizon's last rate (0 at the end of a
+    linear decay), which the optimizer's state restores too. transformers' schedules (``LambdaLR`` over a
+    ``functools.partial``) keep the lambda built for this run's horizon, so ``peak * lambda(step)`` continues
+    on it. For an unchanged horizon and peak this is the rate the scheduler saved, bit for bit (a resume
+    stays exact)."""
+    import torch
+
+    inner = getattr(scheduler, "scheduler", scheduler)  # accelerate's AcceleratedScheduler wraps it
+    changed = was is not None and was != total
+    if not isinstance(inner, torch.optim.lr_scheduler.LambdaLR):
+        if changed:
+            run.log(f"warning: --resume: the {type(inner).__name__} learning-rate scheduler continues as saved, for "
+                    f"{was} {unit}s, not {total}")
+        return
+    notes = []
+    if isinstance(peaks, (int, float)):
+        peaks = [float(peaks)] * len(inner.base_lrs)
+    if peaks is not None and len(peaks) == len(inner.base_lrs) and list(peaks) != list(inner.base_lrs):
+        notes.append(f"peak learning rate {peaks[0]:g} (was {inner.base_lrs[0]:g})")
+        inner.base_lrs = list(peaks)
+    groups = inner.optimizer.param_groups
+    for group, base, fn in zip(groups, inner.base_lrs, inner.lr_lambdas):
+        group["lr"] = base * fn(inner.last_epoch)
+    inner._last_lr = [group["lr"] for group in groups]
+    if changed:
+        notes.insert(0, "learning-rate schedule rebuilt for the new horizon")
+        where = f"{unit} {step} of {total} (was {was})"
+    else:
+        where = f"{unit} {step} of {total}"
+        if not notes:
+            notes.append("learning-rate schedule as saved" if was is not None
+                         else f"learning-rate schedule for {total} {unit}s")
+    run.log(f"--resume: resuming at {where}: {'; '.join(notes)}")
+
+
+class ScheduleCallback(TrainerCallback):
+    """On ``--resume``: :func:`continue_schedule` once the Trainer has loaded the checkpoint's scheduler."""
+
+    def __init__(self, run: Run, checkpoint: str | None) -> None:
+        self.run = run
+        self.checkpoint = checkpoint
+
+    def on_train_begin(self, args: Any, state: Any, control: Any, lr_scheduler: Any = None, **kwargs: Any) -> None:
+        if self.checkpoint is None or lr_scheduler is None:
+            return
+        try:
+            saved = json.loads((Path(self.checkpoint) / "trainer_state.json").read_text(encoding="utf-8"))
+            was = int(saved["max_steps"])
+        except (OSError, ValueError, KeyError, TypeError):
+            was = None
+        continue_schedule(self.run, lr_scheduler, state.global_step, state.max_steps, was,
+                          peaks=args.learning_rate)  # the Trainer gives every parameter group the same rate
 
 
 def barrier() -> None:
@@ -256,9 +417,15 @@ def train_and_save(run: Run, trainer: Any, model_for_save: Any = None, tokenizer
     trainer.add_callback(RunCallback(run))
     trainer.add_callback(CheckpointCallback(run))
     checkpoint = resume_checkpoint(run)
-    with StopSignals(run.log) as stop:
+    trainer.add_callback(ScheduleCallback(run, checkpoint))
+    with StopSignals(run.log, run.checkpoints_dir) as stop:
         trainer.add_callback(StopCallback(stop))
+        divergence = DivergenceCallback()  # after StopCallback: a diverged step is never saved
+        divergence.watch(trainer)
+        trainer.add_callback(divergence)
         trainer.train(resume_from_checkpoint=checkpoint)
+    if divergence.bad_step is not None:
+        raise diverged_error(run, divergence.bad_step, divergence.what)
     if stop.agreed:
         step = trainer.state.global_step
         saved = run.checkpoints_dir / f"checkpoint-{step}"

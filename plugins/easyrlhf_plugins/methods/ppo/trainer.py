@@ -19,7 +19,8 @@ import torch
 
 from easyrlhf_core import lm
 from easyrlhf_core.checkpoints import remove_checkpoints_after
-from easyrlhf_core.hf import check_ranks_agree
+from easyrlhf_core.hf import NonFinite, check_ranks_agree, continue_schedule, diverged_error
+from easyrlhf_core.kit import rl_math
 from easyrlhf_core.metrics import drop_rows_after
 from easyrlhf_core.online import SAMPLES_FILE, prompts_that_fit, record_columns, score_with_columns
 from easyrlhf_core.run import RunInterrupted, StopSignals
@@ -136,8 +137,9 @@ class PPOTrainer:
                                                      config.forward_batch_size or config.rollout_batch_size)
         elif models.reference_model is not None:
             models.reference_model.to(self.accelerator.device)
-        self.kl_ctl = core.KLController(config.beta, config.adaptive_kl, config.target_kl, config.kl_horizon)
+        self.kl_ctl = core.kl_controller(config.beta, config.adaptive_kl, config.target_kl, config.kl_horizon)
         self.moments = core.RunningMoments()
+        self.nonfinite = NonFinite()  # a NaN / inf loss or gradient norm stops the run (step)
         set_seed(config.seed, device_specific=True)  # each process samples differently
         describe_trainable(run, self.unwrapped)
         run.log(f"ppo: {self.total_iterations} iterations x {self.global_batch} prompts (global; "
@@ -180,8 +182,7 @@ class PPOTrainer:
     # -- rollout -----------------------------------------------------------------------------------
     def _texts(self, responses: torch.Tensor, mask: torch.Tensor) -> list[str]:
         lengths = mask.sum(dim=1).tolist()
-        return [self.tokenizer.decode(row[:n].tolist(), skip_special_tokens=True).strip()
-                for row, n in zip(responses.cpu(), lengths)]
+        return [lm.decode_response(self.tokenizer, row[:n]) for row, n in zip(responses.cpu(), lengths)]
 
     def generating(self) -> Any:
         """The block in which :meth:`sample` may run: under ZeRO-3 the policy's parameters are gathered
@@ -236,8 +237,8 @@ class PPOTrainer:
             scores = self.moments.normalize(scores)
         kl = core.kl_per_token(ro.logprobs, ro.ref_logprobs, config.kl_estimator) * ro.mask
         rewards, non_score = core.per_token_rewards(scores, kl, ro.mask, self.kl_ctl.value)
-        advantages, returns = core.gae(rewards, ro.values, ro.mask, config.gamma, config.lam)
-        advantages = core.masked_whiten(advantages, ro.mask)
+        advantages, returns = rl_math.gae_advantages(rewards, ro.values, ro.mask, config.gamma, config.lam)
+        advantages = rl_math.masked_whiten(advantages, ro.mask)
         return {"scores": scores, "kl": kl, "rewards": rewards, "non_score": non_score,
                 "advantages": advantages, "returns": returns}
 
@@ -260,13 +261,16 @@ class PPOTrainer:
                     logits, values = self.model(input_ids[idx], attention_mask[idx], n_query)
                     logprobs = lm.logprobs_from_logits(logits, ro.responses[idx], config.temperature)
                     del logits
-                    policy = core.clipped_policy_loss(logprobs, ro.logprobs[idx], adv["advantages"][idx],
-                                                      ro.mask[idx], config.cliprange)
-                    value_loss, value_clipfrac = core.clipped_value_loss(
+                    policy = rl_math.clipped_policy_loss(logprobs, ro.logprobs[idx], adv["advantages"][idx],
+                                                         ro.mask[idx], config.cliprange)
+                    value_loss, value_clipfrac = rl_math.clipped_value_loss(
                         values, ro.values[idx], adv["returns"][idx], ro.mask[idx], config.cliprange_value)
-                    accelerator.backward(policy.loss + config.vf_coef * value_loss)
+                    loss = policy.loss + config.vf_coef * value_loss
+                    accelerator.backward(loss)
+                    self.nonfinite.note("loss", loss)
                     if accelerator.sync_gradients:
-                        accelerator.clip_grad_norm_(self.model.parameters(), config.max_grad_norm)
+                        self.nonfinite.note("gradient norm",
+                                            accelerator.clip_grad_norm_(self.model.parameters(), config.max_grad_norm))
                     self.optimizer.step()
                     if accelerator.sync_gradients:
                         self.scheduler.step()
@@ -301,9 +305,9 @@ class PPOTrainer:
             "eos_fraction": ro.has_stop.float(),
         }
         metrics = {key: self._mean(value.mean()) for key, value in per_sample.items()}
-        metrics["entropy"] = self._mean(core.masked_mean(ro.entropy, mask))
-        metrics["value_mean"] = self._mean(core.masked_mean(ro.values, mask))
-        metrics["return_mean"] = self._mean(core.masked_mean(adv["returns"], mask))
+        metrics["entropy"] = self._mean(rl_math.masked_mean(ro.entropy, mask))
+        metrics["value_mean"] = self._mean(rl_math.masked_mean(ro.values, mask))
+        metrics["return_mean"] = self._mean(rl_math.masked_mean(adv["returns"], mask))
         metrics.update({key: self._mean(value) for key, value in update.items()})
         metrics["tokens"] = self.config.ppo_epochs * self._sum(ro.attention_mask.sum())
         metrics["beta"] = beta
@@ -346,6 +350,7 @@ class PPOTrainer:
     # -- checkpoints ---------------------------------------------------------------------------------
     def state(self, iteration: int) -> dict[str, Any]:
         return {"data_position": iteration * self.global_batch, "num_processes": self.world,
+                "total_iterations": self.total_iterations,
                 "kl_controller": self.kl_ctl.state_dict(), "reward_moments": self.moments.state_dict()}
 
     def resume(self) -> int:
@@ -356,6 +361,7 @@ class PPOTrainer:
         self.accelerator.wait_for_everyone()
         if not run.resume:
             return 0
+        peaks = list(self.scheduler.base_lrs)  # this run's learning rates (the checkpoint holds the first run's)
         state = resume_from_latest(self.accelerator, run.checkpoints_dir, self.scheduler, run.log)
         if state is None:
             run.log("--resume: no checkpoint found; starting from the beginning")
@@ -364,6 +370,8 @@ class PPOTrainer:
             iteration = int(state["iteration"])
             self.kl_ctl.load_state_dict(state["kl_controller"])
             self.moments.load_state_dict(state["reward_moments"])
+            continue_schedule(run, self.scheduler, iteration, self.total_iterations, state.get("total_iterations"),
+                              peaks=peaks, unit="iteration")
             if state.get("num_processes", self.world) != self.world:
                 run.log(f"warning: the checkpoint was written by {state['num_processes']} processes, this run has "
                         f"{self.world}: prompts and sampling will differ from an uninterrupted run")
@@ -384,7 +392,7 @@ class PPOTrainer:
         first = self.resume() + 1
         run.progress.start(self.total_iterations, description="ppo")
         run.progress.advance_to(first - 1)
-        with StopSignals(run.log) as stop:
+        with StopSignals(run.log, run.checkpoints_dir) as stop:
             for iteration in range(first, self.total_iterations + 1):
                 self.step(iteration)
                 saved = bool(config.save_steps) and iteration % config.save_steps == 0
@@ -409,13 +417,16 @@ class PPOTrainer:
         adv = self.advantages(ro)
         update_start = time.perf_counter()
         update = self.update(ro, adv, iteration)
+        diverged = self.nonfinite.check(self.accelerator.device)  # every rank, every iteration: agreed
         timings["time/update"] = time.perf_counter() - update_start
         timings["time/iteration"] = time.perf_counter() - began
         mean_kl = self._mean(adv["kl"].sum(1).mean())
         self.kl_ctl.update(mean_kl, self.global_batch)
-        if iteration % config.logging_steps == 0 or iteration == self.total_iterations:
+        if diverged or iteration % config.logging_steps == 0 or iteration == self.total_iterations:
             self.run.log_metrics(iteration, self.metrics(iteration, ro, adv, update, beta, timings))
             self.write_samples(iteration, prompts, texts, ro.scores)
+        if diverged:  # before any checkpoint or model of this iteration: the newest checkpoint stays the last good
+            raise diverged_error(self.run, iteration, diverged, unit="iteration")
         last = iteration == self.total_iterations and config.final_eval
         if config.eval_steps and (iteration % config.eval_steps == 0 or last):
             self.evaluate(iteration)

@@ -1,0 +1,225 @@
+"""A run whose loss or gradient norm turns NaN / inf stops at that step with one ``Error:`` line naming it and
+the levers, keeps the newest checkpoint from before it, writes no ``COMPLETE`` and no ``model/``, and its
+metrics show the NaN (never 0); a finished run trained further continues on a learning-rate schedule for the
+new horizon (issue 26 items 6 and 7)."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import pytest
+
+from easyrlhf_core.checkpoints import checkpoint_problem, latest_checkpoint, list_checkpoints
+from tests.subprocess_runs import (model_tensors, ppo_run_args, read_metrics, toy_pair, toy_prompt, train_rows,
+                                   write_rows)
+
+
+@pytest.fixture(scope="module")
+def pairs(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return write_rows(tmp_path_factory.mktemp("data") / "pairs.jsonl", [toy_pair(i) for i in range(24)])
+
+
+def sft_args(model: Path, data: Path, out: Path, *extra: str) -> list[str]:
+    return ["run", "--method", "sft", "--model", str(model), "--dataset", "jsonl", "--data-files", str(data),
+            "--output-dir", str(out), "--seed", "3", "--set", "max_length=64", "--set", "per_device_train_batch_size=2",
+            "--set", "eval_fraction=0", "--set", "logging_steps=1", "--set", "learning_rate=1e-3", *extra]
+
+
+def error_lines(stderr: str) -> list[str]:
+    return [line for line in stderr.splitlines() if line.startswith("Error:")]
+
+
+def assert_all_finite(tensors: dict) -> None:
+    assert tensors
+    for name, tensor in tensors.items():
+        assert bool(tensor.float().isfinite().all()), name
+
+
+def assert_stopped_at(result, out: Path, step: int, unit: str = "step") -> None:
+    """Nonzero exit, one Error line naming the step and the levers, no COMPLETE, no model/, every
+    checkpoint left from before the step, intact and finite."""
+    assert result.exit_code != 0, result.stderr
+    errors = error_lines(result.stderr)
+    assert len(errors) == 1, result.stderr
+    assert f"training diverged at {unit} {step}: " in errors[0]
+    assert "learning_rate" in errors[0] and "max_grad_norm" in errors[0]
+    assert not (out / "COMPLETE").exists() and not (out / "model").exists()
+    kept = latest_checkpoint(out / "checkpoints")
+    assert kept is not None and int(kept.name.split("-")[1]) < step
+    assert f"the newest complete checkpoint, {kept}, is intact" in errors[0]
+    for checkpoint in list_checkpoints(out / "checkpoints"):
+        assert int(checkpoint.name.split("-")[1]) < step and checkpoint_problem(checkpoint) is None
+        assert_all_finite(model_tensors(checkpoint))
+
+
+def test_a_trainer_run_whose_loss_turns_nan_stops_at_that_step(cli_run, tiny_model_dir, pairs, tmp_path,
+                                                               monkeypatch):
+    """Deterministic: the SFT loss is NaN from step 3 on (compute_loss times NaN); save_steps=2."""
+    from trl import SFTTrainer
+
+    compute_loss = SFTTrainer.compute_loss
+
+    def nan_from_step_3(self, model, inputs, *args, **kwargs):
+        result = compute_loss(self, model, inputs, *args, **kwargs)
+        if not model.training or self.state.global_step < 2:  # global_step counts the steps already done
+            return result
+        if isinstance(result, tuple):
+            return (result[0] * float("nan"), *result[1:])
+        return result * float("nan")
+
+    monkeypatch.setattr(SFTTrainer, "compute_loss", nan_from_step_3)
+    out = tmp_path / "run"
+    result = cli_run(*sft_args(tiny_model_dir, pairs, out, "--max-steps", "6", "--set", "save_steps=2"))
+    assert_stopped_at(result, out, 3)
+    assert "the loss is nan" in error_lines(result.stderr)[0]
+    assert [p.name for p in list_checkpoints(out / "checkpoints")] == ["checkpoint-2"]
+    rows = train_rows(out)
+    assert [r["step"] for r in rows] == [1, 2, 3]
+    assert rows[2]["loss"] == "nan" and rows[2]["grad_norm"] == "nan"  # NaN shown as NaN, never as 0
+    assert all(isinstance(r["loss"], float) and math.isfinite(r["loss"]) for r in rows[:2])
+    # the kept checkpoint loads and resumes (to the same fault: the loss is still NaN from step 3)
+    again = cli_run(*sft_args(tiny_model_dir, pairs, out, "--max-steps", "6", "--set", "save_steps=2"), "--resume")
+    assert f"--resume: continuing from {out / 'checkpoints' / 'checkpoint-2'}" in again.stderr
+    assert_stopped_at(again, out, 3)
+
+
+def test_a_trainer_run_that_blows_up_never_saves_nan_weights(cli_run, tiny_model_dir, pairs, tmp_path):
+    """The fault of the issue: SFT at learning rate 1e6, a checkpoint at every step."""
+    out = tmp_path / "run"
+    result = cli_run(*sft_args(tiny_model_dir, pairs, out, "--max-steps", "8", "--set", "save_steps=1",
+                               "--set", "learning_rate=1e6"))
+    step = next(r["step"] for r in train_rows(out) if not isinstance(r.get("grad_norm"), float)
+                or not isinstance(r.get("loss"), float))
+    assert_stopped_at(result, out, step)
+    assert "set a lower learning_rate (now 1e+06)" in error_lines(result.stderr)[0]
+    assert all(r["loss"] != 0 for r in train_rows(out))
+
+
+def test_a_ppo_run_whose_gradients_turn_nan_stops_at_that_iteration(cli_run, tiny_model_dir, tmp_path, monkeypatch):
+    """Deterministic: iteration 3's backward pass gets a NaN loss (so NaN gradients); a checkpoint every
+    iteration."""
+    from easyrlhf_plugins.methods.ppo.trainer import PPOTrainer
+
+    update = PPOTrainer.update
+
+    def poisoned(self, ro, adv, iteration):
+        if iteration != 3:
+            return update(self, ro, adv, iteration)
+        backward = self.accelerator.backward
+        self.accelerator.backward = lambda loss, **kwargs: backward(loss * float("nan"), **kwargs)
+        try:
+            return update(self, ro, adv, iteration)
+        finally:
+            del self.accelerator.backward
+
+    monkeypatch.setattr(PPOTrainer, "update", poisoned)
+    prompts = write_rows(tmp_path / "prompts.jsonl", [toy_prompt(i) for i in range(16)])
+    out = tmp_path / "ppo"
+    result = cli_run(*ppo_run_args(tiny_model_dir, prompts, out, 5))
+    assert_stopped_at(result, out, 3, unit="iteration")
+    assert "the gradient norm is nan" in error_lines(result.stderr)[0]
+    assert [p.name for p in list_checkpoints(out / "checkpoints")] == ["checkpoint-1", "checkpoint-2"]
+    assert not (out / "value_model").exists()
+    rows = [r for r in read_metrics(out) if "policy_loss" in r]
+    assert [r["step"] for r in rows] == [1, 2, 3]
+    assert isinstance(rows[1]["value_mean"], float) and rows[2]["policy_loss"] != 0
+
+
+def test_metrics_rows_write_nan_and_inf_as_strings(tmp_path):
+    from types import SimpleNamespace
+
+    from easyrlhf_core.run import Run
+
+    run = SimpleNamespace(is_main_process=True, metrics_path=tmp_path / "metrics.jsonl", trackers=None,
+                          progress=SimpleNamespace(update=lambda *a: None))
+    Run.log_metrics(run, 3, {"loss": float("nan"), "grad_norm": float("inf"), "learning_rate": 0.5})
+    assert json.loads(run.metrics_path.read_text()) == {"step": 3, "loss": "nan", "grad_norm": "inf",
+                                                        "learning_rate": 0.5}
+
+
+# --------------------------------------------------------------------------------------------------
+# Training a finished run further (item 6)
+
+
+def linear_lr(peak: float, total: int, step: int) -> float:
+    """The learning rate transformers' linear schedule (no warm-up) logs at ``step`` (1-based)."""
+    return peak * (total - (step - 1)) / total
+
+
+def test_a_finished_run_trained_further_continues_on_a_schedule_for_the_new_horizon(cli_run, tiny_model_dir, pairs,
+                                                                                     tmp_path):
+    out = tmp_path / "run"
+    args = sft_args(tiny_model_dir, pairs, out, "--set", "save_steps=2")
+    assert cli_run(*args, "--max-steps", "4").exit_code == 0
+    before = model_tensors(out / "model")
+    more = cli_run(*args, "--max-steps", "8", "--resume")
+    assert more.exit_code == 0, more.stderr
+    rows = train_rows(out)
+    assert [r["step"] for r in rows] == list(range(1, 9))
+    for row in rows[:4]:
+        assert row["learning_rate"] == pytest.approx(linear_lr(1e-3, 4, row["step"]))
+    for row in rows[4:]:  # steps 5..8 at the 8-step schedule's rates: 5e-4, 3.75e-4, 2.5e-4, 1.25e-4
+        assert row["learning_rate"] > 0
+        assert row["learning_rate"] == pytest.approx(linear_lr(1e-3, 8, row["step"]))
+    after = model_tensors(out / "model")
+    assert max(float((after[k] - before[k]).abs().max()) for k in before) > 1e-5
+    assert ("--resume: resuming at step 4 of 8 (was 4): learning-rate schedule rebuilt for the new horizon"
+            in more.stderr)
+
+
+def test_ppo_trained_further_continues_on_a_schedule_for_the_new_horizon(cli_run, tiny_model_dir, tmp_path):
+    prompts = write_rows(tmp_path / "prompts.jsonl", [toy_prompt(i) for i in range(16)])
+    out = tmp_path / "ppo"
+    args = [*ppo_run_args(tiny_model_dir, prompts, out, 2), "--set", "save_total_limit=4"]
+    first = cli_run(*args)
+    assert first.exit_code == 0, first.stderr
+    args[args.index("--max-steps") + 1] = "4"
+    more = cli_run(*args, "--resume")
+    assert more.exit_code == 0, more.stderr
+    rates = {r["step"]: r["learning_rate"] for r in read_metrics(out) if "learning_rate" in r}
+    # one optimizer step per iteration; the rate logged is the one after the iteration's step
+    assert rates[1] == pytest.approx(linear_lr(1e-3, 2, 2)) and rates[2] == pytest.approx(0.0, abs=1e-12)
+    assert rates[3] == pytest.approx(linear_lr(1e-3, 4, 4)) and rates[4] == pytest.approx(0.0, abs=1e-12)
+    # iteration 3 ran at the new schedule's rate (5e-4), not at the old horizon's last one (0): it moved the weights
+    at_2, at_3 = (model_tensors(out / "checkpoints" / f"checkpoint-{i}") for i in (2, 3))
+    assert max(float((at_3[k] - at_2[k]).abs().max()) for k in at_2) > 1e-6
+    assert ("--resume: resuming at iteration 2 of 4 (was 2): learning-rate schedule rebuilt for the new horizon"
+            in more.stderr)
+
+
+def test_resume_at_the_same_horizon_says_the_schedule_is_as_saved(cli_run, tiny_model_dir, pairs, tmp_path):
+    """An interrupted run (COMPLETE and model/ gone after its checkpoint-2) resumed with the same max_steps."""
+    import shutil
+
+    whole = tmp_path / "whole"
+    args = sft_args(tiny_model_dir, pairs, whole, "--set", "save_steps=2", "--max-steps", "4")
+    assert cli_run(*args).exit_code == 0
+    out = tmp_path / "cut"
+    shutil.copytree(whole, out)
+    for later in ("COMPLETE", "model", "checkpoints/checkpoint-4"):
+        path = out / later
+        shutil.rmtree(path) if path.is_dir() else path.unlink()
+    resumed = cli_run(*sft_args(tiny_model_dir, pairs, out, "--set", "save_steps=2", "--max-steps", "4"), "--resume")
+    assert resumed.exit_code == 0, resumed.stderr
+    assert "--resume: resuming at step 2 of 4: learning-rate schedule as saved" in resumed.stderr
+    assert [r["learning_rate"] for r in train_rows(out)] == [r["learning_rate"] for r in train_rows(whole)]
+    final, expected = model_tensors(out / "model"), model_tensors(whole / "model")
+    assert all(bool((final[k] - expected[k]).abs().max() < 1e-6) for k in expected)
+
+
+def test_resume_with_a_lower_learning_rate_continues_at_it(cli_run, tiny_model_dir, pairs, tmp_path):
+    """The lever after a divergence: --resume from the kept checkpoint with a lower learning_rate (the
+    checkpoint's scheduler holds the old peak; the run's config wins)."""
+    out = tmp_path / "run"
+    args = sft_args(tiny_model_dir, pairs, out, "--set", "save_steps=2", "--max-steps", "4")
+    assert cli_run(*args, "--set", "learning_rate=1e-2", "--max-steps", "2").exit_code == 0
+    (out / "COMPLETE").unlink()  # as if it had diverged at step 3
+    resumed = cli_run(*args, "--set", "learning_rate=1e-3", "--resume")
+    assert resumed.exit_code == 0, resumed.stderr
+    rows = train_rows(out)
+    assert [r["learning_rate"] for r in rows[:2]] == pytest.approx([linear_lr(1e-2, 2, s) for s in (1, 2)])
+    assert [r["learning_rate"] for r in rows[2:]] == pytest.approx([linear_lr(1e-3, 4, s) for s in (3, 4)])
+    assert ("--resume: resuming at step 2 of 4 (was 2): learning-rate schedule rebuilt for the new horizon; peak "
+            "learning rate 0.001 (was 0.01)" in resumed.stderr)
