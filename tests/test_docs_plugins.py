@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from easyrlhf_core import hookimpl
+from tests.data_helpers import hh_row, write_jsonl
 
 DOC = Path(__file__).resolve().parents[1] / "docs" / "plugins.md"
 
@@ -58,12 +59,18 @@ def doc_plugin() -> types.ModuleType:
 def test_the_documented_method_trains(doc_plugin, easyrlhf_plugin, easyrlhf_cli, tiny_model_dir, tmp_path):
     easyrlhf_plugin("doc", doc_plugin)
     out = tmp_path / "simpo"
+    # Short pairs: hh-rlhf prompts fill max_length 128 of the tiny tokenizer, leaving empty completions whose
+    # mean log-prob is NaN (the divergence check stops such a run at step 1).
+    pairs = write_jsonl(tmp_path / "pairs.jsonl", [hh_row(f"What is {i} plus {i}?", f"It is {2 * i}.",
+                                                          rejected_last="No idea.") for i in range(8)])
     result = easyrlhf_cli("run", "--method", "simpo", "--model", str(tiny_model_dir), "--max-steps", "2",
+                          "--dataset", "hh-rlhf", "--data-files", str(pairs),
                           "--output-dir", str(out), "--set", "max_train_samples=8", "--set", "max_eval_samples=0",
                           "--set", "max_length=128", "--set", "save_steps=0")
     assert result.exit_code == 0, result.stderr
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in rows if "loss" in r] == [1, 2]
+    assert all(isinstance(r["loss"], float) and r["loss"] == r["loss"] for r in rows if "loss" in r)
     assert (out / "model" / "config.json").is_file()
 
 
