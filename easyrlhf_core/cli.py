@@ -219,17 +219,19 @@ def config_options(func: Callable[..., Any]) -> Callable[..., Any]:
 @click.option("--num-machines", type=click.IntRange(min=1), default=1, show_default=True, help="Machines (nodes).")
 @click.option("--machine-rank", type=click.IntRange(min=0), default=0, show_default=True, help="This machine's rank.")
 @click.option("--main-process-ip", help="Address of the rank-0 machine (multi-node).")
-@click.option("--main-process-port", type=int, default=29500, show_default=True, help="Rendezvous port.")
+@click.option("--main-process-port", type=click.IntRange(min=1, max=65535), default=None,
+              help="Rendezvous port; default: a free port on one machine, 29500 on several.")
 @click.option("--debug", is_flag=True, help="Show full tracebacks on errors.")
 @click.option("--help", "-h", "show_help", is_flag=True,
               help="Show this message and exit; with --method NAME, also that method's options.")
 @handle_errors
 def run_command(method: str | None, config_file: str | None, set_options: tuple[str, ...], overwrite: bool,
                 resume: bool, debug: bool, num_processes: int, num_machines: int, machine_rank: int,
-                main_process_ip: str | None, main_process_port: int, show_help: bool, **flags: Any) -> None:
+                main_process_ip: str | None, main_process_port: int | None, show_help: bool, **flags: Any) -> None:
     """Train a model with one alignment method (`easyrlhf run --method NAME --help` lists its options)."""
     from .launch import STOPPED_EXIT_CODES, LaunchOptions, exit_launched_rank, is_launched, launch
-    from .run import RunComplete, RunInterrupted, RunRequest, execute, finish_directory, prepare
+    from .run import (RunComplete, RunInterrupted, RunRequest, execute, finish_directory, prepare,
+                      stopped_at_once_message)
 
     if show_help:
         click.echo(click.get_current_context().get_help())
@@ -256,6 +258,9 @@ def run_command(method: str | None, config_file: str | None, set_options: tuple[
                 run.directory.announce_ranks()
             launched = launch(options, _rank_args(sys.argv[1:], str(run.output_dir)))
             failed = launched.code != 0
+            if launched.stopped_at_once is not None:
+                raise RanksFailed(stopped_at_once_message(launched.stopped_at_once, run.checkpoints_dir),
+                                  launched.code)
             if launched.code in STOPPED_EXIT_CODES:
                 _print_resume_hint(str(run.output_dir))
             if launched.error is not None:
@@ -421,11 +426,11 @@ def plot_command(run_dirs: tuple[str, ...], output_dir: str | None) -> None:
               help="Token cap per sequence; longer ones lose their oldest prompt tokens.")
 @click.option("--batch-size", type=int, default=8, show_default=True, help="Sequences per forward pass.")
 @click.option("--seed", type=int, default=42, show_default=True,
-              help="Seed for the data split, sampling and bootstrap.")
+              help="Seed for the data split and sampling.")
 @click.option("--sample/--no-sample", default=True, show_default=True,
               help="Policies: also sample answers (temperature 1) for the sampled reward and KL.")
 @click.option("--bootstrap-samples", type=int, default=1000, show_default=True,
-              help="Bootstrap resamples for the 95% intervals.")
+              help="Kept for scripts; no effect (eval's intervals are of shares: Wilson, no resampling).")
 @click.option("--trust-remote-code", is_flag=True, help="Allow custom model code (off by default).")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object (keys in docs/eval.md).")
 @click.option("--debug", is_flag=True, help="Show full tracebacks on errors.")
@@ -489,6 +494,24 @@ def _key_values(items: tuple[str, ...], flag: str) -> dict[str, Any]:
         except yaml.YAMLError as exc:
             raise ConfigError(f"{key.strip()}: not a valid YAML value ({exc.__class__.__name__})", where=flag) from None
     return values
+
+
+@cli.command("new-plugin")
+@click.argument("name")
+@click.option("--directory", "-d", default=".", show_default=True, type=click.Path(file_okay=False),
+              help="Where to write easyrlhf-plugin-NAME/.")
+@handle_errors
+def new_plugin_command(name: str, directory: str) -> None:
+    """Write a pip-installable plugin package, easyrlhf-plugin-NAME/: a pyproject with the entry point, a
+    method NAME, a dataset NAME-jsonl and a reward NAME-length that work, tests on the shipped pytest
+    fixtures, and a README."""
+    from .new_plugin import write_plugin
+
+    target = write_plugin(name, directory)
+    files = sorted(str(p.relative_to(target)) for p in target.rglob("*") if p.is_file())
+    shown = str(target) if target.is_absolute() or str(target).startswith(".") else f"./{target}"
+    click.echo(f"Wrote {shown}/: " + ", ".join(files))
+    click.echo(f"Next: pip install -e {shown} && pytest {shown}")
 
 
 def main() -> None:

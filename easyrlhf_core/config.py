@@ -121,6 +121,9 @@ class BaseConfig:
         "auto", "auto: fp32 on CPU, bf16 (or fp16) on GPUs that support it.")
     gradient_checkpointing: bool = option(False, "Recompute activations to save memory.")
     deepspeed: str | None = option(None, "DeepSpeed JSON config, e.g. configs/deepspeed/zero2.json.")
+    collective_timeout: int = option(1800, "Seconds a multi-process run's collective (gradient sync, ZeRO "
+                                           "gather, barrier) may wait for the other ranks; past it the run ends "
+                                           "with an error naming the rank and the call instead of hanging.")
     # adapters
     lora: LoraOptions = option(LoraOptions(), "LoRA adapters (peft).")
     save_adapter_only: bool = option(False, "With LoRA: save only the adapter in model/ instead of the merged model.")
@@ -136,6 +139,8 @@ class BaseConfig:
             raise invalid("eval_fraction", "must be in [0, 1)")
         if self.save_steps < 0:
             raise invalid("save_steps", "must be >= 0 (0: never)")
+        if self.collective_timeout <= 0:
+            raise invalid("collective_timeout", "must be > 0 (seconds)")
         if self.eval_steps is not None and self.eval_steps <= 0:
             raise invalid("eval_steps", "must be a positive integer, or empty")
         if self.save_adapter_only and not self.lora.enabled:
@@ -207,11 +212,15 @@ def load_yaml_layer(path: str | Path) -> Layer:
 
 
 def _collect_lines(node: yaml.Node, prefix: str, lines: dict[str, int]) -> None:
+    """The line of every mapping key below ``node``: ``a.b`` for mappings, ``a[0].b`` inside lists."""
     if isinstance(node, yaml.MappingNode):
         for key_node, value_node in node.value:
             key = f"{prefix}{key_node.value}"
             lines[key] = key_node.start_mark.line + 1
             _collect_lines(value_node, key + ".", lines)
+    elif isinstance(node, yaml.SequenceNode) and prefix:
+        for i, item in enumerate(node.value):
+            _collect_lines(item, f"{prefix[:-1]}[{i}].", lines)
 
 
 def parse_set_options(pairs: tuple[str, ...] | list[str]) -> Layer:
@@ -269,7 +278,21 @@ def resolve_config(cls: type, layers: list[Layer], method: str | None = None) ->
             raise located from None
         raise
     object.__setattr__(config, "_explicit_keys", {key: layer.is_file for key, layer in provenance.items()})
+    object.__setattr__(config, "_setting_layers", dict(provenance))
     return config
+
+
+def located_error(config: Any, message: str, key: str, within: str | None = None) -> ConfigError | None:
+    """``message`` as a ConfigError at the file line or flag that set the dotted ``key`` of ``config`` (or, for
+    a key set as part of a bigger value such as one item of a list, the one that set ``within``), as
+    :func:`resolve_config` recorded them; None when no layer set either (a default, or a config built
+    otherwise). For checks after the config is built, e.g. a reward's options."""
+    layers: dict[str, Layer] = getattr(config, "_setting_layers", {})
+    name = key if key in layers else within
+    layer = layers.get(name) if name else None
+    if layer is None:
+        return None
+    return layer.error(key if layer.is_file and key in layer.lines else name, message)
 
 
 def explicit_keys(config: Any) -> dict[str, bool]:
@@ -388,6 +411,8 @@ def _check(value: Any, hint: Any, raw: str | None) -> tuple[bool, Any]:
             return False, None
         out = []
         for v in value:
+            if item is str and not isinstance(v, str):  # [1, 2] is not a list of strings: no silent str()
+                return False, None
             ok, r = _check(v, item, None)
             if not ok:
                 return False, None
@@ -417,11 +442,28 @@ def _type_name(hint: Any) -> str:
     if origin is Literal:
         return "one of " + ", ".join(repr(a) for a in args)
     if origin is list:
-        return f"a list of {_type_name(args[0]) if args else 'values'}"
+        return f"a list of {_plural_type_name(args[0]) if args else 'values'}"
     if origin is dict:
         return "a mapping"
     return {bool: "true or false", int: "an integer", float: "a number", str: "a string"}.get(
         hint, getattr(hint, "__name__", str(hint)))
+
+
+def _plural_type_name(hint: Any) -> str:
+    """What a list of ``hint`` holds, in words: ``strings``, ``integers``, ``lists of numbers``."""
+    origin = typing.get_origin(hint)
+    args = typing.get_args(hint)
+    if origin in (Union, types.UnionType):
+        names = [_plural_type_name(a) for a in args if a is not type(None)]
+        return " or ".join(names) + (" or nulls" if type(None) in args else "")
+    if origin is Literal:
+        return "values among " + ", ".join(repr(a) for a in args)
+    if origin is list:
+        return f"lists of {_plural_type_name(args[0]) if args else 'values'}"
+    if origin is dict:
+        return "mappings"
+    return {bool: "true or false values", int: "integers", float: "numbers", str: "strings"}.get(
+        hint, f"{getattr(hint, '__name__', str(hint))} values")
 
 
 def _build(cls: type, values: dict[str, Any]) -> Any:
@@ -468,14 +510,15 @@ def _emit(config: Any, lines: list[str], indent: str, comments: bool) -> None:
 def build_options(options_class: type, options: dict[str, Any], owner: str, where: str) -> Any:
     """``options`` (a plain mapping, e.g. a reward's ``reward_options``) as an instance of the dataclass
     ``options_class``: unknown names with a did-you-mean, wrong types and ``__post_init__`` failures are one
-    ConfigError ``where: owner: what is wrong``."""
+    ConfigError ``where: owner: what is wrong``, its ``key`` the option at fault when known (a caller that
+    knows where the option was set can point there: :func:`located_error`)."""
     names = [f.name for f in dataclasses.fields(options_class)]
     unknown = sorted(set(options) - set(names))
     if unknown:
         close = difflib.get_close_matches(str(unknown[0]), names, n=1, cutoff=0.6)
         hint = f" (did you mean '{close[0]}'?)" if close else ""
-        raise ConfigError(f"{owner}: unknown option(s) {', '.join(map(str, unknown))}{hint}; known: "
-                          f"{', '.join(names) or 'none'}", where=where)
+        raise _option_error(f"{owner}: unknown option(s) {', '.join(map(str, unknown))}{hint}; known: "
+                            f"{', '.join(names) or 'none'}", where, str(unknown[0]))
     layer = Layer(values={}, source=where)
     hints = typing.get_type_hints(options_class)
     typed = {}
@@ -483,8 +526,14 @@ def build_options(options_class: type, options: dict[str, Any], owner: str, wher
         try:
             typed[key] = coerce(value, hints[key], key, layer)
         except ConfigError as exc:
-            raise ConfigError(f"{owner}: {exc.message}", where=where) from None
+            raise _option_error(f"{owner}: {exc.message}", where, key) from None
     try:
         return options_class(**typed)
     except ConfigError as exc:
-        raise ConfigError(f"{owner}: {exc.message}", where=where) from None
+        raise _option_error(f"{owner}: {exc.message}", where, getattr(exc, "key", None)) from None
+
+
+def _option_error(message: str, where: str, key: str | None) -> ConfigError:
+    err = ConfigError(message, where=where)
+    err.key = key  # type: ignore[attr-defined]
+    return err

@@ -190,6 +190,40 @@ def out_of_memory_error(run: Run, exc: BaseException) -> EasyRLHFError:
                          f"{checkpoint_note(run)}: {_then(run)} after the change")
 
 
+def collective_call(exc: BaseException) -> str | None:
+    """The collective ``exc`` timed out in (``all_reduce``, ``all_gather_into_tensor``, ``barrier``, ...:
+    the innermost torch.distributed / deepspeed.comm function of its traceback; ``a collective`` when none
+    is named there), or None when ``exc`` is not a collective's timeout (gloo: ``RuntimeError: ... Timed
+    out waiting ...``; NCCL with async error handling: ``DistBackendError`` / ``... Watchdog caught
+    collective operation timeout``)."""
+    for err in _chain(exc):
+        text = str(err)
+        if not (isinstance(err, RuntimeError) and ("Timed out" in text or "timed out" in text
+                                                   or "collective operation timeout" in text)):
+            continue
+        call = None
+        traceback = err.__traceback__
+        while traceback is not None:
+            path = traceback.tb_frame.f_code.co_filename.replace("\\", "/")
+            if "torch/distributed/distributed_c10d" in path or "deepspeed/comm/" in path:
+                call = traceback.tb_frame.f_code.co_name
+            traceback = traceback.tb_next
+        if call is not None or "gloo" in text or "NCCL" in text or "Watchdog" in text:
+            return call if call not in (None, "wrapper", "log_wrapper") else "a collective"
+    return None
+
+
+def collective_timeout_error(run: Run, call: str) -> EasyRLHFError:
+    """A collective that waited past ``collective_timeout``: the call, the timeout, what it means, the
+    checkpoint. The launcher's parent adds ``rank N: `` (the rank that gave up first)."""
+    timeout = getattr(run.config, "collective_timeout", None)
+    waited = f"longer than collective_timeout={timeout}s" if timeout else "past its timeout"
+    return EasyRLHFError(f"{call} waited {waited} for the other ranks, which never joined it (one is stuck, "
+                         f"was killed or lost its network, or the ranks ran different code paths); "
+                         f"{checkpoint_note(run)}: {_then(run)} (raise collective_timeout if a step can "
+                         f"legitimately take that long)", where=None)
+
+
 def training_fault(run: Run, exc: BaseException) -> EasyRLHFError | None:
     """The one-line error for ``exc`` raised by a method's training, or None when it is not one of the
     known faults (then it reaches the user as ``Error: <Type>: <message>``)."""
@@ -202,6 +236,9 @@ def training_fault(run: Run, exc: BaseException) -> EasyRLHFError | None:
         return disk_full_error(run, exc)
     if is_out_of_memory(exc):
         return out_of_memory_error(run, exc)
+    call = collective_call(exc)
+    if call is not None:
+        return collective_timeout_error(run, call)
     if is_unsafe_pickle(exc):
         return EasyRLHFError("a weights or checkpoint file holds more than tensors (pickled Python objects), and "
                              "loading it could run code, so the safe loader refused it; use files in safetensors "

@@ -24,6 +24,9 @@ LAUNCHED_ENV = "EASYRLHF_LAUNCHED"
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 #: Exit codes of a run stopped by SIGINT / SIGTERM (after saving a checkpoint).
 STOPPED_EXIT_CODES = tuple(128 + sig for sig in STOP_SIGNALS)
+#: The rendezvous port of a run on several machines when ``--main-process-port`` is not given (every
+#: machine must use the same one); a run on one machine picks a free port instead.
+DEFAULT_PORT = 29500
 
 
 @dataclass
@@ -34,12 +37,17 @@ class LaunchOptions:
     num_machines: int = 1
     machine_rank: int = 0
     main_process_ip: str | None = None
-    main_process_port: int = 29500
+    main_process_port: int | None = None  # None: a free port on one machine, DEFAULT_PORT on several
     deepspeed: bool = False  # a DeepSpeed run: launched even with one process
 
     @property
     def distributed(self) -> bool:
         return self.num_processes > 1 or self.num_machines > 1
+
+    @property
+    def port(self) -> int:
+        """The rendezvous port the launcher is given (:func:`rendezvous_port` picks it before launching)."""
+        return self.main_process_port if self.main_process_port is not None else DEFAULT_PORT
 
     @property
     def needs_launcher(self) -> bool:
@@ -49,10 +57,12 @@ class LaunchOptions:
 
 @dataclass
 class Launched:
-    """How the ranks ended: the exit code, and the first failing rank's error line (without ``Error: ``)."""
+    """How the ranks ended: the exit code, the first failing rank's error line (without ``Error: ``), and
+    the signal of a second Ctrl-C / SIGTERM that ended them at once (``stopped_at_once``)."""
 
     code: int
     error: str | None = None
+    stopped_at_once: int | None = None
 
 
 def is_launched() -> bool:
@@ -76,7 +86,7 @@ def launcher_command(options: LaunchOptions, cli_args: list[str], use_gpu: bool)
         cmd = [sys.executable, "-m", "easyrlhf_core.ranks", "accelerate",
                "--num_processes", str(options.num_processes * options.num_machines),
                "--num_machines", str(options.num_machines), "--machine_rank", str(options.machine_rank),
-               "--main_process_port", str(options.main_process_port)]
+               "--main_process_port", str(options.port)]
         if options.main_process_ip:
             cmd += ["--main_process_ip", options.main_process_ip]
         return cmd + ["--multi_gpu"] + target
@@ -84,10 +94,55 @@ def launcher_command(options: LaunchOptions, cli_args: list[str], use_gpu: bool)
     # single-process launcher sets no RANK / WORLD_SIZE)
     cmd = [sys.executable, "-m", "easyrlhf_core.ranks", "torchrun", "--nproc_per_node", str(options.num_processes),
            "--nnodes", str(options.num_machines), "--node_rank", str(options.machine_rank),
-           "--master_port", str(options.main_process_port)]
+           "--master_port", str(options.port)]
     if options.main_process_ip:
         cmd += ["--master_addr", options.main_process_ip]
     return cmd + target
+
+
+def port_is_free(port: int) -> bool:
+    """Whether this machine can listen on ``port`` (what the launcher's rendezvous store does)."""
+    import socket
+
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as the store: a closed run's port is free
+        try:
+            sock.bind(("", port))
+        except OSError:
+            return False
+    return True
+
+
+def free_port() -> int:
+    """A TCP port no program on this machine listens on now (the system picks it)."""
+    import socket
+
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("", 0))
+        return int(sock.getsockname()[1])
+
+
+def port_taken_message(port: int) -> str:
+    """What to say when the rendezvous port is taken (before launching, or when the launcher finds it so)."""
+    return (f"port {port} is taken on this machine (another run, or another program, listens on it); pass a "
+            f"free one with --main-process-port, or leave the option out on one machine to pick a free one")
+
+
+def rendezvous_port(options: LaunchOptions) -> LaunchOptions:
+    """``options`` with the port the ranks meet on: on one machine without ``--main-process-port``, a free
+    one (two runs side by side then never collide on 29500); on several machines :data:`DEFAULT_PORT`. A
+    port this machine must listen on (one machine, or machine rank 0) that is taken raises
+    :class:`~easyrlhf_core.errors.ConfigError` naming it, before anything starts."""
+    import dataclasses
+
+    from .errors import ConfigError
+
+    if options.main_process_port is None and options.num_machines == 1:
+        return dataclasses.replace(options, main_process_port=free_port())
+    port = options.port
+    if options.machine_rank == 0 and not port_is_free(port):
+        raise ConfigError(port_taken_message(port), where="--main-process-port")
+    return dataclasses.replace(options, main_process_port=port)
 
 
 def launch(options: LaunchOptions, cli_args: list[str]) -> Launched:
@@ -107,6 +162,7 @@ def launch(options: LaunchOptions, cli_args: list[str]) -> Launched:
 
     from .ranks import RANK_ERRORS_ENV, first_failure
 
+    options = rendezvous_port(options)
     cmd = launcher_command(options, cli_args, use_gpu=torch.cuda.is_available())
     errors = Path(tempfile.mkdtemp(prefix="easyrlhf-ranks-"))
     env = dict(os.environ, **{LAUNCHED_ENV: "1", RANK_ERRORS_ENV: str(errors)})
@@ -115,10 +171,20 @@ def launch(options: LaunchOptions, cli_args: list[str]) -> Launched:
         env.setdefault("DS_ACCELERATOR", "cpu")  # what DeepSpeed picks anyway, without a warning per rank
     print(f"[easyrlhf] launching: {' '.join(cmd)}", file=sys.stderr, flush=True)
     stopped_by: list[int] = []
+    at_once: list[int] = []
+    first_at: list[float] = []
     try:
         process = subprocess.Popen(cmd, env=env, start_new_session=True)
 
         def forward(signum: int, frame: object) -> None:
+            import time
+
+            from .run import StopSignals
+
+            now = time.monotonic()  # the ranks count signals as StopSignals does: a repeat within the window is one
+            if first_at and now - first_at[0] > StopSignals.REPEAT_WINDOW:
+                at_once.append(signum)
+            first_at[:] = first_at or [now]
             stopped_by.append(signum)
             forward_signal(process.pid, signum)
 
@@ -128,6 +194,8 @@ def launch(options: LaunchOptions, cli_args: list[str]) -> Launched:
         finally:
             for sig, handler in previous.items():
                 signal.signal(sig, handler)
+        if at_once:  # each rank ended at once, without a line: this process says it
+            return Launched(128 + at_once[0], stopped_at_once=at_once[0])
         if stopped_by:
             return Launched(128 + stopped_by[0])
         failure = first_failure(errors) if code != 0 else None
@@ -173,6 +241,26 @@ def exit_launched_rank(code: int = 0) -> NoReturn:
         stream.flush()
     logging.shutdown()
     os._exit(code)
+
+
+def start_process_group(timeout_seconds: float) -> None:
+    """The default process group of a launched rank (gloo on CPU, nccl on GPUs, from the launcher's
+    environment), with ``timeout_seconds`` (config ``collective_timeout``) for every collective on it: a
+    rank left waiting for one that never comes fails with the backend's timeout error
+    (:func:`easyrlhf_core.faults.collective_timeout_error` words it) instead of hanging. The Trainer,
+    accelerate and DeepSpeed take an existing group as it is. Idempotent; nothing outside a launched run."""
+    import datetime
+
+    import torch
+    import torch.distributed as dist
+
+    if dist.is_initialized() or "MASTER_ADDR" not in os.environ:
+        return
+    if torch.cuda.is_available():
+        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+        os.environ.setdefault("TORCH_NCCL_ASYNC_ERROR_HANDLING", "1")  # a timed-out NCCL call raises, not hangs
+    dist.init_process_group(backend="nccl" if torch.cuda.is_available() else "gloo",
+                            timeout=datetime.timedelta(seconds=timeout_seconds))
 
 
 def finish_distributed() -> None:

@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import signal
 import sys
 import time
@@ -22,6 +23,8 @@ from pathlib import Path
 
 RANK_ERRORS_ENV = "EASYRLHF_RANK_ERRORS"
 LAUNCHER_FILE = "launcher.json"
+#: The launcher's own failure (before or around the ranks: a rendezvous port taken, ...), one line.
+LAUNCHER_ERROR_FILE = "launcher-error.json"
 
 
 def record_rank_error(message: str, code: int) -> bool:
@@ -54,6 +57,10 @@ def first_failure(folder: Path) -> tuple[str, int] | None:
         named = f"rank {first['rank']}: " if first.get("world_size", 1) > 1 else ""
         return f"{named}{first['message']}", int(first.get("code") or 1)
     try:
+        return json.loads((folder / LAUNCHER_ERROR_FILE).read_text(encoding="utf-8"))["message"], 1
+    except (OSError, ValueError, KeyError, TypeError):
+        pass
+    try:
         failures = json.loads((folder / LAUNCHER_FILE).read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return None
@@ -82,6 +89,28 @@ def _write_failures(failures: dict[int, object]) -> None:
     rows = [{"rank": int(rank), "exitcode": int(getattr(f, "exitcode", 1)),
              "time": float(getattr(f, "timestamp", 0) or 0)} for rank, f in failures.items()]
     (Path(folder) / LAUNCHER_FILE).write_text(json.dumps(rows), encoding="utf-8")
+
+
+def launcher_error_line(error: BaseException) -> str:
+    """The launcher's own failure as one line: a taken rendezvous port named, anything else by its type."""
+    text = " ".join(str(error).split())
+    if "EADDRINUSE" in text or "address already in use" in text.lower():
+        from .launch import port_taken_message
+
+        found = re.search(r"port: (\d+)", text)
+        if found:
+            return port_taken_message(int(found.group(1)))
+        return "the rendezvous port is taken on this machine; pass a free one with --main-process-port"
+    return f"the launcher failed: {type(error).__name__}: {text}"
+
+
+def _write_launcher_error(error: BaseException) -> None:
+    folder = os.environ.get(RANK_ERRORS_ENV)
+    if folder and Path(folder).is_dir():
+        (Path(folder) / LAUNCHER_ERROR_FILE).write_text(json.dumps({"message": launcher_error_line(error)}),
+                                                        encoding="utf-8")
+    else:
+        print(f"Error: {launcher_error_line(error)}", file=sys.stderr)
 
 
 def _quiet_launcher_logs() -> None:
@@ -120,6 +149,13 @@ def main(argv: list[str]) -> int:
         _, failure = exc.get_first_failure()
         code = int(getattr(failure, "exitcode", 1))
         return 128 - code if code < 0 else code or 1
+    except Exception as exc:  # noqa: BLE001  (the launcher itself: rendezvous store, bad arguments): one line, no traceback
+        if debug:
+            import traceback
+
+            traceback.print_exc()
+        _write_launcher_error(exc)
+        return 1
     return 0
 
 

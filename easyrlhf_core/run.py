@@ -121,7 +121,14 @@ class Run:
 
         with gathered(model):  # ZeRO-3: the partitions made whole on every rank (collective), rank 0 writes
             if self.is_main_process:
-                save_model(model, tokenizer, self.model_dir, merge_lora=not self.config.save_adapter_only)
+                try:
+                    save_model(model, tokenizer, self.model_dir, merge_lora=not self.config.save_adapter_only)
+                except Exception as exc:
+                    from .faults import disk_full_error, is_disk_full, model_bytes
+
+                    if not is_disk_full(exc):
+                        raise
+                    raise disk_full_error(self, exc, writing=self.model_dir, needed=model_bytes(model)) from exc
                 self.log(f"saved model to {self.model_dir}")
         return self.model_dir
 
@@ -160,21 +167,40 @@ class StopSignals:
                 if stop.requested():
                     save a checkpoint; raise RunInterrupted(stop.requested(), path)
 
-    A second Ctrl-C more than a second after the first stops at once (KeyboardInterrupt, no checkpoint);
-    repeats within that second (one Ctrl-C delivered twice, e.g. by a launcher) and repeated SIGTERMs are
-    ignored. Handlers are installed only in the main thread and restored on exit.
+    A second Ctrl-C or SIGTERM more than a second after the first ends the process at once, even while the
+    step is blocked (in a collective, a C call that never returns to Python), with exit code
+    ``128 + signal`` and one line (:func:`stopped_at_once_message`; a launched rank leaves the line to the
+    process that launched it); the newest complete checkpoint is never touched. Repeats within that
+    second (one signal delivered twice, by a scheduler and by our launcher) count once. Python runs signal
+    handlers in the main thread only, between bytecodes, so the signals are also read by a watcher thread
+    from :func:`signal.set_wakeup_fd`, which the C-level handler writes to at once. Handlers are installed
+    only in the main thread and restored on exit. ``checkpoints``: the run's checkpoints folder (named in
+    the line).
     """
 
-    def __init__(self, log: Callable[[str], None]) -> None:
+    #: Seconds within which a repeated signal counts as the same one.
+    REPEAT_WINDOW = 1.0
+
+    def __init__(self, log: Callable[[str], None], checkpoints: Path | None = None) -> None:
         self.log = log
+        self.checkpoints = checkpoints
         self.received: int | None = None
         self._received_at = 0.0
         self._announced = False
         self._agreed: int | None = None
         self._previous: dict[int, Any] = {}
+        self._wakeup: tuple[Any, Any] | None = None
+        self._previous_wakeup = -1
 
     def __enter__(self) -> StopSignals:
         if threading.current_thread() is threading.main_thread():
+            import socket
+
+            reader, writer = socket.socketpair()
+            writer.setblocking(False)
+            self._previous_wakeup = signal.set_wakeup_fd(writer.fileno(), warn_on_full_buffer=False)
+            self._wakeup = (reader, writer)
+            threading.Thread(target=self._watch, args=(reader,), name="easyrlhf-stop-signals", daemon=True).start()
             for sig in STOP_SIGNALS:
                 self._previous[sig] = signal.signal(sig, self._handle)
         return self
@@ -183,12 +209,48 @@ class StopSignals:
         for sig, handler in self._previous.items():
             signal.signal(sig, handler)
         self._previous.clear()
+        if self._wakeup is not None:
+            signal.set_wakeup_fd(self._previous_wakeup)
+            writer = self._wakeup[1]  # the watcher closes the reader
+            self._wakeup = None
+            try:
+                writer.send(b"\0")  # ends the watcher
+            except OSError:
+                pass
+            writer.close()
 
     def _handle(self, signum: int, frame: Any) -> None:  # no I/O here: the handler may interrupt a write
+        self._note(signum)
+
+    def _note(self, signum: int) -> bool:
+        """Record a stop signal; True when it is a second one (not a repeat of the first)."""
+        now = time.monotonic()
         if self.received is None:
-            self.received, self._received_at = signum, time.monotonic()
-        elif signum == signal.SIGINT and time.monotonic() - self._received_at > 1.0:
-            raise KeyboardInterrupt
+            self.received, self._received_at = signum, now
+            return False
+        return now - self._received_at > self.REPEAT_WINDOW
+
+    def _watch(self, reader: Any) -> None:
+        """The watcher thread: each signal's number as the C-level handler wrote it; a second one ends the
+        process at once."""
+        with reader:
+            while True:
+                try:
+                    data = reader.recv(64)
+                except OSError:
+                    return
+                if not data or 0 in data:
+                    return
+                for signum in data:
+                    if signum in STOP_SIGNALS and self._note(signum):
+                        self._stop_at_once(signum)
+
+    def _stop_at_once(self, signum: int) -> None:
+        code = 128 + signum
+        if not is_launched():  # a launched rank: the launching process says it (it got both signals too)
+            print(f"Error: {stopped_at_once_message(signum, self.checkpoints)}", file=sys.stderr, flush=True)
+        sys.stdout.flush()
+        os._exit(code)
 
     @property
     def agreed(self) -> int | None:
@@ -216,6 +278,19 @@ class StopSignals:
             self.log(f"received {signal.Signals(signum).name}: stopping after this step and saving a checkpoint{again}")
         self._agreed = signum or None
         return self._agreed
+
+
+def stopped_at_once_message(signum: int, checkpoints: Path | None) -> str:
+    """The line a run stopped at once by a second Ctrl-C / SIGTERM ends with: what was lost, what is kept."""
+    from .checkpoints import latest_checkpoint
+
+    name = signal.Signals(signum).name
+    kept = latest_checkpoint(checkpoints) if checkpoints is not None and checkpoints.is_dir() else None
+    if kept is None:
+        return (f"{name}: stopped at once by a second signal, without a checkpoint (none was saved yet); "
+                f"run the command again to start over")
+    return (f"{name}: stopped at once by a second signal (the step in progress is lost); the newest complete "
+            f"checkpoint, {kept}, is intact: continue with --resume")
 
 
 def _jsonable(value: Any) -> Any:
@@ -426,6 +501,10 @@ def prepare(request: RunRequest, registry: Registry | None = None) -> Run:
     try:
         directory.clear_dead_start()
         check_output_dir(output_dir, overwrite=request.overwrite, resume=request.resume)
+        if request.resume:  # the same model and data as the run was started with, unchanged on disk
+            from .inputs import check_same_inputs
+
+            check_same_inputs(output_dir, config, CONFIG_FILE)
         extend = request.resume and check_resume(output_dir, method, config)
         preflight(config)
         data = method.load_data(config, registry)
@@ -435,6 +514,10 @@ def prepare(request: RunRequest, registry: Registry | None = None) -> Run:
             _stderr_log(f"--resume: the run is complete; training it further, to max_steps={config.max_steps}")
         if extend or not (request.resume and (output_dir / CONFIG_FILE).exists()):
             write_run_config(output_dir, method.name, config)
+        if not request.resume:
+            from .inputs import write_inputs
+
+            write_inputs(output_dir, config)
     except BaseException:
         directory.finish(failed=True)  # as it was found: refused, or failed while claiming
         raise
@@ -481,10 +564,15 @@ def execute(run: Run) -> None:
         run.log(f"batch: {per_device} per device x {accumulation} accumulation steps x {processes} "
                 f"process{'es' if processes > 1 else ''} = {per_device * accumulation * processes} examples "
                 f"per optimizer step (global)")
+    timeout = getattr(config, "collective_timeout", 1800)
     if getattr(config, "deepspeed", None):  # before any model loads (ZeRO-3 loads them partitioned)
         from .zero import start_deepspeed
 
-        start_deepspeed()
+        start_deepspeed(timeout)
+    elif world_size() > 1:  # our timeout on every collective (the Trainer / accelerate take this group)
+        from .launch import start_process_group
+
+        start_process_group(timeout)
     report_to = [name for name in getattr(config, "report_to", []) if name != "none"]
     if report_to and run.is_main_process and not run.method.runs_stages:  # a pipeline's stages track themselves
         from .tracking import Trackers
@@ -492,6 +580,13 @@ def execute(run: Run) -> None:
         run.trackers = Trackers(report_to, run.logs_dir, run.output_dir.name, config, run.resume, run.log)
     try:
         run.method.train(run)
+    except Exception as exc:  # a known fault (disk full, out of memory, a reward that raised): one line
+        from .faults import training_fault
+
+        fault = training_fault(run, exc)
+        if fault is None:
+            raise
+        raise fault from exc
     finally:
         if getattr(config, "deepspeed", None):
             from .zero import stop_zero_init

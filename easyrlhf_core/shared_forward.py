@@ -108,13 +108,15 @@ def packed_hidden_states(model: Any, packed: dict[str, torch.Tensor]) -> torch.T
     return hidden.reshape(-1, hidden.shape[-1])
 
 
-def _head_chunk(head: Any, softcap: float | None, hidden: torch.Tensor, labels: torch.Tensor,
-                metrics: list[tuple[torch.Tensor, ...]]) -> torch.Tensor:
+def _head_chunk(head_forward: Callable[[Any], Any], softcap: float | None, hidden: torch.Tensor,
+                labels: torch.Tensor, metrics: list[tuple[torch.Tensor, ...]]) -> torch.Tensor:
     """log-prob of ``labels`` (with gradient) for one chunk; on the first call also its entropy, mean logit
-    and top-1 hit (without gradient), appended to ``metrics`` (a checkpoint's recompute skips them)."""
+    and top-1 hit (without gradient), appended to ``metrics`` (a checkpoint's recompute skips them).
+    ``head_forward`` is the head's forward itself, not the module call (no hooks: see
+    :func:`chunked_token_log_probs`)."""
     import torch
 
-    logits = head(hidden).float()
+    logits = head_forward(hidden).float()
     if softcap:
         logits = torch.tanh(logits / softcap) * softcap
     normaliser = torch.logsumexp(logits, dim=-1)
@@ -127,30 +129,57 @@ def _head_chunk(head: Any, softcap: float | None, hidden: torch.Tensor, labels: 
     return log_probs
 
 
-def chunked_token_log_probs(head: Any, hidden: torch.Tensor, labels: torch.Tensor, softcap: float | None = None,
-                            chunk: int = CHUNK_TOKENS) -> tuple[torch.Tensor, ...]:
-    """``(log_probs, entropy, mean_logits, is_top1)`` of ``labels`` ``[n]`` under ``head(hidden)``
-    (``hidden`` ``[n, d]``), ``chunk`` positions at a time; with gradients on, each chunk but the last is
-    checkpointed, so its logits are recomputed in the backward instead of kept (the last one's are used by
-    the backward right away: at most two chunks' logits exist at a time, and a batch of one chunk is not
-    recomputed at all)."""
+def _head_chunks(head_forward: Callable[[Any], Any], softcap: float | None, chunk: int, hidden: torch.Tensor,
+                 labels: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """The chunk loop of :func:`chunked_token_log_probs`, run as the head module's forward."""
     import torch
     from torch.utils.checkpoint import checkpoint
 
     log_probs, metrics = [], []
-    starts = range(0, hidden.shape[0], chunk)
+    starts = range(0, hidden.shape[0], chunk) or range(1)  # no position: one empty chunk, still a graph
     for start in starts:
         h, y = hidden[start: start + chunk], labels[start: start + chunk]
         found: list[tuple[torch.Tensor, ...]] = []
         if torch.is_grad_enabled() and h.requires_grad and start != starts[-1]:
-            log_probs.append(checkpoint(_head_chunk, head, softcap, h, y, found, use_reentrant=False))
+            log_probs.append(checkpoint(_head_chunk, head_forward, softcap, h, y, found, use_reentrant=False))
         else:
-            log_probs.append(_head_chunk(head, softcap, h, y, found))
+            log_probs.append(_head_chunk(head_forward, softcap, h, y, found))
         metrics.append(found[0])
-    if not log_probs:
-        empty = hidden.new_zeros(0, dtype=torch.float32)
-        return empty, empty, empty, torch.zeros(0, dtype=torch.bool, device=hidden.device)
     return (torch.cat(log_probs), *(torch.cat(column) for column in zip(*metrics)))
+
+
+@contextlib.contextmanager
+def _forward_replaced(module: Any, forward: Callable[..., Any]) -> Any:
+    """``module(...)`` runs ``forward`` inside the block (the module's hooks still run around it)."""
+    had_own = "forward" in vars(module)
+    previous = vars(module).get("forward")
+    module.forward = forward
+    try:
+        yield
+    finally:
+        if had_own:
+            module.forward = previous
+        else:
+            del module.forward
+
+
+def chunked_token_log_probs(head: Any, hidden: torch.Tensor, labels: torch.Tensor, softcap: float | None = None,
+                            chunk: int | None = None) -> tuple[torch.Tensor, ...]:
+    """``(log_probs, entropy, mean_logits, is_top1)`` of ``labels`` ``[n]`` under ``head(hidden)``
+    (``hidden`` ``[n, d]``), ``chunk`` positions at a time (default :data:`CHUNK_TOKENS`); with gradients
+    on, each chunk but the last is checkpointed, so its logits are recomputed in the backward instead of
+    kept (the last one's are used by the backward right away: at most two chunks' logits exist at a time,
+    and a batch of one chunk is not recomputed at all).
+
+    The head module is called exactly once, whatever ``n``: the chunks run inside that call through the
+    head's own forward. Under ZeRO-3 each module call is a collective (its parameters gathered from every
+    rank, in the forward and again in the backward), so a chunk count that depends on the rank's batch
+    would leave the ranks waiting for each other forever; one call per forward keeps them in step (and
+    gathers the largest matrix once, not once per chunk)."""
+    chunk = chunk or CHUNK_TOKENS
+    head_forward = head.forward
+    with _forward_replaced(head, functools.partial(_head_chunks, head_forward, softcap, chunk)):
+        return tuple(head(hidden, labels))
 
 
 @functools.cache

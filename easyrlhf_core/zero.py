@@ -36,12 +36,16 @@ def zero_stage(config_path: str | Path) -> int | None:
     return stage if isinstance(stage, int) else None
 
 
-def start_deepspeed() -> None:
-    """The process group (gloo on CPU, nccl on GPUs, from the launcher's environment) and DeepSpeed's
-    communication layer on top of it. Idempotent; needs the launcher's variables (:data:`LAUNCHER_ENV`):
-    ``easyrlhf run --deepspeed`` always starts its ranks through a launcher, one process included."""
-    import torch
+def start_deepspeed(timeout_seconds: float = 1800) -> None:
+    """The process group (gloo on CPU, nccl on GPUs, from the launcher's environment; collectives time out
+    after ``timeout_seconds``) and DeepSpeed's communication layer on top of it. Idempotent; needs the
+    launcher's variables (:data:`LAUNCHER_ENV`): ``easyrlhf run --deepspeed`` always starts its ranks
+    through a launcher, one process included."""
+    import datetime
+
     import torch.distributed as dist
+
+    from .launch import start_process_group
 
     missing = [name for name in LAUNCHER_ENV if name not in os.environ]
     if missing:
@@ -50,14 +54,12 @@ def start_deepspeed() -> None:
         raise ConfigError(f"a DeepSpeed run needs the launcher's environment ({', '.join(missing)} not set); "
                           f"start it with `easyrlhf run` (it launches every --deepspeed run) or torchrun",
                           where="--deepspeed")
-    if not dist.is_initialized():
-        if torch.cuda.is_available():
-            torch.cuda.set_device(int(os.environ["LOCAL_RANK"]))
-        dist.init_process_group(backend="nccl" if torch.cuda.is_available() else "gloo")
+    start_process_group(timeout_seconds)
     import deepspeed
 
     with contextlib.redirect_stdout(io.StringIO()):  # "DeepSpeed ...shm_comm_op built successfully", per rank
-        deepspeed.init_distributed(dist_backend=dist.get_backend(), auto_mpi_discovery=False, verbose=False)
+        deepspeed.init_distributed(dist_backend=dist.get_backend(), auto_mpi_discovery=False, verbose=False,
+                                   timeout=datetime.timedelta(seconds=timeout_seconds))
 
 
 def stop_zero_init() -> None:

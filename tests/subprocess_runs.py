@@ -75,11 +75,48 @@ def output_dir_of(args: list[str]) -> Path | None:
     return None
 
 
-def run_easyrlhf(args: list[str], num_processes: int = 1, timeout: float = 300) -> ProcessRun:
-    """Run ``easyrlhf <args>`` (with ``--num-processes N`` when N > 1) to the end."""
-    done = subprocess.run(easyrlhf_command(*args, *launch_args(num_processes)), env=subprocess_env(),
-                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, timeout=timeout)
-    return ProcessRun(done.returncode, done.stderr, output_dir_of(args))
+def run_easyrlhf(args: list[str], num_processes: int = 1, timeout: float = 300,
+                 env: dict[str, str] | None = None) -> ProcessRun:
+    """Run ``easyrlhf <args>`` (with ``--num-processes N`` when N > 1) to the end; ``env``: extra variables.
+    Past ``timeout`` seconds the run and every process under it (launcher, ranks) are killed and the test
+    fails with its log (a hung run must not outlive the test)."""
+    process = subprocess.Popen(easyrlhf_command(*args, *launch_args(num_processes)),
+                               env={**subprocess_env(), **(env or {})}, stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, text=True)
+    try:
+        _, stderr = process.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        kill_tree(process.pid)
+        _, stderr = process.communicate()
+        raise AssertionError(f"easyrlhf {' '.join(args[:3])} ran past {timeout}s (hung?):\n{stderr}") from None
+    return ProcessRun(process.returncode, stderr, output_dir_of(args))
+
+
+def kill_tree(pid: int) -> None:
+    """SIGKILL ``pid`` and all its descendants (also those in sessions of their own, like the launcher)."""
+    import psutil
+
+    try:
+        parent = psutil.Process(pid)
+        processes = [*parent.children(recursive=True), parent]
+    except psutil.Error:
+        return
+    for process in processes:
+        try:
+            process.kill()
+        except psutil.Error:
+            pass
+
+
+def head_chunk_env(folder: Path, tokens: int) -> dict[str, str]:
+    """Variables that make every process of a child run (ranks included) compute the chunked LM head
+    (:func:`easyrlhf_core.shared_forward.chunked_token_log_probs`) ``tokens`` positions at a time: a
+    ``sitecustomize`` module in ``folder``, put first on ``PYTHONPATH``. Small chunks make ranks with
+    different batches run different numbers of chunks."""
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "sitecustomize.py").write_text(
+        f"import easyrlhf_core.shared_forward as _shared\n_shared.CHUNK_TOKENS = {int(tokens)}\n", encoding="utf-8")
+    return {"PYTHONPATH": os.pathsep.join(p for p in (str(folder), os.environ.get("PYTHONPATH", "")) if p)}
 
 
 class SharedRuns:
@@ -90,10 +127,11 @@ class SharedRuns:
         self.root = root
         self._done: dict[str, ProcessRun] = {}
 
-    def get(self, name: str, args_for: Callable[[Path], list[str]], num_processes: int = 1) -> ProcessRun:
-        """The run ``name`` (``args_for(output_dir)``), started on first use."""
+    def get(self, name: str, args_for: Callable[[Path], list[str]], num_processes: int = 1,
+            env: dict[str, str] | None = None) -> ProcessRun:
+        """The run ``name`` (``args_for(output_dir)``, extra variables ``env``), started on first use."""
         if name not in self._done:
-            self._done[name] = run_easyrlhf(args_for(self.root / name), num_processes=num_processes)
+            self._done[name] = run_easyrlhf(args_for(self.root / name), num_processes=num_processes, env=env)
         return self._done[name]
 
 
@@ -225,6 +263,16 @@ def toy_pair(i: int) -> dict[str, Any]:
     return {"prompt": [{"role": "user", "content": f"Tell me about {topic}, please ({i})."}],
             "chosen": [{"role": "assistant", "content": f"Here is what I know about {topic}: Paris."}],
             "rejected": [{"role": "assistant", "content": f"Here is what I know about {topic}: bread."}]}
+
+
+def uneven_pair(i: int) -> dict[str, Any]:
+    """A pair like :func:`toy_pair` whose chosen answer has 0-6 extra words and whose rejected one is short:
+    batches of them differ in how many completion tokens a loss reads (so ranks differ in LM-head chunks)."""
+    topic = TOPICS[i % len(TOPICS)]
+    extra = " and more" * ((i * 5) % 7)
+    return {"prompt": [{"role": "user", "content": f"Tell me about {topic}, please ({i})."}],
+            "chosen": [{"role": "assistant", "content": f"Here is what I know about {topic}{extra}: Paris."}],
+            "rejected": [{"role": "assistant", "content": f"About {topic}: bread."}]}
 
 
 def toy_ranked(i: int) -> dict[str, Any]:

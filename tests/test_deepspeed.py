@@ -12,6 +12,11 @@ norm, computed over partitions), i.e. in fp32 rounding: the weights (|w| <= ~1) 
 dropped a rank's gradients, skipped the optimizer, saved empty partitions or read other data is off by
 about that much, a thousand times the tolerance. Each ZeRO run also proves it was one: its checkpoint holds
 one optimizer-state shard per rank (``zero_pp_rank_<r>_*optim_states.pt``), which DDP never writes.
+
+The preference runs read pairs of uneven lengths (:func:`tests.subprocess_runs.uneven_pair`) with the
+chunked LM head at 4 positions a chunk (:func:`tests.subprocess_runs.head_chunk_env`), so the two ranks run
+different numbers of head chunks in a step: under ZeRO-3 that hung for good while each chunk called the
+head module (one parameter all-gather per call). A hung run is killed and fails the test.
 """
 
 from __future__ import annotations
@@ -22,8 +27,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.subprocess_runs import (max_difference, model_tensors, ppo_run_args, run_easyrlhf, toy_pair,
-                                   toy_prompt, trainer_run_args, write_rows)
+from tests.subprocess_runs import (head_chunk_env, max_difference, model_tensors, ppo_run_args, run_easyrlhf,
+                                   toy_prompt, trainer_run_args, uneven_pair, write_rows)
 
 #: See the module docstring.
 TOLERANCE = 1e-6
@@ -31,7 +36,13 @@ TOLERANCE = 1e-6
 
 @pytest.fixture(scope="module")
 def pairs_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return write_rows(tmp_path_factory.mktemp("data") / "pairs.jsonl", [toy_pair(i) for i in range(24)])
+    return write_rows(tmp_path_factory.mktemp("data") / "pairs.jsonl", [uneven_pair(i) for i in range(24)])
+
+
+@pytest.fixture(scope="module")
+def small_chunks(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
+    """A child run's environment for an LM head of 4 positions a chunk (see the module docstring)."""
+    return head_chunk_env(tmp_path_factory.mktemp("head-chunks"), tokens=4)
 
 
 @pytest.fixture(scope="module")
@@ -53,9 +64,12 @@ def args_for(method: str, model: Path, data: Path):
 
 
 @pytest.mark.parametrize("method", ["sft", "dpo", "ppo"])
-def test_zero2_and_zero3_end_with_the_ddp_weights(method, tiny_model_dir, pairs_file, prompts_file, shared_runs):
+def test_zero2_and_zero3_end_with_the_ddp_weights(method, tiny_model_dir, pairs_file, prompts_file, shared_runs,
+                                                  small_chunks):
     data = prompts_file if method == "ppo" else pairs_file
-    ddp = shared_runs.get(f"{method}-ddp", args_for(method, tiny_model_dir, data), num_processes=2)
+    env = None if method == "ppo" else small_chunks
+    ddp_name = "ppo-ddp" if method == "ppo" else f"{method}-ddp-uneven"  # ppo-ddp: test_ppo_processes' run too
+    ddp = shared_runs.get(ddp_name, args_for(method, tiny_model_dir, data), num_processes=2, env=env)
     assert ddp.returncode == 0, ddp.stderr
     assert zero_shards(ddp.output_dir) == []
     folders = ["model", "value_model"] if method == "ppo" else ["model"]
@@ -64,7 +78,7 @@ def test_zero2_and_zero3_end_with_the_ddp_weights(method, tiny_model_dir, pairs_
     assert moved > 1e-3
     for preset in ("zero2", "zero3"):
         run = shared_runs.get(f"{method}-{preset}", lambda out: [*args_for(method, tiny_model_dir, data)(out),
-                                                                  "--deepspeed", preset], num_processes=2)
+                                                                  "--deepspeed", preset], num_processes=2, env=env)
         assert run.returncode == 0, run.stderr
         assert "Traceback" not in run.stderr
         assert zero_shards(run.output_dir) == [f"zero_pp_rank_{r}_mp_rank_00_optim_states.pt" for r in (0, 1)]
@@ -77,8 +91,11 @@ def test_zero2_and_zero3_end_with_the_ddp_weights(method, tiny_model_dir, pairs_
             assert re.search(r"parameter checksum per rank \[([-\d.e]+), \1\]: identical", run.stderr)
 
 
-@pytest.mark.parametrize("method", ["rrhf", "grpo"])  # rm: in the pipeline below; ipo, rloo: dpo's, grpo's trainer
-def test_the_other_methods_train_under_zero3_on_two_ranks(method, tiny_model_dir, pairs_file, prompts_file, tmp_path):
+@pytest.mark.parametrize("method", ["rrhf", "ipo", "grpo"])  # rm: in the pipeline below; rloo: grpo's trainer
+def test_the_other_methods_train_under_zero3_on_two_ranks(method, tiny_model_dir, pairs_file, prompts_file, tmp_path,
+                                                          small_chunks):
+    """rrhf and ipo (dpo's trainer with its own loss) read the chunked LM head too: uneven batches, small
+    chunks, so the ranks differ in chunk count (each hung here before the head was one call per forward)."""
     out = tmp_path / method
     args = ["run", "--method", method, "--model", str(tiny_model_dir), "--dataset", "jsonl",
             "--output-dir", str(out), "--max-steps", "2", "--seed", "7", "--set", "max_length=64",
@@ -91,7 +108,7 @@ def test_the_other_methods_train_under_zero3_on_two_ranks(method, tiny_model_dir
         args += ["--data-files", str(pairs_file)]
     if method == "rrhf":
         args += ["--set", "candidates=dataset"]
-    result = run_easyrlhf(args, num_processes=2)
+    result = run_easyrlhf(args, num_processes=2, env=small_chunks)
     assert result.returncode == 0, result.stderr
     assert zero_shards(out) == [f"zero_pp_rank_{r}_mp_rank_00_optim_states.pt" for r in (0, 1)]
     saved = model_tensors(out / "model")

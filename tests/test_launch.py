@@ -77,3 +77,73 @@ def test_a_launched_rank_given_bad_input_prints_one_error_line_and_exits_2(tmp_p
     assert done.returncode == 2
     assert done.stderr.strip().startswith("Error: ") and len(done.stderr.strip().splitlines()) == 1
     assert "no-such-method" in done.stderr
+
+
+def _hold(port: int):
+    """A socket listening on ``port`` (None when something else already does: it is taken either way)."""
+    import socket
+
+    sock = socket.socket()
+    try:
+        sock.bind(("", port))
+    except OSError:
+        sock.close()
+        return None
+    sock.listen()
+    return sock
+
+
+def test_two_runs_on_one_machine_pick_a_free_port_and_a_taken_one_given_is_one_line(tiny_model_dir, tmp_path):
+    """Without --main-process-port a run on one machine meets on a free port (29500, held here, as by
+    another run, is not needed); a port given and taken is one Error line naming it, before any rank
+    starts, and the output directory is left as it was found."""
+    from tests.subprocess_runs import toy_pair, trainer_run_args, write_rows
+
+    data = write_rows(tmp_path / "pairs.jsonl", [toy_pair(i) for i in range(8)])
+    default, given = _hold(29500), _hold(taken := free_port())
+    try:
+        out = tmp_path / "free"
+        args = [*trainer_run_args("sft", tiny_model_dir, data, out, per_device=2, steps=1), "--num-processes", "2"]
+        done = subprocess.run(easyrlhf_command(*args), capture_output=True, text=True, env=subprocess_env(),
+                              timeout=300)
+        assert done.returncode == 0, done.stderr
+        assert "--master_port 29500" not in done.stderr and (out / "COMPLETE").is_file()
+
+        out = tmp_path / "taken"
+        args = [*trainer_run_args("sft", tiny_model_dir, data, out, per_device=2, steps=1), "--num-processes", "2",
+                "--main-process-port", str(taken)]
+        done = subprocess.run(easyrlhf_command(*args), capture_output=True, text=True, env=subprocess_env(),
+                              timeout=300)
+    finally:
+        for sock in (default, given):
+            if sock is not None:
+                sock.close()
+    assert done.returncode == 2, done.stderr
+    errors = [line for line in done.stderr.splitlines() if "Error" in line]
+    assert errors == [f"Error: --main-process-port: port {taken} is taken on this machine (another run, or another "
+                      f"program, listens on it); pass a free one with --main-process-port, or leave the option "
+                      f"out on one machine to pick a free one"], done.stderr
+    assert "Traceback" not in done.stderr and "launching" not in done.stderr
+    assert not out.exists() or not any(out.iterdir())
+
+
+def test_the_launcher_finding_its_port_taken_is_one_line_without_a_traceback(tmp_path):
+    """Should the port be taken between our check and the launcher's bind, torch elastic's
+    ``DistNetworkError`` traceback (EADDRINUSE) becomes the same one line, handed to the parent."""
+    from easyrlhf_core.ranks import RANK_ERRORS_ENV, first_failure
+
+    script = tmp_path / "hello.py"
+    script.write_text("print('never started')\n", encoding="utf-8")
+    errors = tmp_path / "errors"
+    errors.mkdir()
+    sock = _hold(taken := free_port())
+    try:
+        done = subprocess.run([sys.executable, "-m", "easyrlhf_core.ranks", "torchrun", "--nproc_per_node", "1",
+                               "--master_port", str(taken), str(script)], capture_output=True, text=True,
+                              env={**subprocess_env(), RANK_ERRORS_ENV: str(errors)}, timeout=120)
+    finally:
+        sock.close()
+    assert done.returncode == 1
+    assert "Traceback" not in done.stderr and "never started" not in done.stdout, done.stderr
+    message, code = first_failure(errors)
+    assert code == 1 and message.startswith(f"port {taken} is taken on this machine"), message
