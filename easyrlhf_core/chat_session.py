@@ -217,7 +217,7 @@ def reply(bot: ChatModel, conversation: Conversation, user: str, settings: ChatS
     is then added to ``conversation``."""
     import torch
 
-    from .lm import generation_config
+    from .lm import generate, generation_config
 
     ids = fit_prompt(bot.tokenizer, conversation, user, settings.max_length - settings.max_new_tokens)
     device = next(bot.model.parameters()).device
@@ -225,9 +225,8 @@ def reply(bot: ChatModel, conversation: Conversation, user: str, settings: ChatS
     config = generation_config(settings.max_new_tokens, bot.stops, bot.pad, settings.sampling())
     streamer = text_streamer(bot.tokenizer, on_text) if on_text is not None else None
     with torch.inference_mode():
-        output = bot.model.generate(input_ids=input_ids, attention_mask=torch.ones_like(input_ids),
-                                    generation_config=config, streamer=streamer)
-    answer = decode_answer(bot.tokenizer, output[0, len(ids):].tolist(), bot.stops)
+        output = generate(bot.model, input_ids, torch.ones_like(input_ids), config, streamer=streamer)
+    answer = decode_answer(bot.tokenizer, output[0].tolist(), bot.stops)
     conversation.add(user, answer)
     return answer
 

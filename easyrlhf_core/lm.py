@@ -1,11 +1,14 @@
-"""Causal-LM helpers shared by evaluation, rrhf and ppo: token log-probs from logits, padding, stop ids,
-generation settings and the batched ``generate`` call.
+"""Causal-LM helpers shared by evaluation, rrhf, ppo, grpo/rloo and chat: token log-probs from logits,
+padding, stop ids, generation settings, the batched ``generate`` call and the response text a reward sees.
 
 Importing this module is cheap: torch and transformers load when a function runs.
 """
 
 from __future__ import annotations
 
+import functools
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -97,17 +100,25 @@ def stop_token_ids(tokenizer: Any, model: Any = None) -> list[int]:
     return ids
 
 
-#: Output-changing settings pinned in every config, so a model's own ``generation_config`` never applies them.
-NEUTRAL_SETTINGS = {"min_new_tokens": 0, "repetition_penalty": 1.0, "num_beams": 1, "use_cache": True}
+#: Output-changing settings pinned in every config, so a model's own ``generation_config`` never applies them
+#: (each at the value that leaves the distribution unchanged). Settings whose neutral value is None (min_p,
+#: bad_words_ids, suppress_tokens, sequence_bias, ...) cannot be pinned in a config: transformers fills every None
+#: field from the model's file, so :func:`generate` hides that file while it runs (:func:`model_defaults_hidden`).
+NEUTRAL_SETTINGS = {"min_new_tokens": 0, "min_length": 0, "repetition_penalty": 1.0, "encoder_repetition_penalty": 1.0,
+                    "no_repeat_ngram_size": 0, "encoder_no_repeat_ngram_size": 0, "typical_p": 1.0,
+                    "epsilon_cutoff": 0.0, "eta_cutoff": 0.0, "length_penalty": 1.0, "num_beams": 1,
+                    "num_return_sequences": 1, "renormalize_logits": False, "remove_invalid_values": False,
+                    "output_scores": False, "return_dict_in_generate": False, "use_cache": True}
 #: Sampling from the model's own distribution; ``sampling`` overrides these.
 UNMODIFIED_SAMPLING = {"temperature": 1.0, "top_k": 0, "top_p": 1.0}
 
 
 def generation_config(max_new_tokens: int, stop_ids: int | list[int] | None, pad_token_id: int | None,
                       sampling: dict[str, Any] | None = None, **settings: Any) -> Any:
-    """A complete ``GenerationConfig``: greedy (``sampling`` None), or sampling with ``sampling`` on top of
-    :data:`UNMODIFIED_SAMPLING`. :data:`NEUTRAL_SETTINGS` are pinned too, so ``generate`` fills nothing that
-    changes the output from the model's own ``generation_config``; ``settings`` add or override fields.
+    """A fresh, complete ``GenerationConfig`` built from our options alone: greedy (``sampling`` None), or
+    sampling with ``sampling`` on top of :data:`UNMODIFIED_SAMPLING`. :data:`NEUTRAL_SETTINGS` are pinned too;
+    ``settings`` add or override fields. Run it with :func:`generate` (or a model given :func:`pin_generation`),
+    so ``generate`` fills nothing from the model's own ``generation_config``.
     """
     from transformers import GenerationConfig
 
@@ -116,8 +127,72 @@ def generation_config(max_new_tokens: int, stop_ids: int | list[int] | None, pad
                             pad_token_id=pad_token_id, **{**NEUTRAL_SETTINGS, **sampled, **settings})
 
 
-def generate(model: Any, input_ids: torch.Tensor, attention_mask: torch.Tensor, config: Any) -> torch.Tensor:
+def _configured_modules(model: Any) -> list[Any]:
+    """``model`` and the modules inside it (a PEFT wrapper's base model, ...) that hold a generation config."""
+    from transformers import GenerationConfig
+
+    modules = list(model.modules()) if hasattr(model, "modules") else [model]
+    return [m for m in modules if isinstance(vars(m).get("generation_config"), GenerationConfig)]
+
+
+@contextmanager
+def model_defaults_hidden(model: Any) -> Iterator[None]:
+    """Inside: ``model`` (and every module in it) has a blank ``GenerationConfig``, so ``generate`` merges
+    nothing from the model's ``generation_config.json`` (min_p, no_repeat_ngram_size, bad_words_ids, ...) into
+    the config it is given; transformers' global defaults still fill what the config leaves unset. The model's
+    own config is back on exit (it is what a saved model keeps)."""
+    from transformers import GenerationConfig
+
+    saved = [(m, m.generation_config) for m in _configured_modules(model)]
+    try:
+        for module, _ in saved:
+            module.generation_config = GenerationConfig()
+        yield
+    finally:
+        for module, config in saved:
+            module.generation_config = config
+
+
+def generate(model: Any, input_ids: torch.Tensor, attention_mask: torch.Tensor, config: Any,
+             **kwargs: Any) -> torch.Tensor:
     """The new token ids ``(rows, new_tokens)`` of one batched ``generate`` call on left-padded prompts
-    (``config.num_return_sequences`` consecutive rows per prompt)."""
-    output = model.generate(input_ids=input_ids, attention_mask=attention_mask, generation_config=config)
+    (``config.num_return_sequences`` consecutive rows per prompt), with ``config`` alone deciding how tokens
+    are picked (:func:`model_defaults_hidden`); ``kwargs`` (a ``streamer``, ...) go to ``generate``."""
+    with model_defaults_hidden(model):
+        output = model.generate(input_ids=input_ids, attention_mask=attention_mask, generation_config=config,
+                                **kwargs)
     return output[:, input_ids.shape[1]:]
+
+
+def pin_generation(model: Any) -> Any:
+    """Make every later ``generate`` call on ``model`` (from code we do not own: TRL's online trainers) run
+    under :func:`model_defaults_hidden`, so only the config passed to it applies. Returns ``model``."""
+    for module in _configured_modules(model):
+        if "generate" in vars(module):  # pinned already
+            continue
+        original = module.generate
+
+        @functools.wraps(original)
+        def pinned(*args: Any, _original: Any = original, _module: Any = module, **kwargs: Any) -> Any:
+            with model_defaults_hidden(_module):
+                return _original(*args, **kwargs)
+
+        module.generate = pinned
+    return model
+
+
+# --------------------------------------------------------------------------------------------------
+# Response text
+
+
+def response_text(text: str) -> str:
+    """The rule for the text of a sampled response that a reward (or judge) sees, on every path (ppo, rrhf,
+    grpo, rloo, eval): surrounding whitespace stripped. Decoded text already has special tokens skipped."""
+    return text.strip()
+
+
+def decode_response(tokenizer: Any, ids: Any) -> str:
+    """Response token ids as the text a reward sees: special tokens skipped, then :func:`response_text`."""
+    if hasattr(ids, "tolist"):
+        ids = ids.tolist()
+    return response_text(tokenizer.decode(ids, skip_special_tokens=True))

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from .config import invalid, option
+from .lm import response_text
 from .training import RewardChoice
 
 if TYPE_CHECKING:
@@ -81,19 +82,26 @@ class RewardsChoice(RewardChoice):
         return specs
 
     def build_rewards(self, registry: Registry | None = None) -> list[WeightedReward]:
-        """The run's rewards, options checked (cheap: reward models load when they first score)."""
+        """The run's rewards, options checked (cheap: reward models load when they first score), a bad one
+        reported at the file line or flag that set it."""
         from .errors import ConfigError
         from .registry import get_registry
-        from .reward_choice import make_reward
+        from .reward_choice import locate_options_error, make_reward
 
         registry = registry or get_registry()
         specs = self.reward_specs()
         if not specs:
             raise ConfigError("a reward is needed: --reward NAME (repeatable), --reward-model PATH, or a rewards: "
                               "list in the config", where="--reward")
+        first_listed = len(specs) - len(self.rewards)  # specs[i] is rewards[i - first_listed] from here on
         out: list[WeightedReward] = []
-        for spec in specs:
-            reward = make_reward(registry, spec.get("reward_model"), spec.get("reward"), spec.get("options", {}))
+        for i, spec in enumerate(specs):
+            try:
+                reward = make_reward(registry, spec.get("reward_model"), spec.get("reward"), spec.get("options", {}))
+            except ConfigError as exc:
+                if i < first_listed:
+                    raise locate_options_error(exc, self, "reward_options", "reward_options") from None
+                raise locate_options_error(exc, self, f"rewards[{i - first_listed}].options", "rewards") from None
             label = spec.get("reward") or Path(str(spec["reward_model"])).parent.name or "reward-model"
             if label in {r.label for r in out}:
                 label = f"{label}-{len(out) + 1}"
@@ -109,8 +117,19 @@ def score_with_columns(reward: RewardFunction, prompts: list[list[Message]], com
 
     parameters = inspect.signature(reward.score).parameters
     takes_columns = "columns" in parameters or any(p.kind is p.VAR_KEYWORD for p in parameters.values())
-    scores = reward.score(prompts, completions, columns=columns) if takes_columns else reward.score(prompts, completions)
-    scores = list(scores)
+    try:
+        scores = list(reward.score(prompts, completions, columns=columns) if takes_columns
+                      else reward.score(prompts, completions))
+    except Exception as exc:
+        from .errors import EasyRLHFError
+        from .faults import RewardFailed, is_disk_full, is_out_of_memory
+
+        if isinstance(exc, EasyRLHFError) or is_out_of_memory(exc) or is_disk_full(exc):
+            raise
+        text = " ".join(line.strip() for line in str(exc).splitlines() if line.strip())
+        raise RewardFailed(f"reward '{reward.name}' ({type(reward).__module__}.{type(reward).__name__}) raised "
+                           f"{type(exc).__name__}{': ' + text if text else ''} while scoring {len(completions)} "
+                           f"completions; fix the reward plugin or its options", where="--reward") from exc
     if len(scores) != len(completions):
         raise PluginError(f"reward '{reward.name}' returned {len(scores)} scores for {len(completions)} completions; "
                           f"it must return one per completion", where="--reward")
@@ -122,7 +141,9 @@ def score_with_columns(reward: RewardFunction, prompts: list[list[Message]], com
 
 class TRLRewardFunc:
     """A reward plugin as TRL's online trainers call a reward function: ``(prompts, completions, **columns)``
-    with conversational prompts and completions; returns one float per completion."""
+    with conversational prompts and completions; returns one float per completion. TRL decodes completions
+    with special tokens skipped; :func:`easyrlhf_core.lm.response_text` then gives the text every path's reward
+    sees."""
 
     def __init__(self, weighted: WeightedReward, samples: SampleLog | None = None) -> None:
         self.weighted = weighted
@@ -131,7 +152,7 @@ class TRLRewardFunc:
 
     def __call__(self, prompts: list[Any], completions: list[Any], **kwargs: Any) -> list[float]:
         messages = [p if isinstance(p, list) else [{"role": "user", "content": str(p)}] for p in prompts]
-        texts = [c[-1]["content"] if isinstance(c, list) else str(c) for c in completions]
+        texts = [response_text(c[-1]["content"] if isinstance(c, list) else str(c)) for c in completions]
         columns = {k: v for k, v in kwargs.items() if k not in TRL_REWARD_KWARGS}
         scores = score_with_columns(self.weighted.reward, messages, texts, columns)
         if self.samples is not None and self.samples.training():

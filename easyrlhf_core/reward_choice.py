@@ -18,14 +18,17 @@ if TYPE_CHECKING:
 
 #: The reward plugin that scores with a sequence-classification model directory (option ``path``).
 REWARD_MODEL_REWARD = "reward-model"
+#: Where a reward's option errors point when raised (``where=``); the caller knows better (a file line, a flag).
+OPTIONS_WHERE = "reward_options"
 
 
 def make_reward(registry: Registry, reward_model: str | None, reward: str | None,
-                options: dict[str, Any] | None = None) -> RewardFunction:
+                options: dict[str, Any] | None = None, where: str = OPTIONS_WHERE) -> RewardFunction:
     """The reward function for ``reward_model`` (a directory) or ``reward`` (a registered name).
 
     Reward functions check their options in ``__init__`` and load models lazily, so this is cheap; an
-    option the function does not accept is one line naming ``reward_options``.
+    option the function does not accept is one line naming ``where`` (the flag the options came from, e.g.
+    ``--reward-option``; a run config points at the file line or ``--set`` instead: :func:`locate_options_error`).
     """
     options = dict(options or {})
     if reward_model is not None and reward is not None:
@@ -40,7 +43,35 @@ def make_reward(registry: Registry, reward_model: str | None, reward: str | None
     try:
         return cls(**options)
     except TypeError as exc:
-        raise ConfigError(f"reward '{name}' does not accept these options: {exc}", where="reward_options") from None
+        raise ConfigError(f"reward '{name}' does not accept these options: {exc}", where=where) from None
+    except ConfigError as exc:
+        if where != OPTIONS_WHERE and is_options_error(exc):
+            raise _moved(exc, ConfigError(exc.message, where=where)) from None
+        raise
+
+
+def is_options_error(exc: BaseException) -> bool:
+    """Whether ``exc`` is a reward's complaint about its options (not yet pointed at a file or flag)."""
+    return isinstance(exc, ConfigError) and exc.file is None and exc.where == OPTIONS_WHERE
+
+
+def locate_options_error(exc: ConfigError, config: Any, prefix: str, within: str | None = None) -> ConfigError:
+    """``exc``, raised by :func:`make_reward` for the options a run ``config`` holds under the dotted ``prefix``
+    (``reward_options``, ``rewards[0].options``), at the file line or ``--set`` that set the option at fault
+    (or, set as part of a bigger value, the one that set ``within``: ``reward_options={...}``, ``rewards``);
+    other errors, and options no layer set, are returned as they are."""
+    from .config import located_error
+
+    if not is_options_error(exc):
+        return exc
+    key = getattr(exc, "key", None)
+    located = located_error(config, exc.message, f"{prefix}.{key}" if key else prefix, within)
+    return _moved(exc, located) if located is not None else exc
+
+
+def _moved(old: ConfigError, new: ConfigError) -> ConfigError:
+    new.key = getattr(old, "key", None)  # type: ignore[attr-defined]
+    return new
 
 
 def describe_reward(reward_model: str | None, reward: str | None, options: dict[str, Any] | None = None) -> str:

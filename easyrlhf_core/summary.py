@@ -3,7 +3,7 @@
 Printed after training (main process) and written to ``OUTPUT_DIR/summary.json``. What changed comes from
 the method (:meth:`easyrlhf_core.api.Method.what_changed`, a list of :class:`Finding`); for a policy trained
 on preference pairs, :func:`held_out_pairs_change` scores the run's own held-out pairs with the start model
-and with the trained one, with bootstrap intervals.
+and with the trained one, with 95% intervals (Wilson for shares, bootstrap for the mean margin change).
 """
 
 from __future__ import annotations
@@ -57,14 +57,15 @@ def score_pairs(start: Any, trained: Any, tokenizer: Any, records: list[Record],
 
 def pair_findings(scores: PairScores, seed: int) -> list[Finding]:
     """The summary lines for :class:`PairScores`: preference before -> after, how many pairs moved towards
-    the chosen answer, and by how much (each with a 95% bootstrap interval over the pairs)."""
+    the chosen answer (shares: a 95% Wilson interval), and by how much (a 95% bootstrap interval over the pairs,
+    seeded by ``seed``)."""
     from .evaluation.stats import bootstrap_interval, mean, pairwise
 
     n = len(scores.margin_changes)
     zeros = [0.0] * n
-    before = pairwise(scores.before_gaps, zeros, seed)
-    after = pairwise(scores.after_gaps, zeros, seed)
-    moved = pairwise(scores.margin_changes, zeros, seed)
+    before = pairwise(scores.before_gaps, zeros)
+    after = pairwise(scores.after_gaps, zeros)
+    moved = pairwise(scores.margin_changes, zeros)
     change = mean(scores.margin_changes)
     low, high = bootstrap_interval(scores.margin_changes, seed)
     return [

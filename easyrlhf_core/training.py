@@ -50,7 +50,8 @@ if TYPE_CHECKING:
 
 __all__ = [
     "TrainerConfig", "TrainerMethod", "RewardChoice", "SamplingOptions", "check_sampling",
-    "run_model_path", "run_tokenizer", "run_policy", "run_scalar_model", "seed_everything", "check_precision",
+    "check_full_softmax_sampling", "run_model_path", "run_tokenizer", "run_policy", "run_scalar_model",
+    "seed_everything", "check_precision",
     "lora_config", "describe_trainable", "as_dataset", "data_splits", "trl_arguments", "training_arguments",
     "train_and_save", "deepspeed_installed",
 ]
@@ -90,11 +91,16 @@ class RewardChoice:
                                                 "(`--set reward_options.target=50`).")
 
     def build_reward(self, registry: Registry | None = None) -> RewardFunction:
-        """The chosen reward function; its options are checked here (cheap: models load lazily)."""
+        """The chosen reward function; its options are checked here (cheap: models load lazily), a bad one
+        reported at the file line or flag that set it."""
+        from .errors import ConfigError
         from .registry import get_registry
-        from .reward_choice import make_reward
+        from .reward_choice import locate_options_error, make_reward
 
-        return make_reward(registry or get_registry(), self.reward_model, self.reward, self.reward_options)
+        try:
+            return make_reward(registry or get_registry(), self.reward_model, self.reward, self.reward_options)
+        except ConfigError as exc:
+            raise locate_options_error(exc, self, "reward_options", "reward_options") from None
 
     def describe_reward(self) -> str:
         from .reward_choice import describe_reward
@@ -137,6 +143,20 @@ def check_sampling(config: Any) -> None:
         raise invalid("top_k", "must be >= 0 (0: off)")
     if not 0.0 < config.top_p <= 1.0:
         raise invalid("top_p", "must be in (0, 1]")
+
+
+def check_full_softmax_sampling(config: Any, method: str) -> None:
+    """The rule of every online method (ppo, grpo, rloo): the log-probs of the loss (ratios, KL) are computed on
+    the full ``softmax(logits / temperature)``, so sampling must draw from exactly that: ``top_k`` 0 and
+    ``top_p`` 1.0, else :class:`ConfigError` naming the option. Call it in config validation (before models)."""
+    from .config import invalid
+
+    why = ("log-probs, ratios and KL are computed on the full softmax (logits / temperature), so {what} sampling "
+           "would be off-policy; lower temperature to sharpen sampling instead")
+    if config.top_k != 0:  # sampling one distribution and scoring another is a wrong training signal
+        raise invalid("top_k", f"must be 0 for {method}: " + why.format(what="top-k"))
+    if config.top_p != 1.0:
+        raise invalid("top_p", f"must be 1.0 for {method}: " + why.format(what="nucleus"))
 
 
 # --------------------------------------------------------------------------------------------------

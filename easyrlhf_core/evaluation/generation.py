@@ -7,13 +7,14 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..chat import keep_last
-from ..lm import generate, generation_config, left_pad, stop_token_ids
+from ..lm import decode_response, generate, generation_config, left_pad, stop_token_ids
 from .logprobs import batches_by_length
 
 
 @dataclass
 class Answer:
-    """A generated answer: its token ids (through the first end-of-turn, if any) and its text."""
+    """A generated answer: its token ids (through the first end-of-turn, if any) and its text (as a reward
+    sees it: :func:`easyrlhf_core.lm.decode_response`)."""
 
     prompt_ids: list[int]
     completion_ids: list[int]
@@ -49,6 +50,6 @@ def generate_answers(model: Any, tokenizer: Any, prompts: list[list[int]], max_n
                 kept = new if end is None else new[:end + 1]
                 text_ids = kept if end is None else kept[:-1]
                 answers[i] = Answer(prompt_ids=trimmed[i], completion_ids=kept,
-                                    text=tokenizer.decode(text_ids, skip_special_tokens=True),
+                                    text=decode_response(tokenizer, text_ids),
                                     finished=end is not None)
     return [a for a in answers if a is not None]

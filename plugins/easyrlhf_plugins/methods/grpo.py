@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Any, Literal
 from easyrlhf_core import hookimpl
 from easyrlhf_core.config import invalid, option, require_positive
 from easyrlhf_core.errors import ConfigError
+from easyrlhf_core.lm import pin_generation
 from easyrlhf_core.online import (
     SAMPLES_FILE,
     RewardsChoice,
@@ -22,6 +23,7 @@ from easyrlhf_core.training import (
     TrainerConfig,
     TrainerMethod,
     as_dataset,
+    check_full_softmax_sampling,
     check_sampling,
     describe_trainable,
     lora_config,
@@ -40,6 +42,7 @@ if TYPE_CHECKING:
 class OnlineConfig(RewardsChoice, TrainerConfig):
     """What GRPO and RLOO share; names as TRL's configs name them."""
 
+    method_name = "grpo/rloo"  # in messages; each method's config names itself
     learning_rate: float = option(1e-6, "Peak learning rate (TRL's default for GRPO and RLOO).")
     per_device_train_batch_size: int = option(4, "Completions per device per micro-batch; x processes x "
                                                  "steps_per_generation must be a multiple of num_generations.")
@@ -49,8 +52,10 @@ class OnlineConfig(RewardsChoice, TrainerConfig):
                                      "(TRL's default: 8 for GRPO, 2 for RLOO; 4 is CPU-friendly).")
     max_completion_length: int = option(128, "Longest completion, in tokens.")
     temperature: float = option(1.0, "Sampling temperature.")
-    top_p: float = option(1.0, "Nucleus sampling mass; 1.0: off.")
-    top_k: int = option(0, "Sample from the k likeliest tokens; 0: off.")
+    top_p: float = option(1.0, "Must stay 1.0 (off): the loss's log-probs (and rloo's KL) use the full softmax, "
+                               "so nucleus sampling would be off-policy.")
+    top_k: int = option(0, "Must stay 0 (off): the loss's log-probs (and rloo's KL) use the full softmax, so "
+                           "top-k sampling would be off-policy.")
     epsilon: float = option(0.2, "Clip range of the policy ratio.")
     epsilon_high: float | None = option(None, "Upper clip range (DAPO's clip-higher); empty: epsilon.")
     num_iterations: int = option(1, "Updates per generated batch (PPO-style epochs; 1: on-policy).")
@@ -71,6 +76,7 @@ class OnlineConfig(RewardsChoice, TrainerConfig):
             raise invalid("max_completion_length", f"must be below max_length ({self.max_length}), which also "
                                                    f"bounds the prompt")
         check_sampling(self)
+        check_full_softmax_sampling(self, self.method_name)
         if self.epsilon <= 0 or (self.epsilon_high is not None and self.epsilon_high < self.epsilon):
             raise invalid("epsilon", "must be > 0, and epsilon_high (if set) at least epsilon")
         if self.num_sample_completions < 0:
@@ -105,6 +111,7 @@ class OnlineConfig(RewardsChoice, TrainerConfig):
 class GRPOConfig(OnlineConfig):
     """Options of the grpo method."""
 
+    method_name = "grpo"
     beta: float = option(0.0, "KL coefficient to the reference model (TRL's default 0: no reference is loaded).")
     loss_type: Literal["grpo", "dr_grpo", "dapo", "bnpo", "cispo", "sapo", "luspo", "vespo"] = option(
         "dapo", "How token losses are aggregated (TRL's loss types; dapo: over the active tokens of the batch).")
@@ -119,6 +126,7 @@ class GRPOConfig(OnlineConfig):
 class RLOOConfig(OnlineConfig):
     """Options of the rloo method."""
 
+    method_name = "rloo"
     beta: float = option(0.05, "KL coefficient to the reference model (TRL's default).")
     normalize_advantages: bool = option(False, "Normalise the leave-one-out advantages over the batch.")
 
@@ -159,6 +167,7 @@ class OnlineMethod(TrainerMethod):
                 raise ConfigError(f"{exc} (per_device_train_batch_size x processes x steps_per_generation must be "
                                   f"a multiple of num_generations)", where="num_generations") from None
             raise
+        pin_generation(trainer.model)  # TRL's generate: its config alone, not the model's generation_config.json
         samples.trainer = trainer
         describe_trainable(run, trainer.model)
         return trainer, tokenizer

@@ -16,7 +16,12 @@ from dataclasses import dataclass
 from typing import Literal
 
 from easyrlhf_core.config import invalid, option, require_model_dir, require_positive
-from easyrlhf_core.training import RewardChoice, SamplingOptions, TrainerConfig
+from easyrlhf_core.training import (
+    RewardChoice,
+    SamplingOptions,
+    TrainerConfig,
+    check_full_softmax_sampling,
+)
 
 
 @dataclass
@@ -96,14 +101,7 @@ class PPOConfig(SamplingOptions, RewardChoice, TrainerConfig):
         if self.max_new_tokens >= self.max_length:
             raise invalid("max_new_tokens", f"must be below max_length ({self.max_length}), which also bounds the "
                                             f"prompt")
-        if self.top_k != 0:  # sampling one distribution and scoring another is a wrong training signal
-            raise invalid("top_k", "must be 0 for ppo: log-probs, ratios and KL are computed on the full softmax "
-                                   "(logits / temperature), so top-k sampling would be off-policy; lower "
-                                   "temperature to sharpen sampling instead")
-        if self.top_p != 1.0:
-            raise invalid("top_p", "must be 1.0 for ppo: log-probs, ratios and KL are computed on the full softmax "
-                                   "(logits / temperature), so nucleus sampling would be off-policy; lower "
-                                   "temperature to sharpen sampling instead")
+        check_full_softmax_sampling(self, "ppo")
         for key in ("cliprange", "cliprange_value", "target_kl"):
             if getattr(self, key) <= 0:
                 raise invalid(key, "must be > 0")

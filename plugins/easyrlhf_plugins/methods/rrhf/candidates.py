@@ -114,7 +114,7 @@ def sample_responses(model: Any, tokenizer: Any, prompts: list[list[Message]], c
     import torch
 
     from easyrlhf_core.chat import keep_last, prompt_ids
-    from easyrlhf_core.lm import generate, left_pad
+    from easyrlhf_core.lm import decode_response, generate, left_pad
 
     if config.num_generations == 0:
         return [[] for _ in prompts]
@@ -131,9 +131,9 @@ def sample_responses(model: Any, tokenizer: Any, prompts: list[list[Message]], c
             input_ids, attention_mask = left_pad(batch, tokenizer.pad_token_id)
             with torch.no_grad():
                 generated = generate(model, input_ids.to(model.device), attention_mask.to(model.device), settings)
-            texts = tokenizer.batch_decode(generated, skip_special_tokens=True)
+            texts = [decode_response(tokenizer, row) for row in generated]
             n = config.num_generations
-            out.extend([t.strip() for t in texts[i * n:(i + 1) * n]] for i in range(len(batch)))
+            out.extend(texts[i * n:(i + 1) * n] for i in range(len(batch)))
             log(f"sampled candidates for {len(out)}/{len(prompts)} prompts")
     finally:
         model.train(was_training)
