@@ -13,8 +13,7 @@ from .shapes import DataOptions, DataSplits, Message, Shape
 
 if TYPE_CHECKING:
     from .config import BaseConfig
-    from .registry import Registry
-    from .run import Run
+    from .kit.context import PluginLookup, RunContext
     from .summary import Finding
 
 
@@ -33,7 +32,7 @@ class Method(ABC):
     #: stages log and track themselves.
     runs_stages: ClassVar[bool] = False
 
-    def load_data(self, config: BaseConfig, registry: Registry) -> Any:
+    def load_data(self, config: BaseConfig, registry: PluginLookup) -> Any:
         """The data ``train`` gets as ``run.data``, read before any model loads and before the output
         dir is touched. Default: the configured dataset plugin's records of ``shape`` (a
         :class:`DataSplits`), or None when ``shape`` is None. Override to read several datasets."""
@@ -42,10 +41,10 @@ class Method(ABC):
         return None if self.shape is None else load_shape_data(self.name, self.shape, config, registry)
 
     @abstractmethod
-    def train(self, run: Run) -> None:
+    def train(self, run: RunContext) -> None:
         """Train on ``run.data`` with ``run.config``; log with ``run.log_metrics``; save with ``run.save_model``."""
 
-    def what_changed(self, run: Run) -> list[Finding]:
+    def what_changed(self, run: RunContext) -> list[Finding]:
         """What training changed, for the end-of-run summary (``summary.json``): called on the main process
         after ``train`` saved ``model/``. Default: nothing. A policy trained on preference pairs can return
         :func:`easyrlhf_core.summary.held_out_pairs_change`."""

@@ -20,7 +20,7 @@ from .rows import check_columns
 from .shapes import SHAPE_DESCRIPTIONS, DataOptions, DataSplits, Shape
 
 if TYPE_CHECKING:
-    from .registry import Registry
+    from .kit.context import PluginLookup
 
 T = TypeVar("T")
 
@@ -75,7 +75,7 @@ def data_options(config: Any, shape: Shape) -> DataOptions:
                        skip_bad_rows=config.skip_bad_rows, columns=dict(config.columns), seed=config.seed)
 
 
-def load_shape_data(method_name: str, shape: Shape, config: Any, registry: Registry) -> DataSplits:
+def load_shape_data(method_name: str, shape: Shape, config: Any, registry: PluginLookup) -> DataSplits:
     """A method's data: the configured dataset plugin's records of ``shape`` (before any model loads), or a
     one-line error when the dataset does not yield that shape or gives no training records."""
     dataset_cls = registry.get("datasets", config.dataset)

@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 from .errors import EasyRLHFError, PluginError
 
 if TYPE_CHECKING:
-    from .run import Run
+    from .kit.context import RunContext
 
 _DISK_FULL_TEXT = ("No space left on device", "Disk quota exceeded")
 _DISK_FULL_ERRNOS = {errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC)}
@@ -105,7 +105,7 @@ def model_bytes(model: Any) -> int:
         return 0
 
 
-def checkpoint_note(run: Run) -> str:
+def checkpoint_note(run: RunContext) -> str:
     """``the newest complete checkpoint, DIR, is intact`` (or that none was saved yet)."""
     from .checkpoints import latest_checkpoint
 
@@ -115,7 +115,7 @@ def checkpoint_note(run: Run) -> str:
     return f"the newest complete checkpoint, {kept}, is intact"
 
 
-def _then(run: Run) -> str:
+def _then(run: RunContext) -> str:
     """How to go on once the cause is fixed: ``--resume`` from the checkpoint, or run again."""
     from .checkpoints import latest_checkpoint
 
@@ -137,7 +137,7 @@ def remove_incomplete_checkpoints(checkpoints_dir: Path) -> list[Path]:
     return partial
 
 
-def disk_full_error(run: Run, exc: BaseException, writing: Path | None = None, needed: int = 0) -> EasyRLHFError:
+def disk_full_error(run: RunContext, exc: BaseException, writing: Path | None = None, needed: int = 0) -> EasyRLHFError:
     """Out of disk while writing ``writing`` (a checkpoint when not given): which directory, the room a
     checkpoint needs (``needed`` bytes, else the newest complete checkpoint's size), that the newest
     complete checkpoint is intact. Removes the partial checkpoint (main process)."""
@@ -167,7 +167,7 @@ def disk_full_error(run: Run, exc: BaseException, writing: Path | None = None, n
                          where=str(directory))
 
 
-def out_of_memory_error(run: Run, exc: BaseException) -> EasyRLHFError:
+def out_of_memory_error(run: RunContext, exc: BaseException) -> EasyRLHFError:
     """Out of memory during a step: the options that lower memory, with their current values."""
     config = run.config
     levers = []
@@ -213,7 +213,7 @@ def collective_call(exc: BaseException) -> str | None:
     return None
 
 
-def collective_timeout_error(run: Run, call: str) -> EasyRLHFError:
+def collective_timeout_error(run: RunContext, call: str) -> EasyRLHFError:
     """A collective that waited past ``collective_timeout``: the call, the timeout, what it means, the
     checkpoint. The launcher's parent adds ``rank N: `` (the rank that gave up first)."""
     timeout = getattr(run.config, "collective_timeout", None)
@@ -224,7 +224,7 @@ def collective_timeout_error(run: Run, call: str) -> EasyRLHFError:
                          f"legitimately take that long)", where=None)
 
 
-def training_fault(run: Run, exc: BaseException) -> EasyRLHFError | None:
+def training_fault(run: RunContext, exc: BaseException) -> EasyRLHFError | None:
     """The one-line error for ``exc`` raised by a method's training, or None when it is not one of the
     known faults (then it reaches the user as ``Error: <Type>: <message>``)."""
     if isinstance(exc, RewardFailed):

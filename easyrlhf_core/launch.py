@@ -22,6 +22,9 @@ from typing import NoReturn
 
 LAUNCHED_ENV = "EASYRLHF_LAUNCHED"
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+#: Seconds within which a repeated stop signal counts as the same one (a scheduler and the launcher may
+#: both deliver it).
+SIGNAL_REPEAT_WINDOW = 1.0
 #: Exit codes of a run stopped by SIGINT / SIGTERM (after saving a checkpoint).
 STOPPED_EXIT_CODES = tuple(128 + sig for sig in STOP_SIGNALS)
 #: The rendezvous port of a run on several machines when ``--main-process-port`` is not given (every
@@ -122,12 +125,6 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def port_taken_message(port: int) -> str:
-    """What to say when the rendezvous port is taken (before launching, or when the launcher finds it so)."""
-    return (f"port {port} is taken on this machine (another run, or another program, listens on it); pass a "
-            f"free one with --main-process-port, or leave the option out on one machine to pick a free one")
-
-
 def rendezvous_port(options: LaunchOptions) -> LaunchOptions:
     """``options`` with the port the ranks meet on: on one machine without ``--main-process-port``, a free
     one (two runs side by side then never collide on 29500); on several machines :data:`DEFAULT_PORT`. A
@@ -136,6 +133,7 @@ def rendezvous_port(options: LaunchOptions) -> LaunchOptions:
     import dataclasses
 
     from .errors import ConfigError
+    from .ranks import port_taken_message
 
     if options.main_process_port is None and options.num_machines == 1:
         return dataclasses.replace(options, main_process_port=free_port())
@@ -179,10 +177,8 @@ def launch(options: LaunchOptions, cli_args: list[str]) -> Launched:
         def forward(signum: int, frame: object) -> None:
             import time
 
-            from .run import StopSignals
-
             now = time.monotonic()  # the ranks count signals as StopSignals does: a repeat within the window is one
-            if first_at and now - first_at[0] > StopSignals.REPEAT_WINDOW:
+            if first_at and now - first_at[0] > SIGNAL_REPEAT_WINDOW:
                 at_once.append(signum)
             first_at[:] = first_at or [now]
             stopped_by.append(signum)

@@ -14,7 +14,7 @@ from .plots import PLOTS_DIR
 from .shapes import DataSplits
 
 if TYPE_CHECKING:
-    from .run import Run
+    from .kit.context import RunContext
 
 _SHARED_KEYS = ("learning_rate", "max_steps", "num_train_epochs", "per_device_train_batch_size",
                 "gradient_accumulation_steps", "max_length", "precision", "seed")
@@ -54,7 +54,7 @@ def _fmt(value: Any) -> str:
     return f"{value:.4g}" if isinstance(value, float) else str(value)
 
 
-def write_model_card(run: Run) -> Path:
+def write_model_card(run: RunContext) -> Path:
     """Write ``README.md`` into the run directory."""
     config = run.config
     metrics_path = run.metrics_path

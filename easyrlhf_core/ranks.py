@@ -91,12 +91,16 @@ def _write_failures(failures: dict[int, object]) -> None:
     (Path(folder) / LAUNCHER_FILE).write_text(json.dumps(rows), encoding="utf-8")
 
 
+def port_taken_message(port: int) -> str:
+    """What to say when the rendezvous port is taken (before launching, or when the launcher finds it so)."""
+    return (f"port {port} is taken on this machine (another run, or another program, listens on it); pass a "
+            f"free one with --main-process-port, or leave the option out on one machine to pick a free one")
+
+
 def launcher_error_line(error: BaseException) -> str:
     """The launcher's own failure as one line: a taken rendezvous port named, anything else by its type."""
     text = " ".join(str(error).split())
     if "EADDRINUSE" in text or "address already in use" in text.lower():
-        from .launch import port_taken_message
-
         found = re.search(r"port: (\d+)", text)
         if found:
             return port_taken_message(int(found.group(1)))

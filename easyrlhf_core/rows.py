@@ -14,7 +14,9 @@ from pathlib import Path
 from typing import Any, Iterable
 
 from .errors import ConfigError, DataError
-from .shapes import Message
+
+#: One chat message: ``{"role": ..., "content": ...}`` (also :data:`easyrlhf_core.shapes.Message`).
+Message = dict[str, str]
 
 ROLES = ("system", "user", "assistant")
 

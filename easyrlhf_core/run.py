@@ -27,7 +27,7 @@ from .config import (
     resolve_config,
 )
 from .errors import ConfigError, EasyRLHFError
-from .launch import STOP_SIGNALS, is_launched, world_size
+from .launch import SIGNAL_REPEAT_WINDOW, STOP_SIGNALS, is_launched, world_size
 from .metrics import METRICS_FILE
 from .tracking import LOGS_DIR
 from .progress import ProgressReporter
@@ -179,7 +179,7 @@ class StopSignals:
     """
 
     #: Seconds within which a repeated signal counts as the same one.
-    REPEAT_WINDOW = 1.0
+    REPEAT_WINDOW = SIGNAL_REPEAT_WINDOW
 
     def __init__(self, log: Callable[[str], None], checkpoints: Path | None = None) -> None:
         self.log = log

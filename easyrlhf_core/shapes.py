@@ -19,7 +19,9 @@ from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any
 
-Message = dict[str, str]
+from .rows import BadRows
+from .rows import Message as Message  # re-exported: the shapes are made of messages
+
 Record = dict[str, Any]
 
 
@@ -61,8 +63,6 @@ class DataOptions:
 
     def __post_init__(self) -> None:
         if self.bad_rows is None:
-            from .rows import BadRows
-
             self.bad_rows = BadRows(skip=self.skip_bad_rows)
 
 

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from .run import Run
+    from .kit.context import RunContext
     from .shapes import Record
 
 SUMMARY_FILE = "summary.json"
@@ -92,7 +92,7 @@ def _verdict(moved_ci95: tuple[float, float], margin_ci95: tuple[float, float], 
     return "; the mean margin change is within noise, the share of pairs that moved is not"
 
 
-def training_rows_finding(run: Run, accuracy_key: str, margin_key: str, last: int = 5) -> list[Finding]:
+def training_rows_finding(run: RunContext, accuracy_key: str, margin_key: str, last: int = 5) -> list[Finding]:
     """What the last ``last`` logged training steps say (``metrics.jsonl``): the mean of ``accuracy_key``
     (pairs ranked the chosen way) and ``margin_key`` on the batches the model trained on."""
     from .metrics import read_metrics
@@ -110,7 +110,7 @@ def training_rows_finding(run: Run, accuracy_key: str, margin_key: str, last: in
                     {"train_steps_averaged": len(rows), "train_accuracy": accuracy, "train_margin": margin})]
 
 
-def held_out_pairs_change(run: Run, max_pairs: int) -> list[Finding]:
+def held_out_pairs_change(run: RunContext, max_pairs: int) -> list[Finding]:
     """For a causal LM trained on preference pairs: the first ``max_pairs`` of the run's eval pairs, scored by
     the start model (``--model``) and by the saved ``model/``. No eval pairs or ``max_pairs`` 0: nothing."""
     records = list(run.data.eval or [])[:max_pairs] if run.data is not None else []
@@ -180,7 +180,7 @@ def _is_reward_model(model_dir: Path) -> bool:
     return any(str(a).endswith("SequenceClassification") for a in config.get("architectures") or [])
 
 
-def next_commands(run: Run) -> list[str]:
+def next_commands(run: RunContext) -> list[str]:
     """What to run next with the trained model: talk to it, evaluate it, the full pipeline."""
     model = shlex.quote(str(run.model_dir))
     dataset = getattr(run.config, "dataset", "hh-rlhf") or "hh-rlhf"
@@ -198,7 +198,7 @@ def next_commands(run: Run) -> list[str]:
             "easyrlhf run --method rlhf --max-steps 10   # the whole SFT -> RM -> PPO pipeline"]
 
 
-def build_summary(run: Run, changed: list[Finding]) -> RunSummary:
+def build_summary(run: RunContext, changed: list[Finding]) -> RunSummary:
     from .metrics import last_values
 
     config = run.config
@@ -215,7 +215,7 @@ def build_summary(run: Run, changed: list[Finding]) -> RunSummary:
                       model_dir=str(run.model_dir), changed=changed, next_commands=next_commands(run))
 
 
-def write_summary(run: Run, summary: RunSummary) -> Path:
+def write_summary(run: RunContext, summary: RunSummary) -> Path:
     """``summary.json`` (written whole, atomically) and the summary on stderr."""
     path = run.output_dir / SUMMARY_FILE
     tmp = path.with_name(f".{SUMMARY_FILE}.tmp")

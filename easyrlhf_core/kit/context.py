@@ -1,0 +1,78 @@
+"""What a plugin is handed by the runtime, as interfaces: a run in progress and the plugin registry.
+
+The base classes (:mod:`easyrlhf_core.api`), the summary and the model card are typed against these
+protocols, not against the runtime's classes (:class:`easyrlhf_core.run.Run`,
+:class:`easyrlhf_core.registry.Registry`), so the kit never imports the runtime that drives it.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Mapping, Protocol
+
+if TYPE_CHECKING:
+    from ..config import BaseConfig
+
+
+class PluginLookup(Protocol):
+    """The registry as a plugin sees it: registered classes by kind and name."""
+
+    @property
+    def datasets(self) -> Mapping[str, Any]:
+        """Dataset name -> its entry (``entry.obj`` is the class)."""
+        ...
+
+    def get(self, kind: str, name: str) -> Any:
+        """The class registered as ``name`` under ``kind`` (``"methods"``, ``"datasets"``, ``"rewards"``);
+        an unknown name raises :class:`~easyrlhf_core.errors.PluginError` with a did-you-mean."""
+        ...
+
+
+class RunContext(Protocol):
+    """A run in progress, as a method's ``train`` and ``what_changed`` get it."""
+
+    #: The :class:`~easyrlhf_core.api.Method` being trained (typed loosely: the base classes refer to this
+    #: protocol, not the other way round).
+    method: Any
+    config: BaseConfig
+    output_dir: Path
+    #: What :meth:`Method.load_data` returned: a :class:`~easyrlhf_core.shapes.DataSplits` for most methods.
+    data: Any
+    registry: PluginLookup
+    #: True when the run continues from its newest complete checkpoint (``--resume``).
+    resume: bool
+    #: True on the process that writes outputs (rank 0, or a single process).
+    is_main_process: bool
+    #: The progress display (``progress.update(step, row)``), quiet on other ranks.
+    progress: Any
+    #: ``time.time()`` when the run started.
+    started: float
+    #: How many training examples the method really trained on, when it dropped some; None: all.
+    train_examples_used: int | None
+
+    @property
+    def metrics_path(self) -> Path:
+        """``metrics.jsonl`` of the run."""
+        ...
+
+    @property
+    def model_dir(self) -> Path:
+        """Where the trained model is saved (``model/``)."""
+        ...
+
+    @property
+    def checkpoints_dir(self) -> Path:
+        """Where checkpoints are written (``checkpoints/``)."""
+        ...
+
+    def log(self, message: str) -> None:
+        """A line in the run log (stderr), on the main process only."""
+        ...
+
+    def log_metrics(self, step: int, metrics: dict[str, Any]) -> None:
+        """One row of ``metrics.jsonl`` (and the trackers and the progress display)."""
+        ...
+
+    def save_model(self, model: Any, tokenizer: Any) -> Path:
+        """Save the trained model and tokenizer to ``model/``; returns the directory."""
+        ...
