@@ -61,21 +61,39 @@ def is_out_of_memory(exc: BaseException) -> bool:
     return False
 
 
-def is_unsafe_pickle(exc: BaseException) -> bool:
-    """True when torch's safe loader (``weights_only``) refused a file for holding more than tensors."""
-    return any(type(err).__name__ == "UnpicklingError" or "Weights only load failed" in str(err)
-               for err in _chain(exc))
+def unpickling_problem(exc: BaseException) -> str | None:
+    """Why torch's safe loader (``weights_only``) refused a file: ``"objects"`` (it holds Python objects besides
+    tensors: an unsupported global), ``"damaged"`` (not a valid torch file at all: truncated, random bytes, a
+    git-lfs pointer), or None when ``exc`` is no such refusal."""
+    for err in _chain(exc):
+        text = str(err)
+        if type(err).__name__ == "UnpicklingError" or "Weights only load failed" in text:
+            return "objects" if "Unsupported global" in text or "allowed global" in text else "damaged"
+    return None
 
 
-def unsafe_pickle_error(path: str | Path) -> EasyRLHFError:
-    """The refusal of a pickled weights file that holds objects besides tensors, naming it (or the folder)."""
+def unpickling_error(path: str | Path, problem: str) -> EasyRLHFError:
+    """The refusal of a pickled weights file (see :func:`unpickling_problem`), naming it (or the folder); never
+    torch's advice to turn the safe loader off."""
     folder = Path(path)
     pickled = sorted(p for p in folder.iterdir() if p.suffix in (".bin", ".pt", ".pth", ".pkl")) \
-        if folder.is_dir() else []
+        if folder.is_dir() else ([folder] if folder.is_file() else [])
     where = str(pickled[0]) if len(pickled) == 1 else str(folder)
-    return EasyRLHFError("this file holds more than tensors (pickled Python objects), and loading it could run "
-                         "code, so the safe loader refused it; get a safetensors copy of the model "
-                         "(model.safetensors) from a trusted source", where=where)
+    if problem == "objects":
+        return EasyRLHFError("this file holds more than tensors (pickled Python objects), and loading it could run "
+                             "code, so the safe loader refused it; get a safetensors copy of the model "
+                             "(model.safetensors) from a trusted source", where=where)
+    lfs = len(pickled) == 1 and _head(pickled[0]).startswith(b"version https://git-lfs")
+    what = ("a git-lfs pointer, not the weights (the repository was cloned without git-lfs): run `git lfs pull` "
+            "there, or download the file again" if lfs else
+            "not a valid PyTorch weights file (truncated or damaged): download it again")
+    return EasyRLHFError(f"this file is {what}", where=where)
+
+
+def _head(path: Path, size: int = 64) -> bytes:
+    """A file's first bytes (not the whole of a multi-GB file)."""
+    with path.open("rb") as fh:
+        return fh.read(size)
 
 
 def _first_line(exc: BaseException) -> str:
@@ -239,8 +257,7 @@ def training_fault(run: RunContext, exc: BaseException) -> EasyRLHFError | None:
     call = collective_call(exc)
     if call is not None:
         return collective_timeout_error(run, call)
-    if is_unsafe_pickle(exc):
-        return EasyRLHFError("a weights or checkpoint file holds more than tensors (pickled Python objects), and "
-                             "loading it could run code, so the safe loader refused it; use files in safetensors "
-                             "format from a trusted source", where=str(run.output_dir))
+    problem = unpickling_problem(exc)
+    if problem is not None:
+        return unpickling_error(run.output_dir, problem)
     return None

@@ -28,13 +28,13 @@ IDENTITY_KEYS = ("model", "dataset", "data_files")
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "added_tokens.json",
                    "vocab.json", "vocab.txt", "merges.txt", "tokenizer.model", "chat_template.jinja")
 _WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".gguf")
-_WHOLE_FILE_LIMIT = 256 * 2**20
-_EDGE = 16 * 2**20
+_WHOLE_FILE_LIMIT = 32 * 2**20  # larger files: their size and first and last MB (a resume of 50 big shards
+_EDGE = 2**20                    # reads 100 MB, not every byte)
 _FLAGS = {"model": "--model", "dataset": "--dataset", "data_files": "--data-files"}
 
 
 def file_digest(path: Path) -> str:
-    """sha256 of a file's size and contents (of its first and last 16 MB when it is over 256 MB)."""
+    """sha256 of a file's size and contents (of its first and last MB when it is over 32 MB)."""
     digest = hashlib.sha256()
     size = path.stat().st_size
     digest.update(str(size).encode())
@@ -83,7 +83,7 @@ def _local_model(name: Any) -> Path | None:
     if not isinstance(name, str) or not name:
         return None
     path = Path(name).expanduser()
-    return path.absolute() if path.exists() else None
+    return path.resolve() if path.exists() else None
 
 
 def describe_inputs(config: Any) -> dict[str, Any]:
@@ -93,11 +93,11 @@ def describe_inputs(config: Any) -> dict[str, Any]:
     local = _local_model(model)
     record["model_path"] = str(local) if local else None
     record["model_fingerprint"] = model_fingerprint(local) if local else None
-    files = {}
+    files = {}  # in the order given: the order decides the rows read
     for name in getattr(config, "data_files", None) or []:
         path = Path(name).expanduser()
         if path.is_file():
-            files[str(path.absolute())] = file_digest(path)
+            files[str(path.resolve())] = file_digest(path)
     record["data_file_fingerprints"] = files
     record["recorded"] = time.strftime("%Y-%m-%d %H:%M:%S")
     return record
@@ -109,17 +109,15 @@ def write_inputs(output_dir: Path, config: Any) -> None:
 
 
 def _same_name(key: str, before: Any, now: Any, record: dict[str, Any]) -> bool:
-    """Equal as given, or naming the same local path (``./m`` and ``m``, from another directory)."""
-    if before == now or (not before and not now):
-        return True
-    if key == "model":
+    """The same input: for local paths the same resolved paths (``./m``, ``../x/m`` and a symlink to it are
+    one; the same string from another directory is not), in the same order; else equal as given."""
+    if key == "model" and record.get("model_path"):
         local = _local_model(now)
-        return local is not None and str(local) == record.get("model_path")
-    if key == "data_files":
-        files = record.get("data_file_fingerprints") or {}
-        now_paths = sorted(str(Path(n).expanduser().absolute()) for n in now or [])
-        return len(files) == len(before or []) and now_paths == sorted(files)
-    return False
+        return local is not None and str(local) == record["model_path"]
+    files = record.get("data_file_fingerprints") or {}
+    if key == "data_files" and files and len(files) == len(before or []):
+        return [str(Path(n).expanduser().resolve()) for n in now or []] == list(files)
+    return before == now or (not before and not now)
 
 
 def _shown(value: Any) -> str:

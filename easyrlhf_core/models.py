@@ -309,10 +309,11 @@ def weights_errors(path: str | Path) -> Iterator[None]:
     except EasyRLHFError:
         raise
     except Exception as exc:
-        from .faults import is_unsafe_pickle, unsafe_pickle_error
+        from .faults import unpickling_error, unpickling_problem
 
-        if is_unsafe_pickle(exc):  # never pass on torch's advice to turn the safe loader off
-            raise unsafe_pickle_error(path) from None
+        problem = unpickling_problem(exc)
+        if problem is not None:  # never pass on torch's advice to turn the safe loader off
+            raise unpickling_error(path, problem) from None
         text = f"{type(exc).__name__}: {exc}"
         if "afetensor" not in text and "deserializ" not in text:
             raise

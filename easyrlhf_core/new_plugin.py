@@ -43,10 +43,28 @@ def plugin_names(name: str) -> dict[str, str]:
             "title": "".join(word.capitalize() for word in re.split(r"[-_]", name))}
 
 
+def check_names_free(values: dict[str, str]) -> None:
+    """Refuse a name whose plugin (entry point), method, dataset (``NAME-jsonl``) or reward (``NAME-length``)
+    an installed plugin already has: the new one would clash with it, or silently not load."""
+    from importlib.metadata import entry_points
+
+    from .registry import get_registry
+
+    name = values["name"]
+    registry = get_registry()
+    taken = [f"plugin '{name}'"] if any(ep.name == name for ep in entry_points(group="easyrlhf")) else []
+    taken += [f"{kind} '{wanted}'" for kind, entries, wanted in (
+        ("method", registry.methods, name), ("dataset", registry.datasets, f"{name}-jsonl"),
+        ("reward", registry.rewards, f"{name}-length")) if wanted in entries]
+    if taken:
+        raise ConfigError(f"an installed plugin already has {', '.join(taken)}; choose another NAME", where="NAME")
+
+
 def write_plugin(name: str, directory: str | Path = ".") -> Path:
     """Write ``DIRECTORY/easyrlhf-plugin-NAME/`` from the templates; its path. Refuses (an
-    :class:`EasyRLHFError`, nothing written) when the name is invalid or the target exists."""
+    :class:`EasyRLHFError`, nothing written) when the name is invalid or taken, or the target exists."""
     values = plugin_names(name)
+    check_names_free(values)
     target = Path(directory) / values["dist"]
     if target.exists():
         raise EasyRLHFError("already exists; choose another NAME or --directory (nothing was written)", file=target)

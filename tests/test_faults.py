@@ -259,6 +259,23 @@ def test_a_pickled_weights_file_with_objects_is_refused_without_unsafe_advice(cl
     assert not out.exists()  # failed before training: left as found
 
 
+@pytest.mark.parametrize("content, expected", [
+    (b"version https://git-lfs.github.com/spec/v1\noid sha256:abc\nsize 12345\n",
+     "this file is a git-lfs pointer, not the weights (the repository was cloned without git-lfs): run `git lfs "
+     "pull` there, or download the file again"),
+    (bytes(range(7, 200)), "this file is not a valid PyTorch weights file (truncated or damaged): download it again"),
+], ids=["lfs-pointer", "random-bytes"])
+def test_a_damaged_weights_file_is_not_called_dangerous(cli_run, tiny_model_dir, pairs, tmp_path, content, expected):
+    model = tmp_path / "damaged-model"
+    shutil.copytree(tiny_model_dir, model)
+    (model / "model.safetensors").unlink()
+    (model / "pytorch_model.bin").write_bytes(content)
+    result = cli_run(*sft_args(model, pairs, tmp_path / "run", "--max-steps", "1"))
+    assert result.exit_code == 2, result.stderr
+    assert error_lines(result)[0] == f"Error: {model / 'pytorch_model.bin'}: {expected}", result.stderr
+    assert "could run code" not in result.stderr and "weights_only" not in result.stderr
+
+
 # --------------------------------------------------------------------------------------------------
 # A rank killed
 
@@ -324,7 +341,7 @@ def test_resume_after_the_model_changed_on_disk_is_refused(echo, cli_run, tiny_m
     out = tmp_path / "run"
     before = _stopped_run(cli_run, out, "--model", str(model), "--dataset", "test-prompts")
     recorded = json.loads((out / "inputs.json").read_text())
-    assert recorded["model_path"] == str(model) and set(recorded["model_fingerprint"]) == {"config", "tokenizer",
+    assert recorded["model_path"] == str(model.resolve()) and set(recorded["model_fingerprint"]) == {"config", "tokenizer",
                                                                                              "weights"}
     tokenizer = json.loads((model / "tokenizer.json").read_text())
     tokenizer["added_tokens"] = tokenizer["added_tokens"][:-1]
@@ -363,3 +380,37 @@ def test_resume_of_a_run_without_inputs_file_checks_the_names_in_its_config(echo
     assert result.exit_code == 2
     assert error_lines(result)[0].startswith("Error: --model: this run was started with model (the default), this "
                                              f"command gives {tiny_model_dir}")
+
+
+def test_resume_names_inputs_by_their_resolved_paths_in_order(echo, cli_run, tiny_model_dir, tmp_path, monkeypatch):
+    model = tmp_path / "models" / "m"
+    shutil.copytree(tiny_model_dir, model)
+    (tmp_path / "link").symlink_to(model)
+    first = write_rows(tmp_path / "a.jsonl", [toy_prompt(i) for i in range(3)])
+    second = write_rows(tmp_path / "b.jsonl", [toy_prompt(i) for i in range(3, 6)])
+    out = tmp_path / "run"
+    files = f"{first},{second}"
+    monkeypatch.chdir(tmp_path)
+    _stopped_run(cli_run, out, "--model", "models/m", "--dataset", "jsonl", "--data-files", files,
+                 "--set", "eval_fraction=0")
+    monkeypatch.chdir(tmp_path / "models")
+    # the same model through ../ and through a symlink, the same files: one run
+    for given in ("../models/m", str(tmp_path / "link")):
+        result = cli_run(*echo_args(out, "--model", given, "--dataset", "jsonl", "--data-files", files,
+                                    "--set", "eval_fraction=0", "--resume"))
+        assert result.exit_code == 0, (given, result.stderr)
+        (out / "COMPLETE").unlink()
+    # the same files in another order read other rows in another order: refused
+    result = cli_run(*echo_args(out, "--model", str(model), "--dataset", "jsonl", "--data-files",
+                                f"{second},{first}", "--set", "eval_fraction=0", "--resume"))
+    assert result.exit_code == 2
+    assert error_lines(result)[0].startswith("Error: --data-files: this run was started with data_files "), \
+        result.stderr
+    # the same string from another directory names another model: refused
+    elsewhere = tmp_path / "elsewhere" / "models" / "m"
+    shutil.copytree(tiny_model_dir, elsewhere)
+    monkeypatch.chdir(tmp_path / "elsewhere")
+    result = cli_run(*echo_args(out, "--model", "models/m", "--dataset", "jsonl", "--data-files", files,
+                                "--set", "eval_fraction=0", "--resume"))
+    assert result.exit_code == 2
+    assert error_lines(result)[0].startswith("Error: --model: this run was started with model"), result.stderr

@@ -72,6 +72,15 @@ def test_an_invalid_name_is_one_error_line(cli_run, tmp_path, name):
     assert list(tmp_path.iterdir()) == []
 
 
+@pytest.mark.parametrize("name, taken", [("ppo", "plugin 'ppo', method 'ppo'"), ("rewards", "plugin 'rewards'"),
+                                         ("rlhf", "plugin 'rlhf', method 'rlhf'")])
+def test_a_name_an_installed_plugin_has_is_one_error_line(cli_run, tmp_path, name, taken):
+    result = cli_run("new-plugin", name, "--directory", str(tmp_path))
+    assert result.exit_code == 2
+    assert result.stderr == f"Error: NAME: an installed plugin already has {taken}; choose another NAME\n"
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_new_plugin_does_not_import_torch(tmp_path):
     code = ("import sys\nfrom easyrlhf_core.cli import cli\n"
             "try:\n    cli(['new-plugin', 'demo'], prog_name='easyrlhf')\nexcept SystemExit:\n    pass\n"

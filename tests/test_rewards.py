@@ -132,6 +132,16 @@ def test_reward_model_scores_the_last_real_token_independent_of_batching(tiny_re
     ("\u22123", "3", 0.0),
     ("It is (\u22122.5)", "-2.5", 1.0),
     ("It is 7", "\u22127", 0.0),
+    # exponents read on both sides; a huge one is text (never a 10**8-digit integer)
+    ("It is 1e3", "1000", 1.0),
+    ("1.5e3 of them", 1500, 1.0),
+    ("1e99999999", "1", 0.0),
+    ("1e99999999", "1e99999999", 1.0),
+    # no number starts right after a digit or a dot: dotted versions are not decimals
+    ("v1.2.3", "1.2", 1.0),
+    ("v1.2.3", "0.3", 0.0),
+    ("3.14.15", "3.14", 1.0),
+    ("The value is 2.", "2", 1.0),
 ])
 def test_match_reads_numbers_strictly(completion, expected, score):
     from easyrlhf_plugins.rewards import MatchReward

@@ -217,6 +217,8 @@ class MatchOptions:
 _WHOLE_NUMBER = re.compile(r"[+\-\u2212]?(?:(?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d*)?|\.\d+)(?:[eE][+\-]?\d+)?")
 #: Two numbers that are not both integers are equal when closer than this.
 NUMBER_TOLERANCE = Fraction(1, 10**6)
+#: Larger exponents are not read as numbers (``1e99999999`` would build a 10**8-digit integer): compared as text.
+MAX_EXPONENT = 400
 
 
 def parse_number(value: Any) -> tuple[Fraction, bool] | None:
@@ -232,6 +234,9 @@ def parse_number(value: Any) -> tuple[Fraction, bool] | None:
     if not _WHOLE_NUMBER.fullmatch(text):
         return None
     literal = text.replace("\u2212", "-").replace(",", "")
+    mantissa, _, exponent = literal.lower().partition("e")
+    if exponent and abs(int(exponent)) > MAX_EXPONENT:
+        return None
     return Fraction(literal), not any(c in literal for c in ".eE")
 
 
@@ -245,7 +250,8 @@ class MatchReward(RewardFunction):
     description = "1 if the completion's answer (a regex, or its last number) equals a dataset column, else 0"
     options_class = MatchOptions
     NUMBER = re.compile(r"(?:(?<![\w.)\]])[-\u2212])?"  # a minus only where it starts a number: 10-3 is 10, 3
-                        r"(?:(?<!\d)(?:\d{1,3}(?:,\d{3})+(?![\d]|,\d)|\d+)(?:\.\d+)?|\.\d+)")
+                        r"(?:(?<![\d.])(?:\d{1,3}(?:,\d{3})+(?![\d]|,\d)|\d+)(?:\.\d+)?|(?<![\d.])\.\d+)"
+                        r"(?:[eE][+\-]?\d+(?![\w.]))?")  # v1.2.3 is 1.2 (no number starts after a digit or dot)
 
     def __init__(self, **options: Any) -> None:
         super().__init__(**options)
