@@ -272,10 +272,9 @@ def resolve_config(cls: type, layers: list[Layer], method: str | None = None) ->
         config = _build(cls, values)
     except ConfigError as exc:
         key = getattr(exc, "key", None)
-        layer = provenance.get(key) if key else None
-        if layer is not None:
-            located = layer.error(key, exc.message)
-            raise located from None
+        setter = provenance.get(key) if key else None
+        if key and setter is not None:
+            raise setter.error(key, exc.message) from None
         raise
     object.__setattr__(config, "_explicit_keys", {key: layer.is_file for key, layer in provenance.items()})
     object.__setattr__(config, "_setting_layers", dict(provenance))
@@ -292,7 +291,7 @@ def located_error(config: Any, message: str, key: str, within: str | None = None
     layer = layers.get(name) if name else None
     if layer is None:
         return None
-    return layer.error(key if layer.is_file and key in layer.lines else name, message)
+    return layer.error(key if layer.is_file and key in layer.lines else (name or key), message)
 
 
 def explicit_keys(config: Any) -> dict[str, bool]:
@@ -310,8 +309,9 @@ def _defaults_as_dict(cls: type) -> dict[str, Any]:
             out[f.name] = f.default
         elif f.default_factory is not dataclasses.MISSING:  # type: ignore[misc]
             value = f.default_factory()  # type: ignore[misc]
-            out[f.name] = dataclasses.asdict(value) if dataclasses.is_dataclass(value) else value
-        elif dataclasses.is_dataclass(hints[f.name]):
+            is_instance = dataclasses.is_dataclass(value) and not isinstance(value, type)
+            out[f.name] = dataclasses.asdict(value) if is_instance else value
+        elif isinstance(hints[f.name], type) and dataclasses.is_dataclass(hints[f.name]):
             out[f.name] = _defaults_as_dict(hints[f.name])
     return out
 
@@ -328,7 +328,7 @@ def _merge(cls: type, target: dict, incoming: dict, layer: Layer, prefix: str,
             raise layer.error(dotted, f"unknown option '{dotted}'{hint}; "
                                       f"`easyrlhf show-config --method {method or '...'}` lists the options")
         hint_type = hints[key]
-        if dataclasses.is_dataclass(hint_type):
+        if isinstance(hint_type, type) and dataclasses.is_dataclass(hint_type):
             if isinstance(value, _RawString):
                 value = value.parsed
             if not isinstance(value, dict):

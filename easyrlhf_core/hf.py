@@ -44,10 +44,10 @@ from .run import RunInterrupted, StopSignals
 
 if TYPE_CHECKING:
     from .config import BaseConfig
-    from .run import Run
+    from .kit.context import RunContext
 
 
-def training_arguments(config: BaseConfig, run: Run, has_eval: bool) -> dict[str, Any]:
+def training_arguments(config: BaseConfig, run: RunContext, has_eval: bool) -> dict[str, Any]:
     """Keyword arguments for ``TrainingArguments`` (or a TRL ``*Config``) from our shared options.
 
     Checkpoint pruning (``save_total_limit``) and the ``COMPLETE`` marker are :class:`CheckpointCallback`'s
@@ -110,7 +110,7 @@ def checkpointing_argument(enabled: bool) -> dict[str, bool]:
 class RunCallback(TrainerCallback):
     """Forwards the trainer's logs to ``metrics.jsonl`` and the progress display."""
 
-    def __init__(self, run: Run) -> None:
+    def __init__(self, run: RunContext) -> None:
         self.run = run
         self.tokens_before = 0.0  # ``num_tokens`` trained on before a resumed run's checkpoint
 
@@ -134,7 +134,7 @@ class RunCallback(TrainerCallback):
 class CheckpointCallback(TrainerCallback):
     """Marks each checkpoint complete once every rank has written it, then prunes to ``save_total_limit``."""
 
-    def __init__(self, run: Run) -> None:
+    def __init__(self, run: RunContext) -> None:
         self.run = run
 
     def on_save(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
@@ -238,7 +238,7 @@ class DivergenceCallback(TrainerCallback):
             control.should_log = True  # this step's row shows the NaN (every rank agrees: the log gathers)
 
 
-def diverged_error(run: Run, step: int, what: list[str], unit: str = "step") -> EasyRLHFError:
+def diverged_error(run: RunContext, step: int, what: list[str], unit: str = "step") -> EasyRLHFError:
     """The one line of a run stopped by a non-finite loss or gradient norm at ``step``: what was not finite,
     that nothing from that step on was saved, the newest complete checkpoint, and the levers."""
     from .faults import checkpoint_note
@@ -253,7 +253,7 @@ def diverged_error(run: Run, step: int, what: list[str], unit: str = "step") -> 
                          f"(now {config.learning_rate:g}) or {clip}, then {then}")
 
 
-def continue_schedule(run: Run, scheduler: Any, step: int, total: int, was: int | None,
+def continue_schedule(run: RunContext, scheduler: Any, step: int, total: int, was: int | None,
                       peaks: list[float] | float | None = None, unit: str = "step") -> None:
     """After ``--resume`` loaded a learning-rate scheduler's saved state: the schedule for this run's horizon
     (``total`` steps; ``was`` in the run that saved it, None: not recorded) and peak rates (``peaks``, one per
@@ -298,7 +298,7 @@ def continue_schedule(run: Run, scheduler: Any, step: int, total: int, was: int 
 class ScheduleCallback(TrainerCallback):
     """On ``--resume``: :func:`continue_schedule` once the Trainer has loaded the checkpoint's scheduler."""
 
-    def __init__(self, run: Run, checkpoint: str | None) -> None:
+    def __init__(self, run: RunContext, checkpoint: str | None) -> None:
         self.run = run
         self.checkpoint = checkpoint
 
@@ -322,7 +322,7 @@ def barrier() -> None:
         dist.barrier()
 
 
-def resume_checkpoint(run: Run) -> str | None:
+def resume_checkpoint(run: RunContext) -> str | None:
     """The checkpoint to resume from with ``--resume`` (newest complete one), else None. Broken newer
     checkpoints are removed and ``metrics.jsonl`` cut back to the checkpoint's step (main process)."""
     if not run.resume:
@@ -340,7 +340,7 @@ def resume_checkpoint(run: Run) -> str | None:
     return str(found)
 
 
-def check_ranks_agree(run: Run, model: Any) -> None:
+def check_ranks_agree(run: RunContext, model: Any) -> None:
     """In a multi-process run, log each rank's parameter checksum: equal values show the gradients were
     synchronised (a warning when they differ). Parameters sharded by DeepSpeed ZeRO-3 are not checked."""
     import torch
@@ -406,7 +406,7 @@ def _quiet_tied_weight_warning(model: Any) -> None:
     trainer_logger.addFilter(_TiedKeysFilter(tied))
 
 
-def train_and_save(run: Run, trainer: Any, model_for_save: Any = None, tokenizer: Any = None) -> dict[str, Any]:
+def train_and_save(run: RunContext, trainer: Any, model_for_save: Any = None, tokenizer: Any = None) -> dict[str, Any]:
     """Run ``trainer.train`` (resuming when asked; stopping cleanly on SIGINT/SIGTERM with a checkpoint and
     :class:`RunInterrupted`), evaluate once at the end (unless ``final_eval`` is off), save ``model/``."""
     from transformers.trainer_callback import PrinterCallback

@@ -21,7 +21,7 @@ from .training import RewardChoice
 if TYPE_CHECKING:
     from .api import RewardFunction
     from .registry import Registry
-    from .run import Run
+    from .kit.context import RunContext
     from .shapes import Message, Record
 
 #: Keys TRL adds to a reward function's keyword arguments that are not dataset columns.
@@ -196,7 +196,7 @@ def encode_prompts(tokenizer: Any, records: list[Record], max_prompt_tokens: int
     return kept, encoded
 
 
-def prompts_that_fit(run: Run, tokenizer: Any, records: list[Record], room: int, split: str, room_name: str
+def prompts_that_fit(run: RunContext, tokenizer: Any, records: list[Record], room: int, split: str, room_name: str
                      ) -> tuple[list[Record], list[list[int]]]:
     """The records whose prompt leaves room for a completion (at most ``room`` tokens, ``room_name`` saying
     which options set it, e.g. ``"max_length - max_new_tokens"``), with their prompt ids. The dropped count

@@ -20,6 +20,7 @@ import signal
 import sys
 import time
 from pathlib import Path
+from typing import Mapping
 
 RANK_ERRORS_ENV = "EASYRLHF_RANK_ERRORS"
 LAUNCHER_FILE = "launcher.json"
@@ -82,7 +83,7 @@ def _signal_name(number: int) -> str:
         return f"signal {number}"
 
 
-def _write_failures(failures: dict[int, object]) -> None:
+def _write_failures(failures: Mapping[int, object]) -> None:
     folder = os.environ.get(RANK_ERRORS_ENV)
     if not folder or not Path(folder).is_dir():
         return

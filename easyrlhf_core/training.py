@@ -45,7 +45,7 @@ from .errors import ConfigError
 if TYPE_CHECKING:
     from .api import RewardFunction
     from .registry import Registry
-    from .run import Run
+    from .kit.context import RunContext
     from .shapes import Record
 
 __all__ = [
@@ -166,11 +166,11 @@ def check_full_softmax_sampling(config: Any, method: str) -> None:
 class TrainerMethod(Method):
     """A method that builds one transformers/TRL trainer; ``train`` runs it and saves ``model/``."""
 
-    def build_trainer(self, run: Run) -> tuple[Any, Any]:
+    def build_trainer(self, run: RunContext) -> tuple[Any, Any]:
         """The ready-to-train trainer and the tokenizer to save next to the model."""
         raise NotImplementedError
 
-    def train(self, run: Run) -> None:
+    def train(self, run: RunContext) -> None:
         from .models import lora_errors
 
         with lora_errors():  # peft's "target modules not found" (raised inside the trainer) in our voice
@@ -182,7 +182,7 @@ class TrainerMethod(Method):
 # Loading
 
 
-def run_model_path(run: Run, name: str | None = None) -> str:
+def run_model_path(run: RunContext, name: str | None = None) -> str:
     """``--model`` (or ``name``) as a loadable path (Hub id, directory, .gguf, the embedded default); the
     source goes to the run log."""
     from .models import resolve_model
@@ -192,14 +192,14 @@ def run_model_path(run: Run, name: str | None = None) -> str:
     return resolved.path
 
 
-def run_tokenizer(run: Run, path: str, padding_side: str = "right") -> Any:
+def run_tokenizer(run: RunContext, path: str, padding_side: str = "right") -> Any:
     """The model's tokenizer (pad token and chat template ensured), honouring ``trust_remote_code``."""
     from .models import load_tokenizer
 
     return load_tokenizer(path, trust_remote_code=run.config.trust_remote_code, padding_side=padding_side)
 
 
-def run_policy(run: Run, path: str) -> Any:
+def run_policy(run: RunContext, path: str) -> Any:
     """The causal LM to train (fp32 weights; mixed precision is the trainer's autocast), seeded."""
     from .models import load_causal_lm
 
@@ -208,7 +208,7 @@ def run_policy(run: Run, path: str) -> Any:
     return load_causal_lm(path, trust_remote_code=run.config.trust_remote_code)
 
 
-def run_scalar_model(run: Run, path: str, pad_token_id: int) -> Any:
+def run_scalar_model(run: RunContext, path: str, pad_token_id: int) -> Any:
     """A one-label sequence classifier (reward model) to train, its pad token set so the score is read at
     the last real token (:func:`easyrlhf_core.models.reward_scores`); a new head is seeded."""
     from .models import load_sequence_classifier
@@ -250,7 +250,7 @@ def lora_config(config: BaseConfig, task_type: str) -> Any:
     return peft_config(config.lora, task_type)
 
 
-def describe_trainable(run: Run, model: Any) -> None:
+def describe_trainable(run: RunContext, model: Any) -> None:
     """Log how many parameters train (after LoRA wrapping; ZeRO-3 partitions counted whole)."""
     def count(p: Any) -> int:
         return getattr(p, "ds_numel", None) or p.numel()
@@ -272,14 +272,14 @@ def as_dataset(records: list[Record]) -> Any:
     return as_hf_dataset(records)
 
 
-def data_splits(run: Run) -> tuple[Any, Any]:
+def data_splits(run: RunContext) -> tuple[Any, Any]:
     """``(train, eval or None)`` datasets from ``run.data``."""
     train = as_dataset(run.data.train)
     evaluation = as_dataset(run.data.eval) if run.data.eval else None
     return train, evaluation
 
 
-def training_arguments(config: BaseConfig, run: Run, has_eval: bool) -> dict[str, Any]:
+def training_arguments(config: BaseConfig, run: RunContext, has_eval: bool) -> dict[str, Any]:
     """Keyword arguments for ``TrainingArguments`` (or a TRL ``*Config``) from the shared options: output
     under ``OUTPUT_DIR/checkpoints``, seed, steps, optimiser, batch sizes, logging / eval / save cadence,
     precision, gradient checkpointing, DeepSpeed, ``report_to="none"`` (our tracking logs the rows). Override any by keyword in
@@ -289,7 +289,7 @@ def training_arguments(config: BaseConfig, run: Run, has_eval: bool) -> dict[str
     return arguments(config, run, has_eval=has_eval)
 
 
-def trl_arguments(trl_config_class: type, run: Run, has_eval: bool, **method_fields: Any) -> Any:
+def trl_arguments(trl_config_class: type, run: RunContext, has_eval: bool, **method_fields: Any) -> Any:
     """A TRL ``*Config`` (or ``TrainingArguments``): :func:`training_arguments`, then ``method_fields`` on top
     (a method's own fields, or a shared default it overrides, e.g. ``remove_unused_columns=False`` for a
     collator that needs extra columns); ``max_length`` from the config unless given."""
@@ -301,7 +301,7 @@ def trl_arguments(trl_config_class: type, run: Run, has_eval: bool, **method_fie
     return trl_config_class(**kwargs)
 
 
-def train_and_save(run: Run, trainer: Any, model_for_save: Any = None, tokenizer: Any = None) -> dict[str, Any]:
+def train_and_save(run: RunContext, trainer: Any, model_for_save: Any = None, tokenizer: Any = None) -> dict[str, Any]:
     """Train ``trainer`` the way every built-in does: resume with ``--resume``, stop cleanly on Ctrl-C with
     a checkpoint, metrics to ``metrics.jsonl``, evaluate once at the end, save ``model/``. Returns the
     final eval metrics."""

@@ -29,26 +29,57 @@ class PluginLookup(Protocol):
 
 
 class RunContext(Protocol):
-    """A run in progress, as a method's ``train`` and ``what_changed`` get it."""
+    """A run in progress, as a method's ``train`` and ``what_changed`` get it (read-only here: the runtime
+    owns the run; ``train_examples_used`` is the one field a method sets)."""
 
-    #: The :class:`~easyrlhf_core.api.Method` being trained (typed loosely: the base classes refer to this
-    #: protocol, not the other way round).
-    method: Any
-    config: BaseConfig
-    output_dir: Path
-    #: What :meth:`Method.load_data` returned: a :class:`~easyrlhf_core.shapes.DataSplits` for most methods.
-    data: Any
-    registry: PluginLookup
-    #: True when the run continues from its newest complete checkpoint (``--resume``).
-    resume: bool
-    #: True on the process that writes outputs (rank 0, or a single process).
-    is_main_process: bool
-    #: The progress display (``progress.update(step, row)``), quiet on other ranks.
-    progress: Any
-    #: ``time.time()`` when the run started.
-    started: float
-    #: How many training examples the method really trained on, when it dropped some; None: all.
     train_examples_used: int | None
+    """How many training examples the method really trained on, when it dropped some; None: all."""
+
+    @property
+    def method(self) -> Any:
+        """The :class:`~easyrlhf_core.api.Method` being trained (typed loosely: the base classes refer to this
+        protocol, not the other way round)."""
+        ...
+
+    @property
+    def config(self) -> BaseConfig:
+        """The method's resolved config."""
+        ...
+
+    @property
+    def output_dir(self) -> Path:
+        """The run directory."""
+        ...
+
+    @property
+    def data(self) -> Any:
+        """What :meth:`Method.load_data` returned: a :class:`~easyrlhf_core.shapes.DataSplits` for most methods."""
+        ...
+
+    @property
+    def registry(self) -> PluginLookup:
+        """The installed plugins."""
+        ...
+
+    @property
+    def resume(self) -> bool:
+        """True when the run continues from its newest complete checkpoint (``--resume``)."""
+        ...
+
+    @property
+    def is_main_process(self) -> bool:
+        """True on the process that writes outputs (rank 0, or a single process)."""
+        ...
+
+    @property
+    def progress(self) -> Any:
+        """The progress display (``progress.update(step, row)``), quiet on other ranks."""
+        ...
+
+    @property
+    def started(self) -> float:
+        """``time.time()`` when the run started."""
+        ...
 
     @property
     def metrics_path(self) -> Path:
