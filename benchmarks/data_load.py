@@ -13,6 +13,7 @@ is available. Runs alternate cold/warm; the fastest of ``--repeats`` is kept.
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
 import subprocess
@@ -20,8 +21,33 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from collections.abc import Callable
+from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
+
+
+def tokenize_cached(dataset: Any, fn: Callable[..., Any], *,
+                    cache_key: str | None = None, batched: bool = True, **map_kwargs: Any) -> Any:
+    """``dataset.map(fn, batched=batched, **map_kwargs)`` with its result cached on disk (the benchmark's own
+    tokenize step; the methods hand their datasets to TRL, whose ``.map`` hits the same cache).
+
+    ``dataset`` may be a list of records (it goes through :func:`as_hf_dataset`). ``datasets`` fingerprints
+    ``fn`` and ``map_kwargs`` (a tokenizer passed in ``fn_kwargs`` included) to name the cache file. When
+    ``fn`` cannot be hashed (a closure over an unpicklable object), pass ``cache_key``: a string that changes
+    whenever the output would (e.g. tokenizer name + max length); the cache file is then named from the
+    dataset's fingerprint and that key.
+    """
+    if isinstance(dataset, list):
+        from easyrlhf_core.hfdata import as_hf_dataset
+
+        dataset = as_hf_dataset(dataset)
+    if cache_key is not None and "new_fingerprint" not in map_kwargs:
+        name = getattr(fn, "__qualname__", type(fn).__name__)
+        key = f"{dataset._fingerprint}\n{name}\n{cache_key}\n{batched}\n{sorted(map_kwargs)}"
+        map_kwargs["new_fingerprint"] = hashlib.sha256(key.encode()).hexdigest()[:32]
+    map_kwargs.setdefault("load_from_cache_file", True)
+    return dataset.map(fn, batched=batched, **map_kwargs)
 
 
 def tokenize_pairs(batch, tokenizer):
@@ -47,7 +73,7 @@ def child(tokenizer_spec: str) -> None:
     from transformers import AutoTokenizer
 
     from easyrlhf_core.data import load_dataset
-    from easyrlhf_core.hfdata import as_hf_dataset, tokenize_cached
+    from easyrlhf_core.hfdata import as_hf_dataset
     from easyrlhf_core.registry import get_registry
 
     tokenizer = AutoTokenizer.from_pretrained(tokenizer_spec)

@@ -31,6 +31,10 @@ class Method(ABC):
     #: True for a pipeline that runs other methods as stages (:func:`easyrlhf_core.run.run_stage`): the
     #: stages log and track themselves.
     runs_stages: ClassVar[bool] = False
+    #: True when ``train`` honours ``--lora`` (hands ``lora_config`` to its trainer, or wraps its model with
+    #: :func:`easyrlhf_core.models.apply_lora`); ``--lora`` for a method without it is refused in one line.
+    #: Every :class:`~easyrlhf_core.training.TrainerMethod` has it: the kit adds the adapters to its trainer.
+    supports_lora: ClassVar[bool] = False
 
     def load_data(self, config: BaseConfig, registry: PluginLookup) -> Any:
         """The data ``train`` gets as ``run.data``, read before any model loads and before the output

@@ -36,7 +36,7 @@ from .checkpoints import (
     prune_checkpoints,
     remove_checkpoints_after,
 )
-from .errors import EasyRLHFError
+from .errors import ConfigError, EasyRLHFError
 from .launch import world_size
 from .metrics import drop_rows_after, last_logged
 from .models import resolve_precision
@@ -406,11 +406,61 @@ def _quiet_tied_weight_warning(model: Any) -> None:
     trainer_logger.addFilter(_TiedKeysFilter(tied))
 
 
+def lora_refusal(trainer: Any) -> str | None:
+    """Why the kit cannot add LoRA adapters to ``trainer``'s model itself (None: it can). It can while the
+    Trainer has built nothing from the model's parameters yet: the optimizer is created inside ``train()``."""
+    from transformers import PreTrainedModel
+
+    model = getattr(trainer, "model", None)
+    if getattr(trainer, "model_init", None) is not None:
+        return "its model comes from model_init, built inside train()"
+    if getattr(trainer, "optimizer", None) is not None or getattr(trainer, "lr_scheduler", None) is not None:
+        return "its optimizer was created already, over the base weights"
+    if getattr(trainer, "model_wrapped", model) is not model:
+        return "its model is wrapped already (DDP, DeepSpeed)"
+    if not isinstance(model, PreTrainedModel):
+        return f"its model is a {type(model).__name__}, not a transformers model"
+    from .models import lora_task_type
+
+    if lora_task_type(model) is None:
+        return f"its model is a {type(model).__name__}, neither a causal LM nor a sequence classifier"
+    return None
+
+
+def add_lora(run: RunContext, trainer: Any) -> bool:
+    """``--lora`` for a trainer whose model has no adapters yet (a plain ``transformers.Trainer``, say): wrap
+    ``trainer.model`` with LoRA before ``train()`` creates the optimizer, so the adapters are what trains. A TRL
+    trainer given ``peft_config`` (or a model the method wrapped itself) is left as it is. A trainer the kit
+    cannot wrap safely (:func:`lora_refusal`) is a :class:`ConfigError` naming the method. True when it wrapped."""
+    from .models import apply_lora, is_peft_model, lora_task_type, trainable_line
+
+    lora = getattr(run.config, "lora", None)
+    if lora is None or not lora.enabled or is_peft_model(trainer.model):
+        return False
+    why = lora_refusal(trainer)
+    if why is not None:
+        raise ConfigError(f"method '{run.method.name}' cannot train LoRA adapters: {why}; wrap the model with "
+                          f"easyrlhf_core.models.apply_lora(model, run.config.lora) before building the trainer, "
+                          f"or drop --lora", where="--lora")
+    model = apply_lora(trainer.model, lora, lora_task_type(trainer.model) or "CAUSAL_LM")
+    if getattr(trainer.args, "gradient_checkpointing", False) or getattr(trainer.args, "activation_checkpointing",
+                                                                         False):
+        model.enable_input_require_grads()  # frozen embeddings: checkpointed blocks need inputs that want grads
+    trainer.model = trainer.model_wrapped = model
+    trainer.callback_handler.model = model
+    run.log(f"lora: adapters (r={lora.r}) added to {run.method.name}'s model by the kit; {trainable_line(model)}")
+    return True
+
+
 def train_and_save(run: RunContext, trainer: Any, model_for_save: Any = None, tokenizer: Any = None) -> dict[str, Any]:
     """Run ``trainer.train`` (resuming when asked; stopping cleanly on SIGINT/SIGTERM with a checkpoint and
-    :class:`RunInterrupted`), evaluate once at the end (unless ``final_eval`` is off), save ``model/``."""
+    :class:`RunInterrupted`), evaluate once at the end (unless ``final_eval`` is off), save ``model/``.
+    With ``--lora``, a trainer whose model has no adapters gets them first (:func:`add_lora`)."""
     from transformers.trainer_callback import PrinterCallback
 
+    base = trainer.model
+    if add_lora(run, trainer) and model_for_save is base:  # the base now holds the adapters' layers
+        model_for_save = trainer.model
     trainer.remove_callback(PrinterCallback)  # metrics reach the progress display and metrics.jsonl instead
     trainer.create_model_card = _no_model_card  # TRL's card in checkpoints/ names no base model; ours is README.md
     _quiet_tied_weight_warning(trainer.model)

@@ -10,7 +10,7 @@ The records are written once, as Arrow, under ``<cache_dir>/datasets/<sha256 of 
 loaded memory-mapped from there. ``datasets`` keeps the result of every ``.map`` next to that file, named by
 a fingerprint of the input dataset, the function and its arguments (the tokenizer included): a second run
 with the same data and tokenizer reads the tokenized columns back instead of tokenizing again, whether the
-``.map`` is ours (:func:`tokenize_cached`) or a TRL trainer's.
+``.map`` is a TRL trainer's or a method's own.
 
 ``datasets`` is imported inside the functions, so importing this module is free.
 """
@@ -23,7 +23,7 @@ import os
 import shutil
 import uuid
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Any
 
 from .models import cache_dir
 
@@ -85,23 +85,3 @@ def _write(records: list[dict[str, Any]], digest: str, target: Path) -> None:
             raise
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-
-
-def tokenize_cached(dataset: datasets.Dataset | list[dict[str, Any]], fn: Callable[..., Any], *,
-                    cache_key: str | None = None, batched: bool = True, **map_kwargs: Any) -> datasets.Dataset:
-    """``dataset.map(fn, batched=batched, **map_kwargs)`` with its result cached on disk.
-
-    ``dataset`` may be a list of records (it goes through :func:`as_hf_dataset`). ``datasets`` fingerprints
-    ``fn`` and ``map_kwargs`` (a tokenizer passed in ``fn_kwargs`` included) to name the cache file. When
-    ``fn`` cannot be hashed (a closure over an unpicklable object), pass ``cache_key``: a string that changes
-    whenever the output would (e.g. tokenizer name + max length); the cache file is then named from the
-    dataset's fingerprint and that key.
-    """
-    if isinstance(dataset, list):
-        dataset = as_hf_dataset(dataset)
-    if cache_key is not None and "new_fingerprint" not in map_kwargs:
-        name = getattr(fn, "__qualname__", type(fn).__name__)
-        key = f"{dataset._fingerprint}\n{name}\n{cache_key}\n{batched}\n{sorted(map_kwargs)}"
-        map_kwargs["new_fingerprint"] = hashlib.sha256(key.encode()).hexdigest()[:32]
-    map_kwargs.setdefault("load_from_cache_file", True)
-    return dataset.map(fn, batched=batched, **map_kwargs)

@@ -70,7 +70,7 @@ def write_model_card(run: RunContext) -> Path:
                      f"{len(run.data.eval)} eval {run.data.shape} examples |")
         lines += [f"| data note | {note} |" for note in run.data.notes]
     lora = getattr(config, "lora", None)
-    if lora is not None and lora.enabled:
+    if lora is not None and run.lora_applied:  # adapters the saved model really trained, not just --lora
         lines.append(f"| LoRA | r={lora.r}, alpha={lora.alpha}, dropout={lora.dropout}, "
                      f"targets={lora.target_modules} |")
     lines += ["", "## Key hyperparameters", "", "| option | value |", "|---|---|"]

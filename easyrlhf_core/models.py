@@ -485,6 +485,32 @@ def apply_lora(model: Any, lora: Any, task_type: str = "CAUSAL_LM") -> Any:
         return get_peft_model(model, peft_config(lora, task_type))
 
 
+def is_peft_model(model: Any) -> bool:
+    """True when ``model`` (inside any DDP / DeepSpeed / accelerate wrapper) carries peft adapters."""
+    return hasattr(unwrap(model), "peft_config")
+
+
+def lora_task_type(model: Any) -> str | None:
+    """The peft task type of a transformers model, from its class: ``CAUSAL_LM`` for ``*ForCausalLM``,
+    ``SEQ_CLS`` for ``*ForSequenceClassification`` (the score head then trains whole); None for anything else."""
+    name = type(unwrap(model)).__name__
+    if name.endswith("ForCausalLM"):
+        return "CAUSAL_LM"
+    if name.endswith("ForSequenceClassification"):
+        return "SEQ_CLS"
+    return None
+
+
+def trainable_line(model: Any) -> str:
+    """``parameters: N trainable of M (P%)`` (ZeRO-3 partitions counted whole)."""
+    def count(p: Any) -> int:
+        return getattr(p, "ds_numel", None) or p.numel()
+
+    total = sum(count(p) for p in model.parameters())
+    trainable = sum(count(p) for p in model.parameters() if p.requires_grad)
+    return f"parameters: {trainable:,} trainable of {total:,} ({100 * trainable / max(total, 1):.2f}%)"
+
+
 @contextmanager
 def lora_errors(model: Any = None) -> Iterator[None]:
     """peft's "target modules not found" in our voice: the option, and the names the model has (when

@@ -104,12 +104,6 @@ def as_messages(value: Any, name: str, default_role: str) -> list[Message]:
     return messages
 
 
-def as_text(value: Any, name: str) -> str:
-    if not isinstance(value, str):
-        raise RowProblem(f"field '{name}' must be a string, got {json_type(value)}")
-    return value
-
-
 def as_text_list(value: Any, name: str) -> list[str]:
     """``value`` as a list of strings (field ``name``), checked."""
     if not isinstance(value, list) or not all(isinstance(v, str) for v in value):

@@ -81,6 +81,9 @@ class Run:
         #: How many training examples the method really trains on, when it drops some (too long for
         #: max_length, say); the summary says "N of M". None: all of ``data.train``.
         self.train_examples_used: int | None = None
+        #: Whether the saved model trained LoRA adapters, read from the model ``save_model`` was given (a
+        #: pipeline: its last stage's); the summary and model card claim LoRA only when True. None: not saved.
+        self.lora_applied: bool | None = None
 
     # -- paths -------------------------------------------------------------------------------------
     @property
@@ -116,9 +119,10 @@ class Run:
     # -- outputs -----------------------------------------------------------------------------------
     def save_model(self, model: Any, tokenizer: Any) -> Path:
         """Save the trained model (merged LoRA unless ``save_adapter_only``) and tokenizer to ``model/``."""
-        from .models import save_model
+        from .models import is_peft_model, save_model
         from .zero import gathered
 
+        self.lora_applied = is_peft_model(model)
         with gathered(model):  # ZeRO-3: the partitions made whole on every rank (collective), rank 0 writes
             if self.is_main_process:
                 try:
@@ -442,6 +446,7 @@ def run_stage(parent: Run, method: Method, config: BaseConfig, data: Any, output
         parent.log(f"{parent.method.name}: {method.name} stage already complete in {output_dir}; skipped")
         return output_dir / MODEL_DIR
     config.validate_for_run()
+    check_lora_support(method, config)
     resume = parent.resume  # the same on every rank (a stage dir's contents may be mid-write on rank 0)
     started = resume and bool(contents(output_dir))  # for the log line (main process) only
     if parent.is_main_process:
@@ -452,6 +457,7 @@ def run_stage(parent: Run, method: Method, config: BaseConfig, data: Any, output
     stage = Run(method, config, output_dir, data, parent.registry, resume=resume, progress=parent.progress)
     stage.logs_dir = parent.logs_dir / method.name  # one `tensorboard --logdir OUTPUT_DIR/logs` for the pipeline
     execute(stage)
+    parent.lora_applied = stage.lora_applied  # a pipeline's model is its last stage's
     _barrier()  # the next stage loads this one's model/, which rank 0 may still be writing
     return output_dir / MODEL_DIR
 
@@ -484,6 +490,7 @@ def prepare(request: RunRequest, registry: Registry | None = None) -> Run:
     registry = registry or get_registry()
     method, config = resolve(request, registry)
     config.validate_for_run()
+    check_lora_support(method, config)
     if request.num_machines > 1 and not config.output_dir:
         raise ConfigError("a run on several machines needs --output-dir: the same path on every machine, on a "
                           "filesystem they all see", where="--output-dir")
@@ -528,6 +535,17 @@ def prepare(request: RunRequest, registry: Registry | None = None) -> Run:
         for note in data.notes:
             run.log(f"data: {note}")
     return run
+
+
+def check_lora_support(method: Method, config: BaseConfig) -> None:
+    """``--lora`` only for a method that applies it (``Method.supports_lora``; every ``TrainerMethod``, whose
+    trainer's model the kit wraps): a method that would train all weights instead is refused in one line."""
+    lora = getattr(config, "lora", None)
+    if lora is not None and lora.enabled and not method.supports_lora:
+        raise ConfigError(f"method '{method.name}' does not train LoRA adapters (it does not declare "
+                          f"supports_lora): drop --lora, or have the method apply it (a TrainerMethod gets it "
+                          f"from the kit; a method with its own loop wraps its model with "
+                          f"easyrlhf_core.models.apply_lora and sets supports_lora = True)", where="--lora")
 
 
 def _stderr_log(message: str) -> None:
@@ -596,6 +614,10 @@ def execute(run: Run) -> None:
         if run.trackers is not None:
             run.trackers.close()
             run.trackers = None
+    lora = getattr(config, "lora", None)
+    if lora is not None and lora.enabled and run.lora_applied is False and not run.method.runs_stages:
+        run.log(f"warning: --lora: {run.method.name} saved a model without LoRA adapters (all weights trained); "
+                f"the summary and model card say so")
     if run.is_main_process:
         finish_run_dir(run)
         write_run_summary(run)

@@ -198,12 +198,20 @@ def next_commands(run: RunContext) -> list[str]:
             "easyrlhf run --method rlhf --max-steps 10   # the whole SFT -> RM -> PPO pipeline"]
 
 
+def lora_trained(run: RunContext) -> str | None:
+    """``"LoRA r16"`` when the saved model really trained LoRA adapters (``run.lora_applied``, read from the
+    model at save time), else None: ``--lora`` alone is never taken as proof."""
+    lora = getattr(run.config, "lora", None)
+    if not run.lora_applied or lora is None:
+        return None
+    return f"LoRA r{lora.r}"
+
+
 def build_summary(run: RunContext, changed: list[Finding]) -> RunSummary:
     from .metrics import last_values
 
     config = run.config
-    lora = getattr(config, "lora", None)
-    how = f"{run.method.name} ({'LoRA r' + str(lora.r) if lora is not None and lora.enabled else 'all weights'})"
+    how = f"{run.method.name} ({lora_trained(run) or 'all weights'})"
     start = config.model or "SmolLM2-135M-Instruct (embedded default)"
     step = last_values(run.metrics_path).get("step")
     train = len(run.data.train) if run.data is not None and hasattr(run.data, "train") else 0

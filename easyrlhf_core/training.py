@@ -164,7 +164,11 @@ def check_full_softmax_sampling(config: Any, method: str) -> None:
 
 
 class TrainerMethod(Method):
-    """A method that builds one transformers/TRL trainer; ``train`` runs it and saves ``model/``."""
+    """A method that builds one transformers/TRL trainer; ``train`` runs it and saves ``model/``. With
+    ``--lora``, a trainer whose model has no adapters (a plain ``transformers.Trainer``) gets them from the kit
+    before training (:func:`easyrlhf_core.hf.add_lora`); a TRL trainer given ``lora_config`` wraps its own."""
+
+    supports_lora = True
 
     def build_trainer(self, run: RunContext) -> tuple[Any, Any]:
         """The ready-to-train trainer and the tokenizer to save next to the model."""
@@ -252,12 +256,9 @@ def lora_config(config: BaseConfig, task_type: str) -> Any:
 
 def describe_trainable(run: RunContext, model: Any) -> None:
     """Log how many parameters train (after LoRA wrapping; ZeRO-3 partitions counted whole)."""
-    def count(p: Any) -> int:
-        return getattr(p, "ds_numel", None) or p.numel()
+    from .models import trainable_line
 
-    total = sum(count(p) for p in model.parameters())
-    trainable = sum(count(p) for p in model.parameters() if p.requires_grad)
-    run.log(f"parameters: {trainable:,} trainable of {total:,} ({100 * trainable / max(total, 1):.2f}%)")
+    run.log(trainable_line(model))
 
 
 # --------------------------------------------------------------------------------------------------

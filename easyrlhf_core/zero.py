@@ -7,7 +7,6 @@
   arithmetic (``train_batch_size ... 8 != 4 * 1 * 1``).
 - :func:`gathered` / :func:`gathered_for_generation`: a ZeRO-3 model's full parameters for a while (to save
   it, to sample from it); both do nothing when the parameters are not partitioned.
-- :func:`zero_stage`: the stage a DeepSpeed JSON file asks for.
 
 DeepSpeed is imported inside the functions only.
 """
@@ -16,24 +15,12 @@ from __future__ import annotations
 
 import contextlib
 import io
-import json
 import os
-from pathlib import Path
 from typing import Any, Iterator
 
 #: What a launcher (torchrun, accelerate) sets for every rank; DeepSpeed falls back to MPI discovery
 #: (``mpi4py``) when one is missing.
 LAUNCHER_ENV = ("RANK", "LOCAL_RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
-
-
-def zero_stage(config_path: str | Path) -> int | None:
-    """``zero_optimization.stage`` of a DeepSpeed JSON file (None when unreadable or not given)."""
-    try:
-        data = json.loads(Path(config_path).read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None
-    stage = (data.get("zero_optimization") or {}).get("stage") if isinstance(data, dict) else None
-    return stage if isinstance(stage, int) else None
 
 
 def start_deepspeed(timeout_seconds: float = 1800) -> None:

@@ -10,12 +10,12 @@ from pathlib import Path
 import pytest
 from easyrlhf_plugins.data.hh_rlhf import HHRLHFDataset
 
+from benchmarks.data_load import tokenize_cached
 from easyrlhf_core.data import load_dataset
 from easyrlhf_core.hfdata import (
     as_hf_dataset,
     datasets_cache_dir,
     records_digest,
-    tokenize_cached,
 )
 from easyrlhf_core.shapes import DataOptions, Shape
 

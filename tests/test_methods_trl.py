@@ -346,10 +346,18 @@ def sequence_logps(model, batch):
     return (logprobs * mask).sum(1).chunk(2), mask.sum(1).chunk(2)
 
 
+def dpo_sigmoid_loss(chosen_logratios, rejected_logratios, beta: float):
+    """The reference formula: per-pair DPO loss ``-log σ(β((log π/π_ref)(y_w) − (log π/π_ref)(y_l)))``
+    (TRL computes the dpo method's loss; this is what it is checked against)."""
+    import torch.nn.functional as F
+
+    return -F.logsigmoid(beta * (chosen_logratios - rejected_logratios))
+
+
 def test_preference_losses_match_hand_computed_values():
     import torch
 
-    from easyrlhf_plugins.methods.dpo_losses import dpo_sigmoid_loss, ipo_loss
+    from easyrlhf_plugins.methods.dpo_losses import ipo_loss
 
     chosen, rejected = torch.tensor([1.0, -0.5]), torch.tensor([0.2, 0.3])
     expected_dpo = [math.log1p(math.exp(-0.1 * 0.8)), math.log1p(math.exp(-0.1 * -0.8))]
@@ -369,7 +377,7 @@ def test_trainer_loss_equals_the_formula_on_a_fixed_batch(tiny_model_dir, tmp_pa
     import torch
 
     from easyrlhf_plugins.methods.dpo import DPOMethod, IPOMethod
-    from easyrlhf_plugins.methods.dpo_losses import dpo_sigmoid_loss, ipo_loss
+    from easyrlhf_plugins.methods.dpo_losses import ipo_loss
 
     run = prepared_run(method, tiny_model_dir, tmp_path / "out", *options)
     trainer, _ = (DPOMethod() if method == "dpo" else IPOMethod()).build_trainer(run)

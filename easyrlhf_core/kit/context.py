@@ -82,6 +82,11 @@ class RunContext(Protocol):
         ...
 
     @property
+    def lora_applied(self) -> bool | None:
+        """Whether the saved model has LoRA adapters (read from it by :meth:`save_model`); None before saving."""
+        ...
+
+    @property
     def metrics_path(self) -> Path:
         """``metrics.jsonl`` of the run."""
         ...

@@ -1,4 +1,4 @@
-"""DPO and IPO losses on per-sequence log-ratios, and a DPOTrainer whose IPO loss sums log-ratios over tokens.
+"""The IPO loss on per-sequence log-ratios, and a DPOTrainer whose IPO loss sums log-ratios over tokens.
 
 TRL 1.16's ``loss_type="ipo"`` divides each completion's log-ratio by its token count (a per-token mean).
 The IPO paper's Eq. 17 and the reference DPO implementation use the plain sum of token log-probs.
@@ -17,18 +17,11 @@ from __future__ import annotations
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from trl import DPOTrainer
 from trl.trainer.dpo_trainer import DataCollatorForPreference
 
 from easyrlhf_core.prefix_sharing import SharedPrefixCollator
 from easyrlhf_core.shared_forward import share_prefixes
-
-
-def dpo_sigmoid_loss(chosen_logratios: torch.Tensor, rejected_logratios: torch.Tensor,
-                     beta: float) -> torch.Tensor:
-    """Per-pair DPO loss ``-log σ(β((log π/π_ref)(y_w) − (log π/π_ref)(y_l)))``."""
-    return -F.logsigmoid(beta * (chosen_logratios - rejected_logratios))
 
 
 def ipo_loss(chosen_logratios: torch.Tensor, rejected_logratios: torch.Tensor, tau: float,

@@ -179,6 +179,7 @@ class RLHFPipeline(Method):
     config_class = RLHFConfig
     shape = None
     runs_stages = True
+    supports_lora = True  # every stage (sft, rm, ppo / grpo / rloo) takes the pipeline's lora options
 
     def load_data(self, config: RLHFConfig, registry: Registry) -> dict[str, DataSplits]:
         """Every stage's data, read before any model loads: bad data fails in seconds, not hours."""

@@ -26,6 +26,7 @@ class PPOMethod(Method):
     description = "PPO (InstructGPT RLHF loop, own implementation on accelerate) with a reward model or function"
     config_class = PPOConfig
     shape = Shape.PROMPT
+    supports_lora = True  # models.load_models wraps the policy and the value model with apply_lora
 
     def train(self, run: Run) -> None:
         from .trainer import PPOTrainer

@@ -22,6 +22,7 @@ class RRHFMethod(Method):
                    "(candidates from the data, or sampled and scored by a reward)")
     config_class = RRHFConfig
     shape = Shape.RANKED
+    supports_lora = True  # build_trainer wraps the policy with apply_lora
 
     def train(self, run: Run) -> None:
         from easyrlhf_core.hf import train_and_save
