@@ -83,6 +83,9 @@ class RewardFunction(ABC):
     #: A dataclass of the options (``option(default, help)`` fields). None: options are not checked and
     #: reach the reward only as the ``self.options`` mapping (declare them instead).
     options_class: ClassVar[type | None] = None
+    #: The option that takes a reward model directory, for a reward that scores with one: ``--reward-model PATH``
+    #: builds the registered reward that declares it (the built-in ``reward-model``: ``"path"``). None: not one.
+    model_option: ClassVar[str | None] = None
 
     def __init__(self, **options: Any) -> None:
         from .config import build_options

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-from .api import Method, RewardFunction
+from .api import Method
 from .checkpoints import COMPLETE_MARKER
 from .config import (
     BaseConfig,
@@ -135,11 +135,6 @@ class Run:
                     raise disk_full_error(self, exc, writing=self.model_dir, needed=model_bytes(model)) from exc
                 self.log(f"saved model to {self.model_dir}")
         return self.model_dir
-
-    def reward_function(self, name: str, **options: Any) -> RewardFunction:
-        """Instantiate the reward function registered as ``name``."""
-        cls = self.registry.get("rewards", name)
-        return cls(**options)
 
 
 class RunComplete(Exception):
@@ -318,6 +313,12 @@ def _jsonable(value: Any) -> Any:
 # Steps of a run
 
 
+def _methods_with_option(registry: Registry, name: str) -> list[str]:
+    """The registered methods whose config has option ``name``."""
+    return sorted(n for n, e in registry.methods.items()
+                  if name in getattr(e.obj.config_class, "__dataclass_fields__", {}))
+
+
 def resolve(request: RunRequest, registry: Registry | None = None) -> tuple[Method, BaseConfig]:
     """The method instance and its validated config, from defaults < file < flags < --set."""
     registry = registry or get_registry()
@@ -341,8 +342,10 @@ def resolve(request: RunRequest, registry: Registry | None = None) -> tuple[Meth
         for key in request.flags:
             if key.split(".")[0] not in {f for f in config_cls.__dataclass_fields__}:
                 if key == "rewards":  # --reward given several times
-                    raise ConfigError(f"method '{method_name}' takes one reward; give --reward once (grpo and rloo "
-                                      f"sum several)", where="--reward")
+                    several = getattr(config_cls, "several_rewards_error", None)
+                    if several is not None:  # a method that takes one reward (the rule: easyrlhf_core.rewards)
+                        raise several(len(request.flags["rewards"]), _methods_with_option(registry, "rewards"))
+                    key = "reward"
                 flag = "--" + key.split(".")[0].replace("_", "-")
                 raise ConfigError(f"method '{method_name}' has no option '{key}'", where=flag)
         layers.append(Layer(values=_nest(request.flags), source="flags"))

@@ -27,7 +27,8 @@ A method on a TRL trainer is a config and a ``build_trainer``::
 
 :meth:`TrainerMethod.train` then runs it through :func:`train_and_save`: checkpoints under
 ``OUTPUT_DIR/checkpoints``, ``--resume``, Ctrl-C, metrics to ``metrics.jsonl``, the final eval and ``model/``.
-A method with its own loop (as ``ppo``) uses the loading helpers and :class:`RewardChoice` directly.
+A method with its own loop (as ``ppo``) uses the loading helpers directly; a method that scores samples mixes
+the reward options of :mod:`easyrlhf_core.rewards` into its config.
 
 Light at import time (no torch / transformers / TRL); the heavy imports live inside the functions.
 """
@@ -43,13 +44,11 @@ from .config import BaseConfig, option
 from .errors import ConfigError
 
 if TYPE_CHECKING:
-    from .api import RewardFunction
-    from .registry import Registry
     from .kit.context import RunContext
     from .shapes import Record
 
 __all__ = [
-    "TrainerConfig", "TrainerMethod", "RewardChoice", "SamplingOptions", "check_sampling",
+    "TrainerConfig", "TrainerMethod", "SamplingOptions", "check_sampling",
     "check_full_softmax_sampling", "run_model_path", "run_tokenizer", "run_policy", "run_scalar_model",
     "seed_everything", "check_precision",
     "lora_config", "describe_trainable", "as_dataset", "data_splits", "trl_arguments", "training_arguments",
@@ -75,37 +74,6 @@ class TrainerConfig(BaseConfig):
 
 def deepspeed_installed() -> bool:
     return importlib.util.find_spec("deepspeed") is not None
-
-
-@dataclass
-class RewardChoice:
-    """The reward of an online method: ``--reward-model PATH`` or ``--reward NAME``, with ``reward_options``.
-    Mix it into a method config (``class MyConfig(RewardChoice, TrainerConfig)``); every online method
-    builds the same reward plugins the same way (:func:`easyrlhf_core.reward_choice.make_reward`)."""
-
-    reward_model: str | None = option(None, "Reward model directory (a sequence classifier, e.g. from --method rm); "
-                                            "give this or `reward`.")
-    reward: str | None = option(None, "Registered reward function (see `easyrlhf list-plugins`); give this or "
-                                      "`reward_model`.")
-    reward_options: dict[str, Any] = option({}, "Options of the reward function, e.g. {target: 50} "
-                                                "(`--set reward_options.target=50`).")
-
-    def build_reward(self, registry: Registry | None = None) -> RewardFunction:
-        """The chosen reward function; its options are checked here (cheap: models load lazily), a bad one
-        reported at the file line or flag that set it."""
-        from .errors import ConfigError
-        from .registry import get_registry
-        from .reward_choice import locate_options_error, make_reward
-
-        try:
-            return make_reward(registry or get_registry(), self.reward_model, self.reward, self.reward_options)
-        except ConfigError as exc:
-            raise locate_options_error(exc, self, "reward_options", "reward_options") from None
-
-    def describe_reward(self) -> str:
-        from .reward_choice import describe_reward
-
-        return describe_reward(self.reward_model, self.reward, self.reward_options)
 
 
 @dataclass

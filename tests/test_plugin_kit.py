@@ -117,7 +117,7 @@ def test_dotted_set_maps_a_column_of_the_jsonl_dataset(plugins, easyrlhf_cli, tm
 
 def test_reward_options_are_declared_and_checked(plugins, easyrlhf_cli, tmp_path):
     from easyrlhf_core.registry import get_registry
-    from easyrlhf_core.reward_choice import make_reward
+    from easyrlhf_core.rewards import make_reward
 
     reward = make_reward(get_registry(), None, "polite", {"weight": 2})
     assert reward.score([[]], ["please, please"]) == [4.0]

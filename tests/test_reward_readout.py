@@ -65,7 +65,7 @@ def _trainer_scores(path: Path) -> tuple[list[float], list[float]]:
 
 @pytest.mark.parametrize("template", [PAD_TERMINATED_TEMPLATE, DEFAULT_CHAT_TEMPLATE], ids=["pad-terminated", "chatml"])
 def test_every_scoring_path_reads_the_trained_position(tmp_path: Path, template: str):
-    from easyrlhf_core.evaluation.judges import reward_model_judge
+    from easyrlhf_core.rewards import reward_model_judge
     from easyrlhf_core.evaluation.loading import inspect_model
     from easyrlhf_core.registry import get_registry
     from easyrlhf_plugins.rewards import RewardModelReward

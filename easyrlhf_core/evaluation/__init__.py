@@ -2,11 +2,12 @@
 
 One job per module: :mod:`.data` (records from a dataset plugin), :mod:`.models` (what a model
 directory holds, loading), :mod:`.logprobs` (summed completion log-probs), :mod:`.generation` (greedy and
-sampled answers), :mod:`.judges` (reward scoring), :mod:`.stats` (accuracy, ties, Wilson and bootstrap intervals, the
+sampled answers), :mod:`.stats` (accuracy, ties, Wilson and bootstrap intervals, the
 length baseline), :mod:`.report` (JSON and table), :mod:`.runner` (what runs for a reward model and for a
 policy).
 
-Chat formatting into token ids is :mod:`easyrlhf_core.chat`, the LM helpers :mod:`easyrlhf_core.lm`.
+Chat formatting into token ids is :mod:`easyrlhf_core.chat`, the LM helpers :mod:`easyrlhf_core.lm`, reward
+scoring (judges) :mod:`easyrlhf_core.rewards`.
 Nothing heavy is imported here; torch and transformers load when an evaluation runs.
 """
 

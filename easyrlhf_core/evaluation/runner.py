@@ -11,10 +11,10 @@ from typing import Any, Callable, Literal
 from .. import chat
 from ..errors import ConfigError, EasyRLHFError
 from ..registry import Registry, get_registry
+from ..rewards import Judge, named_judge, one_reward_error, reward_model_judge
 from ..shapes import Message, Shape
 from .data import EvalData, Split, load_eval_data, pick_shape
 from .generation import Answer, generate_answers
-from .judges import Judge, named_judge, reward_model_judge
 from .loading import ModelRef, inspect_model, load_ref_policy, load_ref_tokenizer, quiet_transformers, require_kind
 from .logprobs import CompletionLogProb, completion_logprobs, pair_gaps, pair_margins, truncated_count
 from .report import EvalReport
@@ -158,7 +158,7 @@ def prepare_policy(request: EvalRequest, registry: Registry, policy: ModelRef) -
         reference = inspect_model(request.reference, "--reference", request.trust_remote_code)
         require_kind(reference, "causal_lm", "a causal LM (the policy's starting point)")
     if request.reward_model and request.reward:
-        raise ConfigError("give either --reward-model DIR or --reward NAME, not both", where="--reward")
+        raise one_reward_error(2, "easyrlhf eval", given="--reward-model and --reward are both given", where="--reward")
     if request.reward_options and not request.reward:
         raise ConfigError("--reward-option needs --reward NAME", where="--reward-option")
     judge = None

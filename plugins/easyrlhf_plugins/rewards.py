@@ -86,6 +86,7 @@ class RewardModelReward(RewardFunction):
     name = "reward-model"
     description = "a sequence-classification reward model directory (option path; --reward-model PATH)"
     options_class = RewardModelOptions
+    model_option = "path"  # --reward-model PATH builds this reward, with the directory as option path
 
     def __init__(self, **options: Any) -> None:
         from easyrlhf_core.errors import EasyRLHFError

@@ -1,5 +1,5 @@
 """GRPO and RLOO: critic-free online RL on TRL's GRPOTrainer / RLOOTrainer, scored by the reward plugins
-(several at once, with weights), built only on the public kit (easyrlhf_core.training, .online)."""
+(several at once, with weights), built only on the public kit (easyrlhf_core.training, .online, .rewards)."""
 
 from __future__ import annotations
 
@@ -13,11 +13,11 @@ from easyrlhf_core.errors import ConfigError
 from easyrlhf_core.lm import pin_generation
 from easyrlhf_core.online import (
     SAMPLES_FILE,
-    RewardsChoice,
     SampleLog,
     prompts_that_fit,
     trl_reward_funcs,
 )
+from easyrlhf_core.rewards import WeightedRewardsOptions
 from easyrlhf_core.shapes import Shape
 from easyrlhf_core.training import (
     TrainerConfig,
@@ -39,7 +39,7 @@ if TYPE_CHECKING:
 
 
 @dataclass
-class OnlineConfig(RewardsChoice, TrainerConfig):
+class OnlineConfig(WeightedRewardsOptions, TrainerConfig):
     """What GRPO and RLOO share; names as TRL's configs name them."""
 
     method_name = "grpo/rloo"  # in messages; each method's config names itself
@@ -83,7 +83,8 @@ class OnlineConfig(RewardsChoice, TrainerConfig):
             raise invalid("num_sample_completions", "must be >= 0")
 
     def validate_for_run(self) -> None:
-        """The rewards exist and take their options; vLLM can run here. Before data or models load."""
+        """The rewards exist and take their options (built once: the trainer gets them); vLLM can run here.
+        Before data or models load."""
         super().validate_for_run()
         self.build_rewards()
         if self.use_vllm:

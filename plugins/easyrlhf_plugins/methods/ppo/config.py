@@ -16,8 +16,8 @@ from dataclasses import dataclass
 from typing import Literal
 
 from easyrlhf_core.config import invalid, option, require_model_dir, require_positive
+from easyrlhf_core.rewards import OneRewardOptions
 from easyrlhf_core.training import (
-    RewardChoice,
     SamplingOptions,
     TrainerConfig,
     check_full_softmax_sampling,
@@ -25,8 +25,10 @@ from easyrlhf_core.training import (
 
 
 @dataclass
-class PPOConfig(SamplingOptions, RewardChoice, TrainerConfig):
+class PPOConfig(SamplingOptions, OneRewardOptions, TrainerConfig):
     """Options of the ppo method."""
+
+    method_name = "ppo"  # in messages
 
     # shared options whose meaning PPO makes precise
     max_length: int = option(512, "Maximum tokens per prompt + response; longer prompts are dropped.")
@@ -43,7 +45,7 @@ class PPOConfig(SamplingOptions, RewardChoice, TrainerConfig):
     per_device_eval_batch_size: int = option(16, "Eval prompts per generate call.")
     gradient_accumulation_steps: int = option(1, "Micro-batches per optimizer step; minibatch = "
                                                  "per_device_train_batch_size x this.")
-    # reward (reward_model, reward, reward_options: RewardChoice)
+    # reward (reward_model, reward, reward_options: OneRewardOptions)
     missing_eos_penalty: float | None = option(1.0, "Subtracted from the score of responses that never emit the "
                                                     "stop token; empty: off.")
     reward_clip: float | None = option(None, "Clip scores to [-reward_clip, reward_clip]; empty: off.")
@@ -83,10 +85,7 @@ class PPOConfig(SamplingOptions, RewardChoice, TrainerConfig):
     num_sample_generations: int = option(4, "Sample generations written to samples.jsonl per logged iteration.")
 
     def __post_init__(self) -> None:
-        super().__post_init__()
-        if self.reward_model is not None and self.reward is not None:
-            raise invalid("reward", "conflicts with 'reward_model': give only one of --reward-model PATH and "
-                                    "--reward NAME")
+        super().__post_init__()  # OneRewardOptions: not both of reward_model and reward
         require_model_dir("reward_model", self.reward_model)
         require_model_dir("value_model", self.value_model)
         require_positive(self, "rollout_batch_size", "ppo_epochs", "kl_horizon")
@@ -122,16 +121,10 @@ class PPOConfig(SamplingOptions, RewardChoice, TrainerConfig):
 
     def validate_for_run(self) -> None:
         """A run needs exactly one reward, with valid options; checked before data or models load
-        (``show-config`` skips this so it can print the defaults)."""
-        from easyrlhf_core.errors import ConfigError
-        from easyrlhf_core.registry import get_registry
-
+        (``show-config`` skips this so it can print the defaults). Built once: the trainer gets it."""
         super().validate_for_run()
-        if self.reward_model is None and self.reward is None:
-            raise ConfigError("PPO needs a reward: pass --reward-model PATH (a sequence-classifier directory, "
-                              "e.g. from --method rm) or --reward NAME (see `easyrlhf list-plugins`)",
-                              where="--reward-model")
-        self.build_reward(get_registry())
+        self.require_reward(" to score its samples")
+        self.build_reward()
 
     @property
     def mini_batch_size(self) -> int:

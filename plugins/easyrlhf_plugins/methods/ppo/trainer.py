@@ -22,7 +22,8 @@ from easyrlhf_core.checkpoints import remove_checkpoints_after
 from easyrlhf_core.hf import NonFinite, check_ranks_agree, continue_schedule, diverged_error
 from easyrlhf_core.kit import rl_math
 from easyrlhf_core.metrics import drop_rows_after
-from easyrlhf_core.online import SAMPLES_FILE, prompts_that_fit, record_columns, score_with_columns
+from easyrlhf_core.online import SAMPLES_FILE, prompts_that_fit
+from easyrlhf_core.rewards import record_columns, score_with_columns
 from easyrlhf_core.run import RunInterrupted, StopSignals
 from easyrlhf_core.models import unwrap
 from easyrlhf_core.zero import (fill_size_autos, gathered, gathered_for_generation, inference_engine,
@@ -78,7 +79,7 @@ def build_accelerator(config: PPOConfig) -> Any:
 
 
 def make_reward_function(run: Run, config: PPOConfig) -> RewardFunction:
-    """``--reward-model PATH`` -> the ``reward-model`` plugin; ``--reward NAME`` -> that plugin."""
+    """The run's one reward (``--reward-model PATH`` or ``--reward NAME``), as validation built it."""
     run.log(f"reward: {config.describe_reward()}")
     return config.build_reward(run.registry)
 

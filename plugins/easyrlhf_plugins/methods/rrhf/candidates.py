@@ -88,15 +88,16 @@ def write_cache(path: Path, key: str, splits: dict[str, list[Record]]) -> None:
 
 
 def reward_function(run: Run) -> RewardFunction:
-    """The reward plugin that scores candidates: ``--reward-model PATH`` or ``--reward NAME``."""
+    """The reward plugin that scores candidates (``--reward-model PATH`` or ``--reward NAME``), as validation
+    built it."""
     return run.config.build_reward(run.registry)
 
 
 def score_all(reward: RewardFunction, prompts: list[list[Message]], completions: list[str],
               log: Any = lambda _m: None, columns: dict[str, list[Any]] | None = None) -> list[float]:
-    """Scores in chunks (:func:`easyrlhf_core.online.score_with_columns`: one number per completion, the
+    """Scores in chunks (:func:`easyrlhf_core.rewards.score_with_columns`: one number per completion, the
     records' extra columns handed over to rewards that read them)."""
-    from easyrlhf_core.online import score_with_columns
+    from easyrlhf_core.rewards import score_with_columns
 
     scores: list[float] = []
     for start in range(0, len(completions), SCORE_CHUNK):
@@ -154,7 +155,7 @@ def build_candidates(records: list[Record], sampled: list[list[str]], reward: Re
     """Ranked records: sampled (+ dataset) responses per prompt, every one scored by ``reward``."""
     responses = [list(s) + (list(r["responses"]) if keep_dataset_responses else [])
                  for r, s in zip(records, sampled)]
-    from easyrlhf_core.online import record_columns
+    from easyrlhf_core.rewards import record_columns
 
     flat_records = [r for r, rs in zip(records, responses) for _ in rs]
     flat_scores = score_all(reward, [r["prompt"] for r in flat_records], [x for rs in responses for x in rs], log,

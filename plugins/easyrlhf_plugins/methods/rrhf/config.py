@@ -7,12 +7,15 @@ from typing import Literal
 
 from easyrlhf_core.config import invalid, option, require_positive
 from easyrlhf_core.prefix_sharing import PREFIX_SHARING_HELP
-from easyrlhf_core.training import RewardChoice, SamplingOptions, TrainerConfig
+from easyrlhf_core.rewards import OneRewardOptions
+from easyrlhf_core.training import SamplingOptions, TrainerConfig
 
 
 @dataclass
-class RRHFConfig(SamplingOptions, RewardChoice, TrainerConfig):
+class RRHFConfig(SamplingOptions, OneRewardOptions, TrainerConfig):
     """RRHF: a ranking loss over k scored candidates per prompt plus fine-tuning on the best one."""
+
+    method_name = "rrhf"  # in messages
 
     rank_weight: float = option(1.0, "Weight of the ranking loss: L = rank_weight * L_rank + L_ft (paper and the "
                                      "reference code's training scripts: 1).")
@@ -31,10 +34,10 @@ class RRHFConfig(SamplingOptions, RewardChoice, TrainerConfig):
     generation_batch_size: int = option(8, "candidates=generate: prompts per generate() call.")
     prefix_sharing: bool = option(True, PREFIX_SHARING_HELP)
     # candidates=generate samples with max_new_tokens, temperature, top_k, top_p (SamplingOptions) and scores
-    # with reward_model or reward, reward_options (RewardChoice)
+    # with reward_model or reward, reward_options (OneRewardOptions)
 
     def __post_init__(self) -> None:
-        super().__post_init__()
+        super().__post_init__()  # OneRewardOptions: not both of reward_model and reward
         if self.rank_weight < 0:
             raise invalid("rank_weight", "must be >= 0")
         if self.length_penalty < 0:
@@ -44,12 +47,7 @@ class RRHFConfig(SamplingOptions, RewardChoice, TrainerConfig):
         require_positive(self, "generation_batch_size")
         has_reward = self.reward is not None or self.reward_model is not None
         if self.candidates == "generate":
-            if self.reward is not None and self.reward_model is not None:
-                raise invalid("reward", "and reward_model are both set; give one: --reward NAME or "
-                                        "--reward-model PATH")
-            if not has_reward:
-                raise invalid("candidates", "'generate' needs a reward to score the candidates: add "
-                                            "--reward-model PATH or --reward NAME")
+            self.require_reward(" to score the candidates (candidates=generate)", key="candidates")
             if self.num_generations == 0 and not self.keep_dataset_responses:
                 raise invalid("num_generations", "is 0 and keep_dataset_responses is false: no candidates "
                                                  "left to rank")
@@ -63,4 +61,4 @@ class RRHFConfig(SamplingOptions, RewardChoice, TrainerConfig):
         checked before data or models load."""
         super().validate_for_run()
         if self.candidates == "generate":
-            self.build_reward()
+            self.build_reward()  # built once: candidate scoring gets it
