@@ -81,7 +81,8 @@ def child(tokenizer_spec: str) -> None:
     datasets.disable_progress_bars()
 
     t0 = time.perf_counter()
-    splits = load_dataset(get_registry().get("datasets", "hh-rlhf"), DataOptions(shape=Shape.PREFERENCE, eval_fraction=0.0))
+    splits = load_dataset(get_registry().get("datasets", "hh-rlhf"),
+                          DataOptions(shape=Shape.PREFERENCE, eval_fraction=0.0))
     t1 = time.perf_counter()
     dataset = as_hf_dataset(splits.train)
     t2 = time.perf_counter()

@@ -100,7 +100,8 @@ def main() -> None:
             for side, command in (order if repeat % 2 == 0 else order[::-1]):
                 child = run_child(command)
                 if side == "raw":
-                    result = json.loads(next(line[7:] for line in child.output.splitlines() if line.startswith("RESULT ")))
+                    result = json.loads(next(line[7:] for line in child.output.splitlines()
+                                             if line.startswith("RESULT ")))
                     runtime, loss = result["train_runtime"], result["last_loss"]
                 else:
                     rows = read_metrics(root / "ours")
@@ -111,7 +112,8 @@ def main() -> None:
                 best[side] = min(best.get(side, step), step)
                 rss[side] = max(rss.get(side, 0.0), child.peak_rss_mib)
                 losses[side] = loss
-                print(f"repeat {repeat + 1} {side}: {step:.2f} s/step, peak RSS {child.peak_rss_mib:.0f} MiB", file=sys.stderr)
+                print(f"repeat {repeat + 1} {side}: {step:.2f} s/step, peak RSS {child.peak_rss_mib:.0f} MiB",
+                      file=sys.stderr)
     print(f"| grpo | raw TRL {best['raw']:.2f} s/step | easyrlhf {best['ours']:.2f} s/step | ratio "
           f"{best['ours'] / best['raw']:.3f} | peak RSS {rss['raw']:.0f} / {rss['ours']:.0f} MiB |")
     print(f"check: last loss raw {losses['raw']:.6g}, ours {losses['ours']:.6g}")

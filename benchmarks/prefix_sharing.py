@@ -144,7 +144,8 @@ def main() -> None:
                           f"{measured.peak_rss_mib:.0f} MiB, last loss {measured.last_loss:.6g}", file=sys.stderr)
     remove(work)
     print(f"model: {model}; {args.steps} steps x {args.batch} pairs (rrhf: queries, k={args.k}), max_length "
-          f"{args.max_length}, {args.samples} hh-rlhf records, best of {args.repeats}; total {time.time() - started:.0f} s")
+          f"{args.max_length}, {args.samples} hh-rlhf records, best of {args.repeats}; "
+          f"total {time.time() - started:.0f} s")
     print("| method | precision | baseline | baseline tokens/s | shared tokens/s | speed-up | baseline RSS MiB "
           "| shared RSS MiB | RSS ratio | last loss baseline / shared |")
     print("|---|---|---|---|---|---|---|---|---|---|")

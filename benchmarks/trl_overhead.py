@@ -134,7 +134,7 @@ def raw_trl(method: str, model: str, data: Path, out: Path, args: argparse.Names
             "gradient_checkpointing": args.gradient_checkpointing}
     script = RAW_HEADER + RAW_TRAINERS[method] + RAW_FOOTER
     child = run_child([sys.executable, "-c", script, json.dumps(opts)])
-    line = next(l for l in child.output.splitlines() if l.startswith("RESULT "))
+    line = next(output_line for output_line in child.output.splitlines() if output_line.startswith("RESULT "))
     result = json.loads(line[len("RESULT "):])
     return Measurement(result["train_runtime"] / args.steps, child.peak_rss_mib, result["num_tokens"],
                        result["loss"])

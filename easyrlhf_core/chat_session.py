@@ -60,7 +60,8 @@ class ChatSettings:
         """Numbers in range; sampling options only with ``--sample``. Raises :class:`ConfigError` naming the flag."""
         from .training import check_sampling
 
-        for flag, value, minimum in (("--max-new-tokens", self.max_new_tokens, 1), ("--max-length", self.max_length, 2)):
+        for flag, value, minimum in (("--max-new-tokens", self.max_new_tokens, 1),
+                                     ("--max-length", self.max_length, 2)):
             if value < minimum:
                 raise ConfigError(f"must be >= {minimum}, got {value}", where=flag)
         if self.max_new_tokens >= self.max_length:

@@ -89,7 +89,8 @@ def version_report() -> str:
     import importlib.metadata as metadata
     import platform
 
-    lines = [f"easyrlhf {__version__}", f"python {platform.python_version()} ({platform.system()} {platform.machine()})"]
+    lines = [f"easyrlhf {__version__}",
+             f"python {platform.python_version()} ({platform.system()} {platform.machine()})"]
     for package in ("torch", "transformers", "trl", "peft", "accelerate", "datasets", "deepspeed"):
         try:
             lines.append(f"{package} {metadata.version(package)}")
@@ -144,7 +145,8 @@ def list_plugins(as_json: bool) -> None:
             description = entry.get("description", "")
             if entry.get("conflict"):
                 description = f"[red]conflict:[/red] {entry['conflict']}"
-            table.add_row(entry["name"], description, *(str(entry.get(c, "")) for c in ("plugin", "package", "version")))
+            table.add_row(entry["name"], description,
+                          *(str(entry.get(c, "")) for c in ("plugin", "package", "version")))
         console.print(table)
     table = Table(title="Plugins", title_justify="left")
     for col in ("plugin", "package", "version", "status", "error"):
@@ -204,7 +206,8 @@ def config_options(func: Callable[..., Any]) -> Callable[..., Any]:
 @click.option("--output-dir", "-o", help="Run directory (default: runs/<method>-<timestamp>).")
 @click.option("--seed", type=int, help="Random seed.")
 @click.option("--lora", is_flag=True, default=None, help="Train LoRA adapters (peft) instead of all weights.")
-@click.option("--save-adapter-only", is_flag=True, default=None, help="With --lora: save the adapter, not the merged model.")
+@click.option("--save-adapter-only", is_flag=True, default=None,
+              help="With --lora: save the adapter, not the merged model.")
 @click.option("--precision", type=click.Choice(["auto", "fp32", "bf16", "fp16"]), help="Training precision.")
 @click.option("--gradient-checkpointing", is_flag=True, default=None, help="Recompute activations to save memory.")
 @click.option("--deepspeed", help="DeepSpeed JSON config (e.g. configs/deepspeed/zero2.json).")

@@ -54,7 +54,8 @@ def apply_options(options: DataOptions, loaded: DataSplits) -> DataSplits:
         train, evaluation = shuffled(loaded.train, options.seed), shuffled(loaded.eval, options.seed)
     else:
         train, evaluation = carve_eval(loaded.train, options.eval_fraction, options.seed)
-    return DataSplits(loaded.shape, limit(train, options.max_train_samples), limit(evaluation, options.max_eval_samples),
+    return DataSplits(loaded.shape, limit(train, options.max_train_samples),
+                      limit(evaluation, options.max_eval_samples),
                       list(loaded.notes) + options.bad_rows.notes())
 
 

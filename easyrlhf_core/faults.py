@@ -180,7 +180,8 @@ def disk_full_error(run: RunContext, exc: BaseException, writing: Path | None = 
         free = ""
     cleaned = " (the partial one was removed)" if removed else ""
     return EasyRLHFError(f"the disk is full: writing {name} ran out of space ({size}{free}){cleaned}; "
-                         f"{checkpoint_note(run)}; free some space (or lower save_total_limit, or choose an --output-dir "
+                         f"{checkpoint_note(run)}; free some space (or lower save_total_limit, "
+                         "or choose an --output-dir "
                          f"on a larger disk), then {_then(run)}",
                          where=str(directory))
 

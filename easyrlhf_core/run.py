@@ -372,7 +372,8 @@ def _resolve_with_flag_locations(config_cls: type, layers: list[Layer], method: 
         def error(self, key: str, message: str) -> ConfigError:  # name the flag, not "flags"
             return ConfigError(message, where="--" + key.split(".")[-1].replace("_", "-"))
 
-    fixed = [(_FlagLayer(values=l.values, source=l.source) if l.source == "flags" else l) for l in layers]
+    fixed = [(_FlagLayer(values=layer.values, source=layer.source) if layer.source == "flags" else layer)
+             for layer in layers]
     return resolve_config(config_cls, fixed, method)
 
 

@@ -10,7 +10,8 @@ dead process is taken over with a note. Both files are removed when the run ends
 
 **Nothing lost.** :meth:`RunDirectory.claim` remembers what the directory held. ``--overwrite`` moves the old
 contents aside (into ``OUTPUT_DIR/.easyrlhf.replaced``) instead of deleting them; they are deleted once the new
-run has trained (after a start killed before that, the next run that takes the lock over restores them). A run that fails before it has trained (no complete checkpoint, no saved ``model/``, no metrics row)
+run has trained (after a start killed before that, the next run that takes the lock over restores them). A run
+that fails before it has trained (no complete checkpoint, no saved ``model/``, no metrics row)
 is rolled back by :meth:`RunDirectory.rollback`: what it created is removed and the old contents come back,
 so the corrected command just works.
 """

@@ -122,7 +122,8 @@ class Trackers:
             return
         if not self.opened:
             self._open(step)
-        values = {k: v for k, v in row.items() if k != "step" and isinstance(v, (int, float)) and not isinstance(v, bool)}
+        values = {k: v for k, v in row.items()
+                  if k != "step" and isinstance(v, (int, float)) and not isinstance(v, bool)}
         for tracker in self.trackers:
             tracker.log(values, step=step)
 

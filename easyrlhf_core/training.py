@@ -251,8 +251,8 @@ def data_splits(run: RunContext) -> tuple[Any, Any]:
 def training_arguments(config: BaseConfig, run: RunContext, has_eval: bool) -> dict[str, Any]:
     """Keyword arguments for ``TrainingArguments`` (or a TRL ``*Config``) from the shared options: output
     under ``OUTPUT_DIR/checkpoints``, seed, steps, optimiser, batch sizes, logging / eval / save cadence,
-    precision, gradient checkpointing, DeepSpeed, ``report_to="none"`` (our tracking logs the rows). Override any by keyword in
-    :func:`trl_arguments`."""
+    precision, gradient checkpointing, DeepSpeed, ``report_to="none"`` (our tracking logs the rows). Override any by
+    keyword in :func:`trl_arguments`."""
     from .hf import training_arguments as arguments
 
     return arguments(config, run, has_eval=has_eval)

@@ -102,7 +102,8 @@ def test_resume_of_a_complete_run_changes_nothing(cli_run, tmp_path):
 ])
 def test_bad_input_gives_one_error_line_and_writes_nothing(cli_run, tmp_path, args, expected):
     out = tmp_path / "run"
-    result = cli_run("run", "--output-dir", str(out), *(args if "--dataset" in args else args + ["--dataset", "test-prompts"]))
+    result = cli_run("run", "--output-dir", str(out),
+                     *(args if "--dataset" in args else args + ["--dataset", "test-prompts"]))
     assert result.exit_code == 2
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith(expected), lines

@@ -175,7 +175,8 @@ def test_slimorca_bad_rows(tmp_path):
                                                  {"conversations": [{"from": "robot", "value": "x"}]}])
     with pytest.raises(DataError) as info:
         load(SlimOrcaDataset, Shape.CONVERSATION, [path])
-    assert str(info.value) == f"{path}:2: 'conversations' has no 'gpt' turn; each conversation needs the assistant's reply"
+    assert str(info.value) == (f"{path}:2: 'conversations' has no 'gpt' turn; "
+                               "each conversation needs the assistant's reply")
     splits = load(SlimOrcaDataset, Shape.CONVERSATION, [path], skip_bad_rows=True)
     assert len(splits.train) == 1 and splits.notes[-1].startswith("skipped 2 bad rows (skip_bad_rows); first: "
                                                                   f"{path}:2: ")

@@ -28,7 +28,8 @@ def run_args(method: str, model: Path, data: Path, out: Path, per_device: int, s
 @pytest.mark.parametrize("method", ["sft", "dpo"])
 def test_two_ranks_train_in_sync_on_different_data_and_rank0_writes(method, tiny_model_dir, pairs_file, tmp_path,
                                                                      cli_run, shared_runs):
-    result = shared_runs.get(f"{method}-ddp", lambda out: run_args(method, tiny_model_dir, pairs_file, out, per_device=2),
+    result = shared_runs.get(f"{method}-ddp",
+                             lambda out: run_args(method, tiny_model_dir, pairs_file, out, per_device=2),
                              num_processes=2)  # tests/test_deepspeed.py compares ZeRO runs with it
     two = result.output_dir
     assert result.returncode == 0, result.stderr
@@ -43,8 +44,8 @@ def test_two_ranks_train_in_sync_on_different_data_and_rank0_writes(method, tiny
     assert [r["step"] for r in train_rows(two)] == [1, 2, 3]
     assert sum("train_runtime" in r for r in result.metrics) == 1
     assert sum("eval_loss" in r for r in result.metrics) == 1
-    assert sorted(p.name for p in two.iterdir()) == ["COMPLETE", "README.md", "checkpoints", "config.yaml", "inputs.json",
-                                                     "metrics.jsonl", "model", "plots", "summary.json"]
+    assert sorted(p.name for p in two.iterdir()) == ["COMPLETE", "README.md", "checkpoints", "config.yaml",
+                                                     "inputs.json", "metrics.jsonl", "model", "plots", "summary.json"]
     assert sorted(p.name for p in (two / "checkpoints").glob("checkpoint-*")) == ["checkpoint-2", "checkpoint-3"]
     assert all((p / "COMPLETE").is_file() for p in (two / "checkpoints").glob("checkpoint-*"))
     assert result.stderr.count("saved model to") == 1

@@ -341,8 +341,8 @@ def test_resume_after_the_model_changed_on_disk_is_refused(echo, cli_run, tiny_m
     out = tmp_path / "run"
     before = _stopped_run(cli_run, out, "--model", str(model), "--dataset", "test-prompts")
     recorded = json.loads((out / "inputs.json").read_text())
-    assert recorded["model_path"] == str(model.resolve()) and set(recorded["model_fingerprint"]) == {"config", "tokenizer",
-                                                                                             "weights"}
+    assert recorded["model_path"] == str(model.resolve()) and set(recorded["model_fingerprint"]) == {
+        "config", "tokenizer", "weights"}
     tokenizer = json.loads((model / "tokenizer.json").read_text())
     tokenizer["added_tokens"] = tokenizer["added_tokens"][:-1]
     (model / "tokenizer.json").write_text(json.dumps(tokenizer))

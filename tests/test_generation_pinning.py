@@ -55,7 +55,8 @@ def _ppo_sample(model: object, tokenizer: object, seed: int = 3) -> list[list[in
 
     from easyrlhf_core import lm
 
-    config = generation_config(PPOConfig(max_new_tokens=8, temperature=0.9), tokenizer, lm.stop_token_ids(tokenizer, model))
+    config = generation_config(PPOConfig(max_new_tokens=8, temperature=0.9), tokenizer,
+                               lm.stop_token_ids(tokenizer, model))
     ids, mask = _queries(tokenizer)
     torch.manual_seed(seed)
     with torch.no_grad():
@@ -91,7 +92,8 @@ def test_ppo_rollout_uses_our_settings_alone(tiny_model_dir, leaky_model_dir, mo
     monkeypatch.setattr(GenerationMixin, "_prepare_generation_config", recording)
     sampled = _ppo_sample(leaky_model, tokenizer)
     config = used[-1]
-    assert (config.min_p, config.no_repeat_ngram_size, config.repetition_penalty, config.typical_p) == (None, 0, 1.0, 1.0)
+    assert (config.min_p, config.no_repeat_ngram_size, config.repetition_penalty, config.typical_p) == (
+        None, 0, 1.0, 1.0)
     assert (config.bad_words_ids, config.suppress_tokens, config.top_k, config.top_p) == (None, None, 0, 1.0)
     assert config.temperature == 0.9
     assert sampled == _ppo_sample(clean_model, tokenizer)

@@ -106,7 +106,8 @@ def test_match_reads_the_dataset_column(cli_run, tiny_model_dir, prompts, tmp_pa
     columns = {"answer": ["42", "8", "1", 3]}
     assert match.score([[]] * 4, completions, columns=columns) == [1.0, 0.0, 0.0, 1.0]
     tagged = MatchReward(pattern=r"<answer>(.*?)</answer>")
-    assert tagged.score([[]] * 2, ["<answer>Paris</answer>", "Paris"], columns={"answer": ["paris", "Paris"]}) == [1.0, 0.0]
+    assert tagged.score([[]] * 2, ["<answer>Paris</answer>", "Paris"],
+                        columns={"answer": ["paris", "Paris"]}) == [1.0, 0.0]
     out = tmp_path / "match"
     result = cli_run(*args("grpo", tiny_model_dir, prompts, out, "--reward", "match", "--max-steps", "1"))
     assert result.exit_code == 0, result.stderr
@@ -122,12 +123,14 @@ def test_match_reads_the_dataset_column(cli_run, tiny_model_dir, prompts, tmp_pa
     (["--set", "loss_type=ppo"], "one of 'grpo', 'dr_grpo', 'dapo'"),
     (["--set", "reward_options.letter=e"], "a reward is needed"),
     (["--set", "rewards=[{reward: length, wieght: 2}]"], "unknown key(s) wieght"),
-    (["--reward", "count-letter", "--set", "reward_options.lettr=e"], "unknown option(s) lettr (did you mean 'letter'?)"),
+    (["--reward", "count-letter", "--set", "reward_options.lettr=e"],
+     "unknown option(s) lettr (did you mean 'letter'?)"),
     (["--reward", "count-letter", "--reward", "length", "--set", "reward_options.target=3"], "with several rewards"),
 ])
 def test_bad_configs_fail_before_anything_is_written(cli_run, tiny_model_dir, prompts, tmp_path, extra, message):
     out = tmp_path / "never"
-    reward = [] if any(a.startswith(("--reward", "rewards=")) or "reward_options" in a for a in extra) else ["--reward", "length"]
+    reward = ([] if any(a.startswith(("--reward", "rewards=")) or "reward_options" in a for a in extra)
+              else ["--reward", "length"])
     result = cli_run(*args("grpo", tiny_model_dir, prompts, out, *reward, *extra))
     assert result.exit_code == 2, result.stderr
     assert result.stderr.startswith("Error:") and message in result.stderr, result.stderr
@@ -200,7 +203,8 @@ def test_a_batch_that_does_not_split_into_groups_is_one_line_and_leaves_nothing(
     result = cli_run(*args("grpo", tiny_model_dir, prompts, out, "--reward", "length", "--set", "num_generations=3"))
     assert result.exit_code == 2  # TRL's check (it counts every process), in our voice
     errors = [line for line in result.stderr.splitlines() if line.startswith("Error:")]
-    assert len(errors) == 1 and errors[0].startswith("Error: num_generations: ") and "multiple of num_generations" in errors[0]
+    assert (len(errors) == 1 and errors[0].startswith("Error: num_generations: ")
+            and "multiple of num_generations" in errors[0])
     assert "Traceback" not in result.stderr and not out.exists()
 
 

@@ -28,7 +28,8 @@ def test_shipped_configs_by_name_from_anywhere(cli_run, tmp_path, monkeypatch):
     assert result.stdout.startswith("method: rlhf\n")
     assert "easyrlhf_core/configs/deepspeed/zero3.json" in result.stdout
     missing = cli_run("show-config", "--config", "rlfh")
-    assert missing.exit_code == 2 and "name a shipped config: dpo, grpo, ipo, ppo, quickstart, rlhf, rloo, rm, rrhf, sft" in missing.stderr
+    assert missing.exit_code == 2 and ("name a shipped config: dpo, grpo, ipo, ppo, quickstart, rlhf, rloo, rm, rrhf, "
+                                       "sft") in missing.stderr
 
 
 def test_the_wheel_carries_what_the_docs_reference(tmp_path):

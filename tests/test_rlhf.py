@@ -153,9 +153,10 @@ def test_a_full_config_dump_still_lets_top_level_flags_reach_the_stages(tmp_path
 
 
 def test_rm_model_with_an_rl_stage_that_names_its_own_reward_is_refused(cli_run, tmp_path, tiny_model_dir):
-    result = cli_run("run", "--method", "rlhf", "--output-dir", str(tmp_path / "x"), "--set", f"rm.model={tiny_model_dir}",
-                     "--set", "ppo.reward=length")
-    assert result.exit_code == 2 and "'rm.model' is used only when the ppo stage is scored by the reward model" in result.stderr
+    result = cli_run("run", "--method", "rlhf", "--output-dir", str(tmp_path / "x"),
+                     "--set", f"rm.model={tiny_model_dir}", "--set", "ppo.reward=length")
+    assert result.exit_code == 2 and ("'rm.model' is used only when the ppo stage is scored by the reward model"
+                                      in result.stderr)
 
 
 def _plan(flags: dict, set_options: list[str] | None = None, config_file: str | None = None):

@@ -379,7 +379,8 @@ def test_ft_normalization_reaches_the_trainer(cli_run, tiny_model_dir, tmp_path)
     assert "ft_normalization=sum" in result.stderr
     mean = _rrhf(cli_run, tiny_model_dir, tmp_path / "ft-mean", "--max-steps", "1")
     assert mean.exit_code == 0, mean.stderr
-    summed_ft, mean_ft = (next(r["ft_loss"] for r in _metrics(d) if "ft_loss" in r) for d in (out, tmp_path / "ft-mean"))
+    summed_ft, mean_ft = (next(r["ft_loss"] for r in _metrics(d) if "ft_loss" in r)
+                          for d in (out, tmp_path / "ft-mean"))
     assert summed_ft > 2 * mean_ft  # the same first batch, summed over its multi-token best answers
     bad = _rrhf(cli_run, tiny_model_dir, tmp_path / "bad", "--set", "ft_normalization=median")
     assert bad.exit_code == 2 and "one of 'mean', 'sum'" in bad.stderr

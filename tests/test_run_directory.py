@@ -60,7 +60,8 @@ def test_a_lock_left_by_a_dead_process_is_taken_over(tmp_path):
     out = tmp_path / "stale"
     out.mkdir()
     dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
-    (out / LOCK_FILE).write_text(json.dumps({"pid": int(dead.stdout), "host": socket.gethostname(), "command": "easyrlhf run"}))
+    (out / LOCK_FILE).write_text(json.dumps({"pid": int(dead.stdout), "host": socket.gethostname(),
+                                             "command": "easyrlhf run"}))
     notes: list[str] = []
     directory = RunDirectory(out, log=notes.append).lock()
     assert any("taking over the lock" in n and f"pid {int(dead.stdout)}" in n and "no longer running" in n
@@ -116,7 +117,8 @@ def test_a_failure_before_training_leaves_the_directory_as_it_was(case, cli_run,
     error = [line for line in result.stderr.splitlines() if line.startswith("Error:")]
     assert len(error) == 1 and "Traceback" not in result.stderr, result.stderr
     expected = {"missing-model": "model path not found",
-                "damaged-weights": f"Error: {damaged_model / 'model.safetensors'}: damaged weights file: it is truncated",
+                "damaged-weights": f"Error: {damaged_model / 'model.safetensors'}: damaged weights file: "
+                                   "it is truncated",
                 "lora-targets": "Error: lora.target_modules: 'qkv_proj' matches no module"}[case]
     assert expected in error[0], error[0]
     if case == "lora-targets":

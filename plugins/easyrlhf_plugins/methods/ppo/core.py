@@ -43,7 +43,8 @@ def response_mask(responses: torch.Tensor, stop_token_ids: list[int]) -> tuple[t
     has_stop = is_stop.any(dim=1)
     length = responses.shape[1]
     positions = torch.arange(length, device=responses.device).expand_as(responses)
-    first = torch.where(has_stop, is_stop.float().argmax(dim=1), torch.full_like(has_stop, length - 1, dtype=torch.long))
+    first = torch.where(has_stop, is_stop.float().argmax(dim=1),
+                        torch.full_like(has_stop, length - 1, dtype=torch.long))
     mask = (positions <= first.unsqueeze(1)).long()
     return mask, has_stop
 
