@@ -16,11 +16,11 @@ import shutil
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import TYPE_CHECKING, Any, TextIO
 
 from . import chat
 from .errors import ConfigError, EasyRLHFError
+from .models import model_label
 from .shapes import Message
 
 if TYPE_CHECKING:
@@ -128,20 +128,6 @@ def load_chat_model(ref: ModelRef, label: str, trust_remote_code: bool = False) 
     stops = stop_token_ids(tokenizer, model)
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else stops[0]
     return ChatModel(label=label, model=model, tokenizer=tokenizer, stops=stops, pad=pad)
-
-
-def model_label(name: str) -> str:
-    """A short name for ``name``: a directory's name (a run's ``model/`` is named after its run), a .gguf
-    file's stem, or the Hub id."""
-    path = Path(name).expanduser()
-    if not path.exists():
-        return name
-    path = path.resolve()
-    if path.suffix == ".gguf":
-        return path.stem
-    if path.name == "model" and path.parent.name:
-        return path.parent.name
-    return path.name
 
 
 def model_labels(names: list[str]) -> list[str]:

@@ -10,7 +10,7 @@ from typing import Any, Callable, NoReturn
 import click
 
 from . import __version__
-from .errors import EasyRLHFError, RanksFailed
+from .errors import EasyRLHFError, RanksFailed, one_line
 
 
 def _fail(message: str, code: int = 2) -> NoReturn:
@@ -54,18 +54,13 @@ def handle_errors(func: Callable[..., Any]) -> Callable[..., Any]:
             click.echo("Interrupted.", err=True)
             _exit(130)
         except Exception as exc:  # an unexpected failure: still one line unless --debug
-            message = f"{type(exc).__name__}: {_one_line(str(exc))}"
+            message = f"{type(exc).__name__}: {one_line(str(exc))}"
             if debug:
                 _record_for_parent(message, 1)
                 raise
             _fail(f"{message} (run again with --debug for the traceback)", code=1)
 
     return wrapper
-
-
-def _one_line(text: str) -> str:
-    """A library's multi-line message as one line."""
-    return " ".join(line.strip() for line in text.splitlines() if line.strip())
 
 
 def _record_for_parent(message: str, code: int) -> None:

@@ -5,6 +5,11 @@ from __future__ import annotations
 from pathlib import Path
 
 
+def one_line(text: str) -> str:
+    """A library's multi-line message as one line (what an ``Error:`` line quotes of it)."""
+    return " ".join(line.strip() for line in text.splitlines() if line.strip())
+
+
 class EasyRLHFError(Exception):
     """Bad input or setup, reported as one line: ``Error: <where>: <what is wrong and how to fix it>``.
 

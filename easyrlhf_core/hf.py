@@ -200,11 +200,19 @@ class NonFinite:
                 for name, value in found]
 
 
+def checks_gradient_norm(accelerator: Any) -> bool:
+    """Whether a non-finite gradient norm means divergence: not under fp16 loss scaling (a gradient scaler),
+    where an overflow step is skipped by the scaler and the scale lowered, as it should be."""
+    return getattr(accelerator, "scaler", None) is None
+
+
 class DivergenceCallback(TrainerCallback):
     """Stops training at the first optimizer step whose loss or gradient norm is not finite (NaN or inf),
     before that step is saved or evaluated; :func:`train_and_save` then raises :func:`diverged_error`.
     :meth:`watch` wraps the trainer's ``training_step`` (every micro-batch's loss) and its accelerator's
-    ``clip_grad_norm_`` (the Trainer's gradient norm, clipped or not) to feed a :class:`NonFinite`."""
+    ``clip_grad_norm_`` (the Trainer's gradient norm, clipped or not) to feed a :class:`NonFinite`. Under fp16
+    loss scaling an infinite gradient norm is an overflow step the scaler skips (:func:`checks_gradient_norm`),
+    so only the loss is watched there."""
 
     def __init__(self) -> None:
         self.values = NonFinite()
@@ -222,7 +230,8 @@ class DivergenceCallback(TrainerCallback):
 
         def checked_clip(*args: Any, **kwargs: Any) -> Any:
             norm = clip(*args, **kwargs)
-            self.values.note("gradient norm", norm)
+            if checks_gradient_norm(trainer.accelerator):
+                self.values.note("gradient norm", norm)
             return norm
 
         trainer.training_step = checked_training_step
@@ -257,8 +266,8 @@ def continue_schedule(run: RunContext, scheduler: Any, step: int, total: int, wa
                       peaks: list[float] | float | None = None, unit: str = "step") -> None:
     """After ``--resume`` loaded a learning-rate scheduler's saved state: the schedule for this run's horizon
     (``total`` steps; ``was`` in the run that saved it, None: not recorded) and peak rates (``peaks``, one per
-    parameter group or one for all, from this run's config; None: as saved), at the saved step, and a log
-    line saying which.
+    parameter group, or one number: the first group's, the others scaled with it so their ratios stay; from
+    this run's config; None: as saved), at the saved step, and a log line saying which.
 
     The saved state holds the step, the old peak rates and the old horizon's last rate (0 at the end of a
     linear decay), which the optimizer's state restores too. transformers' schedules (``LambdaLR`` over a
@@ -275,8 +284,10 @@ def continue_schedule(run: RunContext, scheduler: Any, step: int, total: int, wa
                     f"{was} {unit}s, not {total}")
         return
     notes = []
-    if isinstance(peaks, (int, float)):
-        peaks = [float(peaks)] * len(inner.base_lrs)
+    if isinstance(peaks, (int, float)):  # a plugin's per-group rates (a value head, LoRA+) keep their ratios
+        first = float(inner.base_lrs[0]) if inner.base_lrs else 0.0
+        peaks = ([float(base) * float(peaks) / first for base in inner.base_lrs] if first
+                 else [float(peaks)] * len(inner.base_lrs))
     if peaks is not None and len(peaks) == len(inner.base_lrs) and list(peaks) != list(inner.base_lrs):
         notes.append(f"peak learning rate {peaks[0]:g} (was {inner.base_lrs[0]:g})")
         inner.base_lrs = list(peaks)

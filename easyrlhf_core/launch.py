@@ -254,7 +254,9 @@ def start_process_group(timeout_seconds: float) -> None:
         return
     if torch.cuda.is_available():
         torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
-        os.environ.setdefault("TORCH_NCCL_ASYNC_ERROR_HANDLING", "1")  # a timed-out NCCL call raises, not hangs
+        # NCCL's watchdog aborts a rank whose collective times out (a hang becomes a rank killed by SIGABRT,
+        # which ranks.py words); blocking waits would raise in Python instead, at the cost of a host sync each
+        os.environ.setdefault("TORCH_NCCL_ASYNC_ERROR_HANDLING", "1")
     dist.init_process_group(backend="nccl" if torch.cuda.is_available() else "gloo",
                             timeout=datetime.timedelta(seconds=timeout_seconds))
 

@@ -549,3 +549,17 @@ def unwrap(model: Any) -> Any:
     while hasattr(model, "module") and not hasattr(model, "peft_config"):
         model = model.module
     return model
+
+
+def model_label(name: str) -> str:
+    """A short name for ``name``: a directory's name (a run's ``model/`` is named after its run), a .gguf
+    file's stem, or the Hub id."""
+    path = Path(name).expanduser()
+    if not path.exists():
+        return name
+    path = path.resolve()
+    if path.suffix == ".gguf":
+        return path.stem
+    if path.name == "model" and path.parent.name:
+        return path.parent.name
+    return path.name

@@ -71,7 +71,10 @@ def first_failure(folder: Path) -> tuple[str, int] | None:
     exitcode = int(first["exitcode"])
     if exitcode < 0:
         name = _signal_name(-exitcode)
-        hint = " (out of memory? see `dmesg`)" if -exitcode == signal.SIGKILL else ""
+        hints: dict[int, str] = {signal.SIGKILL: " (out of memory? see `dmesg`)",
+                                 signal.SIGABRT: " (on GPUs: NCCL's watchdog ends a rank whose collective waited past "
+                                                 "collective_timeout; the rank's log names the call)"}
+        hint = hints.get(-exitcode, "")
         return f"rank {first['rank']}: killed by {name}{hint}", 128 - exitcode
     return f"rank {first['rank']}: exited with code {exitcode} before reporting an error", exitcode or 1
 

@@ -21,8 +21,8 @@ from __future__ import annotations
 
 import inspect
 import os
-from dataclasses import dataclass
 from pathlib import Path
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from .config import option
@@ -42,8 +42,6 @@ __all__ = [
 
 #: Where a reward's option errors point when raised (``where=``); the caller knows better (a file line, a flag).
 OPTIONS_WHERE = "reward_options"
-#: The directory a run saves its model in: a reward model there is labelled with its run's name.
-RUN_MODEL_DIR = "model"
 _SPEC_KEYS = {"reward", "reward_model", "weight", "options"}
 _FLAGS = ("--reward-model PATH", "--reward NAME")
 _LIST_KEYS = ("reward_model: PATH", "reward: NAME")
@@ -163,12 +161,18 @@ def _moved(old: ConfigError, new: ConfigError) -> ConfigError:
 
 
 def reward_model_label(path: str | os.PathLike[str]) -> str:
-    """A reward model's metrics label: its directory's own name, or, for a run's ``model/`` directory, the
-    run's (``runs/judges/rm-v2`` -> ``rm-v2``; ``runs/rm/model`` -> ``rm``)."""
-    folder = Path(os.path.abspath(os.path.expanduser(str(path))))
-    if folder.name == RUN_MODEL_DIR and folder.parent.name:
-        return folder.parent.name
-    return folder.name or "reward-model"
+    """A reward model's metrics label, one path component: a directory's own name, a run's ``model/`` named
+    after its run (``runs/judges/rm-v2`` -> ``rm-v2``; ``runs/rm/model`` -> ``rm``), of a Hub id
+    (``org/name``, never a run's ``model/``) its name."""
+    from .models import model_label
+
+    given = Path(os.path.expanduser(str(path)))
+    if given.exists():
+        return model_label(str(given))
+    parts = [p for p in given.parts if p not in ("", ".")]
+    if len(parts) > 2 and parts[-1] == "model":
+        return parts[-2]
+    return parts[-1] if parts else "reward-model"
 
 
 def reward_label(spec: dict[str, Any]) -> str:
@@ -348,12 +352,12 @@ def score_with_columns(reward: RewardFunction, prompts: list[list[Message]], com
         scores = list(reward.score(prompts, completions, columns=columns) if takes_columns  # type: ignore[call-arg]
                       else reward.score(prompts, completions))
     except Exception as exc:
-        from .errors import EasyRLHFError
+        from .errors import EasyRLHFError, one_line
         from .faults import RewardFailed, is_disk_full, is_out_of_memory
 
         if isinstance(exc, EasyRLHFError) or is_out_of_memory(exc) or is_disk_full(exc):
             raise
-        text = " ".join(line.strip() for line in str(exc).splitlines() if line.strip())
+        text = one_line(str(exc))
         raise RewardFailed(f"reward '{reward.name}' ({type(reward).__module__}.{type(reward).__name__}) raised "
                            f"{type(exc).__name__}{': ' + text if text else ''} while scoring {len(completions)} "
                            f"completions; fix the reward plugin or its options", where="--reward") from exc

@@ -219,13 +219,16 @@ class StopSignals:
             writer.close()
 
     def _handle(self, signum: int, frame: Any) -> None:  # no I/O here: the handler may interrupt a write
-        self._note(signum)
+        if self.received is None:  # the request, at once; only the watcher counts and times signals (one clock:
+            self.received = signum  # the same signal seen here and there late is never taken for a second one)
 
     def _note(self, signum: int) -> bool:
-        """Record a stop signal; True when it is a second one (not a repeat of the first)."""
+        """The watcher's record of a stop signal; True when it is a second one (not a repeat of the first)."""
         now = time.monotonic()
-        if self.received is None:
-            self.received, self._received_at = signum, now
+        if not self._received_at:
+            if self.received is None:
+                self.received = signum
+            self._received_at = now
             return False
         return now - self._received_at > self.REPEAT_WINDOW
 

@@ -223,3 +223,42 @@ def test_resume_with_a_lower_learning_rate_continues_at_it(cli_run, tiny_model_d
     assert [r["learning_rate"] for r in rows[2:]] == pytest.approx([linear_lr(1e-3, 4, s) for s in (3, 4)])
     assert ("--resume: resuming at step 2 of 4 (was 2): learning-rate schedule rebuilt for the new horizon; peak "
             "learning rate 0.001 (was 0.01)" in resumed.stderr)
+
+
+def test_under_fp16_loss_scaling_an_infinite_gradient_norm_is_a_skipped_step_not_divergence():
+    import torch
+
+    from easyrlhf_core.hf import DivergenceCallback
+
+    class Accelerator:
+        def __init__(self, scaler):
+            self.scaler = scaler
+
+        def clip_grad_norm_(self, *args, **kwargs):
+            return torch.tensor(float("inf"))
+
+    for scaler, expected in ((object(), []), (None, ["the gradient norm is inf"])):
+        trainer = type("Trainer", (), {})()
+        trainer.accelerator = Accelerator(scaler)
+        trainer.training_step = lambda *a, **k: torch.tensor(0.5)
+        callback = DivergenceCallback()
+        callback.watch(trainer)
+        trainer.training_step()
+        trainer.accelerator.clip_grad_norm_([], 1.0)
+        assert callback.values.check("cpu") == expected
+
+
+def test_a_new_learning_rate_on_resume_keeps_the_ratios_of_parameter_groups():
+    import torch
+
+    from easyrlhf_core.hf import continue_schedule
+
+    weights = [torch.nn.Parameter(torch.zeros(1)), torch.nn.Parameter(torch.zeros(1))]
+    optimizer = torch.optim.SGD([{"params": [weights[0]], "lr": 1e-3}, {"params": [weights[1]], "lr": 1e-2}])
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
+    logged = []
+    run = type("Run", (), {"log": staticmethod(logged.append)})()
+    continue_schedule(run, scheduler, step=2, total=4, was=4, peaks=2e-3)
+    assert [g["lr"] for g in optimizer.param_groups] == pytest.approx([2e-3, 2e-2])
+    continue_schedule(run, scheduler, step=2, total=4, was=4, peaks=2e-3)  # the same rate again: as saved
+    assert [g["lr"] for g in optimizer.param_groups] == pytest.approx([2e-3, 2e-2])

@@ -108,3 +108,30 @@ def test_collective_timeout_must_be_positive(cli_run, tmp_path):
     result = cli_run("run", "--method", "sft", "--output-dir", str(tmp_path / "o"), "--set", "collective_timeout=0")
     assert result.exit_code == 2
     assert "'collective_timeout' must be > 0 (seconds)" in result.stderr
+
+
+def test_one_signal_seen_late_by_the_watcher_is_not_a_second_one(monkeypatch):
+    from easyrlhf_core import run as run_module
+    from easyrlhf_core.run import StopSignals
+
+    clock = [100.0]
+    monkeypatch.setattr(run_module.time, "monotonic", lambda: clock[0])
+    stop = StopSignals(log=lambda _m: None)
+    stop._handle(signal.SIGTERM, None)  # the Python handler, in the main thread
+    assert stop.received == signal.SIGTERM
+    clock[0] += 5.0  # the watcher thread reads the same signal late (the main thread held the GIL)
+    assert stop._note(signal.SIGTERM) is False
+    clock[0] += 0.5  # a repeat within the window (the launcher forwarding it): still one
+    assert stop._note(signal.SIGTERM) is False
+    clock[0] += 2.0  # a real second signal
+    assert stop._note(signal.SIGTERM) is True
+
+
+def test_a_rank_aborted_names_the_nccl_watchdog(tmp_path):
+    import json
+
+    from easyrlhf_core.ranks import LAUNCHER_FILE, first_failure
+
+    (tmp_path / LAUNCHER_FILE).write_text(json.dumps([{"rank": 0, "exitcode": -6, "time": 1.0}]))
+    line, code = first_failure(tmp_path)
+    assert line.startswith("rank 0: killed by SIGABRT (on GPUs: NCCL's watchdog ends a rank") and code == 134

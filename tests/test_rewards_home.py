@@ -44,6 +44,8 @@ def test_a_reward_models_label_is_its_own_directorys_name(reward_dirs):
     assert reward_label({"reward_model": "runs/judges/rm-v2"}) == "rm-v2"
     assert reward_label({"reward_model": "runs/judges/rm-v2/"}) == "rm-v2"
     assert reward_label({"reward_model": "runs/rm/model"}) == "rm"
+    assert reward_label({"reward_model": "org/model"}) == "model"  # a Hub id: never taken for a run's model/
+    assert reward_label({"reward_model": "OpenAssistant/reward-model-deberta"}) == "reward-model-deberta"
     assert reward_label({"reward": "length", "reward_model": None}) == "length"
     config = WeightedRewardsOptions(reward_model=str(reward_dirs["plain"]),
                                     rewards=[{"reward_model": str(reward_dirs["run_model"]), "weight": 0.5},

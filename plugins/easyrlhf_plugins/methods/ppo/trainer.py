@@ -19,7 +19,8 @@ import torch
 
 from easyrlhf_core import lm
 from easyrlhf_core.checkpoints import remove_checkpoints_after
-from easyrlhf_core.hf import NonFinite, check_ranks_agree, continue_schedule, diverged_error
+from easyrlhf_core.hf import (NonFinite, check_ranks_agree, checks_gradient_norm, continue_schedule,
+                              diverged_error)
 from easyrlhf_core.kit import rl_math
 from easyrlhf_core.metrics import drop_rows_after
 from easyrlhf_core.online import SAMPLES_FILE, prompts_that_fit
@@ -270,8 +271,9 @@ class PPOTrainer:
                     accelerator.backward(loss)
                     self.nonfinite.note("loss", loss)
                     if accelerator.sync_gradients:
-                        self.nonfinite.note("gradient norm",
-                                            accelerator.clip_grad_norm_(self.model.parameters(), config.max_grad_norm))
+                        norm = accelerator.clip_grad_norm_(self.model.parameters(), config.max_grad_norm)
+                        if checks_gradient_norm(accelerator):  # fp16: an overflow step is the scaler's to skip
+                            self.nonfinite.note("gradient norm", norm)
                     self.optimizer.step()
                     if accelerator.sync_gradients:
                         self.scheduler.step()
