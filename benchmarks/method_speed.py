@@ -87,7 +87,7 @@ def method_settings(method: str, args: argparse.Namespace) -> tuple[dict[str, An
     if method == "ppo":
         rollout = PPO_ROLLOUT_FACTOR * args.batch
         settings.update(max_train_samples=args.steps * rollout, rollout_batch_size=rollout,
-                        max_new_tokens=PPO_MAX_NEW_TOKENS, ppo_epochs=PPO_EPOCHS, num_sample_generations=0)
+                        max_new_tokens=PPO_MAX_NEW_TOKENS, ppo_epochs=PPO_EPOCHS, num_sample_completions=0)
         flags += ["--reward", "length"]  # a rule-based reward: no reward model to train first
     if args.gradient_checkpointing:
         flags.append("--gradient-checkpointing")

@@ -49,7 +49,7 @@ def build_trainer(policy_path: str, rm_path: Path, out: Path, batch: int, new_to
 
     settings = {"max_new_tokens": new_tokens, "rollout_batch_size": batch, "per_device_train_batch_size": batch,
                 "ppo_epochs": ppo_epochs, "max_length": MAX_PROMPT_TOKENS + new_tokens, "max_train_samples": 400,
-                "max_eval_samples": 1, "save_steps": 0, "num_sample_generations": 0}
+                "max_eval_samples": 1, "save_steps": 0, "num_sample_completions": 0}
     request = RunRequest(method="ppo", flags={"model": policy_path, "reward_model": str(rm_path),
                                               "dataset": "hh-rlhf", "output_dir": str(out), "max_steps": 2},
                          set_options=[f"{k}={v}" for k, v in settings.items()], overwrite=True)

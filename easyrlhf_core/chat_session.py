@@ -58,7 +58,7 @@ class ChatSettings:
 
     def check(self) -> None:
         """Numbers in range; sampling options only with ``--sample``. Raises :class:`ConfigError` naming the flag."""
-        from .training import check_sampling
+        from .online import check_sampling
 
         for flag, value, minimum in (("--max-new-tokens", self.max_new_tokens, 1),
                                      ("--max-length", self.max_length, 2)):

@@ -20,12 +20,47 @@ import yaml
 from .errors import ConfigError
 
 
-def option(default: Any = dataclasses.MISSING, help: str = "", **kwargs: Any) -> Any:
-    """A dataclass field with ``help`` text: ``beta: float = option(0.1, "KL strength")``."""
+def option(default: Any = dataclasses.MISSING, help: str = "", *, deprecated_names: tuple[str, ...] = (),
+           **kwargs: Any) -> Any:
+    """A dataclass field with ``help`` text: ``beta: float = option(0.1, "KL strength")``.
+    ``deprecated_names``: former names of the option that configs may still use; each is read as this option,
+    with one line in the log saying to use the new name."""
+    metadata = {"help": help, "deprecated_names": tuple(deprecated_names)}
     if isinstance(default, (list, dict, set)) or dataclasses.is_dataclass(default):
         value = default
-        return field(default_factory=lambda: _copy(value), metadata={"help": help}, **kwargs)
-    return field(default=default, metadata={"help": help}, **kwargs)
+        return field(default_factory=lambda: _copy(value), metadata=metadata, **kwargs)
+    return field(default=default, metadata=metadata, **kwargs)
+
+
+def with_default(cls: type, name: str, default: Any) -> Any:
+    """Option ``name`` of the dataclass ``cls`` with another default, its help and former names kept: for a
+    method whose default differs from a shared options class's (``max_new_tokens: int = with_default(
+    SamplingOptions, "max_new_tokens", 64)``)."""
+    declared = cls.__dataclass_fields__[name]  # type: ignore[attr-defined]
+    return option(default, declared.metadata.get("help", ""),
+                  deprecated_names=declared.metadata.get("deprecated_names", ()))
+
+
+def deprecated_names(cls: type) -> dict[str, str]:
+    """``former name -> option`` for the options of dataclass ``cls`` declared with ``deprecated_names``."""
+    return {old: f.name for f in dataclasses.fields(cls) for old in f.metadata.get("deprecated_names", ())}
+
+
+def _deprecated_notice(old: str, new: str, layer: Layer) -> None:
+    """One line on stderr saying to use the new name (not in the rank processes of a launched run: the
+    launcher has said it)."""
+    import os
+    import sys
+
+    from .launch import LAUNCHED_ENV
+
+    if os.environ.get(LAUNCHED_ENV) == "1":
+        return
+    where = f"--set {old}" if layer.source == "--set" else layer.source
+    if layer.is_file and old in layer.lines:
+        where += f":{layer.lines[old]}"
+    print(f"[easyrlhf] warning: {where}: '{old}' is deprecated; use '{new}' (the same option, renamed)",
+          file=sys.stderr, flush=True)
 
 
 def _copy(value: Any) -> Any:
@@ -320,6 +355,7 @@ def _merge(cls: type, target: dict, incoming: dict, layer: Layer, prefix: str,
            provenance: dict[str, Layer], method: str | None = None) -> None:
     hints = typing.get_type_hints(cls)
     names = [f.name for f in dataclasses.fields(cls)]
+    incoming = _renamed(cls, incoming, layer, prefix)
     for key, value in incoming.items():
         dotted = f"{prefix}{key}"
         if key not in names:
@@ -352,6 +388,28 @@ def _merge(cls: type, target: dict, incoming: dict, layer: Layer, prefix: str,
             continue
         target[key] = coerce(value, hint_type, dotted, layer)
         provenance[dotted] = layer
+
+
+def _renamed(cls: type, incoming: dict, layer: Layer, prefix: str) -> dict:
+    """``incoming`` with the deprecated names of ``cls``'s options replaced by the options' names (each said
+    once in the log); a layer that sets both names of one option is an error."""
+    former = deprecated_names(cls)
+    if not any(key in former for key in incoming):
+        return incoming
+    out: dict = {}
+    for key, value in incoming.items():
+        new = former.get(key)
+        if new is None:
+            out[key] = value
+            continue
+        if new in incoming:
+            raise layer.error(f"{prefix}{key}", f"'{prefix}{key}' is a deprecated name of '{prefix}{new}', which "
+                                                f"is set too; give only '{prefix}{new}'")
+        _deprecated_notice(f"{prefix}{key}", f"{prefix}{new}", layer)
+        if f"{prefix}{key}" in layer.lines:  # errors about the value point at the line that set it
+            layer.lines.setdefault(f"{prefix}{new}", layer.lines[f"{prefix}{key}"])
+        out[new] = value
+    return out
 
 
 def coerce(value: Any, hint: Any, key: str, layer: Layer) -> Any:

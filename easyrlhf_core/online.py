@@ -1,55 +1,114 @@
-"""What online methods on TRL's trainers share (GRPO, RLOO, a plugin's own): the run's weighted rewards
-handed to TRL as reward functions, with the dataset's extra columns, and a log of sampled completions with
-their rewards; and which prompts leave room for a completion (PPO's too).
+"""The online kit: what every method that samples completions and scores them shares, on TRL's trainers
+(:mod:`easyrlhf_core.online_trl`: GRPO, RLOO, a plugin's own) or with its own loop (PPO):
+
+- how completions are sampled: :class:`TokenSamplingOptions` (``temperature``, ``top_k``, ``top_p``, and the rule
+  of a loss on the full softmax), :class:`SamplingOptions` (those plus ``max_new_tokens``);
+- which prompts leave room for a completion: :func:`prompts_that_fit`;
+- ``samples.jsonl``: :class:`SampleLogOptions` (``num_sample_completions``) and :class:`SampleLog`, one row per
+  logged completion, the same for every method::
+
+      {"step": 3, "prompt": [{"role": "user", "content": "..."}], "completion": "...", "rewards": {"length": 0.8}}
+
+  (``rewards``: each reward's own score, by its metrics label, before weights, penalties or normalisation).
 
 Choosing, building, weighting, labelling and scoring the rewards is :mod:`easyrlhf_core.rewards`, the same
-for PPO, RRHF and ``easyrlhf eval``.
+for PPO, RRHF and ``easyrlhf eval``. Light at import time: the heavy imports live inside the functions.
 """
 
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, ClassVar
 
-from .lm import response_text
-from .rewards import WeightedReward, score_with_columns
+from .config import invalid, option
 
 if TYPE_CHECKING:
     from .kit.context import RunContext
     from .shapes import Message, Record
 
-#: Keys TRL adds to a reward function's keyword arguments that are not dataset columns.
-TRL_REWARD_KWARGS = {"trainer_state", "log_extra", "log_metric", "environments", "completion_ids"}
+__all__ = [
+    "TokenSamplingOptions", "SamplingOptions", "check_sampling", "check_full_softmax_sampling",
+    "SampleLogOptions", "SampleLog", "SAMPLES_FILE", "encode_prompts", "prompts_that_fit",
+]
+
 SAMPLES_FILE = "samples.jsonl"
 
 
-class TRLRewardFunc:
-    """A reward plugin as TRL's online trainers call a reward function: ``(prompts, completions, **columns)``
-    with conversational prompts and completions; returns one float per completion. TRL decodes completions
-    with special tokens skipped; :func:`easyrlhf_core.lm.response_text` then gives the text every path's reward
-    sees."""
-
-    def __init__(self, weighted: WeightedReward, samples: SampleLog | None = None) -> None:
-        self.weighted = weighted
-        self.samples = samples
-        self.__name__ = weighted.label  # TRL names the metrics rewards/<name>/mean after it
-
-    def __call__(self, prompts: list[Any], completions: list[Any], **kwargs: Any) -> list[float]:
-        messages = [p if isinstance(p, list) else [{"role": "user", "content": str(p)}] for p in prompts]
-        texts = [response_text(c[-1]["content"] if isinstance(c, list) else str(c)) for c in completions]
-        columns = {k: v for k, v in kwargs.items() if k not in TRL_REWARD_KWARGS}
-        scores = score_with_columns(self.weighted.reward, messages, texts, columns)
-        if self.samples is not None and self.samples.training():
-            state = kwargs.get("trainer_state")
-            self.samples.record(int(getattr(state, "global_step", 0)) + 1, self.weighted.label, messages, texts, scores)
-        return scores
+# --------------------------------------------------------------------------------------------------
+# Sampling options
 
 
-def trl_reward_funcs(rewards: list[WeightedReward], samples: SampleLog | None = None
-                     ) -> tuple[list[TRLRewardFunc], list[float]]:
-    """``(reward_funcs, reward_weights)`` for a TRL online trainer (GRPOTrainer, RLOOTrainer)."""
-    return [TRLRewardFunc(r, samples) for r in rewards], [r.weight for r in rewards]
+@dataclass
+class TokenSamplingOptions:
+    """How each sampled token is picked (``temperature``, ``top_k``, ``top_p``); mix into a method config.
+    Set the class attribute ``full_softmax`` on a method whose loss scores its samples on the full
+    ``softmax(logits / temperature)`` (ppo, grpo, rloo): ``top_k`` and ``top_p`` must then stay off
+    (:func:`check_full_softmax_sampling`). :meth:`sampling_settings` is what
+    :func:`easyrlhf_core.lm.generation_config` takes (everything pinned: the model's own generation defaults
+    never apply)."""
+
+    temperature: float = option(1.0, "Sampling temperature.")
+    top_k: int = option(0, "Sample from the k likeliest tokens; 0: off. Must stay 0 in ppo, grpo and rloo: their "
+                           "loss scores the full softmax, so top-k sampling would be off-policy.")
+    top_p: float = option(1.0, "Nucleus sampling mass; 1.0: off. Must stay 1.0 in ppo, grpo and rloo: their loss "
+                               "scores the full softmax, so nucleus sampling would be off-policy.")
+
+    #: True for a method whose loss scores the samples on the full softmax: top_k and top_p must stay off.
+    full_softmax: ClassVar[bool] = False
+
+    def __post_init__(self) -> None:
+        parent = getattr(super(), "__post_init__", None)
+        if parent is not None:
+            parent()
+        check_sampling(self)
+        if self.full_softmax:
+            check_full_softmax_sampling(self, getattr(self, "method_name", type(self).__name__))
+
+    def sampling_settings(self) -> dict[str, Any]:
+        return {"temperature": self.temperature, "top_k": self.top_k, "top_p": self.top_p}
+
+
+@dataclass
+class SamplingOptions(TokenSamplingOptions):
+    """How a method samples responses: :class:`TokenSamplingOptions` plus ``max_new_tokens`` (a method whose
+    default differs redeclares it with :func:`easyrlhf_core.config.with_default`). The TRL online methods name
+    the length ``max_completion_length``, as TRL does (:class:`easyrlhf_core.online_trl.OnlineConfig`)."""
+
+    max_new_tokens: int = option(128, "Longest sampled response, in tokens.")
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.max_new_tokens <= 0:
+            raise invalid("max_new_tokens", "must be a positive integer")
+
+
+def check_sampling(config: Any) -> None:
+    """``temperature`` > 0, ``top_k`` >= 0 and ``top_p`` in (0, 1] on any config that has them."""
+    if config.temperature <= 0:
+        raise invalid("temperature", "must be > 0")
+    if config.top_k < 0:
+        raise invalid("top_k", "must be >= 0 (0: off)")
+    if not 0.0 < config.top_p <= 1.0:
+        raise invalid("top_p", "must be in (0, 1]")
+
+
+def check_full_softmax_sampling(config: Any, method: str) -> None:
+    """The rule of every online method (ppo, grpo, rloo): the log-probs of the loss (ratios, KL) are computed on
+    the full ``softmax(logits / temperature)``, so sampling must draw from exactly that: ``top_k`` 0 and
+    ``top_p`` 1.0, else :class:`~easyrlhf_core.errors.ConfigError` naming the option. Applied by
+    :class:`TokenSamplingOptions` when ``full_softmax`` is set."""
+    why = ("log-probs, ratios and KL are computed on the full softmax (logits / temperature), so {what} sampling "
+           "would be off-policy; lower temperature to sharpen sampling instead")
+    if config.top_k != 0:  # sampling one distribution and scoring another is a wrong training signal
+        raise invalid("top_k", f"must be 0 for {method}: " + why.format(what="top-k"))
+    if config.top_p != 1.0:
+        raise invalid("top_p", f"must be 1.0 for {method}: " + why.format(what="nucleus"))
+
+
+# --------------------------------------------------------------------------------------------------
+# Prompts
 
 
 def encode_prompts(tokenizer: Any, records: list[Record], max_prompt_tokens: int
@@ -95,44 +154,75 @@ def prompts_that_fit(run: RunContext, tokenizer: Any, records: list[Record], roo
     return [records[i] for i in kept], ids
 
 
+# --------------------------------------------------------------------------------------------------
+# samples.jsonl
+
+
+@dataclass
+class SampleLogOptions:
+    """``num_sample_completions``: how many completions :class:`SampleLog` writes per step; mix into the config
+    of a method that samples (its former name ``num_sample_generations`` is read too, with a notice)."""
+
+    num_sample_completions: int = option(4, "Completions (with their rewards) written to samples.jsonl per step.",
+                                         deprecated_names=("num_sample_generations",))
+
+    def __post_init__(self) -> None:
+        parent = getattr(super(), "__post_init__", None)
+        if parent is not None:
+            parent()
+        if self.num_sample_completions < 0:
+            raise invalid("num_sample_completions", "must be >= 0")
+
+
 class SampleLog:
-    """``OUTPUT_DIR/samples.jsonl``: the first ``per_step`` completions of each step, with every reward's
-    score (one row each: ``step``, ``prompt``, ``completion``, ``rewards``). Main process only; on
-    ``--resume`` the rows of the steps to be redone are cut first."""
+    """``OUTPUT_DIR/samples.jsonl``: the first ``per_step`` completions of each step, one row each: ``step``,
+    ``prompt`` (its messages), ``completion`` (the text the rewards saw) and ``rewards`` (each reward's score by
+    its label). Main process only; on ``--resume`` the rows of the steps to be redone are cut first.
+
+    A loop that scores with every reward at once calls :meth:`write`; TRL, which calls each reward function in
+    turn, goes through :meth:`record` (the row is written once every label has scored)."""
 
     def __init__(self, path: Path, labels: list[str], per_step: int, enabled: bool, resume: bool) -> None:
         self.path, self.labels, self.per_step = path, labels, per_step
         self.enabled = enabled and per_step > 0
         self.resume = resume
         self._pending: dict[str, list[float]] = {}
-        self._batch: tuple[int, list[list[Message]], list[str]] | None = None
         self._written_step: int | None = None
         self.trainer: Any = None  # set once the trainer exists: eval batches are scored too, and not logged
 
+    @classmethod
+    def for_run(cls, run: RunContext, labels: list[str], per_step: int) -> SampleLog:
+        """The run's ``samples.jsonl`` (written by the main process; cut back on ``--resume``)."""
+        return cls(run.output_dir / SAMPLES_FILE, labels, per_step, enabled=run.is_main_process, resume=run.resume)
+
     def training(self) -> bool:
+        """False while the trainer evaluates (its eval batches are not logged)."""
         model = getattr(self.trainer, "model", None)
         return model is None or bool(getattr(model, "training", True))
 
-    def record(self, step: int, label: str, prompts: list[list[Message]], completions: list[str],
-               scores: list[float]) -> None:
-        if not self.enabled:
+    def write(self, step: int, prompts: list[list[Message]], completions: list[str],
+              rewards: dict[str, list[float]]) -> None:
+        """The first ``per_step`` completions of ``step``, each with every reward's score (``rewards``: label ->
+        one score per completion). Once per step: a second call for a step already written is ignored."""
+        if not self.enabled or self._written_step == step:
             return
-        if self.resume and self._written_step is None:
+        if self.resume:
             from .metrics import drop_rows_after
 
             drop_rows_after(self.path, step - 1)
             self.resume = False
-        self._batch = (step, prompts, completions)
+        with self.path.open("a", encoding="utf-8") as fh:
+            for i in range(min(self.per_step, len(completions))):
+                fh.write(json.dumps({"step": step, "prompt": prompts[i], "completion": completions[i],
+                                     "rewards": {k: float(v[i]) for k, v in rewards.items()}}) + "\n")
+        self._written_step = step
+
+    def record(self, step: int, label: str, prompts: list[list[Message]], completions: list[str],
+               scores: list[float]) -> None:
+        """One reward's scores of ``step``'s completions; the rows are written when every label has scored."""
+        if not self.enabled:
+            return
         self._pending[label] = scores
         if set(self._pending) >= set(self.labels):
-            self._flush()
-
-    def _flush(self) -> None:
-        step, prompts, completions = self._batch  # type: ignore[misc]
-        if self._written_step != step:
-            with self.path.open("a", encoding="utf-8") as fh:
-                for i in range(min(self.per_step, len(completions))):
-                    fh.write(json.dumps({"step": step, "prompt": prompts[i], "completion": completions[i],
-                                         "rewards": {k: v[i] for k, v in self._pending.items()}}) + "\n")
-            self._written_step = step
-        self._pending = {}
+            self.write(step, prompts, completions, self._pending)
+            self._pending = {}

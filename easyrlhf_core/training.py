@@ -28,7 +28,8 @@ A method on a TRL trainer is a config and a ``build_trainer``::
 :meth:`TrainerMethod.train` then runs it through :func:`train_and_save`: checkpoints under
 ``OUTPUT_DIR/checkpoints``, ``--resume``, Ctrl-C, metrics to ``metrics.jsonl``, the final eval and ``model/``.
 A method with its own loop (as ``ppo``) uses the loading helpers directly; a method that scores samples mixes
-the reward options of :mod:`easyrlhf_core.rewards` into its config.
+the reward options of :mod:`easyrlhf_core.rewards` into its config, and one that samples the online kit's
+options (:mod:`easyrlhf_core.online`; on TRL's online trainers :mod:`easyrlhf_core.online_trl`).
 
 Light at import time (no torch / transformers / TRL); the heavy imports live inside the functions.
 """
@@ -40,7 +41,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from .api import Method
-from .config import BaseConfig, option
+from .config import BaseConfig
 from .errors import ConfigError
 
 if TYPE_CHECKING:
@@ -48,8 +49,7 @@ if TYPE_CHECKING:
     from .shapes import Record
 
 __all__ = [
-    "TrainerConfig", "TrainerMethod", "SamplingOptions", "check_sampling",
-    "check_full_softmax_sampling", "run_model_path", "run_tokenizer", "run_policy", "run_scalar_model",
+    "TrainerConfig", "TrainerMethod", "run_model_path", "run_tokenizer", "run_policy", "run_scalar_model",
     "seed_everything", "check_precision",
     "lora_config", "describe_trainable", "as_dataset", "data_splits", "trl_arguments", "training_arguments",
     "train_and_save", "deepspeed_installed",
@@ -74,57 +74,6 @@ class TrainerConfig(BaseConfig):
 
 def deepspeed_installed() -> bool:
     return importlib.util.find_spec("deepspeed") is not None
-
-
-@dataclass
-class SamplingOptions:
-    """How an online method samples responses; mix into a method config. :meth:`sampling_settings` is what
-    :func:`easyrlhf_core.lm.generation_config` takes (everything pinned: the model's own generation defaults
-    never apply)."""
-
-    max_new_tokens: int = option(128, "Longest sampled response, in tokens.")
-    temperature: float = option(1.0, "Sampling temperature.")
-    top_k: int = option(0, "Sample from the k likeliest tokens; 0: off.")
-    top_p: float = option(1.0, "Nucleus sampling mass; 1.0: off.")
-
-    def __post_init__(self) -> None:
-        from .config import invalid
-
-        parent = getattr(super(), "__post_init__", None)
-        if parent is not None:
-            parent()
-        if self.max_new_tokens <= 0:
-            raise invalid("max_new_tokens", "must be a positive integer")
-        check_sampling(self)
-
-    def sampling_settings(self) -> dict[str, Any]:
-        return {"temperature": self.temperature, "top_k": self.top_k, "top_p": self.top_p}
-
-
-def check_sampling(config: Any) -> None:
-    """``temperature`` > 0, ``top_k`` >= 0 and ``top_p`` in (0, 1] on any config that has them."""
-    from .config import invalid
-
-    if config.temperature <= 0:
-        raise invalid("temperature", "must be > 0")
-    if config.top_k < 0:
-        raise invalid("top_k", "must be >= 0 (0: off)")
-    if not 0.0 < config.top_p <= 1.0:
-        raise invalid("top_p", "must be in (0, 1]")
-
-
-def check_full_softmax_sampling(config: Any, method: str) -> None:
-    """The rule of every online method (ppo, grpo, rloo): the log-probs of the loss (ratios, KL) are computed on
-    the full ``softmax(logits / temperature)``, so sampling must draw from exactly that: ``top_k`` 0 and
-    ``top_p`` 1.0, else :class:`ConfigError` naming the option. Call it in config validation (before models)."""
-    from .config import invalid
-
-    why = ("log-probs, ratios and KL are computed on the full softmax (logits / temperature), so {what} sampling "
-           "would be off-policy; lower temperature to sharpen sampling instead")
-    if config.top_k != 0:  # sampling one distribution and scoring another is a wrong training signal
-        raise invalid("top_k", f"must be 0 for {method}: " + why.format(what="top-k"))
-    if config.top_p != 1.0:
-        raise invalid("top_p", f"must be 1.0 for {method}: " + why.format(what="nucleus"))
 
 
 # --------------------------------------------------------------------------------------------------

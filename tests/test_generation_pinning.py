@@ -246,7 +246,7 @@ def test_ppo_grpo_and_eval_hand_the_reward_the_same_text(tiny_model_dir, monkeyp
     from easyrlhf_core.chat import as_completion
     from easyrlhf_core.evaluation import generation
     from easyrlhf_core.models import load_causal_lm, load_tokenizer
-    from easyrlhf_core.online import TRLRewardFunc
+    from easyrlhf_core.online_trl import TRLRewardFunc
     from easyrlhf_core.rewards import WeightedReward, score_with_columns
 
     tokenizer = load_tokenizer(str(tiny_model_dir))

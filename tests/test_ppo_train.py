@@ -109,7 +109,7 @@ def test_third_party_reward_kl_starts_at_zero_and_run_dir_is_complete(cli_run, t
     evals = [r for r in metrics(out) if "eval/score" in r]
     assert evals and evals[0]["eval/score"] == pytest.approx(0.5)
     samples = [json.loads(line) for line in (out / "samples.jsonl").read_text().splitlines()]
-    assert len(samples) == 2 * 4 and {"step", "prompt", "response", "score"} <= set(samples[0])
+    assert len(samples) == 2 * 4 and {"step", "prompt", "completion", "rewards"} <= set(samples[0])
     policy = AutoModelForCausalLM.from_pretrained(out / "model")
     assert policy.config.vocab_size == 400
     AutoModelForSequenceClassification.from_pretrained(out / "value_model")

@@ -15,24 +15,22 @@ import importlib.util
 from dataclasses import dataclass
 from typing import Literal
 
-from easyrlhf_core.config import invalid, option, require_model_dir, require_positive
+from easyrlhf_core.config import invalid, option, require_model_dir, require_positive, with_default
+from easyrlhf_core.online import SampleLogOptions, SamplingOptions
 from easyrlhf_core.rewards import OneRewardOptions
-from easyrlhf_core.training import (
-    SamplingOptions,
-    TrainerConfig,
-    check_full_softmax_sampling,
-)
+from easyrlhf_core.training import TrainerConfig
 
 
 @dataclass
-class PPOConfig(SamplingOptions, OneRewardOptions, TrainerConfig):
+class PPOConfig(SamplingOptions, SampleLogOptions, OneRewardOptions, TrainerConfig):
     """Options of the ppo method."""
 
     method_name = "ppo"  # in messages
+    full_softmax = True  # the sampling rule: top_k and top_p stay off (SamplingOptions checks it)
 
     # shared options whose meaning PPO makes precise
     max_length: int = option(512, "Maximum tokens per prompt + response; longer prompts are dropped.")
-    logging_steps: int = option(1, "Log metrics (and sample generations) every N iterations.")
+    logging_steps: int = option(1, "Log metrics (and write samples.jsonl rows) every N iterations.")
     eval_steps: int | None = option(None, "Score sampled answers to the eval prompts every N iterations; "
                                           "empty: never.")
     save_steps: int = option(100, "Save a checkpoint every N iterations (0: never).")
@@ -58,11 +56,8 @@ class PPOConfig(SamplingOptions, OneRewardOptions, TrainerConfig):
     rollout_batch_size: int = option(16, "Prompts sampled per iteration on each process (one generate call).")
     forward_batch_size: int | None = option(None, "Sequences per no-grad forward pass (log-probs, reference, "
                                                   "values, reward); empty: the whole rollout batch.")
-    max_new_tokens: int = option(64, "Longest response, in tokens.")
-    top_k: int = option(0, "Must stay 0 (off): PPO's log-probs, ratios and KL use the full softmax, so "
-                           "top-k sampling would be off-policy.")
-    top_p: float = option(1.0, "Must stay 1.0 (off): PPO's log-probs, ratios and KL use the full softmax, so "
-                               "nucleus sampling would be off-policy.")
+    # sampling: temperature, top_k, top_p (SamplingOptions), num_sample_completions (SampleLogOptions)
+    max_new_tokens: int = with_default(SamplingOptions, "max_new_tokens", 64)
     stop_token: str | None = option(None, "Token that ends a response; empty: the model's end-of-turn ids (its "
                                           "generation config's eos ids and the tokenizer's eos), as in eval and "
                                           "rrhf.")
@@ -81,16 +76,12 @@ class PPOConfig(SamplingOptions, OneRewardOptions, TrainerConfig):
     cliprange: float = option(0.2, "Policy ratio clip.")
     cliprange_value: float = option(0.2, "Value prediction clip, around the rollout's values.")
     vf_coef: float = option(0.1, "Value loss weight.")
-    # logging
-    num_sample_generations: int = option(4, "Sample generations written to samples.jsonl per logged iteration.")
 
     def __post_init__(self) -> None:
-        super().__post_init__()  # OneRewardOptions: not both of reward_model and reward
+        super().__post_init__()  # the sampling rule, num_sample_completions, not both reward_model and reward
         require_model_dir("reward_model", self.reward_model)
         require_model_dir("value_model", self.value_model)
         require_positive(self, "rollout_batch_size", "ppo_epochs", "kl_horizon")
-        if self.num_sample_generations < 0:
-            raise invalid("num_sample_generations", "must be >= 0")
         if self.forward_batch_size is not None and self.forward_batch_size <= 0:
             raise invalid("forward_batch_size", "must be a positive integer, or empty for the whole rollout batch")
         if self.rollout_batch_size % self.mini_batch_size:
@@ -100,7 +91,6 @@ class PPOConfig(SamplingOptions, OneRewardOptions, TrainerConfig):
         if self.max_new_tokens >= self.max_length:
             raise invalid("max_new_tokens", f"must be below max_length ({self.max_length}), which also bounds the "
                                             f"prompt")
-        check_full_softmax_sampling(self, "ppo")
         for key in ("cliprange", "cliprange_value", "target_kl"):
             if getattr(self, key) <= 0:
                 raise invalid(key, "must be > 0")

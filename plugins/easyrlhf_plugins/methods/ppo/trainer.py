@@ -10,7 +10,6 @@ policy is gathered whole for each ``generate`` and released after (:mod:`easyrlh
 
 from __future__ import annotations
 
-import json
 import math
 import time
 from typing import TYPE_CHECKING, Any
@@ -23,7 +22,7 @@ from easyrlhf_core.hf import (NonFinite, check_ranks_agree, checks_gradient_norm
                               diverged_error)
 from easyrlhf_core.kit import rl_math
 from easyrlhf_core.metrics import drop_rows_after
-from easyrlhf_core.online import SAMPLES_FILE, prompts_that_fit
+from easyrlhf_core.online import SAMPLES_FILE, SampleLog, prompts_that_fit
 from easyrlhf_core.rewards import record_columns, score_with_columns
 from easyrlhf_core.run import RunInterrupted, StopSignals
 from easyrlhf_core.models import unwrap
@@ -104,6 +103,10 @@ class PPOTrainer:
         check_precision(config)
         self.accelerator = build_accelerator(config)
         self.reward_fn = make_reward_function(run, config)  # bad reward options fail before any model loads
+        self.reward_label = config.build_rewards(run.registry)[0].label  # its key in samples.jsonl's rewards
+        # resume() cuts samples.jsonl back with metrics.jsonl, before the first iteration writes
+        self.samples = SampleLog(run.output_dir / SAMPLES_FILE, [self.reward_label], config.num_sample_completions,
+                                 enabled=run.is_main_process, resume=False)
         policy_path = run_model_path(run)
         set_seed(config.seed)  # the same fresh value head on every process
         models = load_models(run, config, policy_path)
@@ -320,12 +323,9 @@ class PPOTrainer:
         return metrics
 
     def write_samples(self, iteration: int, prompts: list[Record], texts: list[str], scores: torch.Tensor) -> None:
-        if not self.run.is_main_process or self.config.num_sample_generations == 0:
-            return
-        with (self.run.output_dir / SAMPLES_FILE).open("a", encoding="utf-8") as fh:
-            for prompt, text, score in list(zip(prompts, texts, scores.tolist()))[:self.config.num_sample_generations]:
-                fh.write(json.dumps({"step": iteration, "prompt": prompt["prompt"], "response": text,
-                                     "score": score}) + "\n")
+        """The iteration's first ``num_sample_completions`` completions, with the reward's raw score, to
+        ``samples.jsonl`` (the online kit's one schema)."""
+        self.samples.write(iteration, [p["prompt"] for p in prompts], texts, {self.reward_label: scores.tolist()})
 
     def evaluate(self, iteration: int) -> None:
         """Mean score, length and EOS fraction of sampled responses to the eval prompts."""

@@ -6,9 +6,10 @@ from dataclasses import dataclass
 from typing import Literal
 
 from easyrlhf_core.config import invalid, option, require_positive
+from easyrlhf_core.online import SamplingOptions
 from easyrlhf_core.prefix_sharing import PREFIX_SHARING_HELP
 from easyrlhf_core.rewards import OneRewardOptions
-from easyrlhf_core.training import SamplingOptions, TrainerConfig
+from easyrlhf_core.training import TrainerConfig
 
 
 @dataclass
