@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+__all__ = ["EasyRLHFError", "ConfigError", "DataError", "PluginError"]
+
 
 class EasyRLHFError(Exception):
     """Bad input or setup, reported as one line: ``Error: <where>: <what is wrong and how to fix it>``.

@@ -19,8 +19,11 @@ if TYPE_CHECKING:
     from .kit.context import RunContext
     from .shapes import Message, Record
 
+__all__ = ["trl_reward_funcs", "SampleLog", "SAMPLES_FILE", "prompts_that_fit", "encode_prompts"]
+
 #: Keys TRL adds to a reward function's keyword arguments that are not dataset columns.
 TRL_REWARD_KWARGS = {"trainer_state", "log_extra", "log_metric", "environments", "completion_ids"}
+#: The run file of sampled completions with their rewards (:class:`SampleLog`), one JSON object a line.
 SAMPLES_FILE = "samples.jsonl"
 
 
