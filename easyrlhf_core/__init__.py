@@ -3,6 +3,7 @@
 Nothing heavy is imported here: torch and transformers load only when a run needs them.
 """
 
+#: The installed EasyRLHF version.
 __version__ = "0.1.0"
 
 from .hookspecs import hookimpl  # noqa: E402  (pluggy only; cheap)

@@ -16,6 +16,8 @@ if TYPE_CHECKING:
     from .kit.context import PluginLookup, RunContext
     from .summary import Finding
 
+__all__ = ["Method", "Dataset", "RewardFunction"]
+
 
 class Method(ABC):
     """An alignment method: a config dataclass and a ``train`` that builds and runs its trainer."""

@@ -13,6 +13,8 @@ from typing import Any
 
 from .shapes import Message
 
+__all__ = ["encode", "prompt_ids", "prompt_text", "split_completion", "keep_last"]
+
 
 def encode(tokenizer: Any, messages: list[Message], add_generation_prompt: bool = False) -> list[int]:
     """Token ids of ``messages`` rendered with the chat template."""

@@ -19,6 +19,8 @@ import yaml
 
 from .errors import ConfigError
 
+__all__ = ["BaseConfig", "LoraOptions", "option", "invalid", "require_positive", "require_model_dir", "explicit_keys"]
+
 
 def option(default: Any = dataclasses.MISSING, help: str = "", *, deprecated_names: tuple[str, ...] = (),
            **kwargs: Any) -> Any:

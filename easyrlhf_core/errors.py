@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+__all__ = ["EasyRLHFError", "ConfigError", "DataError", "PluginError"]
+
 
 def one_line(text: str) -> str:
     """A library's multi-line message as one line (what an ``Error:`` line quotes of it)."""

@@ -20,6 +20,7 @@ if TYPE_CHECKING:
     from .api import Dataset, Method, RewardFunction
 
 hookspec = pluggy.HookspecMarker("easyrlhf")
+#: Marks a plugin's hook implementations: ``@hookimpl def register_methods(register): ...``.
 hookimpl = pluggy.HookimplMarker("easyrlhf")
 
 

@@ -20,6 +20,8 @@ import sys
 from dataclasses import dataclass
 from typing import NoReturn
 
+__all__ = ["world_size"]
+
 LAUNCHED_ENV = "EASYRLHF_LAUNCHED"
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 #: Seconds within which a repeated stop signal counts as the same one (a scheduler and the launcher may

@@ -14,6 +14,11 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     import torch
 
+__all__ = [
+    "logprobs_from_logits", "response_log_probs", "left_pad", "right_pad", "tail_mask", "stop_token_ids",
+    "generation_config", "generate", "pin_generation", "decode_response", "response_text"
+]
+
 
 # --------------------------------------------------------------------------------------------------
 # Log-probs

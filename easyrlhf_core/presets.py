@@ -6,6 +6,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+__all__ = ["resolve_deepspeed"]
+
 CONFIGS_DIR = Path(__file__).parent / "configs"
 DEEPSPEED_DIR = CONFIGS_DIR / "deepspeed"
 

@@ -19,6 +19,8 @@ import pluggy
 from . import hookspecs
 from .errors import PluginError
 
+__all__ = ["get_registry", "Registry"]
+
 ENTRY_POINT_GROUP = "easyrlhf"
 #: Comma list of the third-party plugins to load (distribution or entry-point names); unset: all of them
 LOAD_PLUGINS_ENV = "EASYRLHF_LOAD_PLUGINS"

@@ -15,6 +15,11 @@ from typing import Any, Iterable
 
 from .errors import ConfigError, DataError
 
+__all__ = [
+    "get_field", "has_field", "as_messages", "as_text_list", "as_number_list", "ends_with", "json_type",
+    "RowProblem", "BadRows"
+]
+
 #: One chat message: ``{"role": ..., "content": ...}`` (also :data:`easyrlhf_core.shapes.Message`).
 Message = dict[str, str]
 

@@ -34,6 +34,8 @@ from .progress import ProgressReporter
 from .registry import Registry, get_registry
 from .shapes import DataSplits
 
+__all__ = ["Run", "StopSignals", "RunInterrupted", "run_stage", "is_complete_run"]
+
 CONFIG_FILE = "config.yaml"
 MODEL_DIR = "model"
 CHECKPOINTS_DIR = "checkpoints"

@@ -22,6 +22,9 @@ from typing import Any
 from .rows import BadRows
 from .rows import Message as Message  # re-exported: the shapes are made of messages
 
+__all__ = ["Shape", "DataSplits", "DataOptions", "Record", "Message"]
+
+#: One training example: a plain dict in TRL's conversational format (the keys depend on the :class:`Shape`).
 Record = dict[str, Any]
 
 

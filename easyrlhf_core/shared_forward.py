@@ -39,6 +39,7 @@ __all__ = [
     "enable_shared_prefix",
     "packed_hidden_states",
     "shared_prefix_unsupported",
+    "share_prefixes",
 ]
 
 #: LM-head positions per chunk: ``CHUNK_TOKENS x vocab`` fp32 logits exist at a time (100 MB for 49k vocab).

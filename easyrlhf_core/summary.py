@@ -20,6 +20,8 @@ if TYPE_CHECKING:
     from .kit.context import RunContext
     from .shapes import Record
 
+__all__ = ["Finding", "held_out_pairs_change", "training_rows_finding"]
+
 SUMMARY_FILE = "summary.json"
 
 

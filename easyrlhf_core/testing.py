@@ -26,6 +26,8 @@ from typing import Any, Callable, Iterator
 
 from . import registry
 
+__all__ = ["run_cli", "plugin_registered", "easyrlhf_plugin", "easyrlhf_cli", "tiny_causal_lm", "tiny_reward_model"]
+
 
 @contextmanager
 def plugin_registered(name: str, plugin: object) -> Iterator[registry.Registry]:

@@ -21,6 +21,8 @@ from typing import Any, Callable
 
 from .errors import ConfigError
 
+__all__ = ["check_trackers"]
+
 LOGS_DIR = "logs"
 WANDB_ID_FILE = "wandb-run-id"
 #: report_to name -> the package it needs.

@@ -73,6 +73,7 @@ class TrainerConfig(BaseConfig):
 
 
 def deepspeed_installed() -> bool:
+    """Whether the ``deepspeed`` package can be imported (checked without importing it)."""
     return importlib.util.find_spec("deepspeed") is not None
 
 
@@ -141,6 +142,7 @@ def run_scalar_model(run: RunContext, path: str, pad_token_id: int) -> Any:
 
 
 def seed_everything(seed: int) -> None:
+    """Seed Python, NumPy and torch (``transformers.set_seed``)."""
     from transformers import set_seed
 
     set_seed(seed)

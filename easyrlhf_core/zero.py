@@ -18,6 +18,11 @@ import io
 import os
 from typing import Any, Iterator
 
+__all__ = [
+    "gathered", "gathered_for_generation", "inference_engine", "loading_whole", "is_partitioned", "fill_size_autos",
+    "start_deepspeed"
+]
+
 #: What a launcher (torchrun, accelerate) sets for every rank; DeepSpeed falls back to MPI discovery
 #: (``mpi4py``) when one is missing.
 LAUNCHER_ENV = ("RANK", "LOCAL_RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")

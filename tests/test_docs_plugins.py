@@ -96,41 +96,41 @@ def test_the_documented_dataset_and_reward_work_in_ppo(doc_plugin, easyrlhf_plug
     assert "unknown option(s) targte (did you mean 'target'?); known: target, weight" in typo.stderr
 
 
-def _core_imports_of_the_built_ins() -> dict[tuple[str, str], str]:
-    """``(module, name)`` -> the first built-in file that imports it from ``easyrlhf_core``."""
-    import ast
-
-    found: dict[tuple[str, str], str] = {}
-    for path in sorted((DOC.parents[1] / "plugins").rglob("*.py")):
-        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
-            if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("easyrlhf_core"):
-                for alias in node.names:
-                    found.setdefault((node.module, alias.name), path.name)
-    return found
+def _best_of_k_snippet() -> str:
+    """The custom-loop online method of section 2."""
+    blocks = re.findall(r"```python\n(.*?)```", DOC.read_text(encoding="utf-8"), flags=re.S)
+    return next(b for b in blocks if "class BestOfK(Method)" in b)
 
 
-def test_every_core_name_a_built_in_imports_is_documented_and_public():
-    """The built-ins use only what docs/plugins.md names: each such name is in section 6, under its
-    module's bullet, exists and has a docstring (a constant or a module excepted)."""
-    import importlib
-    import inspect
+def test_the_documented_custom_loop_method_trains(easyrlhf_plugin, easyrlhf_cli, tiny_model_dir, tmp_path):
+    """Section 2's best-of-k method, pasted as is: samples k completions, scores them with a reward plugin, takes
+    an SFT step on the best; the loss is finite and the saved weights differ from the start model's."""
+    from safetensors.torch import load_file
 
-    text = DOC.read_text(encoding="utf-8")
-    section = text[text.index("## 6. "):]
-    bullets: dict[str, str] = {}  # module -> the text of the bullets that name it
-    for bullet in re.split(r"^- ", section, flags=re.M)[1:]:
-        modules = set(re.findall(r"`(easyrlhf_core(?:\.[a-z_]+)?)`", bullet))
-        modules |= {f"easyrlhf_core.{m}" for m in re.findall(r"`\.([a-z_]+)`", bullet)}
-        for module in modules:
-            bullets[module] = bullets.get(module, "") + bullet
-    imports = _core_imports_of_the_built_ins()
-    assert len(imports) > 50  # the walk found the plugins
-    missing = [f"{module}.{name} ({where})" for (module, name), where in imports.items()
-               if f"`{name}`" not in bullets.get(module, "") and f"`{name}(" not in bullets.get(module, "")]
-    assert not missing, f"imported by a built-in but not in docs/plugins.md section 6: {missing}"
-    undocumented = []
-    for module, name in imports:
-        value = getattr(importlib.import_module(module), name)
-        if (inspect.isclass(value) or inspect.isfunction(value)) and not inspect.getdoc(value):
-            undocumented.append(f"{module}.{name}")
-    assert not undocumented, f"public kit names without a docstring: {undocumented}"
+    module = types.ModuleType("doc_best_of_k")
+    module.__doc__ = "The custom-loop method of docs/plugins.md."
+    sys.modules[module.__name__] = module
+    try:
+        exec(compile(_best_of_k_snippet(), str(DOC), "exec"), module.__dict__)
+        module.register_methods = hookimpl(lambda register: register(module.BestOfK))
+        easyrlhf_plugin("doc-best-of-k", module)
+        out = tmp_path / "best"
+        args = ["run", "--method", "best-of-k", "--model", str(tiny_model_dir), "--dataset", "arithmetic",
+                "--reward", "length", "--max-steps", "2", "--set", "max_new_tokens=6", "--set", "k=3",
+                "--set", "per_device_train_batch_size=2", "--set", "max_train_samples=8", "--set", "eval_fraction=0"]
+        help_text = easyrlhf_cli("run", "--method", "best-of-k", "--help")  # no reward yet: --help still works
+        assert help_text.exit_code == 0 and "\nk: 4\n" in help_text.stdout, help_text.stderr
+        no_reward = easyrlhf_cli(*[a for a in args if a not in ("--reward", "length")],
+                                 "--output-dir", str(tmp_path / "none"))
+        assert no_reward.exit_code == 2 and "reward" in no_reward.stderr
+        result = easyrlhf_cli(*args, "--output-dir", str(out))
+    finally:
+        sys.modules.pop(module.__name__, None)
+    assert result.exit_code == 0, result.stderr
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    steps = [r for r in rows if "loss" in r]
+    assert [r["step"] for r in steps] == [1, 2]
+    assert all(r["loss"] == r["loss"] and abs(r["loss"]) < float("inf") for r in steps)
+    assert all(r["best_score"] >= r["score"] for r in steps)
+    start, trained = load_file(tiny_model_dir / "model.safetensors"), load_file(out / "model" / "model.safetensors")
+    assert any(not start[k].equal(trained[k]) for k in start)

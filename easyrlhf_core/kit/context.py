@@ -13,6 +13,8 @@ from typing import TYPE_CHECKING, Any, Mapping, Protocol
 if TYPE_CHECKING:
     from ..config import BaseConfig
 
+__all__ = ["RunContext", "PluginLookup"]
+
 
 class PluginLookup(Protocol):
     """The registry as a plugin sees it: registered classes by kind and name."""
