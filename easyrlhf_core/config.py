@@ -19,7 +19,8 @@ import yaml
 
 from .errors import ConfigError
 
-__all__ = ["BaseConfig", "LoraOptions", "option", "invalid", "require_positive", "require_model_dir", "explicit_keys"]
+__all__ = ["BaseConfig", "LoraOptions", "option", "with_default", "invalid", "require_positive", "require_model_dir",
+           "explicit_keys"]
 
 
 def option(default: Any = dataclasses.MISSING, help: str = "", *, deprecated_names: tuple[str, ...] = (),

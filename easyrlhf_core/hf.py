@@ -46,7 +46,8 @@ if TYPE_CHECKING:
     from .config import BaseConfig
     from .kit.context import RunContext
 
-__all__ = ["train_and_save", "add_lora", "check_ranks_agree", "NonFinite", "diverged_error", "continue_schedule"]
+__all__ = ["train_and_save", "add_lora", "check_ranks_agree", "NonFinite", "checks_gradient_norm", "diverged_error",
+           "continue_schedule"]
 
 
 def training_arguments(config: BaseConfig, run: RunContext, has_eval: bool) -> dict[str, Any]:
