@@ -70,7 +70,7 @@ class ChatSettings:
         try:
             check_sampling(self)
         except ConfigError as exc:
-            key = getattr(exc, "key", "")
+            key = exc.key or ""
             raise ConfigError(exc.message.removeprefix(f"'{key}' "), where=_flag(key)) from None
         if not self.sample:
             for key, default in (("temperature", 1.0), ("top_k", 0), ("top_p", 1.0)):

@@ -25,12 +25,14 @@ import zipfile
 from pathlib import Path
 from typing import Callable, Iterator
 
-__all__ = ["resumable_checkpoints", "prune_checkpoints", "remove_checkpoints_after", "COMPLETE_MARKER"]
+__all__ = ["resumable_checkpoints", "prune_checkpoints", "remove_checkpoints_after", "remove_incomplete_checkpoints",
+           "COMPLETE_MARKER"]
 
 _CHECKPOINT = re.compile(r"^checkpoint-(\d+)$")
 #: The file written into a checkpoint once every rank has saved it whole; a checkpoint without it is not resumed.
 COMPLETE_MARKER = "COMPLETE"
 _TORCH_SUFFIXES = {".pt", ".pth", ".bin", ".pkl"}
+_TEMP_DIRS = ".checkpoint-*.tmp"  # a checkpoint written elsewhere first, renamed into place when complete (PPO's)
 
 
 def list_checkpoints(root: Path) -> list[Path]:
@@ -148,6 +150,22 @@ def prune_checkpoints(root: Path, keep: int) -> None:
     if keep > 0:
         for old in list_checkpoints(root)[:-keep]:
             shutil.rmtree(old, ignore_errors=True)
+
+
+def remove_incomplete_checkpoints(root: Path) -> list[Path]:
+    """Delete what a save that never finished left under ``root``: ``checkpoint-N`` dirs without the
+    ``COMPLETE`` marker, and the temp dirs ``.checkpoint-<step>.tmp`` of a method that writes a checkpoint
+    there first and renames it into place once complete. None is ever resumed from, and the space they hold
+    comes back. Call it from the main process only. Returns what was removed (incomplete checkpoints by step,
+    then temp dirs by name)."""
+    import shutil
+
+    if not root.is_dir():
+        return []
+    partial = [p for p in list_checkpoints(root) if not is_complete(p)] + sorted(root.glob(_TEMP_DIRS))
+    for path in partial:
+        shutil.rmtree(path, ignore_errors=True)
+    return partial
 
 
 def remove_checkpoints_after(root: Path, step: int, log: Callable[[str], None] = lambda _m: None) -> None:

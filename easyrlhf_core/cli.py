@@ -427,14 +427,14 @@ def plot_command(run_dirs: tuple[str, ...], output_dir: str | None) -> None:
               help="Seed for the data split and sampling.")
 @click.option("--sample/--no-sample", default=True, show_default=True,
               help="Policies: also sample answers (temperature 1) for the sampled reward and KL.")
-@click.option("--bootstrap-samples", type=int, default=1000, show_default=True,
-              help="Kept for scripts; no effect (eval's intervals are of shares: Wilson, no resampling).")
+@click.option("--bootstrap-samples", type=int, default=None, hidden=True,
+              help="Ignored: kept so old scripts still run (eval's intervals are Wilson's, no resampling).")
 @click.option("--trust-remote-code", is_flag=True, help="Allow custom model code (off by default).")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object (keys in docs/eval.md).")
 @click.option("--debug", is_flag=True, help="Show full tracebacks on errors.")
 @handle_errors
 def eval_command(data_files: str | None, reward_options: tuple[str, ...], as_json: bool, debug: bool,
-                 **options: Any) -> None:
+                 bootstrap_samples: int | None, **options: Any) -> None:
     """Evaluate a reward model (pairwise accuracy vs a length baseline) or a policy (implicit-reward
     accuracy, reward scores, win rate and KL against a reference). Batched, no gradients."""
     from .evaluation import EvalRequest, evaluate

@@ -74,9 +74,7 @@ def _copy(value: Any) -> Any:
 
 def invalid(key: str, message: str) -> ConfigError:
     """A validation error about ``key``, raised from ``__post_init__``; the loader adds where it was set."""
-    err = ConfigError(f"'{key}' {message}")
-    err.key = key  # type: ignore[attr-defined]
-    return err
+    return ConfigError(f"'{key}' {message}", key=key)
 
 
 def require_positive(config: Any, *keys: str) -> None:
@@ -309,7 +307,7 @@ def resolve_config(cls: type, layers: list[Layer], method: str | None = None) ->
     try:
         config = _build(cls, values)
     except ConfigError as exc:
-        key = getattr(exc, "key", None)
+        key = exc.key
         setter = provenance.get(key) if key else None
         if key and setter is not None:
             raise setter.error(key, exc.message) from None
@@ -465,20 +463,7 @@ def _check(value: Any, hint: Any, raw: str | None) -> tuple[bool, Any]:
             return True, str(value)
         return False, None
     if origin is list:
-        (item,) = args or (Any,)
-        if isinstance(value, str) and raw is not None:  # --set data_files=a.jsonl,b.jsonl
-            value = [v.strip() for v in value.split(",") if v.strip()]
-        if not isinstance(value, list):
-            return False, None
-        out = []
-        for v in value:
-            if item is str and not isinstance(v, str):  # [1, 2] is not a list of strings: no silent str()
-                return False, None
-            ok, r = _check(v, item, None)
-            if not ok:
-                return False, None
-            out.append(r)
-        return True, out
+        return _check_list(value, args, raw)
     if origin is dict:
         key_t, val_t = args or (Any, Any)
         if not isinstance(value, dict):
@@ -492,6 +477,25 @@ def _check(value: Any, hint: Any, raw: str | None) -> tuple[bool, Any]:
             out_d[rk] = rv
         return True, out_d
     return (isinstance(value, hint), value) if isinstance(hint, type) else (True, value)
+
+
+def _check_list(value: Any, args: tuple[Any, ...], raw: str | None) -> tuple[bool, Any]:
+    """:func:`_check` for ``list[item]`` (``args``: the hint's arguments); a command-line string is split at
+    commas."""
+    (item,) = args or (Any,)
+    if isinstance(value, str) and raw is not None:  # --set data_files=a.jsonl,b.jsonl
+        value = [v.strip() for v in value.split(",") if v.strip()]
+    if not isinstance(value, list):
+        return False, None
+    out = []
+    for v in value:
+        if item is str and not isinstance(v, str):  # [1, 2] is not a list of strings: no silent str()
+            return False, None
+        ok, r = _check(v, item, None)
+        if not ok:
+            return False, None
+        out.append(r)
+    return True, out
 
 
 def _type_name(hint: Any) -> str:
@@ -578,8 +582,8 @@ def build_options(options_class: type, options: dict[str, Any], owner: str, wher
     if unknown:
         close = difflib.get_close_matches(str(unknown[0]), names, n=1, cutoff=0.6)
         hint = f" (did you mean '{close[0]}'?)" if close else ""
-        raise _option_error(f"{owner}: unknown option(s) {', '.join(map(str, unknown))}{hint}; known: "
-                            f"{', '.join(names) or 'none'}", where, str(unknown[0]))
+        raise ConfigError(f"{owner}: unknown option(s) {', '.join(map(str, unknown))}{hint}; known: "
+                          f"{', '.join(names) or 'none'}", where=where, key=str(unknown[0]))
     layer = Layer(values={}, source=where)
     hints = typing.get_type_hints(options_class)
     typed = {}
@@ -587,14 +591,9 @@ def build_options(options_class: type, options: dict[str, Any], owner: str, wher
         try:
             typed[key] = coerce(value, hints[key], key, layer)
         except ConfigError as exc:
-            raise _option_error(f"{owner}: {exc.message}", where, key) from None
+            raise ConfigError(f"{owner}: {exc.message}", where=where, key=key) from None
     try:
         return options_class(**typed)
     except ConfigError as exc:
-        raise _option_error(f"{owner}: {exc.message}", where, getattr(exc, "key", None)) from None
+        raise ConfigError(f"{owner}: {exc.message}", where=where, key=exc.key) from None
 
-
-def _option_error(message: str, where: str, key: str | None) -> ConfigError:
-    err = ConfigError(message, where=where)
-    err.key = key  # type: ignore[attr-defined]
-    return err

@@ -15,19 +15,22 @@ def one_line(text: str) -> str:
 class EasyRLHFError(Exception):
     """Bad input or setup, reported as one line: ``Error: <where>: <what is wrong and how to fix it>``.
 
-    ``where`` is ``file:line`` for a file, or a flag such as ``--set`` for command-line input.
+    ``where`` is ``file:line`` for a file, or a flag such as ``--set`` for command-line input. ``key`` is the
+    config key or option at fault when known (a check in ``__post_init__``): the config loader points the
+    error at the file line or ``--set`` that set it.
     """
 
     #: The process exit code the CLI ends with.
     exit_code = 2
 
     def __init__(self, message: str, *, file: str | Path | None = None, line: int | None = None,
-                 where: str | None = None) -> None:
+                 where: str | None = None, key: str | None = None) -> None:
         super().__init__(message)
         self.message = message
         self.file = str(file) if file is not None else None
         self.line = line
         self.where = where
+        self.key = key
 
     @property
     def location(self) -> str | None:

@@ -123,49 +123,40 @@ def model_bytes(model: Any) -> int:
         return 0
 
 
-def checkpoint_note(run: RunContext) -> str:
-    """``the newest complete checkpoint, DIR, is intact`` (or that none was saved yet)."""
+def newest_checkpoint(run: RunContext) -> Path | None:
+    """The run's newest complete checkpoint (what :func:`checkpoint_note` and :func:`resume_advice` take), or
+    None when none was saved yet; look it up once per message."""
     from .checkpoints import latest_checkpoint
 
-    kept = latest_checkpoint(run.checkpoints_dir)
+    return latest_checkpoint(run.checkpoints_dir)
+
+
+def checkpoint_note(kept: Path | None) -> str:
+    """``the newest complete checkpoint, DIR, is intact`` (or that none was saved yet); ``kept``:
+    :func:`newest_checkpoint`."""
     if kept is None:
         return "no checkpoint was saved yet"
     return f"the newest complete checkpoint, {kept}, is intact"
 
 
-def _then(run: RunContext) -> str:
-    """How to go on once the cause is fixed: ``--resume`` from the checkpoint, or run again."""
-    from .checkpoints import latest_checkpoint
-
-    if latest_checkpoint(run.checkpoints_dir) is not None:
+def resume_advice(kept: Path | None) -> str:
+    """How to go on once the cause is fixed: ``--resume`` from the checkpoint ``kept``, or run again."""
+    if kept is not None:
         return "continue with --resume"
     return "run the command again (with --resume if the output directory was kept)"
-
-
-def remove_incomplete_checkpoints(checkpoints_dir: Path) -> list[Path]:
-    """Delete the checkpoints a failed save left half-written (no ``COMPLETE`` marker; PPO's temp dirs):
-    they are never resumed from, and the space they hold comes back. Returns what was removed."""
-    from .checkpoints import is_complete, list_checkpoints
-
-    partial = [p for p in list_checkpoints(checkpoints_dir) if not is_complete(p)]
-    if checkpoints_dir.is_dir():
-        partial += sorted(checkpoints_dir.glob(".checkpoint-*.tmp"))
-    for path in partial:
-        shutil.rmtree(path, ignore_errors=True)
-    return partial
 
 
 def disk_full_error(run: RunContext, exc: BaseException, writing: Path | None = None, needed: int = 0) -> EasyRLHFError:
     """Out of disk while writing ``writing`` (a checkpoint when not given): which directory, the room a
     checkpoint needs (``needed`` bytes, else the newest complete checkpoint's size), that the newest
     complete checkpoint is intact. Removes the partial checkpoint (main process)."""
-    from .checkpoints import latest_checkpoint
+    from .checkpoints import remove_incomplete_checkpoints
 
     removed = remove_incomplete_checkpoints(run.checkpoints_dir) if run.is_main_process else []
     named = next((Path(e.filename) for e in _chain(exc) if isinstance(e, OSError) and e.filename), None)
     target = writing or (removed[-1] if removed else named or run.output_dir)
     name = target.name.lstrip(".").removesuffix(".tmp")
-    kept = latest_checkpoint(run.checkpoints_dir)
+    kept = newest_checkpoint(run)
     if not needed and kept is not None:
         needed = tree_bytes(kept)
         size = f"a checkpoint of this run takes about {human_bytes(needed)} (the size of {kept.name})"
@@ -180,9 +171,9 @@ def disk_full_error(run: RunContext, exc: BaseException, writing: Path | None = 
         free = ""
     cleaned = " (the partial one was removed)" if removed else ""
     return EasyRLHFError(f"the disk is full: writing {name} ran out of space ({size}{free}){cleaned}; "
-                         f"{checkpoint_note(run)}; free some space (or lower save_total_limit, "
+                         f"{checkpoint_note(kept)}; free some space (or lower save_total_limit, "
                          "or choose an --output-dir "
-                         f"on a larger disk), then {_then(run)}",
+                         f"on a larger disk), then {resume_advice(kept)}",
                          where=str(directory))
 
 
@@ -205,8 +196,9 @@ def out_of_memory_error(run: RunContext, exc: BaseException) -> EasyRLHFError:
     if not getattr(config, "deepspeed", None):
         levers.append("--deepspeed zero3 with several processes")
     cause = next((e for e in _chain(exc) if is_out_of_memory(e)), exc)
+    kept = newest_checkpoint(run)
     return EasyRLHFError(f"out of memory during training ({_first_line(cause)}); use {', '.join(levers)}; "
-                         f"{checkpoint_note(run)}: {_then(run)} after the change")
+                         f"{checkpoint_note(kept)}: {resume_advice(kept)} after the change")
 
 
 def collective_call(exc: BaseException) -> str | None:
@@ -237,9 +229,10 @@ def collective_timeout_error(run: RunContext, call: str) -> EasyRLHFError:
     checkpoint. The launcher's parent adds ``rank N: `` (the rank that gave up first)."""
     timeout = getattr(run.config, "collective_timeout", None)
     waited = f"longer than collective_timeout={timeout}s" if timeout else "past its timeout"
+    kept = newest_checkpoint(run)
     return EasyRLHFError(f"{call} waited {waited} for the other ranks, which never joined it (one is stuck, "
                          f"was killed or lost its network, or the ranks ran different code paths); "
-                         f"{checkpoint_note(run)}: {_then(run)} (raise collective_timeout if a step can "
+                         f"{checkpoint_note(kept)}: {resume_advice(kept)} (raise collective_timeout if a step can "
                          f"legitimately take that long)", where=None)
 
 
@@ -247,7 +240,8 @@ def training_fault(run: RunContext, exc: BaseException) -> EasyRLHFError | None:
     """The one-line error for ``exc`` raised by a method's training, or None when it is not one of the
     known faults (then it reaches the user as ``Error: <Type>: <message>``)."""
     if isinstance(exc, RewardFailed):
-        return PluginError(f"{exc.message}; {checkpoint_note(run)}: {_then(run)} once it is fixed",
+        kept = newest_checkpoint(run)
+        return PluginError(f"{exc.message}; {checkpoint_note(kept)}: {resume_advice(kept)} once it is fixed",
                            where=exc.where)  # not a RewardFailed: a pipeline's own run adds no second note
     if isinstance(exc, EasyRLHFError):
         return None

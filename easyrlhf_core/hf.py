@@ -258,10 +258,11 @@ def diverged_error(run: RunContext, step: int, what: list[str], unit: str = "ste
     config = run.config
     clip = (f"a lower max_grad_norm (now {config.max_grad_norm:g})" if config.max_grad_norm > 0
             else "max_grad_norm to clip gradients (now 0: off; e.g. 1.0)")
+    kept = latest_checkpoint(run.checkpoints_dir)
     then = ("continue from it with --resume (the new learning_rate applies) or start again"
-            if latest_checkpoint(run.checkpoints_dir) is not None else "start again")
+            if kept is not None else "start again")
     return EasyRLHFError(f"training diverged at {unit} {step}: {' and '.join(what)}; nothing from that {unit} on "
-                         f"was saved and no model/ was written ({checkpoint_note(run)}); set a lower learning_rate "
+                         f"was saved and no model/ was written ({checkpoint_note(kept)}); set a lower learning_rate "
                          f"(now {config.learning_rate:g}) or {clip}, then {then}")
 
 

@@ -69,9 +69,7 @@ def one_reward_error(count: int, who: str = "the run", *, purpose: str = "", giv
     else:
         text = (f"{who} takes one reward, but {given or 'reward and reward_model are both set'}; give only one: "
                 f"{first} or {second}")
-    err = ConfigError(text, where=where)
-    err.key = key  # type: ignore[attr-defined]
-    return err
+    return ConfigError(text, where=where, key=key)
 
 
 def _who(config: Any) -> str:
@@ -146,13 +144,13 @@ def locate_options_error(exc: ConfigError, config: Any, prefix: str, within: str
 
     if not is_options_error(exc):
         return exc
-    key = getattr(exc, "key", None)
+    key = exc.key
     located = located_error(config, exc.message, f"{prefix}.{key}" if key else prefix, within)
     return _moved(exc, located) if located is not None else exc
 
 
 def _moved(old: ConfigError, new: ConfigError) -> ConfigError:
-    new.key = getattr(old, "key", None)  # type: ignore[attr-defined]
+    new.key = old.key
     return new
 
 

@@ -287,14 +287,15 @@ class StopSignals:
 def stopped_at_once_message(signum: int, checkpoints: Path | None) -> str:
     """The line a run stopped at once by a second Ctrl-C / SIGTERM ends with: what was lost, what is kept."""
     from .checkpoints import latest_checkpoint
+    from .faults import checkpoint_note, resume_advice
 
     name = signal.Signals(signum).name
     kept = latest_checkpoint(checkpoints) if checkpoints is not None and checkpoints.is_dir() else None
     if kept is None:
         return (f"{name}: stopped at once by a second signal, without a checkpoint (none was saved yet); "
                 f"run the command again to start over")
-    return (f"{name}: stopped at once by a second signal (the step in progress is lost); the newest complete "
-            f"checkpoint, {kept}, is intact: continue with --resume")
+    return (f"{name}: stopped at once by a second signal (the step in progress is lost); {checkpoint_note(kept)}: "
+            f"{resume_advice(kept)}")
 
 
 def _jsonable(value: Any) -> Any:

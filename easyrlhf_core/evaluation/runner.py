@@ -18,7 +18,7 @@ from .generation import Answer, generate_answers
 from .loading import ModelRef, inspect_model, load_ref_policy, load_ref_tokenizer, quiet_transformers, require_kind
 from .logprobs import CompletionLogProb, completion_logprobs, pair_gaps, pair_margins, truncated_count
 from .report import EvalReport
-from .stats import BOOTSTRAP_SAMPLES, length_baseline, mean, pairwise
+from .stats import length_baseline, mean, pairwise
 
 Log = Callable[[str], None]
 
@@ -45,7 +45,6 @@ class EvalRequest:
     batch_size: int = 8
     seed: int = 42
     sample: bool = True
-    bootstrap_samples: int = BOOTSTRAP_SAMPLES
     trust_remote_code: bool = False
 
 
@@ -53,8 +52,7 @@ def check_request(request: EvalRequest) -> None:
     """Numbers in range."""
     for flag, value, minimum in (("--limit", request.limit, 1), ("--batch-size", request.batch_size, 1),
                                  ("--max-new-tokens", request.max_new_tokens, 1),
-                                 ("--max-length", request.max_length, 2),
-                                 ("--bootstrap-samples", request.bootstrap_samples, 1)):
+                                 ("--max-length", request.max_length, 2)):
         if value is not None and value < minimum:
             raise ConfigError(f"must be >= {minimum}, got {value}", where=flag)
     if request.split not in ("eval", "all"):

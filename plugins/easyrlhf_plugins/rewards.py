@@ -20,13 +20,6 @@ from easyrlhf_core.errors import ConfigError
 from easyrlhf_core.shapes import Message
 
 
-def _options_error(reward: str, message: str, key: str | None = None) -> ConfigError:
-    """A complaint about option ``key`` of ``reward``; the core points it at the file line or flag that set it."""
-    err = ConfigError(f"reward '{reward}': {message}", where="reward_options")
-    err.key = key  # type: ignore[attr-defined]
-    return err
-
-
 @dataclass
 class RewardModelOptions:
     """Options of the ``reward-model`` reward."""
@@ -76,6 +69,11 @@ class KeywordOptions:
             words = [self.keywords] if isinstance(self.keywords, str) else self.keywords
             if not words or not all(w for w in words):
                 raise invalid("keywords", "must be a non-empty word or list of words")
+        if self.pattern is not None:
+            try:
+                re.compile(self.pattern, 0 if self.case_sensitive else re.IGNORECASE)
+            except re.error as exc:
+                raise invalid("pattern", f"is not a valid regular expression: {exc}") from None
 
 
 class RewardModelReward(RewardFunction):
@@ -184,10 +182,7 @@ class KeywordReward(RewardFunction):
         if opts.keywords is not None:
             words = [opts.keywords] if isinstance(opts.keywords, str) else opts.keywords
             pattern = "|".join(re.escape(w) for w in sorted(words, key=len, reverse=True))
-        try:
-            self.regex = re.compile(str(pattern), 0 if opts.case_sensitive else re.IGNORECASE)
-        except re.error as exc:
-            raise _options_error(self.name, f"'pattern' is not a valid regular expression: {exc}", "pattern") from None
+        self.regex = re.compile(str(pattern), 0 if opts.case_sensitive else re.IGNORECASE)
         self.mode, self.weight = opts.mode, float(opts.weight)
 
     def score(self, prompts: list[list[Message]], completions: list[str]) -> list[float]:

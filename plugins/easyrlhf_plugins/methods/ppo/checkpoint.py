@@ -25,14 +25,9 @@ SCHEDULER_FILE = "scheduler.pt"
 
 
 def _temp_dir(checkpoints_dir: Path, iteration: int) -> Path:
+    """Where a checkpoint is written before it is renamed into place: the temp dir name the core's
+    :func:`~easyrlhf_core.checkpoints.remove_incomplete_checkpoints` removes after a killed run."""
     return checkpoints_dir / f".checkpoint-{iteration}.tmp"
-
-
-def remove_partial_checkpoints(checkpoints_dir: Path) -> None:
-    """Delete temp dirs a killed run left behind (they were never renamed, so never resumable)."""
-    if checkpoints_dir.is_dir():
-        for path in checkpoints_dir.glob(".checkpoint-*.tmp"):
-            shutil.rmtree(path, ignore_errors=True)
 
 
 def save_checkpoint(accelerator: Any, checkpoints_dir: Path, iteration: int, state: dict[str, Any],

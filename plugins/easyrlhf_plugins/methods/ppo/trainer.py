@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from easyrlhf_core import lm
-from easyrlhf_core.checkpoints import remove_checkpoints_after
+from easyrlhf_core.checkpoints import remove_checkpoints_after, remove_incomplete_checkpoints
 from easyrlhf_core.hf import (NonFinite, check_ranks_agree, checks_gradient_norm, continue_schedule,
                               diverged_error)
 from easyrlhf_core.kit import rl_math
@@ -30,7 +30,7 @@ from easyrlhf_core.zero import (fill_size_autos, gathered, gathered_for_generati
                                   is_partitioned)
 
 from . import core
-from .checkpoint import remove_partial_checkpoints, resume_from_latest, save_checkpoint
+from .checkpoint import resume_from_latest, save_checkpoint
 from .models import PolicyAndValue, load_models, response_stop_ids
 from .rollout import Rollout, generation_config, record_rollout
 
@@ -360,7 +360,7 @@ class PPOTrainer:
         """Restore the newest loadable checkpoint; the iteration to continue after (0: from scratch)."""
         run = self.run
         if run.is_main_process:
-            remove_partial_checkpoints(run.checkpoints_dir)
+            remove_incomplete_checkpoints(run.checkpoints_dir)
         self.accelerator.wait_for_everyone()
         if not run.resume:
             return 0
