@@ -68,6 +68,7 @@ class Launched:
     code: int
     error: str | None = None
     stopped_at_once: int | None = None
+    port_taken: bool = False  # the launcher failed because its rendezvous port is taken (no rank started)
 
 
 def is_launched() -> bool:
@@ -153,16 +154,40 @@ def launch(options: LaunchOptions, cli_args: list[str]) -> Launched:
     SIGTERM on to the ranks (the launcher's child processes): each saves a checkpoint at the same step and
     exits 0 (see ``easyrlhf_core.run.StopSignals``), so the launcher ends quietly and this process reports
     the stop. The launcher gets the signal itself only before its ranks exist.
+
+    A port picked free (one machine, no ``--main-process-port``) is released before the launcher binds it,
+    so another program can take it in between: when the launcher then fails on it, the run is launched once
+    more on a newly picked port (no rank has started), and a second such failure says so.
     """
+    import dataclasses
+
+    from .ranks import picked_port_taken_message
+
+    picked = options.main_process_port is None and options.num_machines == 1
+    options = rendezvous_port(options)
+    launched = _launch_once(options, cli_args)
+    if not (picked and launched.port_taken):
+        return launched
+    ports = [options.port]
+    options = dataclasses.replace(options, main_process_port=free_port())
+    print(f"[easyrlhf] the rendezvous port {ports[0]} was taken before the launcher could listen on it; "
+          f"launching again on port {options.port}", file=sys.stderr, flush=True)
+    launched = _launch_once(options, cli_args)
+    if launched.port_taken:
+        launched.error = picked_port_taken_message([*ports, options.port])
+    return launched
+
+
+def _launch_once(options: LaunchOptions, cli_args: list[str]) -> Launched:
+    """One start of the launcher on ``options.port`` (see :func:`launch`)."""
     import shutil
     import tempfile
     from pathlib import Path
 
     import torch
 
-    from .ranks import RANK_ERRORS_ENV, first_failure
+    from .ranks import RANK_ERRORS_ENV, first_failure, launcher_port_taken
 
-    options = rendezvous_port(options)
     cmd = launcher_command(options, cli_args, use_gpu=torch.cuda.is_available())
     errors = Path(tempfile.mkdtemp(prefix="easyrlhf-ranks-"))
     env = dict(os.environ, **{LAUNCHED_ENV: "1", RANK_ERRORS_ENV: str(errors)})
@@ -199,7 +224,7 @@ def launch(options: LaunchOptions, cli_args: list[str]) -> Launched:
         failure = first_failure(errors) if code != 0 else None
         if failure is None:
             return Launched(code, f"the launcher exited with code {code}" if code else None)
-        return Launched(failure[1], failure[0])
+        return Launched(failure[1], failure[0], port_taken=launcher_port_taken(errors))
     finally:
         shutil.rmtree(errors, ignore_errors=True)
 

@@ -101,22 +101,47 @@ def port_taken_message(port: int) -> str:
             f"free one with --main-process-port, or leave the option out on one machine to pick a free one")
 
 
+def picked_port_taken_message(ports: list[int]) -> str:
+    """What to say when every port picked free for the rendezvous (no ``--main-process-port`` on one
+    machine) was taken by another program before the launcher could listen on it."""
+    times = {1: "once", 2: "twice"}.get(len(ports), f"{len(ports)} times")
+    return (f"--main-process-port: not given, so a free port was picked for the rendezvous, but another program "
+            f"took it before the launcher could listen on it, {times} (port {', then '.join(map(str, ports))}); "
+            f"run again, or pass a port kept free for this run with --main-process-port")
+
+
+def is_port_taken(error: BaseException) -> bool:
+    """Whether the launcher failed because its rendezvous port is taken (torch's ``DistNetworkError``
+    "... EADDRINUSE ..." / "... Address already in use ...")."""
+    text = str(error)
+    return "EADDRINUSE" in text or "address already in use" in text.lower()
+
+
 def launcher_error_line(error: BaseException) -> str:
     """The launcher's own failure as one line: a taken rendezvous port named, anything else by its type."""
     text = " ".join(str(error).split())
-    if "EADDRINUSE" in text or "address already in use" in text.lower():
-        found = re.search(r"port: (\d+)", text)
+    if is_port_taken(error):
+        # libuv's store says "port: 29500", the other one "port=29500"
+        found = re.search(r"\bport(?:: |=)(\d+)", text)
         if found:
             return port_taken_message(int(found.group(1)))
         return "the rendezvous port is taken on this machine; pass a free one with --main-process-port"
     return f"the launcher failed: {type(error).__name__}: {text}"
 
 
+def launcher_port_taken(folder: Path) -> bool:
+    """Whether the launcher recorded in ``folder`` that it failed because its rendezvous port is taken."""
+    try:
+        return json.loads((folder / LAUNCHER_ERROR_FILE).read_text(encoding="utf-8")).get("port_taken") is True
+    except (OSError, ValueError, AttributeError):
+        return False
+
+
 def _write_launcher_error(error: BaseException) -> None:
     folder = os.environ.get(RANK_ERRORS_ENV)
     if folder and Path(folder).is_dir():
-        (Path(folder) / LAUNCHER_ERROR_FILE).write_text(json.dumps({"message": launcher_error_line(error)}),
-                                                        encoding="utf-8")
+        record = {"message": launcher_error_line(error), "port_taken": is_port_taken(error)}
+        (Path(folder) / LAUNCHER_ERROR_FILE).write_text(json.dumps(record), encoding="utf-8")
     else:
         print(f"Error: {launcher_error_line(error)}", file=sys.stderr)
 

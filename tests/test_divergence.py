@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 from pathlib import Path
 
 import pytest
@@ -262,3 +263,147 @@ def test_a_new_learning_rate_on_resume_keeps_the_ratios_of_parameter_groups():
     assert [g["lr"] for g in optimizer.param_groups] == pytest.approx([2e-3, 2e-2])
     continue_schedule(run, scheduler, step=2, total=4, was=4, peaks=2e-3)  # the same rate again: as saved
     assert [g["lr"] for g in optimizer.param_groups] == pytest.approx([2e-3, 2e-2])
+
+
+RANK_1_LOSS_NAN = '''
+import os
+
+if "RANK" in os.environ:  # a launched rank (not the parent, not the launcher)
+    import easyrlhf_core.ranks as _ranks
+
+    _record = _ranks.record_rank_error
+
+    def _record_and_copy(message, code):  # the parent prints only the first rank's line: keep each for the test
+        import time
+
+        with open(os.path.join({copies!r}, "rank-" + os.environ["RANK"] + ".txt"), "w", encoding="utf-8") as f:
+            f.write(message)
+        deadline = time.monotonic() + 60  # the first rank to exit ends the other: wait until both wrote theirs
+        while len(os.listdir({copies!r})) < int(os.environ["WORLD_SIZE"]) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        return _record(message, code)
+
+    _ranks.record_rank_error = _record_and_copy
+
+if os.environ.get("RANK") == "1":
+    from trl import SFTTrainer
+
+    _compute_loss = SFTTrainer.compute_loss
+
+    def _nan_from_step_3(self, model, inputs, *args, **kwargs):
+        result = _compute_loss(self, model, inputs, *args, **kwargs)
+        if not model.training or self.state.global_step < 2:
+            return result
+        if isinstance(result, tuple):
+            return (result[0] * float("nan"), *result[1:])
+        return result * float("nan")
+
+    SFTTrainer.compute_loss = _nan_from_step_3
+'''
+
+
+def test_a_loss_nan_on_one_rank_only_stops_both_ranks_at_that_step(tiny_model_dir, pairs, tmp_path):
+    """Two processes (gloo): rank 1's loss is NaN from step 3 on, rank 0's stays finite. The check is agreed
+    across ranks, so both stop at step 3 (no rank waits in a collective for the other: no hang), each with
+    its own line (rank 0's: "not finite on another process"), and the parent prints one of them."""
+    from tests.subprocess_runs import run_easyrlhf
+
+    copies, site = tmp_path / "rank-errors", tmp_path / "site"
+    copies.mkdir()
+    site.mkdir()
+    (site / "sitecustomize.py").write_text(RANK_1_LOSS_NAN.format(copies=str(copies)), encoding="utf-8")
+    pythonpath = os.pathsep.join(p for p in (str(site), os.environ.get("PYTHONPATH", "")) if p)
+    out = tmp_path / "run"
+    result = run_easyrlhf(sft_args(tiny_model_dir, pairs, out, "--max-steps", "6", "--set", "save_steps=2"),
+                          num_processes=2, timeout=300, env={"PYTHONPATH": pythonpath})
+    assert result.returncode == 2, result.stderr
+    errors = error_lines(result.stderr)
+    assert len(errors) == 1 and errors[0].startswith("Error: rank "), result.stderr
+    assert "training diverged at step 3: " in errors[0] and "Traceback" not in result.stderr
+    lines = {path.name: path.read_text(encoding="utf-8") for path in copies.iterdir()}
+    assert sorted(lines) == ["rank-0.txt", "rank-1.txt"], result.stderr
+    assert lines["rank-1.txt"].startswith("training diverged at step 3: the loss is nan")
+    assert lines["rank-0.txt"].startswith("training diverged at step 3: the loss is not finite on another process")
+    assert errors[0].split(": ", 2)[2] in lines.values()
+    assert not (out / "COMPLETE").exists() and not (out / "model").exists()
+    assert [p.name for p in list_checkpoints(out / "checkpoints")] == ["checkpoint-2"]
+    assert [r["step"] for r in train_rows(out)] == [1, 2, 3]
+    assert_all_finite(model_tensors(out / "checkpoints" / "checkpoint-2"))
+
+
+# --------------------------------------------------------------------------------------------------
+# continue_schedule with transformers' other schedules and a warm-up (as the Trainer builds and resumes them)
+
+PEAK = 1e-3
+
+
+def scheduler_for(name: str, warmup_ratio: float, total: int):
+    """transformers' scheduler ``name`` for ``total`` steps over a tiny optimizer, with the warm-up steps the
+    Trainer derives from ``warmup_ratio`` (easyrlhf passes it as ``warmup_steps``)."""
+    from types import SimpleNamespace
+
+    import torch
+    from transformers import TrainingArguments, get_scheduler
+
+    optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=PEAK)
+    warmup = TrainingArguments.get_warmup_steps(SimpleNamespace(warmup_steps=warmup_ratio), total)
+    return optimizer, get_scheduler(name, optimizer, num_warmup_steps=warmup, num_training_steps=total)
+
+
+def rates(optimizer, scheduler, steps: int) -> list[float]:
+    """The learning rate of each of the next ``steps`` optimizer steps."""
+    found = []
+    for _ in range(steps):
+        found.append(optimizer.param_groups[0]["lr"])
+        optimizer.step()
+        scheduler.step()
+    return found
+
+
+def resumed_rates(name: str, warmup_ratio: float, stopped_at: int, was: int, total: int) -> tuple[list[float], str]:
+    """The rates of steps ``stopped_at + 1 .. total`` after a run of ``was`` steps saved at ``stopped_at``
+    is resumed for ``total`` steps as the Trainer does it (a new optimizer and scheduler for ``total``, the saved
+    states loaded) and :func:`continue_schedule`; and its log line."""
+    import copy
+
+    from easyrlhf_core.hf import continue_schedule
+
+    optimizer, scheduler = scheduler_for(name, warmup_ratio, was)
+    rates(optimizer, scheduler, stopped_at)
+    saved = copy.deepcopy((optimizer.state_dict(), scheduler.state_dict()))
+    optimizer, scheduler = scheduler_for(name, warmup_ratio, total)
+    optimizer.load_state_dict(saved[0])
+    scheduler.load_state_dict(saved[1])
+    logged: list[str] = []
+    run = type("Run", (), {"log": staticmethod(logged.append)})()
+    continue_schedule(run, scheduler, step=stopped_at, total=total, was=was, peaks=PEAK)
+    assert len(logged) == 1
+    return rates(optimizer, scheduler, total - stopped_at), logged[0]
+
+
+SCHEDULES = [("cosine", 0.0), ("cosine", 0.25), ("constant_with_warmup", 0.5), ("linear", 0.25)]
+
+
+@pytest.mark.parametrize("name, warmup_ratio", SCHEDULES)
+def test_resume_at_the_same_horizon_keeps_the_rates_of_the_uninterrupted_run(name, warmup_ratio):
+    whole = rates(*scheduler_for(name, warmup_ratio, 8), 8)
+    assert len(set(whole)) > 2  # a schedule that moves (a warm-up, a decay)
+    for stopped_at in range(1, 8):
+        after, line = resumed_rates(name, warmup_ratio, stopped_at, was=8, total=8)
+        assert after == whole[stopped_at:]  # bit for bit: a resume stays exact
+        assert line == f"--resume: resuming at step {stopped_at} of 8: learning-rate schedule as saved"
+
+
+@pytest.mark.parametrize("name, warmup_ratio", SCHEDULES)
+def test_resume_with_more_steps_follows_the_schedule_of_the_new_horizon(name, warmup_ratio):
+    """A run of 4 steps (stopped or finished) resumed for 8: from the step it stopped at on, the rates of a run
+    made for 8 steps (its warm-up too: a warm-up ratio counts steps of the new horizon), not the old ones."""
+    for stopped_at in range(1, 5):
+        after, line = resumed_rates(name, warmup_ratio, stopped_at, was=4, total=8)
+        new = rates(*scheduler_for(name, warmup_ratio, 8), 8)
+        assert after == pytest.approx(new[stopped_at:], rel=1e-12, abs=0)
+        assert line == (f"--resume: resuming at step {stopped_at} of 8 (was 4): learning-rate schedule rebuilt "
+                        f"for the new horizon")
+    old = rates(*scheduler_for(name, warmup_ratio, 4), 4)
+    more, _ = resumed_rates(name, warmup_ratio, 2, was=4, total=8)
+    assert more[:2] != old[2:]  # the old horizon's rates would differ: this schedule depends on it

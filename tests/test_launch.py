@@ -147,3 +147,117 @@ def test_the_launcher_finding_its_port_taken_is_one_line_without_a_traceback(tmp
     assert "Traceback" not in done.stderr and "never started" not in done.stdout, done.stderr
     message, code = first_failure(errors)
     assert code == 1 and message.startswith(f"port {taken} is taken on this machine"), message
+
+
+def test_a_picked_port_taken_before_the_launcher_binds_it_is_retried_once_on_a_new_one(tiny_model_dir, tmp_path,
+                                                                                        cli_run, monkeypatch):
+    """The race of a port picked free (no --main-process-port): it is released before torchrun's store binds
+    it. Here the first port picked is held by another socket, as by a program that took it in between; the
+    run is launched again on the next port picked, says so in one line, and trains."""
+    import easyrlhf_core.launch as launch_module
+    from tests.subprocess_runs import toy_pair, trainer_run_args, write_rows
+
+    sock = _hold(taken := free_port())
+    assert sock is not None
+    picks = [taken]
+    monkeypatch.setattr(launch_module, "free_port", lambda: picks.pop(0) if picks else free_port())
+    data = write_rows(tmp_path / "pairs.jsonl", [toy_pair(i) for i in range(8)])
+    out = tmp_path / "run"
+    args = [*trainer_run_args("sft", tiny_model_dir, data, out, per_device=2, steps=1), "--set", "eval_fraction=0",
+            "--num-processes", "2"]
+    monkeypatch.setattr(sys, "argv", ["easyrlhf", *args])  # the ranks' arguments come from the command line
+    try:
+        result = cli_run(*args)
+    finally:
+        sock.close()
+    assert result.exit_code == 0, result.stderr
+    retries = [line for line in result.stderr.splitlines() if "rendezvous port" in line]
+    assert len(retries) == 1 and retries[0].startswith(f"[easyrlhf] the rendezvous port {taken} was taken before "
+                                                       f"the launcher could listen on it; launching again on port ")
+    again = int(retries[0].rsplit(" ", 1)[1])
+    assert again != taken
+    launches = [line for line in result.stderr.splitlines() if "launching:" in line]
+    assert [f"--master_port {port} " in line for line, port in zip(launches, (taken, again))] == [True, True]
+    assert len(launches) == 2 and "Error" not in result.stderr and (out / "COMPLETE").is_file()
+
+
+def test_a_picked_port_taken_twice_says_so_for_the_automatic_case(monkeypatch):
+    """When the port picked again is taken too, the one line speaks of the automatic case (the user gave no
+    --main-process-port), names both ports, and never says to leave the option out."""
+    import easyrlhf_core.launch as launch_module
+    from easyrlhf_core.launch import Launched, launch
+    from easyrlhf_core.ranks import port_taken_message
+
+    picks, launched_on = [41001, 41002], []
+
+    def launcher_finds_its_port_taken(options, cli_args):
+        launched_on.append(options.port)
+        return Launched(1, port_taken_message(options.port), port_taken=True)
+
+    monkeypatch.setattr(launch_module, "free_port", lambda: picks.pop(0))
+    monkeypatch.setattr(launch_module, "_launch_once", launcher_finds_its_port_taken)
+    launched = launch(LaunchOptions(num_processes=2), ["run"])
+    assert launched_on == [41001, 41002] and launched.code == 1
+    assert launched.error == ("--main-process-port: not given, so a free port was picked for the rendezvous, but "
+                              "another program took it before the launcher could listen on it, twice (port 41001, "
+                              "then 41002); run again, or pass a port kept free for this run with "
+                              "--main-process-port")
+    # a port the user gave is never replaced: its failure is the launcher's own line, launched once
+    launched_on.clear()
+    launched = launch(LaunchOptions(num_processes=2, main_process_port=41003), ["run"])
+    assert launched_on == [41003] and launched.error == port_taken_message(41003)
+
+
+# torch's own texts (torch 2.13, c10d socket.cpp) when the rendezvous store's port is taken, with and without libuv
+STORE_PORT_TAKEN = [
+    "The server socket has failed to listen on any local network address. port: {port}, useIpv6: false, code: -98, "
+    "name: EADDRINUSE, message: address already in use",
+    "The server socket has failed to listen on any local network address. The server socket has failed to bind to "
+    "[::]:{port} (errno: 98 - Address already in use). The server could not be initialized on any address for "
+    "port={port}, family=10 The server socket has failed to bind to 0.0.0.0:{port} (errno: 98 - Address already in "
+    "use). The server could not be initialized on any address for port={port}, family=2",
+]
+
+
+@pytest.mark.parametrize("text", STORE_PORT_TAKEN, ids=["libuv", "socket"])
+def test_the_launchers_port_taken_error_is_the_one_port_line(text, tmp_path, monkeypatch):
+    """torch elastic's ``DistNetworkError`` from the store becomes the one line naming the port, recorded for
+    the parent with ``port_taken`` (what :func:`launch` retries on), and is printed without a traceback when
+    there is no parent to hand it to."""
+    import json
+
+    from torch.distributed import DistNetworkError
+
+    from easyrlhf_core import ranks
+
+    error = DistNetworkError(text.format(port=29517))
+    assert ranks.is_port_taken(error)
+    assert ranks.launcher_error_line(error) == ranks.port_taken_message(29517)
+    assert "\n" not in ranks.launcher_error_line(error)
+
+    monkeypatch.setenv(ranks.RANK_ERRORS_ENV, str(tmp_path))
+    ranks._write_launcher_error(error)
+    assert json.loads((tmp_path / ranks.LAUNCHER_ERROR_FILE).read_text()) == {
+        "message": ranks.port_taken_message(29517), "port_taken": True}
+    assert ranks.launcher_port_taken(tmp_path)
+    assert ranks.first_failure(tmp_path) == (ranks.port_taken_message(29517), 1)
+
+    other = RuntimeError("rendezvous timed out")
+    assert not ranks.is_port_taken(other)
+    assert ranks.launcher_error_line(other) == "the launcher failed: RuntimeError: rendezvous timed out"
+
+
+def test_the_launcher_failing_on_its_port_with_no_parent_prints_one_line(capsys, monkeypatch):
+    from torch.distributed import DistNetworkError
+
+    from easyrlhf_core import ranks
+
+    def start_store(args):
+        raise DistNetworkError(STORE_PORT_TAKEN[0].format(port=29518))
+
+    monkeypatch.delenv(ranks.RANK_ERRORS_ENV, raising=False)
+    monkeypatch.setattr(ranks, "_quiet_launcher_logs", lambda: None)  # the test session's loggers stay as they are
+    monkeypatch.setattr("torch.distributed.run.run", start_store)
+    assert ranks.main(["torchrun", "--nproc_per_node", "1", "--master_port", "29518", "x.py"]) == 1
+    err = capsys.readouterr().err
+    assert err == f"Error: {ranks.port_taken_message(29518)}\n"
