@@ -18,9 +18,14 @@ from pathlib import Path
 from typing import Any, Sequence
 
 #: Offline, no tokenizer threads, no progress bars: the same environment for every child.
-CHILD_ENV = {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1",
-             "TOKENIZERS_PARALLELISM": "false", "HF_DATASETS_DISABLE_PROGRESS_BARS": "1",
-             "HF_HUB_DISABLE_PROGRESS_BARS": "1"}
+CHILD_ENV = {
+    "HF_HUB_OFFLINE": "1",
+    "TRANSFORMERS_OFFLINE": "1",
+    "HF_DATASETS_OFFLINE": "1",
+    "TOKENIZERS_PARALLELISM": "false",
+    "HF_DATASETS_DISABLE_PROGRESS_BARS": "1",
+    "HF_HUB_DISABLE_PROGRESS_BARS": "1",
+}
 
 SEED = 42
 
@@ -64,8 +69,9 @@ def load_records(shape: str, samples: int) -> list[dict[str, Any]]:
     from easyrlhf_core.shapes import DataOptions, Shape
 
     dataset = get_registry().get("datasets", "hh-rlhf")
-    options = DataOptions(shape=Shape(shape), max_train_samples=samples, eval_fraction=0.0, max_eval_samples=0,
-                          seed=SEED)
+    options = DataOptions(
+        shape=Shape(shape), max_train_samples=samples, eval_fraction=0.0, max_eval_samples=0, seed=SEED
+    )
     return load_dataset(dataset, options).train
 
 
@@ -74,16 +80,40 @@ def write_jsonl(path: Path, records: list[dict[str, Any]]) -> Path:
     return path
 
 
-def easyrlhf_command(method: str, model: str, out: Path, steps: int, settings: dict[str, Any],
-                     flags: Sequence[str] = (), data: Sequence[str] = ("--dataset", "hh-rlhf")) -> list[str]:
+def easyrlhf_command(
+    method: str,
+    model: str,
+    out: Path,
+    steps: int,
+    settings: dict[str, Any],
+    flags: Sequence[str] = (),
+    data: Sequence[str] = ("--dataset", "hh-rlhf"),
+) -> list[str]:
     """``easyrlhf run`` on hh-rlhf (or ``data``: the dataset flags) into ``out``: ``steps`` steps, no eval, no
     checkpoints, seed 42, one metrics row per step; ``settings`` become ``--set KEY=VALUE`` (after the
     defaults here, so they win)."""
     base = {"eval_fraction": 0.0, "max_eval_samples": 0, "save_steps": 0, "logging_steps": 1}
     sets = [item for key, value in {**base, **settings}.items() for item in ("--set", f"{key}={value}")]
-    return [sys.executable, "-m", "easyrlhf_core.cli", "run", "--method", method, "--model", model,
-            *data, "--output-dir", str(out), "--overwrite", "--max-steps", str(steps),
-            "--seed", str(SEED), *flags, *sets]
+    return [
+        sys.executable,
+        "-m",
+        "easyrlhf_core.cli",
+        "run",
+        "--method",
+        method,
+        "--model",
+        model,
+        *data,
+        "--output-dir",
+        str(out),
+        "--overwrite",
+        "--max-steps",
+        str(steps),
+        "--seed",
+        str(SEED),
+        *flags,
+        *sets,
+    ]
 
 
 def read_metrics(out: Path) -> list[dict[str, Any]]:

@@ -27,8 +27,9 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def tokenize_cached(dataset: Any, fn: Callable[..., Any], *,
-                    cache_key: str | None = None, batched: bool = True, **map_kwargs: Any) -> Any:
+def tokenize_cached(
+    dataset: Any, fn: Callable[..., Any], *, cache_key: str | None = None, batched: bool = True, **map_kwargs: Any
+) -> Any:
     """``dataset.map(fn, batched=batched, **map_kwargs)`` with its result cached on disk (the benchmark's own
     tokenize step; the methods hand their datasets to TRL, whose ``.map`` hits the same cache).
 
@@ -54,12 +55,17 @@ def tokenize_pairs(batch, tokenizer):
     """Batched: the three token sequences DPO needs for every pair."""
     out = {"prompt_ids": [], "chosen_ids": [], "rejected_ids": []}
     for prompt, chosen, rejected in zip(batch["prompt"], batch["chosen"], batch["rejected"]):
-        out["prompt_ids"].append(tokenizer.apply_chat_template(prompt, add_generation_prompt=True, tokenize=True,
-                                                               return_dict=True)["input_ids"])
-        out["chosen_ids"].append(tokenizer.apply_chat_template(prompt + chosen, tokenize=True,
-                                                               return_dict=True)["input_ids"])
-        out["rejected_ids"].append(tokenizer.apply_chat_template(prompt + rejected, tokenize=True,
-                                                                 return_dict=True)["input_ids"])
+        out["prompt_ids"].append(
+            tokenizer.apply_chat_template(prompt, add_generation_prompt=True, tokenize=True, return_dict=True)[
+                "input_ids"
+            ]
+        )
+        out["chosen_ids"].append(
+            tokenizer.apply_chat_template(prompt + chosen, tokenize=True, return_dict=True)["input_ids"]
+        )
+        out["rejected_ids"].append(
+            tokenizer.apply_chat_template(prompt + rejected, tokenize=True, return_dict=True)["input_ids"]
+        )
     return out
 
 
@@ -81,23 +87,41 @@ def child(tokenizer_spec: str) -> None:
     datasets.disable_progress_bars()
 
     t0 = time.perf_counter()
-    splits = load_dataset(get_registry().get("datasets", "hh-rlhf"),
-                          DataOptions(shape=Shape.PREFERENCE, eval_fraction=0.0))
+    splits = load_dataset(
+        get_registry().get("datasets", "hh-rlhf"), DataOptions(shape=Shape.PREFERENCE, eval_fraction=0.0)
+    )
     t1 = time.perf_counter()
     dataset = as_hf_dataset(splits.train)
     t2 = time.perf_counter()
     tokenized = tokenize_cached(dataset, tokenize_pairs, fn_kwargs={"tokenizer": tokenizer})
     t3 = time.perf_counter()
     tokens = sum(len(ids) for ids in tokenized["chosen_ids"]) + sum(len(ids) for ids in tokenized["rejected_ids"])
-    print(json.dumps({"imports": imports, "parse": t1 - t0, "store": t2 - t1, "tokenize": t3 - t2,
-                      "pairs": len(splits.train), "tokens": tokens}))
+    print(
+        json.dumps(
+            {
+                "imports": imports,
+                "parse": t1 - t0,
+                "store": t2 - t1,
+                "tokenize": t3 - t2,
+                "pairs": len(splits.train),
+                "tokens": tokens,
+            }
+        )
+    )
 
 
 def measure(tokenizer_spec: str, cache: Path) -> dict:
-    env = dict(os.environ, EASYRLHF_CACHE=str(cache), HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1",
-               TOKENIZERS_PARALLELISM="false", HF_DATASETS_DISABLE_PROGRESS_BARS="1")
-    result = subprocess.run([sys.executable, __file__, "--child", tokenizer_spec], env=env, capture_output=True,
-                            text=True, check=True)
+    env = dict(
+        os.environ,
+        EASYRLHF_CACHE=str(cache),
+        HF_HUB_OFFLINE="1",
+        HF_DATASETS_OFFLINE="1",
+        TOKENIZERS_PARALLELISM="false",
+        HF_DATASETS_DISABLE_PROGRESS_BARS="1",
+    )
+    result = subprocess.run(
+        [sys.executable, __file__, "--child", tokenizer_spec], env=env, capture_output=True, text=True, check=True
+    )
     return json.loads(result.stdout.strip().splitlines()[-1])
 
 
@@ -149,10 +173,14 @@ def main() -> None:
             cold, warm = best["cold"], best["warm"]
             for run, t in (("cold", cold), ("warm", warm)):
                 ratio = f"{cold['total'] / warm['total']:.1f}x" if run == "warm" else "1.0x"
-                print(f"| {label} | {run} | {t['parse']:.2f} | {t['store']:.2f} | {t['tokenize']:.2f} | "
-                      f"{t['total']:.2f} | {ratio} |")
-        print(f"\n{cold['pairs']} pairs; {cold['tokens']} chosen+rejected tokens (last tokenizer); "
-              f"fastest of {args.repeats} runs each; imports excluded ({cold['imports']:.1f}s per process)")
+                print(
+                    f"| {label} | {run} | {t['parse']:.2f} | {t['store']:.2f} | {t['tokenize']:.2f} | "
+                    f"{t['total']:.2f} | {ratio} |"
+                )
+        print(
+            f"\n{cold['pairs']} pairs; {cold['tokens']} chosen+rejected tokens (last tokenizer); "
+            f"fastest of {args.repeats} runs each; imports excluded ({cold['imports']:.1f}s per process)"
+        )
 
 
 if __name__ == "__main__":

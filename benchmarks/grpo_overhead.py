@@ -23,7 +23,7 @@ from pathlib import Path
 
 from _common import SEED, benchmark_model, read_metrics, remove, run_child
 
-RAW_SCRIPT = r'''
+RAW_SCRIPT = r"""
 import json, re, sys
 import torch
 from datasets import Dataset
@@ -57,7 +57,7 @@ trainer = GRPOTrainer(model=model, reward_funcs=[match], args=args, train_datase
 result = trainer.train()
 losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
 print("RESULT " + json.dumps({"train_runtime": result.metrics["train_runtime"], "last_loss": losses[-1]}))
-'''
+"""
 
 
 def main() -> None:
@@ -83,25 +83,68 @@ def main() -> None:
         raw_data.write_text("".join(json.dumps(r) + "\n" for r in shuffled(records, SEED)))
         script = root / "raw_grpo.py"
         script.write_text(RAW_SCRIPT)
-        ours_cmd = [sys.executable, "-m", "easyrlhf_core.cli", "run", "--method", "grpo", "--model", model,
-                    "--dataset", "jsonl", "--data-files", str(data), "--reward", "match", "--output-dir",
-                    str(root / "ours"), "--overwrite", "--max-steps", str(args.steps), "--seed", str(SEED),
-                    *[x for k, v in {"eval_fraction": 0.0, "max_eval_samples": 0, "save_steps": 0, "logging_steps": 1,
-                                     "num_generations": args.generations, "per_device_train_batch_size": args.batch,
-                                     "max_completion_length": args.completion_length, "learning_rate": lr,
-                                     "num_sample_completions": 0}.items() for x in ("--set", f"{k}={v}")]]
-        raw_cmd = [sys.executable, str(script), model, str(raw_data), str(root / "raw"), str(args.steps),
-                   str(args.generations), str(args.completion_length), str(args.batch), str(lr), str(SEED)]
+        ours_cmd = [
+            sys.executable,
+            "-m",
+            "easyrlhf_core.cli",
+            "run",
+            "--method",
+            "grpo",
+            "--model",
+            model,
+            "--dataset",
+            "jsonl",
+            "--data-files",
+            str(data),
+            "--reward",
+            "match",
+            "--output-dir",
+            str(root / "ours"),
+            "--overwrite",
+            "--max-steps",
+            str(args.steps),
+            "--seed",
+            str(SEED),
+            *[
+                x
+                for k, v in {
+                    "eval_fraction": 0.0,
+                    "max_eval_samples": 0,
+                    "save_steps": 0,
+                    "logging_steps": 1,
+                    "num_generations": args.generations,
+                    "per_device_train_batch_size": args.batch,
+                    "max_completion_length": args.completion_length,
+                    "learning_rate": lr,
+                    "num_sample_completions": 0,
+                }.items()
+                for x in ("--set", f"{k}={v}")
+            ],
+        ]
+        raw_cmd = [
+            sys.executable,
+            str(script),
+            model,
+            str(raw_data),
+            str(root / "raw"),
+            str(args.steps),
+            str(args.generations),
+            str(args.completion_length),
+            str(args.batch),
+            str(lr),
+            str(SEED),
+        ]
         best: dict[str, float] = {}
         rss: dict[str, float] = {}
         losses: dict[str, float] = {}
         for repeat in range(args.repeats):
             order = [("raw", raw_cmd), ("ours", ours_cmd)]
-            for side, command in (order if repeat % 2 == 0 else order[::-1]):
+            for side, command in order if repeat % 2 == 0 else order[::-1]:
                 child = run_child(command)
                 if side == "raw":
-                    result = json.loads(next(line[7:] for line in child.output.splitlines()
-                                             if line.startswith("RESULT ")))
+                    result = json.loads(
+                        next(line[7:] for line in child.output.splitlines() if line.startswith("RESULT "))
+                    )
                     runtime, loss = result["train_runtime"], result["last_loss"]
                 else:
                     rows = read_metrics(root / "ours")
@@ -112,10 +155,14 @@ def main() -> None:
                 best[side] = min(best.get(side, step), step)
                 rss[side] = max(rss.get(side, 0.0), child.peak_rss_mib)
                 losses[side] = loss
-                print(f"repeat {repeat + 1} {side}: {step:.2f} s/step, peak RSS {child.peak_rss_mib:.0f} MiB",
-                      file=sys.stderr)
-    print(f"| grpo | raw TRL {best['raw']:.2f} s/step | easyrlhf {best['ours']:.2f} s/step | ratio "
-          f"{best['ours'] / best['raw']:.3f} | peak RSS {rss['raw']:.0f} / {rss['ours']:.0f} MiB |")
+                print(
+                    f"repeat {repeat + 1} {side}: {step:.2f} s/step, peak RSS {child.peak_rss_mib:.0f} MiB",
+                    file=sys.stderr,
+                )
+    print(
+        f"| grpo | raw TRL {best['raw']:.2f} s/step | easyrlhf {best['ours']:.2f} s/step | ratio "
+        f"{best['ours'] / best['raw']:.3f} | peak RSS {rss['raw']:.0f} / {rss['ours']:.0f} MiB |"
+    )
     print(f"check: last loss raw {losses['raw']:.6g}, ours {losses['ours']:.6g}")
 
 
@@ -126,8 +173,7 @@ def our_training_prompts(count: int) -> list[dict]:
     from easyrlhf_core.shapes import DataOptions, Shape
 
     dataset = get_registry().get("datasets", "arithmetic")
-    options = DataOptions(shape=Shape.PROMPT, max_train_samples=count, eval_fraction=0.0, max_eval_samples=0,
-                          seed=SEED)
+    options = DataOptions(shape=Shape.PROMPT, max_train_samples=count, eval_fraction=0.0, max_eval_samples=0, seed=SEED)
     return load_dataset(dataset, options).train
 
 

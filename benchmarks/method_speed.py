@@ -79,15 +79,23 @@ class Measurement:
 
 def method_settings(method: str, args: argparse.Namespace) -> tuple[dict[str, Any], list[str]]:
     """``--set`` options and extra flags for ``method``: small, no eval, the same batch and max_length."""
-    settings: dict[str, Any] = {"max_train_samples": args.steps * args.batch, "max_length": args.max_length,
-                                "per_device_train_batch_size": args.batch}
+    settings: dict[str, Any] = {
+        "max_train_samples": args.steps * args.batch,
+        "max_length": args.max_length,
+        "per_device_train_batch_size": args.batch,
+    }
     flags: list[str] = []
     if method == "rrhf":
         settings["candidates"] = "dataset"  # the hh-rlhf pair as two ranked candidates
     if method == "ppo":
         rollout = PPO_ROLLOUT_FACTOR * args.batch
-        settings.update(max_train_samples=args.steps * rollout, rollout_batch_size=rollout,
-                        max_new_tokens=PPO_MAX_NEW_TOKENS, ppo_epochs=PPO_EPOCHS, num_sample_completions=0)
+        settings.update(
+            max_train_samples=args.steps * rollout,
+            rollout_batch_size=rollout,
+            max_new_tokens=PPO_MAX_NEW_TOKENS,
+            ppo_epochs=PPO_EPOCHS,
+            num_sample_completions=0,
+        )
         flags += ["--reward", "length"]  # a rule-based reward: no reward model to train first
     if args.gradient_checkpointing:
         flags.append("--gradient-checkpointing")
@@ -126,13 +134,16 @@ def print_table(best: dict[tuple[str, str], Measurement], order: list[tuple[str,
     print("|---|---|---|---|---|---|")
     for method, variant in order:
         row, base = best[method, variant], best.get((method, BASELINE))
-        print(f"| {method} | {variant} | {row.tokens_per_second:.0f} | "
-              f"{ratio(row.tokens_per_second, base, 'tokens_per_second')} | {row.peak_rss_mib:.0f} | "
-              f"{ratio(row.peak_rss_mib, base, 'peak_rss_mib')} |")
+        print(
+            f"| {method} | {variant} | {row.tokens_per_second:.0f} | "
+            f"{ratio(row.tokens_per_second, base, 'tokens_per_second')} | {row.peak_rss_mib:.0f} | "
+            f"{ratio(row.peak_rss_mib, base, 'peak_rss_mib')} |"
+        )
 
 
-def split_choices(parser: argparse.ArgumentParser, value: str, choices: tuple[str, ...] | list[str],
-                  what: str) -> list[str]:
+def split_choices(
+    parser: argparse.ArgumentParser, value: str, choices: tuple[str, ...] | list[str], what: str
+) -> list[str]:
     items = [item.strip() for item in value.split(",") if item.strip()]
     unknown = [item for item in items if item not in choices]
     if unknown:
@@ -149,8 +160,12 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--repeats", type=int, default=1)
     parser.add_argument("--batch", type=int, default=2, help="per-device batch (ppo: micro-batch of the update)")
     parser.add_argument("--max-length", type=int, default=256)
-    parser.add_argument("--gradient-checkpointing", action=argparse.BooleanOptionalAction, default=False,
-                        help="for every method (default: off, our default)")
+    parser.add_argument(
+        "--gradient-checkpointing",
+        action=argparse.BooleanOptionalAction,
+        default=False,
+        help="for every method (default: off, our default)",
+    )
     args = parser.parse_args()
     args.methods = split_choices(parser, args.methods, METHODS, "methods")
     args.variants = split_choices(parser, args.variants, list(VARIANTS), "variants")
@@ -168,14 +183,18 @@ def main() -> None:
         for method, variant in order:
             measured = measure(method, variant, model, work / f"{method}-{variant}-{repeat}", args)
             best[method, variant] = measured.best_of(best.get((method, variant)))
-            print(f"  repeat {repeat + 1}: {method} {variant}: {measured.tokens:.0f} tokens in {measured.seconds:.2f}s"
-                  f" = {measured.tokens_per_second:.0f} tokens/s, peak RSS {measured.peak_rss_mib:.0f} MiB",
-                  file=sys.stderr)
+            print(
+                f"  repeat {repeat + 1}: {method} {variant}: {measured.tokens:.0f} tokens in {measured.seconds:.2f}s"
+                f" = {measured.tokens_per_second:.0f} tokens/s, peak RSS {measured.peak_rss_mib:.0f} MiB",
+                file=sys.stderr,
+            )
     remove(work)
-    print(f"model: {model}; {args.steps} steps x batch {args.batch}, max_length {args.max_length}; ppo: rollout "
-          f"{PPO_ROLLOUT_FACTOR * args.batch} prompts, {PPO_MAX_NEW_TOKENS} new tokens, {PPO_EPOCHS} epochs, length "
-          f"reward; gradient checkpointing {'on' if args.gradient_checkpointing else 'off'}; "
-          f"best of {args.repeats}; total {time.time() - started:.0f}s")
+    print(
+        f"model: {model}; {args.steps} steps x batch {args.batch}, max_length {args.max_length}; ppo: rollout "
+        f"{PPO_ROLLOUT_FACTOR * args.batch} prompts, {PPO_MAX_NEW_TOKENS} new tokens, {PPO_EPOCHS} epochs, length "
+        f"reward; gradient checkpointing {'on' if args.gradient_checkpointing else 'off'}; "
+        f"best of {args.repeats}; total {time.time() - started:.0f}s"
+    )
     print_table(best, order)
 
 

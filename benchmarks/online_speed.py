@@ -31,15 +31,27 @@ from pathlib import Path
 from _common import benchmark_model, easyrlhf_command, read_metrics, remove, run_child
 
 
-def settings_for(method: str, completions: int, generations: int, length: int, ppo_epochs: int,
-                 lr: float) -> dict[str, object]:
+def settings_for(
+    method: str, completions: int, generations: int, length: int, ppo_epochs: int, lr: float
+) -> dict[str, object]:
     common = {"learning_rate": lr, "temperature": 1.0}
     if method == "ppo":
-        return {**common, "rollout_batch_size": completions, "max_new_tokens": length, "ppo_epochs": ppo_epochs,
-                "per_device_train_batch_size": completions, "gradient_accumulation_steps": 1,
-                "eval_steps": "null"}
-    return {**common, "num_generations": generations, "per_device_train_batch_size": completions,
-            "max_completion_length": length, "final_eval": "false"}
+        return {
+            **common,
+            "rollout_batch_size": completions,
+            "max_new_tokens": length,
+            "ppo_epochs": ppo_epochs,
+            "per_device_train_batch_size": completions,
+            "gradient_accumulation_steps": 1,
+            "eval_steps": "null",
+        }
+    return {
+        **common,
+        "num_generations": generations,
+        "per_device_train_batch_size": completions,
+        "max_completion_length": length,
+        "final_eval": "false",
+    }
 
 
 def measure(method: str, model: str, out: Path, steps: int, settings: dict[str, object]) -> dict[str, float]:
@@ -81,16 +93,20 @@ def main() -> None:
             results[method] = measure(method, model, Path(tmp) / method, args.steps, settings)
             print(f"{method}: {results[method]}", flush=True)
     base = results.get("ppo")
-    lines = [f"machine: {platform.machine()}, {platform.python_version()}, {time.strftime('%Y-%m-%d')}; "
-             f"{completions} completions per iteration of up to {args.length} tokens, {args.steps} iterations, "
-             f"PPO at ppo_epochs={args.ppo_epochs}; {time.time() - started:.0f} s in all", "",
-             "| method | s / iteration | sampled tokens / iteration | ms / sampled token | vs ppo | peak RSS MiB |",
-             "|---|---|---|---|---|---|"]
+    lines = [
+        f"machine: {platform.machine()}, {platform.python_version()}, {time.strftime('%Y-%m-%d')}; "
+        f"{completions} completions per iteration of up to {args.length} tokens, {args.steps} iterations, "
+        f"PPO at ppo_epochs={args.ppo_epochs}; {time.time() - started:.0f} s in all",
+        "",
+        "| method | s / iteration | sampled tokens / iteration | ms / sampled token | vs ppo | peak RSS MiB |",
+        "|---|---|---|---|---|---|",
+    ]
     for method, r in results.items():
         per_token = 1000 * r["seconds"] / max(r["tokens"], 1.0)
         ratio = f"{per_token / (1000 * base['seconds'] / max(base['tokens'], 1.0)):.2f}" if base else "-"
-        lines.append(f"| {method} | {r['seconds']:.2f} | {r['tokens']:.0f} | {per_token:.1f} | {ratio} | "
-                     f"{r['rss']:.0f} |")
+        lines.append(
+            f"| {method} | {r['seconds']:.2f} | {r['tokens']:.0f} | {per_token:.1f} | {ratio} | {r['rss']:.0f} |"
+        )
     table = "\n".join(lines)
     print(table)
     if args.markdown:

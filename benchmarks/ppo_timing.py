@@ -47,12 +47,29 @@ def build_trainer(policy_path: str, rm_path: Path, out: Path, batch: int, new_to
     from easyrlhf_core.run import RunRequest, prepare
     from easyrlhf_plugins.methods.ppo.trainer import PPOTrainer
 
-    settings = {"max_new_tokens": new_tokens, "rollout_batch_size": batch, "per_device_train_batch_size": batch,
-                "ppo_epochs": ppo_epochs, "max_length": MAX_PROMPT_TOKENS + new_tokens, "max_train_samples": 400,
-                "max_eval_samples": 1, "save_steps": 0, "num_sample_completions": 0}
-    request = RunRequest(method="ppo", flags={"model": policy_path, "reward_model": str(rm_path),
-                                              "dataset": "hh-rlhf", "output_dir": str(out), "max_steps": 2},
-                         set_options=[f"{k}={v}" for k, v in settings.items()], overwrite=True)
+    settings = {
+        "max_new_tokens": new_tokens,
+        "rollout_batch_size": batch,
+        "per_device_train_batch_size": batch,
+        "ppo_epochs": ppo_epochs,
+        "max_length": MAX_PROMPT_TOKENS + new_tokens,
+        "max_train_samples": 400,
+        "max_eval_samples": 1,
+        "save_steps": 0,
+        "num_sample_completions": 0,
+    }
+    request = RunRequest(
+        method="ppo",
+        flags={
+            "model": policy_path,
+            "reward_model": str(rm_path),
+            "dataset": "hh-rlhf",
+            "output_dir": str(out),
+            "max_steps": 2,
+        },
+        set_options=[f"{k}={v}" for k, v in settings.items()],
+        overwrite=True,
+    )
     run = prepare(request)
     run.log = lambda _msg: None
     run.progress.enabled = False
@@ -85,13 +102,22 @@ def measure(policy_path: str, rm_path: Path, root: Path, batch: int, new_tokens:
     trainer.step(2)
     row = [json.loads(line) for line in run.metrics_path.read_text().splitlines()][-1]
     baseline = policy_forward_backward(trainer, 3)
-    rest = row["time/iteration"] - sum(row[k] for k in ("time/generate", "time/score", "time/forward",
-                                                        "time/update"))
+    rest = row["time/iteration"] - sum(row[k] for k in ("time/generate", "time/score", "time/forward", "time/update"))
     overhead = row["time/score"] + row["time/forward"] + rest
-    return {"batch": batch, "new_tokens": new_tokens, "response_length": row["response_length"],
-            "generate": row["time/generate"], "score": row["time/score"], "forward": row["time/forward"],
-            "update": row["time/update"], "rest": rest, "iteration": row["time/iteration"], "baseline": baseline,
-            "overhead_ratio": overhead / baseline, "update_ratio": row["time/update"] / (ppo_epochs * baseline)}
+    return {
+        "batch": batch,
+        "new_tokens": new_tokens,
+        "response_length": row["response_length"],
+        "generate": row["time/generate"],
+        "score": row["time/score"],
+        "forward": row["time/forward"],
+        "update": row["time/update"],
+        "rest": rest,
+        "iteration": row["time/iteration"],
+        "baseline": baseline,
+        "overhead_ratio": overhead / baseline,
+        "update_ratio": row["time/update"] / (ppo_epochs * baseline),
+    }
 
 
 def main() -> None:
@@ -99,8 +125,12 @@ def main() -> None:
     parser.add_argument("--batch-sizes", default="2,4")
     parser.add_argument("--response-lengths", default="16,32")
     parser.add_argument("--ppo-epochs", type=int, default=1, help="update time scales linearly with this")
-    parser.add_argument("--threads", type=int, default=1,
-                        help="torch threads (1: on a shared 2-core machine more threads oversubscribe and crawl)")
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=1,
+        help="torch threads (1: on a shared 2-core machine more threads oversubscribe and crawl)",
+    )
     args = parser.parse_args()
 
     import torch
@@ -120,16 +150,20 @@ def main() -> None:
                 results.append(measure(policy_path, rm_path, root, batch, new_tokens, args.ppo_epochs))
                 r = results[-1]
                 print(f"batch {batch} x {new_tokens} new tokens: iteration {r['iteration']:.1f}s", flush=True)
-    header = ("| batch | max new | resp len | generate s | score s | fwd (3 models) s | update s | rest s | "
-              "iteration s | policy fwd+bwd s | non-gen overhead / fwd+bwd | update / (epochs x fwd+bwd) |")
+    header = (
+        "| batch | max new | resp len | generate s | score s | fwd (3 models) s | update s | rest s | "
+        "iteration s | policy fwd+bwd s | non-gen overhead / fwd+bwd | update / (epochs x fwd+bwd) |"
+    )
     print()
     print(header)
     print("|" + "---|" * (header.count("|") - 1))
     for r in results:
         share = 100 * r["generate"] / r["iteration"]
-        print(f"| {r['batch']} | {r['new_tokens']} | {r['response_length']:.1f} | {r['generate']:.2f} ({share:.0f}%) "
-              f"| {r['score']:.2f} | {r['forward']:.2f} | {r['update']:.2f} | {r['rest']:.3f} | {r['iteration']:.2f} "
-              f"| {r['baseline']:.2f} | {r['overhead_ratio']:.2f}x | {r['update_ratio']:.2f}x |")
+        print(
+            f"| {r['batch']} | {r['new_tokens']} | {r['response_length']:.1f} | {r['generate']:.2f} ({share:.0f}%) "
+            f"| {r['score']:.2f} | {r['forward']:.2f} | {r['update']:.2f} | {r['rest']:.3f} | {r['iteration']:.2f} "
+            f"| {r['baseline']:.2f} | {r['overhead_ratio']:.2f}x | {r['update_ratio']:.2f}x |"
+        )
 
 
 if __name__ == "__main__":

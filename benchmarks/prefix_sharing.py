@@ -52,14 +52,22 @@ class Side:
     def best_of(self, other: Side | None) -> Side:
         if other is None:
             return self
-        return Side(min(self.seconds, other.seconds), self.tokens, max(self.peak_rss_mib, other.peak_rss_mib),
-                    self.last_loss)
+        return Side(
+            min(self.seconds, other.seconds), self.tokens, max(self.peak_rss_mib, other.peak_rss_mib), self.last_loss
+        )
 
 
 def raw_trl(method: str, model: str, data: Path, out: Path, precision: str, args: argparse.Namespace) -> Side:
-    opts = {"model": model, "data": str(data), "out": str(out), "steps": args.steps, "batch": args.batch,
-            "max_length": args.max_length, "learning_rate": LEARNING_RATES[method],
-            "gradient_checkpointing": False}
+    opts = {
+        "model": model,
+        "data": str(data),
+        "out": str(out),
+        "steps": args.steps,
+        "batch": args.batch,
+        "max_length": args.max_length,
+        "learning_rate": LEARNING_RATES[method],
+        "gradient_checkpointing": False,
+    }
     header = RAW_HEADER.replace("bf16=False", f"bf16={precision == 'bf16'}")
     child = run_child([sys.executable, "-c", header + RAW_TRAINERS[method] + RAW_FOOTER, json.dumps(opts)])
     result = json.loads(next(line for line in child.output.splitlines() if line.startswith("RESULT "))[7:])
@@ -67,26 +75,43 @@ def raw_trl(method: str, model: str, data: Path, out: Path, precision: str, args
     return Side(result["train_runtime"], result["num_tokens"], child.peak_rss_mib, result["loss"])
 
 
-def ours(method: str, model: str, out: Path, precision: str, args: argparse.Namespace,
-         prefix_sharing: bool = True, ranked: Path | None = None) -> Side:
+def ours(
+    method: str,
+    model: str,
+    out: Path,
+    precision: str,
+    args: argparse.Namespace,
+    prefix_sharing: bool = True,
+    ranked: Path | None = None,
+) -> Side:
     rate = LEARNING_RATES.get(method, 1e-6)
-    settings = {"max_train_samples": args.samples, "per_device_train_batch_size": args.batch,
-                "max_length": args.max_length, "learning_rate": f"{rate:.1e}", "lr_scheduler_type": "linear",
-                "warmup_ratio": 0.0, "weight_decay": 0.0, "max_grad_norm": 1.0, "gradient_accumulation_steps": 1,
-                "gradient_checkpointing": "false", "prefix_sharing": str(prefix_sharing).lower(),
-                **OUR_SETTINGS.get(method, {})}
+    settings = {
+        "max_train_samples": args.samples,
+        "per_device_train_batch_size": args.batch,
+        "max_length": args.max_length,
+        "learning_rate": f"{rate:.1e}",
+        "lr_scheduler_type": "linear",
+        "warmup_ratio": 0.0,
+        "weight_decay": 0.0,
+        "max_grad_norm": 1.0,
+        "gradient_accumulation_steps": 1,
+        "gradient_checkpointing": "false",
+        "prefix_sharing": str(prefix_sharing).lower(),
+        **OUR_SETTINGS.get(method, {}),
+    }
     data = ("--dataset", "jsonl", "--data-files", str(ranked)) if ranked else ("--dataset", "hh-rlhf")
-    child = run_child(easyrlhf_command(method, model, out, args.steps, settings, ["--precision", precision],
-                                       data=data))
+    child = run_child(easyrlhf_command(method, model, out, args.steps, settings, ["--precision", precision], data=data))
     rows = read_metrics(out)
     losses = [row["loss"] for row in rows if "loss" in row]
     remove(out)
-    return Side(first(rows, "train_runtime"), max(row.get("num_tokens", 0) for row in rows), child.peak_rss_mib,
-                losses[-1])
+    return Side(
+        first(rows, "train_runtime"), max(row.get("num_tokens", 0) for row in rows), child.peak_rss_mib, losses[-1]
+    )
 
 
 def ranked_records(pairs: list[dict[str, Any]], k: int) -> list[dict[str, Any]]:
     """k candidates per hh-rlhf prompt: chosen, rejected, then the first halves of both (k <= 4)."""
+
     def text(messages: list[dict[str, str]]) -> str:
         return messages[-1]["content"] if isinstance(messages, list) else messages
 
@@ -131,23 +156,31 @@ def main() -> None:
                 for side in sides:
                     out = work / f"{method}-{precision}-{side}-{repeat}"
                     if method == "rrhf":
-                        measured = ours(method, model, out, precision, args, prefix_sharing=side == "shared",
-                                        ranked=ranked)
+                        measured = ours(
+                            method, model, out, precision, args, prefix_sharing=side == "shared", ranked=ranked
+                        )
                     elif side == "baseline":
                         measured = raw_trl(method, model, data, out, precision, args)
                     else:
                         measured = ours(method, model, out, precision, args)
                     key = (method, precision, side)
                     best[key] = measured.best_of(best.get(key))
-                    print(f"  repeat {repeat + 1}: {method} {precision} {side}: {measured.seconds:.1f} s, "
-                          f"{measured.tokens:.0f} tokens, {measured.tokens_per_second:.0f} tokens/s, peak RSS "
-                          f"{measured.peak_rss_mib:.0f} MiB, last loss {measured.last_loss:.6g}", file=sys.stderr)
+                    print(
+                        f"  repeat {repeat + 1}: {method} {precision} {side}: {measured.seconds:.1f} s, "
+                        f"{measured.tokens:.0f} tokens, {measured.tokens_per_second:.0f} tokens/s, peak RSS "
+                        f"{measured.peak_rss_mib:.0f} MiB, last loss {measured.last_loss:.6g}",
+                        file=sys.stderr,
+                    )
     remove(work)
-    print(f"model: {model}; {args.steps} steps x {args.batch} pairs (rrhf: queries, k={args.k}), max_length "
-          f"{args.max_length}, {args.samples} hh-rlhf records, best of {args.repeats}; "
-          f"total {time.time() - started:.0f} s")
-    print("| method | precision | baseline | baseline tokens/s | shared tokens/s | speed-up | baseline RSS MiB "
-          "| shared RSS MiB | RSS ratio | last loss baseline / shared |")
+    print(
+        f"model: {model}; {args.steps} steps x {args.batch} pairs (rrhf: queries, k={args.k}), max_length "
+        f"{args.max_length}, {args.samples} hh-rlhf records, best of {args.repeats}; "
+        f"total {time.time() - started:.0f} s"
+    )
+    print(
+        "| method | precision | baseline | baseline tokens/s | shared tokens/s | speed-up | baseline RSS MiB "
+        "| shared RSS MiB | RSS ratio | last loss baseline / shared |"
+    )
     print("|---|---|---|---|---|---|---|---|---|---|")
     for method in args.methods:
         for precision in args.precisions:
@@ -155,11 +188,13 @@ def main() -> None:
             name = "ours, prefix_sharing=false" if method == "rrhf" else "raw TRL"
             same = "" if base.tokens == shared.tokens else f" (tokens differ: {base.tokens:.0f} / {shared.tokens:.0f})"
             close = math.isclose(base.last_loss, shared.last_loss, rel_tol=1e-3 if precision == "bf16" else 1e-4)
-            print(f"| {method} | {precision} | {name} | {base.tokens_per_second:.0f} | "
-                  f"{shared.tokens_per_second:.0f} | {shared.tokens_per_second / base.tokens_per_second:.2f}x | "
-                  f"{base.peak_rss_mib:.0f} | {shared.peak_rss_mib:.0f} | "
-                  f"{shared.peak_rss_mib / base.peak_rss_mib:.2f} | {base.last_loss:.6g} / {shared.last_loss:.6g}"
-                  f"{'' if close else ' (differ)'}{same} |")
+            print(
+                f"| {method} | {precision} | {name} | {base.tokens_per_second:.0f} | "
+                f"{shared.tokens_per_second:.0f} | {shared.tokens_per_second / base.tokens_per_second:.2f}x | "
+                f"{base.peak_rss_mib:.0f} | {shared.peak_rss_mib:.0f} | "
+                f"{shared.peak_rss_mib / base.peak_rss_mib:.2f} | {base.last_loss:.6g} / {shared.last_loss:.6g}"
+                f"{'' if close else ' (differ)'}{same} |"
+            )
 
 
 if __name__ == "__main__":

@@ -23,8 +23,10 @@ from easyrlhf_core.lm import response_log_probs  # noqa: E402
 from easyrlhf_plugins.methods.rrhf.encoding import RankedCollator, encode_dataset  # noqa: E402
 from easyrlhf_plugins.methods.rrhf.loss import rrhf_terms  # noqa: E402
 
-WORDS = ("the a cat dog road bread flour water salt Paris France capital city why how what is was "
-         "help sure please thanks sorry answer question joke homework subject").split()
+WORDS = (
+    "the a cat dog road bread flour water salt Paris France capital city why how what is was "
+    "help sure please thanks sorry answer question joke homework subject"
+).split()
 
 
 def toy_records(queries: int, k: int, seed: int = 0) -> list[dict]:
@@ -33,9 +35,14 @@ def toy_records(queries: int, k: int, seed: int = 0) -> list[dict]:
     def text(lo: int, hi: int) -> str:
         return " ".join(rng.choice(WORDS) for _ in range(rng.randint(lo, hi)))
 
-    return [{"prompt": [{"role": "user", "content": text(20, 40)}],
-             "responses": [text(10, 40) for _ in range(k)], "scores": [rng.random() for _ in range(k)]}
-            for _ in range(queries)]
+    return [
+        {
+            "prompt": [{"role": "user", "content": text(20, 40)}],
+            "responses": [text(10, 40) for _ in range(k)],
+            "scores": [rng.random() for _ in range(k)],
+        }
+        for _ in range(queries)
+    ]
 
 
 def load(model_arg: str):
@@ -48,9 +55,16 @@ def load(model_arg: str):
 
         tokenizer = build_tiny_tokenizer()
         torch.manual_seed(0)
-        config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=256, intermediate_size=768,
-                             num_hidden_layers=4, num_attention_heads=4, num_key_value_heads=2,
-                             pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id)
+        config = LlamaConfig(
+            vocab_size=len(tokenizer),
+            hidden_size=256,
+            intermediate_size=768,
+            num_hidden_layers=4,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            pad_token_id=tokenizer.pad_token_id,
+            eos_token_id=tokenizer.eos_token_id,
+        )
         return LlamaForCausalLM(config), tokenizer, "random Llama (hidden 256, 4 layers)"
     resolved = resolve_model(None if model_arg == "default" else model_arg)
     return load_causal_lm(resolved.path), load_tokenizer(resolved.path), resolved.source
@@ -59,8 +73,7 @@ def load(model_arg: str):
 def batched_loss(model, batch) -> torch.Tensor:
     logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
     sums, counts = response_log_probs(logits, batch["input_ids"], batch["response_mask"])
-    return rrhf_terms(sums, counts, batch["rewards"], batch["query_index"],
-                      int(batch["query_index"].max()) + 1).loss
+    return rrhf_terms(sums, counts, batch["rewards"], batch["query_index"], int(batch["query_index"].max()) + 1).loss
 
 
 def loop_loss(model, features, collate) -> torch.Tensor:
@@ -75,8 +88,9 @@ def loop_loss(model, features, collate) -> torch.Tensor:
             counts.append(c)
             rewards.append(score)
             index.append(q)
-    return rrhf_terms(torch.cat(sums), torch.cat(counts), torch.tensor(rewards), torch.tensor(index),
-                      len(features)).loss
+    return rrhf_terms(
+        torch.cat(sums), torch.cat(counts), torch.tensor(rewards), torch.tensor(index), len(features)
+    ).loss
 
 
 def timed(fn, repeats: int) -> tuple[float, float]:
@@ -106,8 +120,10 @@ def main() -> None:
     collate = RankedCollator(tokenizer.pad_token_id)
     batch = collate(features)
     tokens = int(batch["attention_mask"].sum())
-    print(f"model: {source}; {args.queries} queries x k={args.k} candidates, {tokens} tokens "
-          f"(padded width {batch['input_ids'].shape[1]}), {args.threads} threads")
+    print(
+        f"model: {source}; {args.queries} queries x k={args.k} candidates, {tokens} tokens "
+        f"(padded width {batch['input_ids'].shape[1]}), {args.threads} threads"
+    )
 
     t_batched, l_batched = timed(lambda: batched_loss(model, batch), args.repeats)
     model.zero_grad()

@@ -46,8 +46,18 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from _common import (ChildResult, benchmark_model, easyrlhf_command, first, last, load_records, read_metrics,
-                     remove, run_child, write_jsonl)
+from _common import (
+    ChildResult,
+    benchmark_model,
+    easyrlhf_command,
+    first,
+    last,
+    load_records,
+    read_metrics,
+    remove,
+    run_child,
+    write_jsonl,
+)
 
 METHODS = ("sft", "rm", "dpo")
 SHAPES = {"sft": "conversation", "rm": "preference", "dpo": "preference"}
@@ -59,7 +69,7 @@ OUR_SETTINGS: dict[str, dict[str, Any]] = {
     "dpo": {"beta": 0.1, "precompute_ref_log_probs": "false"},
 }
 
-RAW_HEADER = r'''
+RAW_HEADER = r"""
 import json, sys
 from datasets import Dataset
 from transformers import AutoTokenizer, set_seed
@@ -75,40 +85,40 @@ common = dict(output_dir=opts["out"], max_steps=opts["steps"], per_device_train_
               eval_strategy="no", save_strategy="no", report_to="none", logging_steps=1, seed=42, data_seed=42,
               disable_tqdm=True, dataloader_num_workers=0)
 set_seed(42)
-'''
+"""
 
 RAW_TRAINERS = {
-    "sft": r'''
+    "sft": r"""
 from transformers import AutoModelForCausalLM
 from trl import SFTConfig, SFTTrainer
 model = AutoModelForCausalLM.from_pretrained(opts["model"], dtype="float32")
 trainer = SFTTrainer(model=model, args=SFTConfig(**common, packing=False, assistant_only_loss=False),
                      train_dataset=Dataset.from_list(records), processing_class=tokenizer)
-''',
-    "rm": r'''
+""",
+    "rm": r"""
 from transformers import AutoModelForSequenceClassification
 from trl import RewardConfig, RewardTrainer
 model = AutoModelForSequenceClassification.from_pretrained(opts["model"], num_labels=1, dtype="float32")
 model.config.pad_token_id = tokenizer.pad_token_id
 trainer = RewardTrainer(model=model, args=RewardConfig(**common), train_dataset=Dataset.from_list(records),
                         processing_class=tokenizer)
-''',
-    "dpo": r'''
+""",
+    "dpo": r"""
 from transformers import AutoModelForCausalLM
 from trl import DPOConfig, DPOTrainer
 model = AutoModelForCausalLM.from_pretrained(opts["model"], dtype="float32")
 trainer = DPOTrainer(model=model, args=DPOConfig(**common, beta=0.1), train_dataset=Dataset.from_list(records),
                      processing_class=tokenizer)
-''',
+""",
 }
 
-RAW_FOOTER = r'''
+RAW_FOOTER = r"""
 result = trainer.train()
 history = trainer.state.log_history
 print("RESULT " + json.dumps({"train_runtime": result.metrics["train_runtime"],
                               "loss": [row["loss"] for row in history if "loss" in row][-1],
                               "num_tokens": max(row.get("num_tokens", 0) for row in history)}))
-'''
+"""
 
 
 @dataclass
@@ -124,41 +134,65 @@ class Measurement:
         """The faster step time and the higher peak RSS of two repeats."""
         if other is None:
             return self
-        return Measurement(min(self.step_seconds, other.step_seconds), max(self.peak_rss_mib, other.peak_rss_mib),
-                           self.num_tokens, self.last_loss)
+        return Measurement(
+            min(self.step_seconds, other.step_seconds),
+            max(self.peak_rss_mib, other.peak_rss_mib),
+            self.num_tokens,
+            self.last_loss,
+        )
 
 
 def raw_trl(method: str, model: str, data: Path, out: Path, args: argparse.Namespace) -> Measurement:
-    opts = {"model": model, "data": str(data), "out": str(out), "steps": args.steps, "batch": args.batch,
-            "max_length": args.max_length, "learning_rate": LEARNING_RATES[method],
-            "gradient_checkpointing": args.gradient_checkpointing}
+    opts = {
+        "model": model,
+        "data": str(data),
+        "out": str(out),
+        "steps": args.steps,
+        "batch": args.batch,
+        "max_length": args.max_length,
+        "learning_rate": LEARNING_RATES[method],
+        "gradient_checkpointing": args.gradient_checkpointing,
+    }
     script = RAW_HEADER + RAW_TRAINERS[method] + RAW_FOOTER
     child = run_child([sys.executable, "-c", script, json.dumps(opts)])
     line = next(output_line for output_line in child.output.splitlines() if output_line.startswith("RESULT "))
-    result = json.loads(line[len("RESULT "):])
-    return Measurement(result["train_runtime"] / args.steps, child.peak_rss_mib, result["num_tokens"],
-                       result["loss"])
+    result = json.loads(line[len("RESULT ") :])
+    return Measurement(result["train_runtime"] / args.steps, child.peak_rss_mib, result["num_tokens"], result["loss"])
 
 
 def ours(method: str, model: str, out: Path, args: argparse.Namespace) -> Measurement:
-    settings = {"max_train_samples": args.samples, "per_device_train_batch_size": args.batch,
-                "max_length": args.max_length, "learning_rate": f"{LEARNING_RATES[method]:.1e}",
-                "lr_scheduler_type": "linear", "warmup_ratio": 0.0, "weight_decay": 0.0, "max_grad_norm": 1.0,
-                "gradient_accumulation_steps": 1, **OUR_SETTINGS[method]}
+    settings = {
+        "max_train_samples": args.samples,
+        "per_device_train_batch_size": args.batch,
+        "max_length": args.max_length,
+        "learning_rate": f"{LEARNING_RATES[method]:.1e}",
+        "lr_scheduler_type": "linear",
+        "warmup_ratio": 0.0,
+        "weight_decay": 0.0,
+        "max_grad_norm": 1.0,
+        "gradient_accumulation_steps": 1,
+        **OUR_SETTINGS[method],
+    }
     flags = ["--precision", "fp32"]
     flags += ["--gradient-checkpointing"] if args.gradient_checkpointing else ["--set", "gradient_checkpointing=false"]
     child: ChildResult = run_child(easyrlhf_command(method, model, out, args.steps, settings, flags))
     rows = read_metrics(out)
-    measurement = Measurement(first(rows, "train_runtime") / args.steps, child.peak_rss_mib,
-                              max(row.get("num_tokens", 0) for row in rows), last(rows, "loss"))
+    measurement = Measurement(
+        first(rows, "train_runtime") / args.steps,
+        child.peak_rss_mib,
+        max(row.get("num_tokens", 0) for row in rows),
+        last(rows, "loss"),
+    )
     remove(out)
     return measurement
 
 
 def check_line(method: str, raw: Measurement, mine: Measurement) -> str:
     same = raw.num_tokens == mine.num_tokens and math.isclose(raw.last_loss, mine.last_loss, rel_tol=1e-5)
-    return (f"check {method}: training tokens raw {raw.num_tokens:.0f} / ours {mine.num_tokens:.0f}; last-step loss "
-            f"raw {raw.last_loss:.8g} / ours {mine.last_loss:.8g}: {'same' if same else 'DIFFERENT'}")
+    return (
+        f"check {method}: training tokens raw {raw.num_tokens:.0f} / ours {mine.num_tokens:.0f}; last-step loss "
+        f"raw {raw.last_loss:.8g} / ours {mine.last_loss:.8g}: {'same' if same else 'DIFFERENT'}"
+    )
 
 
 def print_table(best: dict[tuple[str, str], Measurement], methods: list[str]) -> None:
@@ -166,8 +200,10 @@ def print_table(best: dict[tuple[str, str], Measurement], methods: list[str]) ->
     print("|---|---|---|---|---|---|")
     for method in methods:
         raw, mine = best[method, "raw"], best[method, "ours"]
-        print(f"| {method} | {raw.step_seconds:.3f} | {mine.step_seconds:.3f} | "
-              f"{mine.step_seconds / raw.step_seconds:.3f} | {raw.peak_rss_mib:.0f} | {mine.peak_rss_mib:.0f} |")
+        print(
+            f"| {method} | {raw.step_seconds:.3f} | {mine.step_seconds:.3f} | "
+            f"{mine.step_seconds / raw.step_seconds:.3f} | {raw.peak_rss_mib:.0f} | {mine.peak_rss_mib:.0f} |"
+        )
     for method in methods:
         print(check_line(method, best[method, "raw"], best[method, "ours"]))
 
@@ -181,8 +217,12 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--max-length", type=int, default=256)
     parser.add_argument("--samples", type=int, help="training records (default: steps x batch)")
     parser.add_argument("--repeats", type=int, default=2)
-    parser.add_argument("--gradient-checkpointing", action=argparse.BooleanOptionalAction, default=False,
-                        help="gradient checkpointing on both sides (default: off, our default)")
+    parser.add_argument(
+        "--gradient-checkpointing",
+        action=argparse.BooleanOptionalAction,
+        default=False,
+        help="gradient checkpointing on both sides (default: off, our default)",
+    )
     args = parser.parse_args()
     args.methods = [m.strip() for m in args.methods.split(",") if m.strip()]
     unknown = set(args.methods) - set(METHODS)
@@ -209,12 +249,17 @@ def main() -> None:
                 else:
                     measured = ours(method, model, out, args)
                 best[method, side] = measured.best_of(best.get((method, side)))
-                print(f"  repeat {repeat + 1}: {method} {side}: {measured.step_seconds:.3f} s/step, peak RSS "
-                      f"{measured.peak_rss_mib:.0f} MiB, {measured.num_tokens:.0f} tokens", file=sys.stderr)
+                print(
+                    f"  repeat {repeat + 1}: {method} {side}: {measured.step_seconds:.3f} s/step, peak RSS "
+                    f"{measured.peak_rss_mib:.0f} MiB, {measured.num_tokens:.0f} tokens",
+                    file=sys.stderr,
+                )
     remove(work)
-    print(f"model: {model}; {args.steps} steps x batch {args.batch}, max_length {args.max_length}, "
-          f"{args.samples} records, fp32, gradient checkpointing {'on' if args.gradient_checkpointing else 'off'}, "
-          f"best of {args.repeats}; total {time.time() - started:.0f}s")
+    print(
+        f"model: {model}; {args.steps} steps x batch {args.batch}, max_length {args.max_length}, "
+        f"{args.samples} records, fp32, gradient checkpointing {'on' if args.gradient_checkpointing else 'off'}, "
+        f"best of {args.repeats}; total {time.time() - started:.0f}s"
+    )
     print_table(best, args.methods)
 
 

@@ -65,10 +65,12 @@ def main() -> None:
                 result = run_child(command(method, config, model, out, args.steps, args.max_length))
                 remove(out)
                 baseline = baseline or result.peak_rss_mib
-                rows.append((method, config, result.peak_rss_mib, result.peak_rss_mib / baseline,
-                             result.wall_seconds))
-                print(f"{method} {config}: {result.peak_rss_mib:.0f} MiB, {result.wall_seconds:.0f} s",
-                      file=sys.stderr, flush=True)
+                rows.append((method, config, result.peak_rss_mib, result.peak_rss_mib / baseline, result.wall_seconds))
+                print(
+                    f"{method} {config}: {result.peak_rss_mib:.0f} MiB, {result.wall_seconds:.0f} s",
+                    file=sys.stderr,
+                    flush=True,
+                )
     print("| method | config | peak RSS per process MiB | vs DDP | wall s |")
     print("|---|---|---|---|---|")
     for method, config, rss, ratio, wall in rows:

@@ -18,8 +18,9 @@ __all__ = ["encode", "prompt_ids", "prompt_text", "split_completion", "keep_last
 
 def encode(tokenizer: Any, messages: list[Message], add_generation_prompt: bool = False) -> list[int]:
     """Token ids of ``messages`` rendered with the chat template."""
-    encoded = tokenizer.apply_chat_template(messages, tokenize=True, return_dict=True,
-                                            add_generation_prompt=add_generation_prompt)
+    encoded = tokenizer.apply_chat_template(
+        messages, tokenize=True, return_dict=True, add_generation_prompt=add_generation_prompt
+    )
     ids = encoded["input_ids"]
     return list(ids[0] if ids and isinstance(ids[0], list) else ids)
 

@@ -60,13 +60,18 @@ class ChatSettings:
         """Numbers in range; sampling options only with ``--sample``. Raises :class:`ConfigError` naming the flag."""
         from .online import check_sampling
 
-        for flag, value, minimum in (("--max-new-tokens", self.max_new_tokens, 1),
-                                     ("--max-length", self.max_length, 2)):
+        for flag, value, minimum in (
+            ("--max-new-tokens", self.max_new_tokens, 1),
+            ("--max-length", self.max_length, 2),
+        ):
             if value < minimum:
                 raise ConfigError(f"must be >= {minimum}, got {value}", where=flag)
         if self.max_new_tokens >= self.max_length:
-            raise ConfigError(f"--max-new-tokens ({self.max_new_tokens}) leaves no room for the prompt in "
-                              f"--max-length ({self.max_length}); raise --max-length", where="--max-new-tokens")
+            raise ConfigError(
+                f"--max-new-tokens ({self.max_new_tokens}) leaves no room for the prompt in "
+                f"--max-length ({self.max_length}); raise --max-length",
+                where="--max-new-tokens",
+            )
         try:
             check_sampling(self)
         except ConfigError as exc:
@@ -75,8 +80,9 @@ class ChatSettings:
         if not self.sample:
             for key, default in (("temperature", 1.0), ("top_k", 0), ("top_p", 1.0)):
                 if getattr(self, key) != default:
-                    raise ConfigError("only applies when sampling (the default is greedy decoding); add --sample",
-                                      where=_flag(key))
+                    raise ConfigError(
+                        "only applies when sampling (the default is greedy decoding); add --sample", where=_flag(key)
+                    )
 
     def sampling(self) -> dict[str, Any] | None:
         """What :func:`easyrlhf_core.lm.generation_config` takes: None (greedy) or the sampling settings."""
@@ -85,8 +91,11 @@ class ChatSettings:
         return {"temperature": self.temperature, "top_k": self.top_k, "top_p": self.top_p}
 
     def describe(self) -> str:
-        how = (f"sampling (temperature {self.temperature}, top-k {self.top_k}, top-p {self.top_p}, seed {self.seed})"
-               if self.sample else "greedy")
+        how = (
+            f"sampling (temperature {self.temperature}, top-k {self.top_k}, top-p {self.top_p}, seed {self.seed})"
+            if self.sample
+            else "greedy"
+        )
         return f"{how}, up to {self.max_new_tokens} new tokens"
 
 
@@ -173,8 +182,10 @@ def fit_prompt(tokenizer: Any, conversation: Conversation, user: str, room: int)
         except Exception as exc:
             if not type(exc).__module__.startswith("jinja2"):
                 raise
-            raise EasyRLHFError(f"the model's chat template does not render this conversation ({exc})",
-                                where="--system" if conversation.system else None) from None
+            raise EasyRLHFError(
+                f"the model's chat template does not render this conversation ({exc})",
+                where="--system" if conversation.system else None,
+            ) from None
         if len(ids) <= room or not conversation.turns:
             return chat.keep_last(ids, room)
         del conversation.turns[:2]
@@ -198,8 +209,9 @@ def text_streamer(tokenizer: Any, on_text: TextSink) -> Any:
     return Streamer(tokenizer, skip_prompt=True, skip_special_tokens=True)
 
 
-def reply(bot: ChatModel, conversation: Conversation, user: str, settings: ChatSettings,
-          on_text: TextSink | None = None) -> str:
+def reply(
+    bot: ChatModel, conversation: Conversation, user: str, settings: ChatSettings, on_text: TextSink | None = None
+) -> str:
     """``bot``'s answer to ``user`` after ``conversation`` (streamed to ``on_text`` when given); the exchange
     is then added to ``conversation``."""
     import torch
@@ -244,8 +256,9 @@ def block_header(label: str) -> str:
     return f"=== {label} ==="
 
 
-def show_answers(bots: list[ChatModel], conversations: list[Conversation], user: str, settings: ChatSettings,
-                 screen: Screen) -> list[str]:
+def show_answers(
+    bots: list[ChatModel], conversations: list[Conversation], user: str, settings: ChatSettings, screen: Screen
+) -> list[str]:
     """Every model's answer to ``user``: streamed on a live screen (side by side when there are several and
     it is wide enough), else printed whole; labelled blocks when several models answer."""
     if len(bots) > 1 and screen.live and screen.width >= SIDE_BY_SIDE_WIDTH:
@@ -263,8 +276,9 @@ def show_answers(bots: list[ChatModel], conversations: list[Conversation], user:
     return answers
 
 
-def show_side_by_side(bots: list[ChatModel], conversations: list[Conversation], user: str,
-                      settings: ChatSettings, screen: Screen) -> list[str]:
+def show_side_by_side(
+    bots: list[ChatModel], conversations: list[Conversation], user: str, settings: ChatSettings, screen: Screen
+) -> list[str]:
     """One panel per model, titled with its label, filled as the answers stream (one model after the other)."""
     from rich.console import Console
     from rich.live import Live
@@ -285,6 +299,7 @@ def show_side_by_side(bots: list[ChatModel], conversations: list[Conversation], 
     answers = []
     with Live(view(), console=console, auto_refresh=False, vertical_overflow="visible") as live:
         for i, (bot, conversation) in enumerate(zip(bots, conversations)):
+
             def grow(piece: str, i: int = i) -> None:
                 texts[i] += piece
                 live.update(view(), refresh=True)
@@ -319,8 +334,13 @@ def terminal_reader(prompt: str = "> ") -> LineReader:
     return read
 
 
-def chat_loop(bots: list[ChatModel], settings: ChatSettings, read: LineReader, screen: Screen,
-              notice: Callable[[str], None] = stderr_log) -> None:
+def chat_loop(
+    bots: list[ChatModel],
+    settings: ChatSettings,
+    read: LineReader,
+    screen: Screen,
+    notice: Callable[[str], None] = stderr_log,
+) -> None:
     """Answer each line until ``/quit`` or end of input; ``/reset`` clears every model's history. Ctrl-C
     during an answer stops that answer only."""
     conversations = [Conversation(settings.system) for _ in bots]
@@ -349,16 +369,19 @@ def chat_loop(bots: list[ChatModel], settings: ChatSettings, read: LineReader, s
         screen.write("\n")
 
 
-def run_chat(model: str, compare: str | None, prompt: str | None, settings: ChatSettings,
-             log: Callable[[str], None] = stderr_log) -> None:
+def run_chat(
+    model: str, compare: str | None, prompt: str | None, settings: ChatSettings, log: Callable[[str], None] = stderr_log
+) -> None:
     """``easyrlhf chat``: check the options and both models before loading, then one answer (``prompt``)
     or the interactive loop."""
     from .evaluation.loading import quiet_transformers
 
     settings.check()
     names = [model] + ([compare] if compare else [])
-    refs = [inspect_chat_model(name, flag, settings.trust_remote_code)
-            for name, flag in zip(names, ("MODEL_DIR", "--compare"))]
+    refs = [
+        inspect_chat_model(name, flag, settings.trust_remote_code)
+        for name, flag in zip(names, ("MODEL_DIR", "--compare"))
+    ]
     with quiet_transformers():
         bots = []
         for ref, label in zip(refs, model_labels(names)):

@@ -25,8 +25,13 @@ import zipfile
 from pathlib import Path
 from typing import Callable, Iterator
 
-__all__ = ["resumable_checkpoints", "prune_checkpoints", "remove_checkpoints_after", "remove_incomplete_checkpoints",
-           "COMPLETE_MARKER"]
+__all__ = [
+    "resumable_checkpoints",
+    "prune_checkpoints",
+    "remove_checkpoints_after",
+    "remove_incomplete_checkpoints",
+    "COMPLETE_MARKER",
+]
 
 _CHECKPOINT = re.compile(r"^checkpoint-(\d+)$")
 #: The file written into a checkpoint once every rank has saved it whole; a checkpoint without it is not resumed.

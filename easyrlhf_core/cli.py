@@ -84,8 +84,10 @@ def version_report() -> str:
     import importlib.metadata as metadata
     import platform
 
-    lines = [f"easyrlhf {__version__}",
-             f"python {platform.python_version()} ({platform.system()} {platform.machine()})"]
+    lines = [
+        f"easyrlhf {__version__}",
+        f"python {platform.python_version()} ({platform.system()} {platform.machine()})",
+    ]
     for package in ("torch", "transformers", "trl", "peft", "accelerate", "datasets", "deepspeed"):
         try:
             lines.append(f"{package} {metadata.version(package)}")
@@ -102,8 +104,14 @@ def version_report() -> str:
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
-@click.option("--version", is_flag=True, expose_value=False, is_eager=True, callback=_print_versions,
-              help="Show the versions of easyrlhf and its libraries, and whether a GPU is visible.")
+@click.option(
+    "--version",
+    is_flag=True,
+    expose_value=False,
+    is_eager=True,
+    callback=_print_versions,
+    help="Show the versions of easyrlhf and its libraries, and whether a GPU is visible.",
+)
 @click.option("--debug", is_flag=True, help="Show full tracebacks on errors.")
 @click.pass_context
 def cli(ctx: click.Context, debug: bool) -> None:
@@ -140,8 +148,9 @@ def list_plugins(as_json: bool) -> None:
             description = entry.get("description", "")
             if entry.get("conflict"):
                 description = f"[red]conflict:[/red] {entry['conflict']}"
-            table.add_row(entry["name"], description,
-                          *(str(entry.get(c, "")) for c in ("plugin", "package", "version")))
+            table.add_row(
+                entry["name"], description, *(str(entry.get(c, "")) for c in ("plugin", "package", "version"))
+            )
         console.print(table)
     table = Table(title="Plugins", title_justify="left")
     for col in ("plugin", "package", "version", "status", "error"):
@@ -149,8 +158,13 @@ def list_plugins(as_json: bool) -> None:
     colours = {"ok": "green", "conflict": "yellow"}
     for plugin in data["plugins"]:
         colour = colours.get(plugin["status"], "red")
-        table.add_row(plugin["name"], plugin["package"], plugin["version"], f"[{colour}]{plugin['status']}[/{colour}]",
-                      plugin["error"] or "")
+        table.add_row(
+            plugin["name"],
+            plugin["package"],
+            plugin["version"],
+            f"[{colour}]{plugin['status']}[/{colour}]",
+            plugin["error"] or "",
+        )
     console.print(table)
 
 
@@ -180,10 +194,16 @@ def config_options(func: Callable[..., Any]) -> Callable[..., Any]:
     """The options shared by ``run`` and ``show-config``."""
     options = [
         click.option("--method", "-m", help="Alignment method (see `easyrlhf list-plugins`)."),
-        click.option("--config", "-c", "config_file",
-                     help="YAML config file (method defaults < this file < flags < --set)."),
-        click.option("--set", "set_options", multiple=True, metavar="KEY=VALUE",
-                     help="Override any config key, e.g. --set beta=0.2 --set lora.r=8 (repeatable)."),
+        click.option(
+            "--config", "-c", "config_file", help="YAML config file (method defaults < this file < flags < --set)."
+        ),
+        click.option(
+            "--set",
+            "set_options",
+            multiple=True,
+            metavar="KEY=VALUE",
+            help="Override any config key, e.g. --set beta=0.2 --set lora.r=8 (repeatable).",
+        ),
     ]
     for opt in reversed(options):
         func = opt(func)
@@ -195,41 +215,82 @@ def config_options(func: Callable[..., Any]) -> Callable[..., Any]:
 @click.option("--model", help="Hub id, model directory or .gguf file (default: embedded SmolLM2-135M-Instruct).")
 @click.option("--dataset", help="Dataset plugin (default: hh-rlhf, embedded sample).")
 @click.option("--data-files", help="Comma-separated local data files for the dataset plugin.")
-@click.option("--skip-bad-rows", is_flag=True, default=None,
-              help="Skip (and count) malformed data rows instead of stopping at the first one.")
+@click.option(
+    "--skip-bad-rows",
+    is_flag=True,
+    default=None,
+    help="Skip (and count) malformed data rows instead of stopping at the first one.",
+)
 @click.option("--max-steps", type=int, help="Stop after N optimizer steps.")
 @click.option("--output-dir", "-o", help="Run directory (default: runs/<method>-<timestamp>).")
 @click.option("--seed", type=int, help="Random seed.")
 @click.option("--lora", is_flag=True, default=None, help="Train LoRA adapters (peft) instead of all weights.")
-@click.option("--save-adapter-only", is_flag=True, default=None,
-              help="With --lora: save the adapter, not the merged model.")
+@click.option(
+    "--save-adapter-only", is_flag=True, default=None, help="With --lora: save the adapter, not the merged model."
+)
 @click.option("--precision", type=click.Choice(["auto", "fp32", "bf16", "fp16"]), help="Training precision.")
 @click.option("--gradient-checkpointing", is_flag=True, default=None, help="Recompute activations to save memory.")
 @click.option("--deepspeed", help="DeepSpeed JSON config (e.g. configs/deepspeed/zero2.json).")
 @click.option("--reward-model", help="Reward model directory (methods that score generations).")
-@click.option("--reward", multiple=True, help="Registered reward function name (methods that score generations); "
-                                              "repeat it to sum several (grpo, rloo).")
+@click.option(
+    "--reward",
+    multiple=True,
+    help="Registered reward function name (methods that score generations); repeat it to sum several (grpo, rloo).",
+)
 @click.option("--trust-remote-code", is_flag=True, default=None, help="Allow custom model code (off by default).")
 @click.option("--overwrite", is_flag=True, help="Replace a non-empty output directory.")
 @click.option("--resume", is_flag=True, help="Continue the run in --output-dir from its latest checkpoint.")
-@click.option("--num-processes", type=click.IntRange(min=1), default=1, show_default=True,
-              help="Processes (GPUs) per machine; >1 launches through accelerate (GPU) or torchrun (CPU, gloo).")
+@click.option(
+    "--num-processes",
+    type=click.IntRange(min=1),
+    default=1,
+    show_default=True,
+    help="Processes (GPUs) per machine; >1 launches through accelerate (GPU) or torchrun (CPU, gloo).",
+)
 @click.option("--num-machines", type=click.IntRange(min=1), default=1, show_default=True, help="Machines (nodes).")
 @click.option("--machine-rank", type=click.IntRange(min=0), default=0, show_default=True, help="This machine's rank.")
 @click.option("--main-process-ip", help="Address of the rank-0 machine (multi-node).")
-@click.option("--main-process-port", type=click.IntRange(min=1, max=65535), default=None,
-              help="Rendezvous port; default: a free port on one machine, 29500 on several.")
+@click.option(
+    "--main-process-port",
+    type=click.IntRange(min=1, max=65535),
+    default=None,
+    help="Rendezvous port; default: a free port on one machine, 29500 on several.",
+)
 @click.option("--debug", is_flag=True, help="Show full tracebacks on errors.")
-@click.option("--help", "-h", "show_help", is_flag=True,
-              help="Show this message and exit; with --method NAME, also that method's options.")
+@click.option(
+    "--help",
+    "-h",
+    "show_help",
+    is_flag=True,
+    help="Show this message and exit; with --method NAME, also that method's options.",
+)
 @handle_errors
-def run_command(method: str | None, config_file: str | None, set_options: tuple[str, ...], overwrite: bool,
-                resume: bool, debug: bool, num_processes: int, num_machines: int, machine_rank: int,
-                main_process_ip: str | None, main_process_port: int | None, show_help: bool, **flags: Any) -> None:
+def run_command(
+    method: str | None,
+    config_file: str | None,
+    set_options: tuple[str, ...],
+    overwrite: bool,
+    resume: bool,
+    debug: bool,
+    num_processes: int,
+    num_machines: int,
+    machine_rank: int,
+    main_process_ip: str | None,
+    main_process_port: int | None,
+    show_help: bool,
+    **flags: Any,
+) -> None:
     """Train a model with one alignment method (`easyrlhf run --method NAME --help` lists its options)."""
     from .launch import STOPPED_EXIT_CODES, LaunchOptions, exit_launched_rank, is_launched, launch
-    from .run import (RunComplete, RunInterrupted, RunRequest, execute, finish_directory, prepare,
-                      stopped_at_once_message)
+    from .run import (
+        RunComplete,
+        RunInterrupted,
+        RunRequest,
+        execute,
+        finish_directory,
+        prepare,
+        stopped_at_once_message,
+    )
 
     if show_help:
         click.echo(click.get_current_context().get_help())
@@ -239,16 +300,29 @@ def run_command(method: str | None, config_file: str | None, set_options: tuple[
         return
 
     quiet_library_output()
-    request = RunRequest(method=method, config_file=config_file, flags=_flag_values(flags),
-                         set_options=list(set_options), overwrite=overwrite, resume=resume,
-                         num_machines=num_machines, machine_rank=machine_rank)
+    request = RunRequest(
+        method=method,
+        config_file=config_file,
+        flags=_flag_values(flags),
+        set_options=list(set_options),
+        overwrite=overwrite,
+        resume=resume,
+        num_machines=num_machines,
+        machine_rank=machine_rank,
+    )
     try:
         run = prepare(request)  # validates, locks the output dir, loads data, claims it; before any rank starts
     except RunComplete as complete:
         click.echo(f"[easyrlhf] {complete}", err=True)
         return
-    options = LaunchOptions(num_processes, num_machines, machine_rank, main_process_ip, main_process_port,
-                            deepspeed=bool(getattr(run.config, "deepspeed", None)))
+    options = LaunchOptions(
+        num_processes,
+        num_machines,
+        machine_rank,
+        main_process_ip,
+        main_process_port,
+        deepspeed=bool(getattr(run.config, "deepspeed", None)),
+    )
     failed = True
     try:
         if options.needs_launcher and not is_launched():
@@ -257,8 +331,7 @@ def run_command(method: str | None, config_file: str | None, set_options: tuple[
             launched = launch(options, _rank_args(sys.argv[1:], str(run.output_dir)))
             failed = launched.code != 0
             if launched.stopped_at_once is not None:
-                raise RanksFailed(stopped_at_once_message(launched.stopped_at_once, run.checkpoints_dir),
-                                  launched.code)
+                raise RanksFailed(stopped_at_once_message(launched.stopped_at_once, run.checkpoints_dir), launched.code)
             if launched.code in STOPPED_EXIT_CODES:
                 _print_resume_hint(str(run.output_dir))
             if launched.error is not None:
@@ -288,8 +361,11 @@ def quiet_library_output() -> None:
         os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")  # transformers' bars follow this one
         os.environ.setdefault("HF_DATASETS_DISABLE_PROGRESS_BARS", "1")
         os.environ.setdefault("TQDM_DISABLE", "1")  # bars drawn with tqdm itself (GGUF conversion, shard writing)
-    for notice in (r".*gradient_checkpointing.* is deprecated", r".*torch_dtype.* is deprecated",
-                   r"`torch\.distributed\.\w+` is deprecated"):  # DeepSpeed's calls into torch.distributed
+    for notice in (
+        r".*gradient_checkpointing.* is deprecated",
+        r".*torch_dtype.* is deprecated",
+        r"`torch\.distributed\.\w+` is deprecated",
+    ):  # DeepSpeed's calls into torch.distributed
         warnings.filterwarnings("ignore", message=notice, category=FutureWarning)
 
 
@@ -306,8 +382,7 @@ def resume_command(argv: list[str], output_dir: str) -> str:
     return shlex.join(["easyrlhf", *kept, "--resume", "--output-dir", output_dir])
 
 
-_LAUNCHER_OPTIONS = {"--num-processes", "--num-machines", "--machine-rank", "--main-process-ip",
-                     "--main-process-port"}
+_LAUNCHER_OPTIONS = {"--num-processes", "--num-machines", "--machine-rank", "--main-process-ip", "--main-process-port"}
 
 
 def _rank_args(argv: list[str], output_dir: str) -> list[str]:
@@ -355,8 +430,7 @@ def _flag_values(flags: dict[str, Any]) -> dict[str, Any]:
 @config_options
 @click.option("--no-comments", is_flag=True, help="Leave out the help text above each option.")
 @handle_errors
-def show_config(method: str | None, config_file: str | None, set_options: tuple[str, ...],
-                no_comments: bool) -> None:
+def show_config(method: str | None, config_file: str | None, set_options: tuple[str, ...], no_comments: bool) -> None:
     """Print the effective config of a method as YAML (defaults, then --config and --set applied)."""
     from .config import config_to_yaml
     from .run import RunRequest, resolve
@@ -379,10 +453,13 @@ def _method_options_text(method: str) -> str:
 
 
 @cli.command("plot")
-@click.argument("run_dirs", nargs=-1, required=True, metavar="RUN_DIR [RUN_DIR ...]",
-                type=click.Path(file_okay=False))
-@click.option("--output-dir", "-o", type=click.Path(file_okay=False),
-              help="Where the PNGs go (default: RUN_DIR/plots for one run, ./plots-compare for several).")
+@click.argument("run_dirs", nargs=-1, required=True, metavar="RUN_DIR [RUN_DIR ...]", type=click.Path(file_okay=False))
+@click.option(
+    "--output-dir",
+    "-o",
+    type=click.Path(file_okay=False),
+    help="Where the PNGs go (default: RUN_DIR/plots for one run, ./plots-compare for several).",
+)
 @handle_errors
 def plot_command(run_dirs: tuple[str, ...], output_dir: str | None) -> None:
     """Draw PNG curves of a run's metrics into RUN_DIR/plots. With several runs, overlay them: one figure per
@@ -406,43 +483,75 @@ def plot_command(run_dirs: tuple[str, ...], output_dir: str | None) -> None:
 
 
 @cli.command("eval")
-@click.option("--model", required=True,
-              help="Model to evaluate: a reward model (sequence classifier) or a policy (causal LM) directory.")
-@click.option("--reference", help="Policies: the reference (starting) model, for implicit-reward accuracy, "
-                                  "KL and win rate.")
+@click.option(
+    "--model",
+    required=True,
+    help="Model to evaluate: a reward model (sequence classifier) or a policy (causal LM) directory.",
+)
+@click.option(
+    "--reference", help="Policies: the reference (starting) model, for implicit-reward accuracy, KL and win rate."
+)
 @click.option("--reward-model", help="Policies: reward model directory that scores answers.")
 @click.option("--reward", help="Policies: registered reward function that scores answers (instead of --reward-model).")
-@click.option("--reward-option", "reward_options", multiple=True, metavar="KEY=VALUE",
-              help="Option for --reward (YAML value), e.g. --reward-option keywords=thanks (repeatable).")
+@click.option(
+    "--reward-option",
+    "reward_options",
+    multiple=True,
+    metavar="KEY=VALUE",
+    help="Option for --reward (YAML value), e.g. --reward-option keywords=thanks (repeatable).",
+)
 @click.option("--dataset", default="hh-rlhf", show_default=True, help="Dataset plugin (see `easyrlhf list-plugins`).")
 @click.option("--data-files", help="Comma-separated local data files for the dataset plugin.")
-@click.option("--split", type=click.Choice(["eval", "all"]), default="eval", show_default=True,
-              help="eval: the dataset's held-out rows (all rows if it has none); all: train + eval rows.")
+@click.option(
+    "--split",
+    type=click.Choice(["eval", "all"]),
+    default="eval",
+    show_default=True,
+    help="eval: the dataset's held-out rows (all rows if it has none); all: train + eval rows.",
+)
 @click.option("--limit", type=int, help="Evaluate at most N pairs / prompts (the first N).")
 @click.option("--max-new-tokens", type=int, default=128, show_default=True, help="Answer length cap (policies).")
-@click.option("--max-length", type=int, default=1024, show_default=True,
-              help="Token cap per sequence; longer ones lose their oldest prompt tokens.")
+@click.option(
+    "--max-length",
+    type=int,
+    default=1024,
+    show_default=True,
+    help="Token cap per sequence; longer ones lose their oldest prompt tokens.",
+)
 @click.option("--batch-size", type=int, default=8, show_default=True, help="Sequences per forward pass.")
-@click.option("--seed", type=int, default=42, show_default=True,
-              help="Seed for the data split and sampling.")
-@click.option("--sample/--no-sample", default=True, show_default=True,
-              help="Policies: also sample answers (temperature 1) for the sampled reward and KL.")
-@click.option("--bootstrap-samples", type=int, default=None, hidden=True,
-              help="Ignored: kept so old scripts still run (eval's intervals are Wilson's, no resampling).")
+@click.option("--seed", type=int, default=42, show_default=True, help="Seed for the data split and sampling.")
+@click.option(
+    "--sample/--no-sample",
+    default=True,
+    show_default=True,
+    help="Policies: also sample answers (temperature 1) for the sampled reward and KL.",
+)
+@click.option(
+    "--bootstrap-samples",
+    type=int,
+    default=None,
+    hidden=True,
+    help="Ignored: kept so old scripts still run (eval's intervals are Wilson's, no resampling).",
+)
 @click.option("--trust-remote-code", is_flag=True, help="Allow custom model code (off by default).")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object (keys in docs/eval.md).")
 @click.option("--debug", is_flag=True, help="Show full tracebacks on errors.")
 @handle_errors
-def eval_command(data_files: str | None, reward_options: tuple[str, ...], as_json: bool, debug: bool,
-                 bootstrap_samples: int | None, **options: Any) -> None:
+def eval_command(
+    data_files: str | None,
+    reward_options: tuple[str, ...],
+    as_json: bool,
+    debug: bool,
+    bootstrap_samples: int | None,
+    **options: Any,
+) -> None:
     """Evaluate a reward model (pairwise accuracy vs a length baseline) or a policy (implicit-reward
     accuracy, reward scores, win rate and KL against a reference). Batched, no gradients."""
     from .evaluation import EvalRequest, evaluate
     from .evaluation.report import render_table
 
     files = [f.strip() for f in (data_files or "").split(",") if f.strip()]
-    request = EvalRequest(data_files=files, reward_options=_key_values(reward_options, "--reward-option"),
-                          **options)
+    request = EvalRequest(data_files=files, reward_options=_key_values(reward_options, "--reward-option"), **options)
     report = evaluate(request)
     if as_json:
         click.echo(json.dumps(report.as_dict(), indent=2))
@@ -453,14 +562,23 @@ def eval_command(data_files: str | None, reward_options: tuple[str, ...], as_jso
 @cli.command("chat")
 @click.argument("model_dir")
 @click.option("--prompt", help="Answer this one message and exit; the answer alone goes to stdout.")
-@click.option("--compare", metavar="OTHER_DIR",
-              help="A second model answering the same messages; answers are labelled with each model's name.")
+@click.option(
+    "--compare",
+    metavar="OTHER_DIR",
+    help="A second model answering the same messages; answers are labelled with each model's name.",
+)
 @click.option("--system", help="System message at the start of the conversation.")
 @click.option("--max-new-tokens", type=int, default=128, show_default=True, help="Answer length cap.")
-@click.option("--max-length", type=int, default=1024, show_default=True,
-              help="Token cap per prompt + answer; the oldest turns are dropped to fit.")
-@click.option("--sample/--no-sample", default=False, show_default=True,
-              help="Sample answers instead of greedy decoding.")
+@click.option(
+    "--max-length",
+    type=int,
+    default=1024,
+    show_default=True,
+    help="Token cap per prompt + answer; the oldest turns are dropped to fit.",
+)
+@click.option(
+    "--sample/--no-sample", default=False, show_default=True, help="Sample answers instead of greedy decoding."
+)
 @click.option("--temperature", type=float, default=1.0, show_default=True, help="With --sample: temperature.")
 @click.option("--top-k", type=int, default=0, show_default=True, help="With --sample: the k likeliest tokens; 0: off.")
 @click.option("--top-p", type=float, default=1.0, show_default=True, help="With --sample: nucleus mass; 1.0: off.")
@@ -496,8 +614,14 @@ def _key_values(items: tuple[str, ...], flag: str) -> dict[str, Any]:
 
 @cli.command("new-plugin")
 @click.argument("name")
-@click.option("--directory", "-d", default=".", show_default=True, type=click.Path(file_okay=False),
-              help="Where to write easyrlhf-plugin-NAME/.")
+@click.option(
+    "--directory",
+    "-d",
+    default=".",
+    show_default=True,
+    type=click.Path(file_okay=False),
+    help="Where to write easyrlhf-plugin-NAME/.",
+)
 @handle_errors
 def new_plugin_command(name: str, directory: str) -> None:
     """Write a pip-installable plugin package, easyrlhf-plugin-NAME/: a pyproject with the entry point, a

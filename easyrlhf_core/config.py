@@ -19,12 +19,21 @@ import yaml
 
 from .errors import ConfigError
 
-__all__ = ["BaseConfig", "LoraOptions", "option", "with_default", "invalid", "require_positive", "require_model_dir",
-           "explicit_keys"]
+__all__ = [
+    "BaseConfig",
+    "LoraOptions",
+    "option",
+    "with_default",
+    "invalid",
+    "require_positive",
+    "require_model_dir",
+    "explicit_keys",
+]
 
 
-def option(default: Any = dataclasses.MISSING, help: str = "", *, deprecated_names: tuple[str, ...] = (),
-           **kwargs: Any) -> Any:
+def option(
+    default: Any = dataclasses.MISSING, help: str = "", *, deprecated_names: tuple[str, ...] = (), **kwargs: Any
+) -> Any:
     """A dataclass field with ``help`` text: ``beta: float = option(0.1, "KL strength")``.
     ``deprecated_names``: former names of the option that configs may still use; each is read as this option,
     with one line in the log saying to use the new name."""
@@ -40,8 +49,9 @@ def with_default(cls: type, name: str, default: Any) -> Any:
     method whose default differs from a shared options class's (``max_new_tokens: int = with_default(
     SamplingOptions, "max_new_tokens", 64)``)."""
     declared = cls.__dataclass_fields__[name]  # type: ignore[attr-defined]
-    return option(default, declared.metadata.get("help", ""),
-                  deprecated_names=declared.metadata.get("deprecated_names", ()))
+    return option(
+        default, declared.metadata.get("help", ""), deprecated_names=declared.metadata.get("deprecated_names", ())
+    )
 
 
 def deprecated_names(cls: type) -> dict[str, str]:
@@ -62,8 +72,11 @@ def _deprecated_notice(old: str, new: str, layer: Layer) -> None:
     where = f"--set {old}" if layer.source == "--set" else layer.source
     if layer.is_file and old in layer.lines:
         where += f":{layer.lines[old]}"
-    print(f"[easyrlhf] warning: {where}: '{old}' is deprecated; use '{new}' (the same option, renamed)",
-          file=sys.stderr, flush=True)
+    print(
+        f"[easyrlhf] warning: {where}: '{old}' is deprecated; use '{new}' (the same option, renamed)",
+        file=sys.stderr,
+        flush=True,
+    )
 
 
 def _copy(value: Any) -> Any:
@@ -118,8 +131,9 @@ class BaseConfig:
     """Options every training method shares: model, data, output, optimisation, precision, LoRA."""
 
     # model
-    model: str | None = option(None, "Hub id, local transformers directory or .gguf file; "
-                                     "empty: the embedded SmolLM2-135M-Instruct.")
+    model: str | None = option(
+        None, "Hub id, local transformers directory or .gguf file; empty: the embedded SmolLM2-135M-Instruct."
+    )
     trust_remote_code: bool = option(False, "Allow custom model code from the model repository.")
     # data
     dataset: str = option("hh-rlhf", "Dataset plugin name (see `easyrlhf list-plugins`).")
@@ -134,12 +148,18 @@ class BaseConfig:
     output_dir: str | None = option(None, "Run directory; empty: runs/<method>-<timestamp>.")
     logging_steps: int = option(1, "Log metrics every N optimizer steps.")
     eval_steps: int | None = option(None, "Evaluate every N steps; empty: only at the end.")
-    final_eval: bool = option(True, "Evaluate on the eval split once more at the end (eval_* rows in metrics.jsonl); "
-                                    "false skips it (a method's run summary still scores its held-out examples).")
+    final_eval: bool = option(
+        True,
+        "Evaluate on the eval split once more at the end (eval_* rows in metrics.jsonl); "
+        "false skips it (a method's run summary still scores its held-out examples).",
+    )
     save_steps: int = option(100, "Save a checkpoint every N steps (0: never).")
     save_total_limit: int = option(2, "Keep at most this many checkpoints.")
-    report_to: list[str] = option([], "Live trackers, e.g. [tensorboard] or [wandb]: every metrics.jsonl row at its "
-                                      "step, local ones under OUTPUT_DIR/logs.")
+    report_to: list[str] = option(
+        [],
+        "Live trackers, e.g. [tensorboard] or [wandb]: every metrics.jsonl row at its "
+        "step, local ones under OUTPUT_DIR/logs.",
+    )
     # optimisation
     seed: int = option(42, "Random seed for data order, initialisation and sampling.")
     max_steps: int = option(-1, "Stop after N optimizer steps (-1: run num_train_epochs).")
@@ -154,19 +174,30 @@ class BaseConfig:
     gradient_accumulation_steps: int = option(1, "Forward passes per optimizer step.")
     # hardware
     precision: Literal["auto", "fp32", "bf16", "fp16"] = option(
-        "auto", "auto: fp32 on CPU, bf16 (or fp16) on GPUs that support it.")
+        "auto", "auto: fp32 on CPU, bf16 (or fp16) on GPUs that support it."
+    )
     gradient_checkpointing: bool = option(False, "Recompute activations to save memory.")
     deepspeed: str | None = option(None, "DeepSpeed JSON config, e.g. configs/deepspeed/zero2.json.")
-    collective_timeout: int = option(1800, "Seconds a multi-process run's collective (gradient sync, ZeRO "
-                                           "gather, barrier) may wait for the other ranks; past it the run ends "
-                                           "with an error naming the rank and the call instead of hanging.")
+    collective_timeout: int = option(
+        1800,
+        "Seconds a multi-process run's collective (gradient sync, ZeRO "
+        "gather, barrier) may wait for the other ranks; past it the run ends "
+        "with an error naming the rank and the call instead of hanging.",
+    )
     # adapters
     lora: LoraOptions = option(LoraOptions(), "LoRA adapters (peft).")
     save_adapter_only: bool = option(False, "With LoRA: save only the adapter in model/ instead of the merged model.")
 
     def __post_init__(self) -> None:
-        require_positive(self, "per_device_train_batch_size", "per_device_eval_batch_size",
-                         "gradient_accumulation_steps", "max_length", "logging_steps", "save_total_limit")
+        require_positive(
+            self,
+            "per_device_train_batch_size",
+            "per_device_eval_batch_size",
+            "gradient_accumulation_steps",
+            "max_length",
+            "logging_steps",
+            "save_total_limit",
+        )
         if self.max_steps == 0 or self.max_steps < -1:
             raise invalid("max_steps", "must be a positive integer, or -1 to run num_train_epochs")
         if self.learning_rate <= 0:
@@ -186,8 +217,11 @@ class BaseConfig:
 
             self.deepspeed = resolve_deepspeed(self.deepspeed)  # a shipped preset by name: --deepspeed zero3
             if not Path(self.deepspeed).is_file():
-                raise invalid("deepspeed", f"file not found: {self.deepspeed}; give a DeepSpeed JSON file or a "
-                                           f"shipped preset: {', '.join(deepspeed_presets())}")
+                raise invalid(
+                    "deepspeed",
+                    f"file not found: {self.deepspeed}; give a DeepSpeed JSON file or a "
+                    f"shipped preset: {', '.join(deepspeed_presets())}",
+                )
 
     def validate_for_run(self) -> None:
         """Checks that only a run needs, e.g. a required option without a default (PPO's reward);
@@ -225,8 +259,10 @@ def load_yaml_layer(path: str | Path) -> Layer:
     try:
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
-        raise ConfigError(f"config file not found; check the --config path, or name a shipped config: "
-                          f"{', '.join(method_configs())}", file=path) from None
+        raise ConfigError(
+            f"config file not found; check the --config path, or name a shipped config: {', '.join(method_configs())}",
+            file=path,
+        ) from None
     except UnicodeDecodeError as exc:
         raise ConfigError(f"not valid UTF-8 ({exc.reason})", file=path) from None
     try:
@@ -235,8 +271,9 @@ def load_yaml_layer(path: str | Path) -> Layer:
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
-        raise ConfigError(f"invalid YAML: {problem}", file=path,
-                          line=mark.line + 1 if mark is not None else None) from None
+        raise ConfigError(
+            f"invalid YAML: {problem}", file=path, line=mark.line + 1 if mark is not None else None
+        ) from None
     if values is None:
         values, node = {}, None
     if not isinstance(values, dict):
@@ -352,8 +389,15 @@ def _defaults_as_dict(cls: type) -> dict[str, Any]:
     return out
 
 
-def _merge(cls: type, target: dict, incoming: dict, layer: Layer, prefix: str,
-           provenance: dict[str, Layer], method: str | None = None) -> None:
+def _merge(
+    cls: type,
+    target: dict,
+    incoming: dict,
+    layer: Layer,
+    prefix: str,
+    provenance: dict[str, Layer],
+    method: str | None = None,
+) -> None:
     hints = typing.get_type_hints(cls)
     names = [f.name for f in dataclasses.fields(cls)]
     incoming = _renamed(cls, incoming, layer, prefix)
@@ -362,15 +406,20 @@ def _merge(cls: type, target: dict, incoming: dict, layer: Layer, prefix: str,
         if key not in names:
             close = difflib.get_close_matches(str(key), names, n=1, cutoff=0.6)
             hint = f" (did you mean '{prefix}{close[0]}'?)" if close else ""
-            raise layer.error(dotted, f"unknown option '{dotted}'{hint}; "
-                                      f"`easyrlhf show-config --method {method or '...'}` lists the options")
+            raise layer.error(
+                dotted,
+                f"unknown option '{dotted}'{hint}; `easyrlhf show-config --method {method or '...'}` lists the options",
+            )
         hint_type = hints[key]
         if isinstance(hint_type, type) and dataclasses.is_dataclass(hint_type):
             if isinstance(value, _RawString):
                 value = value.parsed
             if not isinstance(value, dict):
-                raise layer.error(dotted, f"'{dotted}' is a group of options; set its keys, "
-                                          f"e.g. {dotted}.{dataclasses.fields(hint_type)[0].name}")
+                raise layer.error(
+                    dotted,
+                    f"'{dotted}' is a group of options; set its keys, "
+                    f"e.g. {dotted}.{dataclasses.fields(hint_type)[0].name}",
+                )
             sub = target.get(key)
             if not isinstance(sub, dict):
                 sub = _defaults_as_dict(hint_type)
@@ -404,8 +453,10 @@ def _renamed(cls: type, incoming: dict, layer: Layer, prefix: str) -> dict:
             out[key] = value
             continue
         if new in incoming:
-            raise layer.error(f"{prefix}{key}", f"'{prefix}{key}' is a deprecated name of '{prefix}{new}', which "
-                                                f"is set too; give only '{prefix}{new}'")
+            raise layer.error(
+                f"{prefix}{key}",
+                f"'{prefix}{key}' is a deprecated name of '{prefix}{new}', which is set too; give only '{prefix}{new}'",
+            )
         _deprecated_notice(f"{prefix}{key}", f"{prefix}{new}", layer)
         if f"{prefix}{key}" in layer.lines:  # errors about the value point at the line that set it
             layer.lines.setdefault(f"{prefix}{new}", layer.lines[f"{prefix}{key}"])
@@ -511,7 +562,8 @@ def _type_name(hint: Any) -> str:
     if origin is dict:
         return "a mapping"
     return {bool: "true or false", int: "an integer", float: "a number", str: "a string"}.get(
-        hint, getattr(hint, "__name__", str(hint)))
+        hint, getattr(hint, "__name__", str(hint))
+    )
 
 
 def _plural_type_name(hint: Any) -> str:
@@ -528,7 +580,8 @@ def _plural_type_name(hint: Any) -> str:
     if origin is dict:
         return "mappings"
     return {bool: "true or false values", int: "integers", float: "numbers", str: "strings"}.get(
-        hint, f"{getattr(hint, '__name__', str(hint))} values")
+        hint, f"{getattr(hint, '__name__', str(hint))} values"
+    )
 
 
 def _build(cls: type, values: dict[str, Any]) -> Any:
@@ -582,8 +635,11 @@ def build_options(options_class: type, options: dict[str, Any], owner: str, wher
     if unknown:
         close = difflib.get_close_matches(str(unknown[0]), names, n=1, cutoff=0.6)
         hint = f" (did you mean '{close[0]}'?)" if close else ""
-        raise ConfigError(f"{owner}: unknown option(s) {', '.join(map(str, unknown))}{hint}; known: "
-                          f"{', '.join(names) or 'none'}", where=where, key=str(unknown[0]))
+        raise ConfigError(
+            f"{owner}: unknown option(s) {', '.join(map(str, unknown))}{hint}; known: {', '.join(names) or 'none'}",
+            where=where,
+            key=str(unknown[0]),
+        )
     layer = Layer(values={}, source=where)
     hints = typing.get_type_hints(options_class)
     typed = {}
@@ -596,4 +652,3 @@ def build_options(options_class: type, options: dict[str, Any], owner: str, wher
         return options_class(**typed)
     except ConfigError as exc:
         raise ConfigError(f"{owner}: {exc.message}", where=where, key=exc.key) from None
-

@@ -44,7 +44,7 @@ def carve_eval(records: list[T], eval_fraction: float, seed: int) -> tuple[list[
 
 def limit(records: list[T], maximum: int | None) -> list[T]:
     """The first ``maximum`` records (all of them for None)."""
-    return records if maximum is None else records[:max(0, maximum)]
+    return records if maximum is None else records[: max(0, maximum)]
 
 
 def apply_options(options: DataOptions, loaded: DataSplits) -> DataSplits:
@@ -54,9 +54,12 @@ def apply_options(options: DataOptions, loaded: DataSplits) -> DataSplits:
         train, evaluation = shuffled(loaded.train, options.seed), shuffled(loaded.eval, options.seed)
     else:
         train, evaluation = carve_eval(loaded.train, options.eval_fraction, options.seed)
-    return DataSplits(loaded.shape, limit(train, options.max_train_samples),
-                      limit(evaluation, options.max_eval_samples),
-                      list(loaded.notes) + options.bad_rows.notes())
+    return DataSplits(
+        loaded.shape,
+        limit(train, options.max_train_samples),
+        limit(evaluation, options.max_eval_samples),
+        list(loaded.notes) + options.bad_rows.notes(),
+    )
 
 
 def load_dataset(dataset_cls: Any, options: DataOptions) -> DataSplits:
@@ -71,9 +74,16 @@ def load_dataset(dataset_cls: Any, options: DataOptions) -> DataSplits:
 
 def data_options(config: Any, shape: Shape) -> DataOptions:
     """The ``DataOptions`` a run config asks for (its shared data options)."""
-    return DataOptions(shape=shape, data_files=list(config.data_files), eval_fraction=config.eval_fraction,
-                       max_train_samples=config.max_train_samples, max_eval_samples=config.max_eval_samples,
-                       skip_bad_rows=config.skip_bad_rows, columns=dict(config.columns), seed=config.seed)
+    return DataOptions(
+        shape=shape,
+        data_files=list(config.data_files),
+        eval_fraction=config.eval_fraction,
+        max_train_samples=config.max_train_samples,
+        max_eval_samples=config.max_eval_samples,
+        skip_bad_rows=config.skip_bad_rows,
+        columns=dict(config.columns),
+        seed=config.seed,
+    )
 
 
 def load_shape_data(method_name: str, shape: Shape, config: Any, registry: PluginLookup) -> DataSplits:
@@ -83,11 +93,12 @@ def load_shape_data(method_name: str, shape: Shape, config: Any, registry: Plugi
     if shape not in dataset_cls.shapes:
         offers = ", ".join(SHAPE_DESCRIPTIONS[s] for s in sorted(dataset_cls.shapes, key=str)) or "nothing"
         needs = [name for name, e in registry.datasets.items() if shape in e.obj.shapes]
-        raise ConfigError(f"method '{method_name}' needs {SHAPE_DESCRIPTIONS[shape]}, but dataset "
-                          f"'{config.dataset}' yields {offers}; use one of: {', '.join(sorted(needs))}",
-                          where="--dataset")
+        raise ConfigError(
+            f"method '{method_name}' needs {SHAPE_DESCRIPTIONS[shape]}, but dataset "
+            f"'{config.dataset}' yields {offers}; use one of: {', '.join(sorted(needs))}",
+            where="--dataset",
+        )
     splits = load_dataset(dataset_cls, data_options(config, shape))
     if not splits.train:
-        raise DataError(f"dataset '{config.dataset}' gave no training examples of shape '{shape}'",
-                        where="--dataset")
+        raise DataError(f"dataset '{config.dataset}' gave no training examples of shape '{shape}'", where="--dataset")
     return splits

@@ -23,8 +23,15 @@ class EasyRLHFError(Exception):
     #: The process exit code the CLI ends with.
     exit_code = 2
 
-    def __init__(self, message: str, *, file: str | Path | None = None, line: int | None = None,
-                 where: str | None = None, key: str | None = None) -> None:
+    def __init__(
+        self,
+        message: str,
+        *,
+        file: str | Path | None = None,
+        line: int | None = None,
+        where: str | None = None,
+        key: str | None = None,
+    ) -> None:
         super().__init__(message)
         self.message = message
         self.file = str(file) if file is not None else None

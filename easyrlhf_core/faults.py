@@ -76,17 +76,26 @@ def unpickling_error(path: str | Path, problem: str) -> EasyRLHFError:
     """The refusal of a pickled weights file (see :func:`unpickling_problem`), naming it (or the folder); never
     torch's advice to turn the safe loader off."""
     folder = Path(path)
-    pickled = sorted(p for p in folder.iterdir() if p.suffix in (".bin", ".pt", ".pth", ".pkl")) \
-        if folder.is_dir() else ([folder] if folder.is_file() else [])
+    pickled = (
+        sorted(p for p in folder.iterdir() if p.suffix in (".bin", ".pt", ".pth", ".pkl"))
+        if folder.is_dir()
+        else ([folder] if folder.is_file() else [])
+    )
     where = str(pickled[0]) if len(pickled) == 1 else str(folder)
     if problem == "objects":
-        return EasyRLHFError("this file holds more than tensors (pickled Python objects), and loading it could run "
-                             "code, so the safe loader refused it; get a safetensors copy of the model "
-                             "(model.safetensors) from a trusted source", where=where)
+        return EasyRLHFError(
+            "this file holds more than tensors (pickled Python objects), and loading it could run "
+            "code, so the safe loader refused it; get a safetensors copy of the model "
+            "(model.safetensors) from a trusted source",
+            where=where,
+        )
     lfs = len(pickled) == 1 and _head(pickled[0]).startswith(b"version https://git-lfs")
-    what = ("a git-lfs pointer, not the weights (the repository was cloned without git-lfs): run `git lfs pull` "
-            "there, or download the file again" if lfs else
-            "not a valid PyTorch weights file (truncated or damaged): download it again")
+    what = (
+        "a git-lfs pointer, not the weights (the repository was cloned without git-lfs): run `git lfs pull` "
+        "there, or download the file again"
+        if lfs
+        else "not a valid PyTorch weights file (truncated or damaged): download it again"
+    )
     return EasyRLHFError(f"this file is {what}", where=where)
 
 
@@ -170,11 +179,13 @@ def disk_full_error(run: RunContext, exc: BaseException, writing: Path | None = 
     except OSError:
         free = ""
     cleaned = " (the partial one was removed)" if removed else ""
-    return EasyRLHFError(f"the disk is full: writing {name} ran out of space ({size}{free}){cleaned}; "
-                         f"{checkpoint_note(kept)}; free some space (or lower save_total_limit, "
-                         "or choose an --output-dir "
-                         f"on a larger disk), then {resume_advice(kept)}",
-                         where=str(directory))
+    return EasyRLHFError(
+        f"the disk is full: writing {name} ran out of space ({size}{free}){cleaned}; "
+        f"{checkpoint_note(kept)}; free some space (or lower save_total_limit, "
+        "or choose an --output-dir "
+        f"on a larger disk), then {resume_advice(kept)}",
+        where=str(directory),
+    )
 
 
 def out_of_memory_error(run: RunContext, exc: BaseException) -> EasyRLHFError:
@@ -183,8 +194,10 @@ def out_of_memory_error(run: RunContext, exc: BaseException) -> EasyRLHFError:
     levers = []
     batch = getattr(config, "per_device_train_batch_size", None)
     if batch is not None:
-        levers.append(f"a smaller per_device_train_batch_size (now {batch}; raise gradient_accumulation_steps "
-                      f"to keep the global batch)")
+        levers.append(
+            f"a smaller per_device_train_batch_size (now {batch}; raise gradient_accumulation_steps "
+            f"to keep the global batch)"
+        )
     for key in ("rollout_batch_size", "max_length", "max_new_tokens"):
         if getattr(config, key, None) is not None:
             levers.append(f"a smaller {key} (now {getattr(config, key)})")
@@ -197,8 +210,10 @@ def out_of_memory_error(run: RunContext, exc: BaseException) -> EasyRLHFError:
         levers.append("--deepspeed zero3 with several processes")
     cause = next((e for e in _chain(exc) if is_out_of_memory(e)), exc)
     kept = newest_checkpoint(run)
-    return EasyRLHFError(f"out of memory during training ({_first_line(cause)}); use {', '.join(levers)}; "
-                         f"{checkpoint_note(kept)}: {resume_advice(kept)} after the change")
+    return EasyRLHFError(
+        f"out of memory during training ({_first_line(cause)}); use {', '.join(levers)}; "
+        f"{checkpoint_note(kept)}: {resume_advice(kept)} after the change"
+    )
 
 
 def collective_call(exc: BaseException) -> str | None:
@@ -209,8 +224,10 @@ def collective_call(exc: BaseException) -> str | None:
     collective operation timeout``)."""
     for err in _chain(exc):
         text = str(err)
-        if not (isinstance(err, RuntimeError) and ("Timed out" in text or "timed out" in text
-                                                   or "collective operation timeout" in text)):
+        if not (
+            isinstance(err, RuntimeError)
+            and ("Timed out" in text or "timed out" in text or "collective operation timeout" in text)
+        ):
             continue
         call = None
         traceback = err.__traceback__
@@ -230,10 +247,13 @@ def collective_timeout_error(run: RunContext, call: str) -> EasyRLHFError:
     timeout = getattr(run.config, "collective_timeout", None)
     waited = f"longer than collective_timeout={timeout}s" if timeout else "past its timeout"
     kept = newest_checkpoint(run)
-    return EasyRLHFError(f"{call} waited {waited} for the other ranks, which never joined it (one is stuck, "
-                         f"was killed or lost its network, or the ranks ran different code paths); "
-                         f"{checkpoint_note(kept)}: {resume_advice(kept)} (raise collective_timeout if a step can "
-                         f"legitimately take that long)", where=None)
+    return EasyRLHFError(
+        f"{call} waited {waited} for the other ranks, which never joined it (one is stuck, "
+        f"was killed or lost its network, or the ranks ran different code paths); "
+        f"{checkpoint_note(kept)}: {resume_advice(kept)} (raise collective_timeout if a step can "
+        f"legitimately take that long)",
+        where=None,
+    )
 
 
 def training_fault(run: RunContext, exc: BaseException) -> EasyRLHFError | None:
@@ -241,8 +261,9 @@ def training_fault(run: RunContext, exc: BaseException) -> EasyRLHFError | None:
     known faults (then it reaches the user as ``Error: <Type>: <message>``)."""
     if isinstance(exc, RewardFailed):
         kept = newest_checkpoint(run)
-        return PluginError(f"{exc.message}; {checkpoint_note(kept)}: {resume_advice(kept)} once it is fixed",
-                           where=exc.where)  # not a RewardFailed: a pipeline's own run adds no second note
+        return PluginError(
+            f"{exc.message}; {checkpoint_note(kept)}: {resume_advice(kept)} once it is fixed", where=exc.where
+        )  # not a RewardFailed: a pipeline's own run adds no second note
     if isinstance(exc, EasyRLHFError):
         return None
     if is_disk_full(exc):

@@ -46,8 +46,15 @@ if TYPE_CHECKING:
     from .config import BaseConfig
     from .kit.context import RunContext
 
-__all__ = ["train_and_save", "add_lora", "check_ranks_agree", "NonFinite", "checks_gradient_norm", "diverged_error",
-           "continue_schedule"]
+__all__ = [
+    "train_and_save",
+    "add_lora",
+    "check_ranks_agree",
+    "NonFinite",
+    "checks_gradient_norm",
+    "diverged_error",
+    "continue_schedule",
+]
 
 
 def training_arguments(config: BaseConfig, run: RunContext, has_eval: bool) -> dict[str, Any]:
@@ -125,8 +132,7 @@ class RunCallback(TrainerCallback):
     def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
         self.run.progress.advance_to(state.global_step)
 
-    def on_log(self, args: Any, state: Any, control: Any, logs: dict[str, Any] | None = None,
-               **kwargs: Any) -> None:
+    def on_log(self, args: Any, state: Any, control: Any, logs: dict[str, Any] | None = None, **kwargs: Any) -> None:
         if logs:
             row = {"epoch": state.epoch, **logs}
             if self.tokens_before and isinstance(row.get("num_tokens"), (int, float)):
@@ -178,8 +184,11 @@ class NonFinite:
 
         if value is None:
             return
-        value = (value.detach().float().sum() if isinstance(value, torch.Tensor)
-                 else torch.tensor(float(value), dtype=torch.float32))
+        value = (
+            value.detach().float().sum()
+            if isinstance(value, torch.Tensor)
+            else torch.tensor(float(value), dtype=torch.float32)
+        )
         previous = self._sums.get(name)
         self._sums[name] = value if previous is None else previous + value.to(previous.device)
 
@@ -199,8 +208,10 @@ class NonFinite:
         if not any(bad):
             return []
         found = [(name, value) for name, value, flag in zip(self.NAMES, sums.tolist(), bad) if flag]
-        return [f"the {name} is {value if not math.isfinite(value) else 'not finite on another process'}"
-                for name, value in found]
+        return [
+            f"the {name} is {value if not math.isfinite(value) else 'not finite on another process'}"
+            for name, value in found
+        ]
 
 
 def checks_gradient_norm(accelerator: Any) -> bool:
@@ -256,18 +267,33 @@ def diverged_error(run: RunContext, step: int, what: list[str], unit: str = "ste
     from .faults import checkpoint_note
 
     config = run.config
-    clip = (f"a lower max_grad_norm (now {config.max_grad_norm:g})" if config.max_grad_norm > 0
-            else "max_grad_norm to clip gradients (now 0: off; e.g. 1.0)")
+    clip = (
+        f"a lower max_grad_norm (now {config.max_grad_norm:g})"
+        if config.max_grad_norm > 0
+        else "max_grad_norm to clip gradients (now 0: off; e.g. 1.0)"
+    )
     kept = latest_checkpoint(run.checkpoints_dir)
-    then = ("continue from it with --resume (the new learning_rate applies) or start again"
-            if kept is not None else "start again")
-    return EasyRLHFError(f"training diverged at {unit} {step}: {' and '.join(what)}; nothing from that {unit} on "
-                         f"was saved and no model/ was written ({checkpoint_note(kept)}); set a lower learning_rate "
-                         f"(now {config.learning_rate:g}) or {clip}, then {then}")
+    then = (
+        "continue from it with --resume (the new learning_rate applies) or start again"
+        if kept is not None
+        else "start again"
+    )
+    return EasyRLHFError(
+        f"training diverged at {unit} {step}: {' and '.join(what)}; nothing from that {unit} on "
+        f"was saved and no model/ was written ({checkpoint_note(kept)}); set a lower learning_rate "
+        f"(now {config.learning_rate:g}) or {clip}, then {then}"
+    )
 
 
-def continue_schedule(run: RunContext, scheduler: Any, step: int, total: int, was: int | None,
-                      peaks: list[float] | float | None = None, unit: str = "step") -> None:
+def continue_schedule(
+    run: RunContext,
+    scheduler: Any,
+    step: int,
+    total: int,
+    was: int | None,
+    peaks: list[float] | float | None = None,
+    unit: str = "step",
+) -> None:
     """After ``--resume`` loaded a learning-rate scheduler's saved state: the schedule for this run's horizon
     (``total`` steps; ``was`` in the run that saved it, None: not recorded) and peak rates (``peaks``, one per
     parameter group, or one number: the first group's, the others scaled with it so their ratios stay; from
@@ -284,14 +310,19 @@ def continue_schedule(run: RunContext, scheduler: Any, step: int, total: int, wa
     changed = was is not None and was != total
     if not isinstance(inner, torch.optim.lr_scheduler.LambdaLR):
         if changed:
-            run.log(f"warning: --resume: the {type(inner).__name__} learning-rate scheduler continues as saved, for "
-                    f"{was} {unit}s, not {total}")
+            run.log(
+                f"warning: --resume: the {type(inner).__name__} learning-rate scheduler continues as saved, for "
+                f"{was} {unit}s, not {total}"
+            )
         return
     notes = []
     if isinstance(peaks, (int, float)):  # a plugin's per-group rates (a value head, LoRA+) keep their ratios
         first = float(inner.base_lrs[0]) if inner.base_lrs else 0.0
-        peaks = ([float(base) * float(peaks) / first for base in inner.base_lrs] if first
-                 else [float(peaks)] * len(inner.base_lrs))
+        peaks = (
+            [float(base) * float(peaks) / first for base in inner.base_lrs]
+            if first
+            else [float(peaks)] * len(inner.base_lrs)
+        )
     if peaks is not None and len(peaks) == len(inner.base_lrs) and list(peaks) != list(inner.base_lrs):
         notes.append(f"peak learning rate {peaks[0]:g} (was {inner.base_lrs[0]:g})")
         inner.base_lrs = list(peaks)
@@ -305,8 +336,9 @@ def continue_schedule(run: RunContext, scheduler: Any, step: int, total: int, wa
     else:
         where = f"{unit} {step} of {total}"
         if not notes:
-            notes.append("learning-rate schedule as saved" if was is not None
-                         else f"learning-rate schedule for {total} {unit}s")
+            notes.append(
+                "learning-rate schedule as saved" if was is not None else f"learning-rate schedule for {total} {unit}s"
+            )
     run.log(f"--resume: resuming at {where}: {'; '.join(notes)}")
 
 
@@ -325,8 +357,9 @@ class ScheduleCallback(TrainerCallback):
             was = int(saved["max_steps"])
         except (OSError, ValueError, KeyError, TypeError):
             was = None
-        continue_schedule(self.run, lr_scheduler, state.global_step, state.max_steps, was,
-                          peaks=args.learning_rate)  # the Trainer gives every parameter group the same rate
+        continue_schedule(
+            self.run, lr_scheduler, state.global_step, state.max_steps, was, peaks=args.learning_rate
+        )  # the Trainer gives every parameter group the same rate
 
 
 def barrier() -> None:
@@ -367,8 +400,9 @@ def check_ranks_agree(run: RunContext, model: Any) -> None:
     if not params or any(hasattr(p, "ds_id") for p in params):
         return
     with torch.no_grad():
-        total = sum((p.detach().double().sum() * (i + 1) + p.detach().double().square().sum())
-                    for i, p in enumerate(params))
+        total = sum(
+            (p.detach().double().sum() * (i + 1) + p.detach().double().square().sum()) for i, p in enumerate(params)
+        )
     gathered = [torch.zeros_like(total) for _ in range(dist.get_world_size())]
     dist.all_gather(gathered, total)
     values = [float(v) for v in gathered]
@@ -454,12 +488,16 @@ def add_lora(run: RunContext, trainer: Any) -> bool:
         return False
     why = lora_refusal(trainer)
     if why is not None:
-        raise ConfigError(f"method '{run.method.name}' cannot train LoRA adapters: {why}; wrap the model with "
-                          f"easyrlhf_core.models.apply_lora(model, run.config.lora) before building the trainer, "
-                          f"or drop --lora", where="--lora")
+        raise ConfigError(
+            f"method '{run.method.name}' cannot train LoRA adapters: {why}; wrap the model with "
+            f"easyrlhf_core.models.apply_lora(model, run.config.lora) before building the trainer, "
+            f"or drop --lora",
+            where="--lora",
+        )
     model = apply_lora(trainer.model, lora, lora_task_type(trainer.model) or "CAUSAL_LM")
-    if getattr(trainer.args, "gradient_checkpointing", False) or getattr(trainer.args, "activation_checkpointing",
-                                                                         False):
+    if getattr(trainer.args, "gradient_checkpointing", False) or getattr(
+        trainer.args, "activation_checkpointing", False
+    ):
         model.enable_input_require_grads()  # frozen embeddings: checkpointed blocks need inputs that want grads
     trainer.model = trainer.model_wrapped = model
     trainer.callback_handler.model = model
@@ -498,7 +536,7 @@ def train_and_save(run: RunContext, trainer: Any, model_for_save: Any = None, to
         raise RunInterrupted(stop.agreed, saved)
     check_ranks_agree(run, trainer.model)
     final = _eval_at_step(trainer, trainer.state.global_step)  # transformers evaluates at the last step itself
-    wanted = getattr(run.config, "final_eval", True)           # when eval_steps is set: not twice
+    wanted = getattr(run.config, "final_eval", True)  # when eval_steps is set: not twice
     if not final and wanted and getattr(trainer, "eval_dataset", None) is not None and len(trainer.eval_dataset) > 0:
         final = trainer.evaluate()
     model = model_for_save if model_for_save is not None else trainer.model

@@ -25,11 +25,20 @@ INPUTS_FILE = "inputs.json"
 #: The config keys that say what a run trains on; ``--resume`` must give the same ones.
 IDENTITY_KEYS = ("model", "dataset", "data_files")
 #: Files of a model directory whose contents make its tokenizer.
-TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "added_tokens.json",
-                   "vocab.json", "vocab.txt", "merges.txt", "tokenizer.model", "chat_template.jinja")
+TOKENIZER_FILES = (
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    "added_tokens.json",
+    "vocab.json",
+    "vocab.txt",
+    "merges.txt",
+    "tokenizer.model",
+    "chat_template.jinja",
+)
 _WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".gguf")
 _WHOLE_FILE_LIMIT = 32 * 2**20  # larger files: their size and first and last MB (a resume of 50 big shards
-_EDGE = 2**20                    # reads 100 MB, not every byte)
+_EDGE = 2**20  # reads 100 MB, not every byte)
 _FLAGS = {"model": "--model", "dataset": "--dataset", "data_files": "--data-files"}
 
 
@@ -71,8 +80,9 @@ def model_fingerprint(path: Path) -> dict[str, str]:
         parts["config"] = file_digest(path / "config.json")
     tokenizer = [path / name for name in TOKENIZER_FILES if (path / name).is_file()]
     if tokenizer:
-        parts["tokenizer"] = hashlib.sha256("".join(f"{p.name}={file_digest(p)};" for p in tokenizer)
-                                            .encode()).hexdigest()[:16]
+        parts["tokenizer"] = hashlib.sha256(
+            "".join(f"{p.name}={file_digest(p)};" for p in tokenizer).encode()
+        ).hexdigest()[:16]
     weights = sorted(p for p in path.iterdir() if p.suffix in _WEIGHT_SUFFIXES and p.is_file())
     if weights:
         parts["weights"] = _weights_digest(weights)
@@ -149,9 +159,12 @@ def check_same_inputs(output_dir: Path, config: Any, config_file: str = "config.
         now = getattr(config, key, None)
         if not _same_name(key, before, now, record):
             flag = _FLAGS[key]
-            raise ConfigError(f"this run was started with {key} {_shown(before)}, this command gives "
-                              f"{_shown(now)}; --resume continues the same run: pass {flag} {_shown(before)}, or "
-                              f"start a new run in another --output-dir", where=flag)
+            raise ConfigError(
+                f"this run was started with {key} {_shown(before)}, this command gives "
+                f"{_shown(now)}; --resume continues the same run: pass {flag} {_shown(before)}, or "
+                f"start a new run in another --output-dir",
+                where=flag,
+            )
     _check_model_unchanged(record)
     _check_data_unchanged(record)
 
@@ -163,11 +176,15 @@ def _check_model_unchanged(record: dict[str, Any]) -> None:
     now = model_fingerprint(Path(path))
     changed = [part for part in sorted(set(before) | set(now)) if before.get(part) != now.get(part)]
     if changed:
-        what = ", ".join(f"{part} ({before.get(part, 'none')} at the start, {now.get(part, 'none')} now)"
-                         for part in changed)
-        raise EasyRLHFError(f"the model changed on disk since this run started ({record.get('recorded', '?')}): "
-                            f"its {what} differ; the checkpoints were trained from the earlier one: put it back, "
-                            f"or start a new run in another --output-dir", where=path)
+        what = ", ".join(
+            f"{part} ({before.get(part, 'none')} at the start, {now.get(part, 'none')} now)" for part in changed
+        )
+        raise EasyRLHFError(
+            f"the model changed on disk since this run started ({record.get('recorded', '?')}): "
+            f"its {what} differ; the checkpoints were trained from the earlier one: put it back, "
+            f"or start a new run in another --output-dir",
+            where=path,
+        )
 
 
 def _check_data_unchanged(record: dict[str, Any]) -> None:
@@ -175,7 +192,10 @@ def _check_data_unchanged(record: dict[str, Any]) -> None:
         path = Path(name)
         now = file_digest(path) if path.is_file() else "missing"
         if now != before:
-            raise EasyRLHFError(f"this data file changed since the run started ({record.get('recorded', '?')}; "
-                                f"fingerprint {before} at the start, {now} now); a resumed run must read the same "
-                                f"rows in the same order: put the original back, or start a new run in another "
-                                f"--output-dir", where=name)
+            raise EasyRLHFError(
+                f"this data file changed since the run started ({record.get('recorded', '?')}; "
+                f"fingerprint {before} at the start, {now} now); a resumed run must read the same "
+                f"rows in the same order: put the original back, or start a new run in another "
+                f"--output-dir",
+                where=name,
+            )

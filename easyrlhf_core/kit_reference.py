@@ -21,13 +21,32 @@ ROOT = Path(__file__).resolve().parent
 PACKAGE = "easyrlhf_core"
 #: The kit modules outside the ``easyrlhf_core.kit`` package, in the order docs/kit.md lists them.
 KIT_MODULES = (
-    "easyrlhf_core", "easyrlhf_core.api", "easyrlhf_core.config", "easyrlhf_core.errors", "easyrlhf_core.shapes",
-    "easyrlhf_core.rows", "easyrlhf_core.training", "easyrlhf_core.rewards", "easyrlhf_core.online",
+    "easyrlhf_core",
+    "easyrlhf_core.api",
+    "easyrlhf_core.config",
+    "easyrlhf_core.errors",
+    "easyrlhf_core.shapes",
+    "easyrlhf_core.rows",
+    "easyrlhf_core.training",
+    "easyrlhf_core.rewards",
+    "easyrlhf_core.online",
     "easyrlhf_core.online_trl",
-    "easyrlhf_core.run", "easyrlhf_core.registry", "easyrlhf_core.models", "easyrlhf_core.lm", "easyrlhf_core.chat",
-    "easyrlhf_core.prefix_sharing", "easyrlhf_core.shared_forward", "easyrlhf_core.checkpoints",
-    "easyrlhf_core.metrics", "easyrlhf_core.hf", "easyrlhf_core.zero", "easyrlhf_core.summary",
-    "easyrlhf_core.launch", "easyrlhf_core.presets", "easyrlhf_core.tracking", "easyrlhf_core.testing",
+    "easyrlhf_core.run",
+    "easyrlhf_core.registry",
+    "easyrlhf_core.models",
+    "easyrlhf_core.lm",
+    "easyrlhf_core.chat",
+    "easyrlhf_core.prefix_sharing",
+    "easyrlhf_core.shared_forward",
+    "easyrlhf_core.checkpoints",
+    "easyrlhf_core.metrics",
+    "easyrlhf_core.hf",
+    "easyrlhf_core.zero",
+    "easyrlhf_core.summary",
+    "easyrlhf_core.launch",
+    "easyrlhf_core.presets",
+    "easyrlhf_core.tracking",
+    "easyrlhf_core.testing",
     "easyrlhf_core.tiny_models",
 )
 COMMAND = "python -m easyrlhf_core.kit_reference --write"
@@ -50,8 +69,7 @@ class Entry:
 def kit_modules() -> list[str]:
     """:data:`KIT_MODULES` and every module of the ``easyrlhf_core.kit`` package, sorted."""
     package = ROOT / "kit"
-    return list(KIT_MODULES) + [f"{PACKAGE}.kit.{p.stem}" for p in sorted(package.glob("*.py"))
-                                if p.stem != "__init__"]
+    return list(KIT_MODULES) + [f"{PACKAGE}.kit.{p.stem}" for p in sorted(package.glob("*.py")) if p.stem != "__init__"]
 
 
 def _path(module: str) -> Path:
@@ -102,6 +120,7 @@ def _summary(doc: str | None) -> str:
     if not doc:
         return ""
     text = " ".join(doc.strip().split("\n\n")[0].split())
+
     def role(match: re.Match[str]) -> str:  # :class:`~a.b.C` -> `C`, :func:`a.f` -> `a.f`
         target = match.group(2)
         return f"`{target.rsplit('.', 1)[-1] if match.group(1) else target}`"
@@ -162,8 +181,12 @@ def _is_dataclass(node: ast.ClassDef) -> bool:
 def _class(node: ast.ClassDef, name: str) -> Entry:
     bases = ", ".join(ast.unparse(b) for b in [*node.bases, *node.keywords])
     dataclass_ = _is_dataclass(node)
-    entry = Entry("", name, f"{'@dataclass ' if dataclass_ else ''}class {name}" + (f"({bases})" if bases else ""),
-                  _summary(ast.get_docstring(node)))
+    entry = Entry(
+        "",
+        name,
+        f"{'@dataclass ' if dataclass_ else ''}class {name}" + (f"({bases})" if bases else ""),
+        _summary(ast.get_docstring(node)),
+    )
     init = next((n for n in node.body if isinstance(n, ast.FunctionDef) and n.name == "__init__"), None)
     if init is not None:
         entry.members.append(f"`{name}({_arguments(init.args, True)})`")
@@ -191,7 +214,7 @@ def _class(node: ast.ClassDef, name: str) -> Entry:
 
 def _value(node: ast.expr | None) -> str:
     text = " ".join(ast.unparse(node).split()) if node is not None else "..."
-    return text if len(text) <= _VALUE_CHARS else text[:_VALUE_CHARS - 3] + "..."
+    return text if len(text) <= _VALUE_CHARS else text[: _VALUE_CHARS - 3] + "..."
 
 
 def _resolve(module: str, node: ast.ImportFrom) -> str:
@@ -200,7 +223,7 @@ def _resolve(module: str, node: ast.ImportFrom) -> str:
     base = module.split(".")
     if not _path(module).name == "__init__.py":
         base = base[:-1]
-    base = base[:len(base) - node.level + 1]
+    base = base[: len(base) - node.level + 1]
     return ".".join(base + ([node.module] if node.module else []))
 
 
@@ -238,9 +261,11 @@ def module_entries(module: str) -> list[Entry]:
 def hooks() -> list[Entry]:
     """The hook specifications (``easyrlhf_core.hookspecs``): what a plugin implements."""
     tree, _ = _tree(f"{PACKAGE}.hookspecs")
-    return [Entry(f"{PACKAGE}.hookspecs", n.name, _function(n, n.name), _summary(ast.get_docstring(n)))
-            for n in tree.body if isinstance(n, ast.FunctionDef)
-            and any(ast.unparse(d) == "hookspec" for d in n.decorator_list)]
+    return [
+        Entry(f"{PACKAGE}.hookspecs", n.name, _function(n, n.name), _summary(ast.get_docstring(n)))
+        for n in tree.body
+        if isinstance(n, ast.FunctionDef) and any(ast.unparse(d) == "hookspec" for d in n.decorator_list)
+    ]
 
 
 def _bullet(entry: Entry) -> list[str]:
@@ -252,16 +277,23 @@ def _bullet(entry: Entry) -> list[str]:
 
 def render() -> str:
     """The text of docs/kit.md."""
-    out = ["# The plugin kit, name by name", "",
-           f"<!-- Generated from the code by `{COMMAND}`; do not edit. tests/test_kit_reference.py fails when this",
-           "file and the code differ. -->", "",
-           "Every public name a plugin may import, with its signature and the first paragraph of its docstring "
-           "(a constant: its `#:` comment). A kit module's public names are its `__all__`; a class is shown with "
-           "its own fields and public methods (inherited ones under their base class). "
-           "[docs/plugins.md](plugins.md) says how the pieces fit; `help(module.name)` says more.", "",
-           "## Hooks", "",
-           "A plugin module implements any of these with `@easyrlhf_core.hookimpl` (specifications in "
-           "`easyrlhf_core.hookspecs`); each calls `register` once per class it provides.", ""]
+    out = [
+        "# The plugin kit, name by name",
+        "",
+        f"<!-- Generated from the code by `{COMMAND}`; do not edit. tests/test_kit_reference.py fails when this",
+        "file and the code differ. -->",
+        "",
+        "Every public name a plugin may import, with its signature and the first paragraph of its docstring "
+        "(a constant: its `#:` comment). A kit module's public names are its `__all__`; a class is shown with "
+        "its own fields and public methods (inherited ones under their base class). "
+        "[docs/plugins.md](plugins.md) says how the pieces fit; `help(module.name)` says more.",
+        "",
+        "## Hooks",
+        "",
+        "A plugin module implements any of these with `@easyrlhf_core.hookimpl` (specifications in "
+        "`easyrlhf_core.hookspecs`); each calls `register` once per class it provides.",
+        "",
+    ]
     for entry in hooks():
         out += _bullet(entry)
     for module in kit_modules():

@@ -89,18 +89,39 @@ def launcher_command(options: LaunchOptions, cli_args: list[str], use_gpu: bool)
     """
     target = ["-m", "easyrlhf_core.cli", *cli_args]
     if use_gpu and options.num_processes * options.num_machines > 1:
-        cmd = [sys.executable, "-m", "easyrlhf_core.ranks", "accelerate",
-               "--num_processes", str(options.num_processes * options.num_machines),
-               "--num_machines", str(options.num_machines), "--machine_rank", str(options.machine_rank),
-               "--main_process_port", str(options.port)]
+        cmd = [
+            sys.executable,
+            "-m",
+            "easyrlhf_core.ranks",
+            "accelerate",
+            "--num_processes",
+            str(options.num_processes * options.num_machines),
+            "--num_machines",
+            str(options.num_machines),
+            "--machine_rank",
+            str(options.machine_rank),
+            "--main_process_port",
+            str(options.port),
+        ]
         if options.main_process_ip:
             cmd += ["--main_process_ip", options.main_process_ip]
         return cmd + ["--multi_gpu"] + target
     # CPU; or one GPU process of a DeepSpeed run (accelerate refuses --multi_gpu with one process, and its
     # single-process launcher sets no RANK / WORLD_SIZE)
-    cmd = [sys.executable, "-m", "easyrlhf_core.ranks", "torchrun", "--nproc_per_node", str(options.num_processes),
-           "--nnodes", str(options.num_machines), "--node_rank", str(options.machine_rank),
-           "--master_port", str(options.port)]
+    cmd = [
+        sys.executable,
+        "-m",
+        "easyrlhf_core.ranks",
+        "torchrun",
+        "--nproc_per_node",
+        str(options.num_processes),
+        "--nnodes",
+        str(options.num_machines),
+        "--node_rank",
+        str(options.machine_rank),
+        "--master_port",
+        str(options.port),
+    ]
     if options.main_process_ip:
         cmd += ["--master_addr", options.main_process_ip]
     return cmd + target
@@ -170,8 +191,12 @@ def launch(options: LaunchOptions, cli_args: list[str]) -> Launched:
         return launched
     ports = [options.port]
     options = dataclasses.replace(options, main_process_port=free_port())
-    print(f"[easyrlhf] the rendezvous port {ports[0]} was taken before the launcher could listen on it; "
-          f"launching again on port {options.port}", file=sys.stderr, flush=True)
+    print(
+        f"[easyrlhf] the rendezvous port {ports[0]} was taken before the launcher could listen on it; "
+        f"launching again on port {options.port}",
+        file=sys.stderr,
+        flush=True,
+    )
     launched = _launch_once(options, cli_args)
     if launched.port_taken:
         launched.error = picked_port_taken_message([*ports, options.port])
@@ -284,8 +309,9 @@ def start_process_group(timeout_seconds: float) -> None:
         # NCCL's watchdog aborts a rank whose collective times out (a hang becomes a rank killed by SIGABRT,
         # which ranks.py words); blocking waits would raise in Python instead, at the cost of a host sync each
         os.environ.setdefault("TORCH_NCCL_ASYNC_ERROR_HANDLING", "1")
-    dist.init_process_group(backend="nccl" if torch.cuda.is_available() else "gloo",
-                            timeout=datetime.timedelta(seconds=timeout_seconds))
+    dist.init_process_group(
+        backend="nccl" if torch.cuda.is_available() else "gloo", timeout=datetime.timedelta(seconds=timeout_seconds)
+    )
 
 
 def finish_distributed() -> None:

@@ -15,8 +15,17 @@ if TYPE_CHECKING:
     import torch
 
 __all__ = [
-    "logprobs_from_logits", "response_log_probs", "left_pad", "right_pad", "tail_mask", "stop_token_ids",
-    "generation_config", "generate", "pin_generation", "decode_response", "response_text"
+    "logprobs_from_logits",
+    "response_log_probs",
+    "left_pad",
+    "right_pad",
+    "tail_mask",
+    "stop_token_ids",
+    "generation_config",
+    "generate",
+    "pin_generation",
+    "decode_response",
+    "response_text",
 ]
 
 
@@ -35,8 +44,9 @@ def logprobs_from_logits(logits: torch.Tensor, tokens: torch.Tensor, temperature
     return picked - torch.logsumexp(logits, dim=-1)
 
 
-def response_log_probs(logits: torch.Tensor, input_ids: torch.Tensor,
-                       response_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def response_log_probs(
+    logits: torch.Tensor, input_ids: torch.Tensor, response_mask: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Per row: the sum of log-probs of the response tokens and how many there are.
 
     ``response_mask[n, t]`` is nonzero where ``input_ids[n, t]`` is a response token; the logits at position
@@ -109,17 +119,36 @@ def stop_token_ids(tokenizer: Any, model: Any = None) -> list[int]:
 #: (each at the value that leaves the distribution unchanged). Settings whose neutral value is None (min_p,
 #: bad_words_ids, suppress_tokens, sequence_bias, ...) cannot be pinned in a config: transformers fills every None
 #: field from the model's file, so :func:`generate` hides that file while it runs (:func:`model_defaults_hidden`).
-NEUTRAL_SETTINGS = {"min_new_tokens": 0, "min_length": 0, "repetition_penalty": 1.0, "encoder_repetition_penalty": 1.0,
-                    "no_repeat_ngram_size": 0, "encoder_no_repeat_ngram_size": 0, "typical_p": 1.0,
-                    "epsilon_cutoff": 0.0, "eta_cutoff": 0.0, "length_penalty": 1.0, "num_beams": 1,
-                    "num_return_sequences": 1, "renormalize_logits": False, "remove_invalid_values": False,
-                    "output_scores": False, "return_dict_in_generate": False, "use_cache": True}
+NEUTRAL_SETTINGS = {
+    "min_new_tokens": 0,
+    "min_length": 0,
+    "repetition_penalty": 1.0,
+    "encoder_repetition_penalty": 1.0,
+    "no_repeat_ngram_size": 0,
+    "encoder_no_repeat_ngram_size": 0,
+    "typical_p": 1.0,
+    "epsilon_cutoff": 0.0,
+    "eta_cutoff": 0.0,
+    "length_penalty": 1.0,
+    "num_beams": 1,
+    "num_return_sequences": 1,
+    "renormalize_logits": False,
+    "remove_invalid_values": False,
+    "output_scores": False,
+    "return_dict_in_generate": False,
+    "use_cache": True,
+}
 #: Sampling from the model's own distribution; ``sampling`` overrides these.
 UNMODIFIED_SAMPLING = {"temperature": 1.0, "top_k": 0, "top_p": 1.0}
 
 
-def generation_config(max_new_tokens: int, stop_ids: int | list[int] | None, pad_token_id: int | None,
-                      sampling: dict[str, Any] | None = None, **settings: Any) -> Any:
+def generation_config(
+    max_new_tokens: int,
+    stop_ids: int | list[int] | None,
+    pad_token_id: int | None,
+    sampling: dict[str, Any] | None = None,
+    **settings: Any,
+) -> Any:
     """A fresh, complete ``GenerationConfig`` built from our options alone: greedy (``sampling`` None), or
     sampling with ``sampling`` on top of :data:`UNMODIFIED_SAMPLING`. :data:`NEUTRAL_SETTINGS` are pinned too;
     ``settings`` add or override fields. Run it with :func:`generate` (or a model given :func:`pin_generation`),
@@ -128,8 +157,13 @@ def generation_config(max_new_tokens: int, stop_ids: int | list[int] | None, pad
     from transformers import GenerationConfig
 
     sampled = {**UNMODIFIED_SAMPLING, **sampling} if sampling is not None else {}
-    return GenerationConfig(max_new_tokens=max_new_tokens, do_sample=sampling is not None, eos_token_id=stop_ids,
-                            pad_token_id=pad_token_id, **{**NEUTRAL_SETTINGS, **sampled, **settings})
+    return GenerationConfig(
+        max_new_tokens=max_new_tokens,
+        do_sample=sampling is not None,
+        eos_token_id=stop_ids,
+        pad_token_id=pad_token_id,
+        **{**NEUTRAL_SETTINGS, **sampled, **settings},
+    )
 
 
 def _configured_modules(model: Any) -> list[Any]:
@@ -158,15 +192,15 @@ def model_defaults_hidden(model: Any) -> Iterator[None]:
             module.generation_config = config
 
 
-def generate(model: Any, input_ids: torch.Tensor, attention_mask: torch.Tensor, config: Any,
-             **kwargs: Any) -> torch.Tensor:
+def generate(
+    model: Any, input_ids: torch.Tensor, attention_mask: torch.Tensor, config: Any, **kwargs: Any
+) -> torch.Tensor:
     """The new token ids ``(rows, new_tokens)`` of one batched ``generate`` call on left-padded prompts
     (``config.num_return_sequences`` consecutive rows per prompt), with ``config`` alone deciding how tokens
     are picked (:func:`model_defaults_hidden`); ``kwargs`` (a ``streamer``, ...) go to ``generate``."""
     with model_defaults_hidden(model):
-        output = model.generate(input_ids=input_ids, attention_mask=attention_mask, generation_config=config,
-                                **kwargs)
-    return output[:, input_ids.shape[1]:]
+        output = model.generate(input_ids=input_ids, attention_mask=attention_mask, generation_config=config, **kwargs)
+    return output[:, input_ids.shape[1] :]
 
 
 def pin_generation(model: Any) -> Any:

@@ -54,8 +54,11 @@ def last_values(path: Path) -> dict[str, Any]:
 
 def last_logged(path: Path, key: str, up_to_step: int) -> float | None:
     """The last value of ``key`` in the rows up to ``up_to_step``, or None."""
-    values = [float(row[key]) for row in (read_metrics(path) if path.is_file() else [])
-              if row.get("step", 0) <= up_to_step and isinstance(row.get(key), (int, float))]
+    values = [
+        float(row[key])
+        for row in (read_metrics(path) if path.is_file() else [])
+        if row.get("step", 0) <= up_to_step and isinstance(row.get(key), (int, float))
+    ]
     return values[-1] if values else None
 
 
@@ -64,8 +67,11 @@ def drop_rows_after(path: Path, step: int) -> None:
     summaries (``train_runtime``: a stopped run's) and lines cut short; the resumed run logs the rest again."""
     if not path.is_file():
         return
-    kept = [line + "\n" for _, line, row in metric_lines(path)
-            if row is not None and row.get("step", 0) <= step and "train_runtime" not in row]
+    kept = [
+        line + "\n"
+        for _, line, row in metric_lines(path)
+        if row is not None and row.get("step", 0) <= step and "train_runtime" not in row
+    ]
     partial = path.with_name(path.name + ".tmp")
     partial.write_text("".join(kept), encoding="utf-8")
     os.replace(partial, path)

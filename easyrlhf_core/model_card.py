@@ -16,8 +16,16 @@ from .shapes import DataSplits
 if TYPE_CHECKING:
     from .kit.context import RunContext
 
-_SHARED_KEYS = ("learning_rate", "max_steps", "num_train_epochs", "per_device_train_batch_size",
-                "gradient_accumulation_steps", "max_length", "precision", "seed")
+_SHARED_KEYS = (
+    "learning_rate",
+    "max_steps",
+    "num_train_epochs",
+    "per_device_train_batch_size",
+    "gradient_accumulation_steps",
+    "max_length",
+    "precision",
+    "seed",
+)
 
 
 def method_options(config: Any) -> dict[str, Any]:
@@ -41,13 +49,20 @@ def _loader_snippet(model_dir: Path) -> str:
     if config_file.is_file():
         archs = json.loads(config_file.read_text(encoding="utf-8")).get("architectures") or []
     if adapter:
-        return ("from peft import AutoPeftModelForCausalLM\n"
-                f"model = AutoPeftModelForCausalLM.from_pretrained(\"{model_dir}\")")
-    cls = "AutoModelForSequenceClassification" if any("SequenceClassification" in a for a in archs) \
+        return (
+            "from peft import AutoPeftModelForCausalLM\n"
+            f'model = AutoPeftModelForCausalLM.from_pretrained("{model_dir}")'
+        )
+    cls = (
+        "AutoModelForSequenceClassification"
+        if any("SequenceClassification" in a for a in archs)
         else "AutoModelForCausalLM"
-    return (f"from transformers import {cls}, AutoTokenizer\n"
-            f"model = {cls}.from_pretrained(\"{model_dir}\")\n"
-            f"tokenizer = AutoTokenizer.from_pretrained(\"{model_dir}\")")
+    )
+    return (
+        f"from transformers import {cls}, AutoTokenizer\n"
+        f'model = {cls}.from_pretrained("{model_dir}")\n'
+        f'tokenizer = AutoTokenizer.from_pretrained("{model_dir}")'
+    )
 
 
 def _fmt(value: Any) -> str:
@@ -60,19 +75,27 @@ def write_model_card(run: RunContext) -> Path:
     metrics_path = run.metrics_path
     rows = read_metrics(metrics_path) if metrics_path.is_file() else []
     last = final_metrics(rows)
-    lines = [f"# {run.output_dir.name}", "",
-             f"Trained with **EasyRLHF**, method **{run.method.name}**: {run.method.description}.", "",
-             "| | |", "|---|---|",
-             f"| base model | `{getattr(config, 'model', None) or 'SmolLM2-135M-Instruct (embedded default)'}` |"]
+    lines = [
+        f"# {run.output_dir.name}",
+        "",
+        f"Trained with **EasyRLHF**, method **{run.method.name}**: {run.method.description}.",
+        "",
+        "| | |",
+        "|---|---|",
+        f"| base model | `{getattr(config, 'model', None) or 'SmolLM2-135M-Instruct (embedded default)'}` |",
+    ]
     if isinstance(run.data, DataSplits):
         files = ", ".join(config.data_files) or "default source"
-        lines.append(f"| data | `{config.dataset}` ({files}): {len(run.data.train)} train / "
-                     f"{len(run.data.eval)} eval {run.data.shape} examples |")
+        lines.append(
+            f"| data | `{config.dataset}` ({files}): {len(run.data.train)} train / "
+            f"{len(run.data.eval)} eval {run.data.shape} examples |"
+        )
         lines += [f"| data note | {note} |" for note in run.data.notes]
     lora = getattr(config, "lora", None)
     if lora is not None and run.lora_applied:  # adapters the saved model really trained, not just --lora
-        lines.append(f"| LoRA | r={lora.r}, alpha={lora.alpha}, dropout={lora.dropout}, "
-                     f"targets={lora.target_modules} |")
+        lines.append(
+            f"| LoRA | r={lora.r}, alpha={lora.alpha}, dropout={lora.dropout}, targets={lora.target_modules} |"
+        )
     lines += ["", "## Key hyperparameters", "", "| option | value |", "|---|---|"]
     shared = {k: getattr(config, k) for k in _SHARED_KEYS if hasattr(config, k)}
     for key, value in {**method_options(config), **shared}.items():

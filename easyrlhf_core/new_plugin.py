@@ -34,13 +34,22 @@ def plugin_names(name: str) -> dict[str, str]:
     (``easyrlhf-plugin-NAME``), ``module`` (``easyrlhf_plugin_NAME``, ``-`` as ``_``) and ``title`` (the
     class-name prefix, ``my-method`` -> ``MyMethod``); a :class:`ConfigError` for a name that cannot be one."""
     if name.startswith(PREFIX):
-        raise ConfigError(f"give the name without the '{PREFIX}' prefix: `easyrlhf new-plugin "
-                          f"{name[len(PREFIX):] or 'NAME'}`", where="NAME")
+        raise ConfigError(
+            f"give the name without the '{PREFIX}' prefix: `easyrlhf new-plugin {name[len(PREFIX) :] or 'NAME'}`",
+            where="NAME",
+        )
     if not NAME_PATTERN.fullmatch(name):
-        raise ConfigError(f"{name!r} is not a valid plugin name: use lowercase letters and digits, starting with a "
-                          f"letter, words joined by single '-' or '_' (e.g. 'my-method')", where="NAME")
-    return {"name": name, "dist": PREFIX + name, "module": "easyrlhf_plugin_" + name.replace("-", "_"),
-            "title": "".join(word.capitalize() for word in re.split(r"[-_]", name))}
+        raise ConfigError(
+            f"{name!r} is not a valid plugin name: use lowercase letters and digits, starting with a "
+            f"letter, words joined by single '-' or '_' (e.g. 'my-method')",
+            where="NAME",
+        )
+    return {
+        "name": name,
+        "dist": PREFIX + name,
+        "module": "easyrlhf_plugin_" + name.replace("-", "_"),
+        "title": "".join(word.capitalize() for word in re.split(r"[-_]", name)),
+    }
 
 
 def check_names_free(values: dict[str, str]) -> None:
@@ -53,9 +62,15 @@ def check_names_free(values: dict[str, str]) -> None:
     name = values["name"]
     registry = get_registry()
     taken = [f"plugin '{name}'"] if any(ep.name == name for ep in entry_points(group="easyrlhf")) else []
-    taken += [f"{kind} '{wanted}'" for kind, entries, wanted in (
-        ("method", registry.methods, name), ("dataset", registry.datasets, f"{name}-jsonl"),
-        ("reward", registry.rewards, f"{name}-length")) if wanted in entries]
+    taken += [
+        f"{kind} '{wanted}'"
+        for kind, entries, wanted in (
+            ("method", registry.methods, name),
+            ("dataset", registry.datasets, f"{name}-jsonl"),
+            ("reward", registry.rewards, f"{name}-length"),
+        )
+        if wanted in entries
+    ]
     if taken:
         raise ConfigError(f"an installed plugin already has {', '.join(taken)}; choose another NAME", where="NAME")
 

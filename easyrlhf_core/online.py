@@ -29,8 +29,15 @@ if TYPE_CHECKING:
     from .shapes import Message, Record
 
 __all__ = [
-    "TokenSamplingOptions", "SamplingOptions", "check_sampling", "check_full_softmax_sampling",
-    "SampleLogOptions", "SampleLog", "SAMPLES_FILE", "encode_prompts", "prompts_that_fit",
+    "TokenSamplingOptions",
+    "SamplingOptions",
+    "check_sampling",
+    "check_full_softmax_sampling",
+    "SampleLogOptions",
+    "SampleLog",
+    "SAMPLES_FILE",
+    "encode_prompts",
+    "prompts_that_fit",
 ]
 
 #: The run file of sampled completions with their rewards (:class:`SampleLog`), one JSON object a line.
@@ -51,10 +58,16 @@ class TokenSamplingOptions:
     never apply)."""
 
     temperature: float = option(1.0, "Sampling temperature.")
-    top_k: int = option(0, "Sample from the k likeliest tokens; 0: off. Must stay 0 in ppo, grpo and rloo: their "
-                           "loss scores the full softmax, so top-k sampling would be off-policy.")
-    top_p: float = option(1.0, "Nucleus sampling mass; 1.0: off. Must stay 1.0 in ppo, grpo and rloo: their loss "
-                               "scores the full softmax, so nucleus sampling would be off-policy.")
+    top_k: int = option(
+        0,
+        "Sample from the k likeliest tokens; 0: off. Must stay 0 in ppo, grpo and rloo: their "
+        "loss scores the full softmax, so top-k sampling would be off-policy.",
+    )
+    top_p: float = option(
+        1.0,
+        "Nucleus sampling mass; 1.0: off. Must stay 1.0 in ppo, grpo and rloo: their loss "
+        "scores the full softmax, so nucleus sampling would be off-policy.",
+    )
 
     #: True for a method whose loss scores the samples on the full softmax: top_k and top_p must stay off.
     full_softmax: ClassVar[bool] = False
@@ -100,8 +113,10 @@ def check_full_softmax_sampling(config: Any, method: str) -> None:
     the full ``softmax(logits / temperature)``, so sampling must draw from exactly that: ``top_k`` 0 and
     ``top_p`` 1.0, else :class:`~easyrlhf_core.errors.ConfigError` naming the option. Applied by
     :class:`TokenSamplingOptions` when ``full_softmax`` is set."""
-    why = ("log-probs, ratios and KL are computed on the full softmax (logits / temperature), so {what} sampling "
-           "would be off-policy; lower temperature to sharpen sampling instead")
+    why = (
+        "log-probs, ratios and KL are computed on the full softmax (logits / temperature), so {what} sampling "
+        "would be off-policy; lower temperature to sharpen sampling instead"
+    )
     if config.top_k != 0:  # sampling one distribution and scoring another is a wrong training signal
         raise invalid("top_k", f"must be 0 for {method}: " + why.format(what="top-k"))
     if config.top_p != 1.0:
@@ -112,8 +127,7 @@ def check_full_softmax_sampling(config: Any, method: str) -> None:
 # Prompts
 
 
-def encode_prompts(tokenizer: Any, records: list[Record], max_prompt_tokens: int
-                   ) -> tuple[list[int], list[list[int]]]:
+def encode_prompts(tokenizer: Any, records: list[Record], max_prompt_tokens: int) -> tuple[list[int], list[list[int]]]:
     """Chat-template token ids of each record's prompt (generation prompt included), leaving out prompts
     longer than ``max_prompt_tokens``: ``(indices of the kept records, their ids)``."""
     from transformers.utils import logging as hf_logging
@@ -134,8 +148,9 @@ def encode_prompts(tokenizer: Any, records: list[Record], max_prompt_tokens: int
     return kept, encoded
 
 
-def prompts_that_fit(run: RunContext, tokenizer: Any, records: list[Record], room: int, split: str, room_name: str
-                     ) -> tuple[list[Record], list[list[int]]]:
+def prompts_that_fit(
+    run: RunContext, tokenizer: Any, records: list[Record], room: int, split: str, room_name: str
+) -> tuple[list[Record], list[list[int]]]:
     """The records whose prompt leaves room for a completion (at most ``room`` tokens, ``room_name`` saying
     which options set it, e.g. ``"max_length - max_new_tokens"``), with their prompt ids. The dropped count
     goes to the run's log; for the ``"training"`` split the kept count is ``run.train_examples_used`` (the
@@ -149,8 +164,10 @@ def prompts_that_fit(run: RunContext, tokenizer: Any, records: list[Record], roo
         run.log(f"data: dropped {dropped} {split} prompts longer than {room_name} = {room} tokens")
     if split == "training":
         if not kept:
-            raise DataError(f"every training prompt is longer than {room_name} = {room} tokens; raise max_length",
-                            where="max_length")
+            raise DataError(
+                f"every training prompt is longer than {room_name} = {room} tokens; raise max_length",
+                where="max_length",
+            )
         run.train_examples_used = len(kept)
     return [records[i] for i in kept], ids
 
@@ -164,8 +181,11 @@ class SampleLogOptions:
     """``num_sample_completions``: how many completions :class:`SampleLog` writes per step; mix into the config
     of a method that samples (its former name ``num_sample_generations`` is read too, with a notice)."""
 
-    num_sample_completions: int = option(4, "Completions (with their rewards) written to samples.jsonl per step.",
-                                         deprecated_names=("num_sample_generations",))
+    num_sample_completions: int = option(
+        4,
+        "Completions (with their rewards) written to samples.jsonl per step.",
+        deprecated_names=("num_sample_generations",),
+    )
 
     def __post_init__(self) -> None:
         parent = getattr(super(), "__post_init__", None)
@@ -201,8 +221,9 @@ class SampleLog:
         model = getattr(self.trainer, "model", None)
         return model is None or bool(getattr(model, "training", True))
 
-    def write(self, step: int, prompts: list[list[Message]], completions: list[str],
-              rewards: dict[str, list[float]]) -> None:
+    def write(
+        self, step: int, prompts: list[list[Message]], completions: list[str], rewards: dict[str, list[float]]
+    ) -> None:
         """The first ``per_step`` completions of ``step``, each with every reward's score (``rewards``: label ->
         one score per completion). Once per step: a second call for a step already written is ignored."""
         if not self.enabled or self._written_step == step:
@@ -214,12 +235,22 @@ class SampleLog:
             self.resume = False
         with self.path.open("a", encoding="utf-8") as fh:
             for i in range(min(self.per_step, len(completions))):
-                fh.write(json.dumps({"step": step, "prompt": prompts[i], "completion": completions[i],
-                                     "rewards": {k: float(v[i]) for k, v in rewards.items()}}) + "\n")
+                fh.write(
+                    json.dumps(
+                        {
+                            "step": step,
+                            "prompt": prompts[i],
+                            "completion": completions[i],
+                            "rewards": {k: float(v[i]) for k, v in rewards.items()},
+                        }
+                    )
+                    + "\n"
+                )
         self._written_step = step
 
-    def record(self, step: int, label: str, prompts: list[list[Message]], completions: list[str],
-               scores: list[float]) -> None:
+    def record(
+        self, step: int, label: str, prompts: list[list[Message]], completions: list[str], scores: list[float]
+    ) -> None:
         """One reward's scores of ``step``'s completions; the rows are written when every label has scored."""
         if not self.enabled:
             return

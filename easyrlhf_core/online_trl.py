@@ -78,8 +78,9 @@ class TRLRewardFunc:
         return scores
 
 
-def trl_reward_funcs(rewards: list[WeightedReward], samples: SampleLog | None = None
-                     ) -> tuple[list[TRLRewardFunc], list[float]]:
+def trl_reward_funcs(
+    rewards: list[WeightedReward], samples: SampleLog | None = None
+) -> tuple[list[TRLRewardFunc], list[float]]:
     """``(reward_funcs, reward_weights)`` for a TRL online trainer (GRPOTrainer, RLOOTrainer)."""
     return [TRLRewardFunc(r, samples) for r in rewards], [r.weight for r in rewards]
 
@@ -97,22 +98,30 @@ class OnlineConfig(TokenSamplingOptions, SampleLogOptions, WeightedRewardsOption
     method_name = "grpo/rloo"  # in messages; each method's config names itself
     full_softmax = True
     learning_rate: float = option(1e-6, "Peak learning rate (TRL's default for GRPO and RLOO).")
-    per_device_train_batch_size: int = option(4, "Completions per device per micro-batch; x processes x "
-                                                 "steps_per_generation must be a multiple of num_generations.")
+    per_device_train_batch_size: int = option(
+        4,
+        "Completions per device per micro-batch; x processes x "
+        "steps_per_generation must be a multiple of num_generations.",
+    )
     per_device_eval_batch_size: int = option(4, "Eval completions per device per pass.")
     max_length: int = option(512, "Prompt + completion tokens at most; longer prompts are dropped.")
-    num_generations: int = option(4, "Completions sampled per prompt, the group the advantages compare "
-                                     "(TRL's default: 8 for GRPO, 2 for RLOO; 4 is CPU-friendly).")
+    num_generations: int = option(
+        4,
+        "Completions sampled per prompt, the group the advantages compare "
+        "(TRL's default: 8 for GRPO, 2 for RLOO; 4 is CPU-friendly).",
+    )
     max_completion_length: int = option(128, "Longest completion, in tokens.")
     epsilon: float = option(0.2, "Clip range of the policy ratio.")
     epsilon_high: float | None = option(None, "Upper clip range (DAPO's clip-higher); empty: epsilon.")
     num_iterations: int = option(1, "Updates per generated batch (PPO-style epochs; 1: on-policy).")
-    steps_per_generation: int | None = option(None, "Micro-batches trained per generation round (TRL's count); "
-                                                    "empty: gradient_accumulation_steps.")
+    steps_per_generation: int | None = option(
+        None, "Micro-batches trained per generation round (TRL's count); empty: gradient_accumulation_steps."
+    )
     mask_truncated_completions: bool = option(False, "Leave completions cut at max_completion_length out of the loss.")
     use_vllm: bool = option(False, "Generate with vLLM (CUDA GPUs and the vllm package).")
-    vllm_mode: Literal["colocate", "server"] = option("colocate", "vLLM in the training processes, or a `trl "
-                                                                  "vllm-serve` server.")
+    vllm_mode: Literal["colocate", "server"] = option(
+        "colocate", "vLLM in the training processes, or a `trl vllm-serve` server."
+    )
 
     def __post_init__(self) -> None:
         super().__post_init__()  # the sampling rule, num_sample_completions, the one-reward rule, the shared options
@@ -120,8 +129,9 @@ class OnlineConfig(TokenSamplingOptions, SampleLogOptions, WeightedRewardsOption
         if self.num_generations < 2:
             raise invalid("num_generations", "must be at least 2: the group is what the advantages compare")
         if self.max_completion_length >= self.max_length:
-            raise invalid("max_completion_length", f"must be below max_length ({self.max_length}), which also "
-                                                   f"bounds the prompt")
+            raise invalid(
+                "max_completion_length", f"must be below max_length ({self.max_length}), which also bounds the prompt"
+            )
         if self.epsilon <= 0 or (self.epsilon_high is not None and self.epsilon_high < self.epsilon):
             raise invalid("epsilon", "must be > 0, and epsilon_high (if set) at least epsilon")
 
@@ -132,25 +142,38 @@ class OnlineConfig(TokenSamplingOptions, SampleLogOptions, WeightedRewardsOption
         self.build_rewards()
         if self.use_vllm:
             if importlib.util.find_spec("vllm") is None:
-                raise ConfigError("use_vllm needs the vllm package and CUDA GPUs (`pip install vllm`); on this "
-                                  "machine generate with transformers (use_vllm: false)", where="use_vllm")
+                raise ConfigError(
+                    "use_vllm needs the vllm package and CUDA GPUs (`pip install vllm`); on this "
+                    "machine generate with transformers (use_vllm: false)",
+                    where="use_vllm",
+                )
             import torch
 
             if not torch.cuda.is_available():
-                raise ConfigError("use_vllm needs CUDA GPUs; on CPU generate with transformers (use_vllm: false)",
-                                  where="use_vllm")
+                raise ConfigError(
+                    "use_vllm needs CUDA GPUs; on CPU generate with transformers (use_vllm: false)", where="use_vllm"
+                )
 
     def trl_fields(self) -> dict[str, Any]:
         """The fields of TRL's config (on top of the shared training arguments); a subclass adds its own (its
         ``beta``, its loss's options)."""
-        return {"num_generations": self.num_generations, "num_generations_eval": self.num_generations,
-                "max_completion_length": self.max_completion_length, "temperature": self.temperature,
-                "top_p": self.top_p, "top_k": self.top_k, "epsilon": self.epsilon,
-                "epsilon_high": self.epsilon_high, "num_iterations": self.num_iterations,
-                "steps_per_generation": self.steps_per_generation,
-                "mask_truncated_completions": self.mask_truncated_completions,
-                "use_vllm": self.use_vllm, "vllm_mode": self.vllm_mode, "log_completions": False,
-                "remove_unused_columns": False}  # the dataset's extra columns reach the rewards
+        return {
+            "num_generations": self.num_generations,
+            "num_generations_eval": self.num_generations,
+            "max_completion_length": self.max_completion_length,
+            "temperature": self.temperature,
+            "top_p": self.top_p,
+            "top_k": self.top_k,
+            "epsilon": self.epsilon,
+            "epsilon_high": self.epsilon_high,
+            "num_iterations": self.num_iterations,
+            "steps_per_generation": self.steps_per_generation,
+            "mask_truncated_completions": self.mask_truncated_completions,
+            "use_vllm": self.use_vllm,
+            "vllm_mode": self.vllm_mode,
+            "log_completions": False,
+            "remove_unused_columns": False,
+        }  # the dataset's extra columns reach the rewards
 
 
 class OnlineMethod(TrainerMethod):
@@ -173,19 +196,32 @@ class OnlineMethod(TrainerMethod):
         evaluation = self.prompts(run, tokenizer, run.data.eval, "eval") if run.data.eval else []
         samples = SampleLog.for_run(run, [r.label for r in rewards], config.num_sample_completions)
         funcs, weights = trl_reward_funcs(rewards, samples)
-        run.log(f"{self.name}: rewards " + ", ".join(f"{r.label} x {r.weight:g}" for r in rewards) +
-                f"; {config.num_generations} completions per prompt")
+        run.log(
+            f"{self.name}: rewards "
+            + ", ".join(f"{r.label} x {r.weight:g}" for r in rewards)
+            + f"; {config.num_generations} completions per prompt"
+        )
         config_class, trainer_class = (getattr(trl, n) for n in self.trl_names)
         try:  # TRL checks the batch against num_generations across all processes, in its config and trainer
-            args = trl_arguments(config_class, run, has_eval=bool(evaluation), reward_weights=weights,
-                                 **config.trl_fields())
-            trainer = trainer_class(model=model, reward_funcs=funcs, args=args, train_dataset=as_dataset(train),
-                                    eval_dataset=as_dataset(evaluation) if evaluation else None,
-                                    processing_class=tokenizer, peft_config=lora_config(config, "CAUSAL_LM"))
+            args = trl_arguments(
+                config_class, run, has_eval=bool(evaluation), reward_weights=weights, **config.trl_fields()
+            )
+            trainer = trainer_class(
+                model=model,
+                reward_funcs=funcs,
+                args=args,
+                train_dataset=as_dataset(train),
+                eval_dataset=as_dataset(evaluation) if evaluation else None,
+                processing_class=tokenizer,
+                peft_config=lora_config(config, "CAUSAL_LM"),
+            )
         except ValueError as exc:
             if "num_generations" in str(exc) or "number of generations" in str(exc):
-                raise ConfigError(f"{exc} (per_device_train_batch_size x processes x steps_per_generation must be "
-                                  f"a multiple of num_generations)", where="num_generations") from None
+                raise ConfigError(
+                    f"{exc} (per_device_train_batch_size x processes x steps_per_generation must be "
+                    f"a multiple of num_generations)",
+                    where="num_generations",
+                ) from None
             raise
         pin_generation(trainer.model)  # TRL's generate: its config alone, not the model's generation_config.json
         samples.trainer = trainer

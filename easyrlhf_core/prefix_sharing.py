@@ -39,10 +39,12 @@ __all__ = [
 ]
 
 #: The help text of the ``prefix_sharing`` option of every method that has one.
-PREFIX_SHARING_HELP = ("Run each prompt once for all of its responses (shared-prefix forward: one sequence per "
-                       "example with a block attention mask), pack examples without padding and run the LM head "
-                       "only on the tokens a loss reads; same results, less time and memory. false: padded rows, "
-                       "one per response. Models whose attention takes no such mask fall back by themselves.")
+PREFIX_SHARING_HELP = (
+    "Run each prompt once for all of its responses (shared-prefix forward: one sequence per "
+    "example with a block attention mask), pack examples without padding and run the LM head "
+    "only on the tokens a loss reads; same results, less time and memory. false: padded rows, "
+    "one per response. Models whose attention takes no such mask fall back by themselves."
+)
 
 #: Default packed-row length: a batch's groups share one row up to this many tokens (fewer padding slots;
 #: the block mask is ``ROW_TOKENS**2`` booleans per row, and masked attention costs grow with the row length).
@@ -126,8 +128,13 @@ def _first_fit(sizes: list[int], capacity: int) -> list[list[int]]:
     return bins
 
 
-def pack_groups(input_ids: torch.Tensor, attention_mask: torch.Tensor, groups: list[list[int]],
-                pad_token_id: int, budget: int | None = None) -> dict[str, torch.Tensor]:
+def pack_groups(
+    input_ids: torch.Tensor,
+    attention_mask: torch.Tensor,
+    groups: list[list[int]],
+    pad_token_id: int,
+    budget: int | None = None,
+) -> dict[str, torch.Tensor]:
     """The packed, shared-prefix form of a right-padded batch.
 
     ``groups`` partitions the rows (e.g. :func:`pair_groups`); each group is laid out once
@@ -169,8 +176,13 @@ def pack_groups(input_ids: torch.Tensor, attention_mask: torch.Tensor, groups: l
             for row, offsets in group.offsets.items():
                 token_index[row, : len(offsets)] = torch.tensor(offsets, dtype=torch.long) + base
             start += len(group.tokens)
-    return {"input_ids": packed_ids, "position_ids": position_ids, "segment_ids": segment_ids,
-            "branch_ids": branch_ids, "token_index": token_index}
+    return {
+        "input_ids": packed_ids,
+        "position_ids": position_ids,
+        "segment_ids": segment_ids,
+        "branch_ids": branch_ids,
+        "token_index": token_index,
+    }
 
 
 def block_attention_mask(segment_ids: torch.Tensor, branch_ids: torch.Tensor) -> torch.Tensor:
@@ -217,6 +229,7 @@ class SharedPrefixCollator:
         if not self.enabled:
             return batch
         group = {"pairs": _pairs, "queries": _queries}.get(self.grouping, self.grouping)  # type: ignore[arg-type]
-        batch[SHARED_PREFIX_KEY] = pack_groups(batch["input_ids"], batch["attention_mask"], group(batch),
-                                               self.pad_token_id, self.budget)
+        batch[SHARED_PREFIX_KEY] = pack_groups(
+            batch["input_ids"], batch["attention_mask"], group(batch), self.pad_token_id, self.budget
+        )
         return batch

@@ -35,8 +35,13 @@ def record_rank_error(message: str, code: int) -> bool:
     if not folder or not Path(folder).is_dir():
         return False
     rank = int(os.environ.get("RANK", "0"))
-    record = {"rank": rank, "world_size": int(os.environ.get("WORLD_SIZE", "1")), "message": message,
-              "code": code, "time": time.time()}
+    record = {
+        "rank": rank,
+        "world_size": int(os.environ.get("WORLD_SIZE", "1")),
+        "message": message,
+        "code": code,
+        "time": time.time(),
+    }
     path = Path(folder) / f"rank-{rank}.json"
     tmp = path.with_suffix(".tmp")
     tmp.write_text(json.dumps(record), encoding="utf-8")
@@ -71,9 +76,11 @@ def first_failure(folder: Path) -> tuple[str, int] | None:
     exitcode = int(first["exitcode"])
     if exitcode < 0:
         name = _signal_name(-exitcode)
-        hints: dict[int, str] = {signal.SIGKILL: " (out of memory? see `dmesg`)",
-                                 signal.SIGABRT: " (on GPUs: NCCL's watchdog ends a rank whose collective waited past "
-                                                 "collective_timeout; the rank's log names the call)"}
+        hints: dict[int, str] = {
+            signal.SIGKILL: " (out of memory? see `dmesg`)",
+            signal.SIGABRT: " (on GPUs: NCCL's watchdog ends a rank whose collective waited past "
+            "collective_timeout; the rank's log names the call)",
+        }
         hint = hints.get(-exitcode, "")
         return f"rank {first['rank']}: killed by {name}{hint}", 128 - exitcode
     return f"rank {first['rank']}: exited with code {exitcode} before reporting an error", exitcode or 1
@@ -90,24 +97,30 @@ def _write_failures(failures: Mapping[int, object]) -> None:
     folder = os.environ.get(RANK_ERRORS_ENV)
     if not folder or not Path(folder).is_dir():
         return
-    rows = [{"rank": int(rank), "exitcode": int(getattr(f, "exitcode", 1)),
-             "time": float(getattr(f, "timestamp", 0) or 0)} for rank, f in failures.items()]
+    rows = [
+        {"rank": int(rank), "exitcode": int(getattr(f, "exitcode", 1)), "time": float(getattr(f, "timestamp", 0) or 0)}
+        for rank, f in failures.items()
+    ]
     (Path(folder) / LAUNCHER_FILE).write_text(json.dumps(rows), encoding="utf-8")
 
 
 def port_taken_message(port: int) -> str:
     """What to say when the rendezvous port is taken (before launching, or when the launcher finds it so)."""
-    return (f"port {port} is taken on this machine (another run, or another program, listens on it); pass a "
-            f"free one with --main-process-port, or leave the option out on one machine to pick a free one")
+    return (
+        f"port {port} is taken on this machine (another run, or another program, listens on it); pass a "
+        f"free one with --main-process-port, or leave the option out on one machine to pick a free one"
+    )
 
 
 def picked_port_taken_message(ports: list[int]) -> str:
     """What to say when every port picked free for the rendezvous (no ``--main-process-port`` on one
     machine) was taken by another program before the launcher could listen on it."""
     times = {1: "once", 2: "twice"}.get(len(ports), f"{len(ports)} times")
-    return (f"--main-process-port: not given, so a free port was picked for the rendezvous, but another program "
-            f"took it before the launcher could listen on it, {times} (port {', then '.join(map(str, ports))}); "
-            f"run again, or pass a port kept free for this run with --main-process-port")
+    return (
+        f"--main-process-port: not given, so a free port was picked for the rendezvous, but another program "
+        f"took it before the launcher could listen on it, {times} (port {', then '.join(map(str, ports))}); "
+        f"run again, or pass a port kept free for this run with --main-process-port"
+    )
 
 
 def is_port_taken(error: BaseException) -> bool:
@@ -171,6 +184,7 @@ def main(argv: list[str]) -> int:
 
         def start() -> None:
             launch_command(launch_command_parser().parse_args(args))
+
     if not debug:
         _quiet_launcher_logs()
     try:

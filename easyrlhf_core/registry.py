@@ -45,8 +45,15 @@ class PluginInfo:
     description: str = ""
 
     def as_dict(self) -> dict[str, Any]:
-        return {"name": self.name, "plugin": self.name, "package": self.package, "version": self.version,
-                "description": self.description, "status": self.status, "error": self.error}
+        return {
+            "name": self.name,
+            "plugin": self.name,
+            "package": self.package,
+            "version": self.version,
+            "description": self.description,
+            "status": self.status,
+            "error": self.error,
+        }
 
 
 @dataclass
@@ -58,8 +65,13 @@ class Entry(Generic[T]):
     plugin: PluginInfo
 
     def as_dict(self) -> dict[str, Any]:
-        data = {"name": self.name, "plugin": self.plugin.name, "package": self.plugin.package,
-                "version": self.plugin.version, "description": getattr(self.obj, "description", "")}
+        data = {
+            "name": self.name,
+            "plugin": self.plugin.name,
+            "package": self.plugin.package,
+            "version": self.plugin.version,
+            "description": getattr(self.obj, "description", ""),
+        }
         shapes = getattr(self.obj, "shapes", None)
         if shapes is not None:
             data["shapes"] = sorted(str(s) for s in shapes)
@@ -93,8 +105,10 @@ class Registry:
     def conflict_message(self, kind: str, name: str) -> str:
         """The one sentence ``run`` and ``list-plugins`` both give for a name two plugins register."""
         owners = " and ".join(f"{e.plugin.package} (plugin {e.plugin.name})" for e in self.conflicts[(kind, name)])
-        return (f"{_KIND_SINGULAR[kind]} '{name}' is registered by two plugins: {owners}; uninstall one of them "
-                f"or leave one out of {LOAD_PLUGINS_ENV}")
+        return (
+            f"{_KIND_SINGULAR[kind]} '{name}' is registered by two plugins: {owners}; uninstall one of them "
+            f"or leave one out of {LOAD_PLUGINS_ENV}"
+        )
 
     def as_dict(self) -> dict[str, list[dict[str, Any]]]:
         """Plugins and what they register; a name two plugins register is listed once per provider, each
@@ -137,8 +151,7 @@ def _normalized(name: str) -> str:
     return re.sub(r"[-_.]+", "-", name).lower()
 
 
-def selected_entry_points(entry_points: list[metadata.EntryPoint], wanted: str | None
-                          ) -> list[metadata.EntryPoint]:
+def selected_entry_points(entry_points: list[metadata.EntryPoint], wanted: str | None) -> list[metadata.EntryPoint]:
     """The entry points to load: all of them when ``wanted`` (``EASYRLHF_LOAD_PLUGINS``) is None; otherwise the
     built-ins plus the plugins it names by distribution or entry-point name. A name matching none: PluginError."""
     if wanted is None:
@@ -153,11 +166,19 @@ def selected_entry_points(entry_points: list[metadata.EntryPoint], wanted: str |
             matched |= hits
     missing = [name for name in names if name not in matched]
     if missing:
-        third_party = sorted({f"{_distribution_of(ep)[0]} ({ep.name})" for ep in entry_points
-                              if _normalized(_distribution_of(ep)[0]) != BUILTIN_DISTRIBUTION})
-        raise PluginError(f"not an installed plugin package or plugin: {', '.join(repr(m) for m in missing)} "
-                          f"(installed third-party plugins: {', '.join(third_party) or 'none'}); pip install it "
-                          "or take it out of the list", where=LOAD_PLUGINS_ENV)
+        third_party = sorted(
+            {
+                f"{_distribution_of(ep)[0]} ({ep.name})"
+                for ep in entry_points
+                if _normalized(_distribution_of(ep)[0]) != BUILTIN_DISTRIBUTION
+            }
+        )
+        raise PluginError(
+            f"not an installed plugin package or plugin: {', '.join(repr(m) for m in missing)} "
+            f"(installed third-party plugins: {', '.join(third_party) or 'none'}); pip install it "
+            "or take it out of the list",
+            where=LOAD_PLUGINS_ENV,
+        )
     return chosen
 
 
@@ -172,8 +193,9 @@ def build_registry(extra_plugins: list[tuple[str, object]] | None = None) -> Reg
     extra_names = {name for name, _ in extra}
     installed: dict[int, PluginInfo] = {}  # id(module) -> its distribution, for extras that are installed too
     seen: set[str] = set()
-    entry_points = selected_entry_points(list(metadata.entry_points(group=ENTRY_POINT_GROUP)),
-                                         os.environ.get(LOAD_PLUGINS_ENV))
+    entry_points = selected_entry_points(
+        list(metadata.entry_points(group=ENTRY_POINT_GROUP)), os.environ.get(LOAD_PLUGINS_ENV)
+    )
     for ep in sorted(entry_points, key=lambda e: e.name):
         if ep.name in seen:  # the same distribution visible twice on sys.path
             continue
@@ -199,9 +221,12 @@ def build_registry(extra_plugins: list[tuple[str, object]] | None = None) -> Reg
         loaded.append((info, module))
     for name, plugin in extra:
         known = installed.get(id(plugin))
-        info = PluginInfo(name=name, package=known.package if known else getattr(plugin, "__package_name__", name),
-                          version=known.version if known else getattr(plugin, "__version__", "0"),
-                          description=_first_line(plugin.__doc__))
+        info = PluginInfo(
+            name=name,
+            package=known.package if known else getattr(plugin, "__package_name__", name),
+            version=known.version if known else getattr(plugin, "__version__", "0"),
+            description=_first_line(plugin.__doc__),
+        )
         registry.plugins.append(info)
         pm.register(plugin, name=name)
         loaded.append((info, plugin))
@@ -231,9 +256,11 @@ def _registrar(registry: Registry, kind: str, info: PluginInfo) -> Callable[[Any
             registry.conflicts.setdefault((kind, name), [first]).append(entry)
             for mine, other in ((info, first.plugin), (first.plugin, info)):  # both sides tell the same story
                 mine.status = "conflict"
-                mine.error = (f"{_KIND_SINGULAR[kind]} '{name}' is also registered by {other.package} "
-                              f"(plugin {other.name}); `easyrlhf run` refuses it until one is uninstalled "
-                              f"or left out of {LOAD_PLUGINS_ENV}")
+                mine.error = (
+                    f"{_KIND_SINGULAR[kind]} '{name}' is also registered by {other.package} "
+                    f"(plugin {other.name}); `easyrlhf run` refuses it until one is uninstalled "
+                    f"or left out of {LOAD_PLUGINS_ENV}"
+                )
             return
         entries[name] = entry
 

@@ -35,9 +35,21 @@ if TYPE_CHECKING:
     from .shapes import Message
 
 __all__ = [
-    "OneRewardOptions", "WeightedRewardsOptions", "WeightedReward", "one_reward_error", "make_reward",
-    "reward_model_reward", "reward_label", "describe_reward", "locate_options_error", "is_options_error",
-    "score_with_columns", "record_columns", "Judge", "reward_model_judge", "named_judge",
+    "OneRewardOptions",
+    "WeightedRewardsOptions",
+    "WeightedReward",
+    "one_reward_error",
+    "make_reward",
+    "reward_model_reward",
+    "reward_label",
+    "describe_reward",
+    "locate_options_error",
+    "is_options_error",
+    "score_with_columns",
+    "record_columns",
+    "Judge",
+    "reward_model_judge",
+    "named_judge",
 ]
 
 #: Where a reward's option errors point when raised (``where=``); the caller knows better (a file line, a flag).
@@ -51,9 +63,17 @@ _LIST_KEYS = ("reward_model: PATH", "reward: NAME")
 # The one rule: exactly one reward
 
 
-def one_reward_error(count: int, who: str = "the run", *, purpose: str = "", given: str = "",
-                     where: str | None = None, key: str | None = None, several: bool = False,
-                     forms: tuple[str, str] = _FLAGS) -> ConfigError:
+def one_reward_error(
+    count: int,
+    who: str = "the run",
+    *,
+    purpose: str = "",
+    given: str = "",
+    where: str | None = None,
+    key: str | None = None,
+    several: bool = False,
+    forms: tuple[str, str] = _FLAGS,
+) -> ConfigError:
     """The error of the one rule "exactly one reward" (``count`` rewards given: 0, or more than 1): one
     wording everywhere. ``who`` needs the reward (``PPO``, ``rewards[0]``); ``purpose`` says what for
     (`` to score its samples``); ``given`` says what was given twice (default: both ``reward`` and
@@ -62,13 +82,17 @@ def one_reward_error(count: int, who: str = "the run", *, purpose: str = "", giv
     loader points at (a check in ``__post_init__``)."""
     first, second = forms
     if count == 0:
-        text = (f"a reward is needed: {who} needs a reward model or a reward function{purpose}; give {first} or "
-                f"{second} (see `easyrlhf list-plugins`)")
+        text = (
+            f"a reward is needed: {who} needs a reward model or a reward function{purpose}; give {first} or "
+            f"{second} (see `easyrlhf list-plugins`)"
+        )
         if several:
             text += "; several: repeat --reward, or a rewards: list in the config"
     else:
-        text = (f"{who} takes one reward, but {given or 'reward and reward_model are both set'}; give only one: "
-                f"{first} or {second}")
+        text = (
+            f"{who} takes one reward, but {given or 'reward and reward_model are both set'}; give only one: "
+            f"{first} or {second}"
+        )
     return ConfigError(text, where=where, key=key)
 
 
@@ -94,15 +118,26 @@ def reward_model_reward(registry: Registry) -> type[RewardFunction]:
     if len(entries) == 1:
         return entries[0].obj
     if not entries:
-        raise PluginError("no installed reward reads a reward-model directory (a reward class with model_option); "
-                          "reinstall easyrlhf, or give --reward NAME", where="--reward-model")
+        raise PluginError(
+            "no installed reward reads a reward-model directory (a reward class with model_option); "
+            "reinstall easyrlhf, or give --reward NAME",
+            where="--reward-model",
+        )
     names = ", ".join(sorted(e.name for e in entries))
-    raise PluginError(f"several rewards read a reward-model directory ({names}); give one with --reward NAME and "
-                      f"its directory in reward_options", where="--reward-model")
+    raise PluginError(
+        f"several rewards read a reward-model directory ({names}); give one with --reward NAME and "
+        f"its directory in reward_options",
+        where="--reward-model",
+    )
 
 
-def make_reward(registry: Registry, reward_model: str | None, reward: str | None,
-                options: dict[str, Any] | None = None, where: str = OPTIONS_WHERE) -> RewardFunction:
+def make_reward(
+    registry: Registry,
+    reward_model: str | None,
+    reward: str | None,
+    options: dict[str, Any] | None = None,
+    where: str = OPTIONS_WHERE,
+) -> RewardFunction:
     """The reward function for ``reward_model`` (a directory: :func:`reward_model_reward`) or ``reward`` (a
     registered name): exactly one of them (:func:`one_reward_error`).
 
@@ -209,12 +244,15 @@ class OneRewardOptions:
     set the class attribute ``method_name`` to be named in its messages. Check in ``validate_for_run`` with
     :meth:`require_reward` then :meth:`build_reward` (it is kept: the trainer gets the same object)."""
 
-    reward_model: str | None = option(None, "Reward model directory (a sequence classifier, e.g. from --method rm); "
-                                            "give this or `reward`.")
-    reward: str | None = option(None, "Registered reward function (see `easyrlhf list-plugins`); give this or "
-                                      "`reward_model`.")
-    reward_options: dict[str, Any] = option({}, "Options of the reward function, e.g. {target: 50} "
-                                                "(`--set reward_options.target=50`).")
+    reward_model: str | None = option(
+        None, "Reward model directory (a sequence classifier, e.g. from --method rm); give this or `reward`."
+    )
+    reward: str | None = option(
+        None, "Registered reward function (see `easyrlhf list-plugins`); give this or `reward_model`."
+    )
+    reward_options: dict[str, Any] = option(
+        {}, "Options of the reward function, e.g. {target: 50} (`--set reward_options.target=50`)."
+    )
 
     #: Whether the config also takes a ``rewards:`` list (said in the rule's message).
     takes_several_rewards: ClassVar[bool] = False
@@ -226,20 +264,31 @@ class OneRewardOptions:
         if self.reward_model is not None and self.reward is not None:
             raise one_reward_error(2, _who(self), key="reward")
 
-    def require_reward(self, purpose: str = "", where: str | None = "--reward-model", key: str | None = None
-                       ) -> None:
+    def require_reward(self, purpose: str = "", where: str | None = "--reward-model", key: str | None = None) -> None:
         """The one rule's other half: a reward is given (``purpose``, e.g. `` to score its samples``, goes
         into the message; ``where``/``key`` say where it points)."""
         if not self.reward_specs():
-            raise one_reward_error(0, _who(self), purpose=purpose, where=None if key else where, key=key,
-                                   several=self.takes_several_rewards)
+            raise one_reward_error(
+                0,
+                _who(self),
+                purpose=purpose,
+                where=None if key else where,
+                key=key,
+                several=self.takes_several_rewards,
+            )
 
     def reward_specs(self) -> list[dict[str, Any]]:
         """Every reward as ``{reward | reward_model, weight, options}``: here the one given, or none."""
         if self.reward_model is None and self.reward is None:
             return []
-        return [{"reward_model": self.reward_model, "reward": self.reward, "weight": 1.0,
-                 "options": dict(self.reward_options)}]
+        return [
+            {
+                "reward_model": self.reward_model,
+                "reward": self.reward,
+                "weight": 1.0,
+                "options": dict(self.reward_options),
+            }
+        ]
 
     def _listed(self) -> int:
         """How many of :meth:`reward_specs` come from a ``rewards:`` list (the last ones)."""
@@ -257,8 +306,12 @@ class OneRewardOptions:
             return list(kept[1])
         specs = self.reward_specs()
         if not specs:
-            raise one_reward_error(0, _who(self), where="--reward" if self.takes_several_rewards else "--reward-model",
-                                   several=self.takes_several_rewards)
+            raise one_reward_error(
+                0,
+                _who(self),
+                where="--reward" if self.takes_several_rewards else "--reward-model",
+                several=self.takes_several_rewards,
+            )
         first_listed = len(specs) - self._listed()  # specs[i] is rewards[i - first_listed] from here on
         out: list[WeightedReward] = []
         for i, spec in enumerate(specs):
@@ -288,8 +341,13 @@ class OneRewardOptions:
         """``--reward`` given ``count`` times to a method of this config (one reward); ``summing``: the
         methods that take several."""
         hint = f" ({', '.join(summing)} sum several)" if summing else ""
-        return one_reward_error(count, _who(cls), given=f"--reward is given {count} times", where="--reward",
-                                forms=(_FLAGS[0], _FLAGS[1] + hint))
+        return one_reward_error(
+            count,
+            _who(cls),
+            given=f"--reward is given {count} times",
+            where="--reward",
+            forms=(_FLAGS[0], _FLAGS[1] + hint),
+        )
 
 
 @dataclass
@@ -298,9 +356,12 @@ class WeightedRewardsOptions(OneRewardOptions):
     keyword`` or, in YAML, ``rewards: [{reward: length, weight: 0.5, options: {target: 20}}, {reward_model:
     runs/rm/model}]``. The score is the weighted sum."""
 
-    rewards: list[dict[str, Any]] = option([], "Several rewards, summed with weights: a list of {reward: NAME or "
-                                               "reward_model: PATH, weight: 1.0, options: {...}}; with "
-                                               "reward/reward_model too, that one comes first with weight 1.")
+    rewards: list[dict[str, Any]] = option(
+        [],
+        "Several rewards, summed with weights: a list of {reward: NAME or "
+        "reward_model: PATH, weight: 1.0, options: {...}}; with "
+        "reward/reward_model too, that one comes first with weight 1.",
+    )
 
     takes_several_rewards: ClassVar[bool] = True
 
@@ -309,16 +370,21 @@ class WeightedRewardsOptions(OneRewardOptions):
 
         super().__post_init__()
         if self.reward_options and self.reward is None and self.reward_model is None and self.rewards:
-            raise invalid("reward_options", "belong to --reward / --reward-model; with several rewards give each "
-                                            "its own: rewards: [{reward: NAME, options: {...}}]")
+            raise invalid(
+                "reward_options",
+                "belong to --reward / --reward-model; with several rewards give each "
+                "its own: rewards: [{reward: NAME, options: {...}}]",
+            )
         for i, spec in enumerate(self.rewards):
             where = f"rewards[{i}]"
             if not isinstance(spec, dict):
                 raise invalid("rewards", f"{where} must be a mapping such as {{reward: length, weight: 1.0}}")
             unknown = sorted(set(spec) - _SPEC_KEYS)
             if unknown:
-                raise invalid("rewards", f"{where} has unknown key(s) {', '.join(unknown)}; use reward or "
-                                         f"reward_model, weight, options")
+                raise invalid(
+                    "rewards",
+                    f"{where} has unknown key(s) {', '.join(unknown)}; use reward or reward_model, weight, options",
+                )
             given = ("reward" in spec) + ("reward_model" in spec)
             if given != 1:
                 raise one_reward_error(given, where, key="rewards", forms=_LIST_KEYS)
@@ -340,15 +406,19 @@ class WeightedRewardsOptions(OneRewardOptions):
 # Scoring with columns
 
 
-def score_with_columns(reward: RewardFunction, prompts: list[list[Message]], completions: list[str],
-                       columns: dict[str, list[Any]]) -> list[float]:
+def score_with_columns(
+    reward: RewardFunction, prompts: list[list[Message]], completions: list[str], columns: dict[str, list[Any]]
+) -> list[float]:
     """``reward.score``, handing over the dataset's extra columns (one list per column, a value per
     completion) when its ``score`` takes a ``columns`` argument; one float per completion, checked."""
     parameters = inspect.signature(reward.score).parameters
     takes_columns = "columns" in parameters or any(p.kind is p.VAR_KEYWORD for p in parameters.values())
     try:
-        scores = list(reward.score(prompts, completions, columns=columns) if takes_columns  # type: ignore[call-arg]
-                      else reward.score(prompts, completions))
+        scores = list(
+            reward.score(prompts, completions, columns=columns)  # type: ignore[call-arg]
+            if takes_columns
+            else reward.score(prompts, completions)
+        )
     except Exception as exc:
         from .errors import EasyRLHFError, one_line
         from .faults import RewardFailed, is_disk_full, is_out_of_memory
@@ -356,12 +426,18 @@ def score_with_columns(reward: RewardFunction, prompts: list[list[Message]], com
         if isinstance(exc, EasyRLHFError) or is_out_of_memory(exc) or is_disk_full(exc):
             raise
         text = one_line(str(exc))
-        raise RewardFailed(f"reward '{reward.name}' ({type(reward).__module__}.{type(reward).__name__}) raised "
-                           f"{type(exc).__name__}{': ' + text if text else ''} while scoring {len(completions)} "
-                           f"completions; fix the reward plugin or its options", where="--reward") from exc
+        raise RewardFailed(
+            f"reward '{reward.name}' ({type(reward).__module__}.{type(reward).__name__}) raised "
+            f"{type(exc).__name__}{': ' + text if text else ''} while scoring {len(completions)} "
+            f"completions; fix the reward plugin or its options",
+            where="--reward",
+        ) from exc
     if len(scores) != len(completions):
-        raise PluginError(f"reward '{reward.name}' returned {len(scores)} scores for {len(completions)} completions; "
-                          f"it must return one per completion", where="--reward")
+        raise PluginError(
+            f"reward '{reward.name}' returned {len(scores)} scores for {len(completions)} completions; "
+            f"it must return one per completion",
+            where="--reward",
+        )
     try:
         return [float(s) for s in scores]
     except (TypeError, ValueError):
@@ -386,8 +462,12 @@ class Judge:
     reward: RewardFunction
     description: str
 
-    def score(self, prompts: list[list[Message]], completions: list[list[Message]],
-              columns: dict[str, list[Any]] | None = None) -> list[float]:
+    def score(
+        self,
+        prompts: list[list[Message]],
+        completions: list[list[Message]],
+        columns: dict[str, list[Any]] | None = None,
+    ) -> list[float]:
         """One score per (prompt, completion messages).
 
         Reward functions score one answer text; a completion of several turns is scored as its last
@@ -400,16 +480,22 @@ class Judge:
         return score_with_columns(self.reward, contexts, texts, columns or {})
 
 
-def reward_model_judge(registry: Registry, model: ModelRef, batch_size: int, max_length: int,
-                       trust_remote_code: bool = False) -> Judge:
+def reward_model_judge(
+    registry: Registry, model: ModelRef, batch_size: int, max_length: int, trust_remote_code: bool = False
+) -> Judge:
     """A judge that scores with the reward model at ``model.path``."""
-    reward = make_reward(registry, model.path, None, {"batch_size": batch_size, "max_length": max_length,
-                                                      "trust_remote_code": trust_remote_code})
+    reward = make_reward(
+        registry,
+        model.path,
+        None,
+        {"batch_size": batch_size, "max_length": max_length, "trust_remote_code": trust_remote_code},
+    )
     return Judge(reward=reward, description=describe_reward(model.name, None))
 
 
 def named_judge(registry: Registry, name: str, options: dict[str, Any], where: str = "--reward-option") -> Judge:
     """A judge from the reward function registered as ``name`` (options as keyword arguments; a bad one is
     reported at ``where``, the flag they came from)."""
-    return Judge(reward=make_reward(registry, None, name, options, where=where),
-                 description=describe_reward(None, name, options))
+    return Judge(
+        reward=make_reward(registry, None, name, options, where=where), description=describe_reward(None, name, options)
+    )

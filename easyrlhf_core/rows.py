@@ -16,8 +16,15 @@ from typing import Any, Iterable
 from .errors import ConfigError, DataError
 
 __all__ = [
-    "get_field", "has_field", "as_messages", "as_text_list", "as_number_list", "ends_with", "json_type",
-    "RowProblem", "BadRows"
+    "get_field",
+    "has_field",
+    "as_messages",
+    "as_text_list",
+    "as_number_list",
+    "ends_with",
+    "json_type",
+    "RowProblem",
+    "BadRows",
 ]
 
 #: One chat message: ``{"role": ..., "content": ...}`` (also :data:`easyrlhf_core.shapes.Message`).
@@ -38,8 +45,7 @@ class BadRows:
     count: int = 0
     first: DataError | None = None
 
-    def report(self, problem: RowProblem | DataError, file: str | Path | None = None,
-               line: int | None = None) -> None:
+    def report(self, problem: RowProblem | DataError, file: str | Path | None = None, line: int | None = None) -> None:
         err = problem if isinstance(problem, DataError) else DataError(str(problem), file=file, line=line)
         if not self.skip:
             raise err
@@ -50,8 +56,7 @@ class BadRows:
     def notes(self) -> list[str]:
         if not self.count:
             return []
-        return [f"skipped {self.count} bad row{'s' if self.count != 1 else ''} (skip_bad_rows); "
-                f"first: {self.first}"]
+        return [f"skipped {self.count} bad row{'s' if self.count != 1 else ''} (skip_bad_rows); first: {self.first}"]
 
 
 def check_columns(columns: dict[str, str], known: Iterable[str], dataset: str) -> None:
@@ -59,8 +64,9 @@ def check_columns(columns: dict[str, str], known: Iterable[str], dataset: str) -
     known = list(known)
     for ours in columns:
         if ours not in known:
-            raise ConfigError(f"dataset '{dataset}' has no field '{ours}' to map; it reads: {', '.join(known)}",
-                              where="columns")
+            raise ConfigError(
+                f"dataset '{dataset}' has no field '{ours}' to map; it reads: {', '.join(known)}", where="columns"
+            )
 
 
 def get_field(row: Any, name: str, columns: dict[str, str], required: bool = True) -> Any:
@@ -74,8 +80,7 @@ def get_field(row: Any, name: str, columns: dict[str, str], required: bool = Tru
         return None
     mapped = f" (mapped from '{name}')" if key != name else ""
     have = ", ".join(sorted(map(str, row))) or "no fields"
-    hint = (f"; map another column with --set columns.{name}=<column>" if key == name
-            else "; fix the columns mapping")
+    hint = f"; map another column with --set columns.{name}=<column>" if key == name else "; fix the columns mapping"
     if key in row:
         raise RowProblem(f"field '{key}'{mapped} is null")
     raise RowProblem(f"missing field '{key}'{mapped}; the row has: {have}{hint}")
@@ -98,8 +103,7 @@ def as_messages(value: Any, name: str, default_role: str) -> list[Message]:
     for i, msg in enumerate(value):
         where = f"'{name}'[{i}]"
         if not isinstance(msg, dict):
-            raise RowProblem(f"{where} must be a message object {{\"role\": ..., \"content\": ...}}, "
-                             f"got {json_type(msg)}")
+            raise RowProblem(f'{where} must be a message object {{"role": ..., "content": ...}}, got {json_type(msg)}')
         role, content = msg.get("role"), msg.get("content")
         if role not in ROLES:
             raise RowProblem(f"{where} has role {role!r}; use one of: {', '.join(ROLES)}")
@@ -118,8 +122,7 @@ def as_text_list(value: Any, name: str) -> list[str]:
 
 def as_number_list(value: Any, name: str) -> list[float]:
     """``value`` as a list of floats (field ``name``; booleans refused), checked."""
-    if not isinstance(value, list) or not all(isinstance(v, (int, float)) and not isinstance(v, bool)
-                                              for v in value):
+    if not isinstance(value, list) or not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in value):
         raise RowProblem(f"field '{name}' must be a list of numbers, got {json_type(value)}")
     return [float(v) for v in value]
 
@@ -137,5 +140,11 @@ def json_type(value: Any) -> str:
     """What ``value`` is, in JSON's words ("a string", "null"), for error messages."""
     if value is None:
         return "null"
-    return {bool: "a boolean", int: "a number", float: "a number", str: "a string", list: "a list",
-            dict: "an object"}.get(type(value), type(value).__name__)
+    return {
+        bool: "a boolean",
+        int: "a number",
+        float: "a number",
+        str: "a string",
+        list: "a list",
+        dict: "an object",
+    }.get(type(value), type(value).__name__)

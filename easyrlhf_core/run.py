@@ -65,8 +65,16 @@ def is_main_process() -> bool:
 class Run:
     """A run in progress: what a method's ``train`` gets."""
 
-    def __init__(self, method: Method, config: BaseConfig, output_dir: Path, data: DataSplits | None,
-                 registry: Registry, resume: bool = False, progress: ProgressReporter | None = None) -> None:
+    def __init__(
+        self,
+        method: Method,
+        config: BaseConfig,
+        output_dir: Path,
+        data: DataSplits | None,
+        registry: Registry,
+        resume: bool = False,
+        progress: ProgressReporter | None = None,
+    ) -> None:
         self.method = method
         self.config = config
         self.output_dir = output_dir
@@ -292,10 +300,14 @@ def stopped_at_once_message(signum: int, checkpoints: Path | None) -> str:
     name = signal.Signals(signum).name
     kept = latest_checkpoint(checkpoints) if checkpoints is not None and checkpoints.is_dir() else None
     if kept is None:
-        return (f"{name}: stopped at once by a second signal, without a checkpoint (none was saved yet); "
-                f"run the command again to start over")
-    return (f"{name}: stopped at once by a second signal (the step in progress is lost); {checkpoint_note(kept)}: "
-            f"{resume_advice(kept)}")
+        return (
+            f"{name}: stopped at once by a second signal, without a checkpoint (none was saved yet); "
+            f"run the command again to start over"
+        )
+    return (
+        f"{name}: stopped at once by a second signal (the step in progress is lost); {checkpoint_note(kept)}: "
+        f"{resume_advice(kept)}"
+    )
 
 
 def _jsonable(value: Any) -> Any:
@@ -321,8 +333,9 @@ def _jsonable(value: Any) -> Any:
 
 def _methods_with_option(registry: Registry, name: str) -> list[str]:
     """The registered methods whose config has option ``name``."""
-    return sorted(n for n, e in registry.methods.items()
-                  if name in getattr(e.obj.config_class, "__dataclass_fields__", {}))
+    return sorted(
+        n for n, e in registry.methods.items() if name in getattr(e.obj.config_class, "__dataclass_fields__", {})
+    )
 
 
 def resolve(request: RunRequest, registry: Registry | None = None) -> tuple[Method, BaseConfig]:
@@ -336,9 +349,12 @@ def resolve(request: RunRequest, registry: Registry | None = None) -> tuple[Meth
         if method_name is None:
             method_name = file_method
         elif file_method is not None and file_method != method_name:
-            raise ConfigError(f"this file is a '{file_method}' config but --method says '{method_name}'; drop "
-                              f"--method to run '{file_method}', or change the file's method",
-                              file=file_layer.source, line=file_layer.lines.get("method"))
+            raise ConfigError(
+                f"this file is a '{file_method}' config but --method says '{method_name}'; drop "
+                f"--method to run '{file_method}', or change the file's method",
+                file=file_layer.source,
+                line=file_layer.lines.get("method"),
+            )
         layers.append(file_layer)
     if not method_name:
         raise ConfigError("no method given; pass --method NAME (see `easyrlhf list-plugins`)", where="--method")
@@ -378,8 +394,9 @@ def _resolve_with_flag_locations(config_cls: type, layers: list[Layer], method: 
         def error(self, key: str, message: str) -> ConfigError:  # name the flag, not "flags"
             return ConfigError(message, where="--" + key.split(".")[-1].replace("_", "-"))
 
-    fixed = [(_FlagLayer(values=layer.values, source=layer.source) if layer.source == "flags" else layer)
-             for layer in layers]
+    fixed = [
+        (_FlagLayer(values=layer.values, source=layer.source) if layer.source == "flags" else layer) for layer in layers
+    ]
     return resolve_config(config_cls, fixed, method)
 
 
@@ -395,8 +412,11 @@ def check_output_dir(path: Path, overwrite: bool, resume: bool) -> None:
 
     non_empty = bool(contents(path))
     if non_empty and not (overwrite or resume):
-        raise EasyRLHFError("output directory is not empty; pass --overwrite to replace it, --resume to "
-                            "continue its run, or choose another --output-dir", where=str(path))
+        raise EasyRLHFError(
+            "output directory is not empty; pass --overwrite to replace it, --resume to "
+            "continue its run, or choose another --output-dir",
+            where=str(path),
+        )
     if resume and not non_empty:
         raise EasyRLHFError("--resume needs an existing run directory; none found here", where=str(path))
 
@@ -417,16 +437,23 @@ def check_resume(path: Path, method: Method, config: BaseConfig) -> bool:
         saved = {}
     if not asks_for_more(saved, config):
         limit = f" (max_steps was {saved['max_steps']})" if "max_steps" in saved else ""
-        raise RunComplete(f"the run in {path} is complete; nothing to do. To train it further, pass a higher "
-                          f"--max-steps{limit} with --resume")
+        raise RunComplete(
+            f"the run in {path} is complete; nothing to do. To train it further, pass a higher "
+            f"--max-steps{limit} with --resume"
+        )
     if method.shape is None:
-        raise ConfigError(f"the {method.name} run in {path} is complete; a pipeline is not trained further with "
-                          f"--resume: start a new run from its final model (--model {path / MODEL_DIR})",
-                          where="--resume")
+        raise ConfigError(
+            f"the {method.name} run in {path} is complete; a pipeline is not trained further with "
+            f"--resume: start a new run from its final model (--model {path / MODEL_DIR})",
+            where="--resume",
+        )
     if latest_checkpoint(path / CHECKPOINTS_DIR) is None:
-        raise ConfigError(f"cannot train the complete run in {path} further: it has no complete checkpoint to "
-                          f"continue from (save_steps={getattr(config, 'save_steps', '?')}); start a new run from "
-                          f"its model instead: --model {path / MODEL_DIR}", where="--resume")
+        raise ConfigError(
+            f"cannot train the complete run in {path} further: it has no complete checkpoint to "
+            f"continue from (save_steps={getattr(config, 'save_steps', '?')}); start a new run from "
+            f"its model instead: --model {path / MODEL_DIR}",
+            where="--resume",
+        )
     return True
 
 
@@ -437,8 +464,13 @@ def asks_for_more(saved: dict[str, Any], config: BaseConfig) -> bool:
     if isinstance(steps, int) and isinstance(saved_steps, int) and saved_steps > 0:
         return steps > saved_steps
     epochs, saved_epochs = getattr(config, "num_train_epochs", None), saved.get("num_train_epochs")
-    return (steps == -1 and saved_steps == -1 and isinstance(epochs, (int, float))
-            and isinstance(saved_epochs, (int, float)) and epochs > saved_epochs)
+    return (
+        steps == -1
+        and saved_steps == -1
+        and isinstance(epochs, (int, float))
+        and isinstance(saved_epochs, (int, float))
+        and epochs > saved_epochs
+    )
 
 
 def is_complete_run(path: Path) -> bool:
@@ -502,8 +534,11 @@ def prepare(request: RunRequest, registry: Registry | None = None) -> Run:
     config.validate_for_run()
     check_lora_support(method, config)
     if request.num_machines > 1 and not config.output_dir:
-        raise ConfigError("a run on several machines needs --output-dir: the same path on every machine, on a "
-                          "filesystem they all see", where="--output-dir")
+        raise ConfigError(
+            "a run on several machines needs --output-dir: the same path on every machine, on a "
+            "filesystem they all see",
+            where="--output-dir",
+        )
     output_dir = Path(config.output_dir) if config.output_dir else default_output_dir(method.name)
     config.output_dir = str(output_dir)
     # A rank started by `launch`, or a machine other than the first: the first machine's parent process
@@ -552,10 +587,13 @@ def check_lora_support(method: Method, config: BaseConfig) -> None:
     trainer's model the kit wraps): a method that would train all weights instead is refused in one line."""
     lora = getattr(config, "lora", None)
     if lora is not None and lora.enabled and not method.supports_lora:
-        raise ConfigError(f"method '{method.name}' does not train LoRA adapters (it does not declare "
-                          f"supports_lora): drop --lora, or have the method apply it (a TrainerMethod gets it "
-                          f"from the kit; a method with its own loop wraps its model with "
-                          f"easyrlhf_core.models.apply_lora and sets supports_lora = True)", where="--lora")
+        raise ConfigError(
+            f"method '{method.name}' does not train LoRA adapters (it does not declare "
+            f"supports_lora): drop --lora, or have the method apply it (a TrainerMethod gets it "
+            f"from the kit; a method with its own loop wraps its model with "
+            f"easyrlhf_core.models.apply_lora and sets supports_lora = True)",
+            where="--lora",
+        )
 
 
 def _stderr_log(message: str) -> None:
@@ -589,9 +627,11 @@ def execute(run: Run) -> None:
         per_device = config.per_device_train_batch_size
         accumulation = config.gradient_accumulation_steps
         processes = world_size()
-        run.log(f"batch: {per_device} per device x {accumulation} accumulation steps x {processes} "
-                f"process{'es' if processes > 1 else ''} = {per_device * accumulation * processes} examples "
-                f"per optimizer step (global)")
+        run.log(
+            f"batch: {per_device} per device x {accumulation} accumulation steps x {processes} "
+            f"process{'es' if processes > 1 else ''} = {per_device * accumulation * processes} examples "
+            f"per optimizer step (global)"
+        )
     timeout = getattr(config, "collective_timeout", 1800)
     if getattr(config, "deepspeed", None):  # before any model loads (ZeRO-3 loads them partitioned)
         from .zero import start_deepspeed
@@ -626,14 +666,24 @@ def execute(run: Run) -> None:
             run.trackers = None
     lora = getattr(config, "lora", None)
     if lora is not None and lora.enabled and run.lora_applied is False and not run.method.runs_stages:
-        run.log(f"warning: --lora: {run.method.name} saved a model without LoRA adapters (all weights trained); "
-                f"the summary and model card say so")
+        run.log(
+            f"warning: --lora: {run.method.name} saved a model without LoRA adapters (all weights trained); "
+            f"the summary and model card say so"
+        )
     if run.is_main_process:
         finish_run_dir(run)
         write_run_summary(run)
         (run.output_dir / COMPLETE_FILE).write_text(
-            json.dumps({"finished": time.strftime("%Y-%m-%d %H:%M:%S"), "method": run.method.name,
-                        "max_steps": getattr(config, "max_steps", None)}) + "\n", encoding="utf-8")
+            json.dumps(
+                {
+                    "finished": time.strftime("%Y-%m-%d %H:%M:%S"),
+                    "method": run.method.name,
+                    "max_steps": getattr(config, "max_steps", None),
+                }
+            )
+            + "\n",
+            encoding="utf-8",
+        )
     run.log(f"done in {time.time() - run.started:.0f}s; model: {run.model_dir}")
 
 

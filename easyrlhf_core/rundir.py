@@ -130,14 +130,19 @@ class FileLock:
 
 def _holder_info() -> dict[str, Any]:
     command = " ".join(["easyrlhf", *sys.argv[1:]]) if sys.argv else ""
-    return {"pid": os.getpid(), "host": socket.gethostname(), "started": time.strftime("%Y-%m-%d %H:%M:%S"),
-            "command": command}
+    return {
+        "pid": os.getpid(),
+        "host": socket.gethostname(),
+        "started": time.strftime("%Y-%m-%d %H:%M:%S"),
+        "command": command,
+    }
 
 
 def _in_use(path: Path, info: dict[str, Any], what: str) -> DirectoryInUse:
     holder = holder_description(info) if info else "a live process"
-    return DirectoryInUse(f"{what} ({holder}); wait for it to finish or stop it, or choose another --output-dir",
-                          where=str(path))
+    return DirectoryInUse(
+        f"{what} ({holder}); wait for it to finish or stop it, or choose another --output-dir", where=str(path)
+    )
 
 
 def contents(path: Path) -> list[Path]:
@@ -176,7 +181,7 @@ class RunDirectory:
     log: Log = lambda _message: None
     created_dirs: list[Path] = field(default_factory=list)  # directories this run made: itself, parents
     existing: list[str] = field(default_factory=list)  # entries it held when claimed (kept on rollback)
-    backup: Path | None = None       # --overwrite: where the old contents wait until the new run has trained
+    backup: Path | None = None  # --overwrite: where the old contents wait until the new run has trained
     taken_over: dict[str, Any] = field(default_factory=dict)  # the lock file's holder, when it had died here
     _lock: FileLock | None = None
 
@@ -185,8 +190,9 @@ class RunDirectory:
         """Take the directory (creating it if needed), or raise :class:`DirectoryInUse` naming the holder."""
         self.path = self.path.absolute()
         if self.path.exists() and not self.path.is_dir():
-            raise EasyRLHFError("the output path exists and is not a directory; choose another --output-dir",
-                                where=str(self.path))
+            raise EasyRLHFError(
+                "the output path exists and is not a directory; choose another --output-dir", where=str(self.path)
+            )
         missing = [p for p in (self.path, *self.path.parents) if not p.exists()]
         try:
             self.path.mkdir(parents=True)
@@ -204,14 +210,20 @@ class RunDirectory:
         if (self.path / RANKS_LOCK_FILE).exists() and not ranks.try_acquire():
             lock.release(remove=False)
             self.created_dirs = []
-            raise _in_use(self.path, _read_info(self.path / RANKS_LOCK_FILE),
-                          "the ranks of another easyrlhf run are still writing to this output directory")
+            raise _in_use(
+                self.path,
+                _read_info(self.path / RANKS_LOCK_FILE),
+                "the ranks of another easyrlhf run are still writing to this output directory",
+            )
         ranks.release()  # our own ranks take it, shared, when they start (see announce_ranks)
         if previous.get("pid") and previous.get("pid") != os.getpid():
             here = previous.get("host") in (None, socket.gethostname())
             dead = here and not _pid_alive(previous["pid"])
-            state = "no longer running" if dead else ("still running, but not holding the lock" if here
-                                                      else "on another machine")
+            state = (
+                "no longer running"
+                if dead
+                else ("still running, but not holding the lock" if here else "on another machine")
+            )
             self.log(f"note: taking over the lock on {self.path} left by {holder_description(previous)} ({state})")
             if dead:
                 self.taken_over = previous
@@ -239,15 +251,25 @@ class RunDirectory:
     def clear_dead_start(self) -> None:
         """A run that died (SIGKILL, out of memory) before training, holding the lock we took over, left only
         its own start files: remove them with a note, so the same command can run again."""
-        ours = {"config.yaml", "inputs.json", "metrics.jsonl", "checkpoints", "samples.jsonl", "README.md", "plots",
-                "logs"}
+        ours = {
+            "config.yaml",
+            "inputs.json",
+            "metrics.jsonl",
+            "checkpoints",
+            "samples.jsonl",
+            "README.md",
+            "plots",
+            "logs",
+        }
         left = [p.name for p in contents(self.path)]
         if not self.taken_over or not left or not set(left) <= ours or has_trained(self.path):
             return
         _remove_entries(contents(self.path))
         self.existing = []
-        self.log(f"note: the run started by {holder_description(self.taken_over)} died before training; removed "
-                 f"what it left ({', '.join(left)})")
+        self.log(
+            f"note: the run started by {holder_description(self.taken_over)} died before training; removed "
+            f"what it left ({', '.join(left)})"
+        )
 
     def announce_ranks(self) -> None:
         """Before launching ranks: name this process in the ranks lock file the ranks will hold."""
@@ -278,8 +300,10 @@ class RunDirectory:
             self.existing = []
             for entry in contents(self.path):
                 entry.rename(self.backup / entry.name)
-            self.log(f"--overwrite: the previous contents of {self.path} are kept in {self.backup} until this run "
-                     f"has trained")
+            self.log(
+                f"--overwrite: the previous contents of {self.path} are kept in {self.backup} until this run "
+                f"has trained"
+            )
 
     def commit(self) -> None:
         """The run has trained: the replaced contents can go."""

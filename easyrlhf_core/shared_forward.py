@@ -103,14 +103,23 @@ def _attention_mask(backbone: Any, packed: dict[str, torch.Tensor]) -> Any:
 def packed_hidden_states(model: Any, packed: dict[str, torch.Tensor]) -> torch.Tensor:
     """The backbone's last hidden states ``[packed_rows * width, hidden]`` (flattened) for a packed batch."""
     backbone = getattr(model, model.base_model_prefix)
-    out = backbone(input_ids=packed["input_ids"], attention_mask=_attention_mask(model, packed),
-                   position_ids=packed["position_ids"], use_cache=False)
+    out = backbone(
+        input_ids=packed["input_ids"],
+        attention_mask=_attention_mask(model, packed),
+        position_ids=packed["position_ids"],
+        use_cache=False,
+    )
     hidden = out.last_hidden_state
     return hidden.reshape(-1, hidden.shape[-1])
 
 
-def _head_chunk(head_forward: Callable[[Any], Any], softcap: float | None, hidden: torch.Tensor,
-                labels: torch.Tensor, metrics: list[tuple[torch.Tensor, ...]]) -> torch.Tensor:
+def _head_chunk(
+    head_forward: Callable[[Any], Any],
+    softcap: float | None,
+    hidden: torch.Tensor,
+    labels: torch.Tensor,
+    metrics: list[tuple[torch.Tensor, ...]],
+) -> torch.Tensor:
     """log-prob of ``labels`` (with gradient) for one chunk; on the first call also its entropy, mean logit
     and top-1 hit (without gradient), appended to ``metrics`` (a checkpoint's recompute skips them).
     ``head_forward`` is the head's forward itself, not the module call (no hooks: see
@@ -130,8 +139,9 @@ def _head_chunk(head_forward: Callable[[Any], Any], softcap: float | None, hidde
     return log_probs
 
 
-def _head_chunks(head_forward: Callable[[Any], Any], softcap: float | None, chunk: int, hidden: torch.Tensor,
-                 labels: torch.Tensor) -> tuple[torch.Tensor, ...]:
+def _head_chunks(
+    head_forward: Callable[[Any], Any], softcap: float | None, chunk: int, hidden: torch.Tensor, labels: torch.Tensor
+) -> tuple[torch.Tensor, ...]:
     """The chunk loop of :func:`chunked_token_log_probs`, run as the head module's forward."""
     import torch
     from torch.utils.checkpoint import checkpoint
@@ -139,7 +149,7 @@ def _head_chunks(head_forward: Callable[[Any], Any], softcap: float | None, chun
     log_probs, metrics = [], []
     starts = range(0, hidden.shape[0], chunk) or range(1)  # no position: one empty chunk, still a graph
     for start in starts:
-        h, y = hidden[start: start + chunk], labels[start: start + chunk]
+        h, y = hidden[start : start + chunk], labels[start : start + chunk]
         found: list[tuple[torch.Tensor, ...]] = []
         if torch.is_grad_enabled() and h.requires_grad and start != starts[-1]:
             log_probs.append(checkpoint(_head_chunk, head_forward, softcap, h, y, found, use_reentrant=False))
@@ -164,8 +174,9 @@ def _forward_replaced(module: Any, forward: Callable[..., Any]) -> Any:
             del module.forward
 
 
-def chunked_token_log_probs(head: Any, hidden: torch.Tensor, labels: torch.Tensor, softcap: float | None = None,
-                            chunk: int | None = None) -> tuple[torch.Tensor, ...]:
+def chunked_token_log_probs(
+    head: Any, hidden: torch.Tensor, labels: torch.Tensor, softcap: float | None = None, chunk: int | None = None
+) -> tuple[torch.Tensor, ...]:
     """``(log_probs, entropy, mean_logits, is_top1)`` of ``labels`` ``[n]`` under ``head(hidden)``
     (``hidden`` ``[n, d]``), ``chunk`` positions at a time (default :data:`CHUNK_TOKENS`); with gradients
     on, each chunk but the last is checkpointed, so its logits are recomputed in the backward instead of
@@ -213,11 +224,11 @@ def _lm_forward(self: Any, packed: dict[str, torch.Tensor], labels: torch.Tensor
     head = self.get_output_embeddings()
     softcap = getattr(_text_config(self), "final_logit_softcapping", None)
     values = chunked_token_log_probs(head, hidden.index_select(0, sources), targets[read], softcap)
-    log_probs, entropy, mean_logits, is_top1 = (
-        v.new_zeros(read.shape).masked_scatter(read, v) for v in values)
+    log_probs, entropy, mean_logits, is_top1 = (v.new_zeros(read.shape).masked_scatter(read, v) for v in values)
     loss = -log_probs.sum() / read.sum().clamp(min=1)
-    return _lm_output_class()(loss=loss, log_probs=log_probs, entropy=entropy, mean_logits=mean_logits,
-                                is_top1=is_top1, label_mask=read)
+    return _lm_output_class()(
+        loss=loss, log_probs=log_probs, entropy=entropy, mean_logits=mean_logits, is_top1=is_top1, label_mask=read
+    )
 
 
 def _classifier_forward(self: Any, packed: dict[str, torch.Tensor]) -> Any:
@@ -296,21 +307,28 @@ def _max_difference(model: Any, kind: str) -> float:
             if kind == "causal_lm":
                 labels = batch["input_ids"].masked_fill(batch["attention_mask"] == 0, -100)
                 shared = _lm_forward(base, packed, labels).log_probs
-                logits = own_forward(base, input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
-                                     use_cache=False).logits[:, :-1].float()
+                logits = (
+                    own_forward(
+                        base, input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], use_cache=False
+                    )
+                    .logits[:, :-1]
+                    .float()
+                )
                 own = torch.log_softmax(logits, dim=-1).gather(-1, labels[:, 1:].clamp(min=0).unsqueeze(-1))
                 own = own.squeeze(-1) * (labels[:, 1:] != -100)
             else:
                 shared = _classifier_forward(base, packed).logits.float()
-                own = own_forward(base, input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
-                                  use_cache=False).logits.float()
+                own = own_forward(
+                    base, input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], use_cache=False
+                ).logits.float()
     finally:
         base.train(was_training)
     return float((shared - own).abs().max())
 
 
-def enable_shared_prefix(model: Any, kind: str = "causal_lm", tolerance: float = 1e-3,
-                         autocast: Callable[[], Any] | None = None) -> str | None:
+def enable_shared_prefix(
+    model: Any, kind: str = "causal_lm", tolerance: float = 1e-3, autocast: Callable[[], Any] | None = None
+) -> str | None:
     """Patch ``model`` (``kind``: ``"causal_lm"`` or ``"classifier"``) to take ``shared_prefix=`` batches;
     ``autocast``: a context factory the shared path runs in (a trainer's ``accelerator.autocast``).
 
@@ -330,14 +348,17 @@ def enable_shared_prefix(model: Any, kind: str = "causal_lm", tolerance: float =
     except Exception as error:  # noqa: BLE001  (a forward that rejects a 4D mask; ZeRO-3-sharded weights)
         return f"the packed forward failed on a probe batch ({type(error).__name__}: {error})"
     if not difference <= tolerance:
-        return (f"the packed forward differs from the model's own by {difference:.2g} on a probe batch "
-                f"(its attention ignores the block mask)")
+        return (
+            f"the packed forward differs from the model's own by {difference:.2g} on a probe batch "
+            f"(its attention ignores the block mask)"
+        )
     _install(_base(model), kind, autocast)
     return None
 
 
-def share_prefixes(collator: Any, models: list[Any], kind: str, log: Any = print,
-                   autocast: Callable[[], Any] | None = None) -> bool:
+def share_prefixes(
+    collator: Any, models: list[Any], kind: str, log: Any = print, autocast: Callable[[], Any] | None = None
+) -> bool:
     """Turn the shared-prefix path on for a trainer: patch every model in ``models`` (policy, reference, ...)
     with :func:`enable_shared_prefix`; when one cannot take it, switch ``collator`` (a
     :class:`~easyrlhf_core.prefix_sharing.SharedPrefixCollator`) off so batches stay padded rows, and say
@@ -352,6 +373,8 @@ def share_prefixes(collator: Any, models: list[Any], kind: str, log: Any = print
             log(f"prefix sharing: off ({reason}); training on padded rows as before")
             return False
     collator.enabled = True
-    log("prefix sharing: on (each group's shared prompt runs once, groups packed without padding, the LM head "
-        "only where a loss reads it); prefix_sharing=false turns it off")
+    log(
+        "prefix sharing: on (each group's shared prompt runs once, groups packed without padding, the LM head "
+        "only where a loss reads it); prefix_sharing=false turns it off"
+    )
     return True

@@ -43,8 +43,9 @@ class PairScores:
     margin_changes: list[float]
 
 
-def score_pairs(start: Any, trained: Any, tokenizer: Any, records: list[Record], max_length: int,
-                batch_size: int = 8) -> PairScores:
+def score_pairs(
+    start: Any, trained: Any, tokenizer: Any, records: list[Record], max_length: int, batch_size: int = 8
+) -> PairScores:
     """Score ``records`` (preference pairs) with two causal LMs loaded for inference."""
     from .chat import split_completion
     from .evaluation.logprobs import completion_logprobs, pair_gaps, pair_margins
@@ -71,15 +72,27 @@ def pair_findings(scores: PairScores, seed: int) -> list[Finding]:
     change = mean(scores.margin_changes)
     low, high = bootstrap_interval(scores.margin_changes, seed)
     return [
-        Finding(f"prefers the human-chosen answer (per-token log-prob) on {before.accuracy:.2f} of {n} held-out "
-                f"pairs before -> {after.accuracy:.2f} after [{after.ci95[0]:.2f}, {after.ci95[1]:.2f}]",
-                {"held_out_pairs": n, "logprob_accuracy_before": before.accuracy,
-                 "logprob_accuracy_after": after.accuracy, "logprob_accuracy_after_ci95": list(after.ci95)}),
-        Finding(f"moved towards the chosen answer on {moved.accuracy:.2f} of them [{moved.ci95[0]:.2f}, "
-                f"{moved.ci95[1]:.2f}] (0.50 = no change); the chosen-minus-rejected log-prob margin changed by "
-                f"{change:+.3f} nats per pair [{low:+.3f}, {high:+.3f}]" + _verdict(moved.ci95, (low, high), n),
-                {"moved_towards_chosen": moved.accuracy, "moved_towards_chosen_ci95": list(moved.ci95),
-                 "margin_change_mean": change, "margin_change_ci95": [low, high]}),
+        Finding(
+            f"prefers the human-chosen answer (per-token log-prob) on {before.accuracy:.2f} of {n} held-out "
+            f"pairs before -> {after.accuracy:.2f} after [{after.ci95[0]:.2f}, {after.ci95[1]:.2f}]",
+            {
+                "held_out_pairs": n,
+                "logprob_accuracy_before": before.accuracy,
+                "logprob_accuracy_after": after.accuracy,
+                "logprob_accuracy_after_ci95": list(after.ci95),
+            },
+        ),
+        Finding(
+            f"moved towards the chosen answer on {moved.accuracy:.2f} of them [{moved.ci95[0]:.2f}, "
+            f"{moved.ci95[1]:.2f}] (0.50 = no change); the chosen-minus-rejected log-prob margin changed by "
+            f"{change:+.3f} nats per pair [{low:+.3f}, {high:+.3f}]" + _verdict(moved.ci95, (low, high), n),
+            {
+                "moved_towards_chosen": moved.accuracy,
+                "moved_towards_chosen_ci95": list(moved.ci95),
+                "margin_change_mean": change,
+                "margin_change_ci95": [low, high],
+            },
+        ),
     ]
 
 
@@ -99,17 +112,24 @@ def training_rows_finding(run: RunContext, accuracy_key: str, margin_key: str, l
     (pairs ranked the chosen way) and ``margin_key`` on the batches the model trained on."""
     from .metrics import read_metrics
 
-    rows = [r for r in read_metrics(run.metrics_path) if isinstance(r.get(accuracy_key), (int, float))] \
-        if run.metrics_path.is_file() else []
+    rows = (
+        [r for r in read_metrics(run.metrics_path) if isinstance(r.get(accuracy_key), (int, float))]
+        if run.metrics_path.is_file()
+        else []
+    )
     rows = rows[-last:]
     if not rows:
         return []
     accuracy = sum(float(r[accuracy_key]) for r in rows) / len(rows)
     margins = [float(r[margin_key]) for r in rows if isinstance(r.get(margin_key), (int, float))]
     margin = sum(margins) / len(margins) if margins else float("nan")
-    return [Finding(f"on its own training batches (last {len(rows)} steps) it ranks the chosen answer first on "
-                    f"{accuracy:.2f} of pairs, reward margin {margin:+.3f}",
-                    {"train_steps_averaged": len(rows), "train_accuracy": accuracy, "train_margin": margin})]
+    return [
+        Finding(
+            f"on its own training batches (last {len(rows)} steps) it ranks the chosen answer first on "
+            f"{accuracy:.2f} of pairs, reward margin {margin:+.3f}",
+            {"train_steps_averaged": len(rows), "train_accuracy": accuracy, "train_margin": margin},
+        )
+    ]
 
 
 def held_out_pairs_change(run: RunContext, max_pairs: int) -> list[Finding]:
@@ -127,8 +147,14 @@ def held_out_pairs_change(run: RunContext, max_pairs: int) -> list[Finding]:
         start = for_inference(load_causal_lm(resolve_model(run.config.model).path, trust_remote_code=trust))
         trained = for_inference(load_causal_lm(str(run.model_dir), trust_remote_code=trust))
         run.log(f"summary: scoring {len(records)} held-out pairs with the start and the trained model")
-        scores = score_pairs(start, trained, tokenizer, records, run.config.max_length,
-                             batch_size=getattr(run.config, "per_device_eval_batch_size", 8))
+        scores = score_pairs(
+            start,
+            trained,
+            tokenizer,
+            records,
+            run.config.max_length,
+            batch_size=getattr(run.config, "per_device_eval_batch_size", 8),
+        )
     return pair_findings(scores, run.config.seed)
 
 
@@ -157,8 +183,11 @@ class RunSummary:
         """The summary as a newcomer reads it."""
         steps = f", {self.steps} steps" if self.steps is not None else ""
         used, total = self.train_examples_used, self.train_examples
-        count = (f"{used} of {total} {self.dataset} examples (the rest too long for max_length)"
-                 if used is not None and used != total else f"{total} {self.dataset} examples")
+        count = (
+            f"{used} of {total} {self.dataset} examples (the rest too long for max_length)"
+            if used is not None and used != total
+            else f"{total} {self.dataset} examples"
+        )
         trained = f"  trained  {self.trained} on {count}{steps}, in {_duration(self.seconds)}"
         out = ["", "Summary", trained]
         for i, finding in enumerate(self.changed):
@@ -189,15 +218,19 @@ def next_commands(run: RunContext) -> list[str]:
     files = getattr(run.config, "data_files", None) or []
     data = f" --dataset {dataset}" + (f" --data-files {shlex.quote(','.join(files))}" if files else "")
     if _is_reward_model(run.model_dir):
-        return [f"easyrlhf eval --model {model}{data}",
-                f"easyrlhf run --method ppo --reward-model {model} --max-steps 10"]
+        return [
+            f"easyrlhf eval --model {model}{data}",
+            f"easyrlhf run --method ppo --reward-model {model} --max-steps 10",
+        ]
     from .models import DEFAULT_MODEL_ID
 
     start = shlex.quote(run.config.model or DEFAULT_MODEL_ID)  # the default's id finds the embedded copy offline
     compare, reference = f" --compare {start}", f" --reference {start}"
-    return [f"easyrlhf chat {model}{compare}",
-            f"easyrlhf eval --model {model}{reference}{data}",
-            "easyrlhf run --method rlhf --max-steps 10   # the whole SFT -> RM -> PPO pipeline"]
+    return [
+        f"easyrlhf chat {model}{compare}",
+        f"easyrlhf eval --model {model}{reference}{data}",
+        "easyrlhf run --method rlhf --max-steps 10   # the whole SFT -> RM -> PPO pipeline",
+    ]
 
 
 def lora_trained(run: RunContext) -> str | None:
@@ -217,12 +250,20 @@ def build_summary(run: RunContext, changed: list[Finding]) -> RunSummary:
     start = config.model or "SmolLM2-135M-Instruct (embedded default)"
     step = last_values(run.metrics_path).get("step")
     train = len(run.data.train) if run.data is not None and hasattr(run.data, "train") else 0
-    return RunSummary(method=run.method.name, model=start, trained=f"{how} from {start}",
-                      dataset=str(getattr(config, "dataset", "")), train_examples=train,
-                      train_examples_used=run.train_examples_used,
-                      steps=int(step) if isinstance(step, (int, float)) else None,
-                      seconds=time.time() - run.started, output_dir=str(run.output_dir),
-                      model_dir=str(run.model_dir), changed=changed, next_commands=next_commands(run))
+    return RunSummary(
+        method=run.method.name,
+        model=start,
+        trained=f"{how} from {start}",
+        dataset=str(getattr(config, "dataset", "")),
+        train_examples=train,
+        train_examples_used=run.train_examples_used,
+        steps=int(step) if isinstance(step, (int, float)) else None,
+        seconds=time.time() - run.started,
+        output_dir=str(run.output_dir),
+        model_dir=str(run.model_dir),
+        changed=changed,
+        next_commands=next_commands(run),
+    )
 
 
 def write_summary(run: RunContext, summary: RunSummary) -> Path:

@@ -16,8 +16,14 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-__all__ = ["SPECIAL_TOKENS", "build_tiny_causal_lm", "build_tiny_reward_model", "build_tiny_tokenizer",
-           "save_tiny_causal_lm", "save_tiny_reward_model"]
+__all__ = [
+    "SPECIAL_TOKENS",
+    "build_tiny_causal_lm",
+    "build_tiny_reward_model",
+    "build_tiny_tokenizer",
+    "save_tiny_causal_lm",
+    "save_tiny_reward_model",
+]
 
 #: The special tokens (SmolLM2's): unk, bos and eos (= pad).
 SPECIAL_TOKENS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
@@ -43,11 +49,20 @@ def build_tiny_tokenizer(chat_template: str | None = None) -> Any:
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=400, special_tokens=SPECIAL_TOKENS,
-                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
+    trainer = trainers.BpeTrainer(
+        vocab_size=400,
+        special_tokens=SPECIAL_TOKENS,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
     tok.train_from_iterator(_CORPUS * 4, trainer=trainer)
-    fast = PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<|im_start|>", eos_token="<|im_end|>",
-                                   unk_token="<|endoftext|>", pad_token="<|im_end|>")
+    fast = PreTrainedTokenizerFast(
+        tokenizer_object=tok,
+        bos_token="<|im_start|>",
+        eos_token="<|im_end|>",
+        unk_token="<|endoftext|>",
+        pad_token="<|im_end|>",
+    )
     fast.chat_template = chat_template or DEFAULT_CHAT_TEMPLATE
     fast.model_max_length = 1024
     return fast
@@ -57,10 +72,19 @@ def _tiny_llama_config(tokenizer: Any, **fields: Any) -> Any:
     """The 2-layer, hidden-32 Llama config sized to ``tokenizer`` (its bos, eos and pad ids)."""
     from transformers import LlamaConfig
 
-    return LlamaConfig(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                       num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=1024,
-                       bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
-                       pad_token_id=tokenizer.pad_token_id, **fields)
+    return LlamaConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=1024,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+        **fields,
+    )
 
 
 def build_tiny_causal_lm(tokenizer: Any, seed: int = 0) -> Any:

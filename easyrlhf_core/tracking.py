@@ -26,8 +26,17 @@ __all__ = ["check_trackers"]
 LOGS_DIR = "logs"
 WANDB_ID_FILE = "wandb-run-id"
 #: report_to name -> the package it needs.
-PACKAGES = {"tensorboard": "tensorboard", "wandb": "wandb", "mlflow": "mlflow", "comet_ml": "comet_ml",
-            "aim": "aim", "clearml": "clearml", "dvclive": "dvclive", "swanlab": "swanlab", "trackio": "trackio"}
+PACKAGES = {
+    "tensorboard": "tensorboard",
+    "wandb": "wandb",
+    "mlflow": "mlflow",
+    "comet_ml": "comet_ml",
+    "aim": "aim",
+    "clearml": "clearml",
+    "dvclive": "dvclive",
+    "swanlab": "swanlab",
+    "trackio": "trackio",
+}
 
 
 def check_trackers(names: list[str]) -> None:
@@ -37,15 +46,18 @@ def check_trackers(names: list[str]) -> None:
         if name == "none":
             continue
         if name not in PACKAGES:
-            raise ConfigError(f"unknown logger '{name}'; choose from {', '.join(sorted(PACKAGES))}",
-                              where="report_to")
+            raise ConfigError(f"unknown logger '{name}'; choose from {', '.join(sorted(PACKAGES))}", where="report_to")
         if importlib.util.find_spec(PACKAGES[name]) is None:
             extra = " (or pip install 'easyrlhf[tracking]')" if name == "tensorboard" else ""
-            raise ConfigError(f"the '{name}' logger needs its package: pip install {PACKAGES[name]}{extra}",
-                              where="report_to")
+            raise ConfigError(
+                f"the '{name}' logger needs its package: pip install {PACKAGES[name]}{extra}", where="report_to"
+            )
         if name == "wandb" and not _wandb_can_log():
-            raise ConfigError("the 'wandb' logger needs a login: run `wandb login` (or set WANDB_API_KEY), or set "
-                              "WANDB_MODE=offline to log locally and `wandb sync` later", where="report_to")
+            raise ConfigError(
+                "the 'wandb' logger needs a login: run `wandb login` (or set WANDB_API_KEY), or set "
+                "WANDB_MODE=offline to log locally and `wandb sync` later",
+                where="report_to",
+            )
 
 
 def _wandb_can_log() -> bool:
@@ -81,8 +93,15 @@ def hyperparameters(config: Any) -> dict[str, Any]:
 class Trackers:
     """The run's trackers: opened at the first row, each row logged at its step, closed at the end."""
 
-    def __init__(self, names: list[str], logs_dir: Path, run_name: str, config: Any, resume: bool,
-                 log: Callable[[str], None] = lambda _m: None) -> None:
+    def __init__(
+        self,
+        names: list[str],
+        logs_dir: Path,
+        run_name: str,
+        config: Any,
+        resume: bool,
+        log: Callable[[str], None] = lambda _m: None,
+    ) -> None:
         self.names = [n for n in names if n != "none"]
         self.logs_dir, self.run_name, self.config, self.resume, self.log = logs_dir, run_name, config, resume, log
         self.trackers: list[Any] = []
@@ -109,8 +128,11 @@ class Trackers:
                 (self.logs_dir / WANDB_ID_FILE).write_text(tracker.run.id + "\n", encoding="utf-8")
             tracker.store_init_configuration(hyperparameters(self.config))
             self.trackers.append(tracker)
-        self.log(f"tracking: {', '.join(self.names)} in {self.logs_dir} (watch live: tensorboard --logdir "
-                 f"{self.logs_dir})" if "tensorboard" in self.names else f"tracking: {', '.join(self.names)}")
+        self.log(
+            f"tracking: {', '.join(self.names)} in {self.logs_dir} (watch live: tensorboard --logdir {self.logs_dir})"
+            if "tensorboard" in self.names
+            else f"tracking: {', '.join(self.names)}"
+        )
 
     def _wandb_resume(self) -> dict[str, Any]:
         saved = self.logs_dir / WANDB_ID_FILE
@@ -124,8 +146,9 @@ class Trackers:
             return
         if not self.opened:
             self._open(step)
-        values = {k: v for k, v in row.items()
-                  if k != "step" and isinstance(v, (int, float)) and not isinstance(v, bool)}
+        values = {
+            k: v for k, v in row.items() if k != "step" and isinstance(v, (int, float)) and not isinstance(v, bool)
+        }
         for tracker in self.trackers:
             tracker.log(values, step=step)
 

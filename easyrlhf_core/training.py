@@ -49,10 +49,22 @@ if TYPE_CHECKING:
     from .shapes import Record
 
 __all__ = [
-    "TrainerConfig", "TrainerMethod", "run_model_path", "run_tokenizer", "run_policy", "run_scalar_model",
-    "seed_everything", "check_precision",
-    "lora_config", "describe_trainable", "as_dataset", "data_splits", "trl_arguments", "training_arguments",
-    "train_and_save", "deepspeed_installed",
+    "TrainerConfig",
+    "TrainerMethod",
+    "run_model_path",
+    "run_tokenizer",
+    "run_policy",
+    "run_scalar_model",
+    "seed_everything",
+    "check_precision",
+    "lora_config",
+    "describe_trainable",
+    "as_dataset",
+    "data_splits",
+    "trl_arguments",
+    "training_arguments",
+    "train_and_save",
+    "deepspeed_installed",
 ]
 
 
@@ -68,8 +80,11 @@ class TrainerConfig(BaseConfig):
     def validate_for_run(self) -> None:
         super().validate_for_run()
         if self.deepspeed is not None and not deepspeed_installed():
-            raise ConfigError("the deepspeed package is not installed: `pip install deepspeed` (it runs on CPU "
-                              "too), or drop --deepspeed", where="--deepspeed")
+            raise ConfigError(
+                "the deepspeed package is not installed: `pip install deepspeed` (it runs on CPU "
+                "too), or drop --deepspeed",
+                where="--deepspeed",
+            )
 
 
 def deepspeed_installed() -> bool:
@@ -137,8 +152,9 @@ def run_scalar_model(run: RunContext, path: str, pad_token_id: int) -> Any:
 
     check_precision(run.config)
     seed_everything(run.config.seed)
-    return load_sequence_classifier(path, trust_remote_code=run.config.trust_remote_code, num_labels=1,
-                                    pad_token_id=pad_token_id)
+    return load_sequence_classifier(
+        path, trust_remote_code=run.config.trust_remote_code, num_labels=1, pad_token_id=pad_token_id
+    )
 
 
 def seed_everything(seed: int) -> None:
@@ -156,8 +172,9 @@ def check_precision(config: BaseConfig) -> None:
         import torch
 
         if not torch.cuda.is_available():
-            raise ConfigError("fp16 mixed precision needs a GPU; use --precision bf16 or fp32 on CPU",
-                              where="--precision")
+            raise ConfigError(
+                "fp16 mixed precision needs a GPU; use --precision bf16 or fp32 on CPU", where="--precision"
+            )
 
 
 def lora_config(config: BaseConfig, task_type: str) -> Any:

@@ -19,8 +19,13 @@ import os
 from typing import Any, Iterator
 
 __all__ = [
-    "gathered", "gathered_for_generation", "inference_engine", "loading_whole", "is_partitioned", "fill_size_autos",
-    "start_deepspeed"
+    "gathered",
+    "gathered_for_generation",
+    "inference_engine",
+    "loading_whole",
+    "is_partitioned",
+    "fill_size_autos",
+    "start_deepspeed",
 ]
 
 #: What a launcher (torchrun, accelerate) sets for every rank; DeepSpeed falls back to MPI discovery
@@ -43,15 +48,21 @@ def start_deepspeed(timeout_seconds: float = 1800) -> None:
     if missing:
         from .errors import ConfigError
 
-        raise ConfigError(f"a DeepSpeed run needs the launcher's environment ({', '.join(missing)} not set); "
-                          f"start it with `easyrlhf run` (it launches every --deepspeed run) or torchrun",
-                          where="--deepspeed")
+        raise ConfigError(
+            f"a DeepSpeed run needs the launcher's environment ({', '.join(missing)} not set); "
+            f"start it with `easyrlhf run` (it launches every --deepspeed run) or torchrun",
+            where="--deepspeed",
+        )
     start_process_group(timeout_seconds)
     import deepspeed
 
     with contextlib.redirect_stdout(io.StringIO()):  # "DeepSpeed ...shm_comm_op built successfully", per rank
-        deepspeed.init_distributed(dist_backend=dist.get_backend(), auto_mpi_discovery=False, verbose=False,
-                                   timeout=datetime.timedelta(seconds=timeout_seconds))
+        deepspeed.init_distributed(
+            dist_backend=dist.get_backend(),
+            auto_mpi_discovery=False,
+            verbose=False,
+            timeout=datetime.timedelta(seconds=timeout_seconds),
+        )
 
 
 def stop_zero_init() -> None:
@@ -69,9 +80,11 @@ def fill_size_autos(config: dict[str, Any], hidden_size: int) -> None:
     """The ``"auto"`` bucket sizes of a DeepSpeed config from the model's hidden size, as the Trainer fills
     them (accelerate can only when the prepared module has a ``config``: a container of models has not)."""
     zero = config.get("zero_optimization") or {}
-    for key, value in (("reduce_bucket_size", hidden_size * hidden_size),
-                       ("stage3_prefetch_bucket_size", int(0.9 * hidden_size * hidden_size)),
-                       ("stage3_param_persistence_threshold", 10 * hidden_size)):
+    for key, value in (
+        ("reduce_bucket_size", hidden_size * hidden_size),
+        ("stage3_prefetch_bucket_size", int(0.9 * hidden_size * hidden_size)),
+        ("stage3_param_persistence_threshold", 10 * hidden_size),
+    ):
         if zero.get(key) == "auto":
             zero[key] = value
 

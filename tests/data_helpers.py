@@ -61,8 +61,10 @@ def write_jsonl(path: Path, rows: list[Any], gz: bool = False) -> Path:
 
 def hh_row(*turns: str, rejected_last: str = "a worse reply") -> dict[str, str]:
     """An hh-rlhf row from alternating human/assistant turns; rejected differs in the last reply."""
+
     def transcript(parts: tuple[str, ...]) -> str:
         return "".join(f"\n\n{'Human' if i % 2 == 0 else 'Assistant'}: {t}" for i, t in enumerate(parts))
+
     return {"chosen": transcript(turns), "rejected": transcript(turns[:-1] + (rejected_last,))}
 
 

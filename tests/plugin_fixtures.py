@@ -66,8 +66,9 @@ class EchoPlugin:
         register(PromptsDataset)
 
 
-def write_fake_distribution(root: Path, dist_name: str, version: str, entry_points: dict[str, str],
-                            modules: dict[str, str]) -> Path:
+def write_fake_distribution(
+    root: Path, dist_name: str, version: str, entry_points: dict[str, str], modules: dict[str, str]
+) -> Path:
     """Write ``modules`` and a ``<dist>.dist-info`` with ``entry_points.txt`` under ``root``: what
     ``pip install`` leaves behind, found by ``importlib.metadata`` once ``root`` is on ``sys.path``."""
     root.mkdir(parents=True, exist_ok=True)
@@ -75,8 +76,7 @@ def write_fake_distribution(root: Path, dist_name: str, version: str, entry_poin
         (root / f"{name}.py").write_text(textwrap.dedent(source), encoding="utf-8")
     info = root / f"{dist_name.replace('-', '_')}-{version}.dist-info"
     info.mkdir()
-    (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {dist_name}\nVersion: {version}\n",
-                                   encoding="utf-8")
+    (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {dist_name}\nVersion: {version}\n", encoding="utf-8")
     lines = "\n".join(f"{k} = {v}" for k, v in entry_points.items())
     (info / "entry_points.txt").write_text(f"[easyrlhf]\n{lines}\n", encoding="utf-8")
     return root

@@ -75,14 +75,19 @@ def output_dir_of(args: list[str]) -> Path | None:
     return None
 
 
-def run_easyrlhf(args: list[str], num_processes: int = 1, timeout: float = 300,
-                 env: dict[str, str] | None = None) -> ProcessRun:
+def run_easyrlhf(
+    args: list[str], num_processes: int = 1, timeout: float = 300, env: dict[str, str] | None = None
+) -> ProcessRun:
     """Run ``easyrlhf <args>`` (with ``--num-processes N`` when N > 1) to the end; ``env``: extra variables.
     Past ``timeout`` seconds the run and every process under it (launcher, ranks) are killed and the test
     fails with its log (a hung run must not outlive the test)."""
-    process = subprocess.Popen(easyrlhf_command(*args, *launch_args(num_processes)),
-                               env={**subprocess_env(), **(env or {})}, stdout=subprocess.PIPE,
-                               stderr=subprocess.PIPE, text=True)
+    process = subprocess.Popen(
+        easyrlhf_command(*args, *launch_args(num_processes)),
+        env={**subprocess_env(), **(env or {})},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     try:
         _, stderr = process.communicate(timeout=timeout)
     except subprocess.TimeoutExpired:
@@ -115,7 +120,8 @@ def head_chunk_env(folder: Path, tokens: int) -> dict[str, str]:
     different batches run different numbers of chunks."""
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "sitecustomize.py").write_text(
-        f"import easyrlhf_core.shared_forward as _shared\n_shared.CHUNK_TOKENS = {int(tokens)}\n", encoding="utf-8")
+        f"import easyrlhf_core.shared_forward as _shared\n_shared.CHUNK_TOKENS = {int(tokens)}\n", encoding="utf-8"
+    )
     return {"PYTHONPATH": os.pathsep.join(p for p in (str(folder), os.environ.get("PYTHONPATH", "")) if p)}
 
 
@@ -127,8 +133,13 @@ class SharedRuns:
         self.root = root
         self._done: dict[str, ProcessRun] = {}
 
-    def get(self, name: str, args_for: Callable[[Path], list[str]], num_processes: int = 1,
-            env: dict[str, str] | None = None) -> ProcessRun:
+    def get(
+        self,
+        name: str,
+        args_for: Callable[[Path], list[str]],
+        num_processes: int = 1,
+        env: dict[str, str] | None = None,
+    ) -> ProcessRun:
         """The run ``name`` (``args_for(output_dir)``, extra variables ``env``), started on first use."""
         if name not in self._done:
             self._done[name] = run_easyrlhf(args_for(self.root / name), num_processes=num_processes, env=env)
@@ -142,8 +153,13 @@ class RunningProcess:
         self.output_dir = output_dir_of(args)
         self.log_path = log_path or Path(f"{self.output_dir}.log")
         self._log = self.log_path.open("w", encoding="utf-8")
-        self.process = subprocess.Popen(easyrlhf_command(*args, *launch_args(num_processes)), env=subprocess_env(),
-                                        stdout=self._log, stderr=subprocess.STDOUT, start_new_session=True)
+        self.process = subprocess.Popen(
+            easyrlhf_command(*args, *launch_args(num_processes)),
+            env=subprocess_env(),
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
 
     def wait_until(self, condition: Callable[[], bool], timeout: float = 240, what: str = "condition") -> None:
         """Poll ``condition`` every 20 ms; fail if the process ends first or ``timeout`` passes."""
@@ -190,21 +206,80 @@ class RunningProcess:
 
 def trainer_run_args(method: str, model: Path, data: Path, out: Path, per_device: int, steps: int = 3) -> list[str]:
     """A Trainer-based method (sft, dpo, ...) on a ``jsonl`` file: 3 steps at lr 1e-3, constant schedule."""
-    return ["run", "--method", method, "--model", str(model), "--dataset", "jsonl", "--data-files", str(data),
-            "--output-dir", str(out), "--max-steps", str(steps), "--seed", "7", "--set", "max_length=64",
-            "--set", f"per_device_train_batch_size={per_device}", "--set", "learning_rate=1e-3",
-            "--set", "lr_scheduler_type=constant", "--set", "logging_steps=1", "--set", "save_steps=2",
-            "--set", "eval_fraction=0.2", "--set", "per_device_eval_batch_size=2"]
+    return [
+        "run",
+        "--method",
+        method,
+        "--model",
+        str(model),
+        "--dataset",
+        "jsonl",
+        "--data-files",
+        str(data),
+        "--output-dir",
+        str(out),
+        "--max-steps",
+        str(steps),
+        "--seed",
+        "7",
+        "--set",
+        "max_length=64",
+        "--set",
+        f"per_device_train_batch_size={per_device}",
+        "--set",
+        "learning_rate=1e-3",
+        "--set",
+        "lr_scheduler_type=constant",
+        "--set",
+        "logging_steps=1",
+        "--set",
+        "save_steps=2",
+        "--set",
+        "eval_fraction=0.2",
+        "--set",
+        "per_device_eval_batch_size=2",
+    ]
 
 
 def ppo_run_args(model: Path, data: Path, out: Path, iterations: int) -> list[str]:
     """PPO on a ``jsonl`` prompts file with the keyword reward: 2 prompts per process, 6 new tokens."""
-    return ["run", "--method", "ppo", "--model", str(model), "--dataset", "jsonl", "--data-files", str(data),
-            "--output-dir", str(out), "--max-steps", str(iterations), "--reward", "keyword", "--seed", "3",
-            "--set", "reward_options={pattern: e}", "--set", "rollout_batch_size=2",
-            "--set", "per_device_train_batch_size=2", "--set", "max_new_tokens=6", "--set", "max_length=64",
-            "--set", "ppo_epochs=1", "--set", "eval_fraction=0", "--set", "save_steps=1",
-            "--set", "learning_rate=1e-3"]
+    return [
+        "run",
+        "--method",
+        "ppo",
+        "--model",
+        str(model),
+        "--dataset",
+        "jsonl",
+        "--data-files",
+        str(data),
+        "--output-dir",
+        str(out),
+        "--max-steps",
+        str(iterations),
+        "--reward",
+        "keyword",
+        "--seed",
+        "3",
+        "--set",
+        "reward_options={pattern: e}",
+        "--set",
+        "rollout_batch_size=2",
+        "--set",
+        "per_device_train_batch_size=2",
+        "--set",
+        "max_new_tokens=6",
+        "--set",
+        "max_length=64",
+        "--set",
+        "ppo_epochs=1",
+        "--set",
+        "eval_fraction=0",
+        "--set",
+        "save_steps=1",
+        "--set",
+        "learning_rate=1e-3",
+    ]
 
 
 def toy_prompt(i: int) -> dict[str, Any]:
@@ -260,9 +335,11 @@ def model_tensors(model_dir: Path) -> dict[str, Any]:
 def toy_pair(i: int) -> dict[str, Any]:
     """Chosen answers say 'Paris', rejected ones 'bread' (a preference a tiny model can pick up)."""
     topic = TOPICS[i % len(TOPICS)]
-    return {"prompt": [{"role": "user", "content": f"Tell me about {topic}, please ({i})."}],
-            "chosen": [{"role": "assistant", "content": f"Here is what I know about {topic}: Paris."}],
-            "rejected": [{"role": "assistant", "content": f"Here is what I know about {topic}: bread."}]}
+    return {
+        "prompt": [{"role": "user", "content": f"Tell me about {topic}, please ({i})."}],
+        "chosen": [{"role": "assistant", "content": f"Here is what I know about {topic}: Paris."}],
+        "rejected": [{"role": "assistant", "content": f"Here is what I know about {topic}: bread."}],
+    }
 
 
 def uneven_pair(i: int) -> dict[str, Any]:
@@ -270,15 +347,20 @@ def uneven_pair(i: int) -> dict[str, Any]:
     batches of them differ in how many completion tokens a loss reads (so ranks differ in LM-head chunks)."""
     topic = TOPICS[i % len(TOPICS)]
     extra = " and more" * ((i * 5) % 7)
-    return {"prompt": [{"role": "user", "content": f"Tell me about {topic}, please ({i})."}],
-            "chosen": [{"role": "assistant", "content": f"Here is what I know about {topic}{extra}: Paris."}],
-            "rejected": [{"role": "assistant", "content": f"About {topic}: bread."}]}
+    return {
+        "prompt": [{"role": "user", "content": f"Tell me about {topic}, please ({i})."}],
+        "chosen": [{"role": "assistant", "content": f"Here is what I know about {topic}{extra}: Paris."}],
+        "rejected": [{"role": "assistant", "content": f"About {topic}: bread."}],
+    }
 
 
 def toy_ranked(i: int) -> dict[str, Any]:
     topic = TOPICS[i % len(TOPICS)]
-    return {"prompt": [{"role": "user", "content": f"Tell me about {topic} ({i})."}],
-            "responses": [f"{topic}: Paris.", f"{topic}: bread.", f"{topic}."], "scores": [2.0, 0.0, 1.0]}
+    return {
+        "prompt": [{"role": "user", "content": f"Tell me about {topic} ({i})."}],
+        "responses": [f"{topic}: Paris.", f"{topic}: bread.", f"{topic}."],
+        "scores": [2.0, 0.0, 1.0],
+    }
 
 
 def write_rows(path: Path, rows: list[dict[str, Any]]) -> Path:

@@ -47,16 +47,19 @@ def train_chat_model(out: Path, answers: dict[str, str], seed: int) -> Path:
 
     tokenizer = build_tiny_tokenizer()
     model = build_tiny_causal_lm(tokenizer, seed=seed)
-    conversations = [([user(JOKE)], answers["joke"]),
-                     ([user(JOKE), assistant(answers["joke"]), user(WHY)], answers["punchline"]),
-                     ([user(WHY)], answers["why"])]
+    conversations = [
+        ([user(JOKE)], answers["joke"]),
+        ([user(JOKE), assistant(answers["joke"]), user(WHY)], answers["punchline"]),
+        ([user(WHY)], answers["why"]),
+    ]
     examples = [chat.split_completion(tokenizer, prompt, chat.as_completion(a)) for prompt, a in conversations]
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-2)
     for _ in range(300):
         total = 0.0
         for prompt, completion in examples:
-            loss = model(input_ids=torch.tensor([prompt + completion]),
-                         labels=torch.tensor([[-100] * len(prompt) + completion])).loss
+            loss = model(
+                input_ids=torch.tensor([prompt + completion]), labels=torch.tensor([[-100] * len(prompt) + completion])
+            ).loss
             loss.backward()
             total += loss.item()
         optimizer.step()
@@ -70,16 +73,20 @@ def train_chat_model(out: Path, answers: dict[str, str], seed: int) -> Path:
 
 @pytest.fixture(scope="module")
 def joker(tmp_path_factory, one_torch_thread) -> Path:
-    return train_chat_model(tmp_path_factory.mktemp("models") / "joker",
-                            {"joke": "Why did the chicken cross the road?", "punchline": "To get to the other side!",
-                             "why": "Because."}, seed=0)
+    return train_chat_model(
+        tmp_path_factory.mktemp("models") / "joker",
+        {"joke": "Why did the chicken cross the road?", "punchline": "To get to the other side!", "why": "Because."},
+        seed=0,
+    )
 
 
 @pytest.fixture(scope="module")
 def baker(tmp_path_factory, one_torch_thread) -> Path:
-    return train_chat_model(tmp_path_factory.mktemp("models") / "baker",
-                            {"joke": "Mix flour, water, yeast and salt.", "punchline": "Then bake it.",
-                             "why": "Sure."}, seed=1)
+    return train_chat_model(
+        tmp_path_factory.mktemp("models") / "baker",
+        {"joke": "Mix flour, water, yeast and salt.", "punchline": "Then bake it.", "why": "Sure."},
+        seed=1,
+    )
 
 
 def greedy(model_dir: Path, messages: list[dict[str, str]], max_new_tokens: int = int(MAX_NEW)) -> str:
@@ -96,8 +103,10 @@ def greedy(model_dir: Path, messages: list[dict[str, str]], max_new_tokens: int 
 def test_the_models_answer_from_their_history(joker):
     """The fixtures' premise: the answer to WHY depends on the turns before it."""
     assert greedy(joker, [user(JOKE)]) == "Why did the chicken cross the road?"
-    assert greedy(joker, [user(JOKE), assistant("Why did the chicken cross the road?"), user(WHY)]) == \
-        "To get to the other side!"
+    assert (
+        greedy(joker, [user(JOKE), assistant("Why did the chicken cross the road?"), user(WHY)])
+        == "To get to the other side!"
+    )
     assert greedy(joker, [user(WHY)]) == "Because."
 
 
@@ -117,8 +126,10 @@ def test_system_message_goes_through_the_template(cli_run, joker):
 def test_compare_prints_both_labelled_answers(cli_run, joker, baker):
     result = cli_run("chat", str(joker), "--compare", str(baker), "--prompt", JOKE, "--max-new-tokens", MAX_NEW)
     assert result.exit_code == 0, result.stderr
-    assert result.stdout == (f"{block_header('joker')}\nWhy did the chicken cross the road?\n\n"
-                             f"{block_header('baker')}\nMix flour, water, yeast and salt.\n")
+    assert result.stdout == (
+        f"{block_header('joker')}\nWhy did the chicken cross the road?\n\n"
+        f"{block_header('baker')}\nMix flour, water, yeast and salt.\n"
+    )
 
 
 def test_piped_session_keeps_history_until_reset(cli_run, joker):
@@ -156,8 +167,9 @@ def test_fit_prompt_drops_the_oldest_exchanges(tiny_tokenizer_dir):
     full = chat.prompt_ids(tokenizer, conversation.messages("three"))
     assert fit_prompt(tokenizer, conversation, "three", len(full)) == full
     assert len(conversation.turns) == 4
-    shorter = chat.prompt_ids(tokenizer, [{"role": "system", "content": "Be brief."}, user("two"), assistant("2"),
-                                          user("three")])
+    shorter = chat.prompt_ids(
+        tokenizer, [{"role": "system", "content": "Be brief."}, user("two"), assistant("2"), user("three")]
+    )
     assert fit_prompt(tokenizer, conversation, "three", len(full) - 1) == shorter
     assert conversation.turns == [user("two"), assistant("2")]
     assert fit_prompt(tokenizer, conversation, "three", 5) == shorter[-5:]  # one message too long: its tail
@@ -168,8 +180,10 @@ def test_missing_model_dir_is_one_error_line(cli_run, tmp_path):
     missing = tmp_path / "no-such-model"
     result = cli_run("chat", str(missing), "--prompt", "hi")
     assert result.exit_code == 2
-    assert result.stderr == (f"Error: {missing}: model path not found; give a Hub id, a model directory or a "
-                             f".gguf file\n")
+    assert result.stderr == (
+        f"Error: {missing}: model path not found; give a Hub id, a model directory or a .gguf file\n"
+    )
+
 
 def test_compare_is_checked_before_any_model_loads(cli_run, tiny_model_dir, tmp_path):
     result = cli_run("chat", str(tiny_model_dir), "--compare", str(tmp_path))
@@ -177,9 +191,14 @@ def test_compare_is_checked_before_any_model_loads(cli_run, tiny_model_dir, tmp_
     assert result.stderr == f"Error: {tmp_path}: not a transformers model directory (no config.json)\n"
 
 
-@pytest.mark.parametrize("args, flag", [(["--temperature", "0.7"], "--temperature"),
-                                        (["--sample", "--top-p", "0"], "--top-p"),
-                                        (["--max-new-tokens", "64", "--max-length", "64"], "--max-new-tokens")])
+@pytest.mark.parametrize(
+    "args, flag",
+    [
+        (["--temperature", "0.7"], "--temperature"),
+        (["--sample", "--top-p", "0"], "--top-p"),
+        (["--max-new-tokens", "64", "--max-length", "64"], "--max-new-tokens"),
+    ],
+)
 def test_bad_generation_options_are_one_line(cli_run, tiny_model_dir, args, flag):
     result = cli_run("chat", str(tiny_model_dir), "--prompt", "hi", *args)
     assert result.exit_code == 2

@@ -38,8 +38,19 @@ def test_config_file_then_flags_then_set(cli_run, tmp_path):
     cfg = tmp_path / "c.yaml"
     cfg.write_text("method: echo\nbeta: 0.2\nmax_steps: 9\nseed: 1\n", encoding="utf-8")
     out = tmp_path / "run"
-    result = cli_run("run", "--config", str(cfg), "--dataset", "test-prompts", "--output-dir", str(out),
-                     "--max-steps", "5", "--set", "max_steps=4")
+    result = cli_run(
+        "run",
+        "--config",
+        str(cfg),
+        "--dataset",
+        "test-prompts",
+        "--output-dir",
+        str(out),
+        "--max-steps",
+        "5",
+        "--set",
+        "max_steps=4",
+    )
     assert result.exit_code == 0, result.stderr
     config = yaml.safe_load((out / "config.yaml").read_text())
     assert (config["beta"], config["max_steps"], config["seed"]) == (0.2, 4, 1)
@@ -53,7 +64,8 @@ def test_non_empty_output_dir_is_refused_and_untouched(cli_run, tmp_path):
     assert result.exit_code != 0
     assert result.stderr.strip().splitlines() == [
         f"Error: {out}: output directory is not empty; pass --overwrite to replace it, --resume to continue "
-        "its run, or choose another --output-dir"]
+        "its run, or choose another --output-dir"
+    ]
     assert sorted(p.name for p in out.iterdir()) == ["precious.txt"]
     result = _run(cli_run, out, "--overwrite")
     assert result.exit_code == 0, result.stderr
@@ -90,20 +102,26 @@ def test_resume_of_a_complete_run_changes_nothing(cli_run, tmp_path):
     assert _snapshot(out) == before
 
 
-@pytest.mark.parametrize("args, expected", [
-    (["--method", "ecko"], "Error: --method: unknown method 'ecko' (did you mean 'echo'?)"),
-    (["--method", "echo", "--set", "bta=1"], "Error: --set bta: unknown option 'bta' (did you mean 'beta'?)"),
-    (["--method", "echo", "--set", "beta=0"], "Error: --set beta: 'beta' must be > 0"),
-    (["--method", "echo", "--reward", "x"], "Error: --reward: method 'echo' has no option 'reward'"),
-    (["--method", "echo", "--dataset", "tset-prompts"], "Error: --dataset: unknown dataset 'tset-prompts' "
-                                                        "(did you mean 'test-prompts'?)"),
-    (["--method", "echo", "--max-steps", "0"], "Error: --max-steps: 'max_steps' must be a positive integer"),
-    ([], "Error: --method: no method given"),
-])
+@pytest.mark.parametrize(
+    "args, expected",
+    [
+        (["--method", "ecko"], "Error: --method: unknown method 'ecko' (did you mean 'echo'?)"),
+        (["--method", "echo", "--set", "bta=1"], "Error: --set bta: unknown option 'bta' (did you mean 'beta'?)"),
+        (["--method", "echo", "--set", "beta=0"], "Error: --set beta: 'beta' must be > 0"),
+        (["--method", "echo", "--reward", "x"], "Error: --reward: method 'echo' has no option 'reward'"),
+        (
+            ["--method", "echo", "--dataset", "tset-prompts"],
+            "Error: --dataset: unknown dataset 'tset-prompts' (did you mean 'test-prompts'?)",
+        ),
+        (["--method", "echo", "--max-steps", "0"], "Error: --max-steps: 'max_steps' must be a positive integer"),
+        ([], "Error: --method: no method given"),
+    ],
+)
 def test_bad_input_gives_one_error_line_and_writes_nothing(cli_run, tmp_path, args, expected):
     out = tmp_path / "run"
-    result = cli_run("run", "--output-dir", str(out),
-                     *(args if "--dataset" in args else args + ["--dataset", "test-prompts"]))
+    result = cli_run(
+        "run", "--output-dir", str(out), *(args if "--dataset" in args else args + ["--dataset", "test-prompts"])
+    )
     assert result.exit_code == 2
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith(expected), lines
@@ -154,8 +172,9 @@ def test_plot_names_the_bad_metrics_line(cli_run, tmp_path):
 
 
 def test_batch_sizes_are_stated_per_device_and_global(cli_run, tmp_path):
-    result = _run(cli_run, tmp_path / "run", "--set", "per_device_train_batch_size=3",
-                  "--set", "gradient_accumulation_steps=2")
+    result = _run(
+        cli_run, tmp_path / "run", "--set", "per_device_train_batch_size=3", "--set", "gradient_accumulation_steps=2"
+    )
     assert "batch: 3 per device x 2 accumulation steps x 1 process = 6 examples per optimizer step" in result.stderr
 
 
@@ -167,8 +186,9 @@ def test_a_config_file_for_another_method_conflicts_with_method(cli_run, tmp_pat
     assert result.exit_code == 2
     assert result.stderr.strip().startswith(f"Error: {cfg}:2: this file is a 'echo' config but --method says 'dpo'")
     assert not out.exists()
-    same = cli_run("run", "--method", "echo", "--config", str(cfg), "--dataset", "test-prompts", "--output-dir",
-                   str(out))
+    same = cli_run(
+        "run", "--method", "echo", "--config", str(cfg), "--dataset", "test-prompts", "--output-dir", str(out)
+    )
     assert same.exit_code == 0, same.stderr
 
 
@@ -179,6 +199,7 @@ def test_overwrite_of_the_current_directory(cli_run, tmp_path, monkeypatch):
     assert result.exit_code == 0, result.stderr
     assert not (tmp_path / "precious.txt").exists() and (tmp_path / "metrics.jsonl").exists()
     assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".")) == []
-    lower = cli_run("run", "--method", "echo", "--dataset", "test-prompts", "--output-dir", ".", "--resume",
-                    "--max-steps", "1")
+    lower = cli_run(
+        "run", "--method", "echo", "--dataset", "test-prompts", "--output-dir", ".", "--resume", "--max-steps", "1"
+    )
     assert lower.exit_code == 0 and "is complete; nothing to do" in lower.stderr

@@ -12,12 +12,15 @@ from tests.plugin_fixtures import EchoConfig
 def test_defaults_file_flags_set_precedence(tmp_path):
     cfg_file = tmp_path / "c.yaml"
     cfg_file.write_text("beta: 0.3\nmode: slow\nlearning_rate: 2e-5\nlora:\n  r: 4\n", encoding="utf-8")
-    layers = [load_yaml_layer(cfg_file), Layer({"mode": "flag", "max_steps": 7}, "flags"),
-              parse_set_options(["mode=set", "lora.alpha=64"])]
+    layers = [
+        load_yaml_layer(cfg_file),
+        Layer({"mode": "flag", "max_steps": 7}, "flags"),
+        parse_set_options(["mode=set", "lora.alpha=64"]),
+    ]
     cfg = resolve_config(EchoConfig, layers)
-    assert cfg.beta == 0.3            # file over default
-    assert cfg.mode == "set"          # --set over flag over file
-    assert cfg.max_steps == 7         # flag over default
+    assert cfg.beta == 0.3  # file over default
+    assert cfg.mode == "set"  # --set over flag over file
+    assert cfg.max_steps == 7  # flag over default
     assert cfg.learning_rate == 2e-5  # YAML's string "2e-5" read as a number
     assert (cfg.lora.r, cfg.lora.alpha, cfg.lora.enabled) == (4, 64, False)  # nested groups merge
     assert cfg.per_device_train_batch_size == 4  # untouched default
@@ -61,20 +64,24 @@ def test_invalid_yaml_reports_line(tmp_path):
 
 
 def test_set_values_keep_strings_and_split_lists():
-    cfg = resolve_config(EchoConfig, [parse_set_options(["mode=007", "data_files=a.jsonl,b.jsonl",
-                                                         "max_train_samples=null"])])
+    cfg = resolve_config(
+        EchoConfig, [parse_set_options(["mode=007", "data_files=a.jsonl,b.jsonl", "max_train_samples=null"])]
+    )
     assert cfg.mode == "007"
     assert cfg.data_files == ["a.jsonl", "b.jsonl"]
     assert cfg.max_train_samples is None
 
 
-@pytest.mark.parametrize("pair, message", [
-    ("beta", "expected key=value"),
-    ("lora=3", "is a group of options"),
-    ("precision=fp64", "one of 'auto', 'fp32', 'bf16', 'fp16'"),
-    ("max_steps=1.5", "must be an integer"),
-    ("save_adapter_only=true", "needs LoRA"),
-])
+@pytest.mark.parametrize(
+    "pair, message",
+    [
+        ("beta", "expected key=value"),
+        ("lora=3", "is a group of options"),
+        ("precision=fp64", "one of 'auto', 'fp32', 'bf16', 'fp16'"),
+        ("max_steps=1.5", "must be an integer"),
+        ("save_adapter_only=true", "needs LoRA"),
+    ],
+)
 def test_set_errors(pair, message):
     with pytest.raises(ConfigError) as err:
         resolve_config(EchoConfig, [parse_set_options([pair])])

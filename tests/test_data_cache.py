@@ -83,10 +83,22 @@ def test_a_dpo_trainer_does_not_tokenize_again_on_the_second_run(tiny_tokenizer_
             return original(self, *args, **kwargs)
 
         monkeypatch.setattr(type(tokenizer), "apply_chat_template", counting)
-        args = DPOConfig(output_dir=tempfile.mkdtemp(), report_to=[], max_steps=1, use_cpu=True, bf16=False,
-                         per_device_train_batch_size=2, max_length=64)
-        trainer = DPOTrainer(model=build_tiny_causal_lm(tokenizer), ref_model=build_tiny_causal_lm(tokenizer),
-                             args=args, train_dataset=as_hf_dataset(pairs), processing_class=tokenizer)
+        args = DPOConfig(
+            output_dir=tempfile.mkdtemp(),
+            report_to=[],
+            max_steps=1,
+            use_cpu=True,
+            bf16=False,
+            per_device_train_batch_size=2,
+            max_length=64,
+        )
+        trainer = DPOTrainer(
+            model=build_tiny_causal_lm(tokenizer),
+            ref_model=build_tiny_causal_lm(tokenizer),
+            args=args,
+            train_dataset=as_hf_dataset(pairs),
+            processing_class=tokenizer,
+        )
         monkeypatch.setattr(type(tokenizer), "apply_chat_template", original)
         return len(calls), trainer
 

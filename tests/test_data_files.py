@@ -33,18 +33,44 @@ PAIR_ROWS = [
 ]
 
 
-@pytest.mark.parametrize("shape, expected", [
-    (Shape.PREFERENCE, [{"prompt": [U("What is 2+2?")], "chosen": [A("4")], "rejected": [A("5")]},
-                        {"prompt": [S("Be brief."), U("Capital of France?")], "chosen": [A("Paris")],
-                         "rejected": [A("Lyon")]}]),
-    (Shape.RANKED, [{"prompt": [U("What is 2+2?")], "responses": ["4", "5"], "scores": [1.0, 0.0]},
-                    {"prompt": [S("Be brief."), U("Capital of France?")], "responses": ["Paris", "Lyon"],
-                     "scores": [1.0, 0.0]}]),
-    (Shape.CONVERSATION, [{"messages": [U("What is 2+2?"), A("4")]},
-                          {"messages": [S("Be brief."), U("Capital of France?"), A("Paris")]}]),
-    (Shape.PROMPT, [{"prompt": [U("What is 2+2?")]}, {"prompt": [S("Be brief."), U("Capital of France?")]},
-                    {"prompt": [U("Say hi")]}]),
-])
+@pytest.mark.parametrize(
+    "shape, expected",
+    [
+        (
+            Shape.PREFERENCE,
+            [
+                {"prompt": [U("What is 2+2?")], "chosen": [A("4")], "rejected": [A("5")]},
+                {"prompt": [S("Be brief."), U("Capital of France?")], "chosen": [A("Paris")], "rejected": [A("Lyon")]},
+            ],
+        ),
+        (
+            Shape.RANKED,
+            [
+                {"prompt": [U("What is 2+2?")], "responses": ["4", "5"], "scores": [1.0, 0.0]},
+                {
+                    "prompt": [S("Be brief."), U("Capital of France?")],
+                    "responses": ["Paris", "Lyon"],
+                    "scores": [1.0, 0.0],
+                },
+            ],
+        ),
+        (
+            Shape.CONVERSATION,
+            [
+                {"messages": [U("What is 2+2?"), A("4")]},
+                {"messages": [S("Be brief."), U("Capital of France?"), A("Paris")]},
+            ],
+        ),
+        (
+            Shape.PROMPT,
+            [
+                {"prompt": [U("What is 2+2?")]},
+                {"prompt": [S("Be brief."), U("Capital of France?")]},
+                {"prompt": [U("Say hi")]},
+            ],
+        ),
+    ],
+)
 def test_pair_files_give_every_shape(tmp_path, shape, expected):
     path = write_jsonl(tmp_path / "pairs.jsonl", PAIR_ROWS)
     splits = load(JsonlDataset, shape, [path])
@@ -56,14 +82,24 @@ def test_pair_files_give_every_shape(tmp_path, shape, expected):
 
 
 def test_each_shape_from_its_own_fields_with_column_mapping(tmp_path):
-    ranked = write_jsonl(tmp_path / "ranked.jsonl", [
-        {"q": "Pick a colour", "cands": ["red", "blue", "green"], "r": [0.5, 2, -1]},
-        {"q": "Tie", "cands": ["a", "b"], "r": [1, 1]}])
+    ranked = write_jsonl(
+        tmp_path / "ranked.jsonl",
+        [
+            {"q": "Pick a colour", "cands": ["red", "blue", "green"], "r": [0.5, 2, -1]},
+            {"q": "Tie", "cands": ["a", "b"], "r": [1, 1]},
+        ],
+    )
     columns = {"prompt": "q", "responses": "cands", "scores": "r"}
     got = load(JsonlDataset, Shape.RANKED, [ranked], columns=columns).train
-    assert sorted(map(repr, got)) == sorted(map(repr, [
-        {"prompt": [U("Pick a colour")], "responses": ["red", "blue", "green"], "scores": [0.5, 2.0, -1.0]},
-        {"prompt": [U("Tie")], "responses": ["a", "b"], "scores": [1.0, 1.0]}]))
+    assert sorted(map(repr, got)) == sorted(
+        map(
+            repr,
+            [
+                {"prompt": [U("Pick a colour")], "responses": ["red", "blue", "green"], "scores": [0.5, 2.0, -1.0]},
+                {"prompt": [U("Tie")], "responses": ["a", "b"], "scores": [1.0, 1.0]},
+            ],
+        )
+    )
     pairs = load(JsonlDataset, Shape.PREFERENCE, [ranked], columns=columns)
     assert pairs.train == [{"prompt": [U("Pick a colour")], "chosen": [A("blue")], "rejected": [A("green")]}]
     assert "jsonl: dropped 1 ranked rows whose scores all tie (no preference)" in pairs.notes
@@ -84,11 +120,18 @@ def test_each_shape_from_its_own_fields_with_column_mapping(tmp_path):
 
 
 def test_implicit_prompt_pairs_split_at_the_common_prefix(tmp_path):
-    path = write_jsonl(tmp_path / "implicit.jsonl", [
-        {"chosen": [U("hi"), A("hello"), U("joke?"), A("a good one")],
-         "rejected": [U("hi"), A("hello"), U("joke?"), A("no")]}])
+    path = write_jsonl(
+        tmp_path / "implicit.jsonl",
+        [
+            {
+                "chosen": [U("hi"), A("hello"), U("joke?"), A("a good one")],
+                "rejected": [U("hi"), A("hello"), U("joke?"), A("no")],
+            }
+        ],
+    )
     assert load(JsonlDataset, Shape.PREFERENCE, [path]).train == [
-        {"prompt": [U("hi"), A("hello"), U("joke?")], "chosen": [A("a good one")], "rejected": [A("no")]}]
+        {"prompt": [U("hi"), A("hello"), U("joke?")], "chosen": [A("a good one")], "rejected": [A("no")]}
+    ]
 
 
 def test_train_and_test_files_are_the_splits(tmp_path):
@@ -107,22 +150,47 @@ def test_jsonl_needs_files_and_known_columns(tmp_path):
         load(JsonlDataset, Shape.PROMPT, [path], columns={"promt": "text"})
 
 
-@pytest.mark.parametrize("row, shape, problem", [
-    ({"question": "q", "chosen": "a", "rejected": "b"}, Shape.PREFERENCE,
-     "missing field 'prompt'; the row has: chosen, question, rejected; map another column with "
-     "--set columns.prompt=<column>"),
-    ({"prompt": "q", "chosen": 3, "rejected": "b"}, Shape.PREFERENCE,
-     "field 'chosen' must be a string or a list of messages, got a number"),
-    ({"prompt": "q", "responses": ["a", "b"], "scores": [1, "high"]}, Shape.RANKED,
-     "field 'scores' must be a list of numbers, got a list"),
-    ({"prompt": "q", "responses": ["a", "b"], "scores": [1.0]}, Shape.RANKED,
-     "'responses' has 2 items but 'scores' has 1; give one score per response"),
-    ({"messages": [{"role": "bot", "content": "x"}]}, Shape.CONVERSATION,
-     "'messages'[0] has role 'bot'; use one of: system, user, assistant"),
-    ({"messages": [U("hi")]}, Shape.CONVERSATION, "'messages' must end with an assistant message, but ends with user"),
-    ({"text": "hi"}, Shape.PROMPT, "missing field 'prompt'; the row has: text; map another column with "
-                                   "--set columns.prompt=<column>"),
-])
+@pytest.mark.parametrize(
+    "row, shape, problem",
+    [
+        (
+            {"question": "q", "chosen": "a", "rejected": "b"},
+            Shape.PREFERENCE,
+            "missing field 'prompt'; the row has: chosen, question, rejected; map another column with "
+            "--set columns.prompt=<column>",
+        ),
+        (
+            {"prompt": "q", "chosen": 3, "rejected": "b"},
+            Shape.PREFERENCE,
+            "field 'chosen' must be a string or a list of messages, got a number",
+        ),
+        (
+            {"prompt": "q", "responses": ["a", "b"], "scores": [1, "high"]},
+            Shape.RANKED,
+            "field 'scores' must be a list of numbers, got a list",
+        ),
+        (
+            {"prompt": "q", "responses": ["a", "b"], "scores": [1.0]},
+            Shape.RANKED,
+            "'responses' has 2 items but 'scores' has 1; give one score per response",
+        ),
+        (
+            {"messages": [{"role": "bot", "content": "x"}]},
+            Shape.CONVERSATION,
+            "'messages'[0] has role 'bot'; use one of: system, user, assistant",
+        ),
+        (
+            {"messages": [U("hi")]},
+            Shape.CONVERSATION,
+            "'messages' must end with an assistant message, but ends with user",
+        ),
+        (
+            {"text": "hi"},
+            Shape.PROMPT,
+            "missing field 'prompt'; the row has: text; map another column with --set columns.prompt=<column>",
+        ),
+    ],
+)
 def test_wrong_or_missing_fields_name_file_and_line(tmp_path, row, shape, problem):
     path = write_jsonl(tmp_path / "rows.jsonl", [row])
     with pytest.raises(DataError) as info:
@@ -133,14 +201,20 @@ def test_wrong_or_missing_fields_name_file_and_line(tmp_path, row, shape, proble
 # -- slimorca ---------------------------------------------------------------------------------------
 
 ORCA_ROWS = [
-    {"conversations": [
-        {"from": "system", "value": "You are an AI assistant. Think step by step.", "weight": None},
-        {"from": "human", "value": "Translate 'hello' to French.", "weight": 0.0},
-        {"from": "gpt", "value": "Bonjour.", "weight": 1.0}]},
-    {"conversations": [
-        {"from": "system", "value": "", "weight": None},
-        {"from": "human", "value": "What is 3*3?", "weight": 0.0},
-        {"from": "gpt", "value": "9", "weight": 1.0}]},
+    {
+        "conversations": [
+            {"from": "system", "value": "You are an AI assistant. Think step by step.", "weight": None},
+            {"from": "human", "value": "Translate 'hello' to French.", "weight": 0.0},
+            {"from": "gpt", "value": "Bonjour.", "weight": 1.0},
+        ]
+    },
+    {
+        "conversations": [
+            {"from": "system", "value": "", "weight": None},
+            {"from": "human", "value": "What is 3*3?", "weight": 0.0},
+            {"from": "gpt", "value": "9", "weight": 1.0},
+        ]
+    },
 ]
 
 
@@ -154,32 +228,60 @@ def write_orca_parquet(path, rows):
 
 @pytest.mark.parametrize("fmt", ["jsonl", "parquet"])
 def test_slimorca_conversations_and_prompts(tmp_path, fmt):
-    path = (write_jsonl(tmp_path / "orca.jsonl", ORCA_ROWS) if fmt == "jsonl"
-            else write_orca_parquet(tmp_path / "orca.parquet", ORCA_ROWS))
+    path = (
+        write_jsonl(tmp_path / "orca.jsonl", ORCA_ROWS)
+        if fmt == "jsonl"
+        else write_orca_parquet(tmp_path / "orca.parquet", ORCA_ROWS)
+    )
     conv = load(SlimOrcaDataset, Shape.CONVERSATION, [path])
-    assert sorted(map(repr, conv.train)) == sorted(map(repr, [
-        {"messages": [S("You are an AI assistant. Think step by step."), U("Translate 'hello' to French."),
-                      A("Bonjour.")]},
-        {"messages": [U("What is 3*3?"), A("9")]}]))  # an empty system prompt is left out
+    assert sorted(map(repr, conv.train)) == sorted(
+        map(
+            repr,
+            [
+                {
+                    "messages": [
+                        S("You are an AI assistant. Think step by step."),
+                        U("Translate 'hello' to French."),
+                        A("Bonjour."),
+                    ]
+                },
+                {"messages": [U("What is 3*3?"), A("9")]},
+            ],
+        )
+    )  # an empty system prompt is left out
     assert conv.notes == ["slimorca: read 2 conversations (1 with a system prompt)"]
     prompts = load(SlimOrcaDataset, Shape.PROMPT, [path])
-    assert sorted(map(repr, prompts.train)) == sorted(map(repr, [
-        {"prompt": [S("You are an AI assistant. Think step by step."), U("Translate 'hello' to French.")]},
-        {"prompt": [U("What is 3*3?")]}]))
+    assert sorted(map(repr, prompts.train)) == sorted(
+        map(
+            repr,
+            [
+                {"prompt": [S("You are an AI assistant. Think step by step."), U("Translate 'hello' to French.")]},
+                {"prompt": [U("What is 3*3?")]},
+            ],
+        )
+    )
     for record in prompts.train:
         check_record(Shape.PROMPT, record)
 
 
 def test_slimorca_bad_rows(tmp_path):
-    path = write_jsonl(tmp_path / "orca.jsonl", [ORCA_ROWS[0], {"conversations": [{"from": "human", "value": "x"}]},
-                                                 {"conversations": [{"from": "robot", "value": "x"}]}])
+    path = write_jsonl(
+        tmp_path / "orca.jsonl",
+        [
+            ORCA_ROWS[0],
+            {"conversations": [{"from": "human", "value": "x"}]},
+            {"conversations": [{"from": "robot", "value": "x"}]},
+        ],
+    )
     with pytest.raises(DataError) as info:
         load(SlimOrcaDataset, Shape.CONVERSATION, [path])
-    assert str(info.value) == (f"{path}:2: 'conversations' has no 'gpt' turn; "
-                               "each conversation needs the assistant's reply")
+    assert str(info.value) == (
+        f"{path}:2: 'conversations' has no 'gpt' turn; each conversation needs the assistant's reply"
+    )
     splits = load(SlimOrcaDataset, Shape.CONVERSATION, [path], skip_bad_rows=True)
-    assert len(splits.train) == 1 and splits.notes[-1].startswith("skipped 2 bad rows (skip_bad_rows); first: "
-                                                                  f"{path}:2: ")
+    assert len(splits.train) == 1 and splits.notes[-1].startswith(
+        f"skipped 2 bad rows (skip_bad_rows); first: {path}:2: "
+    )
 
 
 def test_slimorca_without_files_goes_to_the_hub_and_fails_cleanly_offline():
@@ -216,8 +318,9 @@ def test_json_lines_in_a_json_file_and_blank_lines(tmp_path):
 def test_prompt_rows_keep_their_extra_fields_with_one_type_each(tmp_path):
     from easyrlhf_plugins.data.jsonl import JsonlDataset
 
-    good = write_jsonl(tmp_path / "good.jsonl", [{"prompt": "2+2?", "answer": "4"}, {"prompt": "3+3?", "answer": "6",
-                                                                                      "source": None}])
+    good = write_jsonl(
+        tmp_path / "good.jsonl", [{"prompt": "2+2?", "answer": "4"}, {"prompt": "3+3?", "answer": "6", "source": None}]
+    )
     records = load(JsonlDataset, Shape.PROMPT, [good]).train
     assert sorted(r["answer"] for r in records) == ["4", "6"]
     mixed = write_jsonl(tmp_path / "mixed.jsonl", [{"prompt": "2+2?", "answer": "4"}, {"prompt": "3+3?", "answer": 6}])

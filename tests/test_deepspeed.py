@@ -27,8 +27,17 @@ from pathlib import Path
 
 import pytest
 
-from tests.subprocess_runs import (head_chunk_env, max_difference, model_tensors, ppo_run_args, run_easyrlhf,
-                                   toy_prompt, trainer_run_args, uneven_pair, write_rows)
+from tests.subprocess_runs import (
+    head_chunk_env,
+    max_difference,
+    model_tensors,
+    ppo_run_args,
+    run_easyrlhf,
+    toy_prompt,
+    trainer_run_args,
+    uneven_pair,
+    write_rows,
+)
 
 #: See the module docstring.
 TOLERANCE = 1e-6
@@ -64,8 +73,9 @@ def args_for(method: str, model: Path, data: Path):
 
 
 @pytest.mark.parametrize("method", ["sft", "dpo", "ppo"])
-def test_zero2_and_zero3_end_with_the_ddp_weights(method, tiny_model_dir, pairs_file, prompts_file, shared_runs,
-                                                  small_chunks):
+def test_zero2_and_zero3_end_with_the_ddp_weights(
+    method, tiny_model_dir, pairs_file, prompts_file, shared_runs, small_chunks
+):
     data = prompts_file if method == "ppo" else pairs_file
     env = None if method == "ppo" else small_chunks
     ddp_name = "ppo-ddp" if method == "ppo" else f"{method}-ddp-uneven"  # ppo-ddp: test_ppo_processes' run too
@@ -77,8 +87,12 @@ def test_zero2_and_zero3_end_with_the_ddp_weights(method, tiny_model_dir, pairs_
     moved = max_difference(model_tensors(ddp.output_dir / "model"), start)
     assert moved > 1e-3
     for preset in ("zero2", "zero3"):
-        run = shared_runs.get(f"{method}-{preset}", lambda out: [*args_for(method, tiny_model_dir, data)(out),
-                                                                  "--deepspeed", preset], num_processes=2, env=env)
+        run = shared_runs.get(
+            f"{method}-{preset}",
+            lambda out: [*args_for(method, tiny_model_dir, data)(out), "--deepspeed", preset],
+            num_processes=2,
+            env=env,
+        )
         assert run.returncode == 0, run.stderr
         assert "Traceback" not in run.stderr
         assert zero_shards(run.output_dir) == [f"zero_pp_rank_{r}_mp_rank_00_optim_states.pt" for r in (0, 1)]
@@ -92,18 +106,48 @@ def test_zero2_and_zero3_end_with_the_ddp_weights(method, tiny_model_dir, pairs_
 
 
 @pytest.mark.parametrize("method", ["rrhf", "ipo", "grpo"])  # rm: in the pipeline below; rloo: grpo's trainer
-def test_the_other_methods_train_under_zero3_on_two_ranks(method, tiny_model_dir, pairs_file, prompts_file, tmp_path,
-                                                          small_chunks):
+def test_the_other_methods_train_under_zero3_on_two_ranks(
+    method, tiny_model_dir, pairs_file, prompts_file, tmp_path, small_chunks
+):
     """rrhf and ipo (dpo's trainer with its own loss) read the chunked LM head too: uneven batches, small
     chunks, so the ranks differ in chunk count (each hung here before the head was one call per forward)."""
     out = tmp_path / method
-    args = ["run", "--method", method, "--model", str(tiny_model_dir), "--dataset", "jsonl",
-            "--output-dir", str(out), "--max-steps", "2", "--seed", "7", "--set", "max_length=64",
-            "--set", "per_device_train_batch_size=2", "--set", "eval_fraction=0", "--set", "save_steps=2",
-            "--deepspeed", "zero3"]
+    args = [
+        "run",
+        "--method",
+        method,
+        "--model",
+        str(tiny_model_dir),
+        "--dataset",
+        "jsonl",
+        "--output-dir",
+        str(out),
+        "--max-steps",
+        "2",
+        "--seed",
+        "7",
+        "--set",
+        "max_length=64",
+        "--set",
+        "per_device_train_batch_size=2",
+        "--set",
+        "eval_fraction=0",
+        "--set",
+        "save_steps=2",
+        "--deepspeed",
+        "zero3",
+    ]
     if method in ("grpo", "rloo"):
-        args += ["--data-files", str(prompts_file), "--reward", "length", "--set", "num_generations=2",
-                 "--set", "max_completion_length=6"]
+        args += [
+            "--data-files",
+            str(prompts_file),
+            "--reward",
+            "length",
+            "--set",
+            "num_generations=2",
+            "--set",
+            "max_completion_length=6",
+        ]
     else:
         args += ["--data-files", str(pairs_file)]
     if method == "rrhf":
@@ -113,21 +157,48 @@ def test_the_other_methods_train_under_zero3_on_two_ranks(method, tiny_model_dir
     assert zero_shards(out) == [f"zero_pp_rank_{r}_mp_rank_00_optim_states.pt" for r in (0, 1)]
     saved = model_tensors(out / "model")
     assert saved and all(t.numel() > 0 for t in saved.values())  # gathered whole, not the empty partitions
-    assert max_difference({k: saved[k] for k in saved if k in (start := model_tensors(tiny_model_dir))},
-                          {k: start[k] for k in saved if k in start}) > 0
+    assert (
+        max_difference(
+            {k: saved[k] for k in saved if k in (start := model_tensors(tiny_model_dir))},
+            {k: start[k] for k in saved if k in start},
+        )
+        > 0
+    )
 
 
 def test_the_pipeline_runs_under_zero3_by_name_with_a_reward_model(tiny_model_dir, pairs_file, tmp_path):
     """sft -> rm -> ppo, every stage under ``--deepspeed zero3`` (a preset by name); PPO scores with the rm
     stage's reward model, loaded whole on each rank while the policy is partitioned."""
     out = tmp_path / "rlhf"
-    result = run_easyrlhf(["run", "--method", "rlhf", "--model", str(tiny_model_dir), "--dataset", "jsonl",
-                           "--data-files", str(pairs_file), "--output-dir", str(out), "--max-steps", "1",
-                           "--deepspeed", "zero3", *[f"--set={stage}.{key}" for stage in ("sft", "rm", "ppo")
-                                                     for key in ("max_length=64", "eval_fraction=0",
-                                                                 "per_device_train_batch_size=2", "save_steps=1")],
-                           "--set", "ppo.max_new_tokens=4", "--set", "ppo.rollout_batch_size=2"],
-                          num_processes=2)
+    result = run_easyrlhf(
+        [
+            "run",
+            "--method",
+            "rlhf",
+            "--model",
+            str(tiny_model_dir),
+            "--dataset",
+            "jsonl",
+            "--data-files",
+            str(pairs_file),
+            "--output-dir",
+            str(out),
+            "--max-steps",
+            "1",
+            "--deepspeed",
+            "zero3",
+            *[
+                f"--set={stage}.{key}"
+                for stage in ("sft", "rm", "ppo")
+                for key in ("max_length=64", "eval_fraction=0", "per_device_train_batch_size=2", "save_steps=1")
+            ],
+            "--set",
+            "ppo.max_new_tokens=4",
+            "--set",
+            "ppo.rollout_batch_size=2",
+        ],
+        num_processes=2,
+    )
     assert result.returncode == 0, result.stderr
     for stage in ("sft", "rm", "ppo"):
         assert (out / stage / "model" / "config.json").is_file(), stage
@@ -139,8 +210,15 @@ def test_one_process_starts_without_launcher_variables(tiny_model_dir, pairs_fil
     for name in ("RANK", "LOCAL_RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT"):
         monkeypatch.delenv(name, raising=False)
     out = tmp_path / "one"
-    result = run_easyrlhf([*trainer_run_args("dpo", tiny_model_dir, pairs_file, out, per_device=2),
-                           "--deepspeed", "zero3", "--main-process-port", str(_free_port())])
+    result = run_easyrlhf(
+        [
+            *trainer_run_args("dpo", tiny_model_dir, pairs_file, out, per_device=2),
+            "--deepspeed",
+            "zero3",
+            "--main-process-port",
+            str(_free_port()),
+        ]
+    )
     assert result.returncode == 0, result.stderr
     assert "mpi4py" not in result.stderr and "Traceback" not in result.stderr
     assert "--nproc_per_node 1 " in result.stderr
@@ -151,18 +229,28 @@ def test_one_process_starts_without_launcher_variables(tiny_model_dir, pairs_fil
 def test_a_failing_rank_is_one_error_line_and_the_directory_is_as_found(tiny_model_dir, pairs_file, tmp_path):
     """DeepSpeed refusing the config in every rank, before training, with --overwrite of an earlier run."""
     bad = tmp_path / "bad.json"
-    bad.write_text('{"zero_optimization": {"stage": 3}, "train_batch_size": 3, '
-                   '"train_micro_batch_size_per_gpu": 2}\n', encoding="utf-8")
+    bad.write_text(
+        '{"zero_optimization": {"stage": 3}, "train_batch_size": 3, "train_micro_batch_size_per_gpu": 2}\n',
+        encoding="utf-8",
+    )
     out = tmp_path / "out"
     out.mkdir()
     (out / "notes.txt").write_text("an earlier run\n", encoding="utf-8")
-    result = run_easyrlhf([*trainer_run_args("sft", tiny_model_dir, pairs_file, out, per_device=2),
-                           "--deepspeed", str(bad), "--overwrite"], num_processes=2)
+    result = run_easyrlhf(
+        [
+            *trainer_run_args("sft", tiny_model_dir, pairs_file, out, per_device=2),
+            "--deepspeed",
+            str(bad),
+            "--overwrite",
+        ],
+        num_processes=2,
+    )
     assert result.returncode == 1, result.stderr
     errors = [line for line in result.stderr.splitlines() if "Error" in line]
     assert len(errors) == 1 and errors[0] == result.stderr.strip().splitlines()[-1], result.stderr
-    assert re.match(r"Error: rank [01]: \w+: .*train_batch_size.*\(run again with --debug for the traceback\)$",
-                    errors[0]), errors[0]
+    assert re.match(
+        r"Error: rank [01]: \w+: .*train_batch_size.*\(run again with --debug for the traceback\)$", errors[0]
+    ), errors[0]
     assert "Traceback" not in result.stderr and "ChildFailedError" not in result.stderr
     assert sorted(p.name for p in out.iterdir()) == ["notes.txt"]
     assert (out / "notes.txt").read_text(encoding="utf-8") == "an earlier run\n"
@@ -201,9 +289,23 @@ def test_generation_gathers_the_policy_with_the_hooks_off_and_gives_both_back(ti
 
     script = tmp_path / "check.py"
     script.write_text(GENERATION_CHECK, encoding="utf-8")
-    done = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "1", "--master_port",
-                           str(_free_port()), str(script), str(tiny_model_dir)], capture_output=True, text=True,
-                          env={**subprocess_env(), "DS_ACCELERATOR": "cpu"}, timeout=300)
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--nproc_per_node",
+            "1",
+            "--master_port",
+            str(_free_port()),
+            str(script),
+            str(tiny_model_dir),
+        ],
+        capture_output=True,
+        text=True,
+        env={**subprocess_env(), "DS_ACCELERATOR": "cpu"},
+        timeout=300,
+    )
     assert done.returncode == 0, done.stderr
     assert "REPORT [True, True, 0, True, 6, True, 0] True" in done.stdout, done.stdout
 

@@ -12,8 +12,18 @@ from pathlib import Path
 
 import pytest
 
-from tests.subprocess_runs import (RunningProcess, easyrlhf_command, last_step, max_difference, model_tensors,
-                                   subprocess_env, toy_pair, train_rows, trainer_run_args, write_rows)
+from tests.subprocess_runs import (
+    RunningProcess,
+    easyrlhf_command,
+    last_step,
+    max_difference,
+    model_tensors,
+    subprocess_env,
+    toy_pair,
+    train_rows,
+    trainer_run_args,
+    write_rows,
+)
 
 
 @pytest.fixture(scope="module")
@@ -26,16 +36,19 @@ def run_args(method: str, model: Path, data: Path, out: Path, per_device: int, s
 
 
 @pytest.mark.parametrize("method", ["sft", "dpo"])
-def test_two_ranks_train_in_sync_on_different_data_and_rank0_writes(method, tiny_model_dir, pairs_file, tmp_path,
-                                                                     cli_run, shared_runs):
-    result = shared_runs.get(f"{method}-ddp",
-                             lambda out: run_args(method, tiny_model_dir, pairs_file, out, per_device=2),
-                             num_processes=2)  # tests/test_deepspeed.py compares ZeRO runs with it
+def test_two_ranks_train_in_sync_on_different_data_and_rank0_writes(
+    method, tiny_model_dir, pairs_file, tmp_path, cli_run, shared_runs
+):
+    result = shared_runs.get(
+        f"{method}-ddp", lambda out: run_args(method, tiny_model_dir, pairs_file, out, per_device=2), num_processes=2
+    )  # tests/test_deepspeed.py compares ZeRO runs with it
     two = result.output_dir
     assert result.returncode == 0, result.stderr
 
-    assert "batch: 2 per device x 1 accumulation steps x 2 processes = 4 examples per optimizer step (global)" \
+    assert (
+        "batch: 2 per device x 1 accumulation steps x 2 processes = 4 examples per optimizer step (global)"
         in result.stderr
+    )
     checksums = result.rank_checksums
     assert len(checksums) == 2 and checksums[0] == checksums[1], result.stderr
     assert "find_unused_parameters=True" not in result.stderr
@@ -44,8 +57,17 @@ def test_two_ranks_train_in_sync_on_different_data_and_rank0_writes(method, tiny
     assert [r["step"] for r in train_rows(two)] == [1, 2, 3]
     assert sum("train_runtime" in r for r in result.metrics) == 1
     assert sum("eval_loss" in r for r in result.metrics) == 1
-    assert sorted(p.name for p in two.iterdir()) == ["COMPLETE", "README.md", "checkpoints", "config.yaml",
-                                                     "inputs.json", "metrics.jsonl", "model", "plots", "summary.json"]
+    assert sorted(p.name for p in two.iterdir()) == [
+        "COMPLETE",
+        "README.md",
+        "checkpoints",
+        "config.yaml",
+        "inputs.json",
+        "metrics.jsonl",
+        "model",
+        "plots",
+        "summary.json",
+    ]
     assert sorted(p.name for p in (two / "checkpoints").glob("checkpoint-*")) == ["checkpoint-2", "checkpoint-3"]
     assert all((p / "COMPLETE").is_file() for p in (two / "checkpoints").glob("checkpoint-*"))
     assert result.stderr.count("saved model to") == 1
@@ -64,11 +86,9 @@ def test_two_ranks_train_in_sync_on_different_data_and_rank0_writes(method, tiny
         assert got["loss"] == pytest.approx(want["loss"], rel=1e-4)
 
 
-
 def test_ctrl_c_stops_both_ranks_at_one_checkpoint_and_the_hint_resumes(tiny_model_dir, pairs_file, tmp_path):
     out = tmp_path / "stopped"
-    running = RunningProcess(run_args("sft", tiny_model_dir, pairs_file, out, per_device=2, steps=40),
-                             num_processes=2)
+    running = RunningProcess(run_args("sft", tiny_model_dir, pairs_file, out, per_device=2, steps=40), num_processes=2)
     running.wait_for_step(2)
     running.signal(signal.SIGINT)  # what Ctrl-C in a terminal sends (the launcher is in its own session)
     result = running.wait()
@@ -82,8 +102,9 @@ def test_ctrl_c_stops_both_ranks_at_one_checkpoint_and_the_hint_resumes(tiny_mod
     hint = result.stderr.split("Stopped. Resume with:\n", 1)[1].splitlines()[0].strip()
     command = shlex.split(hint)
     assert "--num-processes" in command and command[-3:] == ["--resume", "--output-dir", str(out)]
-    resumed = subprocess.run(easyrlhf_command(*command[1:]), env=subprocess_env(), capture_output=True, text=True,
-                             timeout=300)
+    resumed = subprocess.run(
+        easyrlhf_command(*command[1:]), env=subprocess_env(), capture_output=True, text=True, timeout=300
+    )
     assert resumed.returncode == 0, resumed.stderr
     assert f"--resume: continuing from {checkpoint}" in resumed.stderr
     assert [r["step"] for r in train_rows(out)] == list(range(1, 41))
@@ -93,12 +114,25 @@ def test_ctrl_c_stops_both_ranks_at_one_checkpoint_and_the_hint_resumes(tiny_mod
 def test_several_machines_share_one_output_dir_claimed_by_the_first(tiny_model_dir, pairs_file, tmp_path, cli_run):
     from easyrlhf_core.run import RunRequest, prepare
 
-    args = ["run", "--method", "sft", "--model", str(tiny_model_dir), "--dataset", "jsonl", "--data-files",
-            str(pairs_file), "--num-machines", "2"]
+    args = [
+        "run",
+        "--method",
+        "sft",
+        "--model",
+        str(tiny_model_dir),
+        "--dataset",
+        "jsonl",
+        "--data-files",
+        str(pairs_file),
+        "--num-machines",
+        "2",
+    ]
     result = cli_run(*args)
     assert result.exit_code == 2
-    assert result.stderr.strip() == ("Error: --output-dir: a run on several machines needs --output-dir: the same "
-                                     "path on every machine, on a filesystem they all see")
+    assert result.stderr.strip() == (
+        "Error: --output-dir: a run on several machines needs --output-dir: the same "
+        "path on every machine, on a filesystem they all see"
+    )
 
     out = tmp_path / "shared"
     out.mkdir()

@@ -13,8 +13,15 @@ from pathlib import Path
 import pytest
 
 from easyrlhf_core.checkpoints import checkpoint_problem, latest_checkpoint, list_checkpoints
-from tests.subprocess_runs import (model_tensors, ppo_run_args, read_metrics, toy_pair, toy_prompt, train_rows,
-                                   write_rows)
+from tests.subprocess_runs import (
+    model_tensors,
+    ppo_run_args,
+    read_metrics,
+    toy_pair,
+    toy_prompt,
+    train_rows,
+    write_rows,
+)
 
 
 @pytest.fixture(scope="module")
@@ -23,9 +30,32 @@ def pairs(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def sft_args(model: Path, data: Path, out: Path, *extra: str) -> list[str]:
-    return ["run", "--method", "sft", "--model", str(model), "--dataset", "jsonl", "--data-files", str(data),
-            "--output-dir", str(out), "--seed", "3", "--set", "max_length=64", "--set", "per_device_train_batch_size=2",
-            "--set", "eval_fraction=0", "--set", "logging_steps=1", "--set", "learning_rate=1e-3", *extra]
+    return [
+        "run",
+        "--method",
+        "sft",
+        "--model",
+        str(model),
+        "--dataset",
+        "jsonl",
+        "--data-files",
+        str(data),
+        "--output-dir",
+        str(out),
+        "--seed",
+        "3",
+        "--set",
+        "max_length=64",
+        "--set",
+        "per_device_train_batch_size=2",
+        "--set",
+        "eval_fraction=0",
+        "--set",
+        "logging_steps=1",
+        "--set",
+        "learning_rate=1e-3",
+        *extra,
+    ]
 
 
 def error_lines(stderr: str) -> list[str]:
@@ -55,8 +85,7 @@ def assert_stopped_at(result, out: Path, step: int, unit: str = "step") -> None:
         assert_all_finite(model_tensors(checkpoint))
 
 
-def test_a_trainer_run_whose_loss_turns_nan_stops_at_that_step(cli_run, tiny_model_dir, pairs, tmp_path,
-                                                               monkeypatch):
+def test_a_trainer_run_whose_loss_turns_nan_stops_at_that_step(cli_run, tiny_model_dir, pairs, tmp_path, monkeypatch):
     """Deterministic: the SFT loss is NaN from step 3 on (compute_loss times NaN); save_steps=2."""
     from trl import SFTTrainer
 
@@ -89,10 +118,14 @@ def test_a_trainer_run_whose_loss_turns_nan_stops_at_that_step(cli_run, tiny_mod
 def test_a_trainer_run_that_blows_up_never_saves_nan_weights(cli_run, tiny_model_dir, pairs, tmp_path):
     """The fault of the issue: SFT at learning rate 1e6, a checkpoint at every step."""
     out = tmp_path / "run"
-    result = cli_run(*sft_args(tiny_model_dir, pairs, out, "--max-steps", "8", "--set", "save_steps=1",
-                               "--set", "learning_rate=1e6"))
-    step = next(r["step"] for r in train_rows(out) if not isinstance(r.get("grad_norm"), float)
-                or not isinstance(r.get("loss"), float))
+    result = cli_run(
+        *sft_args(tiny_model_dir, pairs, out, "--max-steps", "8", "--set", "save_steps=1", "--set", "learning_rate=1e6")
+    )
+    step = next(
+        r["step"]
+        for r in train_rows(out)
+        if not isinstance(r.get("grad_norm"), float) or not isinstance(r.get("loss"), float)
+    )
     assert_stopped_at(result, out, step)
     assert "set a lower learning_rate (now 1e+06)" in error_lines(result.stderr)[0]
     assert all(r["loss"] != 0 for r in train_rows(out))
@@ -133,11 +166,19 @@ def test_metrics_rows_write_nan_and_inf_as_strings(tmp_path):
 
     from easyrlhf_core.run import Run
 
-    run = SimpleNamespace(is_main_process=True, metrics_path=tmp_path / "metrics.jsonl", trackers=None,
-                          progress=SimpleNamespace(update=lambda *a: None))
+    run = SimpleNamespace(
+        is_main_process=True,
+        metrics_path=tmp_path / "metrics.jsonl",
+        trackers=None,
+        progress=SimpleNamespace(update=lambda *a: None),
+    )
     Run.log_metrics(run, 3, {"loss": float("nan"), "grad_norm": float("inf"), "learning_rate": 0.5})
-    assert json.loads(run.metrics_path.read_text()) == {"step": 3, "loss": "nan", "grad_norm": "inf",
-                                                        "learning_rate": 0.5}
+    assert json.loads(run.metrics_path.read_text()) == {
+        "step": 3,
+        "loss": "nan",
+        "grad_norm": "inf",
+        "learning_rate": 0.5,
+    }
 
 
 # --------------------------------------------------------------------------------------------------
@@ -149,8 +190,9 @@ def linear_lr(peak: float, total: int, step: int) -> float:
     return peak * (total - (step - 1)) / total
 
 
-def test_a_finished_run_trained_further_continues_on_a_schedule_for_the_new_horizon(cli_run, tiny_model_dir, pairs,
-                                                                                     tmp_path):
+def test_a_finished_run_trained_further_continues_on_a_schedule_for_the_new_horizon(
+    cli_run, tiny_model_dir, pairs, tmp_path
+):
     out = tmp_path / "run"
     args = sft_args(tiny_model_dir, pairs, out, "--set", "save_steps=2")
     assert cli_run(*args, "--max-steps", "4").exit_code == 0
@@ -166,8 +208,9 @@ def test_a_finished_run_trained_further_continues_on_a_schedule_for_the_new_hori
         assert row["learning_rate"] == pytest.approx(linear_lr(1e-3, 8, row["step"]))
     after = model_tensors(out / "model")
     assert max(float((after[k] - before[k]).abs().max()) for k in before) > 1e-5
-    assert ("--resume: resuming at step 4 of 8 (was 4): learning-rate schedule rebuilt for the new horizon"
-            in more.stderr)
+    assert (
+        "--resume: resuming at step 4 of 8 (was 4): learning-rate schedule rebuilt for the new horizon" in more.stderr
+    )
 
 
 def test_ppo_trained_further_continues_on_a_schedule_for_the_new_horizon(cli_run, tiny_model_dir, tmp_path):
@@ -186,8 +229,10 @@ def test_ppo_trained_further_continues_on_a_schedule_for_the_new_horizon(cli_run
     # iteration 3 ran at the new schedule's rate (5e-4), not at the old horizon's last one (0): it moved the weights
     at_2, at_3 = (model_tensors(out / "checkpoints" / f"checkpoint-{i}") for i in (2, 3))
     assert max(float((at_3[k] - at_2[k]).abs().max()) for k in at_2) > 1e-6
-    assert ("--resume: resuming at iteration 2 of 4 (was 2): learning-rate schedule rebuilt for the new horizon"
-            in more.stderr)
+    assert (
+        "--resume: resuming at iteration 2 of 4 (was 2): learning-rate schedule rebuilt for the new horizon"
+        in more.stderr
+    )
 
 
 def test_resume_at_the_same_horizon_says_the_schedule_is_as_saved(cli_run, tiny_model_dir, pairs, tmp_path):
@@ -222,8 +267,10 @@ def test_resume_with_a_lower_learning_rate_continues_at_it(cli_run, tiny_model_d
     rows = train_rows(out)
     assert [r["learning_rate"] for r in rows[:2]] == pytest.approx([linear_lr(1e-2, 2, s) for s in (1, 2)])
     assert [r["learning_rate"] for r in rows[2:]] == pytest.approx([linear_lr(1e-3, 4, s) for s in (3, 4)])
-    assert ("--resume: resuming at step 2 of 4 (was 2): learning-rate schedule rebuilt for the new horizon; peak "
-            "learning rate 0.001 (was 0.01)" in resumed.stderr)
+    assert (
+        "--resume: resuming at step 2 of 4 (was 2): learning-rate schedule rebuilt for the new horizon; peak "
+        "learning rate 0.001 (was 0.01)" in resumed.stderr
+    )
 
 
 def test_under_fp16_loss_scaling_an_infinite_gradient_norm_is_a_skipped_step_not_divergence():
@@ -265,7 +312,7 @@ def test_a_new_learning_rate_on_resume_keeps_the_ratios_of_parameter_groups():
     assert [g["lr"] for g in optimizer.param_groups] == pytest.approx([2e-3, 2e-2])
 
 
-RANK_1_LOSS_NAN = '''
+RANK_1_LOSS_NAN = """
 import os
 
 if "RANK" in os.environ:  # a launched rank (not the parent, not the launcher)
@@ -299,7 +346,7 @@ if os.environ.get("RANK") == "1":
         return result * float("nan")
 
     SFTTrainer.compute_loss = _nan_from_step_3
-'''
+"""
 
 
 def test_a_loss_nan_on_one_rank_only_stops_both_ranks_at_that_step(tiny_model_dir, pairs, tmp_path):
@@ -314,8 +361,12 @@ def test_a_loss_nan_on_one_rank_only_stops_both_ranks_at_that_step(tiny_model_di
     (site / "sitecustomize.py").write_text(RANK_1_LOSS_NAN.format(copies=str(copies)), encoding="utf-8")
     pythonpath = os.pathsep.join(p for p in (str(site), os.environ.get("PYTHONPATH", "")) if p)
     out = tmp_path / "run"
-    result = run_easyrlhf(sft_args(tiny_model_dir, pairs, out, "--max-steps", "6", "--set", "save_steps=2"),
-                          num_processes=2, timeout=300, env={"PYTHONPATH": pythonpath})
+    result = run_easyrlhf(
+        sft_args(tiny_model_dir, pairs, out, "--max-steps", "6", "--set", "save_steps=2"),
+        num_processes=2,
+        timeout=300,
+        env={"PYTHONPATH": pythonpath},
+    )
     assert result.returncode == 2, result.stderr
     errors = error_lines(result.stderr)
     assert len(errors) == 1 and errors[0].startswith("Error: rank "), result.stderr
@@ -402,8 +453,9 @@ def test_resume_with_more_steps_follows_the_schedule_of_the_new_horizon(name, wa
         after, line = resumed_rates(name, warmup_ratio, stopped_at, was=4, total=8)
         new = rates(*scheduler_for(name, warmup_ratio, 8), 8)
         assert after == pytest.approx(new[stopped_at:], rel=1e-12, abs=0)
-        assert line == (f"--resume: resuming at step {stopped_at} of 8 (was 4): learning-rate schedule rebuilt "
-                        f"for the new horizon")
+        assert line == (
+            f"--resume: resuming at step {stopped_at} of 8 (was 4): learning-rate schedule rebuilt for the new horizon"
+        )
     old = rates(*scheduler_for(name, warmup_ratio, 4), 4)
     more, _ = resumed_rates(name, warmup_ratio, 2, was=4, total=8)
     assert more[:2] != old[2:]  # the old horizon's rates would differ: this schedule depends on it

@@ -51,7 +51,10 @@ def doc_plugin() -> types.ModuleType:
         register(module.Brevity)
 
     module.register_methods, module.register_datasets, module.register_rewards = (
-        register_methods, register_datasets, register_rewards)
+        register_methods,
+        register_datasets,
+        register_rewards,
+    )
     yield module
     sys.modules.pop("doc_plugin", None)
 
@@ -61,12 +64,33 @@ def test_the_documented_method_trains(doc_plugin, easyrlhf_plugin, easyrlhf_cli,
     out = tmp_path / "simpo"
     # Short pairs: hh-rlhf prompts fill max_length 128 of the tiny tokenizer, leaving empty completions whose
     # mean log-prob is NaN (the divergence check stops such a run at step 1).
-    pairs = write_jsonl(tmp_path / "pairs.jsonl", [hh_row(f"What is {i} plus {i}?", f"It is {2 * i}.",
-                                                          rejected_last="No idea.") for i in range(8)])
-    result = easyrlhf_cli("run", "--method", "simpo", "--model", str(tiny_model_dir), "--max-steps", "2",
-                          "--dataset", "hh-rlhf", "--data-files", str(pairs),
-                          "--output-dir", str(out), "--set", "max_train_samples=8", "--set", "max_eval_samples=0",
-                          "--set", "max_length=128", "--set", "save_steps=0")
+    pairs = write_jsonl(
+        tmp_path / "pairs.jsonl",
+        [hh_row(f"What is {i} plus {i}?", f"It is {2 * i}.", rejected_last="No idea.") for i in range(8)],
+    )
+    result = easyrlhf_cli(
+        "run",
+        "--method",
+        "simpo",
+        "--model",
+        str(tiny_model_dir),
+        "--max-steps",
+        "2",
+        "--dataset",
+        "hh-rlhf",
+        "--data-files",
+        str(pairs),
+        "--output-dir",
+        str(out),
+        "--set",
+        "max_train_samples=8",
+        "--set",
+        "max_eval_samples=0",
+        "--set",
+        "max_length=128",
+        "--set",
+        "save_steps=0",
+    )
     assert result.exit_code == 0, result.stderr
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in rows if "loss" in r] == [1, 2]
@@ -74,15 +98,39 @@ def test_the_documented_method_trains(doc_plugin, easyrlhf_plugin, easyrlhf_cli,
     assert (out / "model" / "config.json").is_file()
 
 
-def test_the_documented_dataset_and_reward_work_in_ppo(doc_plugin, easyrlhf_plugin, easyrlhf_cli, tiny_model_dir,
-                                                        tmp_path):
+def test_the_documented_dataset_and_reward_work_in_ppo(
+    doc_plugin, easyrlhf_plugin, easyrlhf_cli, tiny_model_dir, tmp_path
+):
     easyrlhf_plugin("doc", doc_plugin)
     data = tmp_path / "questions.jsonl"
     data.write_text("".join(json.dumps({"question": f"What is {i} + {i}?"}) + "\n" for i in range(8)) + "not json\n")
-    args = ["run", "--method", "ppo", "--model", str(tiny_model_dir), "--dataset", "questions", "--data-files",
-            str(data), "--reward", "brevity", "--set", "reward_options.target=3", "--max-steps", "1",
-            "--set", "max_new_tokens=4", "--set", "rollout_batch_size=4", "--set", "per_device_train_batch_size=4",
-            "--set", "eval_fraction=0", "--set", "save_steps=0"]
+    args = [
+        "run",
+        "--method",
+        "ppo",
+        "--model",
+        str(tiny_model_dir),
+        "--dataset",
+        "questions",
+        "--data-files",
+        str(data),
+        "--reward",
+        "brevity",
+        "--set",
+        "reward_options.target=3",
+        "--max-steps",
+        "1",
+        "--set",
+        "max_new_tokens=4",
+        "--set",
+        "rollout_batch_size=4",
+        "--set",
+        "per_device_train_batch_size=4",
+        "--set",
+        "eval_fraction=0",
+        "--set",
+        "save_steps=0",
+    ]
     strict = easyrlhf_cli(*args, "--output-dir", str(tmp_path / "strict"))
     assert strict.exit_code == 2 and strict.stderr.startswith(f"Error: {data}:9: ")
     out = tmp_path / "ppo"
@@ -115,13 +163,34 @@ def test_the_documented_custom_loop_method_trains(easyrlhf_plugin, easyrlhf_cli,
         module.register_methods = hookimpl(lambda register: register(module.BestOfK))
         easyrlhf_plugin("doc-best-of-k", module)
         out = tmp_path / "best"
-        args = ["run", "--method", "best-of-k", "--model", str(tiny_model_dir), "--dataset", "arithmetic",
-                "--reward", "length", "--max-steps", "2", "--set", "max_new_tokens=6", "--set", "k=3",
-                "--set", "per_device_train_batch_size=2", "--set", "max_train_samples=8", "--set", "eval_fraction=0"]
+        args = [
+            "run",
+            "--method",
+            "best-of-k",
+            "--model",
+            str(tiny_model_dir),
+            "--dataset",
+            "arithmetic",
+            "--reward",
+            "length",
+            "--max-steps",
+            "2",
+            "--set",
+            "max_new_tokens=6",
+            "--set",
+            "k=3",
+            "--set",
+            "per_device_train_batch_size=2",
+            "--set",
+            "max_train_samples=8",
+            "--set",
+            "eval_fraction=0",
+        ]
         help_text = easyrlhf_cli("run", "--method", "best-of-k", "--help")  # no reward yet: --help still works
         assert help_text.exit_code == 0 and "\nk: 4\n" in help_text.stdout, help_text.stderr
-        no_reward = easyrlhf_cli(*[a for a in args if a not in ("--reward", "length")],
-                                 "--output-dir", str(tmp_path / "none"))
+        no_reward = easyrlhf_cli(
+            *[a for a in args if a not in ("--reward", "length")], "--output-dir", str(tmp_path / "none")
+        )
         assert no_reward.exit_code == 2 and "reward" in no_reward.stderr
         result = easyrlhf_cli(*args, "--output-dir", str(out))
     finally:

@@ -23,8 +23,11 @@ MARKER = "Paris"
 
 
 def _pair(prompt: str, chosen: str, rejected: str) -> dict:
-    return {"prompt": [{"role": "user", "content": prompt}], "chosen": [{"role": "assistant", "content": chosen}],
-            "rejected": [{"role": "assistant", "content": rejected}]}
+    return {
+        "prompt": [{"role": "user", "content": prompt}],
+        "chosen": [{"role": "assistant", "content": chosen}],
+        "rejected": [{"role": "assistant", "content": rejected}],
+    }
 
 
 # Every chosen answer begins with the marker. Eval rows, chosen vs rejected length in characters: 15<23 (0),
@@ -131,10 +134,19 @@ def _reward_model(tokenizer, seed: int = 0):
     from transformers import AutoModelForSequenceClassification, LlamaConfig
 
     torch.manual_seed(seed)
-    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=1024, num_labels=1,
-                         pad_token_id=tokenizer.pad_token_id, bos_token_id=tokenizer.bos_token_id,
-                         eos_token_id=tokenizer.eos_token_id)
+    config = LlamaConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=1024,
+        num_labels=1,
+        pad_token_id=tokenizer.pad_token_id,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+    )
     return AutoModelForSequenceClassification.from_config(config)
 
 
@@ -163,9 +175,9 @@ def _train_policy_to_say(model, tokenizer, prompts, answer: str, steps: int = 40
     labels = torch.full((len(rows), width), -100)
     mask = torch.zeros((len(rows), width), dtype=torch.long)
     for i, (p, c) in enumerate(rows):
-        ids[i, :len(p) + len(c)] = torch.tensor(p + c)
-        labels[i, len(p):len(p) + len(c)] = torch.tensor(c)
-        mask[i, :len(p) + len(c)] = 1
+        ids[i, : len(p) + len(c)] = torch.tensor(p + c)
+        labels[i, len(p) : len(p) + len(c)] = torch.tensor(c)
+        mask[i, : len(p) + len(c)] = 1
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-2)
     model.train()
     for _ in range(steps):
@@ -187,8 +199,8 @@ def _train_rm_to_prefer_chosen(model, tokenizer, pairs, steps: int = 40) -> None
     ids = torch.full((len(texts), width), tokenizer.pad_token_id)
     mask = torch.zeros((len(texts), width), dtype=torch.long)
     for i, t in enumerate(texts):
-        ids[i, :len(t)] = torch.tensor(t)
-        mask[i, :len(t)] = 1
+        ids[i, : len(t)] = torch.tensor(t)
+        mask[i, : len(t)] = 1
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-2)
     n = len(pairs)
     model.train()
@@ -245,14 +257,17 @@ def test_outcomes_count_ties_as_half_and_bootstrap_is_seeded():
     assert bootstrap_interval([1.0] * 20, seed=1) == (1.0, 1.0)
 
 
-@pytest.mark.parametrize("successes, count, low, high", [
-    (8, 8, 0.6756, 1.0),
-    (0, 8, 0.0, 0.3244),
-    (5, 10, 0.2366, 0.7634),
-    (4, 4, 0.5101, 1.0),
-    (1, 1, 0.2065, 1.0),
-    (30, 100, 0.2189, 0.3958),
-])
+@pytest.mark.parametrize(
+    "successes, count, low, high",
+    [
+        (8, 8, 0.6756, 1.0),
+        (0, 8, 0.0, 0.3244),
+        (5, 10, 0.2366, 0.7634),
+        (4, 4, 0.5101, 1.0),
+        (1, 1, 0.2065, 1.0),
+        (30, 100, 0.2189, 0.3958),
+    ],
+)
 def test_wilson_interval_known_values(successes, count, low, high):
     assert wilson_interval(successes, count) == pytest.approx((low, high), abs=1e-4)
 
@@ -296,23 +311,35 @@ def test_split_all_and_limit(cli_run, models):
 
     limited = _eval_json(cli_run, "--model", str(models["zero_rm"]), "--dataset", "toy-prefs", "--limit", "2")
     first_two = shuffled(EVAL_PAIRS, 42)[:2]  # the framework shuffles a dataset's eval split with the seed
-    expected = length_baseline([r["chosen"][-1]["content"] for r in first_two],
-                               [r["rejected"][-1]["content"] for r in first_two]).accuracy
+    expected = length_baseline(
+        [r["chosen"][-1]["content"] for r in first_two], [r["rejected"][-1]["content"] for r in first_two]
+    ).accuracy
     assert limited["pairs"] == 2 and limited["metrics"]["length_baseline_accuracy"] == expected
     assert any("limit" in note for note in limited["notes"])
 
 
 def test_hh_rlhf_files_through_the_dataset_plugin(cli_run, models, tmp_path):
     """Anthropic-format rows via the built-in hh-rlhf plugin; chosen longer, shorter, equal, longer -> 0.625."""
+
     def row(chosen: str, rejected: str) -> str:
         human = "\n\nHuman: Can you help me?\n\nAssistant: "
         return json.dumps({"chosen": human + chosen, "rejected": human + rejected})
 
     data = tmp_path / "pairs.jsonl"
-    data.write_text("\n".join([row("Hello there, friend.", "Go away."), row("Sure.", "No, I will not."),
-                               row("Yes.", "Nope"), row("Of course I can.", "No.")]) + "\n")
-    report = _eval_json(cli_run, "--model", str(models["zero_rm"]), "--dataset", "hh-rlhf", "--data-files", str(data),
-                        "--split", "all")
+    data.write_text(
+        "\n".join(
+            [
+                row("Hello there, friend.", "Go away."),
+                row("Sure.", "No, I will not."),
+                row("Yes.", "Nope"),
+                row("Of course I can.", "No."),
+            ]
+        )
+        + "\n"
+    )
+    report = _eval_json(
+        cli_run, "--model", str(models["zero_rm"]), "--dataset", "hh-rlhf", "--data-files", str(data), "--split", "all"
+    )
     assert report["pairs"] == 4 and report["data_files"] == [str(data)]
     assert report["metrics"]["length_baseline_accuracy"] == 0.625 and report["metrics"]["accuracy"] == 0.5
 
@@ -336,8 +363,10 @@ def test_batched_accuracy_matches_one_by_one_scoring(cli_run, models):
     wins = []
     with torch.no_grad():
         for record in EVAL_PAIRS:
-            chosen, rejected = (float(model(torch.tensor([encode(tokenizer, record["prompt"] + record[s])])).logits)
-                                for s in ("chosen", "rejected"))
+            chosen, rejected = (
+                float(model(torch.tensor([encode(tokenizer, record["prompt"] + record[s])])).logits)
+                for s in ("chosen", "rejected")
+            )
             wins.append(1.0 if chosen > rejected else 0.0)
     report = _eval_json(cli_run, "--model", str(path), "--dataset", "toy-prefs", "--batch-size", "3")
     assert report["metrics"]["accuracy"] == sum(wins) / len(wins)
@@ -349,8 +378,19 @@ def test_batched_accuracy_matches_one_by_one_scoring(cli_run, models):
 
 def test_policy_against_itself(cli_run, models):
     policy = str(models["policy"])
-    report = _eval_json(cli_run, "--model", policy, "--reference", policy, "--reward", "marker",
-                        "--dataset", "toy-prefs", "--max-new-tokens", "6")
+    report = _eval_json(
+        cli_run,
+        "--model",
+        policy,
+        "--reference",
+        policy,
+        "--reward",
+        "marker",
+        "--dataset",
+        "toy-prefs",
+        "--max-new-tokens",
+        "6",
+    )
     m = report["metrics"]
     assert report["kind"] == "policy" and report["pairs"] == 4 and report["prompts"] == 4
     assert abs(m["kl_per_token"]) < 1e-5 and abs(m["kl_per_sequence"]) < 1e-5
@@ -361,23 +401,57 @@ def test_policy_against_itself(cli_run, models):
 
 
 def test_policy_trained_on_the_marker_beats_its_reference(cli_run, models):
-    report = _eval_json(cli_run, "--model", str(models["marker_policy"]), "--reference", str(models["policy"]),
-                        "--reward", "marker", "--dataset", "toy-prefs", "--max-new-tokens", "6")
+    report = _eval_json(
+        cli_run,
+        "--model",
+        str(models["marker_policy"]),
+        "--reference",
+        str(models["policy"]),
+        "--reward",
+        "marker",
+        "--dataset",
+        "toy-prefs",
+        "--max-new-tokens",
+        "6",
+    )
     m = report["metrics"]
     assert m["reward_greedy_mean"] == 1.0 and m["reference_reward_greedy_mean"] == 0.0
     assert m["win_rate"] == 1.0 and m["win_rate_ties"] == 0
     assert m["kl_per_token"] > 0.01
 
     # Its log-ratio to the reference rises for the answer it learnt and falls for the others.
-    pairs = _eval_json(cli_run, "--model", str(models["marker_policy"]), "--reference", str(models["policy"]),
-                       "--reward", "marker", "--dataset", "toy-marker-prefs", "--max-new-tokens", "4", "--no-sample")
+    pairs = _eval_json(
+        cli_run,
+        "--model",
+        str(models["marker_policy"]),
+        "--reference",
+        str(models["policy"]),
+        "--reward",
+        "marker",
+        "--dataset",
+        "toy-marker-prefs",
+        "--max-new-tokens",
+        "4",
+        "--no-sample",
+    )
     m = pairs["metrics"]
     assert m["implicit_reward_accuracy"] == 1.0 and m["implicit_reward_mean_margin"] > 0
     assert m["implicit_reward_ci95"][0] < 1.0 and m["implicit_reward_ci95"][1] == 1.0  # Wilson: never [1, 1]
 
-    option = _eval_json(cli_run, "--model", str(models["marker_policy"]), "--reward", "marker",
-                        "--reward-option", "word=Rome", "--dataset", "toy-prefs", "--max-new-tokens", "6",
-                        "--no-sample")
+    option = _eval_json(
+        cli_run,
+        "--model",
+        str(models["marker_policy"]),
+        "--reward",
+        "marker",
+        "--reward-option",
+        "word=Rome",
+        "--dataset",
+        "toy-prefs",
+        "--max-new-tokens",
+        "6",
+        "--no-sample",
+    )
     assert option["metrics"]["reward_greedy_mean"] == 0.0
 
 
@@ -394,22 +468,55 @@ def test_logprob_accuracy_needs_no_reference(cli_run, models):
 
 def test_reward_model_judges_policy_answers(cli_run, models):
     """--reward-model DIR scores the answers (a zero head: every answer 0, so every game a tie)."""
-    report = _eval_json(cli_run, "--model", str(models["marker_policy"]), "--reference", str(models["policy"]),
-                        "--reward-model", str(models["zero_rm"]), "--dataset", "toy-prefs", "--max-new-tokens", "4",
-                        "--no-sample")
+    report = _eval_json(
+        cli_run,
+        "--model",
+        str(models["marker_policy"]),
+        "--reference",
+        str(models["policy"]),
+        "--reward-model",
+        str(models["zero_rm"]),
+        "--dataset",
+        "toy-prefs",
+        "--max-new-tokens",
+        "4",
+        "--no-sample",
+    )
     m = report["metrics"]
     assert report["judge"].startswith("reward model")
     assert m["reward_greedy_mean"] == 0.0 and m["win_rate"] == 0.5 and m["win_rate_ties"] == 4
 
 
 def test_json_keys_are_stable_and_skips_are_explained(cli_run, models):
-    top = {"kind", "model", "reference", "judge", "dataset", "data_files", "split", "seed", "pairs", "prompts",
-           "metrics", "skipped", "notes"}
+    top = {
+        "kind",
+        "model",
+        "reference",
+        "judge",
+        "dataset",
+        "data_files",
+        "split",
+        "seed",
+        "pairs",
+        "prompts",
+        "metrics",
+        "skipped",
+        "notes",
+    }
     rm = _eval_json(cli_run, "--model", str(models["zero_rm"]), "--dataset", "toy-prefs")
     assert set(rm) == top and set(rm["metrics"]) == set(REWARD_MODEL_METRICS)
 
-    no_reference = _eval_json(cli_run, "--model", str(models["policy"]), "--reward", "marker",
-                              "--dataset", "toy-prompts", "--max-new-tokens", "4")
+    no_reference = _eval_json(
+        cli_run,
+        "--model",
+        str(models["policy"]),
+        "--reward",
+        "marker",
+        "--dataset",
+        "toy-prompts",
+        "--max-new-tokens",
+        "4",
+    )
     assert set(no_reference) == top and set(no_reference["metrics"]) == set(POLICY_METRICS)
     m, skipped = no_reference["metrics"], no_reference["skipped"]
     assert m["reward_greedy_mean"] is not None and m["reward_sampled_mean"] is not None
@@ -417,8 +524,17 @@ def test_json_keys_are_stable_and_skips_are_explained(cli_run, models):
         assert m[key] is None and "--reference" in skipped[key]
     assert no_reference["pairs"] == 0 and no_reference["prompts"] == 4
 
-    no_reward = _eval_json(cli_run, "--model", str(models["policy"]), "--reference", str(models["policy"]),
-                           "--dataset", "toy-prefs", "--max-new-tokens", "4")
+    no_reward = _eval_json(
+        cli_run,
+        "--model",
+        str(models["policy"]),
+        "--reference",
+        str(models["policy"]),
+        "--dataset",
+        "toy-prefs",
+        "--max-new-tokens",
+        "4",
+    )
     assert no_reward["metrics"]["reward_greedy_mean"] is None and "reward" in no_reward["skipped"]["win_rate"]
     assert no_reward["metrics"]["kl_per_token"] is not None
 
@@ -433,17 +549,20 @@ def test_table_output(cli_run, models):
 # Bad input
 
 
-@pytest.mark.parametrize("args, expected", [
-    (["--model", "/no/such/dir"], "model path not found"),
-    (["--model", "{policy}", "--reward-model", "{policy}"], "--reward-model must be a reward model"),
-    (["--model", "{policy}", "--reference", "{zero_rm}"], "--reference must be a causal LM"),
-    (["--model", "{policy}", "--dataset", "toy-prompts"], "nothing to measure"),
-    (["--model", "{zero_rm}", "--reference", "{policy}"], "--reference is for evaluating a policy"),
-    (["--model", "{zero_rm}", "--dataset", "nope"], "unknown dataset 'nope'"),
-    (["--model", "{zero_rm}", "--dataset", "toy-prompts"], "needs preference pairs"),
-    (["--model", "{policy}", "--reward", "markr"], "did you mean 'marker'"),
-    (["--model", "{zero_rm}", "--limit", "0"], "--limit: must be >= 1"),
-])
+@pytest.mark.parametrize(
+    "args, expected",
+    [
+        (["--model", "/no/such/dir"], "model path not found"),
+        (["--model", "{policy}", "--reward-model", "{policy}"], "--reward-model must be a reward model"),
+        (["--model", "{policy}", "--reference", "{zero_rm}"], "--reference must be a causal LM"),
+        (["--model", "{policy}", "--dataset", "toy-prompts"], "nothing to measure"),
+        (["--model", "{zero_rm}", "--reference", "{policy}"], "--reference is for evaluating a policy"),
+        (["--model", "{zero_rm}", "--dataset", "nope"], "unknown dataset 'nope'"),
+        (["--model", "{zero_rm}", "--dataset", "toy-prompts"], "needs preference pairs"),
+        (["--model", "{policy}", "--reward", "markr"], "did you mean 'marker'"),
+        (["--model", "{zero_rm}", "--limit", "0"], "--limit: must be >= 1"),
+    ],
+)
 def test_bad_input_is_one_line(cli_run, models, args, expected):
     result = cli_run("eval", *[a.format(**{k: str(v) for k, v in models.items()}) for a in args])
     assert result.exit_code == 2
@@ -453,9 +572,11 @@ def test_bad_input_is_one_line(cli_run, models, args, expected):
 
 
 def test_eval_help_does_not_import_torch():
-    code = ("import sys; from easyrlhf_core.cli import cli\n"
-            "try:\n    cli(['eval', '--help'])\nexcept SystemExit:\n    pass\n"
-            "assert 'torch' not in sys.modules, 'torch imported'")
+    code = (
+        "import sys; from easyrlhf_core.cli import cli\n"
+        "try:\n    cli(['eval', '--help'])\nexcept SystemExit:\n    pass\n"
+        "assert 'torch' not in sys.modules, 'torch imported'"
+    )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
     assert "--reference" in result.stdout

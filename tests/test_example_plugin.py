@@ -45,10 +45,29 @@ def test_example_plugin_trains_through_easyrlhf_run(kto_installed, cli_run, tiny
     from transformers import AutoModelForCausalLM
 
     out = tmp_path / "kto"
-    result = cli_run("run", "--method", "kto", "--model", str(tiny_model_dir), "--dataset", "hh-rlhf",
-                     "--max-steps", "2", "--output-dir", str(out), "--set", "max_train_samples=16",
-                     "--set", "max_eval_samples=4", "--set", "max_length=128", "--set", "learning_rate=1e-3",
-                     "--set", "per_device_train_batch_size=4")
+    result = cli_run(
+        "run",
+        "--method",
+        "kto",
+        "--model",
+        str(tiny_model_dir),
+        "--dataset",
+        "hh-rlhf",
+        "--max-steps",
+        "2",
+        "--output-dir",
+        str(out),
+        "--set",
+        "max_train_samples=16",
+        "--set",
+        "max_eval_samples=4",
+        "--set",
+        "max_length=128",
+        "--set",
+        "learning_rate=1e-3",
+        "--set",
+        "per_device_train_batch_size=4",
+    )
     assert result.exit_code == 0, result.stderr
     before = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
     after = AutoModelForCausalLM.from_pretrained(out / "model")

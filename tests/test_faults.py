@@ -35,9 +35,30 @@ def pairs(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def sft_args(model: Path, data: Path, out: Path, *extra: str) -> list[str]:
-    return ["run", "--method", "sft", "--model", str(model), "--dataset", "jsonl", "--data-files", str(data),
-            "--output-dir", str(out), "--set", "max_length=64", "--set", "per_device_train_batch_size=2",
-            "--set", "eval_fraction=0", "--set", "final_eval=false", "--seed", "3", *extra]
+    return [
+        "run",
+        "--method",
+        "sft",
+        "--model",
+        str(model),
+        "--dataset",
+        "jsonl",
+        "--data-files",
+        str(data),
+        "--output-dir",
+        str(out),
+        "--set",
+        "max_length=64",
+        "--set",
+        "per_device_train_batch_size=2",
+        "--set",
+        "eval_fraction=0",
+        "--set",
+        "final_eval=false",
+        "--seed",
+        "3",
+        *extra,
+    ]
 
 
 def error_lines(result) -> list[str]:
@@ -57,8 +78,9 @@ def small_disk(tmp_path: Path):
     mount.mkdir()
     if os.geteuid() != 0 or shutil.which("mount") is None:
         pytest.skip("mounting a small tmpfs needs root")
-    made = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1M", "tmpfs", str(mount)], capture_output=True,
-                          text=True, check=False)
+    made = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=1M", "tmpfs", str(mount)], capture_output=True, text=True, check=False
+    )
     if made.returncode != 0:
         pytest.skip(f"cannot mount a tmpfs here: {made.stderr.strip()}")
     yield mount
@@ -75,8 +97,10 @@ def test_a_full_disk_while_checkpointing_on_a_real_small_disk(small_disk, cli_ru
     kept = latest_checkpoint(out / "checkpoints")
     assert kept is not None and checkpoint_problem(kept) is None
     failed = f"checkpoint-{int(kept.name.split('-')[1]) + 2}"
-    assert line.startswith(f"Error: {out / 'checkpoints'}: the disk is full: writing {failed} ran out of space "
-                           f"(a checkpoint of this run takes about "), line
+    assert line.startswith(
+        f"Error: {out / 'checkpoints'}: the disk is full: writing {failed} ran out of space "
+        f"(a checkpoint of this run takes about "
+    ), line
     assert f"KB (the size of {kept.name}), " in line and " KB free there) (the partial one was removed)" in line
     assert f"the newest complete checkpoint, {kept}, is intact" in line and line.endswith("continue with --resume")
     assert not (out / "checkpoints" / failed).exists() and not (out / "COMPLETE").exists()
@@ -95,8 +119,7 @@ def _no_space(*_args, **_kwargs):
 
 
 @pytest.mark.parametrize("where", ["checkpoint", "final model"])
-def test_a_full_disk_reported_by_safetensors_is_one_line(where, cli_run, tiny_model_dir, pairs, tmp_path,
-                                                         monkeypatch):
+def test_a_full_disk_reported_by_safetensors_is_one_line(where, cli_run, tiny_model_dir, pairs, tmp_path, monkeypatch):
     """The library's exception type and text, raised where the real save raises it (always runs)."""
     from transformers import modeling_utils
 
@@ -120,8 +143,10 @@ def test_a_full_disk_reported_by_safetensors_is_one_line(where, cli_run, tiny_mo
     assert "SafetensorError" not in line
     if where == "checkpoint":
         kept = out / "checkpoints" / "checkpoint-2"
-        assert line.startswith(f"Error: {out / 'checkpoints'}: the disk is full: writing checkpoint-4 ran out of "
-                               f"space (a checkpoint of this run takes about "), line
+        assert line.startswith(
+            f"Error: {out / 'checkpoints'}: the disk is full: writing checkpoint-4 ran out of "
+            f"space (a checkpoint of this run takes about "
+        ), line
         assert f"the newest complete checkpoint, {kept}, is intact" in line
         assert checkpoint_problem(kept) is None and not (out / "checkpoints" / "checkpoint-4").exists()
     else:
@@ -163,22 +188,31 @@ class BoomPlugin:
         register(BoomMethod)
 
 
-@pytest.mark.parametrize("mode, cause", [("memory", "MemoryError"),
-                                         ("cuda", "OutOfMemoryError: CUDA out of memory. Tried to allocate 2.00 GiB")])
+@pytest.mark.parametrize(
+    "mode, cause",
+    [("memory", "MemoryError"), ("cuda", "OutOfMemoryError: CUDA out of memory. Tried to allocate 2.00 GiB")],
+)
 def test_out_of_memory_names_the_levers_and_the_checkpoint(mode, cause, cli_run, easyrlhf_plugin, tmp_path):
     easyrlhf_plugin("echo-test", EchoPlugin)
     easyrlhf_plugin("boom-test", BoomPlugin)
     out = tmp_path / "run"
-    result = cli_run("run", "--method", "boom", "--dataset", "test-prompts", "--output-dir", str(out),
-                     "--set", f"mode={mode}")
+    result = cli_run(
+        "run", "--method", "boom", "--dataset", "test-prompts", "--output-dir", str(out), "--set", f"mode={mode}"
+    )
     assert result.exit_code == 2, result.stderr
     line = error_lines(result)[0]
     assert line.startswith(f"Error: out of memory during training ({cause}"), line
-    for lever in ("a smaller per_device_train_batch_size (now 4; raise gradient_accumulation_steps",
-                  "a smaller max_length (now 512)", "--gradient-checkpointing", "--lora"):
+    for lever in (
+        "a smaller per_device_train_batch_size (now 4; raise gradient_accumulation_steps",
+        "a smaller max_length (now 512)",
+        "--gradient-checkpointing",
+        "--lora",
+    ):
         assert lever in line, lever
-    assert line.endswith(f"the newest complete checkpoint, {out / 'checkpoints' / 'checkpoint-1'}, is intact: "
-                         f"continue with --resume after the change"), line
+    assert line.endswith(
+        f"the newest complete checkpoint, {out / 'checkpoints' / 'checkpoint-1'}, is intact: "
+        f"continue with --resume after the change"
+    ), line
 
 
 class FlakyReward(RewardFunction):
@@ -203,10 +237,28 @@ class FlakyPlugin:
 
 
 ONLINE_ARGS = {
-    "ppo": ["--set", "rollout_batch_size=2", "--set", "per_device_train_batch_size=2", "--set", "max_new_tokens=4",
-            "--set", "max_length=64", "--set", "ppo_epochs=1", "--set", "max_eval_samples=0"],
-    "grpo": ["--set", "per_device_train_batch_size=4", "--set", "num_generations=4",
-             "--set", "max_completion_length=4"],
+    "ppo": [
+        "--set",
+        "rollout_batch_size=2",
+        "--set",
+        "per_device_train_batch_size=2",
+        "--set",
+        "max_new_tokens=4",
+        "--set",
+        "max_length=64",
+        "--set",
+        "ppo_epochs=1",
+        "--set",
+        "max_eval_samples=0",
+    ],
+    "grpo": [
+        "--set",
+        "per_device_train_batch_size=4",
+        "--set",
+        "num_generations=4",
+        "--set",
+        "max_completion_length=4",
+    ],
 }
 
 
@@ -216,17 +268,39 @@ def test_a_reward_that_raises_during_training_is_named(method, cli_run, easyrlhf
     FlakyReward.calls = 0
     prompts = write_rows(tmp_path / "prompts.jsonl", [toy_prompt(i) for i in range(8)])
     out = tmp_path / method
-    result = cli_run("run", "--method", method, "--model", str(tiny_model_dir), "--dataset", "jsonl",
-                     "--data-files", str(prompts), "--output-dir", str(out), "--max-steps", "3", "--reward", "flaky",
-                     "--set", "eval_fraction=0", "--set", "save_steps=1", *ONLINE_ARGS[method])
+    result = cli_run(
+        "run",
+        "--method",
+        method,
+        "--model",
+        str(tiny_model_dir),
+        "--dataset",
+        "jsonl",
+        "--data-files",
+        str(prompts),
+        "--output-dir",
+        str(out),
+        "--max-steps",
+        "3",
+        "--reward",
+        "flaky",
+        "--set",
+        "eval_fraction=0",
+        "--set",
+        "save_steps=1",
+        *ONLINE_ARGS[method],
+    )
     assert result.exit_code == 2, result.stderr
     line = error_lines(result)[0]
     kept = out / "checkpoints" / "checkpoint-1"
-    assert line.startswith("Error: --reward: reward 'flaky' (tests.test_faults.FlakyReward) raised KeyError: "
-                           "'judge-api-token' while scoring "), line
+    assert line.startswith(
+        "Error: --reward: reward 'flaky' (tests.test_faults.FlakyReward) raised KeyError: "
+        "'judge-api-token' while scoring "
+    ), line
     assert "completions; fix the reward plugin or its options; " in line
-    assert line.endswith(f"the newest complete checkpoint, {kept}, is intact: continue with --resume once it is "
-                         f"fixed"), line
+    assert line.endswith(
+        f"the newest complete checkpoint, {kept}, is intact: continue with --resume once it is fixed"
+    ), line
     assert checkpoint_problem(kept) is None and not (out / "COMPLETE").exists()
 
 
@@ -238,8 +312,7 @@ class Payload:
     """Stands for any object a pickle can carry (and run code when unpickled)."""
 
 
-def test_a_pickled_weights_file_with_objects_is_refused_without_unsafe_advice(cli_run, tiny_model_dir, pairs,
-                                                                                tmp_path):
+def test_a_pickled_weights_file_with_objects_is_refused_without_unsafe_advice(cli_run, tiny_model_dir, pairs, tmp_path):
     import torch
     from safetensors.torch import load_file
 
@@ -252,19 +325,30 @@ def test_a_pickled_weights_file_with_objects_is_refused_without_unsafe_advice(cl
     result = cli_run(*sft_args(model, pairs, out, "--max-steps", "1"))
     assert result.exit_code == 2, result.stderr
     line = error_lines(result)[0]
-    assert line == (f"Error: {model / 'pytorch_model.bin'}: this file holds more than tensors (pickled Python "
-                    f"objects), and loading it could run code, so the safe loader refused it; get a safetensors "
-                    f"copy of the model (model.safetensors) from a trusted source")
+    assert line == (
+        f"Error: {model / 'pytorch_model.bin'}: this file holds more than tensors (pickled Python "
+        f"objects), and loading it could run code, so the safe loader refused it; get a safetensors "
+        f"copy of the model (model.safetensors) from a trusted source"
+    )
     assert "weights_only" not in result.stderr and "UnpicklingError" not in result.stderr
     assert not out.exists()  # failed before training: left as found
 
 
-@pytest.mark.parametrize("content, expected", [
-    (b"version https://git-lfs.github.com/spec/v1\noid sha256:abc\nsize 12345\n",
-     "this file is a git-lfs pointer, not the weights (the repository was cloned without git-lfs): run `git lfs "
-     "pull` there, or download the file again"),
-    (bytes(range(7, 200)), "this file is not a valid PyTorch weights file (truncated or damaged): download it again"),
-], ids=["lfs-pointer", "random-bytes"])
+@pytest.mark.parametrize(
+    "content, expected",
+    [
+        (
+            b"version https://git-lfs.github.com/spec/v1\noid sha256:abc\nsize 12345\n",
+            "this file is a git-lfs pointer, not the weights (the repository was cloned without git-lfs): run `git lfs "
+            "pull` there, or download the file again",
+        ),
+        (
+            bytes(range(7, 200)),
+            "this file is not a valid PyTorch weights file (truncated or damaged): download it again",
+        ),
+    ],
+    ids=["lfs-pointer", "random-bytes"],
+)
 def test_a_damaged_weights_file_is_not_called_dangerous(cli_run, tiny_model_dir, pairs, tmp_path, content, expected):
     model = tmp_path / "damaged-model"
     shutil.copytree(tiny_model_dir, model)
@@ -318,12 +402,18 @@ def test_resume_with_another_model_or_dataset_is_refused_naming_both(echo, cli_r
     base = ["--model", str(tiny_model_dir), "--dataset", "test-prompts"]
     before = _stopped_run(cli_run, out, *base)
     cases = {
-        "--model": (["--model", str(other), "--dataset", "test-prompts"],
-                    (f"Error: --model: this run was started with model {tiny_model_dir}, this command gives {other}; "
-                     f"--resume continues the same run: pass --model {tiny_model_dir}, or start a new run in another "
-                     f"--output-dir")),
-        "--dataset": (["--model", str(tiny_model_dir), "--dataset", "jsonl", "--data-files", str(tmp_path / "x")],
-                      "Error: --dataset: this run was started with dataset test-prompts, this command gives jsonl"),
+        "--model": (
+            ["--model", str(other), "--dataset", "test-prompts"],
+            (
+                f"Error: --model: this run was started with model {tiny_model_dir}, this command gives {other}; "
+                f"--resume continues the same run: pass --model {tiny_model_dir}, or start a new run in another "
+                f"--output-dir"
+            ),
+        ),
+        "--dataset": (
+            ["--model", str(tiny_model_dir), "--dataset", "jsonl", "--data-files", str(tmp_path / "x")],
+            "Error: --dataset: this run was started with dataset test-prompts, this command gives jsonl",
+        ),
     }
     for flag, (args, expected) in cases.items():
         result = cli_run(*echo_args(out, *args, "--resume"))
@@ -342,7 +432,10 @@ def test_resume_after_the_model_changed_on_disk_is_refused(echo, cli_run, tiny_m
     before = _stopped_run(cli_run, out, "--model", str(model), "--dataset", "test-prompts")
     recorded = json.loads((out / "inputs.json").read_text())
     assert recorded["model_path"] == str(model.resolve()) and set(recorded["model_fingerprint"]) == {
-        "config", "tokenizer", "weights"}
+        "config",
+        "tokenizer",
+        "weights",
+    }
     tokenizer = json.loads((model / "tokenizer.json").read_text())
     tokenizer["added_tokens"] = tokenizer["added_tokens"][:-1]
     (model / "tokenizer.json").write_text(json.dumps(tokenizer))
@@ -378,8 +471,9 @@ def test_resume_of_a_run_without_inputs_file_checks_the_names_in_its_config(echo
     (out / "COMPLETE").unlink()
     result = cli_run(*echo_args(out, "--model", str(tiny_model_dir), "--dataset", "test-prompts", "--resume"))
     assert result.exit_code == 2
-    assert error_lines(result)[0].startswith("Error: --model: this run was started with model (the default), this "
-                                             f"command gives {tiny_model_dir}")
+    assert error_lines(result)[0].startswith(
+        f"Error: --model: this run was started with model (the default), this command gives {tiny_model_dir}"
+    )
 
 
 def test_resume_names_inputs_by_their_resolved_paths_in_order(echo, cli_run, tiny_model_dir, tmp_path, monkeypatch):
@@ -391,26 +485,64 @@ def test_resume_names_inputs_by_their_resolved_paths_in_order(echo, cli_run, tin
     out = tmp_path / "run"
     files = f"{first},{second}"
     monkeypatch.chdir(tmp_path)
-    _stopped_run(cli_run, out, "--model", "models/m", "--dataset", "jsonl", "--data-files", files,
-                 "--set", "eval_fraction=0")
+    _stopped_run(
+        cli_run, out, "--model", "models/m", "--dataset", "jsonl", "--data-files", files, "--set", "eval_fraction=0"
+    )
     monkeypatch.chdir(tmp_path / "models")
     # the same model through ../ and through a symlink, the same files: one run
     for given in ("../models/m", str(tmp_path / "link")):
-        result = cli_run(*echo_args(out, "--model", given, "--dataset", "jsonl", "--data-files", files,
-                                    "--set", "eval_fraction=0", "--resume"))
+        result = cli_run(
+            *echo_args(
+                out,
+                "--model",
+                given,
+                "--dataset",
+                "jsonl",
+                "--data-files",
+                files,
+                "--set",
+                "eval_fraction=0",
+                "--resume",
+            )
+        )
         assert result.exit_code == 0, (given, result.stderr)
         (out / "COMPLETE").unlink()
     # the same files in another order read other rows in another order: refused
-    result = cli_run(*echo_args(out, "--model", str(model), "--dataset", "jsonl", "--data-files",
-                                f"{second},{first}", "--set", "eval_fraction=0", "--resume"))
+    result = cli_run(
+        *echo_args(
+            out,
+            "--model",
+            str(model),
+            "--dataset",
+            "jsonl",
+            "--data-files",
+            f"{second},{first}",
+            "--set",
+            "eval_fraction=0",
+            "--resume",
+        )
+    )
     assert result.exit_code == 2
-    assert error_lines(result)[0].startswith("Error: --data-files: this run was started with data_files "), \
+    assert error_lines(result)[0].startswith("Error: --data-files: this run was started with data_files "), (
         result.stderr
+    )
     # the same string from another directory names another model: refused
     elsewhere = tmp_path / "elsewhere" / "models" / "m"
     shutil.copytree(tiny_model_dir, elsewhere)
     monkeypatch.chdir(tmp_path / "elsewhere")
-    result = cli_run(*echo_args(out, "--model", "models/m", "--dataset", "jsonl", "--data-files", files,
-                                "--set", "eval_fraction=0", "--resume"))
+    result = cli_run(
+        *echo_args(
+            out,
+            "--model",
+            "models/m",
+            "--dataset",
+            "jsonl",
+            "--data-files",
+            files,
+            "--set",
+            "eval_fraction=0",
+            "--resume",
+        )
+    )
     assert result.exit_code == 2
     assert error_lines(result)[0].startswith("Error: --model: this run was started with model"), result.stderr

@@ -10,8 +10,16 @@ from types import SimpleNamespace
 import pytest
 
 #: What the leaky model's generation_config.json sets: every one of these would change the sampled tokens.
-LEAKY_SETTINGS = {"do_sample": True, "temperature": 0.5, "top_k": 3, "top_p": 0.8, "min_p": 0.2,
-                  "no_repeat_ngram_size": 2, "repetition_penalty": 1.5, "typical_p": 0.9}
+LEAKY_SETTINGS = {
+    "do_sample": True,
+    "temperature": 0.5,
+    "top_k": 3,
+    "top_p": 0.8,
+    "min_p": 0.2,
+    "no_repeat_ngram_size": 2,
+    "repetition_penalty": 1.5,
+    "typical_p": 0.9,
+}
 PROMPTS = [[{"role": "user", "content": "Hi there, how are you?"}], [{"role": "user", "content": "What is 2 + 2?"}]]
 
 
@@ -26,8 +34,13 @@ def leaky_model_dir(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFacto
     eos = tokenizer.eos_token_id
     keep = {eos, 100, 101}
     model.generation_config = GenerationConfig(
-        **LEAKY_SETTINGS, bos_token_id=tokenizer.bos_token_id, eos_token_id=eos, pad_token_id=tokenizer.pad_token_id,
-        bad_words_ids=[[100, 101]], suppress_tokens=[i for i in range(len(tokenizer)) if i not in keep])
+        **LEAKY_SETTINGS,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=eos,
+        pad_token_id=tokenizer.pad_token_id,
+        bad_words_ids=[[100, 101]],
+        suppress_tokens=[i for i in range(len(tokenizer)) if i not in keep],
+    )
     out = tmp_path_factory.mktemp("leaky-llama")
     model.save_pretrained(out)
     tokenizer.save_pretrained(out)
@@ -55,8 +68,9 @@ def _ppo_sample(model: object, tokenizer: object, seed: int = 3) -> list[list[in
 
     from easyrlhf_core import lm
 
-    config = generation_config(PPOConfig(max_new_tokens=8, temperature=0.9), tokenizer,
-                               lm.stop_token_ids(tokenizer, model))
+    config = generation_config(
+        PPOConfig(max_new_tokens=8, temperature=0.9), tokenizer, lm.stop_token_ids(tokenizer, model)
+    )
     ids, mask = _queries(tokenizer)
     torch.manual_seed(seed)
     with torch.no_grad():
@@ -71,7 +85,7 @@ def test_the_leaky_file_would_change_generation(leaky_model_dir):
     assert model.generation_config.min_p == 0.2 and model.generation_config.no_repeat_ngram_size == 2
     ids, mask = _queries(tokenizer)
     out = model.generate(input_ids=ids, attention_mask=mask, generation_config=GenerationConfig(max_new_tokens=4))
-    assert set(out[:, ids.shape[1]:].flatten().tolist()) <= {tokenizer.eos_token_id, 100, 101}
+    assert set(out[:, ids.shape[1] :].flatten().tolist()) <= {tokenizer.eos_token_id, 100, 101}
 
 
 def test_ppo_rollout_uses_our_settings_alone(tiny_model_dir, leaky_model_dir, monkeypatch):
@@ -93,7 +107,11 @@ def test_ppo_rollout_uses_our_settings_alone(tiny_model_dir, leaky_model_dir, mo
     sampled = _ppo_sample(leaky_model, tokenizer)
     config = used[-1]
     assert (config.min_p, config.no_repeat_ngram_size, config.repetition_penalty, config.typical_p) == (
-        None, 0, 1.0, 1.0)
+        None,
+        0,
+        1.0,
+        1.0,
+    )
     assert (config.bad_words_ids, config.suppress_tokens, config.top_k, config.top_p) == (None, None, 0, 1.0)
     assert config.temperature == 0.9
     assert sampled == _ppo_sample(clean_model, tokenizer)
@@ -116,11 +134,12 @@ def test_ppo_sampled_log_probs_are_the_scored_ones(leaky_model_dir):
     torch.manual_seed(0)
     with torch.no_grad(), lm.model_defaults_hidden(model):
         out = model.generate(input_ids=ids, attention_mask=mask, generation_config=config)
-        new = out.sequences[:, ids.shape[1]:]
+        new = out.sequences[:, ids.shape[1] :]
         full = torch.cat([ids, new], dim=1)
         full_mask = torch.cat([mask, torch.ones_like(new)], dim=1)
-        logits = model(input_ids=full, attention_mask=full_mask,
-                       position_ids=(full_mask.cumsum(-1) - 1).clamp(min=0)).logits[:, ids.shape[1] - 1:-1]
+        logits = model(
+            input_ids=full, attention_mask=full_mask, position_ids=(full_mask.cumsum(-1) - 1).clamp(min=0)
+        ).logits[:, ids.shape[1] - 1 : -1]
     scored = lm.logprobs_from_logits(logits, new, temperature=0.9)
     sampled = lm.logprobs_from_logits(torch.stack(out.scores, dim=1), new)  # the processed scores sampling used
     live = new != tokenizer.eos_token_id
@@ -166,15 +185,22 @@ def test_chat_reply_uses_our_settings_alone(tiny_model_dir, leaky_model_dir):
 
 
 @pytest.mark.parametrize("wrap_in_lora", [False, True])
-def test_pinned_model_ignores_its_file_in_generate_calls_we_do_not_own(tiny_model_dir, leaky_model_dir,
-                                                                       wrap_in_lora):
+def test_pinned_model_ignores_its_file_in_generate_calls_we_do_not_own(tiny_model_dir, leaky_model_dir, wrap_in_lora):
     """What grpo/rloo do to TRL's ``generate`` calls (TRL passes a config that leaves min_p etc. unset)."""
     from transformers import GenerationConfig
 
     from easyrlhf_core.lm import pin_generation
 
-    trl_like = GenerationConfig(max_new_tokens=6, do_sample=False, eos_token_id=[2], pad_token_id=2, top_k=0,
-                                top_p=1.0, temperature=1.0, repetition_penalty=1.0)
+    trl_like = GenerationConfig(
+        max_new_tokens=6,
+        do_sample=False,
+        eos_token_id=[2],
+        pad_token_id=2,
+        top_k=0,
+        top_p=1.0,
+        temperature=1.0,
+        repetition_penalty=1.0,
+    )
     outputs = []
     for path in (tiny_model_dir, leaky_model_dir):
         model, tokenizer = _load(path)
@@ -196,8 +222,19 @@ def test_pinned_model_ignores_its_file_in_generate_calls_we_do_not_own(tiny_mode
 @pytest.mark.parametrize("setting", ["top_k=20", "top_p=0.9"])
 def test_grpo_and_rloo_refuse_filtered_sampling(cli_run, tiny_model_dir, tmp_path, method, setting):
     out = tmp_path / "never"
-    result = cli_run("run", "--method", method, "--model", str(tiny_model_dir), "--reward", "length",
-                     "--set", setting, "--output-dir", str(out))
+    result = cli_run(
+        "run",
+        "--method",
+        method,
+        "--model",
+        str(tiny_model_dir),
+        "--reward",
+        "length",
+        "--set",
+        setting,
+        "--output-dir",
+        str(out),
+    )
     key = setting.split("=")[0]
     assert result.exit_code == 2
     assert result.stderr.startswith(f"Error: --set {key}: ") and "must be" in result.stderr
@@ -262,8 +299,9 @@ def test_ppo_grpo_and_eval_hand_the_reward_the_same_text(tiny_model_dir, monkeyp
     TRLRewardFunc(WeightedReward(reward, 1.0, "rec"))([prompt], [[{"role": "assistant", "content": " 4\n"}]])
     # eval: the generated answer's text, scored as a completion
     monkeypatch.setattr(generation, "generate", lambda *args: response)
-    answer, = generation.generate_answers(load_causal_lm(str(tiny_model_dir)), tokenizer,
-                                          [tokenizer.encode("What is 2 + 2?")], 4)
+    (answer,) = generation.generate_answers(
+        load_causal_lm(str(tiny_model_dir)), tokenizer, [tokenizer.encode("What is 2 + 2?")], 4
+    )
     reward.score([prompt], [as_completion(answer.text)])
 
     assert reward.seen == ["4", "4", "4"]

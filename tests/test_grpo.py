@@ -25,10 +25,34 @@ def prompts(tmp_path_factory) -> Path:
 
 
 def args(method: str, model: Path, data: Path, out: Path, *extra: str) -> list[str]:
-    return ["run", "--method", method, "--model", str(model), "--dataset", "jsonl", "--data-files", str(data),
-            "--output-dir", str(out), "--set", "eval_fraction=0", "--set", "max_completion_length=8",
-            "--set", "save_steps=0", "--set", "learning_rate=1e-2", "--set", "per_device_train_batch_size=8",
-            "--set", "num_generations=4", "--seed", "3", *extra]
+    return [
+        "run",
+        "--method",
+        method,
+        "--model",
+        str(model),
+        "--dataset",
+        "jsonl",
+        "--data-files",
+        str(data),
+        "--output-dir",
+        str(out),
+        "--set",
+        "eval_fraction=0",
+        "--set",
+        "max_completion_length=8",
+        "--set",
+        "save_steps=0",
+        "--set",
+        "learning_rate=1e-2",
+        "--set",
+        "per_device_train_batch_size=8",
+        "--set",
+        "num_generations=4",
+        "--seed",
+        "3",
+        *extra,
+    ]
 
 
 @dataclass
@@ -67,8 +91,20 @@ def _one_thread(one_torch_thread):
 @pytest.mark.parametrize("method", ["grpo", "rloo"])
 def test_a_rule_based_reward_is_learned(method, cli_run, tiny_model_dir, prompts, tmp_path):
     out = tmp_path / method
-    result = cli_run(*args(method, tiny_model_dir, prompts, out, "--reward", "count-letter",
-                           "--set", "reward_options.letter=e", "--max-steps", "24"))
+    result = cli_run(
+        *args(
+            method,
+            tiny_model_dir,
+            prompts,
+            out,
+            "--reward",
+            "count-letter",
+            "--set",
+            "reward_options.letter=e",
+            "--max-steps",
+            "24",
+        )
+    )
     assert result.exit_code == 0, result.stderr
     rows = train_rows(out)
     key = "rewards/count-letter/mean"
@@ -84,16 +120,31 @@ def test_a_rule_based_reward_is_learned(method, cli_run, tiny_model_dir, prompts
 def test_weighted_rewards_combine_as_documented(cli_run, tiny_model_dir, prompts, tmp_path):
     out = tmp_path / "weighted"
     config = tmp_path / "rewards.yaml"
-    config.write_text("rewards:\n  - {reward: count-letter, weight: 2.0, options: {letter: a}}\n"
-                      "  - {reward: length, weight: 0.5, options: {target: 3}}\n")
+    config.write_text(
+        "rewards:\n  - {reward: count-letter, weight: 2.0, options: {letter: a}}\n"
+        "  - {reward: length, weight: 0.5, options: {target: 3}}\n"
+    )
     result = cli_run(*args("grpo", tiny_model_dir, prompts, out, "--config", str(config), "--max-steps", "2"))
     assert result.exit_code == 0, result.stderr
     assert "grpo: rewards count-letter x 2, length x 0.5" in result.stderr
     for row in train_rows(out):  # the logged reward is the weighted sum of the per-function means
-        assert row["reward"] == pytest.approx(2.0 * row["rewards/count-letter/mean"] +
-                                              0.5 * row["rewards/length/mean"], rel=1e-4, abs=1e-5)
-    several = cli_run(*args("rloo", tiny_model_dir, prompts, tmp_path / "flags", "--reward", "count-letter",
-                            "--reward", "length", "--max-steps", "1"))
+        assert row["reward"] == pytest.approx(
+            2.0 * row["rewards/count-letter/mean"] + 0.5 * row["rewards/length/mean"], rel=1e-4, abs=1e-5
+        )
+    several = cli_run(
+        *args(
+            "rloo",
+            tiny_model_dir,
+            prompts,
+            tmp_path / "flags",
+            "--reward",
+            "count-letter",
+            "--reward",
+            "length",
+            "--max-steps",
+            "1",
+        )
+    )
     assert several.exit_code == 0, several.stderr
     assert {"rewards/count-letter/mean", "rewards/length/mean"} <= set(train_rows(tmp_path / "flags")[0])
 
@@ -106,31 +157,56 @@ def test_match_reads_the_dataset_column(cli_run, tiny_model_dir, prompts, tmp_pa
     columns = {"answer": ["42", "8", "1", 3]}
     assert match.score([[]] * 4, completions, columns=columns) == [1.0, 0.0, 0.0, 1.0]
     tagged = MatchReward(pattern=r"<answer>(.*?)</answer>")
-    assert tagged.score([[]] * 2, ["<answer>Paris</answer>", "Paris"],
-                        columns={"answer": ["paris", "Paris"]}) == [1.0, 0.0]
+    assert tagged.score([[]] * 2, ["<answer>Paris</answer>", "Paris"], columns={"answer": ["paris", "Paris"]}) == [
+        1.0,
+        0.0,
+    ]
     out = tmp_path / "match"
     result = cli_run(*args("grpo", tiny_model_dir, prompts, out, "--reward", "match", "--max-steps", "1"))
     assert result.exit_code == 0, result.stderr
     assert "rewards/match/mean" in train_rows(out)[0]
-    missing = cli_run(*args("grpo", tiny_model_dir, prompts, tmp_path / "missing", "--reward", "match",
-                            "--set", "reward_options.column=solution", "--max-steps", "1"))
+    missing = cli_run(
+        *args(
+            "grpo",
+            tiny_model_dir,
+            prompts,
+            tmp_path / "missing",
+            "--reward",
+            "match",
+            "--set",
+            "reward_options.column=solution",
+            "--max-steps",
+            "1",
+        )
+    )
     assert missing.exit_code != 0 and "no column 'solution'" in missing.stderr
 
 
-@pytest.mark.parametrize("extra, message", [
-    (["--set", "num_generations=1"], "at least 2"),
-    (["--set", "use_vllm=true"], "use_vllm needs"),
-    (["--set", "loss_type=ppo"], "one of 'grpo', 'dr_grpo', 'dapo'"),
-    (["--set", "reward_options.letter=e"], "a reward is needed"),
-    (["--set", "rewards=[{reward: length, wieght: 2}]"], "unknown key(s) wieght"),
-    (["--reward", "count-letter", "--set", "reward_options.lettr=e"],
-     "unknown option(s) lettr (did you mean 'letter'?)"),
-    (["--reward", "count-letter", "--reward", "length", "--set", "reward_options.target=3"], "with several rewards"),
-])
+@pytest.mark.parametrize(
+    "extra, message",
+    [
+        (["--set", "num_generations=1"], "at least 2"),
+        (["--set", "use_vllm=true"], "use_vllm needs"),
+        (["--set", "loss_type=ppo"], "one of 'grpo', 'dr_grpo', 'dapo'"),
+        (["--set", "reward_options.letter=e"], "a reward is needed"),
+        (["--set", "rewards=[{reward: length, wieght: 2}]"], "unknown key(s) wieght"),
+        (
+            ["--reward", "count-letter", "--set", "reward_options.lettr=e"],
+            "unknown option(s) lettr (did you mean 'letter'?)",
+        ),
+        (
+            ["--reward", "count-letter", "--reward", "length", "--set", "reward_options.target=3"],
+            "with several rewards",
+        ),
+    ],
+)
 def test_bad_configs_fail_before_anything_is_written(cli_run, tiny_model_dir, prompts, tmp_path, extra, message):
     out = tmp_path / "never"
-    reward = ([] if any(a.startswith(("--reward", "rewards=")) or "reward_options" in a for a in extra)
-              else ["--reward", "length"])
+    reward = (
+        []
+        if any(a.startswith(("--reward", "rewards=")) or "reward_options" in a for a in extra)
+        else ["--reward", "length"]
+    )
     result = cli_run(*args("grpo", tiny_model_dir, prompts, out, *reward, *extra))
     assert result.exit_code == 2, result.stderr
     assert result.stderr.startswith("Error:") and message in result.stderr, result.stderr
@@ -158,8 +234,21 @@ def test_resume_after_sigkill_matches_an_uninterrupted_run(tiny_model_dir, promp
 
 def test_two_processes_stay_in_sync(tiny_model_dir, prompts, tmp_path):
     out = tmp_path / "two"
-    result = run_easyrlhf(args("rloo", tiny_model_dir, prompts, out, "--reward", "length", "--max-steps", "2",
-                               "--set", "per_device_train_batch_size=4"), num_processes=2)
+    result = run_easyrlhf(
+        args(
+            "rloo",
+            tiny_model_dir,
+            prompts,
+            out,
+            "--reward",
+            "length",
+            "--max-steps",
+            "2",
+            "--set",
+            "per_device_train_batch_size=4",
+        ),
+        num_processes=2,
+    )
     assert result.returncode == 0, result.stderr
     checksums = result.rank_checksums
     assert len(checksums) == 2 and checksums[0] == checksums[1], result.stderr
@@ -188,23 +277,48 @@ def test_the_arithmetic_dataset_pairs_with_match(easyrlhf_cli):
 
 def test_ppo_reads_the_dataset_columns_too(cli_run, tiny_model_dir, tmp_path):
     out = tmp_path / "ppo-match"
-    result = cli_run("run", "--method", "ppo", "--model", str(tiny_model_dir), "--dataset", "arithmetic", "--reward",
-                     "match", "--max-steps", "1", "--output-dir", str(out), "--set", "max_new_tokens=4",
-                     "--set", "rollout_batch_size=4", "--set", "max_train_samples=8", "--set", "max_eval_samples=0",
-                     "--set", "save_steps=0")
+    result = cli_run(
+        "run",
+        "--method",
+        "ppo",
+        "--model",
+        str(tiny_model_dir),
+        "--dataset",
+        "arithmetic",
+        "--reward",
+        "match",
+        "--max-steps",
+        "1",
+        "--output-dir",
+        str(out),
+        "--set",
+        "max_new_tokens=4",
+        "--set",
+        "rollout_batch_size=4",
+        "--set",
+        "max_train_samples=8",
+        "--set",
+        "max_eval_samples=0",
+        "--set",
+        "save_steps=0",
+    )
     assert result.exit_code == 0, result.stderr
     row = json.loads((out / "metrics.jsonl").read_text().splitlines()[0])
     assert 0.0 - 1.0 <= row["score"] <= 1.0  # match scores in {0, 1}, minus the missing-EOS penalty
 
 
-def test_a_batch_that_does_not_split_into_groups_is_one_line_and_leaves_nothing(cli_run, tiny_model_dir, prompts,
-                                                                               tmp_path):
+def test_a_batch_that_does_not_split_into_groups_is_one_line_and_leaves_nothing(
+    cli_run, tiny_model_dir, prompts, tmp_path
+):
     out = tmp_path / "never"
     result = cli_run(*args("grpo", tiny_model_dir, prompts, out, "--reward", "length", "--set", "num_generations=3"))
     assert result.exit_code == 2  # TRL's check (it counts every process), in our voice
     errors = [line for line in result.stderr.splitlines() if line.startswith("Error:")]
-    assert (len(errors) == 1 and errors[0].startswith("Error: num_generations: ")
-            and "multiple of num_generations" in errors[0])
+    assert (
+        len(errors) == 1
+        and errors[0].startswith("Error: num_generations: ")
+        and "multiple of num_generations" in errors[0]
+    )
     assert "Traceback" not in result.stderr and not out.exists()
 
 
@@ -215,11 +329,29 @@ def test_prompts_too_long_for_a_completion_are_dropped_and_counted(method, cli_r
     rows = [{"prompt": q} for q in QUESTIONS] + [{"prompt": "word " * 200}]
     data = write_rows(tmp_path / "prompts.jsonl", rows)
     out = tmp_path / method
-    common = ["--set", "eval_fraction=0", "--set", "max_length=64", "--set", "save_steps=0", "--max-steps", "1",
-              "--reward", "length", "--output-dir", str(out), "--dataset", "jsonl", "--data-files", str(data)]
-    shape = (["--set", "max_completion_length=8", "--set", "num_generations=4", "--set",
-              "per_device_train_batch_size=4"] if method == "grpo" else
-             ["--set", "max_new_tokens=8", "--set", "rollout_batch_size=4"])
+    common = [
+        "--set",
+        "eval_fraction=0",
+        "--set",
+        "max_length=64",
+        "--set",
+        "save_steps=0",
+        "--max-steps",
+        "1",
+        "--reward",
+        "length",
+        "--output-dir",
+        str(out),
+        "--dataset",
+        "jsonl",
+        "--data-files",
+        str(data),
+    ]
+    shape = (
+        ["--set", "max_completion_length=8", "--set", "num_generations=4", "--set", "per_device_train_batch_size=4"]
+        if method == "grpo"
+        else ["--set", "max_new_tokens=8", "--set", "rollout_batch_size=4"]
+    )
     result = cli_run("run", "--method", method, "--model", str(tiny_model_dir), *common, *shape)
     assert result.exit_code == 0, result.stderr
     assert "data: dropped 1 training prompts longer than max_length - " in result.stderr
@@ -234,6 +366,8 @@ def test_no_prompt_that_fits_is_one_line_naming_max_length(cli_run, tiny_model_d
     result = cli_run(*args("grpo", tiny_model_dir, data, out, "--reward", "length", "--set", "max_length=64"))
     assert result.exit_code == 2
     errors = [line for line in result.stderr.splitlines() if line.startswith("Error:")]
-    assert errors == ["Error: max_length: every training prompt is longer than max_length - max_completion_length "
-                      "= 56 tokens; raise max_length"], result.stderr
+    assert errors == [
+        "Error: max_length: every training prompt is longer than max_length - max_completion_length "
+        "= 56 tokens; raise max_length"
+    ], result.stderr
     assert not out.exists()

@@ -30,16 +30,22 @@ _run.StopSignals.requested = requested
 
 
 @pytest.mark.parametrize("num_processes", [1, 2])
-def test_a_second_sigterm_ends_a_blocked_run_at_once_with_the_checkpoint_intact(num_processes, tiny_model_dir,
-                                                                                tmp_path, monkeypatch):
+def test_a_second_sigterm_ends_a_blocked_run_at_once_with_the_checkpoint_intact(
+    num_processes, tiny_model_dir, tmp_path, monkeypatch
+):
     site = tmp_path / "site"
     site.mkdir()
     (site / "sitecustomize.py").write_text(BLOCK_AT_STEP_2, encoding="utf-8")
     monkeypatch.setenv("PYTHONPATH", str(site))
     data = write_rows(tmp_path / "pairs.jsonl", [toy_pair(i) for i in range(16)])
     out = tmp_path / "run"
-    args = [*trainer_run_args("sft", tiny_model_dir, data, out, per_device=2, steps=20), "--set", "save_steps=1",
-            "--set", "eval_fraction=0"]
+    args = [
+        *trainer_run_args("sft", tiny_model_dir, data, out, per_device=2, steps=20),
+        "--set",
+        "save_steps=1",
+        "--set",
+        "eval_fraction=0",
+    ]
     running = RunningProcess(args, num_processes=num_processes)
     checkpoint = out / "checkpoints" / "checkpoint-1"
     running.wait_until(lambda: (checkpoint / "COMPLETE").is_file(), what="checkpoint-1")
@@ -53,8 +59,10 @@ def test_a_second_sigterm_ends_a_blocked_run_at_once_with_the_checkpoint_intact(
     assert time.monotonic() - started < 30
     assert result.returncode == 143, result.stderr
     errors = [line for line in result.stderr.splitlines() if "Error" in line]
-    assert errors == [f"Error: SIGTERM: stopped at once by a second signal (the step in progress is lost); the "
-                      f"newest complete checkpoint, {checkpoint}, is intact: continue with --resume"], result.stderr
+    assert errors == [
+        f"Error: SIGTERM: stopped at once by a second signal (the step in progress is lost); the "
+        f"newest complete checkpoint, {checkpoint}, is intact: continue with --resume"
+    ], result.stderr
     assert "Traceback" not in result.stderr
     assert (checkpoint / "COMPLETE").is_file() and (checkpoint / "model.safetensors").is_file()
 
@@ -77,8 +85,9 @@ _run.StopSignals.requested = requested
 """
 
 
-def test_a_collective_waiting_past_collective_timeout_is_one_line_naming_the_rank_and_the_call(tiny_model_dir,
-                                                                                             tmp_path, monkeypatch):
+def test_a_collective_waiting_past_collective_timeout_is_one_line_naming_the_rank_and_the_call(
+    tiny_model_dir, tmp_path, monkeypatch
+):
     from tests.subprocess_runs import run_easyrlhf
 
     site = tmp_path / "site"
@@ -87,19 +96,27 @@ def test_a_collective_waiting_past_collective_timeout_is_one_line_naming_the_ran
     monkeypatch.setenv("PYTHONPATH", str(site))
     data = write_rows(tmp_path / "pairs.jsonl", [toy_pair(i) for i in range(16)])
     out = tmp_path / "run"
-    args = [*trainer_run_args("sft", tiny_model_dir, data, out, per_device=2, steps=20), "--set", "save_steps=1",
-            "--set", "eval_fraction=0", "--set", "collective_timeout=20"]
+    args = [
+        *trainer_run_args("sft", tiny_model_dir, data, out, per_device=2, steps=20),
+        "--set",
+        "save_steps=1",
+        "--set",
+        "eval_fraction=0",
+        "--set",
+        "collective_timeout=20",
+    ]
     started = time.monotonic()
     result = run_easyrlhf(args, num_processes=2, timeout=400)
     assert time.monotonic() - started < 300
     assert result.returncode == 2, result.stderr
     errors = [line for line in result.stderr.splitlines() if "Error" in line]
     checkpoint = out / "checkpoints" / "checkpoint-1"
-    assert errors == [f"Error: rank 0: all_reduce waited longer than collective_timeout=20s for the other ranks, "
-                      f"which never joined it (one is stuck, was killed or lost its network, or the ranks ran "
-                      f"different code paths); the newest complete checkpoint, {checkpoint}, is intact: continue "
-                      f"with --resume (raise collective_timeout if a step can legitimately take that long)"], \
-        result.stderr
+    assert errors == [
+        f"Error: rank 0: all_reduce waited longer than collective_timeout=20s for the other ranks, "
+        f"which never joined it (one is stuck, was killed or lost its network, or the ranks ran "
+        f"different code paths); the newest complete checkpoint, {checkpoint}, is intact: continue "
+        f"with --resume (raise collective_timeout if a step can legitimately take that long)"
+    ], result.stderr
     assert "Traceback" not in result.stderr
     assert (checkpoint / "COMPLETE").is_file()
 

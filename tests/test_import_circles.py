@@ -16,7 +16,8 @@ CHECKER = ROOT.parent / "shared" / "tools" / "import_circles.py"
 @pytest.mark.skipif(not CHECKER.is_file(), reason="the shared import-circle checker is not beside this checkout")
 @pytest.mark.parametrize("package", ["easyrlhf_core", "plugins/easyrlhf_plugins"])
 def test_no_import_circles(package):
-    result = subprocess.run([sys.executable, str(CHECKER), package], cwd=ROOT, capture_output=True, text=True,
-                            timeout=120)
+    result = subprocess.run(
+        [sys.executable, str(CHECKER), package], cwd=ROOT, capture_output=True, text=True, timeout=120
+    )
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip().splitlines()[-1] == "circles: 0", result.stdout

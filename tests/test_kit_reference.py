@@ -18,12 +18,15 @@ PLUGINS_DOC = ROOT / "docs" / "plugins.md"
 
 def test_kit_md_is_generated_from_the_code():
     assert kit_reference.DOC.read_text(encoding="utf-8") == kit_reference.render(), (
-        f"docs/kit.md is stale: run `{kit_reference.COMMAND}`")
+        f"docs/kit.md is stale: run `{kit_reference.COMMAND}`"
+    )
 
 
 def test_the_generator_imports_no_kit_module():
-    code = ("import sys; from easyrlhf_core import kit_reference; kit_reference.render(); "
-            "print(sorted(m for m in ('torch', 'transformers', 'trl', 'easyrlhf_core.run') if m in sys.modules))")
+    code = (
+        "import sys; from easyrlhf_core import kit_reference; kit_reference.render(); "
+        "print(sorted(m for m in ('torch', 'transformers', 'trl', 'easyrlhf_core.run') if m in sys.modules))"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=ROOT)
     assert out.stdout.strip() == "[]"
 
@@ -70,15 +73,22 @@ def test_every_core_name_a_built_in_imports_is_documented_and_public():
     assert len(uses) > 50  # the walk found the plugins
     assert ("easyrlhf_core.kit.rl_math", "gae_advantages") in uses  # module attributes, two levels deep
     assert ("easyrlhf_core.lm", "logprobs_from_logits") in uses
-    missing = [f"{module}.{name} ({where})" for (module, name), where in sorted(uses.items())
-               if name not in public.get(module, [])]
+    missing = [
+        f"{module}.{name} ({where})"
+        for (module, name), where in sorted(uses.items())
+        if name not in public.get(module, [])
+    ]
     assert not missing, f"used by a built-in but not a public kit name (its module's __all__): {missing}"
 
 
 def test_every_kit_name_has_a_docstring():
     """A class or function: its docstring; a constant: a ``#:`` comment above it."""
-    undocumented = [f"{e.module}.{e.name}" for module in kit_reference.kit_modules()
-                    for e in kit_reference.module_entries(module) if not e.summary]
+    undocumented = [
+        f"{e.module}.{e.name}"
+        for module in kit_reference.kit_modules()
+        for e in kit_reference.module_entries(module)
+        if not e.summary
+    ]
     assert not undocumented, f"public kit names without a docstring: {undocumented}"
     assert all(e.summary for e in kit_reference.hooks())
 
@@ -114,7 +124,7 @@ def test_docs_name_nothing_the_code_lacks():
 
 def test_plugins_md_names_every_hook_with_its_signature():
     text = PLUGINS_DOC.read_text(encoding="utf-8")
-    section = text[text.index("## 1. "):text.index("## 2. ")]
+    section = text[text.index("## 1. ") : text.index("## 2. ")]
     for hook in kit_reference.hooks():
         assert f"`{hook.text}`" in section, f"docs/plugins.md section 1 lacks the hook {hook.text}"
     assert "validate_for_run(self) -> None" in text

@@ -14,9 +14,13 @@ from tests.subprocess_runs import easyrlhf_command, free_port, subprocess_env
 
 
 def test_cpu_uses_torchrun_with_per_machine_processes():
-    cmd = launcher_command(LaunchOptions(num_processes=2, num_machines=3, machine_rank=1,
-                                         main_process_ip="10.0.0.1", main_process_port=1234),
-                           ["run", "--method", "dpo"], use_gpu=False)
+    cmd = launcher_command(
+        LaunchOptions(
+            num_processes=2, num_machines=3, machine_rank=1, main_process_ip="10.0.0.1", main_process_port=1234
+        ),
+        ["run", "--method", "dpo"],
+        use_gpu=False,
+    )
     assert cmd[:4] == [sys.executable, "-m", "easyrlhf_core.ranks", "torchrun"]  # torchrun, run by us
     joined = " ".join(cmd)
     assert "--nproc_per_node 2 --nnodes 3 --node_rank 1 --master_port 1234 --master_addr 10.0.0.1" in joined
@@ -43,10 +47,30 @@ def test_one_deepspeed_process_is_launched_by_torchrun(use_gpu):
 
 
 def test_rank_args_drop_launcher_options_and_fix_the_output_dir():
-    argv = ["run", "--method", "dpo", "--num-processes", "2", "--num-machines=1", "--overwrite",
-            "-o", "runs/x", "--set", "beta=0.2", "--main-process-port", "2900"]
-    assert _rank_args(argv, "runs/x-fixed") == ["run", "--method", "dpo", "--set", "beta=0.2",
-                                                "--output-dir", "runs/x-fixed"]
+    argv = [
+        "run",
+        "--method",
+        "dpo",
+        "--num-processes",
+        "2",
+        "--num-machines=1",
+        "--overwrite",
+        "-o",
+        "runs/x",
+        "--set",
+        "beta=0.2",
+        "--main-process-port",
+        "2900",
+    ]
+    assert _rank_args(argv, "runs/x-fixed") == [
+        "run",
+        "--method",
+        "dpo",
+        "--set",
+        "beta=0.2",
+        "--output-dir",
+        "runs/x-fixed",
+    ]
 
 
 RANK_THAT_EXITS = """
@@ -64,16 +88,25 @@ print("not reached")
 
 def test_a_finished_rank_exits_with_its_code_and_its_output_flushed():
     env = {key: value for key, value in subprocess_env().items() if key != "PYTHONUNBUFFERED"}  # block-buffered
-    done = subprocess.run([sys.executable, "-c", RANK_THAT_EXITS.format(port=free_port())], capture_output=True,
-                          text=True, env={**env, "EASYRLHF_LAUNCHED": "1"}, timeout=120)
+    done = subprocess.run(
+        [sys.executable, "-c", RANK_THAT_EXITS.format(port=free_port())],
+        capture_output=True,
+        text=True,
+        env={**env, "EASYRLHF_LAUNCHED": "1"},
+        timeout=120,
+    )
     assert done.returncode == 3, done.stderr
     assert done.stdout == "last words, still buffered"
 
 
 def test_a_launched_rank_given_bad_input_prints_one_error_line_and_exits_2(tmp_path):
-    done = subprocess.run(easyrlhf_command("run", "--method", "no-such-method", "--output-dir", str(tmp_path / "o")),
-                          capture_output=True, text=True, env={**subprocess_env(), "EASYRLHF_LAUNCHED": "1"},
-                          timeout=120)
+    done = subprocess.run(
+        easyrlhf_command("run", "--method", "no-such-method", "--output-dir", str(tmp_path / "o")),
+        capture_output=True,
+        text=True,
+        env={**subprocess_env(), "EASYRLHF_LAUNCHED": "1"},
+        timeout=120,
+    )
     assert done.returncode == 2
     assert done.stderr.strip().startswith("Error: ") and len(done.stderr.strip().splitlines()) == 1
     assert "no-such-method" in done.stderr
@@ -104,25 +137,34 @@ def test_two_runs_on_one_machine_pick_a_free_port_and_a_taken_one_given_is_one_l
     try:
         out = tmp_path / "free"
         args = [*trainer_run_args("sft", tiny_model_dir, data, out, per_device=2, steps=1), "--num-processes", "2"]
-        done = subprocess.run(easyrlhf_command(*args), capture_output=True, text=True, env=subprocess_env(),
-                              timeout=300)
+        done = subprocess.run(
+            easyrlhf_command(*args), capture_output=True, text=True, env=subprocess_env(), timeout=300
+        )
         assert done.returncode == 0, done.stderr
         assert "--master_port 29500" not in done.stderr and (out / "COMPLETE").is_file()
 
         out = tmp_path / "taken"
-        args = [*trainer_run_args("sft", tiny_model_dir, data, out, per_device=2, steps=1), "--num-processes", "2",
-                "--main-process-port", str(taken)]
-        done = subprocess.run(easyrlhf_command(*args), capture_output=True, text=True, env=subprocess_env(),
-                              timeout=300)
+        args = [
+            *trainer_run_args("sft", tiny_model_dir, data, out, per_device=2, steps=1),
+            "--num-processes",
+            "2",
+            "--main-process-port",
+            str(taken),
+        ]
+        done = subprocess.run(
+            easyrlhf_command(*args), capture_output=True, text=True, env=subprocess_env(), timeout=300
+        )
     finally:
         for sock in (default, given):
             if sock is not None:
                 sock.close()
     assert done.returncode == 2, done.stderr
     errors = [line for line in done.stderr.splitlines() if "Error" in line]
-    assert errors == [f"Error: --main-process-port: port {taken} is taken on this machine (another run, or another "
-                      f"program, listens on it); pass a free one with --main-process-port, or leave the option "
-                      f"out on one machine to pick a free one"], done.stderr
+    assert errors == [
+        f"Error: --main-process-port: port {taken} is taken on this machine (another run, or another "
+        f"program, listens on it); pass a free one with --main-process-port, or leave the option "
+        f"out on one machine to pick a free one"
+    ], done.stderr
     assert "Traceback" not in done.stderr and "launching" not in done.stderr
     assert not out.exists() or not any(out.iterdir())
 
@@ -138,9 +180,23 @@ def test_the_launcher_finding_its_port_taken_is_one_line_without_a_traceback(tmp
     errors.mkdir()
     sock = _hold(taken := free_port())
     try:
-        done = subprocess.run([sys.executable, "-m", "easyrlhf_core.ranks", "torchrun", "--nproc_per_node", "1",
-                               "--master_port", str(taken), str(script)], capture_output=True, text=True,
-                              env={**subprocess_env(), RANK_ERRORS_ENV: str(errors)}, timeout=120)
+        done = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "easyrlhf_core.ranks",
+                "torchrun",
+                "--nproc_per_node",
+                "1",
+                "--master_port",
+                str(taken),
+                str(script),
+            ],
+            capture_output=True,
+            text=True,
+            env={**subprocess_env(), RANK_ERRORS_ENV: str(errors)},
+            timeout=120,
+        )
     finally:
         sock.close()
     assert done.returncode == 1
@@ -149,8 +205,9 @@ def test_the_launcher_finding_its_port_taken_is_one_line_without_a_traceback(tmp
     assert code == 1 and message.startswith(f"port {taken} is taken on this machine"), message
 
 
-def test_a_picked_port_taken_before_the_launcher_binds_it_is_retried_once_on_a_new_one(tiny_model_dir, tmp_path,
-                                                                                        cli_run, monkeypatch):
+def test_a_picked_port_taken_before_the_launcher_binds_it_is_retried_once_on_a_new_one(
+    tiny_model_dir, tmp_path, cli_run, monkeypatch
+):
     """The race of a port picked free (no --main-process-port): it is released before torchrun's store binds
     it. Here the first port picked is held by another socket, as by a program that took it in between; the
     run is launched again on the next port picked, says so in one line, and trains."""
@@ -163,8 +220,13 @@ def test_a_picked_port_taken_before_the_launcher_binds_it_is_retried_once_on_a_n
     monkeypatch.setattr(launch_module, "free_port", lambda: picks.pop(0) if picks else free_port())
     data = write_rows(tmp_path / "pairs.jsonl", [toy_pair(i) for i in range(8)])
     out = tmp_path / "run"
-    args = [*trainer_run_args("sft", tiny_model_dir, data, out, per_device=2, steps=1), "--set", "eval_fraction=0",
-            "--num-processes", "2"]
+    args = [
+        *trainer_run_args("sft", tiny_model_dir, data, out, per_device=2, steps=1),
+        "--set",
+        "eval_fraction=0",
+        "--num-processes",
+        "2",
+    ]
     monkeypatch.setattr(sys, "argv", ["easyrlhf", *args])  # the ranks' arguments come from the command line
     try:
         result = cli_run(*args)
@@ -172,8 +234,10 @@ def test_a_picked_port_taken_before_the_launcher_binds_it_is_retried_once_on_a_n
         sock.close()
     assert result.exit_code == 0, result.stderr
     retries = [line for line in result.stderr.splitlines() if "rendezvous port" in line]
-    assert len(retries) == 1 and retries[0].startswith(f"[easyrlhf] the rendezvous port {taken} was taken before "
-                                                       f"the launcher could listen on it; launching again on port ")
+    assert len(retries) == 1 and retries[0].startswith(
+        f"[easyrlhf] the rendezvous port {taken} was taken before "
+        f"the launcher could listen on it; launching again on port "
+    )
     again = int(retries[0].rsplit(" ", 1)[1])
     assert again != taken
     launches = [line for line in result.stderr.splitlines() if "launching:" in line]
@@ -198,10 +262,12 @@ def test_a_picked_port_taken_twice_says_so_for_the_automatic_case(monkeypatch):
     monkeypatch.setattr(launch_module, "_launch_once", launcher_finds_its_port_taken)
     launched = launch(LaunchOptions(num_processes=2), ["run"])
     assert launched_on == [41001, 41002] and launched.code == 1
-    assert launched.error == ("--main-process-port: not given, so a free port was picked for the rendezvous, but "
-                              "another program took it before the launcher could listen on it, twice (port 41001, "
-                              "then 41002); run again, or pass a port kept free for this run with "
-                              "--main-process-port")
+    assert launched.error == (
+        "--main-process-port: not given, so a free port was picked for the rendezvous, but "
+        "another program took it before the launcher could listen on it, twice (port 41001, "
+        "then 41002); run again, or pass a port kept free for this run with "
+        "--main-process-port"
+    )
     # a port the user gave is never replaced: its failure is the launcher's own line, launched once
     launched_on.clear()
     launched = launch(LaunchOptions(num_processes=2, main_process_port=41003), ["run"])
@@ -238,7 +304,9 @@ def test_the_launchers_port_taken_error_is_the_one_port_line(text, tmp_path, mon
     monkeypatch.setenv(ranks.RANK_ERRORS_ENV, str(tmp_path))
     ranks._write_launcher_error(error)
     assert json.loads((tmp_path / ranks.LAUNCHER_ERROR_FILE).read_text()) == {
-        "message": ranks.port_taken_message(29517), "port_taken": True}
+        "message": ranks.port_taken_message(29517),
+        "port_taken": True,
+    }
     assert ranks.launcher_port_taken(tmp_path)
     assert ranks.first_failure(tmp_path) == (ranks.port_taken_message(29517), 1)
 

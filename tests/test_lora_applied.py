@@ -31,8 +31,15 @@ class LoraToy(Dataset):
     shapes = frozenset({Shape.CONVERSATION})
 
     def load(self, options):
-        records = [{"messages": [{"role": "user", "content": f"What is {i} plus {i}?"},
-                                 {"role": "assistant", "content": f"It is {2 * i}."}]} for i in range(8)]
+        records = [
+            {
+                "messages": [
+                    {"role": "user", "content": f"What is {i} plus {i}?"},
+                    {"role": "assistant", "content": f"It is {2 * i}."},
+                ]
+            }
+            for i in range(8)
+        ]
         return DataSplits(options.shape, records, [])
 
 
@@ -58,8 +65,9 @@ def plain_trainer(run, optimizer: bool = False):
         rows.append({"input_ids": encoded["input_ids"], "attention_mask": encoded["attention_mask"], "labels": labels})
     args = trl_arguments(TrainingArguments, run, has_eval=False, remove_unused_columns=False)
     optimizers = (torch.optim.SGD(model.parameters(), lr=0.1), None) if optimizer else (None, None)
-    trainer = Trainer(model=model, args=args, train_dataset=rows, data_collator=default_data_collator,
-                      optimizers=optimizers)
+    trainer = Trainer(
+        model=model, args=args, train_dataset=rows, data_collator=default_data_collator, optimizers=optimizers
+    )
     return trainer, tokenizer
 
 
@@ -71,8 +79,12 @@ class PlainSFT(TrainerMethod):
 
 
 class PrebuiltOptimizer(TrainerMethod):
-    name, description, config_class, shape = ("prebuilt-optimizer", "a Trainer given its optimizer", PlainConfig,
-                                              Shape.CONVERSATION)
+    name, description, config_class, shape = (
+        "prebuilt-optimizer",
+        "a Trainer given its optimizer",
+        PlainConfig,
+        Shape.CONVERSATION,
+    )
 
     def build_trainer(self, run):
         return plain_trainer(run, optimizer=True)
@@ -115,9 +127,24 @@ def run_method(easyrlhf_plugin, easyrlhf_cli, tiny_model_dir, tmp_path):
 
     def run(method, *extra):
         out = tmp_path / method
-        result = easyrlhf_cli("run", "--method", method, "--model", str(tiny_model_dir), "--dataset", "lora-toy",
-                              "--output-dir", str(out), "--max-steps", "2", "--set", "save_steps=0",
-                              "--set", "per_device_train_batch_size=4", *extra)
+        result = easyrlhf_cli(
+            "run",
+            "--method",
+            method,
+            "--model",
+            str(tiny_model_dir),
+            "--dataset",
+            "lora-toy",
+            "--output-dir",
+            str(out),
+            "--max-steps",
+            "2",
+            "--set",
+            "save_steps=0",
+            "--set",
+            "per_device_train_batch_size=4",
+            *extra,
+        )
         return result, out
 
     return run
@@ -130,8 +157,9 @@ def errors(result) -> list[str]:
 def test_a_plain_trainer_method_gets_lora_without_calling_anything(run_method):
     from peft import AutoPeftModelForCausalLM
 
-    result, out = run_method("plain-sft", "--lora", "--save-adapter-only", "--set", "lora.r=4",
-                             "--set", "learning_rate=1e-2")
+    result, out = run_method(
+        "plain-sft", "--lora", "--save-adapter-only", "--set", "lora.r=4", "--set", "learning_rate=1e-2"
+    )
     assert result.exit_code == 0, result.stderr[-3000:]
     assert "lora: adapters (r=4) added to plain-sft's model by the kit" in result.stderr
     assert (out / "model" / "adapter_config.json").is_file()
@@ -148,8 +176,9 @@ def test_a_trainer_the_kit_cannot_wrap_is_refused_in_one_line(run_method):
     result, out = run_method("prebuilt-optimizer", "--lora")
     assert result.exit_code != 0
     assert len(errors(result)) == 1 and "Traceback" not in result.stderr, result.stderr[-3000:]
-    assert ("Error: --lora: method 'prebuilt-optimizer' cannot train LoRA adapters: its optimizer was created "
-            "already") in errors(result)[0]
+    assert (
+        "Error: --lora: method 'prebuilt-optimizer' cannot train LoRA adapters: its optimizer was created already"
+    ) in errors(result)[0]
     assert "apply_lora" in errors(result)[0] and "drop --lora" in errors(result)[0]
     assert not (out / "model").exists()
 
@@ -183,12 +212,14 @@ def test_a_model_with_adapters_already_is_not_wrapped_twice(tiny_model_dir, tmp_
     lora = LoraOptions(enabled=True, r=4)
     run = SimpleNamespace(config=SimpleNamespace(lora=lora), method=SimpleNamespace(name="x"), log=print)
     wrapped = apply_lora(load_causal_lm(str(tiny_model_dir)), lora)
-    trainer = Trainer(model=wrapped, args=TrainingArguments(output_dir=str(tmp_path), use_cpu=True,
-                                                            report_to="none"))
+    trainer = Trainer(model=wrapped, args=TrainingArguments(output_dir=str(tmp_path), use_cpu=True, report_to="none"))
     assert add_lora(run, trainer) is False and trainer.model is wrapped
-    plain = Trainer(model=load_causal_lm(str(tiny_model_dir)),
-                    args=TrainingArguments(output_dir=str(tmp_path), use_cpu=True, report_to="none"))
+    plain = Trainer(
+        model=load_causal_lm(str(tiny_model_dir)),
+        args=TrainingArguments(output_dir=str(tmp_path), use_cpu=True, report_to="none"),
+    )
     assert add_lora(run, plain) is True
     assert plain.model is plain.model_wrapped is plain.callback_handler.model
-    assert sum(p.numel() for p in plain.model.parameters() if p.requires_grad) == \
-        sum(p.numel() for n, p in plain.model.named_parameters() if "lora_" in n)
+    assert sum(p.numel() for p in plain.model.parameters() if p.requires_grad) == sum(
+        p.numel() for n, p in plain.model.named_parameters() if "lora_" in n
+    )

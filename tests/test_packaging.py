@@ -28,19 +28,38 @@ def test_shipped_configs_by_name_from_anywhere(cli_run, tmp_path, monkeypatch):
     assert result.stdout.startswith("method: rlhf\n")
     assert "easyrlhf_core/configs/deepspeed/zero3.json" in result.stdout
     missing = cli_run("show-config", "--config", "rlfh")
-    assert missing.exit_code == 2 and ("name a shipped config: dpo, grpo, ipo, ppo, quickstart, rlhf, rloo, rm, rrhf, "
-                                       "sft") in missing.stderr
+    assert (
+        missing.exit_code == 2
+        and ("name a shipped config: dpo, grpo, ipo, ppo, quickstart, rlhf, rloo, rm, rrhf, sft") in missing.stderr
+    )
 
 
 def test_the_wheel_carries_what_the_docs_reference(tmp_path):
-    subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w",
-                    str(tmp_path), str(ROOT)], check=True, capture_output=True)
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "wheel",
+            "--no-deps",
+            "--no-build-isolation",
+            "-q",
+            "-w",
+            str(tmp_path),
+            str(ROOT),
+        ],
+        check=True,
+        capture_output=True,
+    )
     (wheel,) = tmp_path.glob("easyrlhf-*.whl")
     names = set(zipfile.ZipFile(wheel).namelist())
-    for required in ("easyrlhf_core/configs/rlhf.yaml", "easyrlhf_core/configs/grpo.yaml",
-                     "easyrlhf_core/configs/deepspeed/zero3_offload.json",
-                     "easyrlhf_plugins/data/embedded/hh-rlhf/LICENSE",
-                     "easyrlhf_plugins/data/embedded/hh-rlhf/helpful-base/test.jsonl.gz"):
+    for required in (
+        "easyrlhf_core/configs/rlhf.yaml",
+        "easyrlhf_core/configs/grpo.yaml",
+        "easyrlhf_core/configs/deepspeed/zero3_offload.json",
+        "easyrlhf_plugins/data/embedded/hh-rlhf/LICENSE",
+        "easyrlhf_plugins/data/embedded/hh-rlhf/helpful-base/test.jsonl.gz",
+    ):
         assert required in names, required
     licenses = {n.rsplit("/", 1)[-1] for n in names if ".dist-info/licenses/" in n}
     assert {"LICENSE", "NOTICE"} <= licenses, sorted(n for n in names if "dist-info" in n)

@@ -22,10 +22,14 @@ def write_run(run_dir: Path, rows: list[dict]) -> Path:
 @pytest.fixture
 def two_runs(tmp_path: Path) -> list[Path]:
     """dpo and ppo share ``loss`` and ``rewards/margins``; ``kl`` is ppo's only, ``learning_rate`` is no key metric."""
-    dpo = write_run(tmp_path / "dpo-run", [{"step": s, "loss": 1.0 / s, "rewards/margins": 0.1 * s,
-                                             "learning_rate": 1e-5} for s in (1, 2, 3)])
-    ppo = write_run(tmp_path / "ppo-run", [{"step": s, "loss": 2.0 / s, "rewards/margins": 0.2 * s, "kl": 0.01 * s}
-                                           for s in (1, 2, 3, 4)])
+    dpo = write_run(
+        tmp_path / "dpo-run",
+        [{"step": s, "loss": 1.0 / s, "rewards/margins": 0.1 * s, "learning_rate": 1e-5} for s in (1, 2, 3)],
+    )
+    ppo = write_run(
+        tmp_path / "ppo-run",
+        [{"step": s, "loss": 2.0 / s, "rewards/margins": 0.2 * s, "kl": 0.01 * s} for s in (1, 2, 3, 4)],
+    )
     return [dpo, ppo]
 
 
@@ -44,8 +48,10 @@ def lines_by_metric(run_dirs: list[Path]) -> dict[str, list[tuple[str, int]]]:
 
 
 def test_figures_overlay_the_shared_metrics(two_runs):
-    assert lines_by_metric(two_runs) == {"loss": [("dpo-run", 3), ("ppo-run", 4)],
-                                         "rewards/margins": [("dpo-run", 3), ("ppo-run", 4)]}
+    assert lines_by_metric(two_runs) == {
+        "loss": [("dpo-run", 3), ("ppo-run", 4)],
+        "rewards/margins": [("dpo-run", 3), ("ppo-run", 4)],
+    }
 
 
 def test_a_metric_two_of_three_runs_share_gets_their_two_lines(two_runs, tmp_path):
@@ -77,8 +83,10 @@ def test_plot_several_runs_defaults_to_plots_compare_here(cli_run, two_runs, tmp
     monkeypatch.chdir(tmp_path)
     result = cli_run("plot", *map(str, two_runs))
     assert result.exit_code == 0, result.stderr
-    assert result.stdout.splitlines() == [str(Path("plots-compare") / "loss.png"),
-                                          str(Path("plots-compare") / "rewards_margins.png")]
+    assert result.stdout.splitlines() == [
+        str(Path("plots-compare") / "loss.png"),
+        str(Path("plots-compare") / "rewards_margins.png"),
+    ]
     assert (tmp_path / "plots-compare" / "loss.png").read_bytes()[:8] == PNG
 
 

@@ -108,8 +108,19 @@ def test_dotted_set_maps_a_column_of_the_jsonl_dataset(plugins, easyrlhf_cli, tm
     data = tmp_path / "q.jsonl"
     data.write_text("".join(json.dumps({"question": f"q{i}?"}) + "\n" for i in range(4)))
     out = tmp_path / "run"
-    result = easyrlhf_cli("run", "--method", "echo", "--dataset", "jsonl", "--data-files", str(data),
-                          "--set", "columns.prompt=question", "--output-dir", str(out))
+    result = easyrlhf_cli(
+        "run",
+        "--method",
+        "echo",
+        "--dataset",
+        "jsonl",
+        "--data-files",
+        str(data),
+        "--set",
+        "columns.prompt=question",
+        "--output-dir",
+        str(out),
+    )
     assert result.exit_code == 0, result.stderr
     assert _steps(out) == 4
     assert "columns: {prompt: question}" in (out / "config.yaml").read_text()
@@ -123,13 +134,16 @@ def test_reward_options_are_declared_and_checked(plugins, easyrlhf_cli, tmp_path
     assert reward.score([[]], ["please, please"]) == [4.0]
     out = tmp_path / "never"
     args = ["run", "--method", "ppo", "--reward", "polite", "--output-dir", str(out)]
-    for setting, message in [("reward_options.wieght=2", "unknown option(s) wieght (did you mean 'weight'?)"),
-                             ("reward_options.weight=two", "'weight' must be a number, got 'two'"),
-                             ("reward_options.weight=-1", "'weight' must be > 0")]:
+    for setting, message in [
+        ("reward_options.wieght=2", "unknown option(s) wieght (did you mean 'weight'?)"),
+        ("reward_options.weight=two", "'weight' must be a number, got 'two'"),
+        ("reward_options.weight=-1", "'weight' must be > 0"),
+    ]:
         result = easyrlhf_cli(*args, "--set", setting)
         assert result.exit_code == 2, result.stderr
-        assert result.stderr.strip() == f"Error: reward_options: reward 'polite': {message}" or \
-            message in result.stderr, result.stderr
+        assert (
+            result.stderr.strip() == f"Error: reward_options: reward 'polite': {message}" or message in result.stderr
+        ), result.stderr
         assert not out.exists()
     with pytest.raises(ConfigError, match="reward 'length': unknown option"):
         make_reward(get_registry(), None, "length", {"targte": 3})
@@ -160,7 +174,15 @@ def test_did_you_mean_names_the_method(easyrlhf_cli, tmp_path):
 
 
 def test_dotted_set_into_reward_options_is_written_back_as_yaml(easyrlhf_cli):
-    result = easyrlhf_cli("show-config", "--method", "ppo", "--no-comments", "--set", "reward_options.weight=2",
-                          "--set", "reward_options.words=[please, thanks]")
+    result = easyrlhf_cli(
+        "show-config",
+        "--method",
+        "ppo",
+        "--no-comments",
+        "--set",
+        "reward_options.weight=2",
+        "--set",
+        "reward_options.words=[please, thanks]",
+    )
     assert result.exit_code == 0, result.stderr
     assert "reward_options: {weight: 2, words: [please, thanks]}" in result.stdout

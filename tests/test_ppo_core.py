@@ -14,10 +14,14 @@ from easyrlhf_plugins.methods.ppo import core
 
 def test_response_mask_stops_at_first_stop_token_even_when_pad_equals_eos():
     eos = 2  # pad == eos, as in SmolLM2 and the tiny fixture: generate pads finished rows with eos
-    responses = torch.tensor([[5, 2, 2, 2],    # stops at 1; the trailing 2s are padding
-                              [5, 6, 7, 8],    # never stops
-                              [2, 2, 2, 2],    # stops at once
-                              [5, 6, 2, 9]])   # tokens after the stop are ignored
+    responses = torch.tensor(
+        [
+            [5, 2, 2, 2],  # stops at 1; the trailing 2s are padding
+            [5, 6, 7, 8],  # never stops
+            [2, 2, 2, 2],  # stops at once
+            [5, 6, 2, 9],
+        ]
+    )  # tokens after the stop are ignored
     mask, has_stop = core.response_mask(responses, [eos])
     assert mask.tolist() == [[1, 1, 0, 0], [1, 1, 1, 1], [1, 0, 0, 0], [1, 1, 1, 0]]
     assert has_stop.tolist() == [True, False, True, True]

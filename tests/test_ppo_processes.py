@@ -21,8 +21,9 @@ def ppo_args(model: Path, data: Path, out: Path, iterations: int) -> list[str]:
 
 
 def test_two_ranks_run_ppo_in_sync_and_rank0_writes(tiny_model_dir, prompts_file, shared_runs):
-    result = shared_runs.get("ppo-ddp", lambda out: ppo_args(tiny_model_dir, prompts_file, out, iterations=2),
-                             num_processes=2)  # tests/test_deepspeed.py compares ZeRO runs with it
+    result = shared_runs.get(
+        "ppo-ddp", lambda out: ppo_args(tiny_model_dir, prompts_file, out, iterations=2), num_processes=2
+    )  # tests/test_deepspeed.py compares ZeRO runs with it
     out = result.output_dir
     assert result.returncode == 0, result.stderr
     checksums = result.rank_checksums

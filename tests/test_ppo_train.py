@@ -16,10 +16,32 @@ from easyrlhf_core.api import Dataset, RewardFunction
 from easyrlhf_core.registry import register_plugin, unregister_plugin
 from easyrlhf_core.shapes import DataSplits, Shape
 
-DOCUMENTED_METRICS = {"score", "kl", "non_score_reward", "reward", "entropy", "policy_loss", "value_loss", "clipfrac",
-                      "value_clipfrac", "approx_kl", "ratio_mean", "response_length", "eos_fraction", "beta",
-                      "learning_rate", "value_mean", "return_mean", "epoch", "time/generate", "time/score",
-                      "time/forward", "time/update", "time/iteration", "tokens"}
+DOCUMENTED_METRICS = {
+    "score",
+    "kl",
+    "non_score_reward",
+    "reward",
+    "entropy",
+    "policy_loss",
+    "value_loss",
+    "clipfrac",
+    "value_clipfrac",
+    "approx_kl",
+    "ratio_mean",
+    "response_length",
+    "eos_fraction",
+    "beta",
+    "learning_rate",
+    "value_mean",
+    "return_mean",
+    "epoch",
+    "time/generate",
+    "time/score",
+    "time/forward",
+    "time/update",
+    "time/iteration",
+    "tokens",
+}
 QUESTIONS = ["What is the capital of France?", "How do I bake bread?", "Tell me a joke.", "Can you help me?"]
 
 
@@ -70,13 +92,34 @@ def _one_thread(one_torch_thread):
     """The tiny model is faster on one thread (conftest's one_torch_thread)."""
 
 
-SMALL = ["--set", "max_new_tokens=8", "--set", "rollout_batch_size=16", "--set", "per_device_train_batch_size=8",
-         "--set", "learning_rate=1e-2", "--set", "save_steps=0"]
+SMALL = [
+    "--set",
+    "max_new_tokens=8",
+    "--set",
+    "rollout_batch_size=16",
+    "--set",
+    "per_device_train_batch_size=8",
+    "--set",
+    "learning_rate=1e-2",
+    "--set",
+    "save_steps=0",
+]
 
 
 def ppo(cli_run, model_dir: Path, out: Path, *args: str):
-    result = cli_run("run", "--method", "ppo", "--model", str(model_dir), "--dataset", "ppo-test-prompts",
-                     "--output-dir", str(out), *SMALL, *args)
+    result = cli_run(
+        "run",
+        "--method",
+        "ppo",
+        "--model",
+        str(model_dir),
+        "--dataset",
+        "ppo-test-prompts",
+        "--output-dir",
+        str(out),
+        *SMALL,
+        *args,
+    )
     assert result.exit_code == 0, result.stderr[-3000:]
     return result
 
@@ -96,8 +139,19 @@ def test_third_party_reward_kl_starts_at_zero_and_run_dir_is_complete(cli_run, t
     from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
 
     out = tmp_path / "run"
-    ppo(cli_run, tiny_model_dir, out, "--reward", "constant-half", "--max-steps", "2",
-        "--set", "missing_eos_penalty=null", "--set", "eval_steps=2")
+    ppo(
+        cli_run,
+        tiny_model_dir,
+        out,
+        "--reward",
+        "constant-half",
+        "--max-steps",
+        "2",
+        "--set",
+        "missing_eos_penalty=null",
+        "--set",
+        "eval_steps=2",
+    )
     rows = train_rows(out)
     assert [r["step"] for r in rows] == [1, 2]
     assert DOCUMENTED_METRICS <= set(rows[0])
@@ -130,27 +184,39 @@ def test_forward_logprobs_match_the_sampling_distribution(tiny_model_dir):
     config.temperature, config.max_new_tokens = 0.7, 6
     tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
     model = AutoModelForCausalLM.from_pretrained(tiny_model_dir).eval()
-    kept, ids = encode_prompts(tokenizer, [{"prompt": [{"role": "user", "content": q}]}
-                                             for q in ("hi", QUESTIONS[0] + " " + QUESTIONS[1])], 100)
+    kept, ids = encode_prompts(
+        tokenizer,
+        [{"prompt": [{"role": "user", "content": q}]} for q in ("hi", QUESTIONS[0] + " " + QUESTIONS[1])],
+        100,
+    )
     assert kept == [0, 1] and len(ids[0]) != len(ids[1])
     queries, query_mask = lm.left_pad(ids, tokenizer.pad_token_id)
     gen_config = rollout.generation_config(config, tokenizer, [tokenizer.eos_token_id])
     gen_config.output_scores, gen_config.return_dict_in_generate = True, True
     torch.manual_seed(0)
     out = model.generate(input_ids=queries, attention_mask=query_mask, generation_config=gen_config)
-    responses = out.sequences[:, queries.shape[1]:]
+    responses = out.sequences[:, queries.shape[1] :]
     sampled = torch.log_softmax(torch.stack(out.scores, 1), -1).gather(-1, responses.unsqueeze(-1)).squeeze(-1)
     mask, _ = core.response_mask(responses, [tokenizer.eos_token_id])
     with torch.no_grad():
-        logits = rollout.policy_response_logits(model, torch.cat([queries, responses], 1),
-                                                torch.cat([query_mask, mask], 1), queries.shape[1])
+        logits = rollout.policy_response_logits(
+            model, torch.cat([queries, responses], 1), torch.cat([query_mask, mask], 1), queries.shape[1]
+        )
     recorded = lm.logprobs_from_logits(logits, responses, temperature=0.7)
     assert torch.allclose(recorded * mask, sampled * mask, atol=1e-4)
 
 
 def test_rule_based_reward_is_learned_and_large_beta_stays_near_reference(cli_run, tiny_model_dir, tmp_path):
-    reward = ["--reward", "keyword", "--set", "reward_options={pattern: e}", "--set", "missing_eos_penalty=null",
-              "--max-steps", "20"]
+    reward = [
+        "--reward",
+        "keyword",
+        "--set",
+        "reward_options={pattern: e}",
+        "--set",
+        "missing_eos_penalty=null",
+        "--max-steps",
+        "20",
+    ]
     free = tmp_path / "free"
     ppo(cli_run, tiny_model_dir, free, *reward, "--set", "beta=0.05")
     rows = train_rows(free)
@@ -180,8 +246,18 @@ def assert_same_rows(rows: list[dict], expected: list[dict]) -> None:
 
 
 def test_resume_continues_exactly_and_skips_a_corrupt_checkpoint(cli_run, tiny_model_dir, tmp_path):
-    common = ["--reward", "keyword", "--set", "reward_options={pattern: e}", "--set", "save_steps=2",
-              "--set", "lr_scheduler_type=constant", "--set", "save_total_limit=2"]
+    common = [
+        "--reward",
+        "keyword",
+        "--set",
+        "reward_options={pattern: e}",
+        "--set",
+        "save_steps=2",
+        "--set",
+        "lr_scheduler_type=constant",
+        "--set",
+        "save_total_limit=2",
+    ]
     whole = tmp_path / "whole"
     ppo(cli_run, tiny_model_dir, whole, *common, "--max-steps", "4")
     halves = tmp_path / "halves"
@@ -208,11 +284,38 @@ def test_lora_reference_and_the_optional_knobs(cli_run, tiny_model_dir, tmp_path
     """LoRA's reference is the adapter-disabled base (KL 0 at first); k3, adaptive beta, reward
     normalisation/clipping and gradient accumulation run too."""
     out = tmp_path / "lora"
-    ppo(cli_run, tiny_model_dir, out, "--lora", "--reward", "keyword", "--set", "reward_options={pattern: e}",
-        "--max-steps", "3", "--set", "lora.r=4", "--set", "lora.dropout=0.0", "--set", "kl_estimator=k3",
-        "--set", "adaptive_kl=true", "--set", "target_kl=0.01", "--set", "kl_horizon=100",
-        "--set", "normalize_reward=true", "--set", "reward_clip=3", "--set", "per_device_train_batch_size=4",
-        "--set", "gradient_accumulation_steps=2")
+    ppo(
+        cli_run,
+        tiny_model_dir,
+        out,
+        "--lora",
+        "--reward",
+        "keyword",
+        "--set",
+        "reward_options={pattern: e}",
+        "--max-steps",
+        "3",
+        "--set",
+        "lora.r=4",
+        "--set",
+        "lora.dropout=0.0",
+        "--set",
+        "kl_estimator=k3",
+        "--set",
+        "adaptive_kl=true",
+        "--set",
+        "target_kl=0.01",
+        "--set",
+        "kl_horizon=100",
+        "--set",
+        "normalize_reward=true",
+        "--set",
+        "reward_clip=3",
+        "--set",
+        "per_device_train_batch_size=4",
+        "--set",
+        "gradient_accumulation_steps=2",
+    )
     rows = train_rows(out)
     assert rows[0]["kl"] == pytest.approx(0.0, abs=1e-7)
     assert rows[1]["kl"] > 0  # k3 is positive once the adapters moved the policy
@@ -237,21 +340,34 @@ def test_reward_model_scores_and_initialises_the_value_model(cli_run, tiny_model
     assert math.isfinite(row["score"]) and row["score"] != 0
 
 
-@pytest.mark.parametrize("args, message", [
-    ([], "PPO needs a reward"),
-    (["--reward", "keyword", "--reward-model", "/x"], "give only one"),
-    (["--reward", "keywrod"], "did you mean 'keyword'"),
-    (["--reward", "keyword", "--set", "reward_options={colour: red}"], "reward_options"),
-    (["--reward", "length", "--set", "generation_backend=vllm"], "vllm"),
-    (["--reward", "length", "--set", "rollout_batch_size=10"], "multiple of the minibatch size"),
-    (["--reward-model", "/no/such/rm"], "--reward-model: 'reward_model' is not a transformers model directory"),
-    (["--reward", "length", "--set", "value_model=/no/such/vm"], "'value_model' is not a transformers model"),
-    (["--reward", "length", "--set", "ppo_epochs=0"], "--set ppo_epochs: 'ppo_epochs' must be a positive integer"),
-])
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        ([], "PPO needs a reward"),
+        (["--reward", "keyword", "--reward-model", "/x"], "give only one"),
+        (["--reward", "keywrod"], "did you mean 'keyword'"),
+        (["--reward", "keyword", "--set", "reward_options={colour: red}"], "reward_options"),
+        (["--reward", "length", "--set", "generation_backend=vllm"], "vllm"),
+        (["--reward", "length", "--set", "rollout_batch_size=10"], "multiple of the minibatch size"),
+        (["--reward-model", "/no/such/rm"], "--reward-model: 'reward_model' is not a transformers model directory"),
+        (["--reward", "length", "--set", "value_model=/no/such/vm"], "'value_model' is not a transformers model"),
+        (["--reward", "length", "--set", "ppo_epochs=0"], "--set ppo_epochs: 'ppo_epochs' must be a positive integer"),
+    ],
+)
 def test_bad_ppo_configs_fail_before_anything_is_written(cli_run, tiny_model_dir, tmp_path, args, message):
     out = tmp_path / "never"
-    result = cli_run("run", "--method", "ppo", "--model", str(tiny_model_dir), "--dataset", "ppo-test-prompts",
-                     "--output-dir", str(out), *args)
+    result = cli_run(
+        "run",
+        "--method",
+        "ppo",
+        "--model",
+        str(tiny_model_dir),
+        "--dataset",
+        "ppo-test-prompts",
+        "--output-dir",
+        str(out),
+        *args,
+    )
     assert result.exit_code == 2
     assert result.stderr.startswith("Error:") and message in result.stderr, result.stderr
     assert "Traceback" not in result.stderr

@@ -34,6 +34,7 @@ def toy_datasets():
     registry.unregister_plugin("toy-prefs-test")
     registry.unregister_plugin("rrhf-toy")
 
+
 # --------------------------------------------------------------------------------------------------
 # Packing
 
@@ -71,7 +72,7 @@ def test_every_row_is_recoverable_from_the_packed_batch():
     flat_branch = packed["branch_ids"].reshape(-1)
     for row, tokens in enumerate(chosen + rejected):
         index = packed["token_index"][row]
-        assert (index[len(tokens):] == -1).all()
+        assert (index[len(tokens) :] == -1).all()
         here = index[: len(tokens)]
         assert flat_ids[here].tolist() == tokens
         assert flat_pos[here].tolist() == list(range(len(tokens)))  # positions continue from the prefix
@@ -214,6 +215,7 @@ def test_a_model_whose_attention_ignores_the_mask_is_left_on_padded_rows(tiny_mo
 
 def _dpo_features(tokenizer) -> list[dict]:
     """Multi-turn prompts of uneven length; responses 10x apart; an identical pair; one cut by max_length."""
+
     def ids(text: str) -> list[int]:
         return tokenizer(text, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
 
@@ -225,12 +227,21 @@ def _dpo_features(tokenizer) -> list[dict]:
     long_answer = "Mix flour, water, yeast and salt, let it rise, then bake it. " * 6
     return [
         {"prompt_ids": prompt("How do I bake bread?"), "chosen_ids": ids("Sure."), "rejected_ids": ids(long_answer)},
-        {"prompt_ids": prompt("Tell me a joke.", "Why did the chicken cross the road?", "Why?"),
-         "chosen_ids": ids("To get to the other side!"), "rejected_ids": ids("No idea.")},
-        {"prompt_ids": prompt("What is the capital of France?"), "chosen_ids": ids("Paris."),
-         "rejected_ids": ids("Paris.")},
-        {"prompt_ids": prompt("You are a helpful assistant. " * 8, "Fine.", "Help me with my homework."),
-         "chosen_ids": ids("Sure, what subject is it?"), "rejected_ids": ids(long_answer)},
+        {
+            "prompt_ids": prompt("Tell me a joke.", "Why did the chicken cross the road?", "Why?"),
+            "chosen_ids": ids("To get to the other side!"),
+            "rejected_ids": ids("No idea."),
+        },
+        {
+            "prompt_ids": prompt("What is the capital of France?"),
+            "chosen_ids": ids("Paris."),
+            "rejected_ids": ids("Paris."),
+        },
+        {
+            "prompt_ids": prompt("You are a helpful assistant. " * 8, "Fine.", "Help me with my homework."),
+            "chosen_ids": ids("Sure, what subject is it?"),
+            "rejected_ids": ids(long_answer),
+        },
     ]
 
 
@@ -262,19 +273,23 @@ def _perturb(*models) -> None:
                 param.add_(0.05 * torch.randn(param.shape, generator=generator))
 
 
-@pytest.mark.parametrize("method, options", [
-    ("dpo", []),
-    ("ipo", ["log_ratio_normalization=mean"]),
-    ("ipo", ["log_ratio_normalization=sum"]),
-])
+@pytest.mark.parametrize(
+    "method, options",
+    [
+        ("dpo", []),
+        ("ipo", ["log_ratio_normalization=mean"]),
+        ("ipo", ["log_ratio_normalization=sum"]),
+    ],
+)
 def test_dpo_and_ipo_shared_path_equals_the_padded_path(tiny_model_dir, tmp_path, method, options):
     import torch
     from easyrlhf_plugins.methods.dpo import DPOMethod, IPOMethod
 
     builder = DPOMethod() if method == "dpo" else IPOMethod()
     on, _ = builder.build_trainer(prepared_run(method, tiny_model_dir, tmp_path / "on", "max_length=64", *options))
-    off, _ = builder.build_trainer(prepared_run(method, tiny_model_dir, tmp_path / "off", "max_length=64",
-                                                "prefix_sharing=false", *options))
+    off, _ = builder.build_trainer(
+        prepared_run(method, tiny_model_dir, tmp_path / "off", "max_length=64", "prefix_sharing=false", *options)
+    )
     _perturb(on.model, off.model)
     features = _dpo_features(on.processing_class)
     on.data_collator.budget = 48  # the long multi-turn prompt's group is longer than the budget
@@ -285,8 +300,12 @@ def test_dpo_and_ipo_shared_path_equals_the_padded_path(tiny_model_dir, tmp_path
 
     labels = batch_off["input_ids"].masked_fill(batch_off["completion_mask"] == 0, -100)
     with torch.no_grad():
-        kwargs = {"input_ids": batch_off["input_ids"], "attention_mask": batch_off["attention_mask"],
-                  "labels": labels, "fused_lm_head": True}
+        kwargs = {
+            "input_ids": batch_off["input_ids"],
+            "attention_mask": batch_off["attention_mask"],
+            "labels": labels,
+            "fused_lm_head": True,
+        }
         logps_off = off.model(**kwargs).log_probs.sum(1)
         logps_on = on.model(**kwargs, shared_prefix=batch_on[SHARED_PREFIX_KEY]).log_probs.sum(1)
     assert torch.allclose(logps_on, logps_off, rtol=1e-5, atol=1e-5), (logps_on - logps_off).abs().max()
@@ -301,14 +320,19 @@ def test_rm_shared_path_equals_the_padded_path(tiny_model_dir, tmp_path):
 
     on, _ = RMMethod().build_trainer(prepared_run("rm", tiny_model_dir, tmp_path / "on"))
     off, _ = RMMethod().build_trainer(prepared_run("rm", tiny_model_dir, tmp_path / "off", "prefix_sharing=false"))
-    features = [{"chosen_ids": f["prompt_ids"] + f["chosen_ids"], "rejected_ids": f["prompt_ids"] + f["rejected_ids"]}
-                for f in _dpo_features(on.processing_class)]
+    features = [
+        {"chosen_ids": f["prompt_ids"] + f["chosen_ids"], "rejected_ids": f["prompt_ids"] + f["rejected_ids"]}
+        for f in _dpo_features(on.processing_class)
+    ]
     batch_on, batch_off = on.data_collator(features), off.data_collator(features)
     assert SHARED_PREFIX_KEY in batch_on and SHARED_PREFIX_KEY not in batch_off
     with torch.no_grad():
         scores_off = off.model(input_ids=batch_off["input_ids"], attention_mask=batch_off["attention_mask"]).logits
-        scores_on = on.model(input_ids=batch_on["input_ids"], attention_mask=batch_on["attention_mask"],
-                             shared_prefix=batch_on[SHARED_PREFIX_KEY]).logits
+        scores_on = on.model(
+            input_ids=batch_on["input_ids"],
+            attention_mask=batch_on["attention_mask"],
+            shared_prefix=batch_on[SHARED_PREFIX_KEY],
+        ).logits
     assert torch.allclose(scores_on, scores_off, rtol=1e-5, atol=1e-6)
     assert scores_off[2] == pytest.approx(float(scores_off[6]), abs=1e-6)  # the identical pair
     _assert_same_step(on.model, off.model, on.compute_loss(on.model, batch_on), off.compute_loss(off.model, batch_off))
@@ -321,15 +345,19 @@ def test_rrhf_shared_path_equals_the_padded_path(tiny_model_dir, tmp_path):
     def trainer(name: str, *options: str):
         from easyrlhf_core.run import RunRequest, prepare
 
-        request = RunRequest(method="rrhf", flags={"model": str(tiny_model_dir), "dataset": "rrhf-toy-ranked",
-                                                   "output_dir": str(tmp_path / name)},
-                             set_options=["max_length=128", *options])
+        request = RunRequest(
+            method="rrhf",
+            flags={"model": str(tiny_model_dir), "dataset": "rrhf-toy-ranked", "output_dir": str(tmp_path / name)},
+            set_options=["max_length=128", *options],
+        )
         return build_trainer(prepare(request))[0]
 
     on, off = trainer("on"), trainer("off", "prefix_sharing=false")
     features = [on.train_dataset[i] for i in range(3)]
-    features[0] = {**features[0], "response_ids": [r * 10 for r in features[0]["response_ids"][:1]]
-                   + features[0]["response_ids"][1:]}  # one candidate 10x longer
+    features[0] = {
+        **features[0],
+        "response_ids": [r * 10 for r in features[0]["response_ids"][:1]] + features[0]["response_ids"][1:],
+    }  # one candidate 10x longer
     batch_on, batch_off = on.data_collator(features), off.data_collator(features)
     assert SHARED_PREFIX_KEY in batch_on
     terms_on, terms_off = on.rrhf_forward(on.model, batch_on), off.rrhf_forward(off.model, batch_off)
@@ -349,33 +377,53 @@ def _weights(model_dir: Path) -> dict:
 
 @pytest.mark.parametrize("method, dataset", [("dpo", "hh-rlhf"), ("rm", "hh-rlhf"), ("rrhf", "rrhf-toy-ranked")])
 def test_a_few_steps_with_and_without_prefix_sharing_end_with_the_same_weights(
-        cli_run, tiny_model_dir, tmp_path, method, dataset):
+    cli_run, tiny_model_dir, tmp_path, method, dataset
+):
     import torch
 
-    common = ("--set", "max_train_samples=12", "--set", "max_eval_samples=0",
-              "--set", "learning_rate=1e-3", "--set", "per_device_train_batch_size=4")
+    common = (
+        "--set",
+        "max_train_samples=12",
+        "--set",
+        "max_eval_samples=0",
+        "--set",
+        "learning_rate=1e-3",
+        "--set",
+        "per_device_train_batch_size=4",
+    )
     on = run_method(cli_run, method, tiny_model_dir, tmp_path / "on", *common, dataset=dataset)
-    off = run_method(cli_run, method, tiny_model_dir, tmp_path / "off", *common,
-                     "--set", "prefix_sharing=false", dataset=dataset)
+    off = run_method(
+        cli_run, method, tiny_model_dir, tmp_path / "off", *common, "--set", "prefix_sharing=false", dataset=dataset
+    )
     assert "prefix sharing: on" in on.stderr and "prefix sharing" not in off.stderr
-    start, w_on, w_off = _weights(tiny_model_dir), _weights(tmp_path / "on" / "model"), \
-        _weights(tmp_path / "off" / "model")
+    start, w_on, w_off = (
+        _weights(tiny_model_dir),
+        _weights(tmp_path / "on" / "model"),
+        _weights(tmp_path / "off" / "model"),
+    )
     moved = max(float((w_off[k] - start[k]).abs().max()) for k in start if k in w_off)
     assert moved > 1e-3
     for name, value in w_off.items():
         assert torch.allclose(w_on[name], value, atol=2e-5), (name, float((w_on[name] - value).abs().max()))
 
 
-def test_a_model_that_cannot_take_the_mask_trains_on_padded_rows_and_says_why(cli_run, tiny_tokenizer_dir,
-                                                                                tmp_path):
+def test_a_model_that_cannot_take_the_mask_trains_on_padded_rows_and_says_why(cli_run, tiny_tokenizer_dir, tmp_path):
     import torch
     from transformers import AutoTokenizer, MistralConfig, MistralForCausalLM
 
     tokenizer = AutoTokenizer.from_pretrained(tiny_tokenizer_dir)
     torch.manual_seed(0)
-    config = MistralConfig(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                           num_attention_heads=4, num_key_value_heads=2, sliding_window=64,
-                           pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id)
+    config = MistralConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        sliding_window=64,
+        pad_token_id=tokenizer.pad_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+    )
     model_dir = tmp_path / "tiny-mistral"
     MistralForCausalLM(config).save_pretrained(model_dir)
     tokenizer.save_pretrained(model_dir)
@@ -422,8 +470,15 @@ def test_held_out_scoring_on_the_shared_path_equals_padded_rows(tiny_model_dir):
         return [rng.randrange(3, lm.config.vocab_size) for _ in range(n)]
 
     prompts = [tokens(n) for n in (12, 3, 30, 7)]
-    examples = [(prompts[0], tokens(4)), (prompts[1], tokens(20)), (prompts[2], tokens(9)), (prompts[3], tokens(2)),
-                (prompts[0], tokens(40)), (prompts[1], tokens(2)), (prompts[2], tokens(11))]
+    examples = [
+        (prompts[0], tokens(4)),
+        (prompts[1], tokens(20)),
+        (prompts[2], tokens(9)),
+        (prompts[3], tokens(2)),
+        (prompts[0], tokens(40)),
+        (prompts[1], tokens(2)),
+        (prompts[2], tokens(11)),
+    ]
     padded = completion_logprobs(lm, examples, pad, batch_size=3, max_length=42, share_prefixes=False)
     assert not getattr(lm.forward, "_easyrlhf_shared_prefix", False)
     shared = completion_logprobs(lm, examples, pad, batch_size=3, max_length=42)
@@ -480,8 +535,21 @@ def test_under_bf16_the_reference_runs_in_the_policys_precision(cli_run, tiny_mo
     import math
 
     out = tmp_path / "bf16"
-    result = run_method(cli_run, "dpo", tiny_model_dir, out, "--precision", "bf16", "--set", "max_eval_samples=0",
-                        "--set", "per_device_train_batch_size=4", "--set", "summary_pairs=0", steps=1)
+    result = run_method(
+        cli_run,
+        "dpo",
+        tiny_model_dir,
+        out,
+        "--precision",
+        "bf16",
+        "--set",
+        "max_eval_samples=0",
+        "--set",
+        "per_device_train_batch_size=4",
+        "--set",
+        "summary_pairs=0",
+        steps=1,
+    )
     assert "prefix sharing: on" in result.stderr
     row = json.loads((out / "metrics.jsonl").read_text().splitlines()[0])
     assert row["logps/chosen"] != 0.0 and row["rewards/chosen"] == 0.0 and row["rewards/rejected"] == 0.0, row

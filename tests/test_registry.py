@@ -116,15 +116,17 @@ def _third_party(reg: registry.Registry) -> list[str]:
     return sorted(p.package for p in reg.plugins if p.package != "easyrlhf")
 
 
-@pytest.mark.parametrize("listed,package,score", [
-    ("easyrlhf-plugin-shout", "easyrlhf-plugin-shout", 2.0),   # a distribution name, as LLM_LOAD_PLUGINS
-    (" Easyrlhf_Plugin.Shout ", "easyrlhf-plugin-shout", 2.0),  # compared as pip compares names
-    ("clash", "easyrlhf-plugin-clash", 0.0),                    # an entry-point name
-    ("clash,easyrlhf", "easyrlhf-plugin-clash", 0.0),           # naming the built-ins changes nothing
-])
-def test_load_plugins_env_resolves_a_name_clash_without_uninstalling(two_shouts, monkeypatch, listed, package,
-                                                                     score):
-    assert (("rewards", "shout") in registry.build_registry().conflicts)  # unset: both load, as before
+@pytest.mark.parametrize(
+    "listed,package,score",
+    [
+        ("easyrlhf-plugin-shout", "easyrlhf-plugin-shout", 2.0),  # a distribution name, as LLM_LOAD_PLUGINS
+        (" Easyrlhf_Plugin.Shout ", "easyrlhf-plugin-shout", 2.0),  # compared as pip compares names
+        ("clash", "easyrlhf-plugin-clash", 0.0),  # an entry-point name
+        ("clash,easyrlhf", "easyrlhf-plugin-clash", 0.0),  # naming the built-ins changes nothing
+    ],
+)
+def test_load_plugins_env_resolves_a_name_clash_without_uninstalling(two_shouts, monkeypatch, listed, package, score):
+    assert ("rewards", "shout") in registry.build_registry().conflicts  # unset: both load, as before
     monkeypatch.setenv(registry.LOAD_PLUGINS_ENV, listed)
     reg = registry.build_registry()
     assert reg.conflicts == {} and _third_party(reg) == [package]
@@ -142,8 +144,7 @@ def test_empty_load_plugins_env_lists_the_builtins_and_no_third_party_plugin(two
     assert not any(r["name"] == "shout" for r in data["rewards"])
 
 
-def test_load_plugins_env_naming_a_plugin_that_is_not_installed_is_one_error_line(two_shouts, monkeypatch,
-                                                                                   cli_run):
+def test_load_plugins_env_naming_a_plugin_that_is_not_installed_is_one_error_line(two_shouts, monkeypatch, cli_run):
     monkeypatch.setenv(registry.LOAD_PLUGINS_ENV, "easyrlhf-plugin-shout, easyrlhf-plugin-nope")
     result = cli_run("list-plugins")
     assert result.exit_code == 2
@@ -192,9 +193,11 @@ def test_builtin_plugins_all_load():
 
 @pytest.mark.parametrize("args", [["list-plugins"], ["--help"], ["run", "--help"], ["show-config", "--help"]])
 def test_fast_paths_do_not_import_torch(args):
-    code = ("import sys\nfrom easyrlhf_core.cli import cli\n"
-            f"try:\n    cli({args!r}, prog_name='easyrlhf')\nexcept SystemExit:\n    pass\n"
-            "heavy = [m for m in ('torch', 'transformers', 'trl', 'datasets', 'peft') if m in sys.modules]\n"
-            "print('HEAVY', heavy)\n")
+    code = (
+        "import sys\nfrom easyrlhf_core.cli import cli\n"
+        f"try:\n    cli({args!r}, prog_name='easyrlhf')\nexcept SystemExit:\n    pass\n"
+        "heavy = [m for m in ('torch', 'transformers', 'trl', 'datasets', 'peft') if m in sys.modules]\n"
+        "print('HEAVY', heavy)\n"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert "HEAVY []" in out, out

@@ -16,8 +16,18 @@ from types import SimpleNamespace
 import pytest
 
 from easyrlhf_core.checkpoints import COMPLETE_MARKER, checkpoint_problem, latest_checkpoint, prune_checkpoints
-from tests.subprocess_runs import (RunningProcess, easyrlhf_command, last_step, model_tensors, read_metrics,
-                                   subprocess_env, toy_pair, toy_ranked, train_rows, write_rows)
+from tests.subprocess_runs import (
+    RunningProcess,
+    easyrlhf_command,
+    last_step,
+    model_tensors,
+    read_metrics,
+    subprocess_env,
+    toy_pair,
+    toy_ranked,
+    train_rows,
+    write_rows,
+)
 
 STEPS = 30
 #: What each method's rows must reproduce after a resume.
@@ -27,16 +37,44 @@ COMPARED = ("loss", "grad_norm", "learning_rate", "num_tokens")
 @pytest.fixture(scope="module")
 def data_files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("data")
-    return {"pairs": write_rows(root / "pairs.jsonl", [toy_pair(i) for i in range(24)]),
-            "ranked": write_rows(root / "ranked.jsonl", [toy_ranked(i) for i in range(24)])}
+    return {
+        "pairs": write_rows(root / "pairs.jsonl", [toy_pair(i) for i in range(24)]),
+        "ranked": write_rows(root / "ranked.jsonl", [toy_ranked(i) for i in range(24)]),
+    }
 
 
 def run_args(method: str, model: Path, data_files: dict[str, Path], out: Path, *extra: str) -> list[str]:
     data = data_files["ranked" if method == "rrhf" else "pairs"]
-    return ["run", "--method", method, "--model", str(model), "--dataset", "jsonl", "--data-files", str(data),
-            "--output-dir", str(out), "--max-steps", str(STEPS), "--seed", "3", "--set", "max_length=64",
-            "--set", "per_device_train_batch_size=2", "--set", "learning_rate=1e-3", "--set", "logging_steps=1",
-            "--set", "save_steps=5", "--set", "eval_fraction=0", *extra]
+    return [
+        "run",
+        "--method",
+        method,
+        "--model",
+        str(model),
+        "--dataset",
+        "jsonl",
+        "--data-files",
+        str(data),
+        "--output-dir",
+        str(out),
+        "--max-steps",
+        str(STEPS),
+        "--seed",
+        "3",
+        "--set",
+        "max_length=64",
+        "--set",
+        "per_device_train_batch_size=2",
+        "--set",
+        "learning_rate=1e-3",
+        "--set",
+        "logging_steps=1",
+        "--set",
+        "save_steps=5",
+        "--set",
+        "eval_fraction=0",
+        *extra,
+    ]
 
 
 def assert_same_run(resumed: Path, uninterrupted: Path) -> None:
@@ -52,10 +90,10 @@ def assert_same_run(resumed: Path, uninterrupted: Path) -> None:
         assert (final[name] - expected[name]).abs().max() < 1e-5, name
 
 
-@pytest.mark.parametrize("method, stop", [("sft", signal.SIGINT), ("rm", signal.SIGTERM),
-                                          ("dpo", signal.SIGKILL), ("rrhf", signal.SIGKILL)])
-def test_a_stopped_run_resumes_to_the_uninterrupted_result(method, stop, tiny_model_dir, data_files, tmp_path,
-                                                           cli_run):
+@pytest.mark.parametrize(
+    "method, stop", [("sft", signal.SIGINT), ("rm", signal.SIGTERM), ("dpo", signal.SIGKILL), ("rrhf", signal.SIGKILL)]
+)
+def test_a_stopped_run_resumes_to_the_uninterrupted_result(method, stop, tiny_model_dir, data_files, tmp_path, cli_run):
     whole = tmp_path / "whole"
     assert cli_run(*run_args(method, tiny_model_dir, data_files, whole)).exit_code == 0
 
@@ -63,8 +101,10 @@ def test_a_stopped_run_resumes_to_the_uninterrupted_result(method, stop, tiny_mo
     running = RunningProcess(run_args(method, tiny_model_dir, data_files, out))
     checkpoints = out / "checkpoints"
     if stop == signal.SIGKILL:  # mid-step, after checkpoint-5 and a few more steps
-        running.wait_until(lambda: (checkpoints / "checkpoint-5" / COMPLETE_MARKER).is_file()
-                           and last_step(out) >= 7, what="checkpoint-5 and step 7")
+        running.wait_until(
+            lambda: (checkpoints / "checkpoint-5" / COMPLETE_MARKER).is_file() and last_step(out) >= 7,
+            what="checkpoint-5 and step 7",
+        )
         running.kill()
         kept = latest_checkpoint(checkpoints)
         assert kept is not None and last_step(out) > int(kept.name.split("-")[1])  # steps that will be redone
@@ -79,15 +119,18 @@ def test_a_stopped_run_resumes_to_the_uninterrupted_result(method, stop, tiny_mo
         name = signal.Signals(stop).name
         assert f"received {name}: stopping after this step and saving a checkpoint" in result.stderr
         stopped_at = last_step(out)
-        assert f"stopped at step {stopped_at}; checkpoint saved to {checkpoints / f'checkpoint-{stopped_at}'}" \
+        assert (
+            f"stopped at step {stopped_at}; checkpoint saved to {checkpoints / f'checkpoint-{stopped_at}'}"
             in result.stderr
+        )
         assert (checkpoints / f"checkpoint-{stopped_at}" / COMPLETE_MARKER).is_file()
         assert not (out / "model").exists() and stopped_at < STEPS
         hint = result.stderr.split("Stopped. Resume with:\n", 1)[1].splitlines()[0].strip()
         command = shlex.split(hint)
         assert command[0] == "easyrlhf" and command[-3:] == ["--resume", "--output-dir", str(out)]
-        resumed = subprocess.run(easyrlhf_command(*command[1:]), env=subprocess_env(), capture_output=True,
-                                 text=True, timeout=300)
+        resumed = subprocess.run(
+            easyrlhf_command(*command[1:]), env=subprocess_env(), capture_output=True, text=True, timeout=300
+        )
         assert resumed.returncode == 0, resumed.stderr
     assert_same_run(out, whole)
 
@@ -105,8 +148,10 @@ CORRUPTIONS = {
     "weights cut short": (lambda c: truncate(c / "model.safetensors"), "model.safetensors is truncated"),
     "optimizer cut short": (lambda c: truncate(c / "optimizer.pt"), "optimizer.pt is truncated"),
     "marker missing": (lambda c: (c / COMPLETE_MARKER).unlink(), "no COMPLETE marker (its save did not finish)"),
-    "state garbled": (lambda c: (c / "trainer_state.json").write_text('{"global_st'),
-                      "trainer_state.json does not parse"),
+    "state garbled": (
+        lambda c: (c / "trainer_state.json").write_text('{"global_st'),
+        "trainer_state.json does not parse",
+    ),
 }
 
 
@@ -122,15 +167,41 @@ def finished_ipo_run(tiny_model_dir, data_files, tmp_path_factory) -> Path:
 
 
 def ipo_args(model: Path, data_files: dict[str, Path], out: Path) -> list[str]:
-    return ["run", "--method", "ipo", "--model", str(model), "--dataset", "jsonl", "--data-files",
-            str(data_files["pairs"]), "--output-dir", str(out), "--max-steps", "6", "--seed", "5",
-            "--set", "max_length=64", "--set", "per_device_train_batch_size=2", "--set", "learning_rate=1e-3",
-            "--set", "logging_steps=1", "--set", "save_steps=2", "--set", "eval_fraction=0"]
+    return [
+        "run",
+        "--method",
+        "ipo",
+        "--model",
+        str(model),
+        "--dataset",
+        "jsonl",
+        "--data-files",
+        str(data_files["pairs"]),
+        "--output-dir",
+        str(out),
+        "--max-steps",
+        "6",
+        "--seed",
+        "5",
+        "--set",
+        "max_length=64",
+        "--set",
+        "per_device_train_batch_size=2",
+        "--set",
+        "learning_rate=1e-3",
+        "--set",
+        "logging_steps=1",
+        "--set",
+        "save_steps=2",
+        "--set",
+        "eval_fraction=0",
+    ]
 
 
 @pytest.mark.parametrize("corruption", list(CORRUPTIONS))
-def test_resume_skips_a_broken_newest_checkpoint(corruption, finished_ipo_run, tiny_model_dir, data_files, tmp_path,
-                                                 cli_run):
+def test_resume_skips_a_broken_newest_checkpoint(
+    corruption, finished_ipo_run, tiny_model_dir, data_files, tmp_path, cli_run
+):
     out = tmp_path / "run"
     shutil.copytree(finished_ipo_run, out)
     checkpoints = out / "checkpoints"
@@ -178,9 +249,10 @@ def test_latest_checkpoint_wants_the_marker_and_intact_files(tmp_path):
     truncate(cut / "model.safetensors")
     assert checkpoint_problem(good) is None
     assert latest_checkpoint(tmp_path, log=logged.append) == good
-    assert logged == [f"warning: skipping checkpoint {cut}: model.safetensors is truncated",
-                      f"warning: skipping checkpoint {tmp_path / 'checkpoint-4'}: no COMPLETE marker (its save did "
-                      "not finish)"]
+    assert logged == [
+        f"warning: skipping checkpoint {cut}: model.safetensors is truncated",
+        f"warning: skipping checkpoint {tmp_path / 'checkpoint-4'}: no COMPLETE marker (its save did not finish)",
+    ]
     prune_checkpoints(tmp_path, keep=2)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint-4", "checkpoint-6"]
 
@@ -189,8 +261,13 @@ def test_resume_drops_the_metrics_rows_it_will_log_again(tmp_path):
     from easyrlhf_core.metrics import drop_rows_after
 
     path = tmp_path / "metrics.jsonl"
-    rows = [{"step": 1, "loss": 3.0}, {"step": 2, "loss": 2.0}, {"step": 2, "eval_loss": 2.5},
-            {"step": 3, "loss": 1.0}, {"step": 3, "train_runtime": 1.0, "train_loss": 2.0}]
+    rows = [
+        {"step": 1, "loss": 3.0},
+        {"step": 2, "loss": 2.0},
+        {"step": 2, "eval_loss": 2.5},
+        {"step": 3, "loss": 1.0},
+        {"step": 3, "train_runtime": 1.0, "train_loss": 2.0},
+    ]
     path.write_text("".join(json.dumps(r) + "\n" for r in rows) + '{"step": 4, "lo')  # a row cut by a kill
     drop_rows_after(path, 2)
     assert [json.loads(line) for line in path.read_text().splitlines()] == rows[:3]
@@ -199,10 +276,24 @@ def test_resume_drops_the_metrics_rows_it_will_log_again(tmp_path):
 def test_resume_hint_repeats_the_command_with_resume():
     from easyrlhf_core.cli import resume_command
 
-    argv = ["run", "--method", "dpo", "--overwrite", "-o", "old", "--set", "beta=0.2", "--num-processes", "2",
-            "--data-files", "my data.jsonl"]
-    assert resume_command(argv, "runs/x y") == ("easyrlhf run --method dpo --set beta=0.2 --num-processes 2 "
-                                                "--data-files 'my data.jsonl' --resume --output-dir 'runs/x y'")
+    argv = [
+        "run",
+        "--method",
+        "dpo",
+        "--overwrite",
+        "-o",
+        "old",
+        "--set",
+        "beta=0.2",
+        "--num-processes",
+        "2",
+        "--data-files",
+        "my data.jsonl",
+    ]
+    assert resume_command(argv, "runs/x y") == (
+        "easyrlhf run --method dpo --set beta=0.2 --num-processes 2 "
+        "--data-files 'my data.jsonl' --resume --output-dir 'runs/x y'"
+    )
 
 
 def test_stop_signals_ask_for_a_stop_and_restore_the_handlers():
@@ -233,4 +324,3 @@ def test_the_trainers_report_to_nothing_themselves(tmp_path):
     run = SimpleNamespace(checkpoints_dir=tmp_path / "checkpoints")
     args = TrainingArguments(**training_arguments(BaseConfig(report_to=["tensorboard"]), run, has_eval=False))
     assert args.report_to == []
-

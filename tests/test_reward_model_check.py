@@ -20,8 +20,7 @@ def headless_rm(tiny_model_dir: Path, tmp_path: Path) -> Path:
     out = tmp_path / "headless"
     shutil.copytree(tiny_model_dir, out)
     config = json.loads((out / "config.json").read_text())
-    config.update(architectures=["LlamaForSequenceClassification"], id2label={"0": "LABEL_0"},
-                  label2id={"LABEL_0": 0})
+    config.update(architectures=["LlamaForSequenceClassification"], id2label={"0": "LABEL_0"}, label2id={"LABEL_0": 0})
     (out / "config.json").write_text(json.dumps(config))
     return out
 
@@ -38,16 +37,40 @@ def _refused(result, out: Path, *phrases: str) -> None:
 def test_ppo_refuses_a_reward_model_that_is_not_one(cli_run, tiny_model_dir, headless_rm, tmp_path, which):
     rm = tiny_model_dir if which == "causal-lm" else headless_rm
     out = tmp_path / "ppo"
-    result = cli_run("run", "--method", "ppo", "--model", str(tiny_model_dir), "--reward-model", str(rm),
-                     "--output-dir", str(out), "--max-steps", "1")
+    result = cli_run(
+        "run",
+        "--method",
+        "ppo",
+        "--model",
+        str(tiny_model_dir),
+        "--reward-model",
+        str(rm),
+        "--output-dir",
+        str(out),
+        "--max-steps",
+        "1",
+    )
     expected = "(a causal LM)" if which == "causal-lm" else "no score head"
     _refused(result, out, "not a reward model", expected, str(rm))
 
 
 def test_rrhf_generate_refuses_a_causal_lm_as_reward_model(cli_run, tiny_model_dir, tmp_path):
     out = tmp_path / "rrhf"
-    result = cli_run("run", "--method", "rrhf", "--model", str(tiny_model_dir), "--set", "candidates=generate",
-                     "--reward-model", str(tiny_model_dir), "--output-dir", str(out), "--max-steps", "1")
+    result = cli_run(
+        "run",
+        "--method",
+        "rrhf",
+        "--model",
+        str(tiny_model_dir),
+        "--set",
+        "candidates=generate",
+        "--reward-model",
+        str(tiny_model_dir),
+        "--output-dir",
+        str(out),
+        "--max-steps",
+        "1",
+    )
     _refused(result, out, "not a reward model", "LlamaForCausalLM")
 
 
@@ -61,8 +84,19 @@ def test_eval_refuses_a_classifier_without_its_head(cli_run, headless_rm, tmp_pa
 
 def test_rlhf_refuses_rm_model_that_is_not_one_before_sft_trains(cli_run, tiny_model_dir, tmp_path):
     out = tmp_path / "rlhf"
-    result = cli_run("run", "--method", "rlhf", "--model", str(tiny_model_dir), "--set",
-                     f"rm.model={tiny_model_dir}", "--output-dir", str(out), "--max-steps", "1")
+    result = cli_run(
+        "run",
+        "--method",
+        "rlhf",
+        "--model",
+        str(tiny_model_dir),
+        "--set",
+        f"rm.model={tiny_model_dir}",
+        "--output-dir",
+        str(out),
+        "--max-steps",
+        "1",
+    )
     _refused(result, out, "not a reward model")
 
 

@@ -13,12 +13,18 @@ from tests.helpers import PAD_TERMINATED_TEMPLATE
 
 PROMPTS = [
     [{"role": "user", "content": "What is the capital of France?"}],
-    [{"role": "user", "content": "Tell me a joke."}, {"role": "assistant", "content": "Why?"},
-     {"role": "user", "content": "Go on."}],
+    [
+        {"role": "user", "content": "Tell me a joke."},
+        {"role": "assistant", "content": "Why?"},
+        {"role": "user", "content": "Go on."},
+    ],
     [{"role": "user", "content": "Help me bake bread."}],
 ]
-CHOSEN = ["The capital of France is Paris.", "Why did the chicken cross the road? To get to the other side!",
-          "Mix flour, water, yeast and salt."]
+CHOSEN = [
+    "The capital of France is Paris.",
+    "Why did the chicken cross the road? To get to the other side!",
+    "Mix flour, water, yeast and salt.",
+]
 REJECTED = ["London.", "No.", "Sure"]
 
 
@@ -51,16 +57,27 @@ def _trainer_scores(path: Path) -> tuple[list[float], list[float]]:
 
     tokenizer = load_tokenizer(str(path))
     model = load_sequence_classifier(str(path), pad_token_id=tokenizer.pad_token_id).eval()
-    records = [{"prompt": p, "chosen": [{"role": "assistant", "content": c}],
-                "rejected": [{"role": "assistant", "content": r}]} for p, c, r in zip(PROMPTS, CHOSEN, REJECTED)]
-    args = RewardConfig(output_dir=str(path.parent / "trainer"), report_to="none", use_cpu=True,
-                        per_device_train_batch_size=len(records), max_length=512)
+    records = [
+        {
+            "prompt": p,
+            "chosen": [{"role": "assistant", "content": c}],
+            "rejected": [{"role": "assistant", "content": r}],
+        }
+        for p, c, r in zip(PROMPTS, CHOSEN, REJECTED)
+    ]
+    args = RewardConfig(
+        output_dir=str(path.parent / "trainer"),
+        report_to="none",
+        use_cpu=True,
+        per_device_train_batch_size=len(records),
+        max_length=512,
+    )
     trainer = RewardTrainer(model=model, args=args, train_dataset=as_hf_dataset(records), processing_class=tokenizer)
     batch = trainer.data_collator([trainer.train_dataset[i] for i in range(len(records))])  # in order
     with torch.no_grad():
         _, outputs = trainer.compute_loss(model, dict(batch), return_outputs=True)
     scores = outputs.logits.squeeze(-1).tolist()
-    return scores[:len(records)], scores[len(records):]
+    return scores[: len(records)], scores[len(records) :]
 
 
 @pytest.mark.parametrize("template", [PAD_TERMINATED_TEMPLATE, DEFAULT_CHAT_TEMPLATE], ids=["pad-terminated", "chatml"])
@@ -72,7 +89,8 @@ def test_every_scoring_path_reads_the_trained_position(tmp_path: Path, template:
     from tests.helpers import build_tiny_tokenizer
 
     rendered = build_tiny_tokenizer(template).apply_chat_template(
-        PROMPTS[0] + [{"role": "assistant", "content": CHOSEN[0]}], tokenize=False)
+        PROMPTS[0] + [{"role": "assistant", "content": CHOSEN[0]}], tokenize=False
+    )
     assert rendered.endswith("<|im_end|>") == (template == PAD_TERMINATED_TEMPLATE)  # eos == pad ends the text
 
     path = _reward_model_dir(tmp_path, template)

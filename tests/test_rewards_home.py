@@ -13,8 +13,13 @@ import pytest
 from easyrlhf_core import hookimpl
 from easyrlhf_core.errors import ConfigError, PluginError
 from easyrlhf_core.registry import get_registry
-from easyrlhf_core.rewards import (OneRewardOptions, WeightedRewardsOptions, one_reward_error, reward_label,
-                                   reward_model_reward)
+from easyrlhf_core.rewards import (
+    OneRewardOptions,
+    WeightedRewardsOptions,
+    one_reward_error,
+    reward_label,
+    reward_model_reward,
+)
 from tests.subprocess_runs import train_rows, write_rows
 
 
@@ -47,19 +52,42 @@ def test_a_reward_models_label_is_its_own_directorys_name(reward_dirs):
     assert reward_label({"reward_model": "org/model"}) == "model"  # a Hub id: never taken for a run's model/
     assert reward_label({"reward_model": "OpenAssistant/reward-model-deberta"}) == "reward-model-deberta"
     assert reward_label({"reward": "length", "reward_model": None}) == "length"
-    config = WeightedRewardsOptions(reward_model=str(reward_dirs["plain"]),
-                                    rewards=[{"reward_model": str(reward_dirs["run_model"]), "weight": 0.5},
-                                             {"reward": "length"}])
+    config = WeightedRewardsOptions(
+        reward_model=str(reward_dirs["plain"]),
+        rewards=[{"reward_model": str(reward_dirs["run_model"]), "weight": 0.5}, {"reward": "length"}],
+    )
     assert [r.label for r in config.build_rewards()] == ["rm-v2", "rm-v3", "length"]
 
 
 def test_grpo_logs_a_reward_model_under_its_own_name(cli_run, tiny_model_dir, prompts, reward_dirs, tmp_path):
     out = tmp_path / "grpo"
-    result = cli_run("run", "--method", "grpo", "--model", str(tiny_model_dir), "--dataset", "jsonl",
-                     "--data-files", str(prompts), "--output-dir", str(out),
-                     "--reward-model", str(reward_dirs["plain"]), "--max-steps", "1", "--set", "eval_fraction=0",
-                     "--set", "max_completion_length=4", "--set", "save_steps=0",
-                     "--set", "per_device_train_batch_size=4", "--set", "num_generations=2")
+    result = cli_run(
+        "run",
+        "--method",
+        "grpo",
+        "--model",
+        str(tiny_model_dir),
+        "--dataset",
+        "jsonl",
+        "--data-files",
+        str(prompts),
+        "--output-dir",
+        str(out),
+        "--reward-model",
+        str(reward_dirs["plain"]),
+        "--max-steps",
+        "1",
+        "--set",
+        "eval_fraction=0",
+        "--set",
+        "max_completion_length=4",
+        "--set",
+        "save_steps=0",
+        "--set",
+        "per_device_train_batch_size=4",
+        "--set",
+        "num_generations=2",
+    )
     assert result.exit_code == 0, result.stderr
     row = train_rows(out)[0]
     assert "rewards/rm-v2/mean" in row and "rewards/judges/mean" not in row
@@ -68,28 +96,54 @@ def test_grpo_logs_a_reward_model_under_its_own_name(cli_run, tiny_model_dir, pr
 
 
 def _run(cli_run, method: str, model: Path, data: Path, out: Path, *extra: str):
-    return cli_run("run", "--method", method, "--model", str(model), "--dataset", "jsonl", "--data-files", str(data),
-                   "--output-dir", str(out), *extra)
+    return cli_run(
+        "run",
+        "--method",
+        method,
+        "--model",
+        str(model),
+        "--dataset",
+        "jsonl",
+        "--data-files",
+        str(data),
+        "--output-dir",
+        str(out),
+        *extra,
+    )
 
 
 NONE = "a reward is needed: {who} needs a reward model or a reward function"
-BOTH = "{who} takes one reward, but reward and reward_model are both set; give only one: --reward-model PATH or " \
-       "--reward NAME"
+BOTH = (
+    "{who} takes one reward, but reward and reward_model are both set; give only one: --reward-model PATH or "
+    "--reward NAME"
+)
 
 
-@pytest.mark.parametrize("method, extra, where, message", [
-    ("ppo", [], "--reward-model", NONE.format(who="PPO")),
-    ("grpo", [], "--reward", NONE.format(who="GRPO")),
-    ("rrhf", ["--set", "candidates=generate"], "--set candidates", NONE.format(who="RRHF")),
-    ("ppo", ["--reward", "length", "--reward-model", "{rm}"], "--reward", BOTH.format(who="PPO")),
-    ("grpo", ["--reward", "length", "--reward-model", "{rm}"], "--reward", BOTH.format(who="GRPO")),
-    ("rrhf", ["--set", "candidates=generate", "--reward", "length", "--reward-model", "{rm}"], "--reward",
-     BOTH.format(who="RRHF")),
-    ("ppo", ["--reward", "length", "--reward", "keyword"], "--reward",
-     "PPO takes one reward, but --reward is given 2 times; give only one: --reward-model PATH or --reward NAME"),
-])
-def test_one_reward_rule_one_message(cli_run, tiny_model_dir, prompts, reward_dirs, tmp_path, method, extra, where,
-                                     message):
+@pytest.mark.parametrize(
+    "method, extra, where, message",
+    [
+        ("ppo", [], "--reward-model", NONE.format(who="PPO")),
+        ("grpo", [], "--reward", NONE.format(who="GRPO")),
+        ("rrhf", ["--set", "candidates=generate"], "--set candidates", NONE.format(who="RRHF")),
+        ("ppo", ["--reward", "length", "--reward-model", "{rm}"], "--reward", BOTH.format(who="PPO")),
+        ("grpo", ["--reward", "length", "--reward-model", "{rm}"], "--reward", BOTH.format(who="GRPO")),
+        (
+            "rrhf",
+            ["--set", "candidates=generate", "--reward", "length", "--reward-model", "{rm}"],
+            "--reward",
+            BOTH.format(who="RRHF"),
+        ),
+        (
+            "ppo",
+            ["--reward", "length", "--reward", "keyword"],
+            "--reward",
+            "PPO takes one reward, but --reward is given 2 times; give only one: --reward-model PATH or --reward NAME",
+        ),
+    ],
+)
+def test_one_reward_rule_one_message(
+    cli_run, tiny_model_dir, prompts, reward_dirs, tmp_path, method, extra, where, message
+):
     out = tmp_path / "never"
     extra = [a.format(rm=reward_dirs["plain"]) for a in extra]
     result = _run(cli_run, method, tiny_model_dir, prompts, out, *extra)
@@ -99,11 +153,24 @@ def test_one_reward_rule_one_message(cli_run, tiny_model_dir, prompts, reward_di
 
 
 def test_eval_and_the_rewards_list_use_the_same_rule(cli_run, tiny_model_dir, prompts, reward_dirs):
-    result = cli_run("eval", "--model", str(tiny_model_dir), "--reward", "length", "--reward-model",
-                     str(reward_dirs["plain"]), "--dataset", "jsonl", "--data-files", str(prompts))
+    result = cli_run(
+        "eval",
+        "--model",
+        str(tiny_model_dir),
+        "--reward",
+        "length",
+        "--reward-model",
+        str(reward_dirs["plain"]),
+        "--dataset",
+        "jsonl",
+        "--data-files",
+        str(prompts),
+    )
     assert result.exit_code == 2
-    assert "Error: --reward: easyrlhf eval takes one reward, but --reward-model and --reward are both given; give " \
-           "only one: --reward-model PATH or --reward NAME" in result.stderr, result.stderr
+    assert (
+        "Error: --reward: easyrlhf eval takes one reward, but --reward-model and --reward are both given; give "
+        "only one: --reward-model PATH or --reward NAME" in result.stderr
+    ), result.stderr
     with pytest.raises(ConfigError) as info:
         WeightedRewardsOptions(rewards=[{"reward": "length", "reward_model": "x"}])
     assert info.value.message == one_reward_error(2, "rewards[0]", forms=("reward_model: PATH", "reward: NAME")).message

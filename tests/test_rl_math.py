@@ -75,8 +75,12 @@ def loop_whiten(values: list[list[float]], mask: list[list[int]], shift_mean: bo
     mean, var = loop_masked_mean(values, mask), loop_masked_var(values, mask, unbiased=True)
     out = []
     for row, mrow in zip(values, mask):
-        out.append([((v - mean) / math.sqrt(var + 1e-8) + (0.0 if shift_mean else mean)) if m else 0.0
-                    for v, m in zip(row, mrow)])
+        out.append(
+            [
+                ((v - mean) / math.sqrt(var + 1e-8) + (0.0 if shift_mean else mean)) if m else 0.0
+                for v, m in zip(row, mrow)
+            ]
+        )
     return out
 
 
@@ -135,8 +139,10 @@ def test_masked_mean_and_var_match_loops(seed, holes):
     per_row = [loop_masked_mean([row], [mrow]) for row, mrow in zip(v, m)]
     assert_close(rl_math.masked_mean(values, mask, dim=1), _tensor([per_row])[0])
     for unbiased in (True, False):
-        assert_close(rl_math.masked_var(values, mask, unbiased=unbiased),
-                     torch.tensor(loop_masked_var(v, m, unbiased), dtype=torch.float64))
+        assert_close(
+            rl_math.masked_var(values, mask, unbiased=unbiased),
+            torch.tensor(loop_masked_var(v, m, unbiased), dtype=torch.float64),
+        )
 
 
 @pytest.mark.parametrize("seed,holes", CASES)
@@ -277,13 +283,15 @@ def test_grpo_group_advantages_match_a_loop(seed, group_size):
     values = scores.tolist()
     scaled, centred = [], []
     for start in range(0, len(values), group_size):
-        group = values[start:start + group_size]
+        group = values[start : start + group_size]
         mean, std = statistics.mean(group), statistics.stdev(group)
         scaled += [(r - mean) / (std + 1e-6) for r in group]
         centred += [r - mean for r in group]
     assert_close(rl_math.grpo_group_advantages(scores, group_size), torch.tensor(scaled, dtype=torch.float64))
-    assert_close(rl_math.grpo_group_advantages(scores, group_size, scale_by_std=False),
-                 torch.tensor(centred, dtype=torch.float64))
+    assert_close(
+        rl_math.grpo_group_advantages(scores, group_size, scale_by_std=False),
+        torch.tensor(centred, dtype=torch.float64),
+    )
 
 
 @pytest.mark.parametrize("seed", SEEDS)
@@ -293,7 +301,7 @@ def test_rloo_advantages_use_the_leave_one_out_mean(seed, group_size):
     values = scores.tolist()
     expected = []
     for start in range(0, len(values), group_size):
-        group = values[start:start + group_size]
+        group = values[start : start + group_size]
         for i, r in enumerate(group):
             others = [x for j, x in enumerate(group) if j != i]
             expected.append(r - sum(others) / len(others))

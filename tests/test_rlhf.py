@@ -7,9 +7,24 @@ import json
 import pytest
 import yaml
 
-TINY_STAGES = ["--max-steps", "2", "--set", "max_train_samples=12", "--set", "max_eval_samples=2",
-               "--set", "sft.max_length=256", "--set", "rm.max_length=256", "--set", "ppo.max_length=256",
-               "--set", "ppo.max_new_tokens=8", "--set", "ppo.rollout_batch_size=4"]
+TINY_STAGES = [
+    "--max-steps",
+    "2",
+    "--set",
+    "max_train_samples=12",
+    "--set",
+    "max_eval_samples=2",
+    "--set",
+    "sft.max_length=256",
+    "--set",
+    "rm.max_length=256",
+    "--set",
+    "ppo.max_length=256",
+    "--set",
+    "ppo.max_new_tokens=8",
+    "--set",
+    "ppo.rollout_batch_size=4",
+]
 
 
 def _pipeline(cli_run, model, out, *extra):
@@ -33,9 +48,9 @@ def test_pipeline_runs_every_stage_and_hands_models_over(pipeline_run, tiny_mode
         assert (out / stage / "config.yaml").is_file() and (out / stage / "README.md").is_file()
     configs = {s: yaml.safe_load((out / s / "config.yaml").read_text()) for s in ("sft", "rm", "ppo")}
     assert configs["sft"]["model"] == str(tiny_model_dir)
-    assert configs["rm"]["model"] == str(out / "sft" / "model")          # RM starts from the SFT model
-    assert configs["ppo"]["model"] == str(out / "sft" / "model")         # the policy too
-    assert configs["ppo"]["reward_model"] == str(out / "rm" / "model")   # scored by the RM
+    assert configs["rm"]["model"] == str(out / "sft" / "model")  # RM starts from the SFT model
+    assert configs["ppo"]["model"] == str(out / "sft" / "model")  # the policy too
+    assert configs["ppo"]["reward_model"] == str(out / "rm" / "model")  # scored by the RM
     assert all(c["max_steps"] == 2 and c["max_train_samples"] == 12 for c in configs.values())
     assert "value model: initialised from the reward model" in result.stderr
     assert (out / "model").resolve() == (out / "ppo" / "model").resolve()
@@ -100,12 +115,17 @@ def test_stage_options_override_shared_ones(tiny_model_dir, cli_run, tmp_path):
     assert plan["rm"].seed == 7 and plan["rm"].output_dir == str(tmp_path / "rm")
 
 
-@pytest.mark.parametrize("args, message", [
-    (["--set", "rm.learnig_rate=1e-5"], "Error: --set rm.learnig_rate: unknown option 'rm.learnig_rate' "
-                                        "(did you mean 'rm.learning_rate'?)"),
-    (["--set", "ppo.model=x"], "Error: --set ppo.model: 'ppo.model' PPO starts from the SFT stage's model"),
-    (["--set", "ppo.data_files=/nonexistent/prompts.jsonl"], "Error: /nonexistent/prompts.jsonl: file not found"),
-])
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (
+            ["--set", "rm.learnig_rate=1e-5"],
+            "Error: --set rm.learnig_rate: unknown option 'rm.learnig_rate' (did you mean 'rm.learning_rate'?)",
+        ),
+        (["--set", "ppo.model=x"], "Error: --set ppo.model: 'ppo.model' PPO starts from the SFT stage's model"),
+        (["--set", "ppo.data_files=/nonexistent/prompts.jsonl"], "Error: /nonexistent/prompts.jsonl: file not found"),
+    ],
+)
 def test_bad_stage_options_fail_before_anything_is_written(tiny_model_dir, cli_run, tmp_path, args, message):
     out = tmp_path / "run"
     result = _pipeline(cli_run, tiny_model_dir, out, *args)
@@ -120,9 +140,13 @@ def test_stages_inherit_what_was_set_not_what_differs_from_a_default(tiny_model_
     from easyrlhf_core.run import RunRequest, resolve
     from easyrlhf_plugins.methods.rlhf import stage_config
 
-    _, config = resolve(RunRequest(method="rlhf", flags={"max_steps": 5, "lora.enabled": True},
-                                   set_options=["sft.max_steps=-1", "max_eval_samples=200", "lora.r=4",
-                                                "rm.lora.r=8", "seed=42"]))
+    _, config = resolve(
+        RunRequest(
+            method="rlhf",
+            flags={"max_steps": 5, "lora.enabled": True},
+            set_options=["sft.max_steps=-1", "max_eval_samples=200", "lora.r=4", "rm.lora.r=8", "seed=42"],
+        )
+    )
     sft, rm, ppo = (stage_config(config, s, Path(tmp_path) / s) for s in ("sft", "rm", "ppo"))
     assert (sft.max_steps, rm.max_steps, ppo.max_steps) == (-1, 5, 5)  # sft set its own, even to the default
     assert all(c.lora.enabled for c in (sft, rm, ppo))
@@ -132,8 +156,19 @@ def test_stages_inherit_what_was_set_not_what_differs_from_a_default(tiny_model_
 
 def test_the_rl_stage_is_selectable(tiny_model_dir, cli_run, tmp_path):
     out = tmp_path / "grpo-pipeline"
-    result = _pipeline(cli_run, tiny_model_dir, out, "--set", "rl_method=grpo", "--set", "grpo.max_length=256",
-                       "--set", "grpo.max_completion_length=8", "--set", "grpo.per_device_train_batch_size=4")
+    result = _pipeline(
+        cli_run,
+        tiny_model_dir,
+        out,
+        "--set",
+        "rl_method=grpo",
+        "--set",
+        "grpo.max_length=256",
+        "--set",
+        "grpo.max_completion_length=8",
+        "--set",
+        "grpo.per_device_train_batch_size=4",
+    )
     assert result.exit_code == 0, result.stderr
     assert (out / "grpo" / "model" / "config.json").is_file() and not (out / "ppo").exists()
     assert yaml.safe_load((out / "grpo" / "config.yaml").read_text())["reward_model"] == str(out / "rm" / "model")
@@ -153,10 +188,20 @@ def test_a_full_config_dump_still_lets_top_level_flags_reach_the_stages(tmp_path
 
 
 def test_rm_model_with_an_rl_stage_that_names_its_own_reward_is_refused(cli_run, tmp_path, tiny_model_dir):
-    result = cli_run("run", "--method", "rlhf", "--output-dir", str(tmp_path / "x"),
-                     "--set", f"rm.model={tiny_model_dir}", "--set", "ppo.reward=length")
-    assert result.exit_code == 2 and ("'rm.model' is used only when the ppo stage is scored by the reward model"
-                                      in result.stderr)
+    result = cli_run(
+        "run",
+        "--method",
+        "rlhf",
+        "--output-dir",
+        str(tmp_path / "x"),
+        "--set",
+        f"rm.model={tiny_model_dir}",
+        "--set",
+        "ppo.reward=length",
+    )
+    assert result.exit_code == 2 and (
+        "'rm.model' is used only when the ppo stage is scored by the reward model" in result.stderr
+    )
 
 
 def _plan(flags: dict, set_options: list[str] | None = None, config_file: str | None = None):
@@ -164,8 +209,14 @@ def _plan(flags: dict, set_options: list[str] | None = None, config_file: str | 
 
     from easyrlhf_core.run import RunRequest, resolve
 
-    method, config = resolve(RunRequest(method="rlhf" if config_file is None else None, config_file=config_file,
-                                        flags=flags, set_options=set_options or []))
+    method, config = resolve(
+        RunRequest(
+            method="rlhf" if config_file is None else None,
+            config_file=config_file,
+            flags=flags,
+            set_options=set_options or [],
+        )
+    )
     return method.plan(config, Path("unused"))
 
 
@@ -185,16 +236,17 @@ def test_a_prompt_only_dataset_goes_to_the_rl_stage_alone():
 
 
 def test_a_stage_that_sets_its_own_data_keeps_it(tmp_path):
-    plan = _plan({"dataset": "hh-rlhf", "data_files": [str(tmp_path / "pairs.jsonl")]},
-                 ["ppo.dataset=arithmetic"])
+    plan = _plan({"dataset": "hh-rlhf", "data_files": [str(tmp_path / "pairs.jsonl")]}, ["ppo.dataset=arithmetic"])
     assert plan["ppo"].dataset == "arithmetic" and plan["ppo"].data_files == []
     assert plan["rm"].data_files == [str(tmp_path / "pairs.jsonl")]
 
 
 def test_pipeline_data_flags_through_the_cli(cli_run, tiny_model_dir, tmp_path):
     hh = tmp_path / "hh.jsonl"
-    rows = [{"chosen": f"\n\nHuman: Say {w}.\n\nAssistant: {w}!", "rejected": f"\n\nHuman: Say {w}.\n\nAssistant: no."}
-            for w in ("one", "two", "three", "four", "five", "six", "seven", "eight")]
+    rows = [
+        {"chosen": f"\n\nHuman: Say {w}.\n\nAssistant: {w}!", "rejected": f"\n\nHuman: Say {w}.\n\nAssistant: no."}
+        for w in ("one", "two", "three", "four", "five", "six", "seven", "eight")
+    ]
     hh.write_text("".join(json.dumps(r) + "\n" for r in rows))
     out = tmp_path / "run"
     result = _pipeline(cli_run, tiny_model_dir, out, "--dataset", "hh-rlhf", "--data-files", str(hh))

@@ -26,16 +26,22 @@ from easyrlhf_core.shapes import DataOptions, DataSplits, Shape
 # Toy plugins: a learnable ranking (answers drawn from three word pools, better pools score higher)
 # and a reward that counts a letter.
 
-POOLS = [["cat", "dog", "road", "chicken"], ["bread", "flour", "water", "salt"],
-         ["Paris", "France", "capital", "city"]]  # pool index = reward
+POOLS = [
+    ["cat", "dog", "road", "chicken"],
+    ["bread", "flour", "water", "salt"],
+    ["Paris", "France", "capital", "city"],
+]  # pool index = reward
 
 
 def toy_record(rng: random.Random, question: str) -> dict:
     order = list(range(len(POOLS)))
     rng.shuffle(order)
     responses = [" ".join(rng.choice(POOLS[p]) for _ in range(3)) for p in order]
-    return {"prompt": [{"role": "user", "content": question}], "responses": responses,
-            "scores": [float(p) for p in order]}
+    return {
+        "prompt": [{"role": "user", "content": question}],
+        "responses": responses,
+        "scores": [float(p) for p in order],
+    }
 
 
 def toy_records(seed: int, count: int, prefix: str) -> list[dict]:
@@ -99,8 +105,22 @@ def tokenizer(tiny_tokenizer_dir):
 
 
 def _rrhf(cli_run, model_dir, out, *extra):
-    return cli_run("run", "--method", "rrhf", "--model", str(model_dir), "--dataset", "rrhf-toy-ranked",
-                   "--output-dir", str(out), "--set", "max_length=96", "--set", "save_steps=0", *extra)
+    return cli_run(
+        "run",
+        "--method",
+        "rrhf",
+        "--model",
+        str(model_dir),
+        "--dataset",
+        "rrhf-toy-ranked",
+        "--output-dir",
+        str(out),
+        "--set",
+        "max_length=96",
+        "--set",
+        "save_steps=0",
+        *extra,
+    )
 
 
 def _metrics(out: Path) -> list[dict]:
@@ -131,7 +151,7 @@ def test_loss_matches_hand_computed_values_with_ties_and_k3():
     assert terms.loss.item() == pytest.approx(((1 + 2) + (0.5 + 1)) / 2)
     # ordered pairs: A0<A1 wrong (p -1 > -2), A2<A1 right, B1<B0 wrong
     assert (terms.correct_pairs.item(), terms.total_pairs.item()) == (1, 3)
-    assert torch.allclose(terms.p_best, torch.tensor([-2.0, -1.0]))   # A1, B0
+    assert torch.allclose(terms.p_best, torch.tensor([-2.0, -1.0]))  # A1, B0
     assert torch.allclose(terms.p_worst, torch.tensor([-1.0, -0.5]))  # first of the tied worst (A0), B1
 
     weighted = rrhf_terms(*_fixed_batch(), num_queries=2, rank_weight=2.0)
@@ -146,8 +166,9 @@ def test_length_penalty_zero_ranks_summed_log_probs():
 
 
 def test_all_ties_give_no_rank_loss_and_ft_on_the_first():
-    terms = rrhf_terms(torch.tensor([-1.0, -8.0]), torch.tensor([1, 2]), torch.tensor([0.3, 0.3]),
-                       torch.tensor([0, 0]), num_queries=1)
+    terms = rrhf_terms(
+        torch.tensor([-1.0, -8.0]), torch.tensor([1, 2]), torch.tensor([0.3, 0.3]), torch.tensor([0, 0]), num_queries=1
+    )
     assert terms.rank_loss.item() == 0.0 and terms.total_pairs.item() == 0
     assert terms.ft_loss.item() == pytest.approx(1.0)
 
@@ -182,8 +203,7 @@ def test_only_positions_predicting_response_tokens_count():
 
 
 def test_encoding_matches_the_assistant_turn(tokenizer):
-    record = {"prompt": [{"role": "user", "content": "Hi there"}], "responses": ["Paris.", "No"],
-              "scores": [1, 0]}
+    record = {"prompt": [{"role": "user", "content": "Hi there"}], "responses": ["Paris.", "No"], "scores": [1, 0]}
     query = encode_record(tokenizer, record, max_length=512)
     assert tokenizer.decode(query.prompt_ids) == "<|im_start|>user\nHi there<|im_end|>\n<|im_start|>assistant\n"
     assert [tokenizer.decode(r) for r in query.response_ids] == ["Paris.<|im_end|>", "No<|im_end|>"]
@@ -200,10 +220,18 @@ def test_variable_k_batch_in_one_forward_pass_equals_each_candidate_alone(tokeni
     from transformers import AutoModelForCausalLM
 
     model = AutoModelForCausalLM.from_pretrained(tiny_model_dir).eval()
-    records = [{"prompt": [{"role": "user", "content": "Tell me a joke."}],
-                "responses": ["Why did the chicken cross the road?", "No.", "Bread"], "scores": [2, 0, 1]},
-               {"prompt": [{"role": "user", "content": "What is the capital of France, please?"}],
-                "responses": ["Paris", "The capital of France is Paris, a city."], "scores": [0, 1]}]
+    records = [
+        {
+            "prompt": [{"role": "user", "content": "Tell me a joke."}],
+            "responses": ["Why did the chicken cross the road?", "No.", "Bread"],
+            "scores": [2, 0, 1],
+        },
+        {
+            "prompt": [{"role": "user", "content": "What is the capital of France, please?"}],
+            "responses": ["Paris", "The capital of France is Paris, a city."],
+            "scores": [0, 1],
+        },
+    ]
     data, _ = encode_dataset(tokenizer, records, max_length=128)
 
     def p_of(batch):
@@ -216,9 +244,17 @@ def test_variable_k_batch_in_one_forward_pass_equals_each_candidate_alone(tokeni
     assert batch["response_mask"].sum(1).tolist() == [len(r) for q in data.queries for r in q.response_ids]
     batched = p_of(batch)
     other_pad = p_of(RankedCollator(pad_token_id=7)([data[0], data[1]]))
-    alone = torch.cat([p_of(RankedCollator(tokenizer.pad_token_id)(
-        [{"prompt_ids": q.prompt_ids, "response_ids": [r], "scores": [0.0]}]))
-        for q in data.queries for r in q.response_ids])
+    alone = torch.cat(
+        [
+            p_of(
+                RankedCollator(tokenizer.pad_token_id)(
+                    [{"prompt_ids": q.prompt_ids, "response_ids": [r], "scores": [0.0]}]
+                )
+            )
+            for q in data.queries
+            for r in q.response_ids
+        ]
+    )
     assert torch.allclose(batched, alone, atol=1e-5)
     assert torch.allclose(batched, other_pad, atol=1e-5)
 
@@ -242,8 +278,19 @@ def _held_out_accuracy(model_dir, tokenizer) -> float:
 
 def test_training_learns_the_toy_ranking_on_held_out_queries(cli_run, tiny_model_dir, tokenizer, tmp_path):
     out = tmp_path / "rrhf"
-    result = _rrhf(cli_run, tiny_model_dir, out, "--max-steps", "36", "--set", "learning_rate=3e-3",
-                   "--set", "lr_scheduler_type=constant", "--set", "logging_steps=6")
+    result = _rrhf(
+        cli_run,
+        tiny_model_dir,
+        out,
+        "--max-steps",
+        "36",
+        "--set",
+        "learning_rate=3e-3",
+        "--set",
+        "lr_scheduler_type=constant",
+        "--set",
+        "logging_steps=6",
+    )
     assert result.exit_code == 0, result.stderr
     before = _held_out_accuracy(tiny_model_dir, tokenizer)
     after = _held_out_accuracy(out / "model", tokenizer)  # model/ reloads with plain transformers
@@ -262,9 +309,24 @@ def test_training_learns_the_toy_ranking_on_held_out_queries(cli_run, tiny_model
 
 def test_generate_scores_candidates_once_and_resume_reuses_the_cache(cli_run, tiny_model_dir, tmp_path):
     out = tmp_path / "gen"
-    common = ("--set", "candidates=generate", "--reward", "rrhf-toy-count-a", "--set", "num_generations=2",
-              "--set", "max_new_tokens=6", "--set", "max_train_samples=6", "--set", "save_steps=2",
-              "--set", "per_device_train_batch_size=2", "--set", "learning_rate=1e-3")
+    common = (
+        "--set",
+        "candidates=generate",
+        "--reward",
+        "rrhf-toy-count-a",
+        "--set",
+        "num_generations=2",
+        "--set",
+        "max_new_tokens=6",
+        "--set",
+        "max_train_samples=6",
+        "--set",
+        "save_steps=2",
+        "--set",
+        "per_device_train_batch_size=2",
+        "--set",
+        "learning_rate=1e-3",
+    )
     result = _rrhf(cli_run, tiny_model_dir, out, "--max-steps", "2", *common)
     assert result.exit_code == 0, result.stderr
     assert CountA.calls > 0
@@ -294,10 +356,32 @@ def test_lora_on_hh_rlhf_trains_and_saves_a_merged_model(cli_run, tiny_model_dir
     from transformers import AutoModelForCausalLM
 
     out = tmp_path / "lora"
-    result = cli_run("run", "--method", "rrhf", "--model", str(tiny_model_dir), "--dataset", "hh-rlhf",
-                     "--output-dir", str(out), "--lora", "--max-steps", "3", "--set", "lora.r=4",
-                     "--set", "learning_rate=1e-2", "--set", "max_train_samples=12", "--set", "max_eval_samples=4",
-                     "--set", "max_length=128", "--set", "save_steps=0")
+    result = cli_run(
+        "run",
+        "--method",
+        "rrhf",
+        "--model",
+        str(tiny_model_dir),
+        "--dataset",
+        "hh-rlhf",
+        "--output-dir",
+        str(out),
+        "--lora",
+        "--max-steps",
+        "3",
+        "--set",
+        "lora.r=4",
+        "--set",
+        "learning_rate=1e-2",
+        "--set",
+        "max_train_samples=12",
+        "--set",
+        "max_eval_samples=4",
+        "--set",
+        "max_length=128",
+        "--set",
+        "save_steps=0",
+    )
     assert result.exit_code == 0, result.stderr
     assert "rrhf: 12 train queries, 2-2 candidates each" in result.stderr and "trainable of" in result.stderr
     assert not (out / "model" / "adapter_config.json").exists()
@@ -317,9 +401,25 @@ def test_generate_with_a_reward_model_directory(cli_run, tiny_model_dir, tmp_pat
     load_sequence_classifier(str(tiny_model_dir), pad_token_id=tokenizer.pad_token_id).save_pretrained(reward_dir)
     tokenizer.save_pretrained(reward_dir)
     out = tmp_path / "gen-rm"
-    result = _rrhf(cli_run, tiny_model_dir, out, "--max-steps", "1", "--set", "candidates=generate",
-                   "--reward-model", str(reward_dir), "--set", "num_generations=1", "--set", "max_new_tokens=4",
-                   "--set", "max_train_samples=4", "--set", "max_eval_samples=2")
+    result = _rrhf(
+        cli_run,
+        tiny_model_dir,
+        out,
+        "--max-steps",
+        "1",
+        "--set",
+        "candidates=generate",
+        "--reward-model",
+        str(reward_dir),
+        "--set",
+        "num_generations=1",
+        "--set",
+        "max_new_tokens=4",
+        "--set",
+        "max_train_samples=4",
+        "--set",
+        "max_eval_samples=2",
+    )
     assert result.exit_code == 0, result.stderr
     rows = [json.loads(line) for line in (out / "candidates.jsonl").read_text().splitlines()[1:]]
     assert len(rows) == 4 + 2 and all(len(r["scores"]) == 4 for r in rows)  # max_eval_samples applies too
@@ -327,14 +427,17 @@ def test_generate_with_a_reward_model_directory(cli_run, tiny_model_dir, tmp_pat
     assert "scoring with 'reward-model'" in result.stderr
 
 
-@pytest.mark.parametrize("args, where, words", [
-    (("--set", "candidates=generate"), "--set candidates", "--reward-model PATH or --reward NAME"),
-    (("--reward", "rrhf-toy-count-a"), "--reward", "candidates=generate"),
-    (("--set", "candidates=generate", "--reward", "x", "--reward-model", "y"), "--reward", "both set"),
-    (("--set", "rank_weight=-1"), "--set rank_weight", ">= 0"),
-    (("--set", "candidates=generate", "--reward", "length", "--set", "top_k=-1"), "--set top_k", ">= 0"),
-    (("--set", "candidates=sample"), "--set candidates", "one of 'dataset', 'generate'"),
-])
+@pytest.mark.parametrize(
+    "args, where, words",
+    [
+        (("--set", "candidates=generate"), "--set candidates", "--reward-model PATH or --reward NAME"),
+        (("--reward", "rrhf-toy-count-a"), "--reward", "candidates=generate"),
+        (("--set", "candidates=generate", "--reward", "x", "--reward-model", "y"), "--reward", "both set"),
+        (("--set", "rank_weight=-1"), "--set rank_weight", ">= 0"),
+        (("--set", "candidates=generate", "--reward", "length", "--set", "top_k=-1"), "--set top_k", ">= 0"),
+        (("--set", "candidates=sample"), "--set candidates", "one of 'dataset', 'generate'"),
+    ],
+)
 def test_bad_options_are_one_line_errors(cli_run, tiny_model_dir, tmp_path, args, where, words):
     out = tmp_path / "bad"
     result = _rrhf(cli_run, tiny_model_dir, out, *args)
@@ -355,8 +458,9 @@ def test_sampling_settings_are_pinned_not_taken_from_the_model(tiny_model_dir, t
     real_generate = lm.generate
     monkeypatch.setattr(lm, "generate", lambda *args: seen.append(args[3]) or real_generate(*args))
     model = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
-    config = RRHFConfig(candidates="generate", reward="length", num_generations=2, max_new_tokens=4,
-                        temperature=0.7, top_p=0.9)
+    config = RRHFConfig(
+        candidates="generate", reward="length", num_generations=2, max_new_tokens=4, temperature=0.7, top_p=0.9
+    )
     out = candidates.sample_responses(model, tokenizer, [[{"role": "user", "content": "Hi there"}]], config)
     assert len(out) == 1 and len(out[0]) == 2
     assert (seen[0].top_k, seen[0].top_p, seen[0].temperature, seen[0].do_sample) == (0, 0.9, 0.7, True)
@@ -379,8 +483,9 @@ def test_ft_normalization_reaches_the_trainer(cli_run, tiny_model_dir, tmp_path)
     assert "ft_normalization=sum" in result.stderr
     mean = _rrhf(cli_run, tiny_model_dir, tmp_path / "ft-mean", "--max-steps", "1")
     assert mean.exit_code == 0, mean.stderr
-    summed_ft, mean_ft = (next(r["ft_loss"] for r in _metrics(d) if "ft_loss" in r)
-                          for d in (out, tmp_path / "ft-mean"))
+    summed_ft, mean_ft = (
+        next(r["ft_loss"] for r in _metrics(d) if "ft_loss" in r) for d in (out, tmp_path / "ft-mean")
+    )
     assert summed_ft > 2 * mean_ft  # the same first batch, summed over its multi-token best answers
     bad = _rrhf(cli_run, tiny_model_dir, tmp_path / "bad", "--set", "ft_normalization=median")
     assert bad.exit_code == 2 and "one of 'mean', 'sum'" in bad.stderr

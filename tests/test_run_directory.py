@@ -22,9 +22,28 @@ def pairs(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def sft_args(model: Path, data: Path, out: Path, *extra: str) -> list[str]:
-    return ["run", "--method", "sft", "--model", str(model), "--dataset", "jsonl", "--data-files", str(data),
-            "--output-dir", str(out), "--set", "max_length=64", "--set", "per_device_train_batch_size=2",
-            "--set", "eval_fraction=0", "--set", "save_steps=0", *extra]
+    return [
+        "run",
+        "--method",
+        "sft",
+        "--model",
+        str(model),
+        "--dataset",
+        "jsonl",
+        "--data-files",
+        str(data),
+        "--output-dir",
+        str(out),
+        "--set",
+        "max_length=64",
+        "--set",
+        "per_device_train_batch_size=2",
+        "--set",
+        "eval_fraction=0",
+        "--set",
+        "save_steps=0",
+        *extra,
+    ]
 
 
 def _snapshot(path: Path) -> dict:
@@ -60,12 +79,14 @@ def test_a_lock_left_by_a_dead_process_is_taken_over(tmp_path):
     out = tmp_path / "stale"
     out.mkdir()
     dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
-    (out / LOCK_FILE).write_text(json.dumps({"pid": int(dead.stdout), "host": socket.gethostname(),
-                                             "command": "easyrlhf run"}))
+    (out / LOCK_FILE).write_text(
+        json.dumps({"pid": int(dead.stdout), "host": socket.gethostname(), "command": "easyrlhf run"})
+    )
     notes: list[str] = []
     directory = RunDirectory(out, log=notes.append).lock()
-    assert any("taking over the lock" in n and f"pid {int(dead.stdout)}" in n and "no longer running" in n
-               for n in notes), notes
+    assert any(
+        "taking over the lock" in n and f"pid {int(dead.stdout)}" in n and "no longer running" in n for n in notes
+    ), notes
     directory.release()
     assert not (out / LOCK_FILE).exists()
 
@@ -75,10 +96,17 @@ def test_ranks_keep_the_directory_taken_after_their_launcher_died(tmp_path):
     out.mkdir()
     RunDirectory(out).lock().announce_ranks()  # the launcher named itself, then died without releasing
     (out / LOCK_FILE).unlink()
-    rank = subprocess.Popen([sys.executable, "-c", "import sys, time\nfrom pathlib import Path\n"
-                             "from easyrlhf_core.rundir import hold_for_rank\n"
-                             f"assert hold_for_rank(Path({str(out)!r}))\nprint('held', flush=True)\ntime.sleep(60)"],
-                            stdout=subprocess.PIPE, text=True)
+    rank = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import sys, time\nfrom pathlib import Path\n"
+            "from easyrlhf_core.rundir import hold_for_rank\n"
+            f"assert hold_for_rank(Path({str(out)!r}))\nprint('held', flush=True)\ntime.sleep(60)",
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
     try:
         assert rank.stdout.readline().strip() == "held"
         with pytest.raises(DirectoryInUse, match="the ranks of another easyrlhf run are still writing"):
@@ -105,21 +133,25 @@ def damaged_model(tiny_model_dir: Path, tmp_path: Path) -> Path:
 
 
 @pytest.mark.parametrize("case", ["missing-model", "damaged-weights", "lora-targets"])
-def test_a_failure_before_training_leaves_the_directory_as_it_was(case, cli_run, tiny_model_dir, damaged_model,
-                                                                   pairs, tmp_path):
+def test_a_failure_before_training_leaves_the_directory_as_it_was(
+    case, cli_run, tiny_model_dir, damaged_model, pairs, tmp_path
+):
     out = tmp_path / "run"
-    bad = {"missing-model": ["--model", str(tmp_path / "no" / "such-model")],
-           "damaged-weights": ["--model", str(damaged_model)],
-           "lora-targets": ["--lora", "--set", "lora.target_modules=[qkv_proj]"]}[case]
+    bad = {
+        "missing-model": ["--model", str(tmp_path / "no" / "such-model")],
+        "damaged-weights": ["--model", str(damaged_model)],
+        "lora-targets": ["--lora", "--set", "lora.target_modules=[qkv_proj]"],
+    }[case]
     args = sft_args(tiny_model_dir, pairs, out, "--max-steps", "1")
     result = cli_run(*args, *bad)
     assert result.exit_code != 0
     error = [line for line in result.stderr.splitlines() if line.startswith("Error:")]
     assert len(error) == 1 and "Traceback" not in result.stderr, result.stderr
-    expected = {"missing-model": "model path not found",
-                "damaged-weights": f"Error: {damaged_model / 'model.safetensors'}: damaged weights file: "
-                                   "it is truncated",
-                "lora-targets": "Error: lora.target_modules: 'qkv_proj' matches no module"}[case]
+    expected = {
+        "missing-model": "model path not found",
+        "damaged-weights": f"Error: {damaged_model / 'model.safetensors'}: damaged weights file: it is truncated",
+        "lora-targets": "Error: lora.target_modules: 'qkv_proj' matches no module",
+    }[case]
     assert expected in error[0], error[0]
     if case == "lora-targets":
         assert "q_proj" in error[0] and "down_proj" in error[0]  # the names LoRA could target
@@ -129,8 +161,9 @@ def test_a_failure_before_training_leaves_the_directory_as_it_was(case, cli_run,
     assert (out / "model").is_dir()
 
 
-def test_overwrite_restores_the_old_run_when_the_new_one_fails_before_training(cli_run, tiny_model_dir,
-                                                                                damaged_model, pairs, tmp_path):
+def test_overwrite_restores_the_old_run_when_the_new_one_fails_before_training(
+    cli_run, tiny_model_dir, damaged_model, pairs, tmp_path
+):
     out = tmp_path / "run"
     assert cli_run(*sft_args(tiny_model_dir, pairs, out, "--max-steps", "1")).exit_code == 0
     before = _snapshot(out)
@@ -158,8 +191,9 @@ def test_leftovers_of_a_run_killed_before_training_are_cleared(cli_run, tiny_mod
 # A finished run resumed
 
 
-def test_resume_of_a_finished_trainer_run_changes_nothing_unless_max_steps_rises(cli_run, tiny_model_dir, pairs,
-                                                                                  tmp_path):
+def test_resume_of_a_finished_trainer_run_changes_nothing_unless_max_steps_rises(
+    cli_run, tiny_model_dir, pairs, tmp_path
+):
     out = tmp_path / "run"
     args = sft_args(tiny_model_dir, pairs, out, "--set", "save_steps=2")
     assert cli_run(*args, "--max-steps", "2").exit_code == 0
@@ -175,9 +209,29 @@ def test_resume_of_a_finished_trainer_run_changes_nothing_unless_max_steps_rises
 
 def test_resume_of_a_finished_ppo_run_without_checkpoints(cli_run, tiny_model_dir, tmp_path):
     out = tmp_path / "ppo"
-    args = ["run", "--method", "ppo", "--model", str(tiny_model_dir), "--reward", "length", "--output-dir", str(out),
-            "--set", "max_new_tokens=4", "--set", "rollout_batch_size=4", "--set", "per_device_train_batch_size=4",
-            "--set", "max_train_samples=8", "--set", "max_eval_samples=0", "--set", "save_steps=100"]
+    args = [
+        "run",
+        "--method",
+        "ppo",
+        "--model",
+        str(tiny_model_dir),
+        "--reward",
+        "length",
+        "--output-dir",
+        str(out),
+        "--set",
+        "max_new_tokens=4",
+        "--set",
+        "rollout_batch_size=4",
+        "--set",
+        "per_device_train_batch_size=4",
+        "--set",
+        "max_train_samples=8",
+        "--set",
+        "max_eval_samples=0",
+        "--set",
+        "save_steps=100",
+    ]
     assert cli_run(*args, "--max-steps", "1").exit_code == 0
     before = _snapshot(out)
     again = cli_run(*args, "--max-steps", "1", "--resume")

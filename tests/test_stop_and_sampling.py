@@ -9,8 +9,19 @@ import pytest
 @pytest.mark.parametrize("setting", ["top_k=5", "top_p=0.9"])
 def test_ppo_refuses_filtered_sampling(cli_run, tiny_model_dir, tmp_path, setting):
     out = tmp_path / "never"
-    result = cli_run("run", "--method", "ppo", "--model", str(tiny_model_dir), "--reward", "length",
-                     "--set", setting, "--output-dir", str(out))
+    result = cli_run(
+        "run",
+        "--method",
+        "ppo",
+        "--model",
+        str(tiny_model_dir),
+        "--reward",
+        "length",
+        "--set",
+        setting,
+        "--output-dir",
+        str(out),
+    )
     assert result.exit_code == 2
     assert result.stderr.startswith(f"Error: --set {setting.split('=')[0]}:") and "off-policy" in result.stderr
     assert not out.exists()

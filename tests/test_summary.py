@@ -21,8 +21,9 @@ def toy_plugin():
 
 
 def test_pair_findings_match_a_hand_computation():
-    scores = PairScores(before_gaps=[0.5, -0.2, 0.0, -1.0], after_gaps=[0.6, 0.3, -0.1, -0.5],
-                        margin_changes=[1.0, 2.0, -1.0, 0.0])
+    scores = PairScores(
+        before_gaps=[0.5, -0.2, 0.0, -1.0], after_gaps=[0.6, 0.3, -0.1, -0.5], margin_changes=[1.0, 2.0, -1.0, 0.0]
+    )
     held, moved = pair_findings(scores, seed=0)
     assert held.figures["held_out_pairs"] == 4
     assert held.figures["logprob_accuracy_before"] == pytest.approx(1 / 4 + 0.5 / 4)  # one win, one tie
@@ -49,9 +50,25 @@ def test_summary_shares_of_all_pairs_keep_an_honest_interval():
 
 def test_dpo_summary_agrees_with_eval_on_the_same_pairs(cli_run, tiny_model_dir, tmp_path):
     out = tmp_path / "dpo"
-    result = cli_run("run", "--method", "dpo", "--model", str(tiny_model_dir), "--dataset", "toy-prefs",
-                     "--output-dir", str(out), "--max-steps", "4", "--set", "max_length=128",
-                     "--set", "per_device_train_batch_size=4", "--set", "learning_rate=1e-3")
+    result = cli_run(
+        "run",
+        "--method",
+        "dpo",
+        "--model",
+        str(tiny_model_dir),
+        "--dataset",
+        "toy-prefs",
+        "--output-dir",
+        str(out),
+        "--max-steps",
+        "4",
+        "--set",
+        "max_length=128",
+        "--set",
+        "per_device_train_batch_size=4",
+        "--set",
+        "learning_rate=1e-3",
+    )
     assert result.exit_code == 0, result.stderr[-3000:]
     summary = json.loads((out / "summary.json").read_text())
     assert summary["method"] == "dpo" and summary["steps"] == 4 and summary["train_examples"] == 16
@@ -59,12 +76,27 @@ def test_dpo_summary_agrees_with_eval_on_the_same_pairs(cli_run, tiny_model_dir,
     figures = {k: v for finding in summary["changed"] for k, v in finding["figures"].items()}
     assert figures["held_out_pairs"] == 8  # the toy dataset's eval split
     assert "train_accuracy" in figures
-    assert any(c.startswith(f"easyrlhf chat {out / 'model'} --compare {tiny_model_dir}")
-               for c in summary["next_commands"])
+    assert any(
+        c.startswith(f"easyrlhf chat {out / 'model'} --compare {tiny_model_dir}") for c in summary["next_commands"]
+    )
     assert "Summary" in result.stderr and "moved towards the chosen answer" in result.stderr
 
-    report = cli_run("eval", "--model", str(out / "model"), "--reference", str(tiny_model_dir), "--dataset",
-                     "toy-prefs", "--split", "eval", "--max-length", "128", "--max-new-tokens", "8", "--json")
+    report = cli_run(
+        "eval",
+        "--model",
+        str(out / "model"),
+        "--reference",
+        str(tiny_model_dir),
+        "--dataset",
+        "toy-prefs",
+        "--split",
+        "eval",
+        "--max-length",
+        "128",
+        "--max-new-tokens",
+        "8",
+        "--json",
+    )
     assert report.exit_code == 0, report.stderr[-3000:]
     metrics = json.loads(report.stdout)["metrics"]
     assert figures["margin_change_mean"] == pytest.approx(metrics["implicit_reward_mean_margin"], rel=1e-4, abs=1e-5)
@@ -74,8 +106,17 @@ def test_dpo_summary_agrees_with_eval_on_the_same_pairs(cli_run, tiny_model_dir,
 
 def test_quick_start_settings_end_with_a_summary_of_what_changed(cli_run, tiny_model_dir, tmp_path):
     out = tmp_path / "quickstart"
-    result = cli_run("run", "--config", "quickstart", "--model", str(tiny_model_dir), "--dataset", "toy-prefs",
-                     "--output-dir", str(out))
+    result = cli_run(
+        "run",
+        "--config",
+        "quickstart",
+        "--model",
+        str(tiny_model_dir),
+        "--dataset",
+        "toy-prefs",
+        "--output-dir",
+        str(out),
+    )
     assert result.exit_code == 0, result.stderr[-3000:]
     summary = json.loads((out / "summary.json").read_text())
     assert summary["trained"].startswith("dpo (LoRA r16) from ")
@@ -92,9 +133,23 @@ def test_quick_start_settings_end_with_a_summary_of_what_changed(cli_run, tiny_m
 
 def test_the_summary_counts_the_pairs_trained_on_when_some_are_too_long(cli_run, tiny_model_dir, tmp_path):
     out = tmp_path / "short"
-    result = cli_run("run", "--method", "dpo", "--model", str(tiny_model_dir), "--dataset", "toy-prefs",
-                     "--output-dir", str(out), "--max-steps", "1", "--set", "max_length=29",
-                     "--set", "summary_pairs=0")
+    result = cli_run(
+        "run",
+        "--method",
+        "dpo",
+        "--model",
+        str(tiny_model_dir),
+        "--dataset",
+        "toy-prefs",
+        "--output-dir",
+        str(out),
+        "--max-steps",
+        "1",
+        "--set",
+        "max_length=29",
+        "--set",
+        "summary_pairs=0",
+    )
     assert result.exit_code == 0, result.stderr[-3000:]
     summary = json.loads((out / "summary.json").read_text())
     kept = summary["train_examples_used"]
@@ -104,19 +159,34 @@ def test_the_summary_counts_the_pairs_trained_on_when_some_are_too_long(cli_run,
 
 def test_a_negative_summary_pairs_is_one_line_before_anything_is_written(cli_run, tiny_model_dir, tmp_path):
     out = tmp_path / "bad"
-    result = cli_run("run", "--method", "dpo", "--model", str(tiny_model_dir), "--dataset", "toy-prefs",
-                     "--output-dir", str(out), "--set", "summary_pairs=-1")
+    result = cli_run(
+        "run",
+        "--method",
+        "dpo",
+        "--model",
+        str(tiny_model_dir),
+        "--dataset",
+        "toy-prefs",
+        "--output-dir",
+        str(out),
+        "--set",
+        "summary_pairs=-1",
+    )
     assert result.exit_code == 2
-    assert result.stderr.strip().splitlines()[-1] == ("Error: --set summary_pairs: 'summary_pairs' must be >= 0 "
-                                                      "(0: no before/after scoring)")
+    assert result.stderr.strip().splitlines()[-1] == (
+        "Error: --set summary_pairs: 'summary_pairs' must be >= 0 (0: no before/after scoring)"
+    )
     assert not out.exists()
 
 
-@pytest.mark.parametrize("changes, words", [
-    ([-1.0, -0.8, -1.2, -0.9, -1.1, -0.7], "the margin fell"),
-    ([1.0, 0.8, 1.2, 0.9, 1.1, 0.7], "the margin rose"),
-    ([1.0, -1.0, 0.5, -0.5, 0.1, -0.2], "within noise: 6 pairs"),
-])
+@pytest.mark.parametrize(
+    "changes, words",
+    [
+        ([-1.0, -0.8, -1.2, -0.9, -1.1, -0.7], "the margin fell"),
+        ([1.0, 0.8, 1.2, 0.9, 1.1, 0.7], "the margin rose"),
+        ([1.0, -1.0, 0.5, -0.5, 0.1, -0.2], "within noise: 6 pairs"),
+    ],
+)
 def test_the_summary_says_within_noise_only_when_no_interval_excludes_no_change(changes, words):
     scores = PairScores(before_gaps=[0.0] * 6, after_gaps=[0.0] * 6, margin_changes=changes)
     _held, moved = pair_findings(scores, seed=0)
@@ -126,9 +196,27 @@ def test_the_summary_says_within_noise_only_when_no_interval_excludes_no_change(
 
 def test_dpo_with_no_pair_that_fits_is_one_line_naming_max_length(cli_run, tiny_model_dir, tmp_path):
     out = tmp_path / "none-fit"
-    result = cli_run("run", "--method", "dpo", "--model", str(tiny_model_dir), "--dataset", "toy-prefs",
-                     "--output-dir", str(out), "--max-steps", "1", "--set", "max_length=20")
+    result = cli_run(
+        "run",
+        "--method",
+        "dpo",
+        "--model",
+        str(tiny_model_dir),
+        "--dataset",
+        "toy-prefs",
+        "--output-dir",
+        str(out),
+        "--max-steps",
+        "1",
+        "--set",
+        "max_length=20",
+    )
     assert result.exit_code != 0 and "Traceback" not in result.stderr
-    assert result.stderr.strip().splitlines()[-1].startswith(
-        "Error: max_length: every training pair's prompt alone fills max_length=20 tokens; raise max_length")
+    assert (
+        result.stderr.strip()
+        .splitlines()[-1]
+        .startswith(
+            "Error: max_length: every training pair's prompt alone fills max_length=20 tokens; raise max_length"
+        )
+    )
     assert not out.exists()

@@ -40,12 +40,16 @@ def pick_shape(registry: Registry, dataset: str, wanted: list[Shape]) -> Shape:
     offers = ", ".join(SHAPE_DESCRIPTIONS[s] for s in sorted(dataset_cls.shapes, key=str)) or "nothing"
     needs = sorted(name for name, e in registry.datasets.items() if set(wanted) & set(e.obj.shapes))
     wants = " or ".join(SHAPE_DESCRIPTIONS[s] for s in wanted)
-    raise ConfigError(f"this evaluation needs {wants}, but dataset '{dataset}' yields {offers}; use one of: "
-                      f"{', '.join(needs) or 'none installed'}", where="--dataset")
+    raise ConfigError(
+        f"this evaluation needs {wants}, but dataset '{dataset}' yields {offers}; use one of: "
+        f"{', '.join(needs) or 'none installed'}",
+        where="--dataset",
+    )
 
 
-def load_eval_data(registry: Registry, dataset: str, shape: Shape, data_files: list[str], split: Split,
-                   limit: int | None, seed: int) -> EvalData:
+def load_eval_data(
+    registry: Registry, dataset: str, shape: Shape, data_files: list[str], split: Split, limit: int | None, seed: int
+) -> EvalData:
     """Load ``shape`` records with the dataset plugin.
 
     ``split="eval"``: the plugin's eval rows (its own test split, or the ``EVAL_FRACTION`` it holds out with
@@ -53,8 +57,14 @@ def load_eval_data(registry: Registry, dataset: str, shape: Shape, data_files: l
     files that no training run saw). ``limit`` keeps the first N.
     """
     dataset_cls = registry.get("datasets", dataset)
-    options = DataOptions(shape=shape, data_files=list(data_files), eval_fraction=EVAL_FRACTION,
-                          max_train_samples=None, max_eval_samples=None, seed=seed)
+    options = DataOptions(
+        shape=shape,
+        data_files=list(data_files),
+        eval_fraction=EVAL_FRACTION,
+        max_train_samples=None,
+        max_eval_samples=None,
+        seed=seed,
+    )
     splits = load_dataset(dataset_cls, options)
     notes = list(splits.notes)
     if split == "all":

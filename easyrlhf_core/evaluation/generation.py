@@ -22,9 +22,16 @@ class Answer:
     finished: bool  # stopped at an end-of-turn token rather than at max_new_tokens
 
 
-def generate_answers(model: Any, tokenizer: Any, prompts: list[list[int]], max_new_tokens: int,
-                     batch_size: int = 8, sample: bool = False, seed: int = 42,
-                     max_length: int = 1024) -> list[Answer]:
+def generate_answers(
+    model: Any,
+    tokenizer: Any,
+    prompts: list[list[int]],
+    max_new_tokens: int,
+    batch_size: int = 8,
+    sample: bool = False,
+    seed: int = 42,
+    max_length: int = 1024,
+) -> list[Answer]:
     """One :class:`Answer` per prompt (token ids from :func:`easyrlhf_core.chat.prompt_ids`), in input order.
 
     Prompts keep their last ``max_length - max_new_tokens`` tokens. Sampling is seeded once with ``seed``.
@@ -47,9 +54,12 @@ def generate_answers(model: Any, tokenizer: Any, prompts: list[list[int]], max_n
             for row, i in enumerate(batch):
                 new = output[row].tolist()
                 end = next((k for k, t in enumerate(new) if t in stops), None)
-                kept = new if end is None else new[:end + 1]
+                kept = new if end is None else new[: end + 1]
                 text_ids = kept if end is None else kept[:-1]
-                answers[i] = Answer(prompt_ids=trimmed[i], completion_ids=kept,
-                                    text=decode_response(tokenizer, text_ids),
-                                    finished=end is not None)
+                answers[i] = Answer(
+                    prompt_ids=trimmed[i],
+                    completion_ids=kept,
+                    text=decode_response(tokenizer, text_ids),
+                    finished=end is not None,
+                )
     return [a for a in answers if a is not None]

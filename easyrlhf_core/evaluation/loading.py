@@ -51,15 +51,21 @@ def inspect_model(name: str, flag: str, trust_remote_code: bool = False) -> Mode
     architectures, num_labels = _architectures(resolved.path, trust_remote_code)
     if any(a.endswith("SequenceClassification") for a in architectures):
         if num_labels not in (None, 1):
-            raise EasyRLHFError(f"a sequence classifier with {num_labels} labels, not a reward model (one scalar "
-                                f"score); give a model trained with `easyrlhf run --method rm`", where=name)
+            raise EasyRLHFError(
+                f"a sequence classifier with {num_labels} labels, not a reward model (one scalar "
+                f"score); give a model trained with `easyrlhf run --method rm`",
+                where=name,
+            )
         kind: Kind = "reward_model"
     elif any(a.endswith("ForCausalLM") or a.endswith("LMHeadModel") for a in architectures):
         kind = "causal_lm"
     else:
         found = ", ".join(architectures) or "none"
-        raise EasyRLHFError(f"{flag} must be a causal LM (policy) or a one-label sequence classifier (reward "
-                            f"model); its config.json lists architectures: {found}", where=name)
+        raise EasyRLHFError(
+            f"{flag} must be a causal LM (policy) or a one-label sequence classifier (reward "
+            f"model); its config.json lists architectures: {found}",
+            where=name,
+        )
     return ModelRef(name=name, path=resolved.path, kind=kind, flag=flag)
 
 

@@ -30,7 +30,7 @@ class CompletionLogProb:
 def batches_by_length(lengths: list[int], batch_size: int) -> list[list[int]]:
     """Indices grouped into batches of similar length (less padding); deterministic for equal inputs."""
     order = sorted(range(len(lengths)), key=lambda i: (lengths[i], i))
-    return [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
+    return [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
 
 
 def prompt_groups(examples: list[tuple[list[int], list[int]]]) -> list[list[int]]:
@@ -49,14 +49,15 @@ def truncated_sequences(examples: list[tuple[list[int], list[int]]], max_length:
     for group in prompt_groups(examples):
         prompt = list(examples[group[0]][0])
         room = max(max_length - max(len(examples[i][1]) for i in group), 0)
-        kept = prompt[len(prompt) - room:] if room < len(prompt) else prompt
+        kept = prompt[len(prompt) - room :] if room < len(prompt) else prompt
         for i in group:
             sequences[i] = keep_last(kept + list(examples[i][1]), max_length)
     return sequences
 
 
-def groups_by_prompt(examples: list[tuple[list[int], list[int]]], lengths: list[int],
-                     batch_size: int) -> list[list[list[int]]]:
+def groups_by_prompt(
+    examples: list[tuple[list[int], list[int]]], lengths: list[int], batch_size: int
+) -> list[list[list[int]]]:
     """Batches of prompt groups (:func:`prompt_groups`), the groups ordered by their longest sequence and cut
     into batches of at most ``batch_size`` examples (a larger group is a batch)."""
     ordered = sorted(prompt_groups(examples), key=lambda g: (max(lengths[i] for i in g), g[0]))
@@ -69,9 +70,14 @@ def groups_by_prompt(examples: list[tuple[list[int], list[int]]], lengths: list[
     return batches
 
 
-def completion_logprobs(model: Any, examples: list[tuple[list[int], list[int]]], pad_token_id: int,
-                        batch_size: int = 8, max_length: int = 1024,
-                        share_prefixes: bool = True) -> list[CompletionLogProb]:
+def completion_logprobs(
+    model: Any,
+    examples: list[tuple[list[int], list[int]]],
+    pad_token_id: int,
+    batch_size: int = 8,
+    max_length: int = 1024,
+    share_prefixes: bool = True,
+) -> list[CompletionLogProb]:
     """One :class:`CompletionLogProb` per ``(prompt_ids, completion_ids)``, in input order.
     ``share_prefixes``: use the shared-prefix path when ``model`` takes it (patching it, see
     :func:`easyrlhf_core.shared_forward.enable_shared_prefix`); False: padded rows."""
@@ -100,8 +106,12 @@ def completion_logprobs(model: Any, examples: list[tuple[list[int], list[int]]],
                 rows = {i: row for row, i in enumerate(batch)}
                 packed = pack_groups(input_ids, attention, [[rows[i] for i in g] for g in groups], pad_token_id)
                 labels = input_ids.masked_fill(~counted, -100).to(device)
-                out = model(input_ids=input_ids.to(device), attention_mask=attention.to(device), labels=labels,
-                            shared_prefix={k: v.to(device) for k, v in packed.items()})
+                out = model(
+                    input_ids=input_ids.to(device),
+                    attention_mask=attention.to(device),
+                    labels=labels,
+                    shared_prefix={k: v.to(device) for k, v in packed.items()},
+                )
                 sums, counts = out.log_probs.sum(dim=-1), out.label_mask.sum(dim=-1)
             else:
                 input_ids, attention, counted = input_ids.to(device), attention.to(device), counted.to(device)

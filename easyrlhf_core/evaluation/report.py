@@ -14,16 +14,33 @@ from .stats import PairwiseResult
 
 #: Metric keys per kind, in display order.
 REWARD_MODEL_METRICS = (
-    "accuracy", "accuracy_ci95", "accuracy_ties", "mean_margin",
-    "length_baseline_accuracy", "length_baseline_ci95", "length_baseline_ties",
+    "accuracy",
+    "accuracy_ci95",
+    "accuracy_ties",
+    "mean_margin",
+    "length_baseline_accuracy",
+    "length_baseline_ci95",
+    "length_baseline_ties",
 )
 POLICY_METRICS = (
-    "logprob_accuracy", "logprob_ci95", "logprob_ties", "logprob_mean_margin",
-    "implicit_reward_accuracy", "implicit_reward_ci95", "implicit_reward_ties", "implicit_reward_mean_margin",
-    "reward_greedy_mean", "reward_sampled_mean", "reference_reward_greedy_mean",
-    "win_rate", "win_rate_ci95", "win_rate_ties",
-    "kl_per_token", "kl_per_sequence",
-    "greedy_tokens_mean", "sampled_tokens_mean",
+    "logprob_accuracy",
+    "logprob_ci95",
+    "logprob_ties",
+    "logprob_mean_margin",
+    "implicit_reward_accuracy",
+    "implicit_reward_ci95",
+    "implicit_reward_ties",
+    "implicit_reward_mean_margin",
+    "reward_greedy_mean",
+    "reward_sampled_mean",
+    "reference_reward_greedy_mean",
+    "win_rate",
+    "win_rate_ci95",
+    "win_rate_ties",
+    "kl_per_token",
+    "kl_per_sequence",
+    "greedy_tokens_mean",
+    "sampled_tokens_mean",
 )
 
 
@@ -46,7 +63,7 @@ class EvalReport:
     notes: list[str] = field(default_factory=list)
 
     def __post_init__(self) -> None:
-        for key in (REWARD_MODEL_METRICS if self.kind == "reward_model" else POLICY_METRICS):
+        for key in REWARD_MODEL_METRICS if self.kind == "reward_model" else POLICY_METRICS:
             self.metrics.setdefault(key, None)
 
     def set_pairwise(self, value_key: str, ci_key: str, ties_key: str, result: PairwiseResult) -> None:
@@ -63,11 +80,19 @@ class EvalReport:
 
     def as_dict(self) -> dict[str, Any]:
         return {
-            "kind": self.kind, "model": self.model, "reference": self.reference, "judge": self.judge,
-            "dataset": self.dataset, "data_files": list(self.data_files), "split": self.split, "seed": self.seed,
-            "pairs": self.pairs, "prompts": self.prompts,
+            "kind": self.kind,
+            "model": self.model,
+            "reference": self.reference,
+            "judge": self.judge,
+            "dataset": self.dataset,
+            "data_files": list(self.data_files),
+            "split": self.split,
+            "seed": self.seed,
+            "pairs": self.pairs,
+            "prompts": self.prompts,
             "metrics": {k: _clean(v) for k, v in self.metrics.items()},
-            "skipped": dict(self.skipped), "notes": list(self.notes),
+            "skipped": dict(self.skipped),
+            "notes": list(self.notes),
         }
 
 
@@ -86,8 +111,7 @@ _ROWS = {
     "reward_model": [
         ("pairwise accuracy", "accuracy", "accuracy_ci95", "accuracy_ties"),
         ("mean score margin (chosen - rejected)", "mean_margin", None, None),
-        ("longer-response-wins baseline", "length_baseline_accuracy", "length_baseline_ci95",
-         "length_baseline_ties"),
+        ("longer-response-wins baseline", "length_baseline_accuracy", "length_baseline_ci95", "length_baseline_ties"),
     ],
     "policy": [
         ("log-prob preference accuracy (per token)", "logprob_accuracy", "logprob_ci95", "logprob_ties"),
@@ -122,8 +146,7 @@ def render_table(report: EvalReport, console: Any = None) -> None:
     console = console or Console()
     subject = "reward model" if report.kind == "reward_model" else "policy"
     count = f"{report.pairs} pairs" + (f", {report.prompts} prompts" if report.kind == "policy" else "")
-    table = Table(title=f"{subject} {report.model} on {report.dataset} ({report.split}; {count})",
-                  title_justify="left")
+    table = Table(title=f"{subject} {report.model} on {report.dataset} ({report.split}; {count})", title_justify="left")
     for column in ("metric", "value", "95% interval", "ties"):
         table.add_column(column)
     for label, key, ci_key, ties_key in _ROWS[report.kind]:  # labels: docs/eval.md maps them to JSON keys

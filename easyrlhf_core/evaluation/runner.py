@@ -50,9 +50,12 @@ class EvalRequest:
 
 def check_request(request: EvalRequest) -> None:
     """Numbers in range."""
-    for flag, value, minimum in (("--limit", request.limit, 1), ("--batch-size", request.batch_size, 1),
-                                 ("--max-new-tokens", request.max_new_tokens, 1),
-                                 ("--max-length", request.max_length, 2)):
+    for flag, value, minimum in (
+        ("--limit", request.limit, 1),
+        ("--batch-size", request.batch_size, 1),
+        ("--max-new-tokens", request.max_new_tokens, 1),
+        ("--max-length", request.max_length, 2),
+    ):
         if value is not None and value < minimum:
             raise ConfigError(f"must be >= {minimum}, got {value}", where=flag)
     if request.split not in ("eval", "all"):
@@ -72,13 +75,21 @@ def evaluate(request: EvalRequest, registry: Registry | None = None, log: Log = 
 
 def _load(request: EvalRequest, registry: Registry, wanted: list[Shape]) -> EvalData:
     shape = pick_shape(registry, request.dataset, wanted)
-    return load_eval_data(registry, request.dataset, shape, request.data_files, request.split, request.limit,
-                          request.seed)
+    return load_eval_data(
+        registry, request.dataset, shape, request.data_files, request.split, request.limit, request.seed
+    )
 
 
 def _report(kind: Literal["reward_model", "policy"], request: EvalRequest, data: EvalData) -> EvalReport:
-    return EvalReport(kind=kind, model=request.model, dataset=request.dataset, split=request.split,
-                      seed=request.seed, data_files=list(request.data_files), notes=list(data.notes))
+    return EvalReport(
+        kind=kind,
+        model=request.model,
+        dataset=request.dataset,
+        split=request.split,
+        seed=request.seed,
+        data_files=list(request.data_files),
+        notes=list(data.notes),
+    )
 
 
 # --------------------------------------------------------------------------------------------------
@@ -87,11 +98,17 @@ def _report(kind: Literal["reward_model", "policy"], request: EvalRequest, data:
 
 def evaluate_reward_model(request: EvalRequest, registry: Registry, model: ModelRef, log: Log) -> EvalReport:
     """Pairwise accuracy (ties half) with a Wilson 95% interval, next to the longer-response-wins baseline."""
-    for flag, value in (("--reference", request.reference), ("--reward-model", request.reward_model),
-                        ("--reward", request.reward)):
+    for flag, value in (
+        ("--reference", request.reference),
+        ("--reward-model", request.reward_model),
+        ("--reward", request.reward),
+    ):
         if value:
-            raise ConfigError(f"{flag} is for evaluating a policy, but --model {request.model} is a reward model "
-                              f"(sequence classifier); drop {flag}", where=flag)
+            raise ConfigError(
+                f"{flag} is for evaluating a policy, but --model {request.model} is a reward model "
+                f"(sequence classifier); drop {flag}",
+                where=flag,
+            )
     judge = reward_model_judge(registry, model, request.batch_size, request.max_length, request.trust_remote_code)
     data = _load(request, registry, [Shape.PREFERENCE])
     prompts, chosen, rejected = data.prompts, [r["chosen"] for r in data.records], [r["rejected"] for r in data.records]
@@ -102,11 +119,14 @@ def evaluate_reward_model(request: EvalRequest, registry: Registry, model: Model
     report = _report("reward_model", request, data)
     report.pairs = n
     report.judge = judge.description
-    report.set_pairwise("accuracy", "accuracy_ci95", "accuracy_ties",
-                        pairwise(chosen_scores, rejected_scores))
+    report.set_pairwise("accuracy", "accuracy_ci95", "accuracy_ties", pairwise(chosen_scores, rejected_scores))
     report.metrics["mean_margin"] = mean([c - r for c, r in zip(chosen_scores, rejected_scores)])
-    report.set_pairwise("length_baseline_accuracy", "length_baseline_ci95", "length_baseline_ties",
-                        length_baseline([c[-1]["content"] for c in chosen], [r[-1]["content"] for r in rejected]))
+    report.set_pairwise(
+        "length_baseline_accuracy",
+        "length_baseline_ci95",
+        "length_baseline_ties",
+        length_baseline([c[-1]["content"] for c in chosen], [r[-1]["content"] for r in rejected]),
+    )
     return report
 
 
@@ -123,7 +143,7 @@ class PolicyInputs:
     judge: Judge | None
     data: EvalData
     tokenizer: Any
-    prompts: list[list[Message]]            # unique prompts, in data order
+    prompts: list[list[Message]]  # unique prompts, in data order
     prompt_ids: list[list[int]]
     pair_examples: list[tuple[list[int], list[int]]]  # chosen completions, then rejected ones
     columns: dict[str, list[Any]] = field(default_factory=dict)  # the prompt rows' extra fields (e.g. answer)
@@ -149,8 +169,11 @@ def _prompt_columns(records: list[dict[str, Any]], prompts: list[list[Message]])
 def prepare_policy(request: EvalRequest, registry: Registry, policy: ModelRef) -> PolicyInputs:
     """Check the reference and the reward, load the data and tokenize it; no model loads here."""
     if request.max_new_tokens >= request.max_length:
-        raise ConfigError(f"--max-new-tokens ({request.max_new_tokens}) leaves no room for the prompt in "
-                          f"--max-length ({request.max_length}); raise --max-length", where="--max-new-tokens")
+        raise ConfigError(
+            f"--max-new-tokens ({request.max_new_tokens}) leaves no room for the prompt in "
+            f"--max-length ({request.max_length}); raise --max-length",
+            where="--max-new-tokens",
+        )
     reference = None
     if request.reference:
         reference = inspect_model(request.reference, "--reference", request.trust_remote_code)
@@ -162,33 +185,49 @@ def prepare_policy(request: EvalRequest, registry: Registry, policy: ModelRef) -
     judge = None
     if request.reward_model:
         rm = inspect_model(request.reward_model, "--reward-model", request.trust_remote_code)
-        require_kind(rm, "reward_model", "a reward model (a one-label sequence classifier, e.g. from "
-                                         "`easyrlhf run --method rm`)")
+        require_kind(
+            rm, "reward_model", "a reward model (a one-label sequence classifier, e.g. from `easyrlhf run --method rm`)"
+        )
         judge = reward_model_judge(registry, rm, request.batch_size, request.max_length, request.trust_remote_code)
     elif request.reward:
         judge = named_judge(registry, request.reward, request.reward_options)
     shape = pick_shape(registry, request.dataset, [Shape.PREFERENCE, Shape.PROMPT])
     if reference is None and judge is None and shape != Shape.PREFERENCE:
-        raise ConfigError(f"nothing to measure: dataset '{request.dataset}' gives prompts only, so a policy needs "
-                          "--reference DIR (KL) and/or a reward, --reward-model DIR or --reward NAME (reward "
-                          "scores, win rate)", where="--reference")
-    data = load_eval_data(registry, request.dataset, shape, request.data_files, request.split, request.limit,
-                          request.seed)
+        raise ConfigError(
+            f"nothing to measure: dataset '{request.dataset}' gives prompts only, so a policy needs "
+            "--reference DIR (KL) and/or a reward, --reward-model DIR or --reward NAME (reward "
+            "scores, win rate)",
+            where="--reference",
+        )
+    data = load_eval_data(
+        registry, request.dataset, shape, request.data_files, request.split, request.limit, request.seed
+    )
     tokenizer = load_ref_tokenizer(policy, request.trust_remote_code)
     if reference is not None:
         ref_tokenizer = load_ref_tokenizer(reference, request.trust_remote_code)
         if ref_tokenizer.get_vocab() != tokenizer.get_vocab():
-            raise EasyRLHFError("the reference's tokenizer differs from the policy's; log-prob margins and KL "
-                                "compare the same tokens, so give the policy's starting model", where=reference.name)
+            raise EasyRLHFError(
+                "the reference's tokenizer differs from the policy's; log-prob margins and KL "
+                "compare the same tokens, so give the policy's starting model",
+                where=reference.name,
+            )
     prompts = _unique_prompts(data.prompts)
     pair_examples: list[tuple[list[int], list[int]]] = []
     if data.shape == Shape.PREFERENCE:
         for side in ("chosen", "rejected"):
             pair_examples += [chat.split_completion(tokenizer, r["prompt"], r[side]) for r in data.records]
     columns = _prompt_columns(data.records, prompts) if data.shape == Shape.PROMPT else {}
-    return PolicyInputs(policy=policy, reference=reference, judge=judge, data=data, tokenizer=tokenizer,
-                        prompts=prompts, prompt_ids=[chat.prompt_ids(tokenizer, p) for p in prompts],
-                        pair_examples=pair_examples, columns=columns)
+    return PolicyInputs(
+        policy=policy,
+        reference=reference,
+        judge=judge,
+        data=data,
+        tokenizer=tokenizer,
+        prompts=prompts,
+        prompt_ids=[chat.prompt_ids(tokenizer, p) for p in prompts],
+        pair_examples=pair_examples,
+        columns=columns,
+    )
 
 
 @dataclass
@@ -201,8 +240,16 @@ class ModelOutputs:
     sampled: list[Answer] = field(default_factory=list)
 
 
-def run_model(ref: ModelRef, inputs: PolicyInputs, request: EvalRequest, log: Log, *, greedy: bool,
-              sample: bool, samples_to_score: list[Answer]) -> ModelOutputs:
+def run_model(
+    ref: ModelRef,
+    inputs: PolicyInputs,
+    request: EvalRequest,
+    log: Log,
+    *,
+    greedy: bool,
+    sample: bool,
+    samples_to_score: list[Answer],
+) -> ModelOutputs:
     """Load one causal LM, compute what is asked, free it."""
     tokenizer, pad = inputs.tokenizer, inputs.tokenizer.pad_token_id
     size = request.batch_size
@@ -214,12 +261,27 @@ def run_model(ref: ModelRef, inputs: PolicyInputs, request: EvalRequest, log: Lo
         out.pair_logps = completion_logprobs(model, inputs.pair_examples, pad, size, request.max_length)
     if greedy:
         log(f"{ref.flag}: greedy answers to {len(inputs.prompts)} prompts")
-        out.greedy = generate_answers(model, tokenizer, inputs.prompt_ids, request.max_new_tokens, size,
-                                      sample=False, max_length=request.max_length)
+        out.greedy = generate_answers(
+            model,
+            tokenizer,
+            inputs.prompt_ids,
+            request.max_new_tokens,
+            size,
+            sample=False,
+            max_length=request.max_length,
+        )
     if sample:
         log(f"{ref.flag}: sampled answers to {len(inputs.prompts)} prompts")
-        out.sampled = generate_answers(model, tokenizer, inputs.prompt_ids, request.max_new_tokens, size,
-                                       sample=True, seed=request.seed, max_length=request.max_length)
+        out.sampled = generate_answers(
+            model,
+            tokenizer,
+            inputs.prompt_ids,
+            request.max_new_tokens,
+            size,
+            sample=True,
+            seed=request.seed,
+            max_length=request.max_length,
+        )
         samples_to_score = out.sampled
     if samples_to_score and inputs.reference is not None:
         examples = [(a.prompt_ids, a.completion_ids) for a in samples_to_score]
@@ -237,8 +299,9 @@ def evaluate_policy(request: EvalRequest, registry: Registry, policy: ModelRef, 
     mine = run_model(policy, inputs, request, log, greedy=judge is not None, sample=sample, samples_to_score=[])
     theirs = ModelOutputs()
     if reference is not None:
-        theirs = run_model(reference, inputs, request, log, greedy=judge is not None, sample=False,
-                           samples_to_score=mine.sampled)
+        theirs = run_model(
+            reference, inputs, request, log, greedy=judge is not None, sample=False, samples_to_score=mine.sampled
+        )
 
     report = _report("policy", request, inputs.data)
     report.reference, report.judge = request.reference, judge.description if judge else None
@@ -248,15 +311,16 @@ def evaluate_policy(request: EvalRequest, registry: Registry, policy: ModelRef, 
     if mine.pair_logps:
         n = len(mine.pair_logps) // 2
         gaps = pair_gaps(mine.pair_logps)
-        report.set_pairwise("logprob_accuracy", "logprob_ci95", "logprob_ties",
-                            pairwise(gaps, [0.0] * n))
+        report.set_pairwise("logprob_accuracy", "logprob_ci95", "logprob_ties", pairwise(gaps, [0.0] * n))
         metrics["logprob_mean_margin"] = mean(gaps)
-        _note_truncation(report, "chosen/rejected completions", truncated_count(inputs.pair_examples,
-                                                                               request.max_length), request)
+        _note_truncation(
+            report, "chosen/rejected completions", truncated_count(inputs.pair_examples, request.max_length), request
+        )
     if mine.pair_logps and theirs.pair_logps:
         margins = [a - b for a, b in zip(pair_margins(mine.pair_logps), pair_margins(theirs.pair_logps))]
-        report.set_pairwise("implicit_reward_accuracy", "implicit_reward_ci95", "implicit_reward_ties",
-                            pairwise(margins, [0.0] * n))
+        report.set_pairwise(
+            "implicit_reward_accuracy", "implicit_reward_ci95", "implicit_reward_ties", pairwise(margins, [0.0] * n)
+        )
         metrics["implicit_reward_mean_margin"] = mean(margins)
     if mine.sample_logps:
         diffs = [p.total - r.total for p, r in zip(mine.sample_logps, theirs.sample_logps)]
@@ -268,15 +332,23 @@ def evaluate_policy(request: EvalRequest, registry: Registry, policy: ModelRef, 
             metrics[key] = mean([float(len(a.completion_ids)) for a in answers])
             unfinished = sum(1 for a in answers if not a.finished)
             if unfinished:
-                report.notes.append(f"{unfinished} of {len(answers)} {key.split('_')[0]} answers hit "
-                                    f"--max-new-tokens {request.max_new_tokens} before an end-of-turn")
+                report.notes.append(
+                    f"{unfinished} of {len(answers)} {key.split('_')[0]} answers hit "
+                    f"--max-new-tokens {request.max_new_tokens} before an end-of-turn"
+                )
     prompt_room = request.max_length - request.max_new_tokens
-    _note_truncation(report, "prompts for generation", sum(1 for p in inputs.prompt_ids if len(p) > prompt_room)
-                     if (mine.greedy or mine.sampled) else 0, request)
+    _note_truncation(
+        report,
+        "prompts for generation",
+        sum(1 for p in inputs.prompt_ids if len(p) > prompt_room) if (mine.greedy or mine.sampled) else 0,
+        request,
+    )
     if judge is not None:
         log(f"scoring answers with {judge.description}")
-        score = lambda answers: judge.score(inputs.prompts, [chat.as_completion(a.text) for a in answers],  # noqa: E731
-                                            inputs.columns)
+
+        def score(answers: list[Any]) -> list[float]:
+            return judge.score(inputs.prompts, [chat.as_completion(a.text) for a in answers], inputs.columns)
+
         greedy_scores = score(mine.greedy)
         metrics["reward_greedy_mean"] = mean(greedy_scores)
         if mine.sampled:
@@ -284,31 +356,64 @@ def evaluate_policy(request: EvalRequest, registry: Registry, policy: ModelRef, 
         if theirs.greedy:
             reference_scores = score(theirs.greedy)
             metrics["reference_reward_greedy_mean"] = mean(reference_scores)
-            report.set_pairwise("win_rate", "win_rate_ci95", "win_rate_ties",
-                                pairwise(greedy_scores, reference_scores))
+            report.set_pairwise("win_rate", "win_rate_ci95", "win_rate_ties", pairwise(greedy_scores, reference_scores))
     _explain_skips(report, request, inputs)
     return report
 
 
 def _note_truncation(report: EvalReport, what: str, count: int, request: EvalRequest) -> None:
     if count:
-        report.notes.append(f"{count} {what} were longer than --max-length {request.max_length}; their oldest "
-                            f"prompt tokens were dropped")
+        report.notes.append(
+            f"{count} {what} were longer than --max-length {request.max_length}; their oldest "
+            f"prompt tokens were dropped"
+        )
 
 
 def _explain_skips(report: EvalReport, request: EvalRequest, inputs: PolicyInputs) -> None:
     if inputs.reference is None:
-        report.skip(("implicit_reward_accuracy", "implicit_reward_ci95", "implicit_reward_ties",
-                     "implicit_reward_mean_margin", "reference_reward_greedy_mean", "win_rate", "win_rate_ci95",
-                     "win_rate_ties", "kl_per_token", "kl_per_sequence"), "no --reference given")
+        report.skip(
+            (
+                "implicit_reward_accuracy",
+                "implicit_reward_ci95",
+                "implicit_reward_ties",
+                "implicit_reward_mean_margin",
+                "reference_reward_greedy_mean",
+                "win_rate",
+                "win_rate_ci95",
+                "win_rate_ties",
+                "kl_per_token",
+                "kl_per_sequence",
+            ),
+            "no --reference given",
+        )
     if inputs.judge is None:
-        report.skip(("reward_greedy_mean", "reward_sampled_mean", "reference_reward_greedy_mean", "win_rate",
-                     "win_rate_ci95", "win_rate_ties", "greedy_tokens_mean"),
-                    "no reward given (--reward-model DIR or --reward NAME)")
+        report.skip(
+            (
+                "reward_greedy_mean",
+                "reward_sampled_mean",
+                "reference_reward_greedy_mean",
+                "win_rate",
+                "win_rate_ci95",
+                "win_rate_ties",
+                "greedy_tokens_mean",
+            ),
+            "no reward given (--reward-model DIR or --reward NAME)",
+        )
     if not request.sample:
-        report.skip(("reward_sampled_mean", "kl_per_token", "kl_per_sequence", "sampled_tokens_mean"),
-                    "--no-sample given")
+        report.skip(
+            ("reward_sampled_mean", "kl_per_token", "kl_per_sequence", "sampled_tokens_mean"), "--no-sample given"
+        )
     if inputs.data.shape != Shape.PREFERENCE:
-        report.skip(("logprob_accuracy", "logprob_ci95", "logprob_ties", "logprob_mean_margin",
-                     "implicit_reward_accuracy", "implicit_reward_ci95", "implicit_reward_ties",
-                     "implicit_reward_mean_margin"), f"dataset '{request.dataset}' gives prompts, not preference pairs")
+        report.skip(
+            (
+                "logprob_accuracy",
+                "logprob_ci95",
+                "logprob_ties",
+                "logprob_mean_margin",
+                "implicit_reward_accuracy",
+                "implicit_reward_ci95",
+                "implicit_reward_ties",
+                "implicit_reward_mean_margin",
+            ),
+            f"dataset '{request.dataset}' gives prompts, not preference pairs",
+        )

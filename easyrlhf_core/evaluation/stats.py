@@ -34,8 +34,9 @@ def outcomes(first: Sequence[float], second: Sequence[float], tolerance: float =
     return result
 
 
-def bootstrap_interval(values: Sequence[float], seed: int, samples: int = BOOTSTRAP_SAMPLES,
-                       level: float = 0.95) -> tuple[float, float]:
+def bootstrap_interval(
+    values: Sequence[float], seed: int, samples: int = BOOTSTRAP_SAMPLES, level: float = 0.95
+) -> tuple[float, float]:
     """Percentile bootstrap interval of the mean of ``values`` (resampled with replacement, seeded)."""
     import numpy as np
 
@@ -74,8 +75,12 @@ def pairwise(first: Sequence[float], second: Sequence[float]) -> PairwiseResult:
     values = outcomes(first, second)
     count = len(values)
     accuracy = sum(values) / count if count else float("nan")
-    return PairwiseResult(accuracy=accuracy, ci95=wilson_interval(sum(values), count),
-                          ties=sum(1 for v in values if v == 0.5), count=count)
+    return PairwiseResult(
+        accuracy=accuracy,
+        ci95=wilson_interval(sum(values), count),
+        ties=sum(1 for v in values if v == 0.5),
+        count=count,
+    )
 
 
 def length_baseline(chosen: Sequence[str], rejected: Sequence[str]) -> PairwiseResult:

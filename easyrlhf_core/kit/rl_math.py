@@ -23,9 +23,22 @@ if TYPE_CHECKING:
     import torch
 
 __all__ = [
-    "AdaptiveKLController", "FixedKLController", "PolicyLoss", "clipped_policy_loss", "clipped_value_loss",
-    "discounted_returns", "gae_advantages", "grpo_group_advantages", "kl_k1", "kl_k2", "kl_k3", "masked_mean",
-    "masked_var", "masked_whiten", "reinforce_pp_advantages", "rloo_advantages",
+    "AdaptiveKLController",
+    "FixedKLController",
+    "PolicyLoss",
+    "clipped_policy_loss",
+    "clipped_value_loss",
+    "discounted_returns",
+    "gae_advantages",
+    "grpo_group_advantages",
+    "kl_k1",
+    "kl_k2",
+    "kl_k3",
+    "masked_mean",
+    "masked_var",
+    "masked_whiten",
+    "reinforce_pp_advantages",
+    "rloo_advantages",
 ]
 
 # --------------------------------------------------------------------------------------------------
@@ -66,8 +79,9 @@ def masked_whiten(values: torch.Tensor, mask: torch.Tensor, shift_mean: bool = T
 # Advantages and returns
 
 
-def gae_advantages(rewards: torch.Tensor, values: torch.Tensor, mask: torch.Tensor, gamma: float, lam: float
-                   ) -> tuple[torch.Tensor, torch.Tensor]:
+def gae_advantages(
+    rewards: torch.Tensor, values: torch.Tensor, mask: torch.Tensor, gamma: float, lam: float
+) -> tuple[torch.Tensor, torch.Tensor]:
     """GAE: ``A_t = delta_t + gamma * lam * A_{t+1}``, ``delta_t = r_t + gamma * V_{t+1} - V_t``; returns
     ``(advantages, returns = advantages + values)``, 0 on padding."""
     import torch
@@ -180,8 +194,9 @@ class PolicyLoss:
     ratio_mean: torch.Tensor
 
 
-def clipped_policy_loss(logprobs: torch.Tensor, old_logprobs: torch.Tensor, advantages: torch.Tensor,
-                        mask: torch.Tensor, cliprange: float) -> PolicyLoss:
+def clipped_policy_loss(
+    logprobs: torch.Tensor, old_logprobs: torch.Tensor, advantages: torch.Tensor, mask: torch.Tensor, cliprange: float
+) -> PolicyLoss:
     """PPO clip: masked mean of ``max(-A r, -A clip(r, 1-e, 1+e))``, ``r = exp(logp - logp_old)``; plus the
     clip fraction, ``approx_kl = 0.5 * mean(log r ^ 2)`` and ``mean(r)``."""
     import torch
@@ -193,13 +208,14 @@ def clipped_policy_loss(logprobs: torch.Tensor, old_logprobs: torch.Tensor, adva
     loss = masked_mean(torch.maximum(unclipped, clipped), mask)
     with torch.no_grad():
         clipfrac = masked_mean((clipped > unclipped).float(), mask)
-        approx_kl = 0.5 * masked_mean(log_ratio ** 2, mask)
+        approx_kl = 0.5 * masked_mean(log_ratio**2, mask)
         ratio_mean = masked_mean(ratio, mask)
     return PolicyLoss(loss, clipfrac, approx_kl, ratio_mean)
 
 
-def clipped_value_loss(values: torch.Tensor, old_values: torch.Tensor, returns: torch.Tensor,
-                       mask: torch.Tensor, cliprange_value: float) -> tuple[torch.Tensor, torch.Tensor]:
+def clipped_value_loss(
+    values: torch.Tensor, old_values: torch.Tensor, returns: torch.Tensor, mask: torch.Tensor, cliprange_value: float
+) -> tuple[torch.Tensor, torch.Tensor]:
     """``(loss, clipfrac)``: ``0.5 * max((v - R)^2, (v_old + clip(v - v_old, -e, e) - R)^2)``, masked mean."""
     import torch
 
@@ -225,8 +241,9 @@ def _groups(scores: torch.Tensor, group_size: int) -> torch.Tensor:
     return scores.reshape(-1, group_size)
 
 
-def grpo_group_advantages(scores: torch.Tensor, group_size: int, scale_by_std: bool = True, eps: float = 1e-6
-                          ) -> torch.Tensor:
+def grpo_group_advantages(
+    scores: torch.Tensor, group_size: int, scale_by_std: bool = True, eps: float = 1e-6
+) -> torch.Tensor:
     """GRPO: ``A_i = (r_i - mean(group)) / (std(group) + eps)`` (unbiased std); ``r_i - mean(group)`` when
     not ``scale_by_std`` (Dr. GRPO)."""
     groups = _groups(scores, group_size)
@@ -243,8 +260,9 @@ def rloo_advantages(scores: torch.Tensor, group_size: int) -> torch.Tensor:
     return (groups - baseline).reshape(scores.shape)
 
 
-def reinforce_pp_advantages(rewards: torch.Tensor, mask: torch.Tensor, gamma: float = 1.0
-                            ) -> tuple[torch.Tensor, torch.Tensor]:
+def reinforce_pp_advantages(
+    rewards: torch.Tensor, mask: torch.Tensor, gamma: float = 1.0
+) -> tuple[torch.Tensor, torch.Tensor]:
     """REINFORCE++: ``(masked_whiten(G), G)`` with ``G = discounted_returns(rewards, mask, gamma)``,
     normalised over the whole batch."""
     returns = discounted_returns(rewards, mask, gamma)

@@ -63,8 +63,9 @@ class KeywordOptions:
 
     def __post_init__(self) -> None:
         if (self.keywords is None) == (self.pattern is None):
-            raise ConfigError("give exactly one of 'keywords' (a word or list of words) and 'pattern' (a regular "
-                              "expression)")
+            raise ConfigError(
+                "give exactly one of 'keywords' (a word or list of words) and 'pattern' (a regular expression)"
+            )
         if self.keywords is not None:
             words = [self.keywords] if isinstance(self.keywords, str) else self.keywords
             if not words or not all(w for w in words):
@@ -112,8 +113,12 @@ class RewardModelReward(RewardFunction):
             device = f"cuda:{os.environ.get('LOCAL_RANK', '0')}" if torch.cuda.is_available() else "cpu"
         self._tokenizer = load_tokenizer(self.path, trust_remote_code=self.trust_remote_code, padding_side="right")
         with loading_whole():  # each rank scores its own samples, at its own times: never ZeRO-3 partitioned
-            model = load_sequence_classifier(self.path, trust_remote_code=self.trust_remote_code,
-                                             pad_token_id=self._tokenizer.pad_token_id, require_trained_head=True)
+            model = load_sequence_classifier(
+                self.path,
+                trust_remote_code=self.trust_remote_code,
+                pad_token_id=self._tokenizer.pad_token_id,
+                require_trained_head=True,
+            )
         disable_dropout(model)
         self._model = model.to(device).eval().requires_grad_(False)
 
@@ -129,9 +134,10 @@ class RewardModelReward(RewardFunction):
         read at the end)."""
         from easyrlhf_core.chat import encode, keep_last
 
-        return [keep_last(encode(self.tokenizer, prompt + [{"role": "assistant", "content": completion}]),
-                          self.max_length)
-                for prompt, completion in zip(prompts, completions)]
+        return [
+            keep_last(encode(self.tokenizer, prompt + [{"role": "assistant", "content": completion}]), self.max_length)
+            for prompt, completion in zip(prompts, completions)
+        ]
 
     def score(self, prompts: list[list[Message]], completions: list[str]) -> list[float]:
         import torch
@@ -144,7 +150,7 @@ class RewardModelReward(RewardFunction):
         scores: list[float] = []
         with torch.no_grad():
             for start in range(0, len(encoded), self.batch_size):
-                input_ids, attention_mask = right_pad(encoded[start:start + self.batch_size], tokenizer.pad_token_id)
+                input_ids, attention_mask = right_pad(encoded[start : start + self.batch_size], tokenizer.pad_token_id)
                 picked = reward_scores(model, input_ids.to(model.device), attention_mask.to(model.device))
                 scores.extend(float(s) for s in picked.float().cpu())
         return scores
@@ -196,8 +202,11 @@ class MatchOptions:
     """Options of the ``match`` reward."""
 
     column: str = option("answer", "The dataset column holding the expected answer.")
-    pattern: str | None = option(None, "A regular expression that extracts the answer from the completion (its first "
-                                       "group, else the whole match; the last match counts); empty: the last number.")
+    pattern: str | None = option(
+        None,
+        "A regular expression that extracts the answer from the completion (its first "
+        "group, else the whole match; the last match counts); empty: the last number.",
+    )
     case_sensitive: bool = option(False, "Compare texts with case.")
 
     def __post_init__(self) -> None:
@@ -245,9 +254,11 @@ class MatchReward(RewardFunction):
     name = "match"
     description = "1 if the completion's answer (a regex, or its last number) equals a dataset column, else 0"
     options_class = MatchOptions
-    NUMBER = re.compile(r"(?:(?<![\w.)\]])[-\u2212])?"  # a minus only where it starts a number: 10-3 is 10, 3
-                        r"(?:(?<![\d.])(?:\d{1,3}(?:,\d{3})+(?![\d]|,\d)|\d+)(?:\.\d+)?|(?<![\d.])\.\d+)"
-                        r"(?:[eE][+\-]?\d+(?![\w.]))?")  # v1.2.3 is 1.2 (no number starts after a digit or dot)
+    NUMBER = re.compile(
+        r"(?:(?<![\w.)\]])[-\u2212])?"  # a minus only where it starts a number: 10-3 is 10, 3
+        r"(?:(?<![\d.])(?:\d{1,3}(?:,\d{3})+(?![\d]|,\d)|\d+)(?:\.\d+)?|(?<![\d.])\.\d+)"
+        r"(?:[eE][+\-]?\d+(?![\w.]))?"
+    )  # v1.2.3 is 1.2 (no number starts after a digit or dot)
 
     def __init__(self, **options: Any) -> None:
         super().__init__(**options)
@@ -274,15 +285,18 @@ class MatchReward(RewardFunction):
         a, b = got.strip(), str(expected).strip()
         return a == b if self.config.case_sensitive else a.lower() == b.lower()
 
-    def score(self, prompts: list[list[Message]], completions: list[str],
-              columns: dict[str, list[Any]] | None = None) -> list[float]:
+    def score(
+        self, prompts: list[list[Message]], completions: list[str], columns: dict[str, list[Any]] | None = None
+    ) -> list[float]:
         column = self.config.column
         if not columns or column not in columns:
             known = ", ".join(sorted(columns or {})) or "none"
-            raise ConfigError(f"reward 'match' compares with the dataset column '{column}', but the rows have no "
-                              f"column '{column}' (they have: {known}); give each prompt row an '{column}' field "
-                              f"(the jsonl dataset keeps extra fields) or set reward_options.column",
-                              where="reward_options")
+            raise ConfigError(
+                f"reward 'match' compares with the dataset column '{column}', but the rows have no "
+                f"column '{column}' (they have: {known}); give each prompt row an '{column}' field "
+                f"(the jsonl dataset keeps extra fields) or set reward_options.column",
+                where="reward_options",
+            )
         return [float(self.same(self.extract(c), e)) for c, e in zip(completions, columns[column])]
 
 

@@ -23,9 +23,27 @@ def test_listed_with_its_method_and_reward(kto, easyrlhf_cli):
 
 def test_kto_trains_on_the_embedded_data_and_saves_a_model(kto, easyrlhf_cli, tiny_causal_lm, tmp_path):
     out = tmp_path / "kto"
-    result = easyrlhf_cli("run", "--method", "kto", "--model", str(tiny_causal_lm), "--max-steps", "2",
-                          "--output-dir", str(out), "--set", "max_train_samples=8", "--set", "max_eval_samples=2",
-                          "--set", "max_length=128", "--set", "learning_rate=1e-3", "--set", "save_steps=0")
+    result = easyrlhf_cli(
+        "run",
+        "--method",
+        "kto",
+        "--model",
+        str(tiny_causal_lm),
+        "--max-steps",
+        "2",
+        "--output-dir",
+        str(out),
+        "--set",
+        "max_train_samples=8",
+        "--set",
+        "max_eval_samples=2",
+        "--set",
+        "max_length=128",
+        "--set",
+        "learning_rate=1e-3",
+        "--set",
+        "save_steps=0",
+    )
     assert result.exit_code == 0, result.stderr
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in rows if "loss" in r] == [1, 2]

@@ -57,8 +57,12 @@ class ArithmeticDataset(Dataset):
         for entry in options.data_files:
             for line, row in iter_rows(entry, options.bad_rows):
                 try:
-                    records.append({"prompt": as_messages(get_field(row, "prompt", {}), "prompt", "user"),
-                                    "answer": str(get_field(row, "answer", {}))})
+                    records.append(
+                        {
+                            "prompt": as_messages(get_field(row, "prompt", {}), "prompt", "user"),
+                            "answer": str(get_field(row, "answer", {})),
+                        }
+                    )
                 except RowProblem as problem:
                     options.bad_rows.report(problem, file=entry, line=line)
         return DataSplits(options.shape, records, [], notes=[f"arithmetic: {len(records)} problems from files"])

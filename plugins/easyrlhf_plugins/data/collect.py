@@ -15,8 +15,9 @@ from .sources import EVAL, Source, has_explicit_eval
 RowParser = Callable[[Any], "Record | None"]
 
 
-def collect(sources: list[Source], parse: RowParser, options: DataOptions,
-            notes: Callable[[int], list[str]]) -> DataSplits:
+def collect(
+    sources: list[Source], parse: RowParser, options: DataOptions, notes: Callable[[int], list[str]]
+) -> DataSplits:
     """Records of ``options.shape`` from ``sources`` (``eval``: the sources' own eval split, else empty).
     ``notes(rows_read)`` gives the plugin's run notes."""
     bad = options.bad_rows

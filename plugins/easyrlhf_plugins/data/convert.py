@@ -47,12 +47,13 @@ def split_conversations(chosen: list[Message], rejected: list[Message]) -> Pair 
     while cut > 0 and chosen[cut - 1]["role"] != "user":
         cut -= 1
     if cut == 0:
-        raise RowProblem("chosen and rejected share no opening user turn; both must continue the same "
-                         "conversation")
+        raise RowProblem("chosen and rejected share no opening user turn; both must continue the same conversation")
     for name, side in (("chosen", chosen), ("rejected", rejected)):
         if side[cut]["role"] != "assistant":
-            raise RowProblem(f"'{name}' continues the shared conversation with a {side[cut]['role']} turn; "
-                             "the reply after the last user turn must be the assistant's")
+            raise RowProblem(
+                f"'{name}' continues the shared conversation with a {side[cut]['role']} turn; "
+                "the reply after the last user turn must be the assistant's"
+            )
     return Pair(chosen[:cut], chosen[cut:], rejected[cut:])
 
 
@@ -63,8 +64,11 @@ def pair_to(pair: Pair, shape: Shape) -> Record | None:
     if shape is Shape.RANKED:
         if pair.divergent:
             return None
-        return {"prompt": pair.prompt, "responses": [pair.chosen[0]["content"], pair.rejected[0]["content"]],
-                "scores": [1.0, 0.0]}
+        return {
+            "prompt": pair.prompt,
+            "responses": [pair.chosen[0]["content"], pair.rejected[0]["content"]],
+            "scores": [1.0, 0.0],
+        }
     if shape is Shape.CONVERSATION:
         return {"messages": pair.prompt + pair.chosen}
     return {"prompt": pair.prompt}
@@ -76,8 +80,9 @@ def ranked_to(prompt: list[Message], responses: list[str], scores: list[float], 
     if len(responses) < 2 and shape is not Shape.PROMPT:
         raise RowProblem(f"'responses' needs at least two candidates, got {len(responses)}")
     if len(responses) != len(scores):
-        raise RowProblem(f"'responses' has {len(responses)} items but 'scores' has {len(scores)}; "
-                         "give one score per response")
+        raise RowProblem(
+            f"'responses' has {len(responses)} items but 'scores' has {len(scores)}; give one score per response"
+        )
     best = max(range(len(scores)), key=scores.__getitem__)
     worst = min(range(len(scores)), key=scores.__getitem__)
     if shape is Shape.RANKED:
@@ -85,8 +90,7 @@ def ranked_to(prompt: list[Message], responses: list[str], scores: list[float], 
     if shape is Shape.PREFERENCE:
         if scores[best] == scores[worst]:
             return None
-        return {"prompt": prompt, "chosen": [_assistant(responses[best])],
-                "rejected": [_assistant(responses[worst])]}
+        return {"prompt": prompt, "chosen": [_assistant(responses[best])], "rejected": [_assistant(responses[worst])]}
     if shape is Shape.CONVERSATION:
         return {"messages": prompt + [_assistant(responses[best])]}
     return {"prompt": prompt}
@@ -98,7 +102,7 @@ def conversation_to(messages: list[Message], shape: Shape, name: str = "messages
     if last is None:
         raise RowProblem(f"'{name}' has no assistant turn")
     if shape is Shape.CONVERSATION:
-        return {"messages": messages[:last + 1]}
+        return {"messages": messages[: last + 1]}
     if shape is Shape.PROMPT:
         prompt = messages[:last]
         if not any(m["role"] == "user" for m in prompt):

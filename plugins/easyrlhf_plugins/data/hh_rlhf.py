@@ -31,12 +31,14 @@ def embedded_files() -> list[Path]:
 def hh_sources(data_files: list[str]) -> tuple[list[Source], str]:
     """Sources for ``data_files`` (the embedded sample when empty) and a phrase naming them."""
     if not data_files:
-        return ([file_source(p) for p in embedded_files()],
-                f"the embedded sample ({', '.join(EMBEDDED_SUBSETS)} test splits)")
+        return (
+            [file_source(p) for p in embedded_files()],
+            f"the embedded sample ({', '.join(EMBEDDED_SUBSETS)} test splits)",
+        )
     sources: list[Source] = []
     for entry in data_files:
         if entry == HUB_ID or (entry.startswith(HUB_ID + "/") and not Path(entry).exists()):
-            subset = entry[len(HUB_ID) + 1:] or None
+            subset = entry[len(HUB_ID) + 1 :] or None
             sources.extend(hub_sources(HUB_ID, data_dir=subset))
         else:
             sources.extend(local_sources(entry))
@@ -74,17 +76,25 @@ class PairParser:
 
     def notes(self, rows_read: int, origin: str) -> list[str]:
         c = self.counts
-        notes = [f"hh-rlhf: read {rows_read} pairs from {origin}; dropped {c['identical']} identical pairs; "
-                 f"{c['divergent']} split at a divergent turn"]
+        notes = [
+            f"hh-rlhf: read {rows_read} pairs from {origin}; dropped {c['identical']} identical pairs; "
+            f"{c['divergent']} split at a divergent turn"
+        ]
         if c["merged"] or c["removed"]:
-            notes.append(f"hh-rlhf: merged {c['merged']} consecutive same-speaker turns; removed "
-                         f"{c['removed']} unanswered final human turns")
+            notes.append(
+                f"hh-rlhf: merged {c['merged']} consecutive same-speaker turns; removed "
+                f"{c['removed']} unanswered final human turns"
+            )
         if c["identical_after_repair"]:
-            notes.append(f"hh-rlhf: dropped {c['identical_after_repair']} more pairs that were identical once "
-                         "unanswered final human turns were removed")
+            notes.append(
+                f"hh-rlhf: dropped {c['identical_after_repair']} more pairs that were identical once "
+                "unanswered final human turns were removed"
+            )
         if c["left_out"]:
-            notes.append(f"hh-rlhf: left out {c['left_out']} divergent pairs: ranked responses are single "
-                         "texts, and their completions span several turns")
+            notes.append(
+                f"hh-rlhf: left out {c['left_out']} divergent pairs: ranked responses are single "
+                "texts, and their completions span several turns"
+            )
         return notes
 
 

@@ -50,8 +50,9 @@ class RowReader:
             return self._from_pair(row) if has("chosen") and not has("responses") else self._from_ranked(row)
         if shape is Shape.CONVERSATION:
             if has("messages"):
-                return {"messages": ends_with(self._messages(row, "messages", "user"), "assistant",
-                                              self._name("messages"))}
+                return {
+                    "messages": ends_with(self._messages(row, "messages", "user"), "assistant", self._name("messages"))
+                }
             if has("completion"):
                 completion = self._messages(row, "completion", "assistant")
                 return {"messages": self._prompt(row) + ends_with(completion, "assistant", self._name("completion"))}
@@ -78,8 +79,10 @@ class RowReader:
             kind = json_type(value)
             seen = self.extra_types.setdefault(key, kind)
             if kind != seen:
-                raise RowProblem(f"field '{key}' is {kind} here but {seen} in earlier rows; give every row's "
-                                 f"'{key}' the same type (quote the numbers, say)")
+                raise RowProblem(
+                    f"field '{key}' is {kind} here but {seen} in earlier rows; give every row's "
+                    f"'{key}' the same type (quote the numbers, say)"
+                )
         return extras
 
     # -- fields --------------------------------------------------------------------------------------
@@ -129,8 +132,7 @@ class RowReader:
         c = self.counts
         notes = [f"jsonl: read {rows} rows"]
         if c["identical"] or c["divergent"]:
-            notes.append(f"jsonl: dropped {c['identical']} identical pairs; {c['divergent']} split at a "
-                         "divergent turn")
+            notes.append(f"jsonl: dropped {c['identical']} identical pairs; {c['divergent']} split at a divergent turn")
         if c["left_out"]:
             notes.append(f"jsonl: left out {c['left_out']} divergent pairs: ranked responses are single texts")
         if c["ties"]:
@@ -148,8 +150,9 @@ class JsonlDataset(Dataset):
 
     def load(self, options: DataOptions) -> DataSplits:
         if not options.data_files:
-            raise ConfigError("dataset 'jsonl' reads local files; pass them with --data-files a.jsonl[,b.jsonl]",
-                              where="--data-files")
+            raise ConfigError(
+                "dataset 'jsonl' reads local files; pass them with --data-files a.jsonl[,b.jsonl]", where="--data-files"
+            )
         sources: list[Source] = []
         for entry in options.data_files:
             sources.extend(local_sources(entry))

@@ -52,10 +52,16 @@ def _open(path: Path, compressed: bool) -> IO[bytes]:
 
 def _gzip_error(path: Path, line: int, exc: BaseException) -> DataError:
     if line <= 1 and isinstance(exc, gzip.BadGzipFile):
-        return DataError(f"not a gzip file ({exc}); decompress it, or drop the .gz from its name if it is "
-                         "plain text", file=path, line=1)
-    return DataError(f"the gzip stream is damaged or cut short ({exc or type(exc).__name__}); download the file "
-                     "again", file=path, line=line)
+        return DataError(
+            f"not a gzip file ({exc}); decompress it, or drop the .gz from its name if it is plain text",
+            file=path,
+            line=1,
+        )
+    return DataError(
+        f"the gzip stream is damaged or cut short ({exc or type(exc).__name__}); download the file again",
+        file=path,
+        line=line,
+    )
 
 
 def _json_lines(path: Path, compressed: bool, bad: BadRows) -> Iterator[tuple[int, Any]]:
@@ -77,8 +83,14 @@ def _json_lines(path: Path, compressed: bool, bad: BadRows) -> Iterator[tuple[in
                 text = raw.decode("utf-8")
             except UnicodeDecodeError as exc:
                 seen_content = True
-                bad.report(DataError(f"not valid UTF-8 (byte 0x{raw[exc.start]:02x} at column {exc.start + 1}); "
-                                     "re-save the file as UTF-8", file=path, line=line_no))
+                bad.report(
+                    DataError(
+                        f"not valid UTF-8 (byte 0x{raw[exc.start]:02x} at column {exc.start + 1}); "
+                        "re-save the file as UTF-8",
+                        file=path,
+                        line=line_no,
+                    )
+                )
                 continue
             if not text.strip():
                 continue
@@ -89,12 +101,16 @@ def _json_lines(path: Path, compressed: bool, bad: BadRows) -> Iterator[tuple[in
             try:
                 row = json.loads(text)
             except json.JSONDecodeError as exc:
-                bad.report(DataError(f"{_json_problem(exc, text)}; each line must be one complete JSON object",
-                                     file=path, line=line_no))
+                bad.report(
+                    DataError(
+                        f"{_json_problem(exc, text)}; each line must be one complete JSON object",
+                        file=path,
+                        line=line_no,
+                    )
+                )
                 continue
             if not isinstance(row, dict):
-                bad.report(DataError(f"expected a JSON object per line, got {json_type(row)}",
-                                     file=path, line=line_no))
+                bad.report(DataError(f"expected a JSON object per line, got {json_type(row)}", file=path, line=line_no))
                 continue
             yield line_no, row
     if not seen_content:
@@ -121,9 +137,10 @@ def _json_array_rows(path: Path, compressed: bool) -> Iterator[tuple[int, Any]]:
     try:
         text = data.decode("utf-8").lstrip("\ufeff")
     except UnicodeDecodeError as exc:
-        line = data[:exc.start].count(b"\n") + 1
-        raise DataError(f"not valid UTF-8 (byte 0x{data[exc.start]:02x}); re-save the file as UTF-8",
-                        file=path, line=line) from None
+        line = data[: exc.start].count(b"\n") + 1
+        raise DataError(
+            f"not valid UTF-8 (byte 0x{data[exc.start]:02x}); re-save the file as UTF-8", file=path, line=line
+        ) from None
     decoder = json.JSONDecoder()
     pos = text.index("[") + 1
     count = 0
@@ -146,8 +163,11 @@ def _json_array_rows(path: Path, compressed: bool) -> Iterator[tuple[int, Any]]:
             continue
         if pos < len(text) and text[pos] == "]":
             break
-        raise DataError("invalid JSON: expected ',' or ']' after an array element (the file looks truncated)",
-                        file=path, line=text.count("\n", 0, pos) + 1)
+        raise DataError(
+            "invalid JSON: expected ',' or ']' after an array element (the file looks truncated)",
+            file=path,
+            line=text.count("\n", 0, pos) + 1,
+        )
     if count == 0:
         raise DataError("file holds an empty array; expected objects", file=path, line=1)
 

@@ -24,7 +24,7 @@ def orca_messages(turns: Any, name: str = "conversations") -> list[Message]:
     """``[{"from": "system"|"human"|"gpt", "value": str}, ...]`` -> chat messages. The system prompt stays a
     system message; an empty one is left out."""
     if not isinstance(turns, list) or not turns:
-        raise RowProblem(f"field '{name}' must be a non-empty list of {{\"from\", \"value\"}} turns")
+        raise RowProblem(f'field \'{name}\' must be a non-empty list of {{"from", "value"}} turns')
     messages: list[Message] = []
     for i, turn in enumerate(turns):
         if not isinstance(turn, dict):
@@ -56,8 +56,9 @@ class SlimOrcaDataset(Dataset):
         counts: Counter[str] = Counter()
 
         def parse(row: Any) -> Record:
-            messages = orca_messages(get_field(row, "conversations", columns),
-                                     columns.get("conversations", "conversations"))
+            messages = orca_messages(
+                get_field(row, "conversations", columns), columns.get("conversations", "conversations")
+            )
             counts["with_system"] += messages[0]["role"] == "system"
             return conversation_to(messages, shape, "conversations")
 

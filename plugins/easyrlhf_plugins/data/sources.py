@@ -41,8 +41,9 @@ def split_of(name: str) -> str | None:
 
 
 def file_source(path: Path, split: str | None = None) -> Source:
-    return Source(str(path), split if split is not None else split_of(path.name),
-                  lambda bad, path=path: iter_rows(path, bad))
+    return Source(
+        str(path), split if split is not None else split_of(path.name), lambda bad, path=path: iter_rows(path, bad)
+    )
 
 
 def local_sources(entry: str) -> list[Source]:
@@ -64,11 +65,16 @@ def hub_sources(repo_id: str, data_dir: str | None = None) -> list[Source]:
         loaded = datasets.load_dataset(repo_id, data_dir=data_dir)
     except Exception as exc:  # network, auth, missing repo: one line, with what to do instead
         reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-        raise DataError(f"could not load the Hub dataset ({type(exc).__name__}: {reason}); without a network, "
-                        "download its files and pass them with --data-files", where=repo_id) from None
+        raise DataError(
+            f"could not load the Hub dataset ({type(exc).__name__}: {reason}); without a network, "
+            "download its files and pass them with --data-files",
+            where=repo_id,
+        ) from None
     label = f"{repo_id}/{data_dir}" if data_dir else repo_id
-    return [Source(f"{label}[{split}]", split_of(split), lambda bad, ds=ds: enumerate(ds, start=1))
-            for split, ds in loaded.items()]
+    return [
+        Source(f"{label}[{split}]", split_of(split), lambda bad, ds=ds: enumerate(ds, start=1))
+        for split, ds in loaded.items()
+    ]
 
 
 def has_explicit_eval(sources: list[Source]) -> bool:

@@ -57,8 +57,9 @@ def parse_transcript(text: object, name: str) -> Transcript:
     parts = _TURN.split(body)
     if parts[0].strip() or len(parts) < 3:
         start = text.strip()[:30]
-        raise RowProblem(f"'{name}' is not an hh-rlhf transcript: it must start with '\\n\\nHuman: ', "
-                         f"but starts with {start!r}")
+        raise RowProblem(
+            f"'{name}' is not an hh-rlhf transcript: it must start with '\\n\\nHuman: ', but starts with {start!r}"
+        )
     messages: list[Message] = []
     merged = 0
     for speaker, content in zip(parts[1::2], parts[2::2]):
@@ -73,6 +74,7 @@ def parse_transcript(text: object, name: str) -> Transcript:
         messages.pop()
         removed += 1
     if not any(m["role"] == "assistant" for m in messages):
-        raise RowProblem(f"'{name}' has no '\\n\\nAssistant: ' turn; each transcript must end with the "
-                         "assistant's reply")
+        raise RowProblem(
+            f"'{name}' has no '\\n\\nAssistant: ' turn; each transcript must end with the assistant's reply"
+        )
     return Transcript(messages, merged, removed)

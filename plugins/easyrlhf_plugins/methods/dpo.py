@@ -34,11 +34,15 @@ class DPOConfig(TrainerConfig):
     learning_rate: float = option(1e-6, "Peak learning rate.")
     beta: float = option(0.1, "KL strength: higher keeps the policy closer to the reference model.")
     precompute_ref_log_probs: bool = option(
-        False, "Compute the reference model's log-probs once before training (no reference forward per step, "
-               "no reference copy in memory).")
+        False,
+        "Compute the reference model's log-probs once before training (no reference forward per step, "
+        "no reference copy in memory).",
+    )
     summary_pairs: int = option(
-        64, "Held-out pairs that the start model and the trained model both score at the end, for the run "
-            "summary (summary.json: preference before -> after, with intervals); 0 skips it.")
+        64,
+        "Held-out pairs that the start model and the trained model both score at the end, for the run "
+        "summary (summary.json: preference before -> after, with intervals); 0 skips it.",
+    )
     prefix_sharing: bool = option(True, PREFIX_SHARING_HELP)
 
     def __post_init__(self) -> None:
@@ -55,9 +59,11 @@ class IPOConfig(DPOConfig):
 
     beta: float = option(0.1, "IPO's tau: the loss pulls the chosen-minus-rejected log-ratio towards 1/(2*tau).")
     log_ratio_normalization: Literal["mean", "sum"] = option(
-        "mean", "mean: each completion's log-ratio is averaged over its tokens (TRL's IPO); sum: summed over "
-                "tokens, as in the IPO paper's Eq. 17 and the reference DPO code (then 1/(2*tau) is a gap "
-                "over the whole completion, not per token).")
+        "mean",
+        "mean: each completion's log-ratio is averaged over its tokens (TRL's IPO); sum: summed over "
+        "tokens, as in the IPO paper's Eq. 17 and the reference DPO code (then 1/(2*tau) is a gap "
+        "over the whole completion, not per token).",
+    )
 
 
 class DPOMethod(TrainerMethod):
@@ -82,8 +88,14 @@ class DPOMethod(TrainerMethod):
         tokenizer = run_tokenizer(run, path)
         model = run_policy(run, path)
         train, evaluation = data_splits(run)
-        args = trl_arguments(TRLDPOConfig, run, has_eval=evaluation is not None, beta=config.beta,
-                             loss_type=[self.loss_type], precompute_ref_log_probs=config.precompute_ref_log_probs)
+        args = trl_arguments(
+            TRLDPOConfig,
+            run,
+            has_eval=evaluation is not None,
+            beta=config.beta,
+            loss_type=[self.loss_type],
+            precompute_ref_log_probs=config.precompute_ref_log_probs,
+        )
         trainer_class = self.trainer_class(config)
         collator = None
         if config.prefix_sharing:
@@ -91,24 +103,35 @@ class DPOMethod(TrainerMethod):
 
             trainer_class, collator = shared_prefix_trainer(trainer_class, args, tokenizer, run.log)
         trainer = trainer_class(
-            model=model, ref_model=None, args=args, train_dataset=train, eval_dataset=evaluation,
-            processing_class=tokenizer, peft_config=lora_config(config, "CAUSAL_LM"), data_collator=collator)
+            model=model,
+            ref_model=None,
+            args=args,
+            train_dataset=train,
+            eval_dataset=evaluation,
+            processing_class=tokenizer,
+            peft_config=lora_config(config, "CAUSAL_LM"),
+            data_collator=collator,
+        )
         if collator is not None:
             trainer.share_prefixes()
         run.log(f"{self.name}: reference = {describe_reference(trainer)}")
         run.train_examples_used = len(trainer.train_dataset)
         if run.train_examples_used == 0:
-            raise DataError(f"every training pair's prompt alone fills max_length={config.max_length} tokens; "
-                            f"raise max_length", where="max_length")
-        run.log(f"{self.name}: {len(trainer.train_dataset)} of {len(run.data.train)} training pairs kept "
-                f"(pairs whose prompt alone fills max_length={config.max_length} are dropped)")
+            raise DataError(
+                f"every training pair's prompt alone fills max_length={config.max_length} tokens; raise max_length",
+                where="max_length",
+            )
+        run.log(
+            f"{self.name}: {len(trainer.train_dataset)} of {len(run.data.train)} training pairs kept "
+            f"(pairs whose prompt alone fills max_length={config.max_length} are dropped)"
+        )
         describe_trainable(run, trainer.model)
         return trainer, tokenizer
 
-
     def what_changed(self, run: Run) -> list[Finding]:
-        return (training_rows_finding(run, "rewards/accuracies", "rewards/margins")
-                + held_out_pairs_change(run, run.config.summary_pairs))
+        return training_rows_finding(run, "rewards/accuracies", "rewards/margins") + held_out_pairs_change(
+            run, run.config.summary_pairs
+        )
 
 
 class IPOMethod(DPOMethod):

@@ -24,8 +24,13 @@ from easyrlhf_core.prefix_sharing import SharedPrefixCollator
 from easyrlhf_core.shared_forward import share_prefixes
 
 
-def ipo_loss(chosen_logratios: torch.Tensor, rejected_logratios: torch.Tensor, tau: float,
-             chosen_tokens: torch.Tensor | None = None, rejected_tokens: torch.Tensor | None = None) -> torch.Tensor:
+def ipo_loss(
+    chosen_logratios: torch.Tensor,
+    rejected_logratios: torch.Tensor,
+    tau: float,
+    chosen_tokens: torch.Tensor | None = None,
+    rejected_tokens: torch.Tensor | None = None,
+) -> torch.Tensor:
     """Per-pair IPO loss ``(h − 1/(2τ))²`` with ``h`` the chosen-minus-rejected log-ratio.
 
     With token counts, each log-ratio is first divided by its completion's length (TRL's "mean");
@@ -63,8 +68,13 @@ class SummedIPOTrainer(DPOTrainer):
         self._record_metrics(chosen_logps, rejected_logps, chosen_logratios, rejected_logratios)
         return loss
 
-    def _record_metrics(self, chosen_logps: torch.Tensor, rejected_logps: torch.Tensor,
-                        chosen_logratios: torch.Tensor, rejected_logratios: torch.Tensor) -> None:
+    def _record_metrics(
+        self,
+        chosen_logps: torch.Tensor,
+        rejected_logps: torch.Tensor,
+        chosen_logratios: torch.Tensor,
+        rejected_logratios: torch.Tensor,
+    ) -> None:
         """The same reward metrics TRL logs for its own losses (β · log-ratio)."""
         mode = "train" if self.model.training else "eval"
         gather = self.accelerator.gather
@@ -79,8 +89,9 @@ class SummedIPOTrainer(DPOTrainer):
         metrics["logps/rejected"].append(gather(rejected_logps.detach()).mean().item())
 
 
-def shared_prefix_trainer(trainer_class: type, args: Any, tokenizer: Any,
-                          log: Any) -> tuple[type, SharedPrefixCollator]:
+def shared_prefix_trainer(
+    trainer_class: type, args: Any, tokenizer: Any, log: Any
+) -> tuple[type, SharedPrefixCollator]:
     """``trainer_class`` (a DPOTrainer) whose batches carry the packed shared-prefix form, and its collator.
 
     TRL's own collator still builds the padded rows its loss reads (labels, completion masks); the models
@@ -89,9 +100,15 @@ def shared_prefix_trainer(trainer_class: type, args: Any, tokenizer: Any,
     (``share_prefixes``, idempotent), so every forward pass of the run takes the shared path.
     """
     collator = SharedPrefixCollator(
-        DataCollatorForPreference(pad_token_id=tokenizer.pad_token_id, max_length=args.max_length,
-                                  truncation_mode=args.truncation_mode, pad_to_multiple_of=args.pad_to_multiple_of),
-        pad_token_id=tokenizer.pad_token_id, grouping="pairs")
+        DataCollatorForPreference(
+            pad_token_id=tokenizer.pad_token_id,
+            max_length=args.max_length,
+            truncation_mode=args.truncation_mode,
+            pad_to_multiple_of=args.pad_to_multiple_of,
+        ),
+        pad_token_id=tokenizer.pad_token_id,
+        grouping="pairs",
+    )
 
     class SharedPrefixDPOTrainer(trainer_class):  # type: ignore[misc, valid-type]
         _shared_prefix_decided = False

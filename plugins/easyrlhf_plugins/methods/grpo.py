@@ -19,13 +19,19 @@ class GRPOConfig(OnlineConfig):
     method_name = "grpo"
     beta: float = option(0.0, "KL coefficient to the reference model (TRL's default 0: no reference is loaded).")
     loss_type: Literal["grpo", "dr_grpo", "dapo", "bnpo", "cispo", "sapo", "luspo", "vespo"] = option(
-        "dapo", "How token losses are aggregated (TRL's loss types; dapo: over the active tokens of the batch).")
+        "dapo", "How token losses are aggregated (TRL's loss types; dapo: over the active tokens of the batch)."
+    )
     scale_rewards: Literal["group", "batch", "none"] = option(
-        "group", "Divide advantages by the reward std of the group, of the batch, or not at all (Dr. GRPO).")
+        "group", "Divide advantages by the reward std of the group, of the batch, or not at all (Dr. GRPO)."
+    )
 
     def trl_fields(self) -> dict[str, Any]:
-        return {**super().trl_fields(), "beta": self.beta, "loss_type": self.loss_type,
-                "scale_rewards": self.scale_rewards}
+        return {
+            **super().trl_fields(),
+            "beta": self.beta,
+            "loss_type": self.loss_type,
+            "scale_rewards": self.scale_rewards,
+        }
 
 
 @dataclass

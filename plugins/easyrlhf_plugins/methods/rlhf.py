@@ -35,12 +35,16 @@ class RLHFConfig:
     stage's options. In a stage group, ``model`` means "use this trained model as the stage's result and
     skip training it" (``--set rm.model=PATH``)."""
 
-    model: str | None = option(None, "Starting model for SFT: Hub id, directory or .gguf; empty: the embedded "
-                                     "SmolLM2-135M-Instruct.")
+    model: str | None = option(
+        None, "Starting model for SFT: Hub id, directory or .gguf; empty: the embedded SmolLM2-135M-Instruct."
+    )
     output_dir: str | None = option(None, "Run directory (stages in sft/, rm/, ppo/); empty: runs/rlhf-<timestamp>.")
-    dataset: str = option("hh-rlhf", "Dataset plugin of every stage whose data it yields (hh-rlhf: all three; "
-                                      "a prompt-only dataset such as arithmetic: the RL stage only); a stage's "
-                                      "own `dataset` wins.")
+    dataset: str = option(
+        "hh-rlhf",
+        "Dataset plugin of every stage whose data it yields (hh-rlhf: all three; "
+        "a prompt-only dataset such as arithmetic: the RL stage only); a stage's "
+        "own `dataset` wins.",
+    )
     data_files: list[str] = option([], "Local data files for `dataset`, given to the stages that take it.")
     skip_bad_rows: bool = option(False, "Skip (and count) malformed data rows in every stage.")
     seed: int = option(42, "Random seed of every stage.")
@@ -52,16 +56,24 @@ class RLHFConfig:
     trust_remote_code: bool = option(False, "Allow custom model code.")
     max_train_samples: int | None = option(None, "Training examples per stage at most.")
     max_eval_samples: int | None = option(200, "Evaluation examples per stage at most.")
-    report_to: list[str] = option([], "Live trackers for every stage, e.g. [tensorboard]: stages under "
-                                      "OUTPUT_DIR/logs/<stage>.")
+    report_to: list[str] = option(
+        [], "Live trackers for every stage, e.g. [tensorboard]: stages under OUTPUT_DIR/logs/<stage>."
+    )
     rl_method: Literal["ppo", "grpo", "rloo"] = option(
-        "ppo", "The RL stage: ppo (the InstructGPT recipe, default), grpo or rloo; its options are in its group.")
+        "ppo", "The RL stage: ppo (the InstructGPT recipe, default), grpo or rloo; its options are in its group."
+    )
     sft: SFTConfig = option(SFTConfig(), "SFT stage: conversations (hh-rlhf chosen side, or slimorca).")
     rm: RMConfig = option(RMConfig(), "Reward-model stage: preference pairs, initialised from the SFT model.")
-    ppo: PPOConfig = option(PPOConfig(), "PPO stage: prompts; policy from the SFT model, reward (and value "
-                                         "model) from the RM stage unless ppo.reward names a reward function.")
-    grpo: GRPOConfig = option(GRPOConfig(), "GRPO stage (rl_method: grpo): prompts; policy from the SFT model, "
-                                            "scored by the RM stage's model unless grpo.reward(s) name rewards.")
+    ppo: PPOConfig = option(
+        PPOConfig(),
+        "PPO stage: prompts; policy from the SFT model, reward (and value "
+        "model) from the RM stage unless ppo.reward names a reward function.",
+    )
+    grpo: GRPOConfig = option(
+        GRPOConfig(),
+        "GRPO stage (rl_method: grpo): prompts; policy from the SFT model, "
+        "scored by the RM stage's model unless grpo.reward(s) name rewards.",
+    )
     rloo: RLOOConfig = option(RLOOConfig(), "RLOO stage (rl_method: rloo): as grpo.")
 
     def __post_init__(self) -> None:
@@ -73,14 +85,21 @@ class RLHFConfig:
             raise invalid("max_steps", "must be a positive integer, or -1 for each stage's own setting")
         for name in RL_METHODS:
             if getattr(self, name).model is not None:
-                raise invalid(f"{name}.model", f"{name.upper()} starts from the SFT stage's model; to skip SFT give "
-                                               f"sft.model=PATH instead")
+                raise invalid(
+                    f"{name}.model",
+                    f"{name.upper()} starts from the SFT stage's model; to skip SFT give sft.model=PATH instead",
+                )
         if self.rm.model is not None and self.rl_has_reward():
-            raise invalid("rm.model", f"is used only when the {self.rl_method} stage is scored by the reward model; "
-                                      f"{self.rl_method} names its own reward: drop one of them")
+            raise invalid(
+                "rm.model",
+                f"is used only when the {self.rl_method} stage is scored by the reward model; "
+                f"{self.rl_method} names its own reward: drop one of them",
+            )
         if self.rl.reward_model is not None and self.rm.model is not None:
-            raise invalid(f"{self.rl_method}.reward_model", "conflicts with rm.model; give the trained reward model "
-                                                            "once, as rm.model")
+            raise invalid(
+                f"{self.rl_method}.reward_model",
+                "conflicts with rm.model; give the trained reward model once, as rm.model",
+            )
 
     @property
     def rl(self) -> Any:
@@ -112,8 +131,11 @@ class RLHFConfig:
 #: Shared options that flow from the top of the config into every stage.
 #: Options that reach a stage only with the top-level dataset (see :func:`stage_data`).
 DATA_OPTIONS = ("dataset", "data_files")
-SHARED = tuple(f.name for f in dataclasses.fields(RLHFConfig)
-               if f.name not in ("model", "output_dir", "rl_method", *STAGE_GROUPS, *DATA_OPTIONS))
+SHARED = tuple(
+    f.name
+    for f in dataclasses.fields(RLHFConfig)
+    if f.name not in ("model", "output_dir", "rl_method", *STAGE_GROUPS, *DATA_OPTIONS)
+)
 
 
 def stage_data(config: RLHFConfig, name: str, set_here: Any) -> dict[str, Any]:
@@ -154,14 +176,19 @@ def stage_config(config: RLHFConfig, name: str, output_dir: Path) -> Any:
         value = getattr(config, key)
         if dataclasses.is_dataclass(value):  # a group (lora): field by field
             top_default, stage_default = _default(RLHFConfig, key), _default(type(stage), key)
-            fields = {f.name: getattr(value, f.name) for f in dataclasses.fields(value)
-                      if set_here(f"{key}.{f.name}", getattr(value, f.name), getattr(top_default, f.name))
-                      and not set_here(f"{name}.{key}.{f.name}", getattr(getattr(stage, key), f.name),
-                                       getattr(stage_default, f.name))}
+            fields = {
+                f.name: getattr(value, f.name)
+                for f in dataclasses.fields(value)
+                if set_here(f"{key}.{f.name}", getattr(value, f.name), getattr(top_default, f.name))
+                and not set_here(
+                    f"{name}.{key}.{f.name}", getattr(getattr(stage, key), f.name), getattr(stage_default, f.name)
+                )
+            }
             if fields:
                 inherited[key] = dataclasses.replace(getattr(stage, key), **fields)
-        elif (set_here(key, value, _default(RLHFConfig, key))
-              and not set_here(f"{name}.{key}", getattr(stage, key), _default(type(stage), key))):
+        elif set_here(key, value, _default(RLHFConfig, key)) and not set_here(
+            f"{name}.{key}", getattr(stage, key), _default(type(stage), key)
+        ):
             inherited[key] = value
     return dataclasses.replace(stage, output_dir=str(output_dir), **inherited)
 
@@ -183,22 +210,26 @@ class RLHFPipeline(Method):
 
     def load_data(self, config: RLHFConfig, registry: Registry) -> dict[str, DataSplits]:
         """Every stage's data, read before any model loads: bad data fails in seconds, not hours."""
-        return {name: registry.get("methods", name)().load_data(cfg, registry)
-                for name, cfg in self.plan(config, Path(config.output_dir or ".")).items() if cfg is not None}
+        return {
+            name: registry.get("methods", name)().load_data(cfg, registry)
+            for name, cfg in self.plan(config, Path(config.output_dir or ".")).items()
+            if cfg is not None
+        }
 
     def train(self, run: Run) -> None:
         config: RLHFConfig = run.config
         plan = self.plan(config, run.output_dir)
         data = run.data
-        sft_model = config.sft.model or self.run_stage(run, "sft", plan["sft"], data["sft"],
-                                                        model=config.model)
+        sft_model = config.sft.model or self.run_stage(run, "sft", plan["sft"], data["sft"], model=config.model)
         rl = config.rl_method
         reward_model = config.rm.model or config.rl.reward_model
         if reward_model is None and not config.rl_has_reward():
             reward_model = self.run_stage(run, "rm", plan["rm"], data["rm"], model=sft_model)
         else:
-            run.log("rlhf: rm stage skipped: " + (f"using rm.model={reward_model}" if reward_model
-                                                   else f"{rl} names its own reward"))
+            run.log(
+                "rlhf: rm stage skipped: "
+                + (f"using rm.model={reward_model}" if reward_model else f"{rl} names its own reward")
+            )
         policy = self.run_stage(run, rl, plan[rl], data[rl], model=sft_model, reward_model=reward_model)
         self.link_final_model(run, Path(policy))
 
@@ -223,20 +254,27 @@ class RLHFPipeline(Method):
         given = explicit_keys(config)
         if not any(key in given for key in DATA_OPTIONS):
             return
-        if any(cfg is not None and cfg.dataset == config.dataset and cfg.data_files == list(config.data_files)
-               for cfg in plan.values()):
+        if any(
+            cfg is not None and cfg.dataset == config.dataset and cfg.data_files == list(config.data_files)
+            for cfg in plan.values()
+        ):
             return
         registry = get_registry()
         entry = registry.datasets.get(config.dataset)
         if entry is None:
-            raise ConfigError(f"unknown dataset '{config.dataset}'; `easyrlhf list-plugins` lists the datasets",
-                              where="dataset")
+            raise ConfigError(
+                f"unknown dataset '{config.dataset}'; `easyrlhf list-plugins` lists the datasets", where="dataset"
+            )
         yields = ", ".join(sorted(str(s) for s in entry.obj.shapes)) or "nothing"
-        wants = ", ".join(f"{name}: {registry.get('methods', name).shape}" for name, cfg in plan.items()
-                          if cfg is not None)
-        raise ConfigError(f"no stage can use dataset '{config.dataset}' (it yields {yields}; the stages want "
-                          f"{wants}), or every stage sets its own; set it per stage, e.g. "
-                          f"--set {config.rl_method}.dataset={config.dataset}", where="dataset")
+        wants = ", ".join(
+            f"{name}: {registry.get('methods', name).shape}" for name, cfg in plan.items() if cfg is not None
+        )
+        raise ConfigError(
+            f"no stage can use dataset '{config.dataset}' (it yields {yields}; the stages want "
+            f"{wants}), or every stage sets its own; set it per stage, e.g. "
+            f"--set {config.rl_method}.dataset={config.dataset}",
+            where="dataset",
+        )
 
     def run_stage(self, run: Run, name: str, stage_cfg: Any, data: DataSplits, **models: Any) -> str:
         """Train one stage into ``OUTPUT_DIR/<name>`` (skipped when already complete); its model path."""
@@ -262,8 +300,9 @@ class RLHFPipeline(Method):
             return
         stages = run.config.stages
         run.progress.start(len(stages), description=self.name)  # the stage's own display has closed
-        run.log_metrics(stages.index(name) + 1, {f"{name}/{k}": v for k, v in last.items()
-                                                 if isinstance(v, (int, float))})
+        run.log_metrics(
+            stages.index(name) + 1, {f"{name}/{k}": v for k, v in last.items() if isinstance(v, (int, float))}
+        )
 
     def link_final_model(self, run: Run, policy: Path) -> None:
         """``OUTPUT_DIR/model`` points at the PPO policy (a relative symlink: no second copy)."""
@@ -274,8 +313,9 @@ class RLHFPipeline(Method):
             if link.is_symlink():
                 link.unlink()
             else:
-                raise ConfigError("the run directory already has a model/ that is not the pipeline's link",
-                                  where=str(link))
+                raise ConfigError(
+                    "the run directory already has a model/ that is not the pipeline's link", where=str(link)
+                )
         os.symlink(os.path.relpath(policy, run.output_dir), link)
         run.log(f"rlhf: final policy {policy} (linked as {link})")
 

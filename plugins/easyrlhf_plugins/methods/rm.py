@@ -33,11 +33,15 @@ class RMConfig(TrainerConfig):
 
     learning_rate: float = option(1e-5, "Peak learning rate.")
     margin: float = option(
-        0.0, "Reward gap the chosen answer must win by: loss = -log sigmoid(r_chosen - r_rejected - margin). "
-             "Records with their own 'margin' field keep it.")
+        0.0,
+        "Reward gap the chosen answer must win by: loss = -log sigmoid(r_chosen - r_rejected - margin). "
+        "Records with their own 'margin' field keep it.",
+    )
     center_rewards_coefficient: float | None = option(
-        None, "Pull rewards towards mean zero: adds coef * mean((r_chosen + r_rejected)^2) to the loss "
-              "(0.01 is typical); empty: off.")
+        None,
+        "Pull rewards towards mean zero: adds coef * mean((r_chosen + r_rejected)^2) to the loss "
+        "(0.01 is typical); empty: off.",
+    )
     prefix_sharing: bool = option(True, PREFIX_SHARING_HELP)
 
     def __post_init__(self) -> None:
@@ -65,24 +69,38 @@ class RMMethod(TrainerMethod):
         model = run_scalar_model(run, path, pad_token_id=tokenizer.pad_token_id)
         train = as_dataset(with_margins(run.data.train, config.margin))
         evaluation = as_dataset(with_margins(run.data.eval, config.margin)) if run.data.eval else None
-        args = trl_arguments(RewardConfig, run, has_eval=evaluation is not None,
-                             center_rewards_coefficient=config.center_rewards_coefficient)
+        args = trl_arguments(
+            RewardConfig,
+            run,
+            has_eval=evaluation is not None,
+            center_rewards_coefficient=config.center_rewards_coefficient,
+        )
         collator = shared_prefix_collator(tokenizer) if config.prefix_sharing else None
-        trainer = RewardTrainer(model=model, args=args, train_dataset=train, eval_dataset=evaluation,
-                                processing_class=tokenizer, peft_config=lora_config(config, "SEQ_CLS"),
-                                data_collator=collator)
+        trainer = RewardTrainer(
+            model=model,
+            args=args,
+            train_dataset=train,
+            eval_dataset=evaluation,
+            processing_class=tokenizer,
+            peft_config=lora_config(config, "SEQ_CLS"),
+            data_collator=collator,
+        )
         if collator is not None:
             from easyrlhf_core.shared_forward import share_prefixes
 
             share_prefixes(collator, [trainer.model], "classifier", run.log, autocast=trainer.accelerator.autocast)
         kept = len(trainer.train_dataset)
         if kept == 0:
-            raise DataError(f"every training pair is longer than max_length={config.max_length} tokens; "
-                            f"raise max_length", where="max_length")
+            raise DataError(
+                f"every training pair is longer than max_length={config.max_length} tokens; raise max_length",
+                where="max_length",
+            )
         run.train_examples_used = kept
         kept_eval = len(trainer.eval_dataset) if evaluation is not None else 0
-        run.log(f"rm: kept {kept} of {len(run.data.train)} training and {kept_eval} of {len(run.data.eval)} eval "
-                f"pairs (TRL drops pairs longer than max_length={config.max_length} tokens)")
+        run.log(
+            f"rm: kept {kept} of {len(run.data.train)} training and {kept_eval} of {len(run.data.eval)} eval "
+            f"pairs (TRL drops pairs longer than max_length={config.max_length} tokens)"
+        )
         describe_trainable(run, trainer.model)
         return trainer, tokenizer
 
@@ -94,8 +112,11 @@ def shared_prefix_collator(tokenizer: Any) -> Any:
 
     from easyrlhf_core.prefix_sharing import SharedPrefixCollator
 
-    return SharedPrefixCollator(DataCollatorForPreference(pad_token_id=tokenizer.pad_token_id),
-                                pad_token_id=tokenizer.pad_token_id, grouping="pairs")
+    return SharedPrefixCollator(
+        DataCollatorForPreference(pad_token_id=tokenizer.pad_token_id),
+        pad_token_id=tokenizer.pad_token_id,
+        grouping="pairs",
+    )
 
 
 def with_margins(records: list[Record], margin: float) -> list[Record]:

@@ -33,11 +33,14 @@ class SFTConfig(TrainerConfig):
 
     learning_rate: float = option(2e-5, "Peak learning rate.")
     assistant_only_loss: bool = option(
-        True, "Loss on the assistant's tokens only (their end-of-turn token included); false: on every token.")
+        True, "Loss on the assistant's tokens only (their end-of-turn token included); false: on every token."
+    )
     packing: bool | None = option(
-        None, "Pack several conversations into rows of max_length tokens, attention kept within each "
-              "conversation (padding-free). Empty: on when the model keeps packed sequences apart (checked with "
-              "a tiny forward pass), else off.")
+        None,
+        "Pack several conversations into rows of max_length tokens, attention kept within each "
+        "conversation (padding-free). Empty: on when the model keeps packed sequences apart (checked with "
+        "a tiny forward pass), else off.",
+    )
 
 
 class SFTMethod(TrainerMethod):
@@ -62,14 +65,27 @@ class SFTMethod(TrainerMethod):
         packing = config.packing
         if packing is None:
             packing = keeps_packed_sequences_apart(model)
-            run.log(f"sft: packing {'on' if packing else 'off'} (auto: this model "
-                    f"{'keeps' if packing else 'does not keep'} packed conversations apart)")
+            run.log(
+                f"sft: packing {'on' if packing else 'off'} (auto: this model "
+                f"{'keeps' if packing else 'does not keep'} packed conversations apart)"
+            )
         train, evaluation = data_splits(run)
-        args = trl_arguments(TRLSFTConfig, run, has_eval=evaluation is not None,
-                             assistant_only_loss=config.assistant_only_loss, packing=packing,
-                             packing_strategy="bfd")
-        trainer = SFTTrainer(model=model, args=args, train_dataset=train, eval_dataset=evaluation,
-                             processing_class=tokenizer, peft_config=lora_config(config, "CAUSAL_LM"))
+        args = trl_arguments(
+            TRLSFTConfig,
+            run,
+            has_eval=evaluation is not None,
+            assistant_only_loss=config.assistant_only_loss,
+            packing=packing,
+            packing_strategy="bfd",
+        )
+        trainer = SFTTrainer(
+            model=model,
+            args=args,
+            train_dataset=train,
+            eval_dataset=evaluation,
+            processing_class=tokenizer,
+            peft_config=lora_config(config, "CAUSAL_LM"),
+        )
         describe_trainable(run, trainer.model)
         return trainer, original
 
@@ -99,20 +115,29 @@ def assistant_masking_template(tokenizer: Any, log: Callable[[str], None] = lamb
         return patched
     rebuilt = chatml_template_with_markers(tokenizer)
     if rebuilt is None:
-        raise ConfigError("the model's chat template has no {% generation %} markers and is not ChatML, so the "
-                          "assistant tokens cannot be found; set assistant_only_loss: false (loss on every token) "
-                          "or use a model whose template marks assistant turns", where="assistant_only_loss")
+        raise ConfigError(
+            "the model's chat template has no {% generation %} markers and is not ChatML, so the "
+            "assistant tokens cannot be found; set assistant_only_loss: false (loss on every token) "
+            "or use a model whose template marks assistant turns",
+            where="assistant_only_loss",
+        )
     log("sft: the model's ChatML template has no {% generation %} markers; using an equivalent marked copy")
     return rebuilt
 
 
 _PROBES: list[tuple[list[dict[str, str]], bool]] = [
     ([{"role": "user", "content": "Hi there"}, {"role": "assistant", "content": "Hello!"}], False),
-    ([{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Q1"},
-      {"role": "assistant", "content": "A1"}, {"role": "user", "content": "Q2"},
-      {"role": "assistant", "content": "A2"}], False),
-    ([{"role": "user", "content": "Q"}, {"role": "assistant", "content": "A"}, {"role": "user", "content": "R"}],
-     True),
+    (
+        [
+            {"role": "system", "content": "Be brief."},
+            {"role": "user", "content": "Q1"},
+            {"role": "assistant", "content": "A1"},
+            {"role": "user", "content": "Q2"},
+            {"role": "assistant", "content": "A2"},
+        ],
+        False,
+    ),
+    ([{"role": "user", "content": "Q"}, {"role": "assistant", "content": "A"}, {"role": "user", "content": "R"}], True),
     ([{"role": "user", "content": "Only a question"}], True),
 ]
 
@@ -135,8 +160,9 @@ def chatml_template_with_markers(tokenizer: Any) -> str | None:
         candidate = "{% if messages and messages[0]['role'] != 'system' %}" + default_system + "{% endif %}" + candidate
     for messages, generation_prompt in _PROBES:
         original = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=generation_prompt)
-        ours = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=generation_prompt,
-                                             chat_template=candidate)
+        ours = tokenizer.apply_chat_template(
+            messages, tokenize=False, add_generation_prompt=generation_prompt, chat_template=candidate
+        )
         if original != ours:
             return None
     return candidate
@@ -169,8 +195,10 @@ def keeps_packed_sequences_apart(model: Any) -> bool:
     finally:
         model.train(was_training)
     scale = max(float(t.abs().max()) for t in alone) + 1.0
-    return bool(torch.allclose(packed[:, :7], alone[0], atol=1e-4 * scale)
-                and torch.allclose(packed[:, 7:], alone[1], atol=1e-4 * scale))
+    return bool(
+        torch.allclose(packed[:, :7], alone[0], atol=1e-4 * scale)
+        and torch.allclose(packed[:, 7:], alone[1], atol=1e-4 * scale)
+    )
 
 
 @hookimpl

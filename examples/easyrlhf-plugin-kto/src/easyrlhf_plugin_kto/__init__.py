@@ -9,8 +9,16 @@ from easyrlhf_core import hookimpl
 from easyrlhf_core.api import RewardFunction
 from easyrlhf_core.config import invalid, option
 from easyrlhf_core.shapes import Shape
-from easyrlhf_core.training import (TrainerConfig, TrainerMethod, data_splits, lora_config, run_model_path,
-                                    run_policy, run_tokenizer, trl_arguments)
+from easyrlhf_core.training import (
+    TrainerConfig,
+    TrainerMethod,
+    data_splits,
+    lora_config,
+    run_model_path,
+    run_policy,
+    run_tokenizer,
+    trl_arguments,
+)
 
 
 @dataclass
@@ -47,10 +55,22 @@ class KTOMethod(TrainerMethod):
         path = run_model_path(run)
         tokenizer, model = run_tokenizer(run, path), run_policy(run, path)
         train, evaluation = data_splits(run)
-        args = trl_arguments(TRLKTOConfig, run, has_eval=evaluation is not None, beta=config.beta,
-                             desirable_weight=config.desirable_weight, undesirable_weight=config.undesirable_weight)
-        trainer = KTOTrainer(model=model, args=args, train_dataset=train, eval_dataset=evaluation,
-                             processing_class=tokenizer, peft_config=lora_config(config, "CAUSAL_LM"))
+        args = trl_arguments(
+            TRLKTOConfig,
+            run,
+            has_eval=evaluation is not None,
+            beta=config.beta,
+            desirable_weight=config.desirable_weight,
+            undesirable_weight=config.undesirable_weight,
+        )
+        trainer = KTOTrainer(
+            model=model,
+            args=args,
+            train_dataset=train,
+            eval_dataset=evaluation,
+            processing_class=tokenizer,
+            peft_config=lora_config(config, "CAUSAL_LM"),
+        )
         return trainer, tokenizer
 
 

@@ -30,8 +30,9 @@ def _temp_dir(checkpoints_dir: Path, iteration: int) -> Path:
     return checkpoints_dir / f".checkpoint-{iteration}.tmp"
 
 
-def save_checkpoint(accelerator: Any, checkpoints_dir: Path, iteration: int, state: dict[str, Any],
-                    scheduler: Any, total_limit: int) -> Path:
+def save_checkpoint(
+    accelerator: Any, checkpoints_dir: Path, iteration: int, state: dict[str, Any], scheduler: Any, total_limit: int
+) -> Path:
     """Write ``checkpoint-<iteration>`` (all processes call this; the main one renames and prunes)."""
     import torch
 
@@ -61,8 +62,9 @@ def save_checkpoint(accelerator: Any, checkpoints_dir: Path, iteration: int, sta
     return final
 
 
-def resume_from_latest(accelerator: Any, checkpoints_dir: Path, scheduler: Any, log: Callable[[str], None]
-                       ) -> dict[str, Any] | None:
+def resume_from_latest(
+    accelerator: Any, checkpoints_dir: Path, scheduler: Any, log: Callable[[str], None]
+) -> dict[str, Any] | None:
     """Load the newest checkpoint that is complete, intact and loads (the core's resume protocol,
     :func:`easyrlhf_core.checkpoints.resumable_checkpoints`); a broken newer one is skipped with a warning.
     Returns its ``ppo_state.json``, or None when there is none."""

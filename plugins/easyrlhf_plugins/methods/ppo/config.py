@@ -31,42 +31,53 @@ class PPOConfig(SamplingOptions, SampleLogOptions, OneRewardOptions, TrainerConf
     # shared options whose meaning PPO makes precise
     max_length: int = option(512, "Maximum tokens per prompt + response; longer prompts are dropped.")
     logging_steps: int = option(1, "Log metrics (and write samples.jsonl rows) every N iterations.")
-    eval_steps: int | None = option(None, "Score sampled answers to the eval prompts every N iterations; "
-                                          "empty: never.")
+    eval_steps: int | None = option(None, "Score sampled answers to the eval prompts every N iterations; empty: never.")
     save_steps: int = option(100, "Save a checkpoint every N iterations (0: never).")
-    max_steps: int = option(-1, "Stop after N PPO iterations (rollout + update); -1: num_train_epochs passes "
-                                "over the prompts.")
+    max_steps: int = option(
+        -1, "Stop after N PPO iterations (rollout + update); -1: num_train_epochs passes over the prompts."
+    )
     num_train_epochs: float = option(1.0, "Passes over the training prompts when max_steps is -1.")
     learning_rate: float = option(3e-6, "Peak learning rate of the policy.")
-    per_device_train_batch_size: int = option(4, "Samples per forward/backward pass in the PPO update "
-                                                 "(micro-batch).")
+    per_device_train_batch_size: int = option(4, "Samples per forward/backward pass in the PPO update (micro-batch).")
     per_device_eval_batch_size: int = option(16, "Eval prompts per generate call.")
-    gradient_accumulation_steps: int = option(1, "Micro-batches per optimizer step; minibatch = "
-                                                 "per_device_train_batch_size x this.")
+    gradient_accumulation_steps: int = option(
+        1, "Micro-batches per optimizer step; minibatch = per_device_train_batch_size x this."
+    )
     # reward (reward_model, reward, reward_options: OneRewardOptions)
-    missing_eos_penalty: float | None = option(1.0, "Subtracted from the score of responses that never emit the "
-                                                    "stop token; empty: off.")
+    missing_eos_penalty: float | None = option(
+        1.0, "Subtracted from the score of responses that never emit the stop token; empty: off."
+    )
     reward_clip: float | None = option(None, "Clip scores to [-reward_clip, reward_clip]; empty: off.")
     normalize_reward: bool = option(False, "Scale scores by running mean/std over all iterations so far.")
     # models
-    value_model: str | None = option(None, "Value model init; empty: the reward model when its tokenizer matches "
-                                           "the policy's, else the policy with a fresh scalar head.")
+    value_model: str | None = option(
+        None,
+        "Value model init; empty: the reward model when its tokenizer matches "
+        "the policy's, else the policy with a fresh scalar head.",
+    )
     value_learning_rate: float | None = option(None, "Learning rate of the value model; empty: learning_rate.")
     # rollout
     rollout_batch_size: int = option(16, "Prompts sampled per iteration on each process (one generate call).")
-    forward_batch_size: int | None = option(None, "Sequences per no-grad forward pass (log-probs, reference, "
-                                                  "values, reward); empty: the whole rollout batch.")
+    forward_batch_size: int | None = option(
+        None,
+        "Sequences per no-grad forward pass (log-probs, reference, values, reward); empty: the whole rollout batch.",
+    )
     # sampling: temperature, top_k, top_p (SamplingOptions), num_sample_completions (SampleLogOptions)
     max_new_tokens: int = with_default(SamplingOptions, "max_new_tokens", 64)
-    stop_token: str | None = option(None, "Token that ends a response; empty: the model's end-of-turn ids (its "
-                                          "generation config's eos ids and the tokenizer's eos), as in eval and "
-                                          "rrhf.")
+    stop_token: str | None = option(
+        None,
+        "Token that ends a response; empty: the model's end-of-turn ids (its "
+        "generation config's eos ids and the tokenizer's eos), as in eval and "
+        "rrhf.",
+    )
     generation_backend: Literal["transformers", "vllm"] = option(
-        "transformers", "Rollout engine: transformers (model.generate with KV cache); vllm needs CUDA GPUs.")
+        "transformers", "Rollout engine: transformers (model.generate with KV cache); vllm needs CUDA GPUs."
+    )
     # objective
     beta: float = option(0.05, "KL penalty coefficient (initial value with adaptive_kl).")
-    kl_estimator: Literal["k1", "k3"] = option("k1", "Per-token KL estimate: k1 = log p - log q; k3 = "
-                                                     "(q/p - 1) - log(q/p), non-negative.")
+    kl_estimator: Literal["k1", "k3"] = option(
+        "k1", "Per-token KL estimate: k1 = log p - log q; k3 = (q/p - 1) - log(q/p), non-negative."
+    )
     adaptive_kl: bool = option(False, "Adapt beta towards target_kl (Ziegler et al. 2019).")
     target_kl: float = option(6.0, "Target KL per response (nats) for adaptive_kl.")
     kl_horizon: int = option(10000, "Adaptive KL horizon, in samples.")
@@ -85,12 +96,16 @@ class PPOConfig(SamplingOptions, SampleLogOptions, OneRewardOptions, TrainerConf
         if self.forward_batch_size is not None and self.forward_batch_size <= 0:
             raise invalid("forward_batch_size", "must be a positive integer, or empty for the whole rollout batch")
         if self.rollout_batch_size % self.mini_batch_size:
-            raise invalid("rollout_batch_size", f"must be a multiple of the minibatch size "
-                                                f"per_device_train_batch_size x gradient_accumulation_steps = "
-                                                f"{self.mini_batch_size}")
+            raise invalid(
+                "rollout_batch_size",
+                f"must be a multiple of the minibatch size "
+                f"per_device_train_batch_size x gradient_accumulation_steps = "
+                f"{self.mini_batch_size}",
+            )
         if self.max_new_tokens >= self.max_length:
-            raise invalid("max_new_tokens", f"must be below max_length ({self.max_length}), which also bounds the "
-                                            f"prompt")
+            raise invalid(
+                "max_new_tokens", f"must be below max_length ({self.max_length}), which also bounds the prompt"
+            )
         for key in ("cliprange", "cliprange_value", "target_kl"):
             if getattr(self, key) <= 0:
                 raise invalid(key, "must be > 0")
@@ -125,11 +140,15 @@ class PPOConfig(SamplingOptions, SampleLogOptions, OneRewardOptions, TrainerConf
 def _vllm_unavailable_reason() -> str:
     """Why the vllm backend cannot run here (it is never emulated)."""
     if importlib.util.find_spec("vllm") is None:
-        return ("'vllm' needs the vllm package and CUDA GPUs (`pip install vllm`); on this machine use "
-                "generation_backend: transformers")
+        return (
+            "'vllm' needs the vllm package and CUDA GPUs (`pip install vllm`); on this machine use "
+            "generation_backend: transformers"
+        )
     import torch
 
     if not torch.cuda.is_available():
         return "'vllm' needs CUDA GPUs; on CPU use generation_backend: transformers"
-    return ("'vllm' is not wired into this version of ppo: rollouts run on transformers' generate (docs/ppo.md, "
-            "'Generation backends', describes the vLLM design); use generation_backend: transformers")
+    return (
+        "'vllm' is not wired into this version of ppo: rollouts run on transformers' generate (docs/ppo.md, "
+        "'Generation backends', describes the vLLM design); use generation_backend: transformers"
+    )

@@ -18,7 +18,9 @@ from easyrlhf_core.kit import rl_math
 
 #: PPO's ``kl_estimator`` choices
 KL_ESTIMATORS: dict[str, Callable[[torch.Tensor, torch.Tensor], torch.Tensor]] = {
-    "k1": rl_math.kl_k1, "k3": rl_math.kl_k3}
+    "k1": rl_math.kl_k1,
+    "k3": rl_math.kl_k3,
+}
 
 # --------------------------------------------------------------------------------------------------
 # Entropy and masks
@@ -43,8 +45,9 @@ def response_mask(responses: torch.Tensor, stop_token_ids: list[int]) -> tuple[t
     has_stop = is_stop.any(dim=1)
     length = responses.shape[1]
     positions = torch.arange(length, device=responses.device).expand_as(responses)
-    first = torch.where(has_stop, is_stop.float().argmax(dim=1),
-                        torch.full_like(has_stop, length - 1, dtype=torch.long))
+    first = torch.where(
+        has_stop, is_stop.float().argmax(dim=1), torch.full_like(has_stop, length - 1, dtype=torch.long)
+    )
     mask = (positions <= first.unsqueeze(1)).long()
     return mask, has_stop
 
@@ -58,8 +61,9 @@ def last_index(mask: torch.Tensor) -> torch.Tensor:
 # Scores, KL and rewards
 
 
-def postprocess_scores(scores: torch.Tensor, has_stop: torch.Tensor, missing_eos_penalty: float | None,
-                       clip: float | None) -> torch.Tensor:
+def postprocess_scores(
+    scores: torch.Tensor, has_stop: torch.Tensor, missing_eos_penalty: float | None, clip: float | None
+) -> torch.Tensor:
     """Subtract the missing-EOS penalty from responses without a stop token, then clip."""
     scores = scores.float()
     if missing_eos_penalty:
@@ -76,8 +80,9 @@ def kl_per_token(logprobs: torch.Tensor, ref_logprobs: torch.Tensor, estimator: 
     return KL_ESTIMATORS[estimator](logprobs, ref_logprobs)
 
 
-def per_token_rewards(scores: torch.Tensor, kl: torch.Tensor, mask: torch.Tensor, beta: float
-                      ) -> tuple[torch.Tensor, torch.Tensor]:
+def per_token_rewards(
+    scores: torch.Tensor, kl: torch.Tensor, mask: torch.Tensor, beta: float
+) -> tuple[torch.Tensor, torch.Tensor]:
     """``(rewards, non_score_rewards)``: ``-beta * kl`` on every real token, plus the score on the last one."""
     non_score = -beta * kl * mask.to(kl.dtype)
     rewards = non_score.clone()
@@ -90,8 +95,9 @@ def per_token_rewards(scores: torch.Tensor, kl: torch.Tensor, mask: torch.Tensor
 # KL coefficient and reward normalisation (both checkpointed)
 
 
-def kl_controller(beta: float, adaptive: bool = False, target: float = 6.0, horizon: int = 10000
-                  ) -> rl_math.FixedKLController | rl_math.AdaptiveKLController:
+def kl_controller(
+    beta: float, adaptive: bool = False, target: float = 6.0, horizon: int = 10000
+) -> rl_math.FixedKLController | rl_math.AdaptiveKLController:
     """PPO's ``adaptive_kl`` option: beta adapted towards ``target_kl`` over ``kl_horizon`` samples, or fixed."""
     if adaptive:
         return rl_math.AdaptiveKLController(beta, target, horizon)
@@ -114,7 +120,7 @@ class RunningMoments:
         total = self.count + n
         delta = batch_mean - self.mean
         old_m2 = self.var * self.count
-        new_m2 = old_m2 + batch_var * n + delta ** 2 * self.count * n / total
+        new_m2 = old_m2 + batch_var * n + delta**2 * self.count * n / total
         self.mean += delta * n / total
         self.var = new_m2 / total
         self.count = total

@@ -28,8 +28,9 @@ class PolicyAndValue(torch.nn.Module):
         self.policy = policy
         self.value_model = value_model
 
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, n_query: int
-                ) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor, n_query: int
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """``(logits, values)`` at the positions that predict each response token."""
         logits = policy_response_logits(self.policy, input_ids, attention_mask, n_query)
         values = value_response_outputs(self.value_model, input_ids, attention_mask, n_query)
@@ -65,8 +66,10 @@ def value_model_path(run: Run, config: PPOConfig, policy_path: str, tokenizer: A
         if same_vocabulary(reward_tokenizer, tokenizer):
             run.log(f"value model: initialised from the reward model {config.reward_model}")
             return config.reward_model
-        run.log("value model: the reward model's tokenizer differs from the policy's; starting from the policy "
-                "with a fresh scalar head (scores are decoded and re-tokenized)")
+        run.log(
+            "value model: the reward model's tokenizer differs from the policy's; starting from the policy "
+            "with a fresh scalar head (scores are decoded and re-tokenized)"
+        )
     else:
         run.log("value model: the policy with a fresh scalar head")
     return policy_path
@@ -87,8 +90,9 @@ def load_models(run: Run, config: PPOConfig, policy_path: str) -> Models:
     policy = load_causal_lm(policy_path, trust_remote_code=config.trust_remote_code)
     disable_dropout(policy)
     value_path = value_model_path(run, config, policy_path, tokenizer)
-    value_model = load_sequence_classifier(value_path, trust_remote_code=config.trust_remote_code,
-                                           pad_token_id=tokenizer.pad_token_id)
+    value_model = load_sequence_classifier(
+        value_path, trust_remote_code=config.trust_remote_code, pad_token_id=tokenizer.pad_token_id
+    )
     disable_dropout(value_model)
     if config.gradient_checkpointing:
         for model in (policy, value_model):
@@ -113,8 +117,14 @@ def load_models(run: Run, config: PPOConfig, policy_path: str) -> Models:
 
         def reference(input_ids: torch.Tensor, attention_mask: torch.Tensor, n_query: int) -> torch.Tensor:
             return policy_response_logits(reference_model, input_ids, attention_mask, n_query)
-    return Models(tokenizer=tokenizer, policy=policy, value_model=value_model, reference=reference,
-                  reference_model=reference_model)
+
+    return Models(
+        tokenizer=tokenizer,
+        policy=policy,
+        value_model=value_model,
+        reference=reference,
+        reference_model=reference_model,
+    )
 
 
 def response_stop_ids(config: PPOConfig, tokenizer: Any, policy: Any) -> list[int]:
@@ -132,6 +142,5 @@ def response_stop_ids(config: PPOConfig, tokenizer: Any, policy: Any) -> list[in
     token = config.stop_token
     token_id = tokenizer.convert_tokens_to_ids(token)
     if token_id is None or token_id == tokenizer.unk_token_id and token != tokenizer.unk_token:
-        raise ConfigError(f"stop_token {token!r} is not a single token of the policy's tokenizer",
-                          where="stop_token")
+        raise ConfigError(f"stop_token {token!r} is not a single token of the policy's tokenizer", where="stop_token")
     return [int(token_id)]

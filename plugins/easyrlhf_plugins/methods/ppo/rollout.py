@@ -32,31 +32,43 @@ def position_ids(attention_mask: torch.Tensor) -> torch.Tensor:
 
 def generation_config(config: PPOConfig, tokenizer: Any, stop_ids: list[int]) -> Any:
     """Sampling settings, complete, so the model's own ``generation_config`` defaults never leak in."""
-    return lm.generation_config(config.max_new_tokens, stop_ids, tokenizer.pad_token_id, config.sampling_settings(),
-                                bos_token_id=tokenizer.bos_token_id)
+    return lm.generation_config(
+        config.max_new_tokens,
+        stop_ids,
+        tokenizer.pad_token_id,
+        config.sampling_settings(),
+        bos_token_id=tokenizer.bos_token_id,
+    )
 
 
 # --------------------------------------------------------------------------------------------------
 # Forward passes over prompt + response
 
 
-def policy_response_logits(policy: Any, input_ids: torch.Tensor, attention_mask: torch.Tensor,
-                           n_query: int) -> torch.Tensor:
+def policy_response_logits(
+    policy: Any, input_ids: torch.Tensor, attention_mask: torch.Tensor, n_query: int
+) -> torch.Tensor:
     """Logits that predicted each response token (positions ``n_query - 1 .. end - 1``), with positions
     counted as ``generate`` counts them; the LM head runs on those positions only."""
     keep = input_ids.shape[1] - n_query + 1
-    out = policy(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids(attention_mask),
-                 use_cache=False, logits_to_keep=keep)
+    out = policy(
+        input_ids=input_ids,
+        attention_mask=attention_mask,
+        position_ids=position_ids(attention_mask),
+        use_cache=False,
+        logits_to_keep=keep,
+    )
     return out.logits[:, :-1]
 
 
-def value_response_outputs(value_model: Any, input_ids: torch.Tensor, attention_mask: torch.Tensor,
-                           n_query: int) -> torch.Tensor:
+def value_response_outputs(
+    value_model: Any, input_ids: torch.Tensor, attention_mask: torch.Tensor, n_query: int
+) -> torch.Tensor:
     """Value estimates for the states before each response token (same positions as the logits)."""
     from easyrlhf_core.models import scalar_head_outputs
 
     values = scalar_head_outputs(value_model, input_ids, attention_mask, position_ids(attention_mask))
-    return values[:, n_query - 1:-1].float()
+    return values[:, n_query - 1 : -1].float()
 
 
 @dataclass
@@ -89,10 +101,18 @@ def chunks(n: int, size: int | None) -> list[slice]:
 
 
 @torch.no_grad()
-def record_rollout(policy: Any, reference: Callable[[torch.Tensor, torch.Tensor, int], torch.Tensor],
-                   value_model: Any, queries: torch.Tensor, query_mask: torch.Tensor, responses: torch.Tensor,
-                   stop_ids: list[int], temperature: float, forward_batch_size: int | None,
-                   score_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]) -> Rollout:
+def record_rollout(
+    policy: Any,
+    reference: Callable[[torch.Tensor, torch.Tensor, int], torch.Tensor],
+    value_model: Any,
+    queries: torch.Tensor,
+    query_mask: torch.Tensor,
+    responses: torch.Tensor,
+    stop_ids: list[int],
+    temperature: float,
+    forward_batch_size: int | None,
+    score_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+) -> Rollout:
     """Everything the update needs about sampled ``responses``: masks, log-probs (policy and reference,
     both with ``logits / temperature``), entropy, values and scores."""
     mask, has_stop = core.response_mask(responses, stop_ids)
@@ -109,6 +129,15 @@ def record_rollout(policy: Any, reference: Callable[[torch.Tensor, torch.Tensor,
         ref_logprobs.append(lm.logprobs_from_logits(reference(ids, att, n_query), resp, temperature))
         values.append(value_response_outputs(value_model, ids, att, n_query))
     scores = score_fn(responses, mask)
-    return Rollout(queries=queries, query_mask=query_mask, responses=responses, mask=mask, has_stop=has_stop,
-                   logprobs=torch.cat(logprobs), ref_logprobs=torch.cat(ref_logprobs), values=torch.cat(values),
-                   entropy=torch.cat(entropy), scores=scores.float())
+    return Rollout(
+        queries=queries,
+        query_mask=query_mask,
+        responses=responses,
+        mask=mask,
+        has_stop=has_stop,
+        logprobs=torch.cat(logprobs),
+        ref_logprobs=torch.cat(ref_logprobs),
+        values=torch.cat(values),
+        entropy=torch.cat(entropy),
+        scores=scores.float(),
+    )

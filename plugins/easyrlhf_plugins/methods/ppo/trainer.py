@@ -18,16 +18,14 @@ import torch
 
 from easyrlhf_core import lm
 from easyrlhf_core.checkpoints import remove_checkpoints_after, remove_incomplete_checkpoints
-from easyrlhf_core.hf import (NonFinite, check_ranks_agree, checks_gradient_norm, continue_schedule,
-                              diverged_error)
+from easyrlhf_core.hf import NonFinite, check_ranks_agree, checks_gradient_norm, continue_schedule, diverged_error
 from easyrlhf_core.kit import rl_math
 from easyrlhf_core.metrics import drop_rows_after
 from easyrlhf_core.online import SAMPLES_FILE, SampleLog, prompts_that_fit
 from easyrlhf_core.rewards import record_columns, score_with_columns
 from easyrlhf_core.run import RunInterrupted, StopSignals
 from easyrlhf_core.models import unwrap
-from easyrlhf_core.zero import (fill_size_autos, gathered, gathered_for_generation, inference_engine,
-                                  is_partitioned)
+from easyrlhf_core.zero import fill_size_autos, gathered, gathered_for_generation, inference_engine, is_partitioned
 
 from . import core
 from .checkpoint import resume_from_latest, save_checkpoint
@@ -55,8 +53,11 @@ def build_accelerator(config: PPOConfig) -> Any:
     mixed = {"fp32": "no", "bf16": "bf16", "fp16": "fp16"}[resolve_precision(config.precision)]
     plugin = None
     if config.deepspeed:
-        plugin = DeepSpeedPlugin(hf_ds_config=config.deepspeed, gradient_clipping=config.max_grad_norm,
-                                 gradient_accumulation_steps=config.gradient_accumulation_steps)
+        plugin = DeepSpeedPlugin(
+            hf_ds_config=config.deepspeed,
+            gradient_clipping=config.max_grad_norm,
+            gradient_accumulation_steps=config.gradient_accumulation_steps,
+        )
         if plugin.is_auto("train_micro_batch_size_per_gpu"):  # no dataloader to infer it from
             plugin.deepspeed_config["train_micro_batch_size_per_gpu"] = config.per_device_train_batch_size
     cpu = not torch.cuda.is_available()
@@ -74,8 +75,12 @@ def build_accelerator(config: PPOConfig) -> Any:
 
         PartialState(cpu=True, backend="gloo" if world_size() > 1 else None)
         cpu = False
-    return Accelerator(cpu=cpu, mixed_precision=mixed, deepspeed_plugin=plugin,
-                       gradient_accumulation_steps=config.gradient_accumulation_steps)
+    return Accelerator(
+        cpu=cpu,
+        mixed_precision=mixed,
+        deepspeed_plugin=plugin,
+        gradient_accumulation_steps=config.gradient_accumulation_steps,
+    )
 
 
 def make_reward_function(run: Run, config: PPOConfig) -> RewardFunction:
@@ -105,8 +110,13 @@ class PPOTrainer:
         self.reward_fn = make_reward_function(run, config)  # bad reward options fail before any model loads
         self.reward_label = config.build_rewards(run.registry)[0].label  # its key in samples.jsonl's rewards
         # resume() cuts samples.jsonl back with metrics.jsonl, before the first iteration writes
-        self.samples = SampleLog(run.output_dir / SAMPLES_FILE, [self.reward_label], config.num_sample_completions,
-                                 enabled=run.is_main_process, resume=False)
+        self.samples = SampleLog(
+            run.output_dir / SAMPLES_FILE,
+            [self.reward_label],
+            config.num_sample_completions,
+            enabled=run.is_main_process,
+            resume=False,
+        )
         policy_path = run_model_path(run)
         set_seed(config.seed)  # the same fresh value head on every process
         models = load_models(run, config, policy_path)
@@ -123,23 +133,31 @@ class PPOTrainer:
         self.total_iterations = self._count_iterations()
         self._orders: dict[int, list[int]] = {}
 
-        optimizer = torch.optim.AdamW(self._param_groups(models), lr=config.learning_rate,
-                                      weight_decay=config.weight_decay)
+        optimizer = torch.optim.AdamW(
+            self._param_groups(models), lr=config.learning_rate, weight_decay=config.weight_decay
+        )
         updates_per_iteration = config.ppo_epochs * (config.rollout_batch_size // config.mini_batch_size)
         total_updates = self.total_iterations * updates_per_iteration
-        self.scheduler = get_scheduler(config.lr_scheduler_type, optimizer,
-                                       num_warmup_steps=math.ceil(config.warmup_ratio * total_updates),
-                                       num_training_steps=total_updates)
+        self.scheduler = get_scheduler(
+            config.lr_scheduler_type,
+            optimizer,
+            num_warmup_steps=math.ceil(config.warmup_ratio * total_updates),
+            num_training_steps=total_updates,
+        )
         if self.accelerator.state.deepspeed_plugin is not None:
-            fill_size_autos(self.accelerator.state.deepspeed_plugin.deepspeed_config,
-                            unwrap(models.policy).config.hidden_size)
-        self.model, self.optimizer = self.accelerator.prepare(PolicyAndValue(models.policy, models.value_model),
-                                                              optimizer)
+            fill_size_autos(
+                self.accelerator.state.deepspeed_plugin.deepspeed_config, unwrap(models.policy).config.hidden_size
+            )
+        self.model, self.optimizer = self.accelerator.prepare(
+            PolicyAndValue(models.policy, models.value_model), optimizer
+        )
         self.reference_engine = None  # ZeRO-3: the reference, partitioned like the policy (no optimizer)
         if models.reference_model is not None and is_partitioned(models.reference_model):
-            self.reference_engine = inference_engine(models.reference_model,
-                                                     self.accelerator.state.deepspeed_plugin.deepspeed_config,
-                                                     config.forward_batch_size or config.rollout_batch_size)
+            self.reference_engine = inference_engine(
+                models.reference_model,
+                self.accelerator.state.deepspeed_plugin.deepspeed_config,
+                config.forward_batch_size or config.rollout_batch_size,
+            )
         elif models.reference_model is not None:
             models.reference_model.to(self.accelerator.device)
         self.kl_ctl = core.kl_controller(config.beta, config.adaptive_kl, config.target_kl, config.kl_horizon)
@@ -147,10 +165,12 @@ class PPOTrainer:
         self.nonfinite = NonFinite()  # a NaN / inf loss or gradient norm stops the run (step)
         set_seed(config.seed, device_specific=True)  # each process samples differently
         describe_trainable(run, self.unwrapped)
-        run.log(f"ppo: {self.total_iterations} iterations x {self.global_batch} prompts (global; "
-                f"{config.rollout_batch_size} per process), {config.ppo_epochs} epochs x "
-                f"{config.rollout_batch_size // config.mini_batch_size} minibatches of {config.mini_batch_size} "
-                f"per iteration = {total_updates} optimizer steps")
+        run.log(
+            f"ppo: {self.total_iterations} iterations x {self.global_batch} prompts (global; "
+            f"{config.rollout_batch_size} per process), {config.ppo_epochs} epochs x "
+            f"{config.rollout_batch_size // config.mini_batch_size} minibatches of {config.mini_batch_size} "
+            f"per iteration = {total_updates} optimizer steps"
+        )
 
     # -- setup -------------------------------------------------------------------------------------
     @property
@@ -168,8 +188,10 @@ class PPOTrainer:
 
     def _param_groups(self, models: Any) -> list[dict[str, Any]]:
         value_lr = self.config.value_learning_rate or self.config.learning_rate
-        return [{"params": [p for p in models.policy.parameters() if p.requires_grad]},
-                {"params": [p for p in models.value_model.parameters() if p.requires_grad], "lr": value_lr}]
+        return [
+            {"params": [p for p in models.policy.parameters() if p.requires_grad]},
+            {"params": [p for p in models.value_model.parameters() if p.requires_grad], "lr": value_lr},
+        ]
 
     def _order(self, epoch: int) -> list[int]:
         """The shuffled prompt order of one pass over the data (the same on every process)."""
@@ -224,12 +246,24 @@ class PPOTrainer:
             return torch.tensor(values, dtype=torch.float32, device=responses.device)
 
         with self.accelerator.autocast():
-            result = record_rollout(self.unwrapped.policy, self.reference, self.unwrapped.value_model, queries,
-                                    query_mask, responses, self.stop_ids, self.config.temperature,
-                                    self.config.forward_batch_size, score)
+            result = record_rollout(
+                self.unwrapped.policy,
+                self.reference,
+                self.unwrapped.value_model,
+                queries,
+                query_mask,
+                responses,
+                self.stop_ids,
+                self.config.temperature,
+                self.config.forward_batch_size,
+                score,
+            )
         finished = time.perf_counter()
-        timings = {"time/generate": generated - start, "time/score": score_time[0],
-                   "time/forward": finished - generated - score_time[0]}
+        timings = {
+            "time/generate": generated - start,
+            "time/score": score_time[0],
+            "time/forward": finished - generated - score_time[0],
+        }
         return result, prompts, texts, timings
 
     # -- advantages ----------------------------------------------------------------------------------
@@ -244,8 +278,14 @@ class PPOTrainer:
         rewards, non_score = core.per_token_rewards(scores, kl, ro.mask, self.kl_ctl.value)
         advantages, returns = rl_math.gae_advantages(rewards, ro.values, ro.mask, config.gamma, config.lam)
         advantages = rl_math.masked_whiten(advantages, ro.mask)
-        return {"scores": scores, "kl": kl, "rewards": rewards, "non_score": non_score,
-                "advantages": advantages, "returns": returns}
+        return {
+            "scores": scores,
+            "kl": kl,
+            "rewards": rewards,
+            "non_score": non_score,
+            "advantages": advantages,
+            "returns": returns,
+        }
 
     # -- update --------------------------------------------------------------------------------------
     def update(self, ro: Rollout, adv: dict[str, torch.Tensor], iteration: int) -> dict[str, torch.Tensor]:
@@ -255,21 +295,24 @@ class PPOTrainer:
         n_query = ro.queries.shape[1]
         input_ids, attention_mask = ro.input_ids, ro.attention_mask
         generator = torch.Generator().manual_seed(config.seed * 100_003 + iteration)
-        stats: dict[str, list[torch.Tensor]] = {k: [] for k in ("policy_loss", "value_loss", "clipfrac",
-                                                                 "value_clipfrac", "approx_kl", "ratio_mean")}
+        stats: dict[str, list[torch.Tensor]] = {
+            k: [] for k in ("policy_loss", "value_loss", "clipfrac", "value_clipfrac", "approx_kl", "ratio_mean")
+        }
         self.model.train()
         for _ in range(config.ppo_epochs):
             order = torch.randperm(len(ro.responses), generator=generator).to(input_ids.device)
             for start in range(0, len(order), config.per_device_train_batch_size):
-                idx = order[start:start + config.per_device_train_batch_size]
+                idx = order[start : start + config.per_device_train_batch_size]
                 with accelerator.accumulate(self.model):
                     logits, values = self.model(input_ids[idx], attention_mask[idx], n_query)
                     logprobs = lm.logprobs_from_logits(logits, ro.responses[idx], config.temperature)
                     del logits
-                    policy = rl_math.clipped_policy_loss(logprobs, ro.logprobs[idx], adv["advantages"][idx],
-                                                         ro.mask[idx], config.cliprange)
+                    policy = rl_math.clipped_policy_loss(
+                        logprobs, ro.logprobs[idx], adv["advantages"][idx], ro.mask[idx], config.cliprange
+                    )
                     value_loss, value_clipfrac = rl_math.clipped_value_loss(
-                        values, ro.values[idx], adv["returns"][idx], ro.mask[idx], config.cliprange_value)
+                        values, ro.values[idx], adv["returns"][idx], ro.mask[idx], config.cliprange_value
+                    )
                     loss = policy.loss + config.vf_coef * value_loss
                     accelerator.backward(loss)
                     self.nonfinite.note("loss", loss)
@@ -281,9 +324,14 @@ class PPOTrainer:
                     if accelerator.sync_gradients:
                         self.scheduler.step()
                     self.optimizer.zero_grad()
-                for key, value in (("policy_loss", policy.loss), ("value_loss", value_loss),
-                                   ("clipfrac", policy.clipfrac), ("value_clipfrac", value_clipfrac),
-                                   ("approx_kl", policy.approx_kl), ("ratio_mean", policy.ratio_mean)):
+                for key, value in (
+                    ("policy_loss", policy.loss),
+                    ("value_loss", value_loss),
+                    ("clipfrac", policy.clipfrac),
+                    ("value_clipfrac", value_clipfrac),
+                    ("approx_kl", policy.approx_kl),
+                    ("ratio_mean", policy.ratio_mean),
+                ):
                     stats[key].append(value.detach().float())
         self.model.eval()
         return {key: torch.stack(values).mean() for key, values in stats.items()}
@@ -299,8 +347,15 @@ class PPOTrainer:
         value = value.detach().float().reshape(1).to(self.accelerator.device)
         return float(self.accelerator.reduce(value, reduction="sum").item())
 
-    def metrics(self, iteration: int, ro: Rollout, adv: dict[str, torch.Tensor], update: dict[str, torch.Tensor],
-                beta: float, timings: dict[str, float]) -> dict[str, float]:
+    def metrics(
+        self,
+        iteration: int,
+        ro: Rollout,
+        adv: dict[str, torch.Tensor],
+        update: dict[str, torch.Tensor],
+        beta: float,
+        timings: dict[str, float],
+    ) -> dict[str, float]:
         mask = ro.mask.float()
         per_sample = {
             "score": ro.scores,
@@ -336,25 +391,39 @@ class PPOTrainer:
         size = self.config.per_device_eval_batch_size
         with self.generating():  # once: ranks may have different numbers of eval chunks
             for start in range(0, len(mine), size):
-                chunk = mine[start:start + size]
+                chunk = mine[start : start + size]
                 _, _, responses = self.sample([self.eval_ids[i] for i in chunk])
                 mask, has_stop = core.response_mask(responses, self.stop_ids)
                 records = [self.eval_prompts[i] for i in chunk]
-                scores = score_with_columns(self.reward_fn, [r["prompt"] for r in records],
-                                            self._texts(responses, mask), record_columns(records))
-                totals += torch.tensor([sum(scores), float(mask.sum()), float(has_stop.sum()), len(chunk)],
-                                       device=totals.device)
+                scores = score_with_columns(
+                    self.reward_fn,
+                    [r["prompt"] for r in records],
+                    self._texts(responses, mask),
+                    record_columns(records),
+                )
+                totals += torch.tensor(
+                    [sum(scores), float(mask.sum()), float(has_stop.sum()), len(chunk)], device=totals.device
+                )
         totals = self.accelerator.reduce(totals, reduction="sum")
         count = max(float(totals[3]), 1.0)
-        self.run.log_metrics(iteration, {"eval/score": float(totals[0]) / count,
-                                         "eval/response_length": float(totals[1]) / count,
-                                         "eval/eos_fraction": float(totals[2]) / count})
+        self.run.log_metrics(
+            iteration,
+            {
+                "eval/score": float(totals[0]) / count,
+                "eval/response_length": float(totals[1]) / count,
+                "eval/eos_fraction": float(totals[2]) / count,
+            },
+        )
 
     # -- checkpoints ---------------------------------------------------------------------------------
     def state(self, iteration: int) -> dict[str, Any]:
-        return {"data_position": iteration * self.global_batch, "num_processes": self.world,
-                "total_iterations": self.total_iterations,
-                "kl_controller": self.kl_ctl.state_dict(), "reward_moments": self.moments.state_dict()}
+        return {
+            "data_position": iteration * self.global_batch,
+            "num_processes": self.world,
+            "total_iterations": self.total_iterations,
+            "kl_controller": self.kl_ctl.state_dict(),
+            "reward_moments": self.moments.state_dict(),
+        }
 
     def resume(self) -> int:
         """Restore the newest loadable checkpoint; the iteration to continue after (0: from scratch)."""
@@ -373,11 +442,20 @@ class PPOTrainer:
             iteration = int(state["iteration"])
             self.kl_ctl.load_state_dict(state["kl_controller"])
             self.moments.load_state_dict(state["reward_moments"])
-            continue_schedule(run, self.scheduler, iteration, self.total_iterations, state.get("total_iterations"),
-                              peaks=peaks, unit="iteration")
+            continue_schedule(
+                run,
+                self.scheduler,
+                iteration,
+                self.total_iterations,
+                state.get("total_iterations"),
+                peaks=peaks,
+                unit="iteration",
+            )
             if state.get("num_processes", self.world) != self.world:
-                run.log(f"warning: the checkpoint was written by {state['num_processes']} processes, this run has "
-                        f"{self.world}: prompts and sampling will differ from an uninterrupted run")
+                run.log(
+                    f"warning: the checkpoint was written by {state['num_processes']} processes, this run has "
+                    f"{self.world}: prompts and sampling will differ from an uninterrupted run"
+                )
         if run.is_main_process:  # as the Trainer-based methods do: newer broken checkpoints go, rows are cut back
             remove_checkpoints_after(run.checkpoints_dir, iteration, log=run.log)
             drop_rows_after(run.metrics_path, iteration)
@@ -385,8 +463,14 @@ class PPOTrainer:
         return iteration
 
     def checkpoint(self, iteration: int) -> None:
-        path = save_checkpoint(self.accelerator, self.run.checkpoints_dir, iteration, self.state(iteration),
-                               self.scheduler, self.config.save_total_limit)
+        path = save_checkpoint(
+            self.accelerator,
+            self.run.checkpoints_dir,
+            iteration,
+            self.state(iteration),
+            self.scheduler,
+            self.config.save_total_limit,
+        )
         self.run.log(f"checkpoint: {path}")
 
     # -- the loop ------------------------------------------------------------------------------------
@@ -444,7 +528,11 @@ class PPOTrainer:
         self.run.save_model(unwrapped.policy, self.tokenizer)
         with gathered(unwrapped.value_model):  # ZeRO-3: whole on every rank while rank 0 writes it
             if self.run.is_main_process:
-                save_model(unwrapped.value_model, self.tokenizer, self.run.output_dir / VALUE_MODEL_DIR,
-                           merge_lora=not self.config.save_adapter_only)
+                save_model(
+                    unwrapped.value_model,
+                    self.tokenizer,
+                    self.run.output_dir / VALUE_MODEL_DIR,
+                    merge_lora=not self.config.save_adapter_only,
+                )
                 self.run.log(f"saved value model to {self.run.output_dir / VALUE_MODEL_DIR}")
         self.accelerator.wait_for_everyone()

@@ -18,8 +18,10 @@ class RRHFMethod(Method):
     """RRHF on our own ``transformers.Trainer`` subclass (one forward pass per batch of candidates)."""
 
     name = "rrhf"
-    description = ("RRHF: ranking loss over k scored candidates + fine-tuning on the best "
-                   "(candidates from the data, or sampled and scored by a reward)")
+    description = (
+        "RRHF: ranking loss over k scored candidates + fine-tuning on the best "
+        "(candidates from the data, or sampled and scored by a reward)"
+    )
     config_class = RRHFConfig
     shape = Shape.RANKED
     supports_lora = True  # build_trainer wraps the policy with apply_lora
@@ -30,8 +32,7 @@ class RRHFMethod(Method):
         trainer, tokenizer = build_trainer(run)
         final = train_and_save(run, trainer, tokenizer=tokenizer)
         if final:
-            run.log("final eval: " + ", ".join(f"{k}={v:.4g}" for k, v in final.items()
-                                               if isinstance(v, (int, float))))
+            run.log("final eval: " + ", ".join(f"{k}={v:.4g}" for k, v in final.items() if isinstance(v, (int, float))))
 
 
 def build_trainer(run: Run) -> tuple[Any, Any]:
@@ -69,12 +70,16 @@ def build_trainer(run: Run) -> tuple[Any, Any]:
     train_data, truncated = encode_dataset(tokenizer, train_records, config.max_length)
     eval_data, eval_truncated = encode_dataset(tokenizer, eval_records, config.max_length)
     if truncated or eval_truncated:
-        run.log(f"data: {truncated + eval_truncated} queries truncated to max_length={config.max_length} "
-                f"(prompt from the left, responses from the right)")
+        run.log(
+            f"data: {truncated + eval_truncated} queries truncated to max_length={config.max_length} "
+            f"(prompt from the left, responses from the right)"
+        )
     candidates = [len(q.response_ids) for q in train_data.queries]
-    run.log(f"rrhf: {len(candidates)} train queries, {min(candidates)}-{max(candidates)} candidates each, "
-            f"rank_weight={config.rank_weight}, length_penalty={config.length_penalty}, "
-            f"ft_normalization={config.ft_normalization}")
+    run.log(
+        f"rrhf: {len(candidates)} train queries, {min(candidates)}-{max(candidates)} candidates each, "
+        f"rank_weight={config.rank_weight}, length_penalty={config.length_penalty}, "
+        f"ft_normalization={config.ft_normalization}"
+    )
 
     if config.lora.enabled and config.gradient_checkpointing:
         model.enable_input_require_grads()
@@ -87,14 +92,18 @@ def build_trainer(run: Run) -> tuple[Any, Any]:
 
         collator = SharedPrefixCollator(collator, pad_token_id=tokenizer.pad_token_id, grouping="queries")
         share_prefixes(collator, [model], "causal_lm", run.log)
-    trainer = RRHFTrainer(model=model, args=args, train_dataset=train_data,
-                          eval_dataset=eval_data if len(eval_data) else None,
-                          data_collator=collator,
-                          processing_class=tokenizer, rank_weight=config.rank_weight,
-                          length_penalty=config.length_penalty, ft_normalization=config.ft_normalization)
+    trainer = RRHFTrainer(
+        model=model,
+        args=args,
+        train_dataset=train_data,
+        eval_dataset=eval_data if len(eval_data) else None,
+        data_collator=collator,
+        processing_class=tokenizer,
+        rank_weight=config.rank_weight,
+        length_penalty=config.length_penalty,
+        ft_normalization=config.ft_normalization,
+    )
     return trainer, tokenizer
-
-
 
 
 @hookimpl

@@ -35,9 +35,23 @@ def cache_path(run: Run) -> Path:
 
 def fingerprint(config: RRHFConfig, splits: dict[str, list[Record]]) -> str:
     """What the cached candidates depend on: generation and reward settings, and the prompts."""
-    settings = {k: getattr(config, k) for k in ("num_generations", "keep_dataset_responses", "generation_model",
-                                                "temperature", "top_p", "max_new_tokens", "max_length",
-                                                "reward_model", "reward", "reward_options", "seed", "model")}
+    settings = {
+        k: getattr(config, k)
+        for k in (
+            "num_generations",
+            "keep_dataset_responses",
+            "generation_model",
+            "temperature",
+            "top_p",
+            "max_new_tokens",
+            "max_length",
+            "reward_model",
+            "reward",
+            "reward_options",
+            "seed",
+            "model",
+        )
+    }
     digest = hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode())
     for split in sorted(splits):
         for record in splits[split]:
@@ -63,8 +77,11 @@ def read_cache(path: Path, expected: str) -> dict[str, list[Record]] | None:
             row = json.loads(line)
             splits[row.pop("split")].append(row)
         except (ValueError, KeyError) as exc:
-            raise DataError(f"corrupt candidates cache ({type(exc).__name__}); delete the file to regenerate",
-                            file=path, line=number) from None
+            raise DataError(
+                f"corrupt candidates cache ({type(exc).__name__}); delete the file to regenerate",
+                file=path,
+                line=number,
+            ) from None
     if len(splits["train"]) != header.get("train") or len(splits["eval"]) != header.get("eval"):
         return None
     return splits
@@ -72,8 +89,12 @@ def read_cache(path: Path, expected: str) -> dict[str, list[Record]] | None:
 
 def write_cache(path: Path, key: str, splits: dict[str, list[Record]]) -> None:
     """Write the cache atomically: a temp file beside it, then rename."""
-    header = {"rrhf_candidates": CACHE_VERSION, "fingerprint": key,
-              "train": len(splits["train"]), "eval": len(splits["eval"])}
+    header = {
+        "rrhf_candidates": CACHE_VERSION,
+        "fingerprint": key,
+        "train": len(splits["train"]),
+        "eval": len(splits["eval"]),
+    }
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as fh:
@@ -93,8 +114,13 @@ def reward_function(run: Run) -> RewardFunction:
     return run.config.build_reward(run.registry)
 
 
-def score_all(reward: RewardFunction, prompts: list[list[Message]], completions: list[str],
-              log: Any = lambda _m: None, columns: dict[str, list[Any]] | None = None) -> list[float]:
+def score_all(
+    reward: RewardFunction,
+    prompts: list[list[Message]],
+    completions: list[str],
+    log: Any = lambda _m: None,
+    columns: dict[str, list[Any]] | None = None,
+) -> list[float]:
     """Scores in chunks (:func:`easyrlhf_core.rewards.score_with_columns`: one number per completion, the
     records' extra columns handed over to rewards that read them)."""
     from easyrlhf_core.rewards import score_with_columns
@@ -102,15 +128,19 @@ def score_all(reward: RewardFunction, prompts: list[list[Message]], completions:
     scores: list[float] = []
     for start in range(0, len(completions), SCORE_CHUNK):
         part = slice(start, start + SCORE_CHUNK)
-        scores.extend(score_with_columns(reward, prompts[part], completions[part],
-                                         {k: v[part] for k, v in (columns or {}).items()}))
+        scores.extend(
+            score_with_columns(
+                reward, prompts[part], completions[part], {k: v[part] for k, v in (columns or {}).items()}
+            )
+        )
         if len(completions) > SCORE_CHUNK:
             log(f"scored {len(scores)}/{len(completions)} candidates")
     return scores
 
 
-def sample_responses(model: Any, tokenizer: Any, prompts: list[list[Message]], config: RRHFConfig,
-                     log: Any = lambda _m: None) -> list[list[str]]:
+def sample_responses(
+    model: Any, tokenizer: Any, prompts: list[list[Message]], config: RRHFConfig, log: Any = lambda _m: None
+) -> list[list[str]]:
     """``num_generations`` sampled responses per prompt (batched, left-padded)."""
     import torch
 
@@ -127,14 +157,16 @@ def sample_responses(model: Any, tokenizer: Any, prompts: list[list[Message]], c
     try:
         max_prompt = max(config.max_length - config.max_new_tokens, 1)
         for start in range(0, len(prompts), config.generation_batch_size):
-            batch = [keep_last(prompt_ids(tokenizer, p), max_prompt)
-                     for p in prompts[start:start + config.generation_batch_size]]
+            batch = [
+                keep_last(prompt_ids(tokenizer, p), max_prompt)
+                for p in prompts[start : start + config.generation_batch_size]
+            ]
             input_ids, attention_mask = left_pad(batch, tokenizer.pad_token_id)
             with torch.no_grad():
                 generated = generate(model, input_ids.to(model.device), attention_mask.to(model.device), settings)
             texts = [decode_response(tokenizer, row) for row in generated]
             n = config.num_generations
-            out.extend(texts[i * n:(i + 1) * n] for i in range(len(batch)))
+            out.extend(texts[i * n : (i + 1) * n] for i in range(len(batch)))
             log(f"sampled candidates for {len(out)}/{len(prompts)} prompts")
     finally:
         model.train(was_training)
@@ -146,24 +178,44 @@ def sampling_config(config: RRHFConfig, tokenizer: Any, model: Any) -> Any:
     eval and ppo (:func:`easyrlhf_core.lm.stop_token_ids`)."""
     from easyrlhf_core.lm import generation_config, stop_token_ids
 
-    return generation_config(config.max_new_tokens, stop_token_ids(tokenizer, model), tokenizer.pad_token_id,
-                             config.sampling_settings(), num_return_sequences=config.num_generations)
+    return generation_config(
+        config.max_new_tokens,
+        stop_token_ids(tokenizer, model),
+        tokenizer.pad_token_id,
+        config.sampling_settings(),
+        num_return_sequences=config.num_generations,
+    )
 
 
-def build_candidates(records: list[Record], sampled: list[list[str]], reward: RewardFunction,
-                     keep_dataset_responses: bool, log: Any = lambda _m: None) -> list[Record]:
+def build_candidates(
+    records: list[Record],
+    sampled: list[list[str]],
+    reward: RewardFunction,
+    keep_dataset_responses: bool,
+    log: Any = lambda _m: None,
+) -> list[Record]:
     """Ranked records: sampled (+ dataset) responses per prompt, every one scored by ``reward``."""
-    responses = [list(s) + (list(r["responses"]) if keep_dataset_responses else [])
-                 for r, s in zip(records, sampled)]
+    responses = [list(s) + (list(r["responses"]) if keep_dataset_responses else []) for r, s in zip(records, sampled)]
     from easyrlhf_core.rewards import record_columns
 
     flat_records = [r for r, rs in zip(records, responses) for _ in rs]
-    flat_scores = score_all(reward, [r["prompt"] for r in flat_records], [x for rs in responses for x in rs], log,
-                            record_columns(flat_records, skip=("prompt", "responses", "scores", "generated")))
+    flat_scores = score_all(
+        reward,
+        [r["prompt"] for r in flat_records],
+        [x for rs in responses for x in rs],
+        log,
+        record_columns(flat_records, skip=("prompt", "responses", "scores", "generated")),
+    )
     out, at = [], 0
     for record, sampled_here, rs in zip(records, sampled, responses):
-        out.append({"prompt": record["prompt"], "responses": rs, "scores": flat_scores[at:at + len(rs)],
-                    "generated": len(sampled_here)})
+        out.append(
+            {
+                "prompt": record["prompt"],
+                "responses": rs,
+                "scores": flat_scores[at : at + len(rs)],
+                "generated": len(sampled_here),
+            }
+        )
         at += len(rs)
     return out
 
@@ -194,8 +246,10 @@ def generated_candidates(run: Run, policy: Any, tokenizer: Any, reward: RewardFu
         run.log(f"candidates: sampling with {resolved.source}")
         generator_tokenizer = load_tokenizer(resolved.path, config.trust_remote_code)
         generator = load_causal_lm(resolved.path, config.trust_remote_code).to(policy.device)
-    run.log(f"candidates: sampling {config.num_generations} per prompt for {len(splits['train'])} train + "
-            f"{len(splits['eval'])} eval prompts, scoring with '{reward.name}'")
+    run.log(
+        f"candidates: sampling {config.num_generations} per prompt for {len(splits['train'])} train + "
+        f"{len(splits['eval'])} eval prompts, scoring with '{reward.name}'"
+    )
     result: dict[str, list[Record]] = {}
     for split, records in splits.items():
         sampled = sample_responses(generator, generator_tokenizer, [r["prompt"] for r in records], config, run.log)
@@ -208,7 +262,7 @@ def generated_candidates(run: Run, policy: Any, tokenizer: Any, reward: RewardFu
 def summary(records: list[Record]) -> str:
     """Mean reward of sampled vs dataset responses (a quick look at what the ranking will teach)."""
     sampled = [s for r in records for s in r["scores"][: r["generated"]]]
-    given = [s for r in records for s in r["scores"][r["generated"]:]]
+    given = [s for r in records for s in r["scores"][r["generated"] :]]
     parts = [f"{len(records)} queries"]
     if sampled:
         parts.append(f"mean reward of sampled responses {sum(sampled) / len(sampled):.4g}")

@@ -33,7 +33,7 @@ class EncodedQuery:
 def response_token_ids(tokenizer: Any, prompt: list[Message], rendered_prompt: str, response: str) -> list[int]:
     """The tokens of ``response`` as the assistant turn after ``prompt``, ending with EOS."""
     full = tokenizer.apply_chat_template(prompt + [{"role": "assistant", "content": response}], tokenize=False)
-    suffix = full[len(rendered_prompt):] if full.startswith(rendered_prompt) else response
+    suffix = full[len(rendered_prompt) :] if full.startswith(rendered_prompt) else response
     ids = tokenizer(suffix, add_special_tokens=False)["input_ids"]
     eos = tokenizer.eos_token_id
     if eos in ids:
@@ -92,6 +92,10 @@ class RankedCollator:
                 rewards.append(score)
         input_ids, attention_mask = right_pad(rows, self.pad_token_id)
         response_mask = tail_mask(attention_mask, response_lengths).long()
-        return {"input_ids": input_ids, "attention_mask": attention_mask, "response_mask": response_mask,
-                "rewards": torch.tensor(rewards, dtype=torch.float32),
-                "query_index": torch.tensor(query_index, dtype=torch.long)}
+        return {
+            "input_ids": input_ids,
+            "attention_mask": attention_mask,
+            "response_mask": response_mask,
+            "rewards": torch.tensor(rewards, dtype=torch.float32),
+            "query_index": torch.tensor(query_index, dtype=torch.long),
+        }

@@ -22,19 +22,26 @@ import torch
 class RRHFTerms:
     """The loss and the per-batch sums behind the logged metrics."""
 
-    loss: torch.Tensor             # scalar to backpropagate
-    p: torch.Tensor                # [N] length-normalised log-prob of each candidate
-    rank_loss: torch.Tensor        # [Q] per query
-    ft_loss: torch.Tensor          # [Q] per query
-    correct_pairs: torch.Tensor    # scalar: ordered pairs (r_i < r_j) with p_i < p_j
-    total_pairs: torch.Tensor      # scalar: ordered pairs (r_i < r_j)
-    p_best: torch.Tensor           # [Q] p of the best-rewarded candidate
-    p_worst: torch.Tensor          # [Q] p of the worst-rewarded candidate
+    loss: torch.Tensor  # scalar to backpropagate
+    p: torch.Tensor  # [N] length-normalised log-prob of each candidate
+    rank_loss: torch.Tensor  # [Q] per query
+    ft_loss: torch.Tensor  # [Q] per query
+    correct_pairs: torch.Tensor  # scalar: ordered pairs (r_i < r_j) with p_i < p_j
+    total_pairs: torch.Tensor  # scalar: ordered pairs (r_i < r_j)
+    p_best: torch.Tensor  # [Q] p of the best-rewarded candidate
+    p_worst: torch.Tensor  # [Q] p of the worst-rewarded candidate
 
 
-def rrhf_terms(logp_sum: torch.Tensor, num_tokens: torch.Tensor, rewards: torch.Tensor,
-               query_index: torch.Tensor, num_queries: int, rank_weight: float = 1.0,
-               length_penalty: float = 1.0, ft_normalization: str = "mean") -> RRHFTerms:
+def rrhf_terms(
+    logp_sum: torch.Tensor,
+    num_tokens: torch.Tensor,
+    rewards: torch.Tensor,
+    query_index: torch.Tensor,
+    num_queries: int,
+    rank_weight: float = 1.0,
+    length_penalty: float = 1.0,
+    ft_normalization: str = "mean",
+) -> RRHFTerms:
     """The RRHF loss for ``N`` flattened candidates belonging to ``num_queries`` queries.
 
     ``query_index[n]`` is the query of candidate ``n`` (any k per query, candidates of a query in any
@@ -59,8 +66,16 @@ def rrhf_terms(logp_sum: torch.Tensor, num_tokens: torch.Tensor, rewards: torch.
     loss = (rank_weight * rank_loss + ft_loss).mean()
     with torch.no_grad():
         correct = (ordered & (p.unsqueeze(1) < p.unsqueeze(0))).sum()
-    return RRHFTerms(loss=loss, p=p, rank_loss=rank_loss, ft_loss=ft_loss, correct_pairs=correct,
-                     total_pairs=ordered.sum(), p_best=p[best], p_worst=p[worst])
+    return RRHFTerms(
+        loss=loss,
+        p=p,
+        rank_loss=rank_loss,
+        ft_loss=ft_loss,
+        correct_pairs=correct,
+        total_pairs=ordered.sum(),
+        p_best=p[best],
+        p_worst=p[worst],
+    )
 
 
 def _first_extreme(values: torch.Tensor, group: torch.Tensor, num_groups: int, largest: bool) -> torch.Tensor:
