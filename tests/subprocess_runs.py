@@ -200,6 +200,31 @@ class RunningProcess:
         return self.log_path.read_text(encoding="utf-8", errors="replace")
 
 
+def tiny_sft_args(model: Path, data: Path, out: Path, *extra: str) -> list[str]:
+    """``easyrlhf run`` of sft on a ``jsonl`` file with the small shapes the single-process fault tests share
+    (max_length 64, 2 rows a device, no eval split); ``extra`` adds or overrides options."""
+    return [
+        "run",
+        "--method",
+        "sft",
+        "--model",
+        str(model),
+        "--dataset",
+        "jsonl",
+        "--data-files",
+        str(data),
+        "--output-dir",
+        str(out),
+        "--set",
+        "max_length=64",
+        "--set",
+        "per_device_train_batch_size=2",
+        "--set",
+        "eval_fraction=0",
+        *extra,
+    ]
+
+
 # --------------------------------------------------------------------------------------------------
 # The small runs the multi-process tests share (3 steps, tiny model, fixed seed)
 

@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from easyrlhf_core.checkpoints import checkpoint_problem, latest_checkpoint, list_checkpoints
+from tests.subprocess_runs import tiny_sft_args
 from tests.subprocess_runs import (
     model_tensors,
     ppo_run_args,
@@ -30,32 +31,9 @@ def pairs(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def sft_args(model: Path, data: Path, out: Path, *extra: str) -> list[str]:
-    return [
-        "run",
-        "--method",
-        "sft",
-        "--model",
-        str(model),
-        "--dataset",
-        "jsonl",
-        "--data-files",
-        str(data),
-        "--output-dir",
-        str(out),
-        "--seed",
-        "3",
-        "--set",
-        "max_length=64",
-        "--set",
-        "per_device_train_batch_size=2",
-        "--set",
-        "eval_fraction=0",
-        "--set",
-        "logging_steps=1",
-        "--set",
-        "learning_rate=1e-3",
-        *extra,
-    ]
+    return tiny_sft_args(
+        model, data, out, "--seed", "3", "--set", "logging_steps=1", "--set", "learning_rate=1e-3", *extra
+    )
 
 
 def error_lines(stderr: str) -> list[str]:

@@ -21,6 +21,7 @@ from easyrlhf_core.checkpoints import (
     latest_checkpoint,
 )
 from tests.plugin_fixtures import EchoMethod, EchoPlugin
+from tests.subprocess_runs import tiny_sft_args
 from tests.subprocess_runs import read_metrics, toy_pair, toy_prompt, write_rows
 
 
@@ -35,30 +36,7 @@ def pairs(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def sft_args(model: Path, data: Path, out: Path, *extra: str) -> list[str]:
-    return [
-        "run",
-        "--method",
-        "sft",
-        "--model",
-        str(model),
-        "--dataset",
-        "jsonl",
-        "--data-files",
-        str(data),
-        "--output-dir",
-        str(out),
-        "--set",
-        "max_length=64",
-        "--set",
-        "per_device_train_batch_size=2",
-        "--set",
-        "eval_fraction=0",
-        "--set",
-        "final_eval=false",
-        "--seed",
-        "3",
-        *extra,
-    ]
+    return tiny_sft_args(model, data, out, "--set", "final_eval=false", "--seed", "3", *extra)
 
 
 def error_lines(result) -> list[str]:

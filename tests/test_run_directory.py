@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from easyrlhf_core.rundir import LOCK_FILE, DirectoryInUse, RunDirectory
+from tests.subprocess_runs import tiny_sft_args
 from tests.subprocess_runs import RunningProcess, read_metrics, run_easyrlhf, toy_pair, write_rows
 
 
@@ -22,28 +23,7 @@ def pairs(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def sft_args(model: Path, data: Path, out: Path, *extra: str) -> list[str]:
-    return [
-        "run",
-        "--method",
-        "sft",
-        "--model",
-        str(model),
-        "--dataset",
-        "jsonl",
-        "--data-files",
-        str(data),
-        "--output-dir",
-        str(out),
-        "--set",
-        "max_length=64",
-        "--set",
-        "per_device_train_batch_size=2",
-        "--set",
-        "eval_fraction=0",
-        "--set",
-        "save_steps=0",
-        *extra,
-    ]
+    return tiny_sft_args(model, data, out, "--set", "save_steps=0", *extra)
 
 
 def _snapshot(path: Path) -> dict:
