@@ -107,7 +107,9 @@ def test_a_stopped_run_resumes_to_the_uninterrupted_result(method, stop, tiny_mo
         )
         running.kill()
         kept = latest_checkpoint(checkpoints)
-        assert kept is not None and last_step(out) > int(kept.name.split("-")[1])  # steps that will be redone
+        # Usually steps after the checkpoint are lost and redone; on a fast machine the kill can land right after
+        # the next checkpoint was completed (then nothing is redone, and the resume must still match).
+        assert kept is not None and last_step(out) >= int(kept.name.split("-")[1])
         resumed = cli_run(*run_args(method, tiny_model_dir, data_files, out), "--resume")
         assert resumed.exit_code == 0, resumed.stderr
         assert f"--resume: continuing from {kept}" in resumed.stderr
