@@ -56,7 +56,7 @@ def run_child(command: list[str]) -> ChildResult:
 
 def benchmark_model(path: str | None) -> str:
     """``--model`` as a loadable directory; None: the embedded SmolLM2-135M-Instruct (converted once)."""
-    from easyrlhf_core.models import resolve_model
+    from easyrlhf_core.kit.model_loading import resolve_model
 
     return resolve_model(path, log=lambda message: print(message, file=sys.stderr)).path
 
@@ -64,9 +64,9 @@ def benchmark_model(path: str | None) -> str:
 def load_records(shape: str, samples: int) -> list[dict[str, Any]]:
     """The hh-rlhf training records (embedded sample) that ``easyrlhf run --dataset hh-rlhf`` trains on with
     ``max_train_samples=samples``, ``eval_fraction=0``, ``max_eval_samples=0`` and seed 42."""
-    from easyrlhf_core.data import load_dataset
-    from easyrlhf_core.registry import get_registry
-    from easyrlhf_core.shapes import DataOptions, Shape
+    from easyrlhf_core.kit.data_loading import load_dataset
+    from easyrlhf_core.kit.shapes import DataOptions, Shape
+    from easyrlhf_core.runtime.registry import get_registry
 
     dataset = get_registry().get("datasets", "hh-rlhf")
     options = DataOptions(
@@ -97,7 +97,7 @@ def easyrlhf_command(
     return [
         sys.executable,
         "-m",
-        "easyrlhf_core.cli",
+        "easyrlhf_core.commands.cli",
         "run",
         "--method",
         method,

@@ -20,8 +20,8 @@ import subprocess
 import sys
 import tempfile
 import time
-from pathlib import Path
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -40,7 +40,7 @@ def tokenize_cached(
     dataset's fingerprint and that key.
     """
     if isinstance(dataset, list):
-        from easyrlhf_core.hfdata import as_hf_dataset
+        from easyrlhf_core.kit.dataset_cache import as_hf_dataset
 
         dataset = as_hf_dataset(dataset)
     if cache_key is not None and "new_fingerprint" not in map_kwargs:
@@ -72,15 +72,15 @@ def tokenize_pairs(batch, tokenizer):
 def child(tokenizer_spec: str) -> None:
     """One run: parse, store, tokenize; print the phase times as JSON."""
     sys.path.insert(0, str(ROOT))
-    from easyrlhf_core.shapes import DataOptions, Shape
+    from easyrlhf_core.kit.shapes import DataOptions, Shape
 
     start = time.perf_counter()
     import datasets  # noqa: F401  (import cost counted apart from the phases)
     from transformers import AutoTokenizer
 
-    from easyrlhf_core.data import load_dataset
-    from easyrlhf_core.hfdata import as_hf_dataset
-    from easyrlhf_core.registry import get_registry
+    from easyrlhf_core.kit.data_loading import load_dataset
+    from easyrlhf_core.kit.dataset_cache import as_hf_dataset
+    from easyrlhf_core.runtime.registry import get_registry
 
     tokenizer = AutoTokenizer.from_pretrained(tokenizer_spec)
     imports = time.perf_counter() - start
@@ -135,7 +135,7 @@ def tiny_tokenizer_dir(root: Path) -> str:
 
 
 def smollm_dir() -> str | None:
-    from easyrlhf_core.models import resolve_default_model
+    from easyrlhf_core.kit.model_loading import resolve_default_model
 
     try:
         return resolve_default_model(lambda msg: print(msg, file=sys.stderr)).path

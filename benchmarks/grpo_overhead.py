@@ -74,7 +74,7 @@ def main() -> None:
     lr = 1e-6
     with tempfile.TemporaryDirectory(prefix="grpo-overhead-") as tmp:
         root = Path(tmp)
-        from easyrlhf_core.data import shuffled
+        from easyrlhf_core.kit.data_loading import shuffled
 
         records = [{"prompt": r["prompt"], "answer": r["answer"]} for r in our_training_prompts(args.prompts)]
         data = root / "prompts.jsonl"  # ours reads it, and shuffles it with the seed as every run does
@@ -86,7 +86,7 @@ def main() -> None:
         ours_cmd = [
             sys.executable,
             "-m",
-            "easyrlhf_core.cli",
+            "easyrlhf_core.commands.cli",
             "run",
             "--method",
             "grpo",
@@ -168,9 +168,9 @@ def main() -> None:
 
 def our_training_prompts(count: int) -> list[dict]:
     """The arithmetic problems in the order `easyrlhf run --dataset arithmetic` trains on them."""
-    from easyrlhf_core.data import load_dataset
-    from easyrlhf_core.registry import get_registry
-    from easyrlhf_core.shapes import DataOptions, Shape
+    from easyrlhf_core.kit.data_loading import load_dataset
+    from easyrlhf_core.kit.shapes import DataOptions, Shape
+    from easyrlhf_core.runtime.registry import get_registry
 
     dataset = get_registry().get("datasets", "arithmetic")
     options = DataOptions(shape=Shape.PROMPT, max_train_samples=count, eval_fraction=0.0, max_eval_samples=0, seed=SEED)

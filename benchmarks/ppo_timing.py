@@ -33,7 +33,7 @@ def reward_model_dir(policy_path: str, root: Path) -> Path:
     """SmolLM2 with a fresh scalar head, saved like `--method rm` output (the scoring cost is the same)."""
     import torch
 
-    from easyrlhf_core.models import load_sequence_classifier, load_tokenizer
+    from easyrlhf_core.kit.model_loading import load_sequence_classifier, load_tokenizer
 
     torch.manual_seed(0)
     tokenizer = load_tokenizer(policy_path)
@@ -44,8 +44,10 @@ def reward_model_dir(policy_path: str, root: Path) -> Path:
 
 
 def build_trainer(policy_path: str, rm_path: Path, out: Path, batch: int, new_tokens: int, ppo_epochs: int):
-    from easyrlhf_core.run import RunRequest, prepare
     from easyrlhf_plugins.methods.ppo.trainer import PPOTrainer
+
+    from easyrlhf_core.runtime.lifecycle import prepare
+    from easyrlhf_core.runtime.run import RunRequest
 
     settings = {
         "max_new_tokens": new_tokens,
@@ -78,9 +80,10 @@ def build_trainer(policy_path: str, rm_path: Path, out: Path, batch: int, new_to
 
 def policy_forward_backward(trainer, iteration: int) -> float:
     """Seconds for one policy forward+backward over a rollout's prompt+response tokens."""
-    from easyrlhf_core import lm
-    from easyrlhf_core.kit import rl_math
     from easyrlhf_plugins.methods.ppo.rollout import policy_response_logits
+
+    from easyrlhf_core.kit import causal_lm as lm
+    from easyrlhf_core.kit import rl_math
 
     ro, _, _, _ = trainer.rollout(iteration)
     policy = trainer.unwrapped.policy
@@ -137,7 +140,7 @@ def main() -> None:
 
     torch.set_num_threads(args.threads)
 
-    from easyrlhf_core.models import resolve_default_model
+    from easyrlhf_core.kit.model_loading import resolve_default_model
 
     policy_path = resolve_default_model().path
     print(f"policy: {policy_path}; torch {torch.__version__}, {torch.get_num_threads()} threads, CPU")

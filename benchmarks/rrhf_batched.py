@@ -19,9 +19,10 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from easyrlhf_core.lm import response_log_probs  # noqa: E402
 from easyrlhf_plugins.methods.rrhf.encoding import RankedCollator, encode_dataset  # noqa: E402
 from easyrlhf_plugins.methods.rrhf.loss import rrhf_terms  # noqa: E402
+
+from easyrlhf_core.kit.causal_lm import response_log_probs  # noqa: E402
 
 WORDS = (
     "the a cat dog road bread flour water salt Paris France capital city why how what is was "
@@ -46,7 +47,7 @@ def toy_records(queries: int, k: int, seed: int = 0) -> list[dict]:
 
 
 def load(model_arg: str):
-    from easyrlhf_core.models import load_causal_lm, load_tokenizer, resolve_model
+    from easyrlhf_core.kit.model_loading import load_causal_lm, load_tokenizer, resolve_model
 
     if model_arg == "random":
         from transformers import LlamaConfig, LlamaForCausalLM

@@ -28,7 +28,7 @@ Settings pinned on our side so both sides match (our defaults differ from TRL's 
   both). TRL's ``*Config`` classes default it to on; the raw script sets it explicitly, as we do.
 
 Differences that remain (they are what "our layer" is): we hand TRL an Arrow-backed dataset stored by
-content hash (``easyrlhf_core.hfdata``) rather than ``Dataset.from_list``; our callbacks (metrics.jsonl
+content hash (``easyrlhf_core.kit.dataset_cache``) rather than ``Dataset.from_list``; our callbacks (metrics.jsonl
 row and progress update per step, stop-signal check, checkpoint marker) replace TRL's printer callback;
 ``log_level="warning"``; our tokenizer loader (pad token / chat template only when missing; SmolLM2 and
 the test tokenizer have both, so nothing changes).

@@ -6,6 +6,6 @@ Nothing heavy is imported here: torch and transformers load only when a run need
 #: The installed EasyRLHF version.
 __version__ = "0.1.0"
 
-from .hookspecs import hookimpl  # noqa: E402  (pluggy only; cheap)
+from easyrlhf_core.kit.hooks import hookimpl  # noqa: E402  (pluggy only; cheap)
 
 __all__ = ["hookimpl", "__version__"]

@@ -29,7 +29,7 @@ def _isolated_cache(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytes
 
 @pytest.fixture(autouse=True)
 def _fresh_registry():
-    from easyrlhf_core import registry
+    from easyrlhf_core.runtime import registry
 
     registry.reset_registry()
     yield
@@ -47,7 +47,7 @@ def tiny_tokenizer_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="session")
 def tiny_model_dir(tiny_causal_lm: Path) -> Path:
     """A 2-layer random Llama (hidden 32) with the tiny tokenizer, saved like a Hub model dir: the shipped
-    ``tiny_causal_lm`` fixture (:mod:`easyrlhf_core.testing`) under the name the tests use."""
+    ``tiny_causal_lm`` fixture (:mod:`easyrlhf_core.kit.testing`) under the name the tests use."""
     return tiny_causal_lm
 
 

@@ -10,9 +10,9 @@ from pathlib import Path
 from typing import Any
 
 from easyrlhf_core import hookimpl
-from easyrlhf_core.api import Method
-from easyrlhf_core.config import BaseConfig
-from easyrlhf_core.shapes import Shape
+from easyrlhf_core.kit.bases import Method
+from easyrlhf_core.kit.config import BaseConfig
+from easyrlhf_core.kit.shapes import Shape
 
 ROLES = {"system", "user", "assistant"}
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 # The builders ship with EasyRLHF (the tiny_causal_lm / tiny_reward_model fixtures use them too).
-from easyrlhf_core.tiny_models import SPECIAL_TOKENS, build_tiny_causal_lm, build_tiny_tokenizer  # noqa: F401
+from easyrlhf_core.kit.tiny_models import SPECIAL_TOKENS, build_tiny_causal_lm, build_tiny_tokenizer  # noqa: F401
 
 #: A chat template whose rendered text ends with the eos token (= pad), as Llama-3-Instruct's ends with
 #: ``<|eot_id|>`` and Mistral's with ``</s>``: no newline after the last end-of-turn.
@@ -19,6 +19,6 @@ PAD_TERMINATED_TEMPLATE = (
 
 def run_cli(*args: str, env: dict[str, str] | None = None) -> Any:
     """Invoke the ``easyrlhf`` CLI in-process; a fresh plugin registry each call (the public helper)."""
-    from easyrlhf_core.testing import run_cli as run
+    from easyrlhf_core.kit.testing import run_cli as run
 
     return run(*args, env=env)

@@ -8,9 +8,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from easyrlhf_core import hookimpl
-from easyrlhf_core.api import Dataset, Method
-from easyrlhf_core.config import BaseConfig, invalid, option
-from easyrlhf_core.shapes import DataSplits, Shape
+from easyrlhf_core.kit.bases import Dataset, Method
+from easyrlhf_core.kit.config import BaseConfig, invalid, option
+from easyrlhf_core.kit.shapes import DataSplits, Shape
 
 
 @dataclass

@@ -28,7 +28,7 @@ _CHECKSUMS = re.compile(r"ranks: parameter checksum per rank \[([^\]]*)\]")
 
 def easyrlhf_command(*args: str) -> list[str]:
     """``easyrlhf <args>`` with this interpreter (the venv the tests run in)."""
-    return [sys.executable, "-m", "easyrlhf_core.cli", *args]
+    return [sys.executable, "-m", "easyrlhf_core.commands.cli", *args]
 
 
 def subprocess_env() -> dict[str, str]:
@@ -115,12 +115,13 @@ def kill_tree(pid: int) -> None:
 
 def head_chunk_env(folder: Path, tokens: int) -> dict[str, str]:
     """Variables that make every process of a child run (ranks included) compute the chunked LM head
-    (:func:`easyrlhf_core.shared_forward.chunked_token_log_probs`) ``tokens`` positions at a time: a
+    (:func:`easyrlhf_core.kit.shared_prefix_forward.chunked_token_log_probs`) ``tokens`` positions at a time: a
     ``sitecustomize`` module in ``folder``, put first on ``PYTHONPATH``. Small chunks make ranks with
     different batches run different numbers of chunks."""
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "sitecustomize.py").write_text(
-        f"import easyrlhf_core.shared_forward as _shared\n_shared.CHUNK_TOKENS = {int(tokens)}\n", encoding="utf-8"
+        f"import easyrlhf_core.kit.shared_prefix_forward as _shared\n_shared.CHUNK_TOKENS = {int(tokens)}\n",
+        encoding="utf-8",
     )
     return {"PYTHONPATH": os.pathsep.join(p for p in (str(folder), os.environ.get("PYTHONPATH", "")) if p)}
 

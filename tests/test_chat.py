@@ -16,15 +16,8 @@ from pathlib import Path
 
 import pytest
 
-from easyrlhf_core import chat
-from easyrlhf_core.chat_session import (
-    ChatSettings,
-    Conversation,
-    Screen,
-    block_header,
-    fit_prompt,
-    show_answers,
-)
+from easyrlhf_core.commands.chat import ChatSettings, Conversation, Screen, block_header, fit_prompt, show_answers
+from easyrlhf_core.kit import chat_template as chat
 from tests.helpers import build_tiny_causal_lm, build_tiny_tokenizer
 from tests.subprocess_runs import easyrlhf_command, subprocess_env
 
@@ -93,7 +86,7 @@ def greedy(model_dir: Path, messages: list[dict[str, str]], max_new_tokens: int 
     """What greedy ``generate`` answers to the templated ``messages`` (eval's generation, decoded)."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from easyrlhf_core.evaluation.generation import generate_answers
+    from easyrlhf_core.commands.eval.generation import generate_answers
 
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     model = AutoModelForCausalLM.from_pretrained(model_dir).eval()
@@ -135,7 +128,7 @@ def test_compare_prints_both_labelled_answers(cli_run, joker, baker):
 def test_piped_session_keeps_history_until_reset(cli_run, joker):
     from click.testing import CliRunner
 
-    from easyrlhf_core.cli import cli
+    from easyrlhf_core.commands.cli import cli
 
     lines = f"{JOKE}\n{WHY}\n/reset\n{WHY}\n/quit\nnever read\n"
     result = CliRunner().invoke(cli, ["chat", str(joker), "--max-new-tokens", MAX_NEW], input=lines)
@@ -145,7 +138,7 @@ def test_piped_session_keeps_history_until_reset(cli_run, joker):
 
 
 def test_side_by_side_on_a_wide_terminal(joker, baker):
-    from easyrlhf_core.chat_session import inspect_chat_model, load_chat_model
+    from easyrlhf_core.commands.chat import inspect_chat_model, load_chat_model
 
     bots = [load_chat_model(inspect_chat_model(str(d), "MODEL_DIR"), d.name) for d in (joker, baker)]
     screen = Screen(io.StringIO(), live=True, width=120)

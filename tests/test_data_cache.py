@@ -11,13 +11,9 @@ import pytest
 from easyrlhf_plugins.data.hh_rlhf import HHRLHFDataset
 
 from benchmarks.data_load import tokenize_cached
-from easyrlhf_core.data import load_dataset
-from easyrlhf_core.hfdata import (
-    as_hf_dataset,
-    datasets_cache_dir,
-    records_digest,
-)
-from easyrlhf_core.shapes import DataOptions, Shape
+from easyrlhf_core.kit.data_loading import load_dataset
+from easyrlhf_core.kit.dataset_cache import as_hf_dataset, datasets_cache_dir, records_digest
+from easyrlhf_core.kit.shapes import DataOptions, Shape
 
 
 def records(shape: Shape, n: int, seed: int = 0) -> list[dict]:

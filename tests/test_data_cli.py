@@ -9,7 +9,7 @@ import json
 
 import pytest
 
-from easyrlhf_core import registry
+from easyrlhf_core.runtime import registry
 from tests.data_helpers import ProbePlugin, hh_row, write_jsonl
 
 

@@ -8,10 +8,10 @@ from easyrlhf_plugins.data.jsonl import JsonlDataset
 from easyrlhf_plugins.data.reader import iter_rows
 from easyrlhf_plugins.data.slimorca import SlimOrcaDataset
 
-from easyrlhf_core.data import load_dataset
-from easyrlhf_core.errors import ConfigError, DataError
-from easyrlhf_core.rows import BadRows
-from easyrlhf_core.shapes import DataOptions, Shape
+from easyrlhf_core.kit.data_loading import load_dataset
+from easyrlhf_core.kit.errors import ConfigError, DataError
+from easyrlhf_core.kit.rows import BadRows
+from easyrlhf_core.kit.shapes import DataOptions, Shape
 from tests.data_helpers import check_record, write_jsonl
 
 U = lambda text: {"role": "user", "content": text}  # noqa: E731

@@ -7,10 +7,10 @@ import pytest
 from easyrlhf_plugins.data.hh_rlhf import HHRLHFDataset, embedded_files
 from easyrlhf_plugins.data.transcripts import parse_transcript
 
-from easyrlhf_core.data import load_dataset
-from easyrlhf_core.errors import ConfigError, DataError
-from easyrlhf_core.rows import RowProblem
-from easyrlhf_core.shapes import DataOptions, Shape
+from easyrlhf_core.kit.data_loading import load_dataset
+from easyrlhf_core.kit.errors import ConfigError, DataError
+from easyrlhf_core.kit.rows import RowProblem
+from easyrlhf_core.kit.shapes import DataOptions, Shape
 from tests.data_helpers import check_record, hh_row, write_jsonl
 
 EMBEDDED_PAIRS = 6240

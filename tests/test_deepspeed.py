@@ -259,7 +259,7 @@ def test_a_failing_rank_is_one_error_line_and_the_directory_is_as_found(tiny_mod
 GENERATION_CHECK = """
 import sys, torch, deepspeed
 from transformers import AutoModelForCausalLM
-from easyrlhf_core.zero import _parameter_offload, gathered_for_generation, is_partitioned, start_deepspeed
+from easyrlhf_core.kit.zero import _parameter_offload, gathered_for_generation, is_partitioned, start_deepspeed
 start_deepspeed()
 model = AutoModelForCausalLM.from_pretrained(sys.argv[1], dtype=torch.float32)
 config = {"train_micro_batch_size_per_gpu": 1, "gradient_accumulation_steps": 1,

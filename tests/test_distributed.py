@@ -112,7 +112,8 @@ def test_ctrl_c_stops_both_ranks_at_one_checkpoint_and_the_hint_resumes(tiny_mod
 
 
 def test_several_machines_share_one_output_dir_claimed_by_the_first(tiny_model_dir, pairs_file, tmp_path, cli_run):
-    from easyrlhf_core.run import RunRequest, prepare
+    from easyrlhf_core.runtime.lifecycle import prepare
+    from easyrlhf_core.runtime.run import RunRequest
 
     args = [
         "run",

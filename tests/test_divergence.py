@@ -12,12 +12,12 @@ from pathlib import Path
 
 import pytest
 
-from easyrlhf_core.checkpoints import checkpoint_problem, latest_checkpoint, list_checkpoints
-from tests.subprocess_runs import tiny_sft_args
+from easyrlhf_core.kit.checkpoints import checkpoint_problem, latest_checkpoint, list_checkpoints
 from tests.subprocess_runs import (
     model_tensors,
     ppo_run_args,
     read_metrics,
+    tiny_sft_args,
     toy_pair,
     toy_prompt,
     train_rows,
@@ -142,7 +142,7 @@ def test_a_ppo_run_whose_gradients_turn_nan_stops_at_that_iteration(cli_run, tin
 def test_metrics_rows_write_nan_and_inf_as_strings(tmp_path):
     from types import SimpleNamespace
 
-    from easyrlhf_core.run import Run
+    from easyrlhf_core.runtime.run import Run
 
     run = SimpleNamespace(
         is_main_process=True,
@@ -254,7 +254,7 @@ def test_resume_with_a_lower_learning_rate_continues_at_it(cli_run, tiny_model_d
 def test_under_fp16_loss_scaling_an_infinite_gradient_norm_is_a_skipped_step_not_divergence():
     import torch
 
-    from easyrlhf_core.hf import DivergenceCallback
+    from easyrlhf_core.kit.trainer_run import DivergenceCallback
 
     class Accelerator:
         def __init__(self, scaler):
@@ -277,7 +277,7 @@ def test_under_fp16_loss_scaling_an_infinite_gradient_norm_is_a_skipped_step_not
 def test_a_new_learning_rate_on_resume_keeps_the_ratios_of_parameter_groups():
     import torch
 
-    from easyrlhf_core.hf import continue_schedule
+    from easyrlhf_core.kit.trainer_run import continue_schedule
 
     weights = [torch.nn.Parameter(torch.zeros(1)), torch.nn.Parameter(torch.zeros(1))]
     optimizer = torch.optim.SGD([{"params": [weights[0]], "lr": 1e-3}, {"params": [weights[1]], "lr": 1e-2}])
@@ -294,7 +294,7 @@ RANK_1_LOSS_NAN = """
 import os
 
 if "RANK" in os.environ:  # a launched rank (not the parent, not the launcher)
-    import easyrlhf_core.ranks as _ranks
+    import easyrlhf_core.runtime.rank_errors as _ranks
 
     _record = _ranks.record_rank_error
 
@@ -395,7 +395,7 @@ def resumed_rates(name: str, warmup_ratio: float, stopped_at: int, was: int, tot
     states loaded) and :func:`continue_schedule`; and its log line."""
     import copy
 
-    from easyrlhf_core.hf import continue_schedule
+    from easyrlhf_core.kit.trainer_run import continue_schedule
 
     optimizer, scheduler = scheduler_for(name, warmup_ratio, was)
     rates(optimizer, scheduler, stopped_at)

@@ -12,11 +12,11 @@ from pathlib import Path
 import pytest
 
 from easyrlhf_core import hookimpl
-from easyrlhf_core.api import Dataset, RewardFunction
-from easyrlhf_core.evaluation.report import POLICY_METRICS, REWARD_MODEL_METRICS
-from easyrlhf_core.evaluation.stats import bootstrap_interval, outcomes, pairwise, wilson_interval
-from easyrlhf_core.registry import register_plugin, unregister_plugin
-from easyrlhf_core.shapes import DataSplits, Shape
+from easyrlhf_core.commands.eval.report import POLICY_METRICS, REWARD_MODEL_METRICS
+from easyrlhf_core.kit.bases import Dataset, RewardFunction
+from easyrlhf_core.kit.shapes import DataSplits, Shape
+from easyrlhf_core.kit.stats import bootstrap_interval, outcomes, pairwise, wilson_interval
+from easyrlhf_core.runtime.registry import register_plugin, unregister_plugin
 from tests.helpers import build_tiny_causal_lm, build_tiny_tokenizer
 
 MARKER = "Paris"
@@ -157,7 +157,7 @@ def _save(model, tokenizer, path: Path) -> Path:
 
 
 def _conversation_ids(tokenizer, prompt, completion):
-    from easyrlhf_core.chat import split_completion
+    from easyrlhf_core.kit.chat_template import split_completion
 
     p, c = split_completion(tokenizer, prompt, completion)
     return p, c
@@ -167,7 +167,7 @@ def _train_policy_to_say(model, tokenizer, prompts, answer: str, steps: int = 40
     """A few full-batch Adam steps on ``prompt -> answer`` (loss on the answer tokens only)."""
     import torch
 
-    from easyrlhf_core.chat import as_completion
+    from easyrlhf_core.kit.chat_template import as_completion
 
     rows = [_conversation_ids(tokenizer, p, as_completion(answer)) for p in prompts]
     width = max(len(p) + len(c) for p, c in rows)
@@ -192,7 +192,7 @@ def _train_rm_to_prefer_chosen(model, tokenizer, pairs, steps: int = 40) -> None
     """Pairwise logistic loss on the pairs until chosen outscores rejected."""
     import torch
 
-    from easyrlhf_core.chat import encode
+    from easyrlhf_core.kit.chat_template import encode
 
     texts = [encode(tokenizer, r["prompt"] + r[side]) for side in ("chosen", "rejected") for r in pairs]
     width = max(len(t) for t in texts)
@@ -306,8 +306,8 @@ def test_trained_reward_model_accuracy_and_length_baseline(cli_run, models):
 def test_split_all_and_limit(cli_run, models):
     everything = _eval_json(cli_run, "--model", str(models["zero_rm"]), "--dataset", "toy-prefs", "--split", "all")
     assert everything["pairs"] == 6 and everything["metrics"]["length_baseline_accuracy"] == 0.75
-    from easyrlhf_core.data import shuffled
-    from easyrlhf_core.evaluation.stats import length_baseline
+    from easyrlhf_core.kit.data_loading import shuffled
+    from easyrlhf_core.kit.stats import length_baseline
 
     limited = _eval_json(cli_run, "--model", str(models["zero_rm"]), "--dataset", "toy-prefs", "--limit", "2")
     first_two = shuffled(EVAL_PAIRS, 42)[:2]  # the framework shuffles a dataset's eval split with the seed
@@ -355,7 +355,7 @@ def test_batched_accuracy_matches_one_by_one_scoring(cli_run, models):
     import torch
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-    from easyrlhf_core.chat import encode
+    from easyrlhf_core.kit.chat_template import encode
 
     path = models["random_rm"]
     model = AutoModelForSequenceClassification.from_pretrained(path).eval()
@@ -573,7 +573,7 @@ def test_bad_input_is_one_line(cli_run, models, args, expected):
 
 def test_eval_help_does_not_import_torch():
     code = (
-        "import sys; from easyrlhf_core.cli import cli\n"
+        "import sys; from easyrlhf_core.commands.cli import cli\n"
         "try:\n    cli(['eval', '--help'])\nexcept SystemExit:\n    pass\n"
         "assert 'torch' not in sys.modules, 'torch imported'"
     )

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from easyrlhf_core import registry
+from easyrlhf_core.runtime import registry
 from tests.plugin_fixtures import write_fake_distribution
 
 EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "easyrlhf-plugin-kto"

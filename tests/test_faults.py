@@ -14,15 +14,10 @@ from pathlib import Path
 import pytest
 
 from easyrlhf_core import hookimpl
-from easyrlhf_core.api import RewardFunction
-from easyrlhf_core.checkpoints import (
-    COMPLETE_MARKER,
-    checkpoint_problem,
-    latest_checkpoint,
-)
+from easyrlhf_core.kit.bases import RewardFunction
+from easyrlhf_core.kit.checkpoints import COMPLETE_MARKER, checkpoint_problem, latest_checkpoint
 from tests.plugin_fixtures import EchoMethod, EchoPlugin
-from tests.subprocess_runs import tiny_sft_args
-from tests.subprocess_runs import read_metrics, toy_pair, toy_prompt, write_rows
+from tests.subprocess_runs import read_metrics, tiny_sft_args, toy_pair, toy_prompt, write_rows
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -343,7 +338,7 @@ def test_a_damaged_weights_file_is_not_called_dangerous(cli_run, tiny_model_dir,
 
 
 def test_a_killed_rank_is_one_line_naming_it_and_the_likely_cause(tmp_path):
-    from easyrlhf_core.ranks import LAUNCHER_FILE, first_failure
+    from easyrlhf_core.runtime.rank_errors import LAUNCHER_FILE, first_failure
 
     (tmp_path / LAUNCHER_FILE).write_text(json.dumps([{"rank": 1, "exitcode": -9, "time": 1.0}]))
     assert first_failure(tmp_path) == ("rank 1: killed by SIGKILL (out of memory? see `dmesg`)", 137)

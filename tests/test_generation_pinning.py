@@ -48,14 +48,14 @@ def leaky_model_dir(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFacto
 
 
 def _load(path: Path) -> tuple[object, object]:
-    from easyrlhf_core.models import load_causal_lm, load_tokenizer
+    from easyrlhf_core.kit.model_loading import load_causal_lm, load_tokenizer
 
     return load_causal_lm(str(path)), load_tokenizer(str(path))
 
 
 def _queries(tokenizer: object) -> tuple[object, object]:
-    from easyrlhf_core.chat import prompt_ids
-    from easyrlhf_core.lm import left_pad
+    from easyrlhf_core.kit.causal_lm import left_pad
+    from easyrlhf_core.kit.chat_template import prompt_ids
 
     return left_pad([prompt_ids(tokenizer, p) for p in PROMPTS], tokenizer.pad_token_id)
 
@@ -66,7 +66,7 @@ def _ppo_sample(model: object, tokenizer: object, seed: int = 3) -> list[list[in
     from easyrlhf_plugins.methods.ppo.config import PPOConfig
     from easyrlhf_plugins.methods.ppo.rollout import generation_config
 
-    from easyrlhf_core import lm
+    from easyrlhf_core.kit import causal_lm as lm
 
     config = generation_config(
         PPOConfig(max_new_tokens=8, temperature=0.9), tokenizer, lm.stop_token_ids(tokenizer, model)
@@ -125,7 +125,7 @@ def test_ppo_sampled_log_probs_are_the_scored_ones(leaky_model_dir):
     from easyrlhf_plugins.methods.ppo.config import PPOConfig
     from easyrlhf_plugins.methods.ppo.rollout import generation_config
 
-    from easyrlhf_core import lm
+    from easyrlhf_core.kit import causal_lm as lm
 
     model, tokenizer = _load(leaky_model_dir)
     config = generation_config(PPOConfig(max_new_tokens=6, temperature=0.9), tokenizer, [tokenizer.eos_token_id])
@@ -148,8 +148,8 @@ def test_ppo_sampled_log_probs_are_the_scored_ones(leaky_model_dir):
 
 
 def test_eval_answers_use_our_settings_alone(tiny_model_dir, leaky_model_dir):
-    from easyrlhf_core.chat import prompt_ids
-    from easyrlhf_core.evaluation.generation import generate_answers
+    from easyrlhf_core.commands.eval.generation import generate_answers
+    from easyrlhf_core.kit.chat_template import prompt_ids
 
     for sample in (False, True):
         answers = []
@@ -173,8 +173,8 @@ def test_rrhf_generated_candidates_use_our_settings_alone(tiny_model_dir, leaky_
 
 
 def test_chat_reply_uses_our_settings_alone(tiny_model_dir, leaky_model_dir):
-    from easyrlhf_core.chat_session import ChatModel, ChatSettings, Conversation, reply
-    from easyrlhf_core.lm import stop_token_ids
+    from easyrlhf_core.commands.chat import ChatModel, ChatSettings, Conversation, reply
+    from easyrlhf_core.kit.causal_lm import stop_token_ids
 
     answers = []
     for path in (tiny_model_dir, leaky_model_dir):
@@ -189,7 +189,7 @@ def test_pinned_model_ignores_its_file_in_generate_calls_we_do_not_own(tiny_mode
     """What grpo/rloo do to TRL's ``generate`` calls (TRL passes a config that leaves min_p etc. unset)."""
     from transformers import GenerationConfig
 
-    from easyrlhf_core.lm import pin_generation
+    from easyrlhf_core.kit.causal_lm import pin_generation
 
     trl_like = GenerationConfig(
         max_new_tokens=6,
@@ -255,8 +255,8 @@ def test_grpo_help_and_show_config_still_work(cli_run):
 
 
 def test_decode_response_skips_special_tokens_and_strips(tiny_model_dir):
-    from easyrlhf_core.lm import decode_response, response_text
-    from easyrlhf_core.models import load_tokenizer
+    from easyrlhf_core.kit.causal_lm import decode_response, response_text
+    from easyrlhf_core.kit.model_loading import load_tokenizer
 
     tokenizer = load_tokenizer(str(tiny_model_dir))
     ids = tokenizer.encode(" 4\n", add_special_tokens=False) + [tokenizer.eos_token_id]
@@ -280,11 +280,11 @@ def test_ppo_grpo_and_eval_hand_the_reward_the_same_text(tiny_model_dir, monkeyp
     import torch
     from easyrlhf_plugins.methods.ppo.trainer import PPOTrainer
 
-    from easyrlhf_core.chat import as_completion
-    from easyrlhf_core.evaluation import generation
-    from easyrlhf_core.models import load_causal_lm, load_tokenizer
-    from easyrlhf_core.online_trl import TRLRewardFunc
-    from easyrlhf_core.rewards import WeightedReward, score_with_columns
+    from easyrlhf_core.commands.eval import generation
+    from easyrlhf_core.kit.chat_template import as_completion
+    from easyrlhf_core.kit.model_loading import load_causal_lm, load_tokenizer
+    from easyrlhf_core.kit.online_trl import TRLRewardFunc
+    from easyrlhf_core.kit.rewards import WeightedReward, score_with_columns
 
     tokenizer = load_tokenizer(str(tiny_model_dir))
     body = tokenizer.encode(" 4\n", add_special_tokens=False)

@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 
 from easyrlhf_core import hookimpl
-from easyrlhf_core.api import RewardFunction
-from easyrlhf_core.config import option
+from easyrlhf_core.kit.bases import RewardFunction
+from easyrlhf_core.kit.config import option
 from tests.subprocess_runs import RunningProcess, model_tensors, read_metrics, run_easyrlhf, train_rows, write_rows
 
 QUESTIONS = ["What is the capital of France?", "How do I bake bread?", "Tell me a joke.", "Can you help me?"]
@@ -256,10 +256,11 @@ def test_two_processes_stay_in_sync(tiny_model_dir, prompts, tmp_path):
 
 
 def test_the_arithmetic_dataset_pairs_with_match(easyrlhf_cli):
-    from easyrlhf_core.data import load_dataset
-    from easyrlhf_core.shapes import DataOptions, Shape
     from easyrlhf_plugins.data.arithmetic import ArithmeticDataset
     from easyrlhf_plugins.rewards import MatchReward
+
+    from easyrlhf_core.kit.data_loading import load_dataset
+    from easyrlhf_core.kit.shapes import DataOptions, Shape
 
     splits = load_dataset(ArithmeticDataset, DataOptions(shape=Shape.PROMPT, max_eval_samples=50))
     assert len(splits.eval) == 50 and len(splits.train) == 1900
@@ -324,7 +325,7 @@ def test_a_batch_that_does_not_split_into_groups_is_one_line_and_leaves_nothing(
 
 @pytest.mark.parametrize("method", ["grpo", "ppo"])
 def test_prompts_too_long_for_a_completion_are_dropped_and_counted(method, cli_run, tiny_model_dir, tmp_path):
-    """The online methods share one rule (easyrlhf_core.online.prompts_that_fit): a prompt that leaves no
+    """The online methods share one rule (easyrlhf_core.kit.online.prompts_that_fit): a prompt that leaves no
     room for a completion is dropped, the log says how many, the summary trains on "N of M"."""
     rows = [{"prompt": q} for q in QUESTIONS] + [{"prompt": "word " * 200}]
     data = write_rows(tmp_path / "prompts.jsonl", rows)

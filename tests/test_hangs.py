@@ -14,7 +14,7 @@ from tests.subprocess_runs import RunningProcess, toy_pair, trainer_run_args, wr
 #: step-end stop check (step 2's) blocks, as a step waiting in a collective that never completes does.
 BLOCK_AT_STEP_2 = """
 import time
-import easyrlhf_core.run as _run
+import easyrlhf_core.runtime.run as _run
 
 _requested = _run.StopSignals.requested
 _calls = []
@@ -70,7 +70,7 @@ def test_a_second_sigterm_ends_a_blocked_run_at_once_with_the_checkpoint_intact(
 #: Rank 1 gets stuck before step 2's stop check (a collective every rank joins at each step's end).
 RANK_1_STUCK_AT_STEP_2 = """
 import os, time
-import easyrlhf_core.run as _run
+import easyrlhf_core.runtime.run as _run
 
 _requested = _run.StopSignals.requested
 _calls = []
@@ -128,8 +128,8 @@ def test_collective_timeout_must_be_positive(cli_run, tmp_path):
 
 
 def test_one_signal_seen_late_by_the_watcher_is_not_a_second_one(monkeypatch):
-    from easyrlhf_core import run as run_module
-    from easyrlhf_core.run import StopSignals
+    from easyrlhf_core.kit.stopping import StopSignals
+    from easyrlhf_core.runtime import run as run_module
 
     clock = [100.0]
     monkeypatch.setattr(run_module.time, "monotonic", lambda: clock[0])
@@ -147,7 +147,7 @@ def test_one_signal_seen_late_by_the_watcher_is_not_a_second_one(monkeypatch):
 def test_a_rank_aborted_names_the_nccl_watchdog(tmp_path):
     import json
 
-    from easyrlhf_core.ranks import LAUNCHER_FILE, first_failure
+    from easyrlhf_core.runtime.rank_errors import LAUNCHER_FILE, first_failure
 
     (tmp_path / LAUNCHER_FILE).write_text(json.dumps([{"rank": 0, "exitcode": -6, "time": 1.0}]))
     line, code = first_failure(tmp_path)

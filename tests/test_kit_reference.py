@@ -10,7 +10,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from easyrlhf_core import kit_reference
+from easyrlhf_core.commands import kit_reference
 
 ROOT = Path(__file__).resolve().parents[1]
 PLUGINS_DOC = ROOT / "docs" / "plugins.md"
@@ -25,7 +25,7 @@ def test_kit_md_is_generated_from_the_code():
 def test_the_generator_imports_no_kit_module():
     code = (
         "import sys; from easyrlhf_core import kit_reference; kit_reference.render(); "
-        "print(sorted(m for m in ('torch', 'transformers', 'trl', 'easyrlhf_core.run') if m in sys.modules))"
+        "print(sorted(m for m in ('torch', 'transformers', 'trl', 'easyrlhf_core.runtime.run') if m in sys.modules))"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=ROOT)
     assert out.stdout.strip() == "[]"
@@ -72,7 +72,7 @@ def test_every_core_name_a_built_in_imports_is_documented_and_public():
     uses = _core_uses_of_the_built_ins()
     assert len(uses) > 50  # the walk found the plugins
     assert ("easyrlhf_core.kit.rl_math", "gae_advantages") in uses  # module attributes, two levels deep
-    assert ("easyrlhf_core.lm", "logprobs_from_logits") in uses
+    assert ("easyrlhf_core.kit.causal_lm", "logprobs_from_logits") in uses
     missing = [
         f"{module}.{name} ({where})"
         for (module, name), where in sorted(uses.items())

@@ -7,9 +7,8 @@ import sys
 
 import pytest
 
-from easyrlhf_core.cli import _rank_args
-from easyrlhf_core.launch import LaunchOptions, launcher_command
-
+from easyrlhf_core.commands.cli import _rank_args
+from easyrlhf_core.runtime.launcher import LaunchOptions, launcher_command
 from tests.subprocess_runs import easyrlhf_command, free_port, subprocess_env
 
 
@@ -21,17 +20,17 @@ def test_cpu_uses_torchrun_with_per_machine_processes():
         ["run", "--method", "dpo"],
         use_gpu=False,
     )
-    assert cmd[:4] == [sys.executable, "-m", "easyrlhf_core.ranks", "torchrun"]  # torchrun, run by us
+    assert cmd[:4] == [sys.executable, "-m", "easyrlhf_core.runtime.rank_errors", "torchrun"]  # torchrun, run by us
     joined = " ".join(cmd)
     assert "--nproc_per_node 2 --nnodes 3 --node_rank 1 --master_port 1234 --master_addr 10.0.0.1" in joined
-    assert cmd[-5:] == ["-m", "easyrlhf_core.cli", "run", "--method", "dpo"]
+    assert cmd[-5:] == ["-m", "easyrlhf_core.commands.cli", "run", "--method", "dpo"]
 
 
 def test_gpu_uses_accelerate_with_total_processes():
     cmd = launcher_command(LaunchOptions(num_processes=4, num_machines=2), ["run"], use_gpu=True)
-    assert cmd[:4] == [sys.executable, "-m", "easyrlhf_core.ranks", "accelerate"]
+    assert cmd[:4] == [sys.executable, "-m", "easyrlhf_core.runtime.rank_errors", "accelerate"]
     assert cmd[cmd.index("--num_processes") + 1] == "8" and "--multi_gpu" in cmd
-    assert cmd.index("--multi_gpu") < cmd.index("easyrlhf_core.cli")  # a launcher option, not the CLI's
+    assert cmd.index("--multi_gpu") < cmd.index("easyrlhf_core.commands.cli")  # a launcher option, not the CLI's
 
 
 @pytest.mark.parametrize("use_gpu", [False, True])
@@ -41,7 +40,7 @@ def test_one_deepspeed_process_is_launched_by_torchrun(use_gpu):
     options = LaunchOptions(num_processes=1, deepspeed=True)
     assert options.needs_launcher and not options.distributed
     cmd = launcher_command(options, ["run", "--deepspeed", "zero3"], use_gpu=use_gpu)
-    assert cmd[:4] == [sys.executable, "-m", "easyrlhf_core.ranks", "torchrun"]
+    assert cmd[:4] == [sys.executable, "-m", "easyrlhf_core.runtime.rank_errors", "torchrun"]
     assert "--nproc_per_node 1 " in " ".join(cmd)
     assert not LaunchOptions(num_processes=1).needs_launcher
 
@@ -75,7 +74,7 @@ def test_rank_args_drop_launcher_options_and_fix_the_output_dir():
 
 RANK_THAT_EXITS = """
 import sys, torch, torch.distributed as dist
-from easyrlhf_core.launch import exit_launched_rank
+from easyrlhf_core.runtime.launcher import exit_launched_rank
 dist.init_process_group("gloo", init_method="tcp://127.0.0.1:{port}", rank=0, world_size=1)
 model = torch.nn.parallel.DistributedDataParallel(torch.nn.Linear(2, 2))  # a reducer, as a trained rank has
 gathered = [torch.zeros(1)]
@@ -172,7 +171,7 @@ def test_two_runs_on_one_machine_pick_a_free_port_and_a_taken_one_given_is_one_l
 def test_the_launcher_finding_its_port_taken_is_one_line_without_a_traceback(tmp_path):
     """Should the port be taken between our check and the launcher's bind, torch elastic's
     ``DistNetworkError`` traceback (EADDRINUSE) becomes the same one line, handed to the parent."""
-    from easyrlhf_core.ranks import RANK_ERRORS_ENV, first_failure
+    from easyrlhf_core.runtime.rank_errors import RANK_ERRORS_ENV, first_failure
 
     script = tmp_path / "hello.py"
     script.write_text("print('never started')\n", encoding="utf-8")
@@ -184,7 +183,7 @@ def test_the_launcher_finding_its_port_taken_is_one_line_without_a_traceback(tmp
             [
                 sys.executable,
                 "-m",
-                "easyrlhf_core.ranks",
+                "easyrlhf_core.runtime.rank_errors",
                 "torchrun",
                 "--nproc_per_node",
                 "1",
@@ -211,7 +210,7 @@ def test_a_picked_port_taken_before_the_launcher_binds_it_is_retried_once_on_a_n
     """The race of a port picked free (no --main-process-port): it is released before torchrun's store binds
     it. Here the first port picked is held by another socket, as by a program that took it in between; the
     run is launched again on the next port picked, says so in one line, and trains."""
-    import easyrlhf_core.launch as launch_module
+    import easyrlhf_core.runtime.launcher as launch_module
     from tests.subprocess_runs import toy_pair, trainer_run_args, write_rows
 
     sock = _hold(taken := free_port())
@@ -248,9 +247,9 @@ def test_a_picked_port_taken_before_the_launcher_binds_it_is_retried_once_on_a_n
 def test_a_picked_port_taken_twice_says_so_for_the_automatic_case(monkeypatch):
     """When the port picked again is taken too, the one line speaks of the automatic case (the user gave no
     --main-process-port), names both ports, and never says to leave the option out."""
-    import easyrlhf_core.launch as launch_module
-    from easyrlhf_core.launch import Launched, launch
-    from easyrlhf_core.ranks import port_taken_message
+    import easyrlhf_core.runtime.launcher as launch_module
+    from easyrlhf_core.runtime.launcher import Launched, launch
+    from easyrlhf_core.runtime.rank_errors import port_taken_message
 
     picks, launched_on = [41001, 41002], []
 
@@ -294,7 +293,7 @@ def test_the_launchers_port_taken_error_is_the_one_port_line(text, tmp_path, mon
 
     from torch.distributed import DistNetworkError
 
-    from easyrlhf_core import ranks
+    from easyrlhf_core.runtime import rank_errors as ranks
 
     error = DistNetworkError(text.format(port=29517))
     assert ranks.is_port_taken(error)
@@ -318,7 +317,7 @@ def test_the_launchers_port_taken_error_is_the_one_port_line(text, tmp_path, mon
 def test_the_launcher_failing_on_its_port_with_no_parent_prints_one_line(capsys, monkeypatch):
     from torch.distributed import DistNetworkError
 
-    from easyrlhf_core import ranks
+    from easyrlhf_core.runtime import rank_errors as ranks
 
     def start_store(args):
         raise DistNetworkError(STORE_PORT_TAKEN[0].format(port=29518))

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from easyrlhf_core.lm import generation_config
+from easyrlhf_core.kit.causal_lm import generation_config
 
 
 def test_greedy_and_sampling_configs_pin_every_output_changing_setting():

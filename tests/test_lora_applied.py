@@ -12,15 +12,9 @@ from types import SimpleNamespace
 import pytest
 
 from easyrlhf_core import hookimpl
-from easyrlhf_core.api import Dataset, Method
-from easyrlhf_core.shapes import DataSplits, Shape
-from easyrlhf_core.training import (
-    TrainerConfig,
-    TrainerMethod,
-    run_model_path,
-    run_policy,
-    run_tokenizer,
-)
+from easyrlhf_core.kit.bases import Dataset, Method
+from easyrlhf_core.kit.shapes import DataSplits, Shape
+from easyrlhf_core.kit.trainer_method import TrainerConfig, TrainerMethod, run_model_path, run_policy, run_tokenizer
 
 
 class LoraToy(Dataset):
@@ -53,7 +47,7 @@ def plain_trainer(run, optimizer: bool = False):
     import torch
     from transformers import Trainer, TrainingArguments, default_data_collator
 
-    from easyrlhf_core.training import trl_arguments
+    from easyrlhf_core.kit.trainer_method import trl_arguments
 
     path = run_model_path(run)
     tokenizer, model = run_tokenizer(run, path), run_policy(run, path)
@@ -205,9 +199,9 @@ def test_a_model_with_adapters_already_is_not_wrapped_twice(tiny_model_dir, tmp_
     """What a TRL trainer given peft_config (or a method that wrapped its model) hands the kit: left alone."""
     from transformers import Trainer, TrainingArguments
 
-    from easyrlhf_core.config import LoraOptions
-    from easyrlhf_core.hf import add_lora
-    from easyrlhf_core.models import apply_lora, load_causal_lm
+    from easyrlhf_core.kit.config import LoraOptions
+    from easyrlhf_core.kit.model_loading import apply_lora, load_causal_lm
+    from easyrlhf_core.kit.trainer_run import add_lora
 
     lora = LoraOptions(enabled=True, r=4)
     run = SimpleNamespace(config=SimpleNamespace(lora=lora), method=SimpleNamespace(name="x"), log=print)

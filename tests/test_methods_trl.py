@@ -12,9 +12,10 @@ from pathlib import Path
 import pytest
 import yaml
 
-from easyrlhf_core import hookimpl, registry
-from easyrlhf_core.api import Dataset
-from easyrlhf_core.shapes import DataSplits, Shape
+from easyrlhf_core import hookimpl
+from easyrlhf_core.kit.bases import Dataset
+from easyrlhf_core.kit.shapes import DataSplits, Shape
+from easyrlhf_core.runtime import registry
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -139,7 +140,8 @@ def max_weight_change(start_dir: Path, trained) -> float:
 
 def prepared_run(method: str, model_dir: Path, out: Path, *set_options: str):
     """A prepared Run (data loaded, output dir claimed) for inspecting a method's trainer."""
-    from easyrlhf_core.run import RunRequest, prepare
+    from easyrlhf_core.runtime.lifecycle import prepare
+    from easyrlhf_core.runtime.run import RunRequest
 
     request = RunRequest(
         method=method,
@@ -242,9 +244,8 @@ def test_sft_packing_keeps_assistant_masks(tiny_model_dir, tmp_path):
 
 def test_packing_probe_accepts_llama_and_rejects_a_model_that_mixes_sequences(tiny_model_dir):
     import torch
-    from transformers import AutoModelForCausalLM
-
     from easyrlhf_plugins.methods.sft import keeps_packed_sequences_apart
+    from transformers import AutoModelForCausalLM
 
     assert keeps_packed_sequences_apart(AutoModelForCausalLM.from_pretrained(tiny_model_dir))
 
@@ -299,8 +300,8 @@ def pairwise_accuracy(model, tokenizer, pairs: list[dict]) -> float:
 def test_rm_ranks_chosen_above_rejected_more_often_after_training(cli_run, tiny_model_dir, tmp_path):
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-    from easyrlhf_core.models import load_sequence_classifier, load_tokenizer
-    from easyrlhf_core.training import seed_everything
+    from easyrlhf_core.kit.model_loading import load_sequence_classifier, load_tokenizer
+    from easyrlhf_core.kit.trainer_method import seed_everything
 
     held_out = [toy_pair(i) for i in range(100, 116)]
     tokenizer = load_tokenizer(str(tiny_model_dir))
@@ -347,7 +348,6 @@ def test_dpo_full_and_lora_merged_reload_as_plain_models(cli_run, tiny_model_dir
 
 def test_dpo_lora_reference_is_the_adapter_disabled_base(tiny_model_dir, tmp_path):
     import torch
-
     from easyrlhf_plugins.methods.dpo import DPOMethod
 
     run = prepared_run("dpo", tiny_model_dir, tmp_path / "out", "lora.enabled=true")
@@ -393,7 +393,6 @@ def dpo_sigmoid_loss(chosen_logratios, rejected_logratios, beta: float):
 
 def test_preference_losses_match_hand_computed_values():
     import torch
-
     from easyrlhf_plugins.methods.dpo_losses import ipo_loss
 
     chosen, rejected = torch.tensor([1.0, -0.5]), torch.tensor([0.2, 0.3])
@@ -415,7 +414,6 @@ def test_preference_losses_match_hand_computed_values():
 )
 def test_trainer_loss_equals_the_formula_on_a_fixed_batch(tiny_model_dir, tmp_path, method, options):
     import torch
-
     from easyrlhf_plugins.methods.dpo import DPOMethod, IPOMethod
     from easyrlhf_plugins.methods.dpo_losses import ipo_loss
 
@@ -469,7 +467,7 @@ def test_ipo_summed_normalization_trains_with_precomputed_reference(cli_run, tin
 def test_deepspeed_config_reaches_the_trainer_arguments(tiny_model_dir, tmp_path, monkeypatch):
     """The TRL config gets the DeepSpeed file, a shipped preset found by name (the ZeRO runs themselves:
     tests/test_deepspeed.py)."""
-    from easyrlhf_core.training import trl_arguments
+    from easyrlhf_core.kit.trainer_method import trl_arguments
 
     captured = {}
     run = prepared_run("dpo", tiny_model_dir, tmp_path / "out", "deepspeed=zero2")
@@ -486,7 +484,7 @@ def test_gradient_checkpointing_is_what_the_config_says(tiny_model_dir, tmp_path
     """TRL's configs default gradient checkpointing to on: ours (off unless asked) must win, both ways."""
     import trl
 
-    from easyrlhf_core.training import trl_arguments
+    from easyrlhf_core.kit.trainer_method import trl_arguments
 
     run = prepared_run(method, tiny_model_dir, tmp_path / "out", f"gradient_checkpointing={str(asked).lower()}")
     arguments = trl_arguments(getattr(trl, config_class), run, has_eval=False)

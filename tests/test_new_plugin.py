@@ -86,7 +86,7 @@ def test_a_name_an_installed_plugin_has_is_one_error_line(cli_run, tmp_path, nam
 
 def test_new_plugin_does_not_import_torch(tmp_path):
     code = (
-        "import sys\nfrom easyrlhf_core.cli import cli\n"
+        "import sys\nfrom easyrlhf_core.commands.cli import cli\n"
         "try:\n    cli(['new-plugin', 'demo'], prog_name='easyrlhf')\nexcept SystemExit:\n    pass\n"
         "heavy = [m for m in ('torch', 'transformers', 'trl', 'datasets') if m in sys.modules]\n"
         "print('HEAVY', heavy)\n"
@@ -99,7 +99,7 @@ def test_new_plugin_does_not_import_torch(tmp_path):
 def test_the_tiny_model_fixtures_are_a_causal_lm_and_a_reward_model(tiny_causal_lm, tiny_reward_model):
     from transformers import AutoConfig, AutoTokenizer
 
-    from easyrlhf_core.models import check_reward_model
+    from easyrlhf_core.kit.model_loading import check_reward_model
 
     lm, rm = AutoConfig.from_pretrained(tiny_causal_lm), AutoConfig.from_pretrained(tiny_reward_model)
     assert lm.architectures == ["LlamaForCausalLM"] and lm.num_hidden_layers == 2
@@ -147,7 +147,7 @@ def test_the_written_package_installs_passes_its_tests_and_trains(venv_python, t
         assert done.returncode == 0, f"{args}\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}"
         return done
 
-    run(python, "-m", "easyrlhf_core.cli", "new-plugin", "demo")
+    run(python, "-m", "easyrlhf_core.commands.cli", "new-plugin", "demo")
     run(
         sys.executable,
         "-m",
@@ -164,7 +164,7 @@ def test_the_written_package_installs_passes_its_tests_and_trains(venv_python, t
     tests = run(python, "-m", "pytest", "easyrlhf-plugin-demo", "-q", "-p", "no:cacheprovider")
     assert "3 passed" in tests.stdout, tests.stdout
 
-    listed = json.loads(run(python, "-m", "easyrlhf_core.cli", "list-plugins", "--json").stdout)
+    listed = json.loads(run(python, "-m", "easyrlhf_core.commands.cli", "list-plugins", "--json").stdout)
     demo = next(m for m in listed["methods"] if m["name"] == "demo")  # found through the entry point
     assert (demo["package"], demo["plugin"]) == ("easyrlhf-plugin-demo", "demo")
     data = tmp_path / "train.jsonl"
@@ -173,7 +173,7 @@ def test_the_written_package_installs_passes_its_tests_and_trains(venv_python, t
     run(
         python,
         "-m",
-        "easyrlhf_core.cli",
+        "easyrlhf_core.commands.cli",
         "run",
         "--method",
         "demo",

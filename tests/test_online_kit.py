@@ -8,8 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from easyrlhf_core.config import Layer, config_to_yaml, parse_set_options, resolve_config
-from easyrlhf_core.errors import ConfigError
+from easyrlhf_core.kit.config import Layer
+from easyrlhf_core.kit.errors import ConfigError
+from easyrlhf_core.runtime.config_layers import config_to_yaml, parse_set_options, resolve_config
 from tests.subprocess_runs import write_rows
 
 NOTICE = "'num_sample_generations' is deprecated; use 'num_sample_completions'"
@@ -35,7 +36,7 @@ def test_the_former_option_name_is_read_with_one_notice(capsys, tmp_path):
 
     old = tmp_path / "old.yaml"
     old.write_text("max_steps: 3\nnum_sample_generations: 0\n")
-    from easyrlhf_core.config import load_yaml_layer
+    from easyrlhf_core.runtime.config_layers import load_yaml_layer
 
     config = resolve_config(_ppo_config(), [load_yaml_layer(old)], "ppo")
     assert config.num_sample_completions == 0
@@ -70,9 +71,10 @@ def test_the_run_command_logs_the_notice_once(cli_run):
 def test_every_online_method_declares_sampling_once():
     import dataclasses
 
-    from easyrlhf_core.online import SamplingOptions, TokenSamplingOptions
     from easyrlhf_plugins.methods.grpo import GRPOConfig, RLOOConfig
     from easyrlhf_plugins.methods.rrhf.config import RRHFConfig
+
+    from easyrlhf_core.kit.online import SamplingOptions, TokenSamplingOptions
 
     shared = {f.name: f.metadata["help"] for f in dataclasses.fields(SamplingOptions)}
     for cls in (_ppo_config(), GRPOConfig, RLOOConfig, RRHFConfig):

@@ -65,7 +65,7 @@ def test_the_wheel_carries_what_the_docs_reference(tmp_path):
     assert {"LICENSE", "NOTICE"} <= licenses, sorted(n for n in names if "dist-info" in n)
     entry_points = next(n for n in names if n.endswith("entry_points.txt"))
     text = zipfile.ZipFile(wheel).read(entry_points).decode()
-    assert "grpo = easyrlhf_plugins.methods.grpo" in text and "easyrlhf = easyrlhf_core.testing" in text
+    assert "grpo = easyrlhf_plugins.methods.grpo" in text and "easyrlhf = easyrlhf_core.kit.testing" in text
 
 
 def test_a_directory_named_like_a_preset_does_not_shadow_it(cli_run, tmp_path, monkeypatch):

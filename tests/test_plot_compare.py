@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from easyrlhf_core.plots import compare_figures, run_labels
+from easyrlhf_core.runtime.plots import compare_figures, run_labels
 
 PNG = b"\x89PNG\r\n\x1a\n"
 

@@ -11,11 +11,11 @@ from pathlib import Path
 import pytest
 
 from easyrlhf_core import hookimpl
-from easyrlhf_core.api import Dataset, RewardFunction
-from easyrlhf_core.config import invalid, option
-from easyrlhf_core.errors import ConfigError
-from easyrlhf_core.rows import RowProblem, get_field
-from easyrlhf_core.shapes import DataSplits, Shape
+from easyrlhf_core.kit.bases import Dataset, RewardFunction
+from easyrlhf_core.kit.config import invalid, option
+from easyrlhf_core.kit.errors import ConfigError
+from easyrlhf_core.kit.rows import RowProblem, get_field
+from easyrlhf_core.kit.shapes import DataSplits, Shape
 from tests.plugin_fixtures import EchoPlugin
 
 
@@ -127,8 +127,8 @@ def test_dotted_set_maps_a_column_of_the_jsonl_dataset(plugins, easyrlhf_cli, tm
 
 
 def test_reward_options_are_declared_and_checked(plugins, easyrlhf_cli, tmp_path):
-    from easyrlhf_core.registry import get_registry
-    from easyrlhf_core.rewards import make_reward
+    from easyrlhf_core.kit.rewards import make_reward
+    from easyrlhf_core.runtime.registry import get_registry
 
     reward = make_reward(get_registry(), None, "polite", {"weight": 2})
     assert reward.score([[]], ["please, please"]) == [4.0]

@@ -6,10 +6,10 @@ import math
 
 import pytest
 import torch
-
-from easyrlhf_core import lm
-from easyrlhf_core.kit import rl_math
 from easyrlhf_plugins.methods.ppo import core
+
+from easyrlhf_core.kit import causal_lm as lm
+from easyrlhf_core.kit import rl_math
 
 
 def test_response_mask_stops_at_first_stop_token_even_when_pad_equals_eos():

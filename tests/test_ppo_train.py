@@ -12,9 +12,9 @@ from pathlib import Path
 import pytest
 
 from easyrlhf_core import hookimpl
-from easyrlhf_core.api import Dataset, RewardFunction
-from easyrlhf_core.registry import register_plugin, unregister_plugin
-from easyrlhf_core.shapes import DataSplits, Shape
+from easyrlhf_core.kit.bases import Dataset, RewardFunction
+from easyrlhf_core.kit.shapes import DataSplits, Shape
+from easyrlhf_core.runtime.registry import register_plugin, unregister_plugin
 
 DOCUMENTED_METRICS = {
     "score",
@@ -172,13 +172,13 @@ def test_third_party_reward_kl_starts_at_zero_and_run_dir_is_complete(cli_run, t
 def test_forward_logprobs_match_the_sampling_distribution(tiny_model_dir):
     """The log-probs PPO records equal those generate sampled from (left padding, temperature)."""
     import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    from easyrlhf_core import lm
-    from easyrlhf_core.config import resolve_config
-    from easyrlhf_core.online import encode_prompts
     from easyrlhf_plugins.methods.ppo import core, rollout
     from easyrlhf_plugins.methods.ppo.config import PPOConfig
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from easyrlhf_core.kit import causal_lm as lm
+    from easyrlhf_core.kit.online import encode_prompts
+    from easyrlhf_core.runtime.config_layers import resolve_config
 
     config = resolve_config(PPOConfig, [])
     config.temperature, config.max_new_tokens = 0.7, 6
@@ -326,7 +326,7 @@ def test_lora_reference_and_the_optional_knobs(cli_run, tiny_model_dir, tmp_path
 def test_reward_model_scores_and_initialises_the_value_model(cli_run, tiny_model_dir, tmp_path):
     import torch
 
-    from easyrlhf_core.models import load_sequence_classifier
+    from easyrlhf_core.kit.model_loading import load_sequence_classifier
 
     torch.manual_seed(3)
     rm_dir = tmp_path / "rm"

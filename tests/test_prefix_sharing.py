@@ -1,4 +1,4 @@
-"""The shared-prefix path (easyrlhf_core.prefix_sharing, easyrlhf_core.shared_forward): packing keeps every
+"""The shared-prefix path (easyrlhf_core.kit.shared_prefix_packing, easyrlhf_core.kit.shared_prefix_forward): packing keeps every
 row recoverable, the block mask is the right one, and for dpo, ipo (both normalisations), rm and rrhf the
 packed forward gives the padded path's log-probs / scores, losses and gradients, and the same weights after
 a few steps. The test batch has uneven prompts and responses, multi-turn prompts, a pair whose responses
@@ -11,8 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from easyrlhf_core import registry
-from easyrlhf_core.prefix_sharing import (
+from easyrlhf_core.kit.shared_prefix_packing import (
     SHARED_PREFIX_KEY,
     block_attention_mask,
     common_prefix_length,
@@ -20,6 +19,7 @@ from easyrlhf_core.prefix_sharing import (
     pair_groups,
     query_groups,
 )
+from easyrlhf_core.runtime import registry
 
 from . import test_methods_trl, test_rrhf
 from .test_methods_trl import prepared_run, run_method
@@ -84,7 +84,7 @@ def test_every_row_is_recoverable_from_the_packed_batch():
 
 
 def test_by_default_a_batch_shares_one_row_up_to_row_tokens(monkeypatch):
-    from easyrlhf_core import prefix_sharing
+    from easyrlhf_core.kit import shared_prefix_packing as prefix_sharing
 
     rows = [[1] * 10 + [2] * n for n in (3, 9, 1, 4)] + [[1] * 10 + [3] * n for n in (5, 2, 8, 6)]
     ids, mask = _padded(rows)
@@ -142,7 +142,7 @@ def _uneven_batch(vocab: int, pad: int):
 def test_packed_log_probs_and_gradients_equal_the_padded_forward(tiny_model_dir):
     import torch
 
-    from easyrlhf_core.shared_forward import enable_shared_prefix
+    from easyrlhf_core.kit.shared_prefix_forward import enable_shared_prefix
 
     lm, _ = _tiny_models(tiny_model_dir)
     pad = lm.config.pad_token_id
@@ -175,7 +175,7 @@ def test_packed_log_probs_and_gradients_equal_the_padded_forward(tiny_model_dir)
 def test_packed_scores_are_read_where_the_classifier_reads_them(tiny_model_dir):
     import torch
 
-    from easyrlhf_core.shared_forward import enable_shared_prefix
+    from easyrlhf_core.kit.shared_prefix_forward import enable_shared_prefix
 
     _, classifier = _tiny_models(tiny_model_dir)
     pad = classifier.config.pad_token_id
@@ -197,7 +197,7 @@ def test_packed_scores_are_read_where_the_classifier_reads_them(tiny_model_dir):
 
 
 def test_a_model_whose_attention_ignores_the_mask_is_left_on_padded_rows(tiny_model_dir):
-    from easyrlhf_core.shared_forward import enable_shared_prefix
+    from easyrlhf_core.kit.shared_prefix_forward import enable_shared_prefix
 
     lm, _ = _tiny_models(tiny_model_dir)
     backbone_forward = lm.model.forward
@@ -343,7 +343,8 @@ def test_rrhf_shared_path_equals_the_padded_path(tiny_model_dir, tmp_path):
     from easyrlhf_plugins.methods.rrhf import build_trainer
 
     def trainer(name: str, *options: str):
-        from easyrlhf_core.run import RunRequest, prepare
+        from easyrlhf_core.runtime.lifecycle import prepare
+        from easyrlhf_core.runtime.run import RunRequest
 
         request = RunRequest(
             method="rrhf",
@@ -441,7 +442,7 @@ def test_the_probe_ignores_an_autocast_wrapper_on_the_model(tiny_model_dir):
 
     import torch
 
-    from easyrlhf_core.shared_forward import enable_shared_prefix
+    from easyrlhf_core.kit.shared_prefix_forward import enable_shared_prefix
 
     lm, _ = _tiny_models(tiny_model_dir)
     with torch.no_grad():
@@ -459,8 +460,8 @@ def test_the_probe_ignores_an_autocast_wrapper_on_the_model(tiny_model_dir):
 def test_held_out_scoring_on_the_shared_path_equals_padded_rows(tiny_model_dir):
     """easyrlhf eval's and the run summary's completion log-probs: pairs of one prompt (uneven lengths, one
     pair truncated by max_length, a prompt with a single completion) score the same on both paths."""
-    from easyrlhf_core.evaluation.logprobs import completion_logprobs
-    from easyrlhf_core.shared_forward import enable_shared_prefix
+    from easyrlhf_core.kit.completion_logprobs import completion_logprobs
+    from easyrlhf_core.kit.shared_prefix_forward import enable_shared_prefix
 
     lm, _ = _tiny_models(tiny_model_dir)
     pad = lm.config.pad_token_id
@@ -490,7 +491,7 @@ def test_held_out_scoring_on_the_shared_path_equals_padded_rows(tiny_model_dir):
 
 
 def test_a_long_pair_is_truncated_to_the_same_context_for_both_answers():
-    from easyrlhf_core.evaluation.logprobs import truncated_count, truncated_sequences
+    from easyrlhf_core.kit.completion_logprobs import truncated_count, truncated_sequences
 
     prompt, short, long = list(range(10)), [20, 21], [30, 31, 32, 33, 34, 35]
     kept = truncated_sequences([(prompt, short), (prompt, long), ([1, 2], list(range(40, 50)))], max_length=8)
@@ -505,7 +506,7 @@ def test_the_chunked_head_gives_the_full_head_values_and_gradients(chunk):
     the chunked head (checkpointed chunks, the last one kept) equal a plain log-softmax over all positions."""
     import torch
 
-    from easyrlhf_core.shared_forward import chunked_token_log_probs
+    from easyrlhf_core.kit.shared_prefix_forward import chunked_token_log_probs
 
     torch.manual_seed(0)
     head = torch.nn.Linear(8, 50, bias=False)

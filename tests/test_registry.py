@@ -8,13 +8,13 @@ import sys
 
 import pytest
 
-from easyrlhf_core import registry
+from easyrlhf_core.runtime import registry
 from tests.plugin_fixtures import EchoPlugin, add_to_path, write_fake_distribution
 
 GOOD_PLUGIN = '''
 """Adds the 'shout' reward function."""
 from easyrlhf_core import hookimpl
-from easyrlhf_core.api import RewardFunction
+from easyrlhf_core.kit.bases import RewardFunction
 
 class Shout(RewardFunction):
     name = "shout"
@@ -35,7 +35,7 @@ import a_module_that_does_not_exist_anywhere
 CLASHING_PLUGIN = '''
 """Registers a reward called 'shout' too."""
 from easyrlhf_core import hookimpl
-from easyrlhf_core.api import RewardFunction
+from easyrlhf_core.kit.bases import RewardFunction
 
 class OtherShout(RewardFunction):
     name = "shout"
@@ -194,7 +194,7 @@ def test_builtin_plugins_all_load():
 @pytest.mark.parametrize("args", [["list-plugins"], ["--help"], ["run", "--help"], ["show-config", "--help"]])
 def test_fast_paths_do_not_import_torch(args):
     code = (
-        "import sys\nfrom easyrlhf_core.cli import cli\n"
+        "import sys\nfrom easyrlhf_core.commands.cli import cli\n"
         f"try:\n    cli({args!r}, prog_name='easyrlhf')\nexcept SystemExit:\n    pass\n"
         "heavy = [m for m in ('torch', 'transformers', 'trl', 'datasets', 'peft') if m in sys.modules]\n"
         "print('HEAVY', heavy)\n"

@@ -15,7 +15,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from easyrlhf_core.checkpoints import COMPLETE_MARKER, checkpoint_problem, latest_checkpoint, prune_checkpoints
+from easyrlhf_core.kit.checkpoints import COMPLETE_MARKER, checkpoint_problem, latest_checkpoint, prune_checkpoints
 from tests.subprocess_runs import (
     RunningProcess,
     easyrlhf_command,
@@ -260,7 +260,7 @@ def test_latest_checkpoint_wants_the_marker_and_intact_files(tmp_path):
 
 
 def test_resume_drops_the_metrics_rows_it_will_log_again(tmp_path):
-    from easyrlhf_core.metrics import drop_rows_after
+    from easyrlhf_core.kit.metrics import drop_rows_after
 
     path = tmp_path / "metrics.jsonl"
     rows = [
@@ -276,7 +276,7 @@ def test_resume_drops_the_metrics_rows_it_will_log_again(tmp_path):
 
 
 def test_resume_hint_repeats_the_command_with_resume():
-    from easyrlhf_core.cli import resume_command
+    from easyrlhf_core.commands.cli import resume_command
 
     argv = [
         "run",
@@ -301,7 +301,7 @@ def test_resume_hint_repeats_the_command_with_resume():
 def test_stop_signals_ask_for_a_stop_and_restore_the_handlers():
     import os
 
-    from easyrlhf_core.run import RunInterrupted, StopSignals
+    from easyrlhf_core.kit.stopping import RunInterrupted, StopSignals
 
     before = signal.getsignal(signal.SIGTERM)
     logged: list[str] = []
@@ -316,12 +316,12 @@ def test_stop_signals_ask_for_a_stop_and_restore_the_handlers():
 
 
 def test_the_trainers_report_to_nothing_themselves(tmp_path):
-    """report_to is ours (easyrlhf_core.tracking): every metrics.jsonl row goes to the trackers, so the
+    """report_to is ours (easyrlhf_core.runtime.tracking): every metrics.jsonl row goes to the trackers, so the
     HF integrations stay off and nothing lands under checkpoints/runs/."""
     from transformers import TrainingArguments
 
-    from easyrlhf_core.config import BaseConfig
-    from easyrlhf_core.hf import training_arguments
+    from easyrlhf_core.kit.config import BaseConfig
+    from easyrlhf_core.kit.trainer_run import training_arguments
 
     run = SimpleNamespace(checkpoints_dir=tmp_path / "checkpoints")
     args = TrainingArguments(**training_arguments(BaseConfig(report_to=["tensorboard"]), run, has_eval=False))

@@ -101,8 +101,8 @@ def test_rlhf_refuses_rm_model_that_is_not_one_before_sft_trains(cli_run, tiny_m
 
 
 def test_loading_a_classifier_whose_head_is_fresh_is_refused_when_a_reward_model_is_wanted(headless_rm):
-    from easyrlhf_core.errors import EasyRLHFError
-    from easyrlhf_core.models import load_sequence_classifier
+    from easyrlhf_core.kit.errors import EasyRLHFError
+    from easyrlhf_core.kit.model_loading import load_sequence_classifier
 
     load_sequence_classifier(str(headless_rm))  # a value model may start from a fresh head
     with pytest.raises(EasyRLHFError, match="no trained score head"):

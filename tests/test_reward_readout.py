@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from easyrlhf_core.models import DEFAULT_CHAT_TEMPLATE
+from easyrlhf_core.kit.model_loading import DEFAULT_CHAT_TEMPLATE
 from tests.helpers import PAD_TERMINATED_TEMPLATE
 
 PROMPTS = [
@@ -31,7 +31,7 @@ REJECTED = ["London.", "No.", "Sure"]
 def _reward_model_dir(root: Path, template: str) -> Path:
     import torch
 
-    from easyrlhf_core.models import load_sequence_classifier
+    from easyrlhf_core.kit.model_loading import load_sequence_classifier
     from tests.helpers import build_tiny_causal_lm, build_tiny_tokenizer
 
     tokenizer = build_tiny_tokenizer(template)
@@ -52,8 +52,8 @@ def _trainer_scores(path: Path) -> tuple[list[float], list[float]]:
     import torch
     from trl import RewardConfig, RewardTrainer
 
-    from easyrlhf_core.hfdata import as_hf_dataset
-    from easyrlhf_core.models import load_sequence_classifier, load_tokenizer
+    from easyrlhf_core.kit.dataset_cache import as_hf_dataset
+    from easyrlhf_core.kit.model_loading import load_sequence_classifier, load_tokenizer
 
     tokenizer = load_tokenizer(str(path))
     model = load_sequence_classifier(str(path), pad_token_id=tokenizer.pad_token_id).eval()
@@ -82,10 +82,11 @@ def _trainer_scores(path: Path) -> tuple[list[float], list[float]]:
 
 @pytest.mark.parametrize("template", [PAD_TERMINATED_TEMPLATE, DEFAULT_CHAT_TEMPLATE], ids=["pad-terminated", "chatml"])
 def test_every_scoring_path_reads_the_trained_position(tmp_path: Path, template: str):
-    from easyrlhf_core.rewards import reward_model_judge
-    from easyrlhf_core.evaluation.loading import inspect_model
-    from easyrlhf_core.registry import get_registry
     from easyrlhf_plugins.rewards import RewardModelReward
+
+    from easyrlhf_core.kit.model_dirs import inspect_model
+    from easyrlhf_core.kit.rewards import reward_model_judge
+    from easyrlhf_core.runtime.registry import get_registry
     from tests.helpers import build_tiny_tokenizer
 
     rendered = build_tiny_tokenizer(template).apply_chat_template(
@@ -110,8 +111,8 @@ def test_every_scoring_path_reads_the_trained_position(tmp_path: Path, template:
 def test_reward_scores_needs_the_pad_token_in_the_config(tmp_path: Path):
     import torch
 
-    from easyrlhf_core.errors import EasyRLHFError
-    from easyrlhf_core.models import load_sequence_classifier, reward_scores
+    from easyrlhf_core.kit.errors import EasyRLHFError
+    from easyrlhf_core.kit.model_loading import load_sequence_classifier, reward_scores
 
     path = _reward_model_dir(tmp_path, DEFAULT_CHAT_TEMPLATE)
     model = load_sequence_classifier(str(path))

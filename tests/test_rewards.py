@@ -5,10 +5,10 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-
-from easyrlhf_core.errors import ConfigError
-from easyrlhf_core.registry import get_registry
 from easyrlhf_plugins.rewards import KeywordReward, LengthReward, RewardModelReward
+
+from easyrlhf_core.kit.errors import ConfigError
+from easyrlhf_core.runtime.registry import get_registry
 
 PROMPTS = [[{"role": "user", "content": "Say something."}]] * 3
 
@@ -63,7 +63,7 @@ def tiny_reward_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A one-label sequence classifier on the tiny Llama (random head), saved like `--method rm` output."""
     import torch
 
-    from easyrlhf_core.models import load_sequence_classifier
+    from easyrlhf_core.kit.model_loading import load_sequence_classifier
     from tests.helpers import build_tiny_causal_lm, build_tiny_tokenizer
 
     base = tmp_path_factory.mktemp("tiny-base")

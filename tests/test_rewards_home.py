@@ -1,4 +1,4 @@
-"""Rewards have one home (easyrlhf_core.rewards): a reward model's metrics label is its own directory's name
+"""Rewards have one home (easyrlhf_core.kit.rewards): a reward model's metrics label is its own directory's name
 (a run's model/: the run's), one "exactly one reward" rule worded the same for every method and eval, the
 reward-model reward found by what it declares, and the rewards built once per run."""
 
@@ -11,15 +11,15 @@ from pathlib import Path
 import pytest
 
 from easyrlhf_core import hookimpl
-from easyrlhf_core.errors import ConfigError, PluginError
-from easyrlhf_core.registry import get_registry
-from easyrlhf_core.rewards import (
+from easyrlhf_core.kit.errors import ConfigError, PluginError
+from easyrlhf_core.kit.rewards import (
     OneRewardOptions,
     WeightedRewardsOptions,
     one_reward_error,
     reward_label,
     reward_model_reward,
 )
+from easyrlhf_core.runtime.registry import get_registry
 from tests.subprocess_runs import train_rows, write_rows
 
 

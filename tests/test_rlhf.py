@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import pytest
+from easyrlhf_core.runtime.registry import get_registry
 import yaml
 
 TINY_STAGES = [
@@ -104,13 +105,12 @@ def test_given_reward_model_skips_rm_training(pipeline_run, tiny_model_dir, cli_
 
 
 def test_stage_options_override_shared_ones(tiny_model_dir, cli_run, tmp_path):
-    from easyrlhf_core.registry import get_registry
-
-    from easyrlhf_core.config import parse_set_options, resolve_config
+    from easyrlhf_core.runtime.config_layers import parse_set_options, resolve_config
+    from easyrlhf_core.runtime.registry import get_registry
 
     method = get_registry().get("methods", "rlhf")()
     config = resolve_config(method.config_class, [parse_set_options(["max_steps=5", "sft.max_steps=3", "seed=7"])])
-    plan = method.plan(config, tmp_path)
+    plan = method.plan(config, tmp_path, get_registry())
     assert (plan["sft"].max_steps, plan["rm"].max_steps, plan["ppo"].max_steps) == (3, 5, 5)
     assert plan["rm"].seed == 7 and plan["rm"].output_dir == str(tmp_path / "rm")
 
@@ -137,8 +137,10 @@ def test_bad_stage_options_fail_before_anything_is_written(tiny_model_dir, cli_r
 def test_stages_inherit_what_was_set_not_what_differs_from_a_default(tiny_model_dir, tmp_path):
     from pathlib import Path
 
-    from easyrlhf_core.run import RunRequest, resolve
     from easyrlhf_plugins.methods.rlhf import stage_config
+
+    from easyrlhf_core.runtime.lifecycle import resolve
+    from easyrlhf_core.runtime.run import RunRequest
 
     _, config = resolve(
         RunRequest(
@@ -147,7 +149,7 @@ def test_stages_inherit_what_was_set_not_what_differs_from_a_default(tiny_model_
             set_options=["sft.max_steps=-1", "max_eval_samples=200", "lora.r=4", "rm.lora.r=8", "seed=42"],
         )
     )
-    sft, rm, ppo = (stage_config(config, s, Path(tmp_path) / s) for s in ("sft", "rm", "ppo"))
+    sft, rm, ppo = (stage_config(config, s, Path(tmp_path) / s, get_registry()) for s in ("sft", "rm", "ppo"))
     assert (sft.max_steps, rm.max_steps, ppo.max_steps) == (-1, 5, 5)  # sft set its own, even to the default
     assert all(c.lora.enabled for c in (sft, rm, ppo))
     assert (sft.lora.r, rm.lora.r, ppo.lora.r) == (4, 8, 4)
@@ -178,12 +180,14 @@ def test_the_rl_stage_is_selectable(tiny_model_dir, cli_run, tmp_path):
 
 
 def test_a_full_config_dump_still_lets_top_level_flags_reach_the_stages(tmp_path):
-    from easyrlhf_core.run import RunRequest, resolve
     from easyrlhf_plugins.methods.rlhf import stage_config
+
+    from easyrlhf_core.runtime.lifecycle import resolve
+    from easyrlhf_core.runtime.run import RunRequest
 
     _, config = resolve(RunRequest(method=None, config_file="rlhf", flags={"max_steps": 20, "lora.enabled": True}))
     for stage in ("sft", "rm", "ppo"):
-        cfg = stage_config(config, stage, tmp_path / stage)
+        cfg = stage_config(config, stage, tmp_path / stage, get_registry())
         assert cfg.max_steps == 20 and cfg.lora.enabled, stage
 
 
@@ -207,7 +211,8 @@ def test_rm_model_with_an_rl_stage_that_names_its_own_reward_is_refused(cli_run,
 def _plan(flags: dict, set_options: list[str] | None = None, config_file: str | None = None):
     from pathlib import Path
 
-    from easyrlhf_core.run import RunRequest, resolve
+    from easyrlhf_core.runtime.lifecycle import resolve
+    from easyrlhf_core.runtime.run import RunRequest
 
     method, config = resolve(
         RunRequest(
@@ -217,7 +222,7 @@ def _plan(flags: dict, set_options: list[str] | None = None, config_file: str | 
             set_options=set_options or [],
         )
     )
-    return method.plan(config, Path("unused"))
+    return method.plan(config, Path("unused"), get_registry())
 
 
 def test_pipeline_data_flags_reach_every_stage_that_can_use_them(tmp_path):

@@ -16,11 +16,12 @@ from easyrlhf_plugins.methods.rrhf.encoding import (
 )
 from easyrlhf_plugins.methods.rrhf.loss import rrhf_terms
 
-from easyrlhf_core import hookimpl, registry
-from easyrlhf_core.api import Dataset, RewardFunction
-from easyrlhf_core.data import load_dataset
-from easyrlhf_core.lm import response_log_probs
-from easyrlhf_core.shapes import DataOptions, DataSplits, Shape
+from easyrlhf_core import hookimpl
+from easyrlhf_core.kit.bases import Dataset, RewardFunction
+from easyrlhf_core.kit.causal_lm import response_log_probs
+from easyrlhf_core.kit.data_loading import load_dataset
+from easyrlhf_core.kit.shapes import DataOptions, DataSplits, Shape
+from easyrlhf_core.runtime import registry
 
 # --------------------------------------------------------------------------------------------------
 # Toy plugins: a learnable ranking (answers drawn from three word pools, better pools score higher)
@@ -99,7 +100,7 @@ def toy_plugin():
 
 @pytest.fixture(scope="module")
 def tokenizer(tiny_tokenizer_dir):
-    from easyrlhf_core.models import load_tokenizer
+    from easyrlhf_core.kit.model_loading import load_tokenizer
 
     return load_tokenizer(str(tiny_tokenizer_dir))
 
@@ -394,7 +395,7 @@ def test_lora_on_hh_rlhf_trains_and_saves_a_merged_model(cli_run, tiny_model_dir
 
 def test_generate_with_a_reward_model_directory(cli_run, tiny_model_dir, tmp_path):
     """--reward-model PATH scores the candidates through the built-in 'reward-model' reward function."""
-    from easyrlhf_core.models import load_sequence_classifier, load_tokenizer
+    from easyrlhf_core.kit.model_loading import load_sequence_classifier, load_tokenizer
 
     reward_dir = tmp_path / "rm"
     tokenizer = load_tokenizer(str(tiny_model_dir))
@@ -452,7 +453,7 @@ def test_sampling_settings_are_pinned_not_taken_from_the_model(tiny_model_dir, t
     from easyrlhf_plugins.methods.rrhf.config import RRHFConfig
     from transformers import AutoModelForCausalLM
 
-    from easyrlhf_core import lm
+    from easyrlhf_core.kit import causal_lm as lm
 
     seen = []
     real_generate = lm.generate

@@ -12,9 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from easyrlhf_core.rundir import LOCK_FILE, DirectoryInUse, RunDirectory
-from tests.subprocess_runs import tiny_sft_args
-from tests.subprocess_runs import RunningProcess, read_metrics, run_easyrlhf, toy_pair, write_rows
+from easyrlhf_core.runtime.run_directory import LOCK_FILE, DirectoryInUse, RunDirectory
+from tests.subprocess_runs import RunningProcess, read_metrics, run_easyrlhf, tiny_sft_args, toy_pair, write_rows
 
 
 @pytest.fixture(scope="module")
@@ -81,7 +80,7 @@ def test_ranks_keep_the_directory_taken_after_their_launcher_died(tmp_path):
             sys.executable,
             "-c",
             "import sys, time\nfrom pathlib import Path\n"
-            "from easyrlhf_core.rundir import hold_for_rank\n"
+            "from easyrlhf_core.runtime.run_directory import hold_for_rank\n"
             f"assert hold_for_rank(Path({str(out)!r}))\nprint('held', flush=True)\ntime.sleep(60)",
         ],
         stdout=subprocess.PIPE,

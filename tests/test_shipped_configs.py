@@ -26,7 +26,7 @@ def test_config_file_loads_back_with_config(cli_run, method):
 
 
 def test_every_builtin_method_has_a_config_file():
-    from easyrlhf_core.registry import build_registry
+    from easyrlhf_core.runtime.registry import build_registry
 
     builtin = {name for name, entry in build_registry().methods.items() if entry.plugin.package == "easyrlhf"}
     assert builtin == set(BUILTIN_METHODS)

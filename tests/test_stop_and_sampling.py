@@ -29,14 +29,14 @@ def test_ppo_refuses_filtered_sampling(cli_run, tiny_model_dir, tmp_path, settin
 
 def test_ppo_rrhf_and_eval_stop_on_the_same_ids(tiny_model_dir):
     import torch
-
-    from easyrlhf_core.lm import stop_token_ids
-    from easyrlhf_core.models import load_causal_lm, load_tokenizer
     from easyrlhf_plugins.methods.ppo import core
     from easyrlhf_plugins.methods.ppo.config import PPOConfig
     from easyrlhf_plugins.methods.ppo.models import response_stop_ids
     from easyrlhf_plugins.methods.rrhf.candidates import sampling_config
     from easyrlhf_plugins.methods.rrhf.config import RRHFConfig
+
+    from easyrlhf_core.kit.causal_lm import stop_token_ids
+    from easyrlhf_core.kit.model_loading import load_causal_lm, load_tokenizer
 
     tokenizer = load_tokenizer(str(tiny_model_dir))
     model = load_causal_lm(str(tiny_model_dir))

@@ -7,8 +7,8 @@ import json
 
 import pytest
 
-from easyrlhf_core import registry
-from easyrlhf_core.summary import PairScores, pair_findings
+from easyrlhf_core.kit.findings import PairScores, pair_findings
+from easyrlhf_core.runtime import registry
 
 from .test_methods_trl import ToyPlugin
 

@@ -181,8 +181,8 @@ def test_a_tracker_that_cannot_start_fails_before_anything_loads(cli_run, tmp_pa
 
 
 def test_wandb_without_a_login_is_refused(monkeypatch, tmp_path):
-    from easyrlhf_core.errors import ConfigError
-    from easyrlhf_core.tracking import _wandb_can_log, check_trackers
+    from easyrlhf_core.kit.errors import ConfigError
+    from easyrlhf_core.kit.trackers import _wandb_can_log, check_trackers
 
     monkeypatch.delenv("WANDB_API_KEY", raising=False)
     monkeypatch.delenv("WANDB_MODE", raising=False)

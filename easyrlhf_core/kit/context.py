@@ -1,32 +1,42 @@
 """What a plugin is handed by the runtime, as interfaces: a run in progress and the plugin registry.
 
-The base classes (:mod:`easyrlhf_core.api`), the summary and the model card are typed against these
-protocols, not against the runtime's classes (:class:`easyrlhf_core.run.Run`,
-:class:`easyrlhf_core.registry.Registry`), so the kit never imports the runtime that drives it.
+The base classes (:mod:`easyrlhf_core.kit.bases`), the summary and the model card are typed against these
+protocols, not against the runtime's classes (:class:`easyrlhf_core.runtime.run.Run`,
+:class:`easyrlhf_core.runtime.registry.Registry`), so the kit never imports the runtime that drives it.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Mapping, Protocol
+from typing import TYPE_CHECKING, Any, Callable, Mapping, Protocol
 
 if TYPE_CHECKING:
-    from ..config import BaseConfig
+    from easyrlhf_core.kit.config import BaseConfig
 
-__all__ = ["RunContext", "PluginLookup"]
+__all__ = ["RunContext", "PluginLookup", "installed_plugins", "provide_plugins"]
 
 
 class PluginLookup(Protocol):
     """The registry as a plugin sees it: registered classes by kind and name."""
 
     @property
+    def methods(self) -> Mapping[str, Any]:
+        """Method name -> its entry (``entry.obj`` is the class, ``entry.plugin.package`` its distribution)."""
+        ...
+
+    @property
     def datasets(self) -> Mapping[str, Any]:
         """Dataset name -> its entry (``entry.obj`` is the class)."""
         ...
 
+    @property
+    def rewards(self) -> Mapping[str, Any]:
+        """Reward name -> its entry (``entry.obj`` is the class)."""
+        ...
+
     def get(self, kind: str, name: str) -> Any:
         """The class registered as ``name`` under ``kind`` (``"methods"``, ``"datasets"``, ``"rewards"``);
-        an unknown name raises :class:`~easyrlhf_core.errors.PluginError` with a did-you-mean."""
+        an unknown name raises :class:`~easyrlhf_core.kit.errors.PluginError` with a did-you-mean."""
         ...
 
 
@@ -39,7 +49,7 @@ class RunContext(Protocol):
 
     @property
     def method(self) -> Any:
-        """The :class:`~easyrlhf_core.api.Method` being trained (typed loosely: the base classes refer to this
+        """The :class:`~easyrlhf_core.kit.bases.Method` being trained (typed loosely: the base classes refer to this
         protocol, not the other way round)."""
         ...
 
@@ -55,7 +65,7 @@ class RunContext(Protocol):
 
     @property
     def data(self) -> Any:
-        """What :meth:`Method.load_data` returned: a :class:`~easyrlhf_core.shapes.DataSplits` for most methods."""
+        """What :meth:`Method.load_data` returned: a :class:`~easyrlhf_core.kit.shapes.DataSplits` for most methods."""
         ...
 
     @property
@@ -111,6 +121,31 @@ class RunContext(Protocol):
         """One row of ``metrics.jsonl`` (and the trackers and the progress display)."""
         ...
 
+    def run_stage(self, method: Any, config: BaseConfig, data: Any, output_dir: Path) -> Path:
+        """Run ``method`` (an instance) with ``config`` on ``data`` as one stage of this run, into ``output_dir``
+        (a pipeline's stage directory): skipped when complete there, resumed when started, else new; returns the
+        stage's ``model/``."""
+        ...
+
     def save_model(self, model: Any, tokenizer: Any) -> Path:
         """Save the trained model and tokenizer to ``model/``; returns the directory."""
         ...
+
+
+_plugin_source: Callable[[], PluginLookup] | None = None
+
+
+def provide_plugins(source: Callable[[], PluginLookup]) -> None:
+    """Called by the runtime's registry when it loads: how the kit finds the installed plugins when a caller
+    passes no registry (a config checking its rewards before the run starts)."""
+    global _plugin_source
+    _plugin_source = source
+
+
+def installed_plugins() -> PluginLookup:
+    """The installed plugins, from the runtime that loaded the kit (:func:`provide_plugins`)."""
+    if _plugin_source is None:
+        raise RuntimeError(
+            "no plugin registry: import easyrlhf_core.runtime.registry (the runtime provides it) or pass a registry"
+        )
+    return _plugin_source()

@@ -14,10 +14,10 @@ from fractions import Fraction
 from typing import Any, Literal
 
 from easyrlhf_core import hookimpl
-from easyrlhf_core.api import RewardFunction
-from easyrlhf_core.config import invalid, option
-from easyrlhf_core.errors import ConfigError
-from easyrlhf_core.shapes import Message
+from easyrlhf_core.kit.bases import RewardFunction
+from easyrlhf_core.kit.config import invalid, option
+from easyrlhf_core.kit.errors import ConfigError
+from easyrlhf_core.kit.shapes import Message
 
 
 @dataclass
@@ -80,7 +80,7 @@ class KeywordOptions:
 class RewardModelReward(RewardFunction):
     """Scores with a sequence-classification model (e.g. from ``--method rm``): prompt + completion rendered
     with the reward model's own chat template, tokenized as TRL's RewardTrainer tokenizes its pairs, and
-    read by the one readout rule (:func:`easyrlhf_core.models.reward_scores`) that training used."""
+    read by the one readout rule (:func:`easyrlhf_core.kit.model_loading.reward_scores`) that training used."""
 
     name = "reward-model"
     description = "a sequence-classification reward model directory (option path; --reward-model PATH)"
@@ -88,8 +88,8 @@ class RewardModelReward(RewardFunction):
     model_option = "path"  # --reward-model PATH builds this reward, with the directory as option path
 
     def __init__(self, **options: Any) -> None:
-        from easyrlhf_core.errors import EasyRLHFError
-        from easyrlhf_core.models import check_reward_model
+        from easyrlhf_core.kit.errors import EasyRLHFError
+        from easyrlhf_core.kit.model_loading import check_reward_model
 
         super().__init__(**options)
         opts: RewardModelOptions = self.config
@@ -105,8 +105,8 @@ class RewardModelReward(RewardFunction):
     def _load(self) -> None:
         import torch
 
-        from easyrlhf_core.models import disable_dropout, load_sequence_classifier, load_tokenizer
-        from easyrlhf_core.zero import loading_whole
+        from easyrlhf_core.kit.model_loading import disable_dropout, load_sequence_classifier, load_tokenizer
+        from easyrlhf_core.kit.zero import loading_whole
 
         device = self.device_name
         if device == "auto":
@@ -132,7 +132,7 @@ class RewardModelReward(RewardFunction):
         """Token ids of prompt + completion as the reward model saw its training pairs (its chat template,
         tokenized by it, no generation prompt); over ``max_length``, the oldest tokens go (the score is
         read at the end)."""
-        from easyrlhf_core.chat import encode, keep_last
+        from easyrlhf_core.kit.chat_template import encode, keep_last
 
         return [
             keep_last(encode(self.tokenizer, prompt + [{"role": "assistant", "content": completion}]), self.max_length)
@@ -142,8 +142,8 @@ class RewardModelReward(RewardFunction):
     def score(self, prompts: list[list[Message]], completions: list[str]) -> list[float]:
         import torch
 
-        from easyrlhf_core.lm import right_pad
-        from easyrlhf_core.models import reward_scores
+        from easyrlhf_core.kit.causal_lm import right_pad
+        from easyrlhf_core.kit.model_loading import reward_scores
 
         encoded = self.encode(prompts, completions)
         model, tokenizer = self._model, self._tokenizer

@@ -5,9 +5,8 @@ from __future__ import annotations
 
 import json
 
-import pytest
-
 import easyrlhf_plugin_kto
+import pytest
 
 
 @pytest.fixture
@@ -60,8 +59,8 @@ def test_kto_options_are_checked_with_the_file_or_flag(kto, easyrlhf_cli, tmp_pa
 
 
 def test_politeness_reward_and_its_options(kto):
-    from easyrlhf_core.errors import ConfigError
-    from easyrlhf_core.rewards import make_reward
+    from easyrlhf_core.kit.errors import ConfigError
+    from easyrlhf_core.kit.rewards import make_reward
 
     reward = make_reward(kto, None, "politeness", {"weight": 0.5, "words": ["please", "thank you"]})
     assert reward.score([[]] * 2, ["Please, thank you, please!", "No."]) == [1.5, 0.0]

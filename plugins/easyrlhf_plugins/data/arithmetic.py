@@ -7,9 +7,9 @@ from __future__ import annotations
 import random
 
 from easyrlhf_core import hookimpl
-from easyrlhf_core.api import Dataset
-from easyrlhf_core.rows import RowProblem, as_messages, get_field
-from easyrlhf_core.shapes import DataOptions, DataSplits, Record, Shape
+from easyrlhf_core.kit.bases import Dataset
+from easyrlhf_core.kit.rows import RowProblem, as_messages, get_field
+from easyrlhf_core.kit.shapes import DataOptions, DataSplits, Record, Shape
 
 from .reader import iter_rows
 

@@ -1,13 +1,13 @@
 """The loop the built-in dataset plugins share: read each source's rows, turn each into a record (or a
 counted drop) and route bad rows through ``options.bad_rows``; the framework then splits and limits
-(:func:`easyrlhf_core.data.load_dataset`)."""
+(:func:`easyrlhf_core.kit.data_loading.load_dataset`)."""
 
 from __future__ import annotations
 
 from typing import Any, Callable
 
-from easyrlhf_core.rows import RowProblem
-from easyrlhf_core.shapes import DataOptions, DataSplits, Record
+from easyrlhf_core.kit.rows import RowProblem
+from easyrlhf_core.kit.shapes import DataOptions, DataSplits, Record
 
 from .sources import EVAL, Source, has_explicit_eval
 

@@ -1,5 +1,5 @@
 """Shape conversions shared by the dataset plugins: a preference pair, a ranked list or a conversation turned
-into the record a method asks for (formats in :mod:`easyrlhf_core.shapes`).
+into the record a method asks for (formats in :mod:`easyrlhf_core.kit.shapes`).
 
 A pair whose two conversations diverge before their last assistant turn is split at the longest common
 prefix of whole turns, backed up to the last user turn in it: ``prompt`` is that prefix and ``chosen`` /
@@ -12,8 +12,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from easyrlhf_core.rows import RowProblem, ends_with
-from easyrlhf_core.shapes import Message, Record, Shape
+from easyrlhf_core.kit.rows import RowProblem, ends_with
+from easyrlhf_core.kit.shapes import Message, Record, Shape
 
 
 @dataclass

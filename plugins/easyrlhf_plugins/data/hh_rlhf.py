@@ -8,9 +8,9 @@ from pathlib import Path
 from typing import Any
 
 from easyrlhf_core import hookimpl
-from easyrlhf_core.api import Dataset
-from easyrlhf_core.rows import get_field
-from easyrlhf_core.shapes import DataOptions, DataSplits, Record, Shape
+from easyrlhf_core.kit.bases import Dataset
+from easyrlhf_core.kit.rows import get_field
+from easyrlhf_core.kit.shapes import DataOptions, DataSplits, Record, Shape
 
 from .collect import collect
 from .convert import pair_to, split_conversations

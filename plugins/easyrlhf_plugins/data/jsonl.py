@@ -6,9 +6,9 @@ from collections import Counter
 from typing import Any
 
 from easyrlhf_core import hookimpl
-from easyrlhf_core.api import Dataset
-from easyrlhf_core.errors import ConfigError
-from easyrlhf_core.rows import (
+from easyrlhf_core.kit.bases import Dataset
+from easyrlhf_core.kit.errors import ConfigError
+from easyrlhf_core.kit.rows import (
     RowProblem,
     as_messages,
     as_number_list,
@@ -18,7 +18,7 @@ from easyrlhf_core.rows import (
     has_field,
     json_type,
 )
-from easyrlhf_core.shapes import DataOptions, DataSplits, Message, Record, Shape
+from easyrlhf_core.kit.shapes import DataOptions, DataSplits, Message, Record, Shape
 
 from .collect import collect
 from .convert import Pair, conversation_to, pair_to, ranked_to, split_conversations

@@ -15,8 +15,8 @@ import zlib
 from pathlib import Path
 from typing import IO, Any, Iterator
 
-from easyrlhf_core.errors import DataError
-from easyrlhf_core.rows import BadRows, json_type
+from easyrlhf_core.kit.errors import DataError
+from easyrlhf_core.kit.rows import BadRows, json_type
 
 SUFFIXES = (".jsonl", ".jsonl.gz", ".json", ".json.gz", ".parquet")
 _GZIP_ERRORS = (gzip.BadGzipFile, EOFError, zlib.error, OSError)

@@ -7,9 +7,9 @@ from collections import Counter
 from typing import Any
 
 from easyrlhf_core import hookimpl
-from easyrlhf_core.api import Dataset
-from easyrlhf_core.rows import RowProblem, get_field
-from easyrlhf_core.shapes import DataOptions, DataSplits, Message, Record, Shape
+from easyrlhf_core.kit.bases import Dataset
+from easyrlhf_core.kit.rows import RowProblem, get_field
+from easyrlhf_core.kit.shapes import DataOptions, DataSplits, Message, Record, Shape
 
 from .collect import collect
 from .convert import conversation_to

@@ -9,8 +9,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
-from easyrlhf_core.errors import DataError
-from easyrlhf_core.rows import BadRows
+from easyrlhf_core.kit.errors import DataError
+from easyrlhf_core.kit.rows import BadRows
 
 from .reader import is_data_file, iter_rows
 

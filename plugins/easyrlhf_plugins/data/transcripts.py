@@ -14,8 +14,8 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from easyrlhf_core.rows import RowProblem, json_type
-from easyrlhf_core.shapes import Message
+from easyrlhf_core.kit.rows import RowProblem, json_type
+from easyrlhf_core.kit.shapes import Message
 
 _TURN = re.compile(r"\n\n(Human|Assistant): ")
 _ROLES = {"Human": "user", "Assistant": "assistant"}

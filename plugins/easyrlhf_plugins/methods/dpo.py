@@ -6,12 +6,12 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
 
 from easyrlhf_core import hookimpl
-from easyrlhf_core.config import invalid, option
-from easyrlhf_core.errors import DataError
-from easyrlhf_core.prefix_sharing import PREFIX_SHARING_HELP
-from easyrlhf_core.shapes import Shape
-from easyrlhf_core.summary import Finding, held_out_pairs_change, training_rows_finding
-from easyrlhf_core.training import (
+from easyrlhf_core.kit.config import invalid, option
+from easyrlhf_core.kit.errors import DataError
+from easyrlhf_core.kit.findings import Finding, held_out_pairs_change, training_rows_finding
+from easyrlhf_core.kit.shapes import Shape
+from easyrlhf_core.kit.shared_prefix_packing import PREFIX_SHARING_HELP
+from easyrlhf_core.kit.trainer_method import (
     TrainerConfig,
     TrainerMethod,
     data_splits,
@@ -24,7 +24,7 @@ from easyrlhf_core.training import (
 )
 
 if TYPE_CHECKING:
-    from easyrlhf_core.run import Run
+    from easyrlhf_core.kit.context import RunContext
 
 
 @dataclass
@@ -80,7 +80,7 @@ class DPOMethod(TrainerMethod):
 
         return DPOTrainer
 
-    def build_trainer(self, run: Run) -> tuple[Any, Any]:
+    def build_trainer(self, run: RunContext) -> tuple[Any, Any]:
         from trl import DPOConfig as TRLDPOConfig
 
         config = run.config
@@ -128,7 +128,7 @@ class DPOMethod(TrainerMethod):
         describe_trainable(run, trainer.model)
         return trainer, tokenizer
 
-    def what_changed(self, run: Run) -> list[Finding]:
+    def what_changed(self, run: RunContext) -> list[Finding]:
         return training_rows_finding(run, "rewards/accuracies", "rewards/margins") + held_out_pairs_change(
             run, run.config.summary_pairs
         )

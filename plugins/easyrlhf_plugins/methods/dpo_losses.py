@@ -6,7 +6,7 @@ The IPO paper's Eq. 17 and the reference DPO implementation use the plain sum of
 model or adapter-disabled reference, precomputed reference log-probs) stays TRL's.
 
 :func:`shared_prefix_trainer` gives either trainer the shared-prefix forward
-(:mod:`easyrlhf_core.prefix_sharing`): TRL's loss code is kept, only the per-response log-probs come from
+(:mod:`easyrlhf_core.kit.shared_prefix_packing`): TRL's loss code is kept, only the per-response log-probs come from
 one packed forward per batch.
 
 Imports torch and TRL at module level: import this module only inside ``Method.train`` or tests.
@@ -20,8 +20,8 @@ import torch
 from trl import DPOTrainer
 from trl.trainer.dpo_trainer import DataCollatorForPreference
 
-from easyrlhf_core.prefix_sharing import SharedPrefixCollator
-from easyrlhf_core.shared_forward import share_prefixes
+from easyrlhf_core.kit.shared_prefix_forward import share_prefixes
+from easyrlhf_core.kit.shared_prefix_packing import SharedPrefixCollator
 
 
 def ipo_loss(

@@ -1,5 +1,5 @@
 """GRPO and RLOO: critic-free online RL on TRL's GRPOTrainer / RLOOTrainer, scored by the reward plugins
-(several at once, with weights), built only on the online kit (:mod:`easyrlhf_core.online_trl`): each keeps
+(several at once, with weights), built only on the online kit (:mod:`easyrlhf_core.kit.online_trl`): each keeps
 only its own options and TRL's names."""
 
 from __future__ import annotations
@@ -8,8 +8,8 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from easyrlhf_core import hookimpl
-from easyrlhf_core.config import option
-from easyrlhf_core.online_trl import OnlineConfig, OnlineMethod
+from easyrlhf_core.kit.config import option
+from easyrlhf_core.kit.online_trl import OnlineConfig, OnlineMethod
 
 
 @dataclass

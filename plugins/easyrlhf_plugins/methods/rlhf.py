@@ -9,9 +9,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 from easyrlhf_core import hookimpl
-from easyrlhf_core.api import Method
-from easyrlhf_core.config import LoraOptions, invalid, option
-from easyrlhf_core.errors import ConfigError
+from easyrlhf_core.kit.bases import Method
+from easyrlhf_core.kit.config import LoraOptions, invalid, option
+from easyrlhf_core.kit.errors import ConfigError
 
 from .grpo import GRPOConfig, RLOOConfig
 from .ppo.config import PPOConfig
@@ -19,9 +19,8 @@ from .rm import RMConfig
 from .sft import SFTConfig
 
 if TYPE_CHECKING:
-    from easyrlhf_core.registry import Registry
-    from easyrlhf_core.run import Run
-    from easyrlhf_core.shapes import DataSplits
+    from easyrlhf_core.kit.shapes import DataSplits
+    from easyrlhf_core.kit.context import PluginLookup, RunContext
 
 #: The RL stage's methods (``rl_method``), each with its own group of options.
 RL_METHODS = ("ppo", "grpo", "rloo")
@@ -78,7 +77,7 @@ class RLHFConfig:
 
     def __post_init__(self) -> None:
         if self.deepspeed is not None:  # a shipped preset by name, as for every method
-            from easyrlhf_core.presets import resolve_deepspeed
+            from easyrlhf_core.kit.presets import resolve_deepspeed
 
             self.deepspeed = resolve_deepspeed(self.deepspeed)
         if self.max_steps == 0 or self.max_steps < -1:
@@ -116,7 +115,7 @@ class RLHFConfig:
         return rl.reward is not None or rl.reward_model is not None or bool(getattr(rl, "rewards", []))
 
     def validate_for_run(self) -> None:
-        from easyrlhf_core.tracking import check_trackers
+        from easyrlhf_core.kit.trackers import check_trackers
 
         check_trackers(self.report_to)
         for name in self.stages:
@@ -138,18 +137,15 @@ SHARED = tuple(
 )
 
 
-def stage_data(config: RLHFConfig, name: str, set_here: Any) -> dict[str, Any]:
+def stage_data(config: RLHFConfig, name: str, set_here: Any, registry: PluginLookup) -> dict[str, Any]:
     """``dataset`` / ``data_files`` for stage ``name``: the top-level dataset, when the user set it (or its
     files) and the stage did not set its own and the dataset yields the stage's shape; its files travel
     with it."""
-    from easyrlhf_core.registry import get_registry
-
     stage = getattr(config, name)
     top_set = any(set_here(key, getattr(config, key), _default(RLHFConfig, key)) for key in DATA_OPTIONS)
     own_set = any(set_here(f"{name}.{key}", getattr(stage, key), _default(type(stage), key)) for key in DATA_OPTIONS)
     if not top_set or own_set:
         return {}
-    registry = get_registry()
     shape = registry.get("methods", name).shape
     dataset_cls = registry.datasets.get(config.dataset)
     if dataset_cls is None or shape not in dataset_cls.obj.shapes:
@@ -157,11 +153,11 @@ def stage_data(config: RLHFConfig, name: str, set_here: Any) -> dict[str, Any]:
     return {"dataset": config.dataset, "data_files": list(config.data_files)}
 
 
-def stage_config(config: RLHFConfig, name: str, output_dir: Path) -> Any:
+def stage_config(config: RLHFConfig, name: str, output_dir: Path, registry: PluginLookup) -> Any:
     """A stage's config: its own group, plus each shared option the user set at the top (in a file, a flag
     or ``--set``) that they did not also set for this stage, plus its output dir. What counts is what was
     set, not the value: ``--set sft.max_steps=-1`` keeps SFT at -1 under a top-level ``--max-steps 5``."""
-    from easyrlhf_core.config import explicit_keys
+    from easyrlhf_core.kit.config import explicit_keys
 
     stage = getattr(config, name)
     given = explicit_keys(config)
@@ -171,7 +167,7 @@ def stage_config(config: RLHFConfig, name: str, output_dir: Path) -> Any:
         dump, such as configs/rlhf.yaml or a run's config.yaml, lists every key at its default)."""
         return dotted in given and (not given[dotted] or value != default)
 
-    inherited: dict[str, Any] = stage_data(config, name, set_here)
+    inherited: dict[str, Any] = stage_data(config, name, set_here, registry)
     for key in SHARED:
         value = getattr(config, key)
         if dataclasses.is_dataclass(value):  # a group (lora): field by field
@@ -208,17 +204,17 @@ class RLHFPipeline(Method):
     runs_stages = True
     supports_lora = True  # every stage (sft, rm, ppo / grpo / rloo) takes the pipeline's lora options
 
-    def load_data(self, config: RLHFConfig, registry: Registry) -> dict[str, DataSplits]:
+    def load_data(self, config: RLHFConfig, registry: PluginLookup) -> dict[str, DataSplits]:
         """Every stage's data, read before any model loads: bad data fails in seconds, not hours."""
         return {
             name: registry.get("methods", name)().load_data(cfg, registry)
-            for name, cfg in self.plan(config, Path(config.output_dir or ".")).items()
+            for name, cfg in self.plan(config, Path(config.output_dir or "."), registry).items()
             if cfg is not None
         }
 
-    def train(self, run: Run) -> None:
+    def train(self, run: RunContext) -> None:
         config: RLHFConfig = run.config
-        plan = self.plan(config, run.output_dir)
+        plan = self.plan(config, run.output_dir, run.registry)
         data = run.data
         sft_model = config.sft.model or self.run_stage(run, "sft", plan["sft"], data["sft"], model=config.model)
         rl = config.rl_method
@@ -233,23 +229,22 @@ class RLHFPipeline(Method):
         policy = self.run_stage(run, rl, plan[rl], data[rl], model=sft_model, reward_model=reward_model)
         self.link_final_model(run, Path(policy))
 
-    def plan(self, config: RLHFConfig, output_dir: Path) -> dict[str, Any]:
+    def plan(self, config: RLHFConfig, output_dir: Path, registry: PluginLookup) -> dict[str, Any]:
         """Each stage's config (None for a stage given as a trained model)."""
         skip_rm = config.rm.model is not None or config.rl_has_reward()
         rl = config.rl_method
         plan = {
-            "sft": None if config.sft.model else stage_config(config, "sft", output_dir / "sft"),
-            "rm": None if skip_rm else stage_config(config, "rm", output_dir / "rm"),
-            rl: stage_config(config, rl, output_dir / rl),
+            "sft": None if config.sft.model else stage_config(config, "sft", output_dir / "sft", registry),
+            "rm": None if skip_rm else stage_config(config, "rm", output_dir / "rm", registry),
+            rl: stage_config(config, rl, output_dir / rl, registry),
         }
-        self.check_dataset_used(config, plan)
+        self.check_dataset_used(config, plan, registry)
         return plan
 
     @staticmethod
-    def check_dataset_used(config: RLHFConfig, plan: dict[str, Any]) -> None:
+    def check_dataset_used(config: RLHFConfig, plan: dict[str, Any], registry: PluginLookup) -> None:
         """A top-level ``dataset`` that no stage takes is a mistake worth one line, not a silent default."""
-        from easyrlhf_core.config import explicit_keys
-        from easyrlhf_core.registry import get_registry
+        from easyrlhf_core.kit.config import explicit_keys
 
         given = explicit_keys(config)
         if not any(key in given for key in DATA_OPTIONS):
@@ -259,7 +254,6 @@ class RLHFPipeline(Method):
             for cfg in plan.values()
         ):
             return
-        registry = get_registry()
         entry = registry.datasets.get(config.dataset)
         if entry is None:
             raise ConfigError(
@@ -276,21 +270,21 @@ class RLHFPipeline(Method):
             where="dataset",
         )
 
-    def run_stage(self, run: Run, name: str, stage_cfg: Any, data: DataSplits, **models: Any) -> str:
+    def run_stage(self, run: RunContext, name: str, stage_cfg: Any, data: DataSplits, **models: Any) -> str:
         """Train one stage into ``OUTPUT_DIR/<name>`` (skipped when already complete); its model path."""
-        from easyrlhf_core.run import is_complete_run, run_stage
+        from easyrlhf_core.kit.checkpoints import is_complete_run
 
         stage_dir = run.output_dir / name
         trains = not is_complete_run(stage_dir)
         cfg = dataclasses.replace(stage_cfg, **{k: v for k, v in models.items() if v is not None or k == "model"})
-        model = run_stage(run, run.registry.get("methods", name)(), cfg, data, stage_dir)
+        model = run.run_stage(run.registry.get("methods", name)(), cfg, data, stage_dir)
         if trains:
             self.log_stage_metrics(run, name, stage_dir)
         return str(model)
 
-    def log_stage_metrics(self, run: Run, name: str, stage_dir: Path) -> None:
+    def log_stage_metrics(self, run: RunContext, name: str, stage_dir: Path) -> None:
         """The stage's last value of every metric, prefixed ``<stage>/``, as one row of the pipeline's metrics."""
-        from easyrlhf_core.metrics import last_values
+        from easyrlhf_core.kit.metrics import last_values
 
         if not run.is_main_process:
             return
@@ -304,7 +298,7 @@ class RLHFPipeline(Method):
             stages.index(name) + 1, {f"{name}/{k}": v for k, v in last.items() if isinstance(v, (int, float))}
         )
 
-    def link_final_model(self, run: Run, policy: Path) -> None:
+    def link_final_model(self, run: RunContext, policy: Path) -> None:
         """``OUTPUT_DIR/model`` points at the PPO policy (a relative symlink: no second copy)."""
         if not run.is_main_process:
             return

@@ -6,11 +6,11 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from easyrlhf_core import hookimpl
-from easyrlhf_core.config import invalid, option
-from easyrlhf_core.errors import DataError
-from easyrlhf_core.prefix_sharing import PREFIX_SHARING_HELP
-from easyrlhf_core.shapes import Shape
-from easyrlhf_core.training import (
+from easyrlhf_core.kit.config import invalid, option
+from easyrlhf_core.kit.errors import DataError
+from easyrlhf_core.kit.shapes import Shape
+from easyrlhf_core.kit.shared_prefix_packing import PREFIX_SHARING_HELP
+from easyrlhf_core.kit.trainer_method import (
     TrainerConfig,
     TrainerMethod,
     as_dataset,
@@ -23,8 +23,8 @@ from easyrlhf_core.training import (
 )
 
 if TYPE_CHECKING:
-    from easyrlhf_core.run import Run
-    from easyrlhf_core.shapes import Record
+    from easyrlhf_core.kit.shapes import Record
+    from easyrlhf_core.kit.context import RunContext
 
 
 @dataclass
@@ -60,7 +60,7 @@ class RMMethod(TrainerMethod):
     config_class = RMConfig
     shape = Shape.PREFERENCE
 
-    def build_trainer(self, run: Run) -> tuple[Any, Any]:
+    def build_trainer(self, run: RunContext) -> tuple[Any, Any]:
         from trl import RewardConfig, RewardTrainer
 
         config = run.config
@@ -86,7 +86,7 @@ class RMMethod(TrainerMethod):
             data_collator=collator,
         )
         if collator is not None:
-            from easyrlhf_core.shared_forward import share_prefixes
+            from easyrlhf_core.kit.shared_prefix_forward import share_prefixes
 
             share_prefixes(collator, [trainer.model], "classifier", run.log, autocast=trainer.accelerator.autocast)
         kept = len(trainer.train_dataset)
@@ -107,10 +107,10 @@ class RMMethod(TrainerMethod):
 
 def shared_prefix_collator(tokenizer: Any) -> Any:
     """TRL's reward collator (chosen rows, then rejected rows, right-padded) with each pair's common prefix
-    packed once (:class:`easyrlhf_core.prefix_sharing.SharedPrefixCollator`)."""
+    packed once (:class:`easyrlhf_core.kit.shared_prefix_packing.SharedPrefixCollator`)."""
     from trl.trainer.reward_trainer import DataCollatorForPreference
 
-    from easyrlhf_core.prefix_sharing import SharedPrefixCollator
+    from easyrlhf_core.kit.shared_prefix_packing import SharedPrefixCollator
 
     return SharedPrefixCollator(
         DataCollatorForPreference(pad_token_id=tokenizer.pad_token_id),

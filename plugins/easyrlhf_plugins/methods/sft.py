@@ -7,11 +7,11 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Callable
 
 from easyrlhf_core import hookimpl
-from easyrlhf_core.config import option
-from easyrlhf_core.errors import ConfigError
-from easyrlhf_core.models import DEFAULT_CHAT_TEMPLATE
-from easyrlhf_core.shapes import Shape
-from easyrlhf_core.training import (
+from easyrlhf_core.kit.config import option
+from easyrlhf_core.kit.errors import ConfigError
+from easyrlhf_core.kit.model_loading import DEFAULT_CHAT_TEMPLATE
+from easyrlhf_core.kit.shapes import Shape
+from easyrlhf_core.kit.trainer_method import (
     TrainerConfig,
     TrainerMethod,
     data_splits,
@@ -24,7 +24,7 @@ from easyrlhf_core.training import (
 )
 
 if TYPE_CHECKING:
-    from easyrlhf_core.run import Run
+    from easyrlhf_core.kit.context import RunContext
 
 
 @dataclass
@@ -51,7 +51,7 @@ class SFTMethod(TrainerMethod):
     config_class = SFTConfig
     shape = Shape.CONVERSATION
 
-    def build_trainer(self, run: Run) -> tuple[Any, Any]:
+    def build_trainer(self, run: RunContext) -> tuple[Any, Any]:
         from trl import SFTConfig as TRLSFTConfig
         from trl import SFTTrainer
 

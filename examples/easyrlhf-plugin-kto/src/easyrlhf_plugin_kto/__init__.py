@@ -6,10 +6,10 @@ import re
 from dataclasses import dataclass
 
 from easyrlhf_core import hookimpl
-from easyrlhf_core.api import RewardFunction
-from easyrlhf_core.config import invalid, option
-from easyrlhf_core.shapes import Shape
-from easyrlhf_core.training import (
+from easyrlhf_core.kit.bases import RewardFunction
+from easyrlhf_core.kit.config import invalid, option
+from easyrlhf_core.kit.shapes import Shape
+from easyrlhf_core.kit.trainer_method import (
     TrainerConfig,
     TrainerMethod,
     data_splits,

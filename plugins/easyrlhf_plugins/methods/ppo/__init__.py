@@ -9,13 +9,13 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from easyrlhf_core import hookimpl
-from easyrlhf_core.api import Method
-from easyrlhf_core.shapes import Shape
+from easyrlhf_core.kit.bases import Method
+from easyrlhf_core.kit.shapes import Shape
 
 from .config import PPOConfig
 
 if TYPE_CHECKING:
-    from easyrlhf_core.run import Run
+    from easyrlhf_core.kit.context import RunContext
 
 
 class PPOMethod(Method):
@@ -28,7 +28,7 @@ class PPOMethod(Method):
     shape = Shape.PROMPT
     supports_lora = True  # models.load_models wraps the policy and the value model with apply_lora
 
-    def train(self, run: Run) -> None:
+    def train(self, run: RunContext) -> None:
         from .trainer import PPOTrainer
 
         PPOTrainer(run).train()

@@ -14,11 +14,7 @@ import shutil
 from pathlib import Path
 from typing import Any, Callable
 
-from easyrlhf_core.checkpoints import (
-    COMPLETE_MARKER,
-    prune_checkpoints,
-    resumable_checkpoints,
-)
+from easyrlhf_core.kit.checkpoints import COMPLETE_MARKER, prune_checkpoints, resumable_checkpoints
 
 STATE_FILE = "ppo_state.json"
 SCHEDULER_FILE = "scheduler.pt"
@@ -26,7 +22,7 @@ SCHEDULER_FILE = "scheduler.pt"
 
 def _temp_dir(checkpoints_dir: Path, iteration: int) -> Path:
     """Where a checkpoint is written before it is renamed into place: the temp dir name the core's
-    :func:`~easyrlhf_core.checkpoints.remove_incomplete_checkpoints` removes after a killed run."""
+    :func:`~easyrlhf_core.kit.checkpoints.remove_incomplete_checkpoints` removes after a killed run."""
     return checkpoints_dir / f".checkpoint-{iteration}.tmp"
 
 
@@ -66,7 +62,7 @@ def resume_from_latest(
     accelerator: Any, checkpoints_dir: Path, scheduler: Any, log: Callable[[str], None]
 ) -> dict[str, Any] | None:
     """Load the newest checkpoint that is complete, intact and loads (the core's resume protocol,
-    :func:`easyrlhf_core.checkpoints.resumable_checkpoints`); a broken newer one is skipped with a warning.
+    :func:`easyrlhf_core.kit.checkpoints.resumable_checkpoints`); a broken newer one is skipped with a warning.
     Returns its ``ppo_state.json``, or None when there is none."""
     for path in resumable_checkpoints(checkpoints_dir, log):
         try:

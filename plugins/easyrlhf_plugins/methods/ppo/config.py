@@ -15,10 +15,10 @@ import importlib.util
 from dataclasses import dataclass
 from typing import Literal
 
-from easyrlhf_core.config import invalid, option, require_model_dir, require_positive, with_default
-from easyrlhf_core.online import SampleLogOptions, SamplingOptions
-from easyrlhf_core.rewards import OneRewardOptions
-from easyrlhf_core.training import TrainerConfig
+from easyrlhf_core.kit.config import invalid, option, require_model_dir, require_positive, with_default
+from easyrlhf_core.kit.online import SampleLogOptions, SamplingOptions
+from easyrlhf_core.kit.rewards import OneRewardOptions
+from easyrlhf_core.kit.trainer_method import TrainerConfig
 
 
 @dataclass

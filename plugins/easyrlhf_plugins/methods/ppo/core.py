@@ -1,6 +1,6 @@
 """PPO's own tensor steps around the shared RL maths: entropy, response masks, score post-processing, the
 per-token rewards, PPO's choice of KL estimator and controller, reward normalisation (token log-probs:
-:func:`easyrlhf_core.lm.logprobs_from_logits`; GAE, whitening, KL estimators, controllers and the clipped
+:func:`easyrlhf_core.kit.causal_lm.logprobs_from_logits`; GAE, whitening, KL estimators, controllers and the clipped
 losses: :mod:`easyrlhf_core.kit.rl_math`).
 
 Conventions: response tensors are ``(batch, response_len)``; ``mask`` is 1 on the real response tokens

@@ -10,12 +10,12 @@ from typing import TYPE_CHECKING, Any, Callable
 
 import torch
 
-from easyrlhf_core.zero import is_partitioned
+from easyrlhf_core.kit.zero import is_partitioned
 
 from .rollout import policy_response_logits, value_response_outputs
 
 if TYPE_CHECKING:
-    from easyrlhf_core.run import Run
+    from easyrlhf_core.kit.context import RunContext
 
     from .config import PPOConfig
 
@@ -53,10 +53,10 @@ def same_vocabulary(tokenizer_a: Any, tokenizer_b: Any) -> bool:
     return tokenizer_a.get_vocab() == tokenizer_b.get_vocab()
 
 
-def value_model_path(run: Run, config: PPOConfig, policy_path: str, tokenizer: Any) -> str:
+def value_model_path(run: RunContext, config: PPOConfig, policy_path: str, tokenizer: Any) -> str:
     """Where the value model starts: ``value_model``, else the reward model when its tokenizer matches the
     policy's, else the policy (with a fresh scalar head)."""
-    from easyrlhf_core.models import load_tokenizer
+    from easyrlhf_core.kit.model_loading import load_tokenizer
 
     if config.value_model is not None:
         run.log(f"value model: from {config.value_model}")
@@ -75,9 +75,9 @@ def value_model_path(run: Run, config: PPOConfig, policy_path: str, tokenizer: A
     return policy_path
 
 
-def load_models(run: Run, config: PPOConfig, policy_path: str) -> Models:
+def load_models(run: RunContext, config: PPOConfig, policy_path: str) -> Models:
     """Load, freeze and wire the policy, reference and value models (dropout off in all)."""
-    from easyrlhf_core.models import (
+    from easyrlhf_core.kit.model_loading import (
         apply_lora,
         disable_dropout,
         load_causal_lm,
@@ -129,10 +129,10 @@ def load_models(run: Run, config: PPOConfig, policy_path: str) -> Models:
 
 def response_stop_ids(config: PPOConfig, tokenizer: Any, policy: Any) -> list[int]:
     """The ids that end a response: ``stop_token`` when set, else the same end-of-turn set that eval and
-    rrhf stop on (:func:`easyrlhf_core.lm.stop_token_ids`: the policy's generation config's eos ids and the
+    rrhf stop on (:func:`easyrlhf_core.kit.causal_lm.stop_token_ids`: the policy's generation config's eos ids and the
     tokenizer's eos), so a response ending in any of the model's eos ids counts as finished."""
-    from easyrlhf_core.errors import ConfigError
-    from easyrlhf_core.lm import stop_token_ids
+    from easyrlhf_core.kit.causal_lm import stop_token_ids
+    from easyrlhf_core.kit.errors import ConfigError
 
     if config.stop_token is None:
         ids = stop_token_ids(tokenizer, policy)

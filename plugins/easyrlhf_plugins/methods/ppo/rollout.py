@@ -1,5 +1,5 @@
 """Rollouts: prompt positions, the sampling settings of the batched ``generate`` call
-(:func:`easyrlhf_core.lm.generate`: left padding, KV cache), and record what the update needs (log-probs,
+(:func:`easyrlhf_core.kit.causal_lm.generate`: left padding, KV cache), and record what the update needs (log-probs,
 reference log-probs, values, scores) without gradients."""
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any, Callable
 
 import torch
 
-from easyrlhf_core import lm
+from easyrlhf_core.kit import causal_lm as lm
 
 from . import core
 
@@ -65,7 +65,7 @@ def value_response_outputs(
     value_model: Any, input_ids: torch.Tensor, attention_mask: torch.Tensor, n_query: int
 ) -> torch.Tensor:
     """Value estimates for the states before each response token (same positions as the logits)."""
-    from easyrlhf_core.models import scalar_head_outputs
+    from easyrlhf_core.kit.model_loading import scalar_head_outputs
 
     values = scalar_head_outputs(value_model, input_ids, attention_mask, position_ids(attention_mask))
     return values[:, n_query - 1 : -1].float()

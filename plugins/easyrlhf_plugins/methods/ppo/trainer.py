@@ -5,7 +5,7 @@ the score on the last token) -> GAE advantages -> ``ppo_epochs`` passes of clipp
 updates over shuffled minibatches. accelerate places models, wraps policy + value in DDP (or DeepSpeed)
 and keeps gradients in sync; every process samples different prompts; only the main one writes.
 Under ZeRO-3 policy and value train partitioned, the reference is a partitioned inference engine, the
-policy is gathered whole for each ``generate`` and released after (:mod:`easyrlhf_core.zero`).
+policy is gathered whole for each ``generate`` and released after (:mod:`easyrlhf_core.kit.zero`).
 """
 
 from __future__ import annotations
@@ -16,16 +16,22 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from easyrlhf_core import lm
-from easyrlhf_core.checkpoints import remove_checkpoints_after, remove_incomplete_checkpoints
-from easyrlhf_core.hf import NonFinite, check_ranks_agree, checks_gradient_norm, continue_schedule, diverged_error
+from easyrlhf_core.kit import causal_lm as lm
 from easyrlhf_core.kit import rl_math
-from easyrlhf_core.metrics import drop_rows_after
-from easyrlhf_core.online import SAMPLES_FILE, SampleLog, prompts_that_fit
-from easyrlhf_core.rewards import record_columns, score_with_columns
-from easyrlhf_core.run import RunInterrupted, StopSignals
-from easyrlhf_core.models import unwrap
-from easyrlhf_core.zero import fill_size_autos, gathered, gathered_for_generation, inference_engine, is_partitioned
+from easyrlhf_core.kit.checkpoints import remove_checkpoints_after, remove_incomplete_checkpoints
+from easyrlhf_core.kit.metrics import drop_rows_after
+from easyrlhf_core.kit.model_loading import unwrap
+from easyrlhf_core.kit.online import SAMPLES_FILE, SampleLog, prompts_that_fit
+from easyrlhf_core.kit.rewards import record_columns, score_with_columns
+from easyrlhf_core.kit.stopping import RunInterrupted, StopSignals
+from easyrlhf_core.kit.trainer_run import (
+    NonFinite,
+    check_ranks_agree,
+    checks_gradient_norm,
+    continue_schedule,
+    diverged_error,
+)
+from easyrlhf_core.kit.zero import fill_size_autos, gathered, gathered_for_generation, inference_engine, is_partitioned
 
 from . import core
 from .checkpoint import resume_from_latest, save_checkpoint
@@ -33,9 +39,9 @@ from .models import PolicyAndValue, load_models, response_stop_ids
 from .rollout import Rollout, generation_config, record_rollout
 
 if TYPE_CHECKING:
-    from easyrlhf_core.api import RewardFunction
-    from easyrlhf_core.run import Run
-    from easyrlhf_core.shapes import Record
+    from easyrlhf_core.kit.bases import RewardFunction
+    from easyrlhf_core.kit.shapes import Record
+    from easyrlhf_core.kit.context import RunContext
 
     from .config import PPOConfig
 
@@ -48,7 +54,7 @@ def build_accelerator(config: PPOConfig) -> Any:
     from accelerate import Accelerator
     from accelerate.utils import DeepSpeedPlugin
 
-    from easyrlhf_core.models import resolve_precision
+    from easyrlhf_core.kit.model_loading import resolve_precision
 
     mixed = {"fp32": "no", "bf16": "bf16", "fp16": "fp16"}[resolve_precision(config.precision)]
     plugin = None
@@ -71,7 +77,7 @@ def build_accelerator(config: PPOConfig) -> Any:
         # CPU (gloo), then the accelerator on it, which takes DeepSpeed (its CPU accelerator).
         from accelerate import PartialState
 
-        from easyrlhf_core.launch import world_size
+        from easyrlhf_core.kit.distributed import world_size
 
         PartialState(cpu=True, backend="gloo" if world_size() > 1 else None)
         cpu = False
@@ -83,7 +89,7 @@ def build_accelerator(config: PPOConfig) -> Any:
     )
 
 
-def make_reward_function(run: Run, config: PPOConfig) -> RewardFunction:
+def make_reward_function(run: RunContext, config: PPOConfig) -> RewardFunction:
     """The run's one reward (``--reward-model PATH`` or ``--reward NAME``), as validation built it."""
     run.log(f"reward: {config.describe_reward()}")
     return config.build_reward(run.registry)
@@ -92,15 +98,11 @@ def make_reward_function(run: Run, config: PPOConfig) -> RewardFunction:
 class PPOTrainer:
     """Builds models, optimizer and data order from a run; ``train()`` runs the iterations."""
 
-    def __init__(self, run: Run) -> None:
+    def __init__(self, run: RunContext) -> None:
         from accelerate.utils import set_seed
         from transformers import get_scheduler
 
-        from easyrlhf_core.training import (
-            check_precision,
-            describe_trainable,
-            run_model_path,
-        )
+        from easyrlhf_core.kit.trainer_method import check_precision, describe_trainable, run_model_path
 
         self.run = run
         self.config: PPOConfig = run.config  # type: ignore[assignment]
@@ -521,7 +523,7 @@ class PPOTrainer:
 
     def save_models(self) -> None:
         """The policy to ``model/`` (merged LoRA unless save_adapter_only) and the value model beside it."""
-        from easyrlhf_core.models import save_model
+        from easyrlhf_core.kit.model_loading import save_model
 
         self.accelerator.wait_for_everyone()
         unwrapped = self.unwrapped

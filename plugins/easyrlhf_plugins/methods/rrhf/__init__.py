@@ -5,13 +5,13 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from easyrlhf_core import hookimpl
-from easyrlhf_core.api import Method
-from easyrlhf_core.shapes import Shape
+from easyrlhf_core.kit.bases import Method
+from easyrlhf_core.kit.shapes import Shape
 
 from .config import RRHFConfig
 
 if TYPE_CHECKING:
-    from easyrlhf_core.run import Run
+    from easyrlhf_core.kit.context import RunContext
 
 
 class RRHFMethod(Method):
@@ -26,8 +26,8 @@ class RRHFMethod(Method):
     shape = Shape.RANKED
     supports_lora = True  # build_trainer wraps the policy with apply_lora
 
-    def train(self, run: Run) -> None:
-        from easyrlhf_core.hf import train_and_save
+    def train(self, run: RunContext) -> None:
+        from easyrlhf_core.kit.trainer_run import train_and_save
 
         trainer, tokenizer = build_trainer(run)
         final = train_and_save(run, trainer, tokenizer=tokenizer)
@@ -35,12 +35,12 @@ class RRHFMethod(Method):
             run.log("final eval: " + ", ".join(f"{k}={v:.4g}" for k, v in final.items() if isinstance(v, (int, float))))
 
 
-def build_trainer(run: Run) -> tuple[Any, Any]:
+def build_trainer(run: RunContext) -> tuple[Any, Any]:
     """Model, tokenizer, candidates (dataset or generated + scored, cached), encoded data, trainer."""
     from transformers import TrainingArguments
 
-    from easyrlhf_core.models import apply_lora, disable_dropout
-    from easyrlhf_core.training import (
+    from easyrlhf_core.kit.model_loading import apply_lora, disable_dropout
+    from easyrlhf_core.kit.trainer_method import (
         describe_trainable,
         run_model_path,
         run_policy,
@@ -87,8 +87,8 @@ def build_trainer(run: Run) -> tuple[Any, Any]:
     describe_trainable(run, model)
     collator = RankedCollator(pad_token_id=tokenizer.pad_token_id)
     if config.prefix_sharing:
-        from easyrlhf_core.prefix_sharing import SharedPrefixCollator
-        from easyrlhf_core.shared_forward import share_prefixes
+        from easyrlhf_core.kit.shared_prefix_forward import share_prefixes
+        from easyrlhf_core.kit.shared_prefix_packing import SharedPrefixCollator
 
         collator = SharedPrefixCollator(collator, pad_token_id=tokenizer.pad_token_id, grouping="queries")
         share_prefixes(collator, [model], "causal_lm", run.log)

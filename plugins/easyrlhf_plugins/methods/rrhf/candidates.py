@@ -15,12 +15,12 @@ import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from easyrlhf_core.errors import DataError, PluginError
-from easyrlhf_core.shapes import Message, Record
+from easyrlhf_core.kit.errors import DataError, PluginError
+from easyrlhf_core.kit.shapes import Message, Record
 
 if TYPE_CHECKING:
-    from easyrlhf_core.api import RewardFunction
-    from easyrlhf_core.run import Run
+    from easyrlhf_core.kit.bases import RewardFunction
+    from easyrlhf_core.kit.context import RunContext
 
     from .config import RRHFConfig
 
@@ -29,7 +29,7 @@ CACHE_VERSION = 1
 SCORE_CHUNK = 64
 
 
-def cache_path(run: Run) -> Path:
+def cache_path(run: RunContext) -> Path:
     return run.output_dir / CACHE_FILE
 
 
@@ -108,7 +108,7 @@ def write_cache(path: Path, key: str, splits: dict[str, list[Record]]) -> None:
         raise
 
 
-def reward_function(run: Run) -> RewardFunction:
+def reward_function(run: RunContext) -> RewardFunction:
     """The reward plugin that scores candidates (``--reward-model PATH`` or ``--reward NAME``), as validation
     built it."""
     return run.config.build_reward(run.registry)
@@ -121,9 +121,9 @@ def score_all(
     log: Any = lambda _m: None,
     columns: dict[str, list[Any]] | None = None,
 ) -> list[float]:
-    """Scores in chunks (:func:`easyrlhf_core.rewards.score_with_columns`: one number per completion, the
+    """Scores in chunks (:func:`easyrlhf_core.kit.rewards.score_with_columns`: one number per completion, the
     records' extra columns handed over to rewards that read them)."""
-    from easyrlhf_core.rewards import score_with_columns
+    from easyrlhf_core.kit.rewards import score_with_columns
 
     scores: list[float] = []
     for start in range(0, len(completions), SCORE_CHUNK):
@@ -144,8 +144,8 @@ def sample_responses(
     """``num_generations`` sampled responses per prompt (batched, left-padded)."""
     import torch
 
-    from easyrlhf_core.chat import keep_last, prompt_ids
-    from easyrlhf_core.lm import decode_response, generate, left_pad
+    from easyrlhf_core.kit.causal_lm import decode_response, generate, left_pad
+    from easyrlhf_core.kit.chat_template import keep_last, prompt_ids
 
     if config.num_generations == 0:
         return [[] for _ in prompts]
@@ -175,8 +175,8 @@ def sample_responses(
 
 def sampling_config(config: RRHFConfig, tokenizer: Any, model: Any) -> Any:
     """The candidates' ``GenerationConfig``: the sampling options, stopping on the same end-of-turn ids as
-    eval and ppo (:func:`easyrlhf_core.lm.stop_token_ids`)."""
-    from easyrlhf_core.lm import generation_config, stop_token_ids
+    eval and ppo (:func:`easyrlhf_core.kit.causal_lm.stop_token_ids`)."""
+    from easyrlhf_core.kit.causal_lm import generation_config, stop_token_ids
 
     return generation_config(
         config.max_new_tokens,
@@ -196,7 +196,7 @@ def build_candidates(
 ) -> list[Record]:
     """Ranked records: sampled (+ dataset) responses per prompt, every one scored by ``reward``."""
     responses = [list(s) + (list(r["responses"]) if keep_dataset_responses else []) for r, s in zip(records, sampled)]
-    from easyrlhf_core.rewards import record_columns
+    from easyrlhf_core.kit.rewards import record_columns
 
     flat_records = [r for r, rs in zip(records, responses) for _ in rs]
     flat_scores = score_all(
@@ -220,7 +220,7 @@ def build_candidates(
     return out
 
 
-def generated_candidates(run: Run, policy: Any, tokenizer: Any, reward: RewardFunction) -> dict[str, list[Record]]:
+def generated_candidates(run: RunContext, policy: Any, tokenizer: Any, reward: RewardFunction) -> dict[str, list[Record]]:
     """Train and eval ranked records for candidates=generate: from the cache, or sampled and scored now.
 
     Only the main process generates and writes; call inside ``TrainingArguments.main_process_first``
@@ -240,7 +240,7 @@ def generated_candidates(run: Run, policy: Any, tokenizer: Any, reward: RewardFu
         raise PluginError(f"candidates cache missing on a non-main rank; the main rank should have written {path}")
     generator, generator_tokenizer = policy, tokenizer
     if config.generation_model is not None and config.num_generations > 0:
-        from easyrlhf_core.models import load_causal_lm, load_tokenizer, resolve_model
+        from easyrlhf_core.kit.model_loading import load_causal_lm, load_tokenizer, resolve_model
 
         resolved = resolve_model(config.generation_model, log=run.log)
         run.log(f"candidates: sampling with {resolved.source}")

@@ -5,11 +5,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
-from easyrlhf_core.config import invalid, option, require_positive
-from easyrlhf_core.online import SamplingOptions
-from easyrlhf_core.prefix_sharing import PREFIX_SHARING_HELP
-from easyrlhf_core.rewards import OneRewardOptions
-from easyrlhf_core.training import TrainerConfig
+from easyrlhf_core.kit.config import invalid, option, require_positive
+from easyrlhf_core.kit.online import SamplingOptions
+from easyrlhf_core.kit.rewards import OneRewardOptions
+from easyrlhf_core.kit.shared_prefix_packing import PREFIX_SHARING_HELP
+from easyrlhf_core.kit.trainer_method import TrainerConfig
 
 
 @dataclass

@@ -12,9 +12,9 @@ from typing import Any
 
 import torch
 
-from easyrlhf_core.chat import keep_last, prompt_ids, prompt_text
-from easyrlhf_core.lm import right_pad, tail_mask
-from easyrlhf_core.shapes import Message, Record
+from easyrlhf_core.kit.causal_lm import right_pad, tail_mask
+from easyrlhf_core.kit.chat_template import keep_last, prompt_ids, prompt_text
+from easyrlhf_core.kit.shapes import Message, Record
 
 
 @dataclass

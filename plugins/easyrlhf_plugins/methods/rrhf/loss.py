@@ -8,7 +8,7 @@ For a query with candidates y_1..y_k and rewards r_1..r_k:
              (ft_normalization="mean"; "sum", the paper's: without the 1/|y_b|)
     L      = rank_weight * L_rank + L_ft,                              averaged over the batch's queries
 
-The per-candidate log-prob sums come from :func:`easyrlhf_core.lm.response_log_probs`.
+The per-candidate log-prob sums come from :func:`easyrlhf_core.kit.causal_lm.response_log_probs`.
 """
 
 from __future__ import annotations

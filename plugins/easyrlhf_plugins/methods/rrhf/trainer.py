@@ -10,8 +10,8 @@ from typing import Any
 import torch
 from transformers import Trainer
 
-from easyrlhf_core.lm import response_log_probs
-from easyrlhf_core.prefix_sharing import SHARED_PREFIX_KEY
+from easyrlhf_core.kit.causal_lm import response_log_probs
+from easyrlhf_core.kit.shared_prefix_packing import SHARED_PREFIX_KEY
 
 from .loss import RRHFTerms, rrhf_terms
 

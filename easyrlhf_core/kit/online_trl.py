@@ -1,0 +1,235 @@
+"""The online kit on TRL's trainers (GRPOTrainer, RLOOTrainer, or another TRL online trainer a plugin picks):
+:class:`OnlineConfig` (the options they share, named as TRL names them) and :class:`OnlineMethod` (prompts in,
+completions sampled and scored by the reward plugins); the run's weighted rewards as TRL reward functions,
+with the dataset's extra columns, logging to ``samples.jsonl`` (:class:`easyrlhf_core.kit.online.SampleLog`).
+
+A TRL online method is a config with its TRL fields and a method naming TRL's classes::
+
+    @dataclass
+    class GRPOConfig(OnlineConfig):
+        method_name = "grpo"
+        beta: float = option(0.0, "KL coefficient to the reference model.")
+
+        def trl_fields(self):
+            return {**super().trl_fields(), "beta": self.beta}
+
+    class GRPOMethod(OnlineMethod):
+        name, description, config_class = "grpo", "GRPO (TRL GRPOTrainer)", GRPOConfig
+        trl_names = ("GRPOConfig", "GRPOTrainer")
+"""
+
+from __future__ import annotations
+
+import importlib.util
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Literal
+
+from easyrlhf_core.kit.causal_lm import pin_generation, response_text
+from easyrlhf_core.kit.config import invalid, option, require_positive
+from easyrlhf_core.kit.errors import ConfigError
+from easyrlhf_core.kit.online import SampleLog, SampleLogOptions, TokenSamplingOptions, prompts_that_fit
+from easyrlhf_core.kit.rewards import WeightedReward, WeightedRewardsOptions, score_with_columns
+from easyrlhf_core.kit.shapes import Shape
+from easyrlhf_core.kit.trainer_method import (
+    TrainerConfig,
+    TrainerMethod,
+    as_dataset,
+    describe_trainable,
+    lora_config,
+    run_model_path,
+    run_policy,
+    run_tokenizer,
+    trl_arguments,
+)
+
+if TYPE_CHECKING:
+    from easyrlhf_core.kit.context import RunContext
+    from easyrlhf_core.kit.shapes import Record
+
+__all__ = ["OnlineConfig", "OnlineMethod", "TRLRewardFunc", "trl_reward_funcs", "TRL_REWARD_KWARGS"]
+
+#: Keys TRL adds to a reward function's keyword arguments that are not dataset columns.
+TRL_REWARD_KWARGS = {"trainer_state", "log_extra", "log_metric", "environments", "completion_ids"}
+
+
+# --------------------------------------------------------------------------------------------------
+# Rewards as TRL reward functions
+
+
+class TRLRewardFunc:
+    """A reward plugin as TRL's online trainers call a reward function: ``(prompts, completions, **columns)``
+    with conversational prompts and completions; returns one float per completion. TRL decodes completions
+    with special tokens skipped; :func:`easyrlhf_core.kit.causal_lm.response_text` then gives the text every path's reward
+    sees."""
+
+    def __init__(self, weighted: WeightedReward, samples: SampleLog | None = None) -> None:
+        self.weighted = weighted
+        self.samples = samples
+        self.__name__ = weighted.label  # TRL names the metrics rewards/<name>/mean after it
+
+    def __call__(self, prompts: list[Any], completions: list[Any], **kwargs: Any) -> list[float]:
+        messages = [p if isinstance(p, list) else [{"role": "user", "content": str(p)}] for p in prompts]
+        texts = [response_text(c[-1]["content"] if isinstance(c, list) else str(c)) for c in completions]
+        columns = {k: v for k, v in kwargs.items() if k not in TRL_REWARD_KWARGS}
+        scores = score_with_columns(self.weighted.reward, messages, texts, columns)
+        if self.samples is not None and self.samples.training():
+            state = kwargs.get("trainer_state")
+            self.samples.record(int(getattr(state, "global_step", 0)) + 1, self.weighted.label, messages, texts, scores)
+        return scores
+
+
+def trl_reward_funcs(
+    rewards: list[WeightedReward], samples: SampleLog | None = None
+) -> tuple[list[TRLRewardFunc], list[float]]:
+    """``(reward_funcs, reward_weights)`` for a TRL online trainer (GRPOTrainer, RLOOTrainer)."""
+    return [TRLRewardFunc(r, samples) for r in rewards], [r.weight for r in rewards]
+
+
+# --------------------------------------------------------------------------------------------------
+# The config and the method
+
+
+@dataclass
+class OnlineConfig(TokenSamplingOptions, SampleLogOptions, WeightedRewardsOptions, TrainerConfig):
+    """What TRL's online methods share (GRPO, RLOO, a plugin's): the sampling options (top_k, top_p off: the loss
+    scores the full softmax), ``num_sample_completions``, several weighted rewards; names as TRL's configs name
+    them. A subclass sets ``method_name`` and adds its own fields in :meth:`trl_fields`."""
+
+    method_name = "grpo/rloo"  # in messages; each method's config names itself
+    full_softmax = True
+    learning_rate: float = option(1e-6, "Peak learning rate (TRL's default for GRPO and RLOO).")
+    per_device_train_batch_size: int = option(
+        4,
+        "Completions per device per micro-batch; x processes x "
+        "steps_per_generation must be a multiple of num_generations.",
+    )
+    per_device_eval_batch_size: int = option(4, "Eval completions per device per pass.")
+    max_length: int = option(512, "Prompt + completion tokens at most; longer prompts are dropped.")
+    num_generations: int = option(
+        4,
+        "Completions sampled per prompt, the group the advantages compare "
+        "(TRL's default: 8 for GRPO, 2 for RLOO; 4 is CPU-friendly).",
+    )
+    max_completion_length: int = option(128, "Longest completion, in tokens.")
+    epsilon: float = option(0.2, "Clip range of the policy ratio.")
+    epsilon_high: float | None = option(None, "Upper clip range (DAPO's clip-higher); empty: epsilon.")
+    num_iterations: int = option(1, "Updates per generated batch (PPO-style epochs; 1: on-policy).")
+    steps_per_generation: int | None = option(
+        None, "Micro-batches trained per generation round (TRL's count); empty: gradient_accumulation_steps."
+    )
+    mask_truncated_completions: bool = option(False, "Leave completions cut at max_completion_length out of the loss.")
+    use_vllm: bool = option(False, "Generate with vLLM (CUDA GPUs and the vllm package).")
+    vllm_mode: Literal["colocate", "server"] = option(
+        "colocate", "vLLM in the training processes, or a `trl vllm-serve` server."
+    )
+
+    def __post_init__(self) -> None:
+        super().__post_init__()  # the sampling rule, num_sample_completions, the one-reward rule, the shared options
+        require_positive(self, "num_generations", "max_completion_length", "num_iterations")
+        if self.num_generations < 2:
+            raise invalid("num_generations", "must be at least 2: the group is what the advantages compare")
+        if self.max_completion_length >= self.max_length:
+            raise invalid(
+                "max_completion_length", f"must be below max_length ({self.max_length}), which also bounds the prompt"
+            )
+        if self.epsilon <= 0 or (self.epsilon_high is not None and self.epsilon_high < self.epsilon):
+            raise invalid("epsilon", "must be > 0, and epsilon_high (if set) at least epsilon")
+
+    def validate_for_run(self) -> None:
+        """The rewards exist and take their options (built once: the trainer gets them); vLLM can run here.
+        Before data or models load."""
+        super().validate_for_run()
+        self.build_rewards()
+        if self.use_vllm:
+            if importlib.util.find_spec("vllm") is None:
+                raise ConfigError(
+                    "use_vllm needs the vllm package and CUDA GPUs (`pip install vllm`); on this "
+                    "machine generate with transformers (use_vllm: false)",
+                    where="use_vllm",
+                )
+            import torch
+
+            if not torch.cuda.is_available():
+                raise ConfigError(
+                    "use_vllm needs CUDA GPUs; on CPU generate with transformers (use_vllm: false)", where="use_vllm"
+                )
+
+    def trl_fields(self) -> dict[str, Any]:
+        """The fields of TRL's config (on top of the shared training arguments); a subclass adds its own (its
+        ``beta``, its loss's options)."""
+        return {
+            "num_generations": self.num_generations,
+            "num_generations_eval": self.num_generations,
+            "max_completion_length": self.max_completion_length,
+            "temperature": self.temperature,
+            "top_p": self.top_p,
+            "top_k": self.top_k,
+            "epsilon": self.epsilon,
+            "epsilon_high": self.epsilon_high,
+            "num_iterations": self.num_iterations,
+            "steps_per_generation": self.steps_per_generation,
+            "mask_truncated_completions": self.mask_truncated_completions,
+            "use_vllm": self.use_vllm,
+            "vllm_mode": self.vllm_mode,
+            "log_completions": False,
+            "remove_unused_columns": False,
+        }  # the dataset's extra columns reach the rewards
+
+
+class OnlineMethod(TrainerMethod):
+    """A TRL online trainer: prompts in, completions sampled and scored by the reward plugins, the first
+    ``num_sample_completions`` of each step to ``samples.jsonl``. A subclass names TRL's classes in
+    ``trl_names``."""
+
+    shape = Shape.PROMPT
+    trl_names: tuple[str, str]  # (config class, trainer class) in trl
+
+    def build_trainer(self, run: RunContext) -> tuple[Any, Any]:
+        import trl
+
+        config: OnlineConfig = run.config  # type: ignore[assignment]
+        rewards = config.build_rewards(run.registry)  # type: ignore[arg-type]
+        path = run_model_path(run)
+        tokenizer = run_tokenizer(run, path, padding_side="left")
+        model = run_policy(run, path)
+        train = self.prompts(run, tokenizer, run.data.train, "training")
+        evaluation = self.prompts(run, tokenizer, run.data.eval, "eval") if run.data.eval else []
+        samples = SampleLog.for_run(run, [r.label for r in rewards], config.num_sample_completions)
+        funcs, weights = trl_reward_funcs(rewards, samples)
+        run.log(
+            f"{self.name}: rewards "
+            + ", ".join(f"{r.label} x {r.weight:g}" for r in rewards)
+            + f"; {config.num_generations} completions per prompt"
+        )
+        config_class, trainer_class = (getattr(trl, n) for n in self.trl_names)
+        try:  # TRL checks the batch against num_generations across all processes, in its config and trainer
+            args = trl_arguments(
+                config_class, run, has_eval=bool(evaluation), reward_weights=weights, **config.trl_fields()
+            )
+            trainer = trainer_class(
+                model=model,
+                reward_funcs=funcs,
+                args=args,
+                train_dataset=as_dataset(train),
+                eval_dataset=as_dataset(evaluation) if evaluation else None,
+                processing_class=tokenizer,
+                peft_config=lora_config(config, "CAUSAL_LM"),
+            )
+        except ValueError as exc:
+            if "num_generations" in str(exc) or "number of generations" in str(exc):
+                raise ConfigError(
+                    f"{exc} (per_device_train_batch_size x processes x steps_per_generation must be "
+                    f"a multiple of num_generations)",
+                    where="num_generations",
+                ) from None
+            raise
+        pin_generation(trainer.model)  # TRL's generate: its config alone, not the model's generation_config.json
+        samples.trainer = trainer
+        describe_trainable(run, trainer.model)
+        return trainer, tokenizer
+
+    def prompts(self, run: RunContext, tokenizer: Any, records: list[Record], split: str) -> list[Record]:
+        """The records whose prompt leaves room for a completion (max_length - max_completion_length)."""
+        config: OnlineConfig = run.config  # type: ignore[assignment]
+        room = config.max_length - config.max_completion_length
+        return prompts_that_fit(run, tokenizer, records, room, split, "max_length - max_completion_length")[0]
