@@ -1,4 +1,4 @@
-"""EasyRLHF core: hook specs, plugin registry, configs, CLI and the run lifecycle.
+"""EasyRLHF core: ``kit/`` (what a plugin imports), ``runtime/`` (the run lifecycle), ``commands/`` (the CLI).
 
 Nothing heavy is imported here: torch and transformers load only when a run needs them.
 """

@@ -24,7 +24,7 @@ def test_kit_md_is_generated_from_the_code():
 
 def test_the_generator_imports_no_kit_module():
     code = (
-        "import sys; from easyrlhf_core import kit_reference; kit_reference.render(); "
+        "import sys; from easyrlhf_core.commands import kit_reference; kit_reference.render(); "
         "print(sorted(m for m in ('torch', 'transformers', 'trl', 'easyrlhf_core.runtime.run') if m in sys.modules))"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=ROOT)
@@ -79,6 +79,28 @@ def test_every_core_name_a_built_in_imports_is_documented_and_public():
         if name not in public.get(module, [])
     ]
     assert not missing, f"used by a built-in but not a public kit name (its module's __all__): {missing}"
+
+
+def test_built_ins_import_only_the_kit():
+    """The package boundary is the rule: a built-in plugin, the example plugin and the plugin template import
+    ``easyrlhf_core`` (for ``hookimpl``) and ``easyrlhf_core.kit...``, never the runtime or the commands."""
+    paths = [*(ROOT / "plugins").rglob("*.py"), *(ROOT / "examples").rglob("*.py")]
+    paths += (ROOT / "easyrlhf_core" / "templates").rglob("*.py.tmpl")
+    outside = []
+    for path in sorted(paths):
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            modules = [a.name for a in node.names] if isinstance(node, ast.Import) else []
+            if isinstance(node, ast.ImportFrom) and node.module:
+                modules = [node.module]
+            for module in modules:
+                if (
+                    module.split(".")[0] == "easyrlhf_core"
+                    and module != "easyrlhf_core"
+                    and not module.startswith("easyrlhf_core.kit")
+                ):
+                    outside.append(f"{path.relative_to(ROOT)}:{node.lineno}: {module}")
+    assert len(paths) > 40
+    assert not outside, f"built-ins importing outside the kit: {outside}"
 
 
 def test_every_kit_name_has_a_docstring():

@@ -1,8 +1,9 @@
-"""The shared-prefix path (easyrlhf_core.kit.shared_prefix_packing, easyrlhf_core.kit.shared_prefix_forward): packing keeps every
-row recoverable, the block mask is the right one, and for dpo, ipo (both normalisations), rm and rrhf the
-packed forward gives the padded path's log-probs / scores, losses and gradients, and the same weights after
-a few steps. The test batch has uneven prompts and responses, multi-turn prompts, a pair whose responses
-differ 10x in length, an identical pair, a pair truncated by max_length and a group longer than the budget."""
+"""The shared-prefix path (easyrlhf_core.kit.shared_prefix_packing, easyrlhf_core.kit.shared_prefix_forward):
+packing keeps every row recoverable, the block mask is the right one, and for dpo, ipo (both normalisations), rm
+and rrhf the packed forward gives the padded path's log-probs / scores, losses and gradients, and the same
+weights after a few steps. The test batch has uneven prompts and responses, multi-turn prompts, a pair whose
+responses differ 10x in length, an identical pair, a pair truncated by max_length and a group longer than the
+budget."""
 
 from __future__ import annotations
 

@@ -17,37 +17,48 @@ from pathlib import Path
 
 __all__ = ["KIT_MODULES", "Entry", "kit_modules", "hooks", "module_entries", "render", "main"]
 
-ROOT = Path(__file__).resolve().parent
+ROOT = Path(__file__).resolve().parents[1]  # the easyrlhf_core package
 PACKAGE = "easyrlhf_core"
-#: The kit modules outside the ``easyrlhf_core.kit`` package, in the order docs/kit.md lists them.
-KIT_MODULES = (
-    "easyrlhf_core",
-    "easyrlhf_core.kit.bases",
-    "easyrlhf_core.kit.config",
-    "easyrlhf_core.kit.errors",
-    "easyrlhf_core.kit.shapes",
-    "easyrlhf_core.kit.rows",
-    "easyrlhf_core.kit.trainer_method",
-    "easyrlhf_core.kit.rewards",
-    "easyrlhf_core.kit.online",
-    "easyrlhf_core.kit.online_trl",
-    "easyrlhf_core.runtime.run",
-    "easyrlhf_core.runtime.registry",
-    "easyrlhf_core.kit.model_loading",
-    "easyrlhf_core.kit.causal_lm",
-    "easyrlhf_core.kit.chat_template",
-    "easyrlhf_core.kit.shared_prefix_packing",
-    "easyrlhf_core.kit.shared_prefix_forward",
-    "easyrlhf_core.kit.checkpoints",
-    "easyrlhf_core.kit.metrics",
-    "easyrlhf_core.kit.trainer_run",
-    "easyrlhf_core.kit.zero",
-    "easyrlhf_core.runtime.summary",
-    "easyrlhf_core.runtime.launcher",
-    "easyrlhf_core.kit.presets",
-    "easyrlhf_core.runtime.tracking",
-    "easyrlhf_core.kit.testing",
-    "easyrlhf_core.kit.tiny_models",
+#: The order docs/kit.md lists the kit in (the package itself first, for ``hookimpl``); a kit module missing
+#: here is listed after these, so none is ever left out.
+KIT_MODULES = ("easyrlhf_core",) + tuple(
+    f"easyrlhf_core.kit.{name}"
+    for name in (
+        "bases",
+        "hooks",
+        "context",
+        "config",
+        "presets",
+        "errors",
+        "shapes",
+        "rows",
+        "data_loading",
+        "dataset_cache",
+        "model_loading",
+        "model_dirs",
+        "causal_lm",
+        "chat_template",
+        "shared_prefix_packing",
+        "shared_prefix_forward",
+        "completion_logprobs",
+        "trainer_method",
+        "trainer_run",
+        "stopping",
+        "distributed",
+        "zero",
+        "checkpoints",
+        "metrics",
+        "faults",
+        "trackers",
+        "rewards",
+        "online",
+        "online_trl",
+        "rl_math",
+        "findings",
+        "stats",
+        "testing",
+        "tiny_models",
+    )
 )
 COMMAND = "python -m easyrlhf_core.commands.kit_reference --write"
 DOC = ROOT.parent / "docs" / "kit.md"
@@ -67,9 +78,10 @@ class Entry:
 
 
 def kit_modules() -> list[str]:
-    """:data:`KIT_MODULES` and every module of the ``easyrlhf_core.kit`` package, sorted."""
+    """:data:`KIT_MODULES`, then any module of the ``easyrlhf_core.kit`` package they leave out."""
     package = ROOT / "kit"
-    return list(KIT_MODULES) + [f"{PACKAGE}.kit.{p.stem}" for p in sorted(package.glob("*.py")) if p.stem != "__init__"]
+    found = [f"{PACKAGE}.kit.{p.stem}" for p in sorted(package.glob("*.py")) if p.stem != "__init__"]
+    return list(KIT_MODULES) + [m for m in found if m not in KIT_MODULES]
 
 
 def _path(module: str) -> Path:
@@ -260,9 +272,9 @@ def module_entries(module: str) -> list[Entry]:
 
 def hooks() -> list[Entry]:
     """The hook specifications (``easyrlhf_core.kit.hooks``): what a plugin implements."""
-    tree, _ = _tree(f"{PACKAGE}.hookspecs")
+    tree, _ = _tree(f"{PACKAGE}.kit.hooks")
     return [
-        Entry(f"{PACKAGE}.hookspecs", n.name, _function(n, n.name), _summary(ast.get_docstring(n)))
+        Entry(f"{PACKAGE}.kit.hooks", n.name, _function(n, n.name), _summary(ast.get_docstring(n)))
         for n in tree.body
         if isinstance(n, ast.FunctionDef) and any(ast.unparse(d) == "hookspec" for d in n.decorator_list)
     ]

@@ -9,7 +9,7 @@ from __future__ import annotations
 import functools
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 if TYPE_CHECKING:
     import torch
@@ -200,7 +200,7 @@ def generate(
     are picked (:func:`model_defaults_hidden`); ``kwargs`` (a ``streamer``, ...) go to ``generate``."""
     with model_defaults_hidden(model):
         output = model.generate(input_ids=input_ids, attention_mask=attention_mask, generation_config=config, **kwargs)
-    return output[:, input_ids.shape[1] :]
+    return cast("torch.Tensor", output[:, input_ids.shape[1] :])
 
 
 def pin_generation(model: Any) -> Any:

@@ -27,7 +27,7 @@ def encode(tokenizer: Any, messages: list[Message], add_generation_prompt: bool 
 
 def prompt_text(tokenizer: Any, prompt: list[Message]) -> str:
     """The prompt as the model sees it before answering, as text (generation prompt included)."""
-    return tokenizer.apply_chat_template(prompt, tokenize=False, add_generation_prompt=True)
+    return str(tokenizer.apply_chat_template(prompt, tokenize=False, add_generation_prompt=True))
 
 
 def prompt_ids(tokenizer: Any, prompt: list[Message]) -> list[int]:

@@ -23,7 +23,7 @@ import re
 import struct
 import zipfile
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Any, Callable, Iterator
 
 __all__ = [
     "resumable_checkpoints",
@@ -89,7 +89,7 @@ def weights_file_problem(path: Path) -> str | None:
     return _torch_file_problem(path) if path.suffix in _TORCH_SUFFIXES else None
 
 
-def safetensors_header(path: Path) -> dict | None:
+def safetensors_header(path: Path) -> dict[str, Any] | None:
     """The JSON header of a safetensors file (tensor name -> dtype, shape, offsets), or None when it does not
     read: a safetensors file is an 8-byte header length, that JSON header, then the tensor bytes."""
     try:

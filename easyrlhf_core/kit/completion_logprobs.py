@@ -18,6 +18,18 @@ from typing import Any
 from easyrlhf_core.kit.causal_lm import response_log_probs, right_pad, tail_mask
 from easyrlhf_core.kit.chat_template import keep_last
 
+__all__ = [
+    "CompletionLogProb",
+    "batches_by_length",
+    "prompt_groups",
+    "truncated_sequences",
+    "groups_by_prompt",
+    "completion_logprobs",
+    "truncated_count",
+    "pair_gaps",
+    "pair_margins",
+]
+
 
 @dataclass
 class CompletionLogProb:

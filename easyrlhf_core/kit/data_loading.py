@@ -19,6 +19,8 @@ from easyrlhf_core.kit.errors import ConfigError, DataError
 from easyrlhf_core.kit.rows import check_columns
 from easyrlhf_core.kit.shapes import SHAPE_DESCRIPTIONS, DataOptions, DataSplits, Shape
 
+__all__ = ["shuffled", "carve_eval", "limit", "apply_options", "load_dataset", "data_options", "load_shape_data"]
+
 if TYPE_CHECKING:
     from easyrlhf_core.kit.context import PluginLookup
 

@@ -27,6 +27,8 @@ from typing import TYPE_CHECKING, Any
 
 from easyrlhf_core.kit.model_loading import cache_dir
 
+__all__ = ["FORMAT_VERSION", "records_digest", "datasets_cache_dir", "as_hf_dataset"]
+
 if TYPE_CHECKING:
     import datasets
 

@@ -20,6 +20,25 @@ from typing import TYPE_CHECKING, Any
 
 from easyrlhf_core.kit.errors import EasyRLHFError, PluginError
 
+__all__ = [
+    "RewardFailed",
+    "is_disk_full",
+    "is_out_of_memory",
+    "unpickling_problem",
+    "unpickling_error",
+    "human_bytes",
+    "tree_bytes",
+    "model_bytes",
+    "newest_checkpoint",
+    "checkpoint_note",
+    "resume_advice",
+    "disk_full_error",
+    "out_of_memory_error",
+    "collective_call",
+    "collective_timeout_error",
+    "training_fault",
+]
+
 if TYPE_CHECKING:
     from easyrlhf_core.kit.context import RunContext
 

@@ -1,4 +1,4 @@
-"""Hook specifications: the three extension points of EasyRLHF.
+"""Hook specifications: the three extension points of EasyRLHF (methods, datasets, rewards).
 
 A plugin is a module (or object) with functions marked ``@hookimpl``. Each hook hands the plugin a
 ``register`` callback; call it once per class you provide::
@@ -18,6 +18,8 @@ import pluggy
 
 if TYPE_CHECKING:
     from easyrlhf_core.kit.bases import Dataset, Method, RewardFunction
+
+__all__ = ["hookimpl", "BUILTIN_DISTRIBUTION"]
 
 hookspec = pluggy.HookspecMarker("easyrlhf")
 #: Marks a plugin's hook implementations: ``@hookimpl def register_methods(register): ...``.
@@ -39,5 +41,5 @@ def register_rewards(register: Callable[[type[RewardFunction]], None]) -> None:
     """Register reward functions that score (prompt, completion) batches: ``register(RewardSubclass)``."""
 
 
-#: The distribution whose plugins (the built-ins) always load
+#: The distribution whose plugins (the built-ins) always load, and win a tie between equivalent plugins.
 BUILTIN_DISTRIBUTION = "easyrlhf"

@@ -12,6 +12,18 @@ from typing import Any, Iterator, Literal
 from easyrlhf_core.kit.errors import EasyRLHFError
 from easyrlhf_core.kit.model_loading import resolve_model
 
+__all__ = [
+    "Kind",
+    "ModelRef",
+    "inspect_model",
+    "require_kind",
+    "device",
+    "for_inference",
+    "load_ref_policy",
+    "load_ref_tokenizer",
+    "quiet_transformers",
+]
+
 Kind = Literal["reward_model", "causal_lm"]
 
 

@@ -562,7 +562,7 @@ def trainable_line(model: Any) -> str:
     """``parameters: N trainable of M (P%)`` (ZeRO-3 partitions counted whole)."""
 
     def count(p: Any) -> int:
-        return getattr(p, "ds_numel", None) or p.numel()
+        return int(getattr(p, "ds_numel", None) or p.numel())
 
     total = sum(count(p) for p in model.parameters())
     trainable = sum(count(p) for p in model.parameters() if p.requires_grad)

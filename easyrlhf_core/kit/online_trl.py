@@ -59,8 +59,8 @@ TRL_REWARD_KWARGS = {"trainer_state", "log_extra", "log_metric", "environments",
 class TRLRewardFunc:
     """A reward plugin as TRL's online trainers call a reward function: ``(prompts, completions, **columns)``
     with conversational prompts and completions; returns one float per completion. TRL decodes completions
-    with special tokens skipped; :func:`easyrlhf_core.kit.causal_lm.response_text` then gives the text every path's reward
-    sees."""
+    with special tokens skipped; :func:`easyrlhf_core.kit.causal_lm.response_text` then gives the text every path's
+    reward sees."""
 
     def __init__(self, weighted: WeightedReward, samples: SampleLog | None = None) -> None:
         self.weighted = weighted
@@ -188,7 +188,7 @@ class OnlineMethod(TrainerMethod):
         import trl
 
         config: OnlineConfig = run.config  # type: ignore[assignment]
-        rewards = config.build_rewards(run.registry)  # type: ignore[arg-type]
+        rewards = config.build_rewards(run.registry)
         path = run_model_path(run)
         tokenizer = run_tokenizer(run, path, padding_side="left")
         model = run_policy(run, path)

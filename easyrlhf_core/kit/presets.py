@@ -8,7 +8,7 @@ from pathlib import Path
 
 __all__ = ["resolve_deepspeed"]
 
-CONFIGS_DIR = Path(__file__).parent / "configs"
+CONFIGS_DIR = Path(__file__).resolve().parents[1] / "configs"  # easyrlhf_core/configs
 DEEPSPEED_DIR = CONFIGS_DIR / "deepspeed"
 
 

@@ -23,7 +23,7 @@ import inspect
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar, cast
 
 from easyrlhf_core.kit.config import option
 from easyrlhf_core.kit.errors import ConfigError, PluginError
@@ -116,7 +116,7 @@ def reward_model_reward(registry: PluginLookup) -> type[RewardFunction]:
     if len(entries) > 1:
         entries = [e for e in entries if e.plugin.package == BUILTIN_DISTRIBUTION] or entries
     if len(entries) == 1:
-        return entries[0].obj
+        return cast("type[RewardFunction]", entries[0].obj)
     if not entries:
         raise PluginError(
             "no installed reward reads a reward-model directory (a reward class with model_option); "

@@ -26,7 +26,7 @@ import contextlib
 import functools
 import types
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Any, Callable, cast
 
 from easyrlhf_core.kit.shared_prefix_packing import SHARED_PREFIX_KEY, block_attention_mask, pack_groups
 
@@ -110,7 +110,7 @@ def packed_hidden_states(model: Any, packed: dict[str, torch.Tensor]) -> torch.T
         use_cache=False,
     )
     hidden = out.last_hidden_state
-    return hidden.reshape(-1, hidden.shape[-1])
+    return cast("torch.Tensor", hidden.reshape(-1, hidden.shape[-1]))
 
 
 def _head_chunk(
@@ -136,7 +136,7 @@ def _head_chunk(
             probs = torch.exp(logits - normaliser.unsqueeze(-1))
             entropy = normaliser - (probs * logits).sum(dim=-1)
             metrics.append((entropy, logits.mean(dim=-1), logits.argmax(dim=-1) == labels))
-    return log_probs
+    return cast("torch.Tensor", log_probs)
 
 
 def _head_chunks(
@@ -198,7 +198,7 @@ def chunked_token_log_probs(
 def _lm_output_class() -> type:
     """What the patched causal LM returns for a packed batch: a transformers ``ModelOutput`` (so DDP and
     DeepSpeed hooks walk it as they walk any model output) with the fields of TRL's fused LM head output."""
-    from transformers.utils import ModelOutput
+    from transformers.utils import ModelOutput  # type: ignore[attr-defined]
 
     @dataclass
     class SharedPrefixLMOutput(ModelOutput):

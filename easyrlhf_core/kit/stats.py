@@ -8,6 +8,18 @@ from dataclasses import dataclass
 from statistics import NormalDist
 from typing import Sequence
 
+__all__ = [
+    "TIE_TOLERANCE",
+    "BOOTSTRAP_SAMPLES",
+    "PairwiseResult",
+    "outcomes",
+    "bootstrap_interval",
+    "wilson_interval",
+    "pairwise",
+    "length_baseline",
+    "mean",
+]
+
 #: Two scores closer than this are a tie (absorbs float noise between batches of different shapes).
 TIE_TOLERANCE = 1e-6
 BOOTSTRAP_SAMPLES = 1000

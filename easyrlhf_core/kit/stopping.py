@@ -1,4 +1,5 @@
-"""Stopping a run on a signal: the first Ctrl-C/SIGTERM asks for a checkpoint at the next step, a second one ends at once."""
+"""Stopping a run on a signal: the first Ctrl-C/SIGTERM asks for a checkpoint at the next step, a second one
+ends the run at once."""
 
 from __future__ import annotations
 

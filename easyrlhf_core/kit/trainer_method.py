@@ -4,7 +4,8 @@ A method on a TRL trainer is a config and a ``build_trainer``::
 
     from dataclasses import dataclass
     from easyrlhf_core.kit.config import option
-    from easyrlhf_core.kit.trainer_method import (TrainerConfig, TrainerMethod, data_splits, lora_config, run_model_path,
+    from easyrlhf_core.kit.trainer_method import (TrainerConfig, TrainerMethod, data_splits, lora_config,
+                                                  run_model_path,
                                         run_policy, run_tokenizer, trl_arguments)
 
     @dataclass
@@ -47,6 +48,7 @@ from easyrlhf_core.kit.errors import ConfigError
 if TYPE_CHECKING:
     from easyrlhf_core.kit.context import RunContext
     from easyrlhf_core.kit.shapes import Record
+from easyrlhf_core.kit.trainer_run import train_and_save, training_arguments
 
 __all__ = [
     "TrainerConfig",
@@ -62,8 +64,6 @@ __all__ = [
     "as_dataset",
     "data_splits",
     "trl_arguments",
-    "training_arguments",
-    "train_and_save",
     "deepspeed_installed",
 ]
 
@@ -99,7 +99,8 @@ def deepspeed_installed() -> bool:
 class TrainerMethod(Method):
     """A method that builds one transformers/TRL trainer; ``train`` runs it and saves ``model/``. With
     ``--lora``, a trainer whose model has no adapters (a plain ``transformers.Trainer``) gets them from the kit
-    before training (:func:`easyrlhf_core.kit.trainer_run.add_lora`); a TRL trainer given ``lora_config`` wraps its own."""
+    before training (:func:`easyrlhf_core.kit.trainer_run.add_lora`); a TRL trainer given ``lora_config`` wraps its
+    own."""
 
     supports_lora = True
 
@@ -216,16 +217,6 @@ def data_splits(run: RunContext) -> tuple[Any, Any]:
     return train, evaluation
 
 
-def training_arguments(config: BaseConfig, run: RunContext, has_eval: bool) -> dict[str, Any]:
-    """Keyword arguments for ``TrainingArguments`` (or a TRL ``*Config``) from the shared options: output
-    under ``OUTPUT_DIR/checkpoints``, seed, steps, optimiser, batch sizes, logging / eval / save cadence,
-    precision, gradient checkpointing, DeepSpeed, ``report_to="none"`` (our tracking logs the rows). Override any by
-    keyword in :func:`trl_arguments`."""
-    from easyrlhf_core.kit.trainer_run import training_arguments as arguments
-
-    return arguments(config, run, has_eval=has_eval)
-
-
 def trl_arguments(trl_config_class: type, run: RunContext, has_eval: bool, **method_fields: Any) -> Any:
     """A TRL ``*Config`` (or ``TrainingArguments``): :func:`training_arguments`, then ``method_fields`` on top
     (a method's own fields, or a shared default it overrides, e.g. ``remove_unused_columns=False`` for a
@@ -236,12 +227,3 @@ def trl_arguments(trl_config_class: type, run: RunContext, has_eval: bool, **met
     if known is None or "max_length" in known:  # TRL's configs have it; TrainingArguments has not
         kwargs.setdefault("max_length", run.config.max_length)
     return trl_config_class(**kwargs)
-
-
-def train_and_save(run: RunContext, trainer: Any, model_for_save: Any = None, tokenizer: Any = None) -> dict[str, Any]:
-    """Train ``trainer`` the way every built-in does: resume with ``--resume``, stop cleanly on Ctrl-C with
-    a checkpoint, metrics to ``metrics.jsonl``, evaluate once at the end, save ``model/``. Returns the
-    final eval metrics."""
-    from easyrlhf_core.kit.trainer_run import train_and_save as run_trainer
-
-    return run_trainer(run, trainer, model_for_save=model_for_save, tokenizer=tokenizer)

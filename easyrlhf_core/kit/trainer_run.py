@@ -93,7 +93,8 @@ def training_arguments(config: BaseConfig, run: RunContext, has_eval: bool) -> d
         use_cpu=not torch.cuda.is_available(),
         **checkpointing_argument(config.gradient_checkpointing),
         deepspeed=config.deepspeed,
-        report_to="none",  # report_to is ours: every metrics.jsonl row goes to the trackers (easyrlhf_core.runtime.tracking)
+        # report_to is ours: every metrics.jsonl row goes to the trackers (easyrlhf_core.runtime.tracking)
+        report_to="none",
         logging_nan_inf_filter=False,  # a NaN loss is logged as NaN (not as the average of earlier ones, nor 0)
         disable_tqdm=True,
         log_level="warning",
@@ -506,8 +507,10 @@ def add_lora(run: RunContext, trainer: Any) -> bool:
 
 
 def train_and_save(run: RunContext, trainer: Any, model_for_save: Any = None, tokenizer: Any = None) -> dict[str, Any]:
-    """Run ``trainer.train`` (resuming when asked; stopping cleanly on SIGINT/SIGTERM with a checkpoint and
-    :class:`RunInterrupted`), evaluate once at the end (unless ``final_eval`` is off), save ``model/``.
+    """Train ``trainer`` the way every built-in does: resume with ``--resume``, stop cleanly on Ctrl-C/SIGTERM with
+    a checkpoint (:class:`RunInterrupted`), metrics to ``metrics.jsonl``, evaluate once at the end (unless
+    ``final_eval`` is off), save ``model/`` (``model_for_save``: another model than ``trainer.model``). Returns
+    the final eval metrics.
     With ``--lora``, a trainer whose model has no adapters gets them first (:func:`add_lora`)."""
     from transformers.trainer_callback import PrinterCallback
 

@@ -70,7 +70,7 @@ def stop_zero_init() -> None:
     whole and locally, not partitioned under ``deepspeed.zero.Init`` (a collective the other ranks, done,
     would never join). transformers keeps the ZeRO-3 config of the last trainer's arguments for that."""
     try:
-        from transformers.integrations import unset_hf_deepspeed_config
+        from transformers.integrations import unset_hf_deepspeed_config  # type: ignore[attr-defined]
     except ImportError:  # pragma: no cover - transformers without the DeepSpeed integration
         return
     unset_hf_deepspeed_config()

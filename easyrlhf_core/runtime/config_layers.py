@@ -1,4 +1,5 @@
-"""Config layering: method defaults < ``--config`` file < flags < ``--set``, merged with provenance (the file line or flag that set each key)."""
+"""Config layering: method defaults < ``--config`` file < flags < ``--set``, merged with provenance (the file
+line or flag that set each key)."""
 
 from __future__ import annotations
 

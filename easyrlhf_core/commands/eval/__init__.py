@@ -6,7 +6,8 @@ sampled answers), :mod:`.stats` (accuracy, ties, Wilson and bootstrap intervals,
 length baseline), :mod:`.report` (JSON and table), :mod:`.runner` (what runs for a reward model and for a
 policy).
 
-Chat formatting into token ids is :mod:`easyrlhf_core.kit.chat_template`, the LM helpers :mod:`easyrlhf_core.kit.causal_lm`, reward
+Chat formatting into token ids is :mod:`easyrlhf_core.kit.chat_template`, the LM helpers
+:mod:`easyrlhf_core.kit.causal_lm`, reward
 scoring (judges) :mod:`easyrlhf_core.kit.rewards`.
 Nothing heavy is imported here; torch and transformers load when an evaluation runs.
 """

@@ -32,7 +32,8 @@ def generate_answers(
     seed: int = 42,
     max_length: int = 1024,
 ) -> list[Answer]:
-    """One :class:`Answer` per prompt (token ids from :func:`easyrlhf_core.kit.chat_template.prompt_ids`), in input order.
+    """One :class:`Answer` per prompt (token ids from :func:`easyrlhf_core.kit.chat_template.prompt_ids`), in input
+    order.
 
     Prompts keep their last ``max_length - max_new_tokens`` tokens. Sampling is seeded once with ``seed``.
     """

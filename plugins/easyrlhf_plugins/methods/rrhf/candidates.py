@@ -220,7 +220,9 @@ def build_candidates(
     return out
 
 
-def generated_candidates(run: RunContext, policy: Any, tokenizer: Any, reward: RewardFunction) -> dict[str, list[Record]]:
+def generated_candidates(
+    run: RunContext, policy: Any, tokenizer: Any, reward: RewardFunction
+) -> dict[str, list[Record]]:
     """Train and eval ranked records for candidates=generate: from the cache, or sampled and scored now.
 
     Only the main process generates and writes; call inside ``TrainingArguments.main_process_first``
