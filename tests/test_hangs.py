@@ -14,7 +14,7 @@ from tests.subprocess_runs import RunningProcess, toy_pair, trainer_run_args, wr
 #: step-end stop check (step 2's) blocks, as a step waiting in a collective that never completes does.
 BLOCK_AT_STEP_2 = """
 import time
-import easyrlhf_core.runtime.run as _run
+import easyrlhf_core.kit.stopping as _run
 
 _requested = _run.StopSignals.requested
 _calls = []
@@ -70,7 +70,7 @@ def test_a_second_sigterm_ends_a_blocked_run_at_once_with_the_checkpoint_intact(
 #: Rank 1 gets stuck before step 2's stop check (a collective every rank joins at each step's end).
 RANK_1_STUCK_AT_STEP_2 = """
 import os, time
-import easyrlhf_core.runtime.run as _run
+import easyrlhf_core.kit.stopping as _run
 
 _requested = _run.StopSignals.requested
 _calls = []

@@ -46,7 +46,7 @@ def test_ppo_rrhf_and_eval_stop_on_the_same_ids(tiny_model_dir):
     expected = [tokenizer.eos_token_id, endoftext]
     assert stop_token_ids(tokenizer, model) == expected  # eval
     assert response_stop_ids(PPOConfig(), tokenizer, model) == expected  # ppo rollout
-    assert list(sampling_config(RRHFConfig(), tokenizer, model).eos_token_id) == expected  # rrhf generate
+    assert sampling_config(RRHFConfig(), tokenizer, model).stop_ids == expected  # rrhf generate
 
     # a response ending in the second eos id has stopped: not penalised as "no EOS"
     mask, has_stop = core.response_mask(torch.tensor([[5, 6, endoftext, 7]]), expected)

@@ -1,0 +1,2 @@
+"""The commands: ``easyrlhf`` (cli), ``easyrlhf chat``, ``easyrlhf eval``, ``easyrlhf new-plugin``, and the
+docs/kit.md generator."""

@@ -85,7 +85,7 @@ class ChatSettings:
                     )
 
     def sampling(self) -> dict[str, Any] | None:
-        """What :func:`easyrlhf_core.kit.causal_lm.generation_config` takes: None (greedy) or the sampling settings."""
+        """None (greedy) or the sampling settings (:class:`easyrlhf_core.kit.rollout.Sampling`'s fields)."""
         if not self.sample:
             return None
         return {"temperature": self.temperature, "top_k": self.top_k, "top_p": self.top_p}
@@ -216,16 +216,15 @@ def reply(
     is then added to ``conversation``."""
     import torch
 
-    from easyrlhf_core.kit.causal_lm import generate, generation_config
+    from easyrlhf_core.kit.rollout import Sampling, TransformersEngine
 
     ids = fit_prompt(bot.tokenizer, conversation, user, settings.max_length - settings.max_new_tokens)
-    device = next(bot.model.parameters()).device
-    input_ids = torch.tensor([ids], dtype=torch.long, device=device)
-    config = generation_config(settings.max_new_tokens, bot.stops, bot.pad, settings.sampling())
+    sampled = settings.sampling() or {}
+    sampling = Sampling(settings.max_new_tokens, bot.stops, bot.pad, greedy=not settings.sample, **sampled)
     streamer = text_streamer(bot.tokenizer, on_text) if on_text is not None else None
     with torch.inference_mode():
-        output = generate(bot.model, input_ids, torch.ones_like(input_ids), config, streamer=streamer)
-    answer = decode_answer(bot.tokenizer, output[0].tolist(), bot.stops)
+        output = TransformersEngine(bot.model, bot.tokenizer).generate([ids], sampling, streamer=streamer)
+    answer = decode_answer(bot.tokenizer, output.response_ids[0].tolist(), bot.stops)
     conversation.add(user, answer)
     return answer
 

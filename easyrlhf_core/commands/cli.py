@@ -531,6 +531,13 @@ def plot_command(run_dirs: tuple[str, ...], output_dir: str | None) -> None:
     hidden=True,
     help="Ignored: kept so old scripts still run (eval's intervals are Wilson's, no resampling).",
 )
+@click.option(
+    "--rollout-engine",
+    type=click.Choice(["transformers", "vllm"]),
+    default="transformers",
+    show_default=True,
+    help="Policies: the engine that generates the answers (docs/rollouts.md).",
+)
 @click.option("--trust-remote-code", is_flag=True, help="Allow custom model code (off by default).")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object (keys in docs/eval.md).")
 @click.option("--debug", is_flag=True, help="Show full tracebacks on errors.")

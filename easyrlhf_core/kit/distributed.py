@@ -1,3 +1,6 @@
+"""The processes of a run, from inside one: the main process, launched or not, the world size, the process
+group (started with the run's collective timeout) and its end."""
+
 from __future__ import annotations
 
 import os
@@ -21,9 +24,11 @@ def is_main_process() -> bool:
     return int(os.environ.get("RANK", "0")) == 0
 
 
+#: Set to 1 in the rank processes ``easyrlhf run --num-processes N`` starts.
 LAUNCHED_ENV = "EASYRLHF_LAUNCHED"
 
 
+#: The signals that ask a run to stop at its next step with a checkpoint.
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
 

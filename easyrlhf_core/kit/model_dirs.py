@@ -24,6 +24,7 @@ __all__ = [
     "quiet_transformers",
 ]
 
+#: What a model directory holds: a reward model (sequence classifier) or a causal LM.
 Kind = Literal["reward_model", "causal_lm"]
 
 
@@ -89,6 +90,7 @@ def require_kind(ref: ModelRef, kind: Kind, what: str) -> None:
 
 
 def device() -> Any:
+    """The device inference runs on: the GPU when there is one, else the CPU."""
     import torch
 
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -105,12 +107,14 @@ def for_inference(model: Any) -> Any:
 
 
 def load_ref_policy(ref: ModelRef, trust_remote_code: bool = False) -> Any:
+    """The causal LM ``ref`` names, ready for inference (eval mode, no dropout, on :func:`device`)."""
     from easyrlhf_core.kit.model_loading import load_causal_lm
 
     return for_inference(load_causal_lm(ref.path, trust_remote_code=trust_remote_code))
 
 
 def load_ref_tokenizer(ref: ModelRef, trust_remote_code: bool = False, padding_side: str = "right") -> Any:
+    """The tokenizer of the model ``ref`` names (pad token and chat template ensured)."""
     from easyrlhf_core.kit.model_loading import load_tokenizer as load
 
     return load(ref.path, trust_remote_code=trust_remote_code, padding_side=padding_side)

@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from easyrlhf_core.kit.config import invalid, option
+from easyrlhf_core.kit.rollout import RolloutOptions
 
 if TYPE_CHECKING:
     from easyrlhf_core.kit.context import RunContext
@@ -85,7 +86,7 @@ class TokenSamplingOptions:
 
 
 @dataclass
-class SamplingOptions(TokenSamplingOptions):
+class SamplingOptions(TokenSamplingOptions, RolloutOptions):
     """How a method samples responses: :class:`TokenSamplingOptions` plus ``max_new_tokens`` (a method whose
     default differs redeclares it with :func:`easyrlhf_core.kit.config.with_default`). The TRL online methods name
     the length ``max_completion_length``, as TRL does (:class:`easyrlhf_core.kit.online_trl.OnlineConfig`)."""

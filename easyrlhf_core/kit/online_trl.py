@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING, Any, Literal
 from easyrlhf_core.kit.causal_lm import pin_generation, response_text
 from easyrlhf_core.kit.config import invalid, option, require_positive
 from easyrlhf_core.kit.errors import ConfigError
+from easyrlhf_core.kit.rollout import RolloutOptions
 from easyrlhf_core.kit.online import SampleLog, SampleLogOptions, TokenSamplingOptions, prompts_that_fit
 from easyrlhf_core.kit.rewards import WeightedReward, WeightedRewardsOptions, score_with_columns
 from easyrlhf_core.kit.shapes import Shape
@@ -46,7 +47,7 @@ if TYPE_CHECKING:
     from easyrlhf_core.kit.context import RunContext
     from easyrlhf_core.kit.shapes import Record
 
-__all__ = ["OnlineConfig", "OnlineMethod", "TRLRewardFunc", "trl_reward_funcs", "TRL_REWARD_KWARGS"]
+__all__ = ["EngineRollouts", "OnlineConfig", "OnlineMethod", "TRLRewardFunc", "trl_reward_funcs", "TRL_REWARD_KWARGS"]
 
 #: Keys TRL adds to a reward function's keyword arguments that are not dataset columns.
 TRL_REWARD_KWARGS = {"trainer_state", "log_extra", "log_metric", "environments", "completion_ids"}
@@ -90,7 +91,7 @@ def trl_reward_funcs(
 
 
 @dataclass
-class OnlineConfig(TokenSamplingOptions, SampleLogOptions, WeightedRewardsOptions, TrainerConfig):
+class OnlineConfig(TokenSamplingOptions, RolloutOptions, SampleLogOptions, WeightedRewardsOptions, TrainerConfig):
     """What TRL's online methods share (GRPO, RLOO, a plugin's): the sampling options (top_k, top_p off: the loss
     scores the full softmax), ``num_sample_completions``, several weighted rewards; names as TRL's configs name
     them. A subclass sets ``method_name`` and adds its own fields in :meth:`trl_fields`."""
@@ -118,9 +119,11 @@ class OnlineConfig(TokenSamplingOptions, SampleLogOptions, WeightedRewardsOption
         None, "Micro-batches trained per generation round (TRL's count); empty: gradient_accumulation_steps."
     )
     mask_truncated_completions: bool = option(False, "Leave completions cut at max_completion_length out of the loss.")
-    use_vllm: bool = option(False, "Generate with vLLM (CUDA GPUs and the vllm package).")
+    use_vllm: bool = option(
+        False, "Generate with TRL's vLLM server mode (CUDA GPUs, `trl vllm-serve`); in-process: rollout_engine: vllm."
+    )
     vllm_mode: Literal["colocate", "server"] = option(
-        "colocate", "vLLM in the training processes, or a `trl vllm-serve` server."
+        "colocate", "With use_vllm: server (a `trl vllm-serve` server); colocate is rollout_engine: vllm."
     )
 
     def __post_init__(self) -> None:
@@ -140,6 +143,14 @@ class OnlineConfig(TokenSamplingOptions, SampleLogOptions, WeightedRewardsOption
         Before data or models load."""
         super().validate_for_run()
         self.build_rewards()
+        if self.use_vllm and self.vllm_mode == "colocate":
+            raise ConfigError(
+                "use_vllm needs vllm_mode: server here (TRL's `trl vllm-serve` on CUDA GPUs); for vLLM inside the "
+                "training processes set rollout_engine: vllm (the engine every online method shares)",
+                where="use_vllm",
+            )
+        if self.use_vllm and self.rollout_engine == "vllm":
+            raise ConfigError("give one vLLM: rollout_engine: vllm or use_vllm (server mode)", where="use_vllm")
         if self.use_vllm:
             if importlib.util.find_spec("vllm") is None:
                 raise ConfigError(
@@ -202,6 +213,8 @@ class OnlineMethod(TrainerMethod):
             + f"; {config.num_generations} completions per prompt"
         )
         config_class, trainer_class = (getattr(trl, n) for n in self.trl_names)
+        if config.rollout_engine != "transformers":
+            trainer_class = type(trainer_class.__name__, (EngineRollouts, trainer_class), {})
         try:  # TRL checks the batch against num_generations across all processes, in its config and trainer
             args = trl_arguments(
                 config_class, run, has_eval=bool(evaluation), reward_weights=weights, **config.trl_fields()
@@ -224,6 +237,8 @@ class OnlineMethod(TrainerMethod):
                 ) from None
             raise
         pin_generation(trainer.model)  # TRL's generate: its config alone, not the model's generation_config.json
+        if isinstance(trainer, EngineRollouts):
+            trainer.start_engine(run, path, tokenizer)
         samples.trainer = trainer
         describe_trainable(run, trainer.model)
         return trainer, tokenizer
@@ -233,3 +248,65 @@ class OnlineMethod(TrainerMethod):
         config: OnlineConfig = run.config  # type: ignore[assignment]
         room = config.max_length - config.max_completion_length
         return prompts_that_fit(run, tokenizer, records, room, split, "max_length - max_completion_length")[0]
+
+
+class EngineRollouts:
+    """Mixed into a TRL online trainer (GRPO, RLOO) when ``rollout_engine`` is not transformers: its completions
+    come from the rollout layer's engine (:mod:`easyrlhf_core.kit.rollout`), synced with the policy's weights
+    whenever an optimizer step has changed them, one completion per (already repeated) prompt row, the stop
+    tokens and sampling settings the run's. TRL then scores and trains as usual."""
+
+    rollout_engine: Any = None
+    rollout_calls = 0
+    engine_step = -1  # the global step whose weights the engine holds (-1: none pushed yet)
+
+    def start_engine(self, run: RunContext, model_dir: str, tokenizer: Any) -> None:
+        """Start the engine from ``model_dir`` (the policy's starting weights; the first rollout pushes the
+        current ones)."""
+        from easyrlhf_core.kit.causal_lm import stop_token_ids
+        from easyrlhf_core.kit.rollout import build_engine
+
+        config: OnlineConfig = run.config  # type: ignore[assignment]
+        self.rollout_config = config
+        self.rollout_stops = stop_token_ids(tokenizer, getattr(self, "model", None))
+        self.rollout_pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else self.rollout_stops[0]
+        self.rollout_engine = build_engine(
+            config,
+            None,
+            tokenizer,
+            model_dir=model_dir,
+            precision=config.precision,
+            seed=config.seed,
+            max_model_len=config.max_length,
+            log=run.log,
+        )
+
+    def _generate_single_turn(self, prompt_ids: list[list[int]], *args: Any, **kwargs: Any) -> Any:
+        import inspect
+
+        from easyrlhf_core.kit.rollout import Sampling
+
+        trainer: Any = self
+        config = self.rollout_config
+        if trainer.state.global_step != self.engine_step:
+            trainer.rollout_engine.sync_weights(trainer.accelerator.unwrap_model(trainer.model))
+            self.engine_step = trainer.state.global_step
+        self.rollout_calls += 1
+        seed = config.seed * 7919 + trainer.accelerator.process_index * 104729 + self.rollout_calls
+        sampling = Sampling(
+            config.max_completion_length,
+            self.rollout_stops,
+            self.rollout_pad,
+            temperature=config.temperature,
+            top_k=config.top_k,
+            top_p=config.top_p,
+            seed=seed,
+        )
+        out = trainer.rollout_engine.generate(prompt_ids, sampling, logprobs=True)
+        lengths = out.response_mask.sum(dim=1).tolist()
+        completion_ids = [row[:n].tolist() for row, n in zip(out.response_ids, lengths)]
+        base = super()._generate_single_turn  # type: ignore[misc]
+        if "num_generations" not in inspect.signature(base).parameters:
+            return completion_ids  # RLOO: completions only
+        assert out.logprobs is not None
+        return completion_ids, [row[:n].tolist() for row, n in zip(out.logprobs, lengths)]

@@ -22,6 +22,7 @@ __all__ = [
 
 #: Two scores closer than this are a tie (absorbs float noise between batches of different shapes).
 TIE_TOLERANCE = 1e-6
+#: Resamples of a seeded bootstrap interval.
 BOOTSTRAP_SAMPLES = 1000
 
 
@@ -105,4 +106,5 @@ def length_baseline(chosen: Sequence[str], rejected: Sequence[str]) -> PairwiseR
 
 
 def mean(values: Sequence[float]) -> float:
+    """The arithmetic mean; NaN for no values."""
     return sum(values) / len(values) if values else float("nan")

@@ -87,13 +87,14 @@ def _tiny_llama_config(tokenizer: Any, **fields: Any) -> Any:
     )
 
 
-def build_tiny_causal_lm(tokenizer: Any, seed: int = 0) -> Any:
-    """A random 2-layer ``LlamaForCausalLM`` sized to ``tokenizer`` (tied embeddings), seeded."""
+def build_tiny_causal_lm(tokenizer: Any, seed: int = 0, **fields: Any) -> Any:
+    """A random 2-layer ``LlamaForCausalLM`` sized to ``tokenizer`` (tied embeddings), seeded; ``fields``
+    change the config (``head_dim=32`` for engines whose kernels need a wider head, such as vLLM on CPU)."""
     import torch
     from transformers import LlamaForCausalLM
 
     torch.manual_seed(seed)
-    return LlamaForCausalLM(_tiny_llama_config(tokenizer, tie_word_embeddings=True))
+    return LlamaForCausalLM(_tiny_llama_config(tokenizer, **{"tie_word_embeddings": True, **fields}))
 
 
 def build_tiny_reward_model(tokenizer: Any, seed: int = 0) -> Any:
@@ -106,10 +107,11 @@ def build_tiny_reward_model(tokenizer: Any, seed: int = 0) -> Any:
     return LlamaForSequenceClassification(_tiny_llama_config(tokenizer, num_labels=1))
 
 
-def save_tiny_causal_lm(directory: str | Path, seed: int = 0) -> Path:
-    """:func:`build_tiny_causal_lm` and its tokenizer saved in ``directory`` like a Hub model; the path."""
+def save_tiny_causal_lm(directory: str | Path, seed: int = 0, **fields: Any) -> Path:
+    """:func:`build_tiny_causal_lm` (``fields`` change its config) and its tokenizer saved in ``directory`` like a
+    Hub model; the path."""
     tokenizer = build_tiny_tokenizer()
-    return _save(build_tiny_causal_lm(tokenizer, seed=seed), tokenizer, Path(directory))
+    return _save(build_tiny_causal_lm(tokenizer, seed=seed, **fields), tokenizer, Path(directory))
 
 
 def save_tiny_reward_model(directory: str | Path, seed: int = 0) -> Path:

@@ -26,7 +26,8 @@ A method on a TRL trainer is a config and a ``build_trainer``::
                                  processing_class=tokenizer, peft_config=lora_config(run.config, "CAUSAL_LM"))
             return trainer, tokenizer
 
-:meth:`TrainerMethod.train` then runs it through :func:`train_and_save`: checkpoints under
+:meth:`TrainerMethod.train` then runs it through :func:`~easyrlhf_core.kit.trainer_run.train_and_save`:
+checkpoints under
 ``OUTPUT_DIR/checkpoints``, ``--resume``, Ctrl-C, metrics to ``metrics.jsonl``, the final eval and ``model/``.
 A method with its own loop (as ``ppo``) uses the loading helpers directly; a method that scores samples mixes
 the reward options of :mod:`easyrlhf_core.kit.rewards` into its config, and one that samples the online kit's
@@ -48,7 +49,6 @@ from easyrlhf_core.kit.errors import ConfigError
 if TYPE_CHECKING:
     from easyrlhf_core.kit.context import RunContext
     from easyrlhf_core.kit.shapes import Record
-from easyrlhf_core.kit.trainer_run import train_and_save, training_arguments
 
 __all__ = [
     "TrainerConfig",
@@ -113,6 +113,8 @@ class TrainerMethod(Method):
 
         with lora_errors():  # peft's "target modules not found" (raised inside the trainer) in our voice
             trainer, tokenizer = self.build_trainer(run)
+        from easyrlhf_core.kit.trainer_run import train_and_save  # transformers: only when training
+
         train_and_save(run, trainer, tokenizer=tokenizer)
 
 
@@ -218,9 +220,12 @@ def data_splits(run: RunContext) -> tuple[Any, Any]:
 
 
 def trl_arguments(trl_config_class: type, run: RunContext, has_eval: bool, **method_fields: Any) -> Any:
-    """A TRL ``*Config`` (or ``TrainingArguments``): :func:`training_arguments`, then ``method_fields`` on top
-    (a method's own fields, or a shared default it overrides, e.g. ``remove_unused_columns=False`` for a
-    collator that needs extra columns); ``max_length`` from the config unless given."""
+    """A TRL ``*Config`` (or ``TrainingArguments``): :func:`~easyrlhf_core.kit.trainer_run.training_arguments`, then
+    ``method_fields`` on top (a method's own fields, or a shared default it overrides, e.g.
+    ``remove_unused_columns=False`` for a collator that needs extra columns); ``max_length`` from the config unless
+    given."""
+    from easyrlhf_core.kit.trainer_run import training_arguments
+
     kwargs = training_arguments(run.config, run, has_eval=has_eval)
     kwargs.update(method_fields)
     known = getattr(trl_config_class, "__dataclass_fields__", None)

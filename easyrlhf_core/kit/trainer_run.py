@@ -1,4 +1,4 @@
-"""Glue between a :class:`~easyrlhf_core.runtime.run.Run` and a transformers/TRL ``Trainer``: arguments from our
+"""A transformers/TRL ``Trainer`` run inside a run (:class:`~easyrlhf_core.kit.context.RunContext`): arguments from our
 config, metrics and progress through a callback, checkpoints under ``OUTPUT_DIR/checkpoints``, resume,
 and a clean stop on Ctrl-C / SIGTERM.
 

@@ -1,7 +1,6 @@
-"""The run lifecycle: resolve method and config, load data, claim the output dir, train, write outputs.
-
-Everything that can be checked is checked before a model loads and before anything is written:
-unknown methods and options, wrong types, data that does not parse, an output dir already in use.
+"""A run in progress (:class:`Run`, what a method's ``train`` gets as its
+:class:`~easyrlhf_core.kit.context.RunContext`), what the user asked for (:class:`RunRequest`), and the names of
+the files in a run directory. The steps that drive a run are :mod:`easyrlhf_core.runtime.lifecycle`.
 """
 
 from __future__ import annotations

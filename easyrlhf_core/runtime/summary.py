@@ -1,9 +1,10 @@
 """The end-of-run summary: what was trained on what, what changed, where the model is, what to run next.
 
-Printed after training (main process) and written to ``OUTPUT_DIR/summary.json``. What changed comes from
-the method (:meth:`easyrlhf_core.kit.bases.Method.what_changed`, a list of :class:`Finding`); for a policy trained
-on preference pairs, :func:`held_out_pairs_change` scores the run's own held-out pairs with the start model
-and with the trained one, with 95% intervals (Wilson for shares, bootstrap for the mean margin change).
+Printed after training (main process) and written to ``OUTPUT_DIR/summary.json``. What changed comes from the
+method (:meth:`easyrlhf_core.kit.bases.Method.what_changed`, a list of
+:class:`~easyrlhf_core.kit.findings.Finding`); for a policy trained on preference pairs,
+:func:`~easyrlhf_core.kit.findings.held_out_pairs_change` scores the run's own held-out pairs with the start
+model and with the trained one, with 95% intervals (Wilson for shares, bootstrap for the mean margin change).
 """
 
 from __future__ import annotations

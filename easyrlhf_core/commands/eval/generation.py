@@ -1,14 +1,14 @@
-"""Batched answers to prompts: greedy, or sampled from the model's unmodified distribution (temperature 1,
-no top-k / top-p), which is what the KL estimate needs."""
+"""Batched answers to prompts through the rollout layer (:mod:`easyrlhf_core.kit.rollout`): greedy, or sampled
+from the model's unmodified distribution (temperature 1, no top-k / top-p), which is what the KL estimate needs."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from typing import Any
 
-from easyrlhf_core.kit.causal_lm import decode_response, generate, generation_config, left_pad, stop_token_ids
 from easyrlhf_core.kit.chat_template import keep_last
 from easyrlhf_core.kit.completion_logprobs import batches_by_length
+from easyrlhf_core.kit.rollout import RolloutEngine, Sampling
 
 
 @dataclass
@@ -23,44 +23,43 @@ class Answer:
 
 
 def generate_answers(
-    model: Any,
-    tokenizer: Any,
+    engine: RolloutEngine,
     prompts: list[list[int]],
+    stops: list[int],
+    pad: int,
     max_new_tokens: int,
     batch_size: int = 8,
     sample: bool = False,
     seed: int = 42,
     max_length: int = 1024,
 ) -> list[Answer]:
-    """One :class:`Answer` per prompt (token ids from :func:`easyrlhf_core.kit.chat_template.prompt_ids`), in input
-    order.
+    """One :class:`Answer` per prompt (token ids from :func:`easyrlhf_core.kit.chat_template.prompt_ids`), in
+    input order, from ``engine``; ``stops`` end a turn, ``pad`` pads.
 
-    Prompts keep their last ``max_length - max_new_tokens`` tokens. Sampling is seeded once with ``seed``.
-    """
+    Prompts keep their last ``max_length - max_new_tokens`` tokens. Sampling is seeded once with ``seed`` (the
+    transformers engine: torch's generator before the first batch; vllm: each batch's rows from it)."""
     import torch
 
-    device = next(model.parameters()).device
-    stops = stop_token_ids(tokenizer, model)
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else stops[0]
-    config = generation_config(max_new_tokens, stops, pad, {} if sample else None)  # {}: the model's own distribution
     room = max(1, max_length - max_new_tokens)
     trimmed = [keep_last(list(p), room) for p in prompts]
     answers: list[Answer | None] = [None] * len(prompts)
-    if sample:
+    if sample and engine.name == "transformers":
         torch.manual_seed(seed)
-    with torch.inference_mode():
-        for batch in batches_by_length([len(p) for p in trimmed], batch_size):
-            input_ids, attention = left_pad([trimmed[i] for i in batch], pad)
-            output = generate(model, input_ids.to(device), attention.to(device), config)
-            for row, i in enumerate(batch):
-                new = output[row].tolist()
-                end = next((k for k, t in enumerate(new) if t in stops), None)
-                kept = new if end is None else new[: end + 1]
-                text_ids = kept if end is None else kept[:-1]
-                answers[i] = Answer(
-                    prompt_ids=trimmed[i],
-                    completion_ids=kept,
-                    text=decode_response(tokenizer, text_ids),
-                    finished=end is not None,
-                )
+    for number, batch in enumerate(batches_by_length([len(p) for p in trimmed], batch_size)):
+        per_call_seed = seed + number if sample and engine.name != "transformers" else None
+        sampling = Sampling(max_new_tokens, stops, pad, greedy=not sample, seed=per_call_seed)
+        out = engine.generate([trimmed[i] for i in batch], sampling)
+        lengths = out.response_mask.sum(dim=1).tolist()
+        for row, i in enumerate(batch):
+            kept = out.response_ids[row, : lengths[row]].tolist()
+            finished = bool(kept) and kept[-1] in stops
+            answers[i] = Answer(prompt_ids=trimmed[i], completion_ids=kept, text=out.texts[row], finished=finished)
     return [a for a in answers if a is not None]
+
+
+def answer_engine(model: Any, tokenizer: Any, model_dir: str, rollout_engine: str, seed: int, max_length: int) -> Any:
+    """The rollout engine eval samples ``model`` with (``model_dir``: where vllm loads it from)."""
+    from easyrlhf_core.kit.rollout import RolloutOptions, build_engine
+
+    options = RolloutOptions(rollout_engine=rollout_engine)  # type: ignore[arg-type]
+    return build_engine(options, model, tokenizer, model_dir=model_dir, seed=seed, max_model_len=max_length)

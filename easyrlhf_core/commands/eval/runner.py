@@ -3,13 +3,15 @@ reward, dataset and its shape) and the data is loaded before any model loads."""
 
 from __future__ import annotations
 
+import functools
+
 import json
 import sys
 from dataclasses import dataclass, field
 from typing import Any, Callable, Literal
 
 from easyrlhf_core.commands.eval.data import EvalData, Split, load_eval_data, pick_shape
-from easyrlhf_core.commands.eval.generation import Answer, generate_answers
+from easyrlhf_core.commands.eval.generation import Answer, answer_engine, generate_answers
 from easyrlhf_core.commands.eval.report import EvalReport
 from easyrlhf_core.kit import chat_template as chat
 from easyrlhf_core.kit.completion_logprobs import (
@@ -59,10 +61,15 @@ class EvalRequest:
     seed: int = 42
     sample: bool = True
     trust_remote_code: bool = False
+    rollout_engine: str = "transformers"
 
 
 def check_request(request: EvalRequest) -> None:
-    """Numbers in range."""
+    """Numbers in range; the rollout engine installed."""
+    if request.rollout_engine == "vllm":
+        from easyrlhf_core.kit.rollout import RolloutOptions
+
+        RolloutOptions(rollout_engine="vllm").validate_rollout_engine()
     for flag, value, minimum in (
         ("--limit", request.limit, 1),
         ("--batch-size", request.batch_size, 1),
@@ -272,30 +279,24 @@ def run_model(
     if inputs.pair_examples:
         log(f"{ref.flag}: log-probs of {len(inputs.pair_examples)} chosen/rejected completions")
         out.pair_logps = completion_logprobs(model, inputs.pair_examples, pad, size, request.max_length)
-    if greedy:
-        log(f"{ref.flag}: greedy answers to {len(inputs.prompts)} prompts")
-        out.greedy = generate_answers(
-            model,
-            tokenizer,
-            inputs.prompt_ids,
-            request.max_new_tokens,
-            size,
-            sample=False,
+    if greedy or sample:
+        from easyrlhf_core.kit.causal_lm import stop_token_ids
+
+        engine = answer_engine(model, tokenizer, ref.path, request.rollout_engine, request.seed, request.max_length)
+        stops = stop_token_ids(tokenizer, model)
+        pad_id = pad if pad is not None else stops[0]
+        answers = functools.partial(
+            generate_answers, engine, inputs.prompt_ids, stops, pad_id, request.max_new_tokens, size,
             max_length=request.max_length,
-        )
-    if sample:
-        log(f"{ref.flag}: sampled answers to {len(inputs.prompts)} prompts")
-        out.sampled = generate_answers(
-            model,
-            tokenizer,
-            inputs.prompt_ids,
-            request.max_new_tokens,
-            size,
-            sample=True,
-            seed=request.seed,
-            max_length=request.max_length,
-        )
-        samples_to_score = out.sampled
+        )  # fmt: skip
+        if greedy:
+            log(f"{ref.flag}: greedy answers to {len(inputs.prompts)} prompts")
+            out.greedy = answers(sample=False)
+        if sample:
+            log(f"{ref.flag}: sampled answers to {len(inputs.prompts)} prompts")
+            out.sampled = answers(sample=True, seed=request.seed)
+            samples_to_score = out.sampled
+        engine.close()
     if samples_to_score and inputs.reference is not None:
         examples = [(a.prompt_ids, a.completion_ids) for a in samples_to_score]
         log(f"{ref.flag}: log-probs of {len(examples)} sampled answers")

@@ -10,6 +10,7 @@ policy is gathered whole for each ``generate`` and released after (:mod:`easyrlh
 
 from __future__ import annotations
 
+import contextlib
 import math
 import time
 from typing import TYPE_CHECKING, Any
@@ -31,12 +32,13 @@ from easyrlhf_core.kit.trainer_run import (
     continue_schedule,
     diverged_error,
 )
+from easyrlhf_core.kit.rollout import Sampling, build_engine, logprob_agreement
 from easyrlhf_core.kit.zero import fill_size_autos, gathered, gathered_for_generation, inference_engine, is_partitioned
 
 from . import core
 from .checkpoint import resume_from_latest, save_checkpoint
 from .models import PolicyAndValue, load_models, response_stop_ids
-from .rollout import Rollout, generation_config, record_rollout
+from .rollout import Rollout, record_rollout
 
 if TYPE_CHECKING:
     from easyrlhf_core.kit.bases import RewardFunction
@@ -125,7 +127,6 @@ class PPOTrainer:
         self.tokenizer = models.tokenizer
         self.reference = models.reference
         self.stop_ids = response_stop_ids(config, self.tokenizer, models.policy)
-        self.gen_config = generation_config(config, self.tokenizer, self.stop_ids)
 
         self.prompts, self.prompt_ids = self._encode(run.data.train, "training")
         self.eval_prompts, self.eval_ids = self._encode(run.data.eval, "eval") if run.data.eval else ([], [])
@@ -165,6 +166,19 @@ class PPOTrainer:
         self.kl_ctl = core.kl_controller(config.beta, config.adaptive_kl, config.target_kl, config.kl_horizon)
         self.moments = core.RunningMoments()
         self.nonfinite = NonFinite()  # a NaN / inf loss or gradient norm stops the run (step)
+        # before the per-process seed: vLLM seeds the process's generators when it starts
+        self.engine = build_engine(
+            config,
+            self.unwrapped.policy,
+            self.tokenizer,
+            model_dir=policy_path,
+            precision=config.precision,
+            seed=config.seed,
+            max_model_len=config.max_length,
+            log=run.log,
+            bos_token_id=self.tokenizer.bos_token_id,
+        )
+        self.engine_synced = False  # the vllm engine starts from policy_path: push the weights before sampling
         set_seed(config.seed, device_specific=True)  # each process samples differently
         describe_trainable(run, self.unwrapped)
         run.log(
@@ -216,17 +230,41 @@ class PPOTrainer:
     def generating(self) -> Any:
         """The block in which :meth:`sample` may run: under ZeRO-3 the policy's parameters are gathered
         whole on every rank (and released after), so ``generate`` runs locally. Collective: enter it the
-        same number of times on every rank."""
+        same number of times on every rank. The vllm engine samples from its own copy: nothing to gather."""
+        if self.engine.name != "transformers":
+            return contextlib.nullcontext()
         return gathered_for_generation(self.model, self.unwrapped.policy)
 
-    def sample(self, prompt_ids: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """``(queries, query_mask, responses)`` for ``prompt_ids`` in one ``generate`` call (inside
-        :meth:`generating`)."""
-        queries, query_mask = lm.left_pad(prompt_ids, self.tokenizer.pad_token_id)
-        queries, query_mask = queries.to(self.accelerator.device), query_mask.to(self.accelerator.device)
-        with torch.no_grad(), self.accelerator.autocast():
-            responses = lm.generate(self.unwrapped.policy, queries, query_mask, self.gen_config)
-        return queries, query_mask, responses
+    def sampling(self, iteration: int) -> Sampling:
+        """This iteration's sampling settings; the vllm engine's rows are seeded from the run's seed, the rank
+        and the iteration (the transformers engine draws from the process's seeded generator, as before)."""
+        config = self.config
+        seed = None if self.engine.name == "transformers" else config.seed * 7919 + self.rank * 104729 + iteration
+        return Sampling(
+            max_new_tokens=config.max_new_tokens,
+            stop_ids=self.stop_ids,
+            pad_token_id=self.tokenizer.pad_token_id,
+            temperature=config.temperature,
+            top_k=config.top_k,
+            top_p=config.top_p,
+            seed=seed,
+        )
+
+    def sample(
+        self, prompt_ids: list[list[int]], iteration: int = 0
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """``(queries, query_mask, responses, engine log-probs or None)`` for ``prompt_ids`` in one rollout call
+        (inside :meth:`generating`); the vllm engine gets the policy's weights first when they changed."""
+        if self.engine.name != "transformers" and not self.engine_synced:
+            self.engine.sync_weights(self.unwrapped.policy)
+            self.engine_synced = True
+        with self.accelerator.autocast():
+            out = self.engine.generate(
+                prompt_ids, self.sampling(iteration), logprobs=self.engine.name != "transformers"
+            )
+        device = self.accelerator.device
+        engine_logprobs = out.logprobs.to(device) if out.logprobs is not None else None
+        return out.prompt_ids.to(device), out.prompt_mask.to(device), out.response_ids.to(device), engine_logprobs
 
     def rollout(self, iteration: int) -> tuple[Rollout, list[Record], list[str], dict[str, float]]:
         """Sample and score this process's prompts; ``(rollout, prompts, completions, timings)``."""
@@ -235,7 +273,9 @@ class PPOTrainer:
         self.unwrapped.eval()
         start = time.perf_counter()
         with self.generating():
-            queries, query_mask, responses = self.sample([self.prompt_ids[i] for i in indices])
+            queries, query_mask, responses, engine_logprobs = self.sample(
+                [self.prompt_ids[i] for i in indices], iteration
+            )
         generated = time.perf_counter()
         texts: list[str] = []
         score_time = [0.0]
@@ -266,6 +306,8 @@ class PPOTrainer:
             "time/score": score_time[0],
             "time/forward": finished - generated - score_time[0],
         }
+        if engine_logprobs is not None:  # the engine's view of the sampled tokens next to the trainer's
+            timings.update(logprob_agreement(engine_logprobs, result.logprobs, result.mask))
         return result, prompts, texts, timings
 
     # -- advantages ----------------------------------------------------------------------------------
@@ -394,7 +436,7 @@ class PPOTrainer:
         with self.generating():  # once: ranks may have different numbers of eval chunks
             for start in range(0, len(mine), size):
                 chunk = mine[start : start + size]
-                _, _, responses = self.sample([self.eval_ids[i] for i in chunk])
+                _, _, responses, _ = self.sample([self.eval_ids[i] for i in chunk])
                 mask, has_stop = core.response_mask(responses, self.stop_ids)
                 records = [self.eval_prompts[i] for i in chunk]
                 scores = score_with_columns(
@@ -506,6 +548,7 @@ class PPOTrainer:
         adv = self.advantages(ro)
         update_start = time.perf_counter()
         update = self.update(ro, adv, iteration)
+        self.engine_synced = False  # the policy moved: the vllm engine gets its weights before the next rollout
         diverged = self.nonfinite.check(self.accelerator.device)  # every rank, every iteration: agreed
         timings["time/update"] = time.perf_counter() - update_start
         timings["time/iteration"] = time.perf_counter() - began

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 from easyrlhf_core.kit.errors import DataError, PluginError
 from easyrlhf_core.kit.shapes import Message, Record
+from easyrlhf_core.kit.rollout import Sampling
 
 if TYPE_CHECKING:
     from easyrlhf_core.kit.bases import RewardFunction
@@ -139,21 +140,32 @@ def score_all(
 
 
 def sample_responses(
-    model: Any, tokenizer: Any, prompts: list[list[Message]], config: RRHFConfig, log: Any = lambda _m: None
+    model: Any,
+    tokenizer: Any,
+    prompts: list[list[Message]],
+    config: RRHFConfig,
+    log: Any = lambda _m: None,
+    model_dir: str | None = None,
 ) -> list[list[str]]:
-    """``num_generations`` sampled responses per prompt (batched, left-padded)."""
+    """``num_generations`` sampled responses per prompt, through the rollout layer (``rollout_engine``; the vllm
+    engine starts from ``model_dir``, the model's directory)."""
     import torch
 
-    from easyrlhf_core.kit.causal_lm import decode_response, generate, left_pad
     from easyrlhf_core.kit.chat_template import keep_last, prompt_ids
+    from easyrlhf_core.kit.rollout import build_engine
 
     if config.num_generations == 0:
         return [[] for _ in prompts]
     torch.manual_seed(config.seed)
-    settings = sampling_config(config, tokenizer, model)
+    sampling = sampling_config(config, tokenizer, model)
+    engine = build_engine(
+        config, model, tokenizer, model_dir=model_dir, precision=config.precision, seed=config.seed,
+        max_model_len=config.max_length, log=log,
+    )  # fmt: skip
     was_training = model.training
     model.eval()
     out: list[list[str]] = []
+    n = config.num_generations
     try:
         max_prompt = max(config.max_length - config.max_new_tokens, 1)
         for start in range(0, len(prompts), config.generation_batch_size):
@@ -161,29 +173,29 @@ def sample_responses(
                 keep_last(prompt_ids(tokenizer, p), max_prompt)
                 for p in prompts[start : start + config.generation_batch_size]
             ]
-            input_ids, attention_mask = left_pad(batch, tokenizer.pad_token_id)
-            with torch.no_grad():
-                generated = generate(model, input_ids.to(model.device), attention_mask.to(model.device), settings)
-            texts = [decode_response(tokenizer, row) for row in generated]
-            n = config.num_generations
+            if engine.name != "transformers":
+                sampling.seed = config.seed + start
+            texts = engine.generate([ids for ids in batch for _ in range(n)], sampling).texts
             out.extend(texts[i * n : (i + 1) * n] for i in range(len(batch)))
             log(f"sampled candidates for {len(out)}/{len(prompts)} prompts")
     finally:
         model.train(was_training)
+        engine.close()
     return out
 
 
-def sampling_config(config: RRHFConfig, tokenizer: Any, model: Any) -> Any:
-    """The candidates' ``GenerationConfig``: the sampling options, stopping on the same end-of-turn ids as
-    eval and ppo (:func:`easyrlhf_core.kit.causal_lm.stop_token_ids`)."""
-    from easyrlhf_core.kit.causal_lm import generation_config, stop_token_ids
+def sampling_config(config: RRHFConfig, tokenizer: Any, model: Any) -> Sampling:
+    """How candidates are sampled: the sampling options, stopping on the same end-of-turn ids as eval and ppo
+    (:func:`easyrlhf_core.kit.causal_lm.stop_token_ids`)."""
+    from easyrlhf_core.kit.causal_lm import stop_token_ids
 
-    return generation_config(
+    return Sampling(
         config.max_new_tokens,
         stop_token_ids(tokenizer, model),
         tokenizer.pad_token_id,
-        config.sampling_settings(),
-        num_return_sequences=config.num_generations,
+        temperature=config.temperature,
+        top_k=config.top_k,
+        top_p=config.top_p,
     )
 
 
@@ -240,7 +252,9 @@ def generated_candidates(
         run.log(f"candidates: {path} was made with other settings or data; generating again")
     if not run.is_main_process:
         raise PluginError(f"candidates cache missing on a non-main rank; the main rank should have written {path}")
-    generator, generator_tokenizer = policy, tokenizer
+    from easyrlhf_core.kit.trainer_method import run_model_path
+
+    generator, generator_tokenizer, generator_dir = policy, tokenizer, run_model_path(run)
     if config.generation_model is not None and config.num_generations > 0:
         from easyrlhf_core.kit.model_loading import load_causal_lm, load_tokenizer, resolve_model
 
@@ -248,13 +262,16 @@ def generated_candidates(
         run.log(f"candidates: sampling with {resolved.source}")
         generator_tokenizer = load_tokenizer(resolved.path, config.trust_remote_code)
         generator = load_causal_lm(resolved.path, config.trust_remote_code).to(policy.device)
+        generator_dir = resolved.path
     run.log(
         f"candidates: sampling {config.num_generations} per prompt for {len(splits['train'])} train + "
         f"{len(splits['eval'])} eval prompts, scoring with '{reward.name}'"
     )
     result: dict[str, list[Record]] = {}
     for split, records in splits.items():
-        sampled = sample_responses(generator, generator_tokenizer, [r["prompt"] for r in records], config, run.log)
+        sampled = sample_responses(
+            generator, generator_tokenizer, [r["prompt"] for r in records], config, run.log, generator_dir
+        )
         result[split] = build_candidates(records, sampled, reward, config.keep_dataset_responses, run.log)
     write_cache(path, key, result)
     run.log(f"candidates: {summary(result['train'])}; cached in {path}")
