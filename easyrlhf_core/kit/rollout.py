@@ -48,6 +48,7 @@ class RolloutOptions:
         "transformers",
         "Engine that samples completions: transformers (the model's generate) or vllm (a vLLM engine in "
         "this process, weights synced from the policy after every optimizer step; pip install vllm).",
+        deprecated_names=("generation_backend",),
     )
     vllm_kv_cache_gib: float = option(
         0.0, "vLLM on CPU: KV-cache size in GiB; 0: from the machine (5% of memory, 1 to 8 GiB)."

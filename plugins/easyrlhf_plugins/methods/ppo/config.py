@@ -11,7 +11,6 @@ Batch sizes, per process (``--num-processes N`` multiplies each by N):
 
 from __future__ import annotations
 
-import importlib.util
 from dataclasses import dataclass
 from typing import Literal
 
@@ -70,9 +69,6 @@ class PPOConfig(SamplingOptions, SampleLogOptions, OneRewardOptions, TrainerConf
         "generation config's eos ids and the tokenizer's eos), as in eval and "
         "rrhf.",
     )
-    generation_backend: Literal["transformers", "vllm"] = option(
-        "transformers", "Rollout engine: transformers (model.generate with KV cache); vllm needs CUDA GPUs."
-    )
     # objective
     beta: float = option(0.05, "KL penalty coefficient (initial value with adaptive_kl).")
     kl_estimator: Literal["k1", "k3"] = option(
@@ -121,8 +117,6 @@ class PPOConfig(SamplingOptions, SampleLogOptions, OneRewardOptions, TrainerConf
             raise invalid("missing_eos_penalty", "must be >= 0 (it is subtracted), or empty for off")
         if self.value_learning_rate is not None and self.value_learning_rate <= 0:
             raise invalid("value_learning_rate", "must be > 0, or empty for learning_rate")
-        if self.generation_backend == "vllm":
-            raise invalid("generation_backend", _vllm_unavailable_reason())
 
     def validate_for_run(self) -> None:
         """A run needs exactly one reward, with valid options; checked before data or models load
@@ -135,20 +129,3 @@ class PPOConfig(SamplingOptions, SampleLogOptions, OneRewardOptions, TrainerConf
     def mini_batch_size(self) -> int:
         """Samples per optimizer step on each process."""
         return self.per_device_train_batch_size * self.gradient_accumulation_steps
-
-
-def _vllm_unavailable_reason() -> str:
-    """Why the vllm backend cannot run here (it is never emulated)."""
-    if importlib.util.find_spec("vllm") is None:
-        return (
-            "'vllm' needs the vllm package and CUDA GPUs (`pip install vllm`); on this machine use "
-            "generation_backend: transformers"
-        )
-    import torch
-
-    if not torch.cuda.is_available():
-        return "'vllm' needs CUDA GPUs; on CPU use generation_backend: transformers"
-    return (
-        "'vllm' is not wired into this version of ppo: rollouts run on transformers' generate (docs/ppo.md, "
-        "'Generation backends', describes the vLLM design); use generation_backend: transformers"
-    )
