@@ -281,6 +281,7 @@ def test_ppo_grpo_and_eval_hand_the_reward_the_same_text(tiny_model_dir, monkeyp
     from easyrlhf_plugins.methods.ppo.trainer import PPOTrainer
 
     from easyrlhf_core.commands.eval import generation
+    from easyrlhf_core.kit import causal_lm
     from easyrlhf_core.kit.chat_template import as_completion
     from easyrlhf_core.kit.model_loading import load_causal_lm, load_tokenizer
     from easyrlhf_core.kit.online_trl import TRLRewardFunc
@@ -298,7 +299,7 @@ def test_ppo_grpo_and_eval_hand_the_reward_the_same_text(tiny_model_dir, monkeyp
     # grpo / rloo: TRL decodes the completion (special tokens skipped) and calls our reward function
     TRLRewardFunc(WeightedReward(reward, 1.0, "rec"))([prompt], [[{"role": "assistant", "content": " 4\n"}]])
     # eval: the generated answer's text, scored as a completion
-    monkeypatch.setattr(generation, "generate", lambda *args: response)
+    monkeypatch.setattr(causal_lm, "generate", lambda *args, **kwargs: response)  # what eval's engine calls
     (answer,) = generation.generate_answers(
         load_causal_lm(str(tiny_model_dir)), tokenizer, [tokenizer.encode("What is 2 + 2?")], 4
     )

@@ -85,24 +85,20 @@ def loop_whiten(values: list[list[float]], mask: list[list[int]], shift_mean: bo
 
 
 def loop_gae(rewards, values, mask, gamma, lam) -> tuple[list[list[float]], list[list[float]]]:
-    """``A_t = sum_l (gamma lam)^l delta_{t+l}`` forward until the episode's end (the first 0 in the mask);
-    the value after the end is 0."""
+    """``A_t = sum_l (gamma lam)^l delta_{t+l}`` over the positions where the mask is 1, in order (a 0 is skipped:
+    an environment's tokens between two of the model's, or padding); the value after the last is 0."""
     advantages, returns = [], []
     for r, v, m in zip(rewards, values, mask):
-        n = len(r)
+        kept = [t for t in range(len(r)) if m[t]]  # the model's positions, in order
 
-        def delta(s: int) -> float:
-            next_value = v[s + 1] if s + 1 < n and m[s + 1] else 0.0
-            return r[s] + gamma * next_value - v[s]
+        def delta(i: int) -> float:
+            t = kept[i]
+            next_value = v[kept[i + 1]] if i + 1 < len(kept) else 0.0
+            return r[t] + gamma * next_value - v[t]
 
-        a_row = []
-        for t in range(n):
-            a = 0.0
-            s = t
-            while s < n and m[s]:
-                a += (gamma * lam) ** (s - t) * delta(s)
-                s += 1
-            a_row.append(a)
+        a_row = [0.0] * len(r)
+        for i, t in enumerate(kept):
+            a_row[t] = sum((gamma * lam) ** (j - i) * delta(j) for j in range(i, len(kept)))
         advantages.append(a_row)
         returns.append([a + v[t] if m[t] else 0.0 for t, a in enumerate(a_row)])
     return advantages, returns

@@ -55,6 +55,8 @@ class ChatSettings:
     top_p: float = 1.0
     seed: int = 42
     trust_remote_code: bool = False
+    max_turns: int = 4  # --env: assistant turns per episode
+    max_episode_tokens: int = 512  # --env: tokens after the prompt per episode
 
     def check(self) -> None:
         """Numbers in range; sampling options only with ``--sample``. Raises :class:`ConfigError` naming the flag."""

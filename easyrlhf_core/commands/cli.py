@@ -129,7 +129,7 @@ def cli(ctx: click.Context, debug: bool) -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of tables.")
 @handle_errors
 def list_plugins(as_json: bool) -> None:
-    """List installed plugins and the methods, datasets and reward functions they provide."""
+    """List installed plugins and the methods, datasets, reward functions and environments they provide."""
     from easyrlhf_core.runtime.registry import get_registry
 
     registry = get_registry()
@@ -141,7 +141,7 @@ def list_plugins(as_json: bool) -> None:
     from rich.table import Table
 
     console = Console()
-    for kind in ("methods", "datasets", "rewards"):
+    for kind in ("methods", "datasets", "rewards", "environments"):
         table = Table(title=kind.capitalize(), title_justify="left")
         for col in ("name", "description", "plugin", "package", "version"):
             table.add_column(col)
@@ -180,6 +180,7 @@ _FLAG_KEYS = {
     "deepspeed": "deepspeed",
     "reward_model": "reward_model",
     "reward": "reward",
+    "env": "env",
     "seed": "seed",
 }
 _BOOL_FLAG_KEYS = {
@@ -237,6 +238,10 @@ def config_options(func: Callable[..., Any]) -> Callable[..., Any]:
     "--reward",
     multiple=True,
     help="Registered reward function name (methods that score generations); repeat it to sum several (grpo, rloo).",
+)
+@click.option(
+    "--env",
+    help="Environment plugin: multi-turn episodes (tools, games) for ppo, grpo and the rlhf pipeline's RL stage.",
 )
 @click.option("--trust-remote-code", is_flag=True, default=None, help="Allow custom model code (off by default).")
 @click.option("--overwrite", is_flag=True, help="Replace a non-empty output directory.")
@@ -480,6 +485,15 @@ def plot_command(run_dirs: tuple[str, ...], output_dir: str | None) -> None:
         click.echo(missing, err=True)
 
 
+def _env_dataset(env: str | None) -> str | None:
+    """The dataset an environment plays on by default (its ``default_dataset``), if it names one."""
+    if env is None:
+        return None
+    from easyrlhf_core.runtime.registry import get_registry
+
+    return getattr(get_registry().get("environments", env), "default_dataset", None)
+
+
 @cli.command("eval")
 @click.option(
     "--model",
@@ -498,7 +512,9 @@ def plot_command(run_dirs: tuple[str, ...], output_dir: str | None) -> None:
     metavar="KEY=VALUE",
     help="Option for --reward (YAML value), e.g. --reward-option keywords=thanks (repeatable).",
 )
-@click.option("--dataset", default="hh-rlhf", show_default=True, help="Dataset plugin (see `easyrlhf list-plugins`).")
+@click.option(
+    "--dataset", help="Dataset plugin (see `easyrlhf list-plugins`); default: hh-rlhf, or the --env's own problems."
+)
 @click.option("--data-files", help="Comma-separated local data files for the dataset plugin.")
 @click.option(
     "--split",
@@ -538,6 +554,18 @@ def plot_command(run_dirs: tuple[str, ...], output_dir: str | None) -> None:
     show_default=True,
     help="Policies: the engine that generates the answers (docs/rollouts.md).",
 )
+@click.option("--env", help="Policies: play this environment's held-out episodes (success rate, turns, tool calls).")
+@click.option(
+    "--env-option",
+    "env_options",
+    multiple=True,
+    metavar="KEY=VALUE",
+    help="Option for --env (YAML value), e.g. --env-option high=50 (repeatable).",
+)
+@click.option("--max-turns", type=int, default=4, show_default=True, help="With --env: assistant turns per episode.")
+@click.option(
+    "--max-episode-tokens", type=int, default=256, show_default=True, help="With --env: tokens after the prompt."
+)
 @click.option("--trust-remote-code", is_flag=True, help="Allow custom model code (off by default).")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object (keys in docs/eval.md).")
 @click.option("--debug", is_flag=True, help="Show full tracebacks on errors.")
@@ -545,6 +573,7 @@ def plot_command(run_dirs: tuple[str, ...], output_dir: str | None) -> None:
 def eval_command(
     data_files: str | None,
     reward_options: tuple[str, ...],
+    env_options: tuple[str, ...],
     as_json: bool,
     debug: bool,
     bootstrap_samples: int | None,
@@ -556,7 +585,14 @@ def eval_command(
     from easyrlhf_core.commands.eval.report import render_table
 
     files = [f.strip() for f in (data_files or "").split(",") if f.strip()]
-    request = EvalRequest(data_files=files, reward_options=_key_values(reward_options, "--reward-option"), **options)
+    if options.get("dataset") is None:
+        options["dataset"] = _env_dataset(options.get("env")) or "hh-rlhf"
+    request = EvalRequest(
+        data_files=files,
+        reward_options=_key_values(reward_options, "--reward-option"),
+        env_options=_key_values(env_options, "--env-option"),
+        **options,
+    )
     report = evaluate(request)
     if as_json:
         click.echo(json.dumps(report.as_dict(), indent=2))
@@ -589,14 +625,38 @@ def eval_command(
 @click.option("--top-p", type=float, default=1.0, show_default=True, help="With --sample: nucleus mass; 1.0: off.")
 @click.option("--seed", type=int, default=42, show_default=True, help="With --sample: seed (set once).")
 @click.option("--trust-remote-code", is_flag=True, help="Allow custom model code (off by default).")
+@click.option("--env", help="Play this environment: each message starts an episode, tool calls run live.")
+@click.option("--env-option", "env_options", multiple=True, metavar="KEY=VALUE", help="Option for --env (repeatable).")
+@click.option("--max-turns", type=int, default=4, show_default=True, help="With --env: assistant turns per episode.")
+@click.option(
+    "--max-episode-tokens", type=int, default=512, show_default=True, help="With --env: tokens after the prompt."
+)
 @click.option("--debug", is_flag=True, help="Show full tracebacks on errors.")
 @handle_errors
-def chat_command(model_dir: str, prompt: str | None, compare: str | None, debug: bool, **options: Any) -> None:
+def chat_command(
+    model_dir: str,
+    prompt: str | None,
+    compare: str | None,
+    env: str | None,
+    env_options: tuple[str, ...],
+    debug: bool,
+    **options: Any,
+) -> None:
     """Chat with a causal LM (a model directory, Hub id or .gguf file) through its chat template, the answer
-    streamed as it is generated. Multi-turn: /reset clears the history, /quit or Ctrl-D leaves."""
-    from easyrlhf_core.commands.chat import ChatSettings, run_chat
+    streamed as it is generated. Multi-turn: /reset clears the history, /quit or Ctrl-D leaves. With --env,
+    each message starts an episode of the environment instead."""
+    from easyrlhf_core.commands.chat import ChatSettings, run_chat, stderr_log
 
-    run_chat(model_dir, compare, prompt, ChatSettings(**options))
+    settings = ChatSettings(**options)
+    if env is None:
+        run_chat(model_dir, compare, prompt, settings)
+        return
+    if compare is not None:
+        raise EasyRLHFError("plays one model at a time; leave out --compare", where="--env")
+    from easyrlhf_core.commands.chat_env import run_env_chat
+
+    settings.check()
+    run_env_chat(model_dir, env, _key_values(env_options, "--env-option"), prompt, settings, stderr_log)
 
 
 def _key_values(items: tuple[str, ...], flag: str) -> dict[str, Any]:

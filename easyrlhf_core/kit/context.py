@@ -34,9 +34,15 @@ class PluginLookup(Protocol):
         """Reward name -> its entry (``entry.obj`` is the class)."""
         ...
 
+    @property
+    def environments(self) -> Mapping[str, Any]:
+        """Environment name -> its entry (``entry.obj`` is the class)."""
+        ...
+
     def get(self, kind: str, name: str) -> Any:
-        """The class registered as ``name`` under ``kind`` (``"methods"``, ``"datasets"``, ``"rewards"``);
-        an unknown name raises :class:`~easyrlhf_core.kit.errors.PluginError` with a did-you-mean."""
+        """The class registered as ``name`` under ``kind`` (``"methods"``, ``"datasets"``, ``"rewards"``,
+        ``"environments"``); an unknown name raises :class:`~easyrlhf_core.kit.errors.PluginError`
+        with a did-you-mean."""
         ...
 
 

@@ -1,4 +1,4 @@
-"""Hook specifications: the three extension points of EasyRLHF (methods, datasets, rewards).
+"""Hook specifications: the four extension points of EasyRLHF (methods, datasets, rewards, environments).
 
 A plugin is a module (or object) with functions marked ``@hookimpl``. Each hook hands the plugin a
 ``register`` callback; call it once per class you provide::
@@ -18,6 +18,7 @@ import pluggy
 
 if TYPE_CHECKING:
     from easyrlhf_core.kit.bases import Dataset, Method, RewardFunction
+    from easyrlhf_core.kit.environments import Environment
 
 __all__ = ["hookimpl", "BUILTIN_DISTRIBUTION"]
 
@@ -39,6 +40,11 @@ def register_datasets(register: Callable[[type[Dataset]], None]) -> None:
 @hookspec
 def register_rewards(register: Callable[[type[RewardFunction]], None]) -> None:
     """Register reward functions that score (prompt, completion) batches: ``register(RewardSubclass)``."""
+
+
+@hookspec
+def register_environments(register: Callable[[type[Environment]], None]) -> None:
+    """Register environments for multi-turn episodes (tools, games): ``register(EnvironmentSubclass)``."""
 
 
 #: The distribution whose plugins (the built-ins) always load, and win a tie between equivalent plugins.

@@ -21,12 +21,14 @@ A TRL online method is a config with its TRL fields and a method naming TRL's cl
 from __future__ import annotations
 
 import importlib.util
+import inspect
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
 
 from easyrlhf_core.kit.causal_lm import pin_generation, response_text
 from easyrlhf_core.kit.config import invalid, option, require_positive
 from easyrlhf_core.kit.errors import ConfigError
+from easyrlhf_core.kit.environments import EnvironmentOptions
 from easyrlhf_core.kit.rollout import RolloutOptions
 from easyrlhf_core.kit.online import SampleLog, SampleLogOptions, TokenSamplingOptions, prompts_that_fit
 from easyrlhf_core.kit.rewards import WeightedReward, WeightedRewardsOptions, score_with_columns
@@ -47,10 +49,23 @@ if TYPE_CHECKING:
     from easyrlhf_core.kit.context import RunContext
     from easyrlhf_core.kit.shapes import Record
 
-__all__ = ["EngineRollouts", "OnlineConfig", "OnlineMethod", "TRLRewardFunc", "trl_reward_funcs", "TRL_REWARD_KWARGS"]
+__all__ = [
+    "EpisodeRollouts",
+    "EnvRewardFunc",
+    "episode_rollout",
+    "EPISODE_KWARGS",
+    "EngineRollouts",
+    "OnlineConfig",
+    "OnlineMethod",
+    "TRLRewardFunc",
+    "trl_reward_funcs",
+    "TRL_REWARD_KWARGS",
+]
 
 #: Keys TRL adds to a reward function's keyword arguments that are not dataset columns.
 TRL_REWARD_KWARGS = {"trainer_state", "log_extra", "log_metric", "environments", "completion_ids"}
+#: Fields an environment episode adds (kit.episodes): the reward plugins read ``episode_text`` as the completion.
+EPISODE_KWARGS = {"episode_text", "env_reward"}
 
 
 # --------------------------------------------------------------------------------------------------
@@ -71,11 +86,29 @@ class TRLRewardFunc:
     def __call__(self, prompts: list[Any], completions: list[Any], **kwargs: Any) -> list[float]:
         messages = [p if isinstance(p, list) else [{"role": "user", "content": str(p)}] for p in prompts]
         texts = [response_text(c[-1]["content"] if isinstance(c, list) else str(c)) for c in completions]
-        columns = {k: v for k, v in kwargs.items() if k not in TRL_REWARD_KWARGS}
+        if "episode_text" in kwargs:  # an environment episode: the reward reads the whole transcript
+            texts = list(kwargs["episode_text"])
+        columns = {k: v for k, v in kwargs.items() if k not in TRL_REWARD_KWARGS | EPISODE_KWARGS}
         scores = score_with_columns(self.weighted.reward, messages, texts, columns)
         if self.samples is not None and self.samples.training():
             state = kwargs.get("trainer_state")
             self.samples.record(int(getattr(state, "global_step", 0)) + 1, self.weighted.label, messages, texts, scores)
+        return scores
+
+
+class EnvRewardFunc:
+    """The environment's own episode reward as a TRL reward function (logged as ``rewards/<env>/mean``)."""
+
+    def __init__(self, label: str, samples: SampleLog | None = None) -> None:
+        self.__name__ = label
+        self.samples = samples
+
+    def __call__(self, prompts: list[Any], completions: list[Any], **kwargs: Any) -> list[float]:
+        scores = [0.0 if r is None else float(r) for r in kwargs.get("env_reward", [None] * len(completions))]
+        if self.samples is not None and self.samples.training():
+            messages = [p if isinstance(p, list) else [{"role": "user", "content": str(p)}] for p in prompts]
+            step = int(getattr(kwargs.get("trainer_state"), "global_step", 0)) + 1
+            self.samples.record(step, self.__name__, messages, list(kwargs.get("episode_text", [])), scores)
         return scores
 
 
@@ -91,7 +124,9 @@ def trl_reward_funcs(
 
 
 @dataclass
-class OnlineConfig(TokenSamplingOptions, RolloutOptions, SampleLogOptions, WeightedRewardsOptions, TrainerConfig):
+class OnlineConfig(
+    TokenSamplingOptions, RolloutOptions, EnvironmentOptions, SampleLogOptions, WeightedRewardsOptions, TrainerConfig
+):
     """What TRL's online methods share (GRPO, RLOO, a plugin's): the sampling options (top_k, top_p off: the loss
     scores the full softmax), ``num_sample_completions``, several weighted rewards; names as TRL's configs name
     them. A subclass sets ``method_name`` and adds its own fields in :meth:`trl_fields`."""
@@ -142,7 +177,8 @@ class OnlineConfig(TokenSamplingOptions, RolloutOptions, SampleLogOptions, Weigh
         """The rewards exist and take their options (built once: the trainer gets them); vLLM can run here.
         Before data or models load."""
         super().validate_for_run()
-        self.build_rewards()
+        if self.env is None or self.reward_specs():  # with an environment, its reward may be the only one
+            self.build_rewards()
         if self.use_vllm and self.vllm_mode == "colocate":
             raise ConfigError(
                 "use_vllm needs vllm_mode: server here (TRL's `trl vllm-serve` on CUDA GPUs); for vLLM inside the "
@@ -199,22 +235,38 @@ class OnlineMethod(TrainerMethod):
         import trl
 
         config: OnlineConfig = run.config  # type: ignore[assignment]
-        rewards = config.build_rewards(run.registry)
+        rewards = config.build_rewards(run.registry) if config.env is None or config.reward_specs() else []
         path = run_model_path(run)
         tokenizer = run_tokenizer(run, path, padding_side="left")
         model = run_policy(run, path)
         train = self.prompts(run, tokenizer, run.data.train, "training")
         evaluation = self.prompts(run, tokenizer, run.data.eval, "eval") if run.data.eval else []
-        samples = SampleLog.for_run(run, [r.label for r in rewards], config.num_sample_completions)
+        labels = [r.label for r in rewards] + ([config.env] if config.env is not None else [])
+        samples = SampleLog.for_run(run, labels, config.num_sample_completions)
+        funcs: list[Any]
         funcs, weights = trl_reward_funcs(rewards, samples)
+        extra: dict[str, Any] = {}
+        if config.env is not None:
+            if "rollout_func" not in inspect.signature(getattr(trl, self.trl_names[1]).__init__).parameters:
+                raise ConfigError(
+                    f"{self.name} cannot run environments: TRL's {self.trl_names[1]} takes no rollout_func, so the "
+                    f"tokens an environment writes could not be kept out of the loss; use grpo or ppo",
+                    where="--env",
+                )
+            funcs, weights = [*funcs, EnvRewardFunc(config.env, samples)], [*weights, 1.0]
+            extra["rollout_func"] = episode_rollout
         run.log(
             f"{self.name}: rewards "
-            + ", ".join(f"{r.label} x {r.weight:g}" for r in rewards)
-            + f"; {config.num_generations} completions per prompt"
+            + ", ".join(
+                [f"{r.label} x {r.weight:g}" for r in rewards] + ([f"{config.env} (environment)"] if config.env else [])
+            )
+            + f"; {config.num_generations} {'episodes' if config.env else 'completions'} per prompt"
         )
         config_class, trainer_class = (getattr(trl, n) for n in self.trl_names)
-        if config.rollout_engine != "transformers":
-            trainer_class = type(trainer_class.__name__, (EngineRollouts, trainer_class), {})
+        mixins: list[type] = [EpisodeRollouts] if config.env is not None else []
+        mixins += [EngineRollouts] if config.rollout_engine != "transformers" else []
+        if mixins:
+            trainer_class = type(trainer_class.__name__, (*mixins, trainer_class), {})
         try:  # TRL checks the batch against num_generations across all processes, in its config and trainer
             args = trl_arguments(
                 config_class, run, has_eval=bool(evaluation), reward_weights=weights, **config.trl_fields()
@@ -227,6 +279,7 @@ class OnlineMethod(TrainerMethod):
                 eval_dataset=as_dataset(evaluation) if evaluation else None,
                 processing_class=tokenizer,
                 peft_config=lora_config(config, "CAUSAL_LM"),
+                **extra,
             )
         except ValueError as exc:
             if "num_generations" in str(exc) or "number of generations" in str(exc):
@@ -239,6 +292,8 @@ class OnlineMethod(TrainerMethod):
         pin_generation(trainer.model)  # TRL's generate: its config alone, not the model's generation_config.json
         if isinstance(trainer, EngineRollouts):
             trainer.start_engine(run, path, tokenizer)
+        if isinstance(trainer, EpisodeRollouts):
+            trainer.start_episodes(run, tokenizer, samples)
         samples.trainer = trainer
         describe_trainable(run, trainer.model)
         return trainer, tokenizer
@@ -310,3 +365,78 @@ class EngineRollouts:
             return completion_ids  # RLOO: completions only
         assert out.logprobs is not None
         return completion_ids, [row[:n].tolist() for row, n in zip(out.logprobs, lengths)]
+
+
+def episode_rollout(prompts: list[Any], trainer: Any) -> dict[str, Any]:
+    """TRL's ``rollout_func``: the trainer's environment episodes for these prompts."""
+    return trainer.rollout_episodes(prompts)  # type: ignore[no-any-return]
+
+
+class EpisodeRollouts:
+    """Mixed into TRL's GRPOTrainer when ``env`` is set: each prompt row is one episode against a fresh environment
+    (:func:`easyrlhf_core.kit.episodes.run_episodes`, on the run's rollout engine), returned to TRL through
+    ``rollout_func`` with ``env_mask`` (TRL keeps those tokens out of the loss and the KL), the environment's
+    reward and the transcript the reward plugins read."""
+
+    episode_rows: list[dict[str, Any]] = []
+
+    def start_episodes(self, run: RunContext, tokenizer: Any, samples: SampleLog) -> None:
+        from easyrlhf_core.kit.causal_lm import stop_token_ids
+
+        self.episode_config: OnlineConfig = run.config  # type: ignore[assignment]
+        self.episode_registry = run.registry
+        self.episode_tokenizer = tokenizer
+        self.episode_stops = stop_token_ids(tokenizer, getattr(self, "model", None))
+        self.episode_samples = samples
+
+    def _generate_and_score_completions(self, inputs: list[dict[str, Any]]) -> Any:
+        self.episode_rows = inputs  # rollout_func gets the prompts only; the environments need the rows
+        return super()._generate_and_score_completions(inputs)  # type: ignore[misc]
+
+    def rollout_episodes(self, prompts: list[Any]) -> dict[str, Any]:
+        from easyrlhf_core.kit.episodes import EpisodeSettings, episode_text, run_episodes
+        from easyrlhf_core.kit.rollout import Sampling, TransformersEngine
+
+        trainer: Any = self
+        config = self.episode_config
+        pad = self.episode_tokenizer.pad_token_id
+        sampling = Sampling(
+            config.max_completion_length,
+            self.episode_stops,
+            pad if pad is not None else self.episode_stops[0],
+            temperature=config.temperature,
+            top_k=config.top_k,
+            top_p=config.top_p,
+        )
+        rows = [{k: v for k, v in row.items() if k != "prompt"} for row in self.episode_rows]
+        envs = [config.new_environment(self.episode_registry) for _ in prompts]
+        settings = EpisodeSettings(config.max_turns, config.max_episode_tokens)
+        engine = getattr(trainer, "rollout_engine", None)
+        if engine is not None:  # vllm: the weights of the current step first
+            if trainer.state.global_step != trainer.engine_step:
+                engine.sync_weights(trainer.accelerator.unwrap_model(trainer.model))
+                trainer.engine_step = trainer.state.global_step
+            sampling.seed = config.seed * 7919 + trainer.accelerator.process_index * 104729 + trainer.state.global_step
+            episodes = run_episodes(engine, self.episode_tokenizer, envs, prompts, rows, sampling, settings, True)
+        else:
+            from trl.models.utils import unwrap_model_for_generation
+
+            with unwrap_model_for_generation(trainer.model_wrapped, trainer.accelerator) as model:
+                engine = TransformersEngine(model, self.episode_tokenizer)
+                episodes = run_episodes(engine, self.episode_tokenizer, envs, prompts, rows, sampling, settings)
+        mode = "train" if trainer.model.training else "eval"
+        for key, values in (
+            ("episodes/turns", [e.turns for e in episodes]),
+            ("episodes/tool_calls", [e.tool_calls for e in episodes]),
+            ("episodes/tool_failures", [e.tool_failures for e in episodes]),
+            ("episodes/done", [float(e.done) for e in episodes]),
+        ):
+            trainer._metrics[mode][key].append(sum(values) / max(1, len(values)))
+        return {
+            "prompt_ids": [e.prompt_ids for e in episodes],
+            "completion_ids": [e.completion_ids for e in episodes],
+            "logprobs": [e.logprobs for e in episodes] if engine.name != "transformers" else None,
+            "env_mask": [e.env_mask for e in episodes],
+            "env_reward": [e.env_reward for e in episodes],
+            "episode_text": [episode_text(e) for e in episodes],
+        }

@@ -83,20 +83,22 @@ def gae_advantages(
     rewards: torch.Tensor, values: torch.Tensor, mask: torch.Tensor, gamma: float, lam: float
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """GAE: ``A_t = delta_t + gamma * lam * A_{t+1}``, ``delta_t = r_t + gamma * V_{t+1} - V_t``; returns
-    ``(advantages, returns = advantages + values)``, 0 on padding."""
+    ``(advantages, returns = advantages + values)``, 0 where ``mask`` is 0. Positions where ``mask`` is 0 are
+    skipped, not ends: ``t + 1`` is the next position with mask 1 (padding after a response changes nothing; in a
+    multi-turn episode the environment's tokens sit between two of the model's, and neither their values nor
+    their rewards are read)."""
     import torch
 
+    mask_b = mask.bool()
     mask_f = mask.to(values.dtype)
-    values = values * mask_f
-    rewards = rewards * mask_f
-    length = rewards.shape[1]
     advantages = torch.zeros_like(rewards)
     running = torch.zeros_like(rewards[:, 0])
-    for t in reversed(range(length)):
-        next_value = values[:, t + 1] if t + 1 < length else torch.zeros_like(running)
+    next_value = torch.zeros_like(running)
+    for t in reversed(range(rewards.shape[1])):
         delta = rewards[:, t] + gamma * next_value - values[:, t]
-        running = (delta + gamma * lam * running) * mask_f[:, t]
-        advantages[:, t] = running
+        running = torch.where(mask_b[:, t], delta + gamma * lam * running, running)
+        next_value = torch.where(mask_b[:, t], values[:, t], next_value)
+        advantages[:, t] = running * mask_f[:, t]
     return advantages, (advantages + values) * mask_f
 
 

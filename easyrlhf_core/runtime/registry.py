@@ -26,9 +26,14 @@ __all__ = ["get_registry", "Registry"]
 ENTRY_POINT_GROUP = "easyrlhf"
 #: Comma list of the third-party plugins to load (distribution or entry-point names); unset: all of them
 LOAD_PLUGINS_ENV = "EASYRLHF_LOAD_PLUGINS"
-KINDS = ("methods", "datasets", "rewards")
-_KIND_SINGULAR = {"methods": "method", "datasets": "dataset", "rewards": "reward function"}
-_KIND_FLAG = {"methods": "--method", "datasets": "--dataset", "rewards": "--reward"}
+KINDS = ("methods", "datasets", "rewards", "environments")
+_KIND_SINGULAR = {
+    "methods": "method",
+    "datasets": "dataset",
+    "rewards": "reward function",
+    "environments": "environment",
+}
+_KIND_FLAG = {"methods": "--method", "datasets": "--dataset", "rewards": "--reward", "environments": "--env"}
 
 T = TypeVar("T")
 
@@ -89,6 +94,7 @@ class Registry:
     methods: dict[str, Entry] = field(default_factory=dict)
     datasets: dict[str, Entry] = field(default_factory=dict)
     rewards: dict[str, Entry] = field(default_factory=dict)
+    environments: dict[str, Entry] = field(default_factory=dict)
     #: (kind, name) -> the entries that claim the same name
     conflicts: dict[tuple[str, str], list[Entry]] = field(default_factory=dict)
 

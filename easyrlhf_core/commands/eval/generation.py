@@ -23,23 +23,29 @@ class Answer:
 
 
 def generate_answers(
-    engine: RolloutEngine,
+    model: Any,
+    tokenizer: Any,
     prompts: list[list[int]],
-    stops: list[int],
-    pad: int,
     max_new_tokens: int,
     batch_size: int = 8,
     sample: bool = False,
     seed: int = 42,
     max_length: int = 1024,
+    engine: RolloutEngine | None = None,
 ) -> list[Answer]:
     """One :class:`Answer` per prompt (token ids from :func:`easyrlhf_core.kit.chat_template.prompt_ids`), in
-    input order, from ``engine``; ``stops`` end a turn, ``pad`` pads.
+    input order, from ``engine`` (default: the transformers engine on ``model``).
 
     Prompts keep their last ``max_length - max_new_tokens`` tokens. Sampling is seeded once with ``seed`` (the
     transformers engine: torch's generator before the first batch; vllm: each batch's rows from it)."""
     import torch
 
+    from easyrlhf_core.kit.causal_lm import stop_token_ids
+    from easyrlhf_core.kit.rollout import TransformersEngine
+
+    engine = engine or TransformersEngine(model, tokenizer)
+    stops = stop_token_ids(tokenizer, model)
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else stops[0]
     room = max(1, max_length - max_new_tokens)
     trimmed = [keep_last(list(p), room) for p in prompts]
     answers: list[Answer | None] = [None] * len(prompts)

@@ -44,11 +44,24 @@ POLICY_METRICS = (
 )
 
 
+ENVIRONMENT_METRICS = (
+    "success_rate",
+    "success_ci95",
+    "turns_mean",
+    "turns_ci95",
+    "tool_calls_mean",
+    "tool_calls_ci95",
+    "tool_failures_mean",
+    "finished_share",
+)
+KIND_METRICS = {"reward_model": REWARD_MODEL_METRICS, "policy": POLICY_METRICS, "environment": ENVIRONMENT_METRICS}
+
+
 @dataclass
 class EvalReport:
     """What ``easyrlhf eval`` prints."""
 
-    kind: Literal["reward_model", "policy"]
+    kind: Literal["reward_model", "policy", "environment"]
     model: str
     dataset: str
     split: str
@@ -63,7 +76,7 @@ class EvalReport:
     notes: list[str] = field(default_factory=list)
 
     def __post_init__(self) -> None:
-        for key in REWARD_MODEL_METRICS if self.kind == "reward_model" else POLICY_METRICS:
+        for key in KIND_METRICS[self.kind]:
             self.metrics.setdefault(key, None)
 
     def set_pairwise(self, value_key: str, ci_key: str, ties_key: str, result: PairwiseResult) -> None:
@@ -107,7 +120,7 @@ def _clean(value: Any) -> Any:
 # --------------------------------------------------------------------------------------------------
 # Table
 
-_ROWS = {
+_ROWS: dict[str, list[tuple[str, str, str | None, str | None]]] = {
     "reward_model": [
         ("pairwise accuracy", "accuracy", "accuracy_ci95", "accuracy_ties"),
         ("mean score margin (chosen - rejected)", "mean_margin", None, None),
@@ -127,6 +140,13 @@ _ROWS = {
         ("greedy answer length (tokens)", "greedy_tokens_mean", None, None),
         ("sampled answer length (tokens)", "sampled_tokens_mean", None, None),
     ],
+    "environment": [
+        ("success rate (mean episode reward)", "success_rate", "success_ci95", None),
+        ("assistant turns per episode", "turns_mean", "turns_ci95", None),
+        ("tool calls per episode", "tool_calls_mean", "tool_calls_ci95", None),
+        ("failed tool calls per episode", "tool_failures_mean", None, None),
+        ("episodes that ended by themselves", "finished_share", None, None),
+    ],
 }
 
 
@@ -144,8 +164,10 @@ def render_table(report: EvalReport, console: Any = None) -> None:
     from rich.table import Table
 
     console = console or Console()
-    subject = "reward model" if report.kind == "reward_model" else "policy"
+    subject = {"reward_model": "reward model", "policy": "policy", "environment": "policy"}[report.kind]
     count = f"{report.pairs} pairs" + (f", {report.prompts} prompts" if report.kind == "policy" else "")
+    if report.kind == "environment":
+        count = f"{report.prompts} episodes"
     table = Table(title=f"{subject} {report.model} on {report.dataset} ({report.split}; {count})", title_justify="left")
     for column in ("metric", "value", "95% interval", "ties"):
         table.add_column(column)

@@ -62,6 +62,10 @@ class EvalRequest:
     sample: bool = True
     trust_remote_code: bool = False
     rollout_engine: str = "transformers"
+    env: str | None = None
+    env_options: dict[str, Any] = field(default_factory=dict)
+    max_turns: int = 4
+    max_episode_tokens: int = 256
 
 
 def check_request(request: EvalRequest) -> None:
@@ -88,6 +92,11 @@ def evaluate(request: EvalRequest, registry: Registry | None = None, log: Log = 
     check_request(request)
     model = inspect_model(request.model, "--model", request.trust_remote_code)
     with quiet_transformers():
+        if request.env is not None:
+            from easyrlhf_core.commands.eval.episodes import evaluate_environment
+
+            require_kind(model, "causal_lm", "an environment is played by a policy (a causal LM)")
+            return evaluate_environment(request, registry, model, log)
         if model.kind == "reward_model":
             return evaluate_reward_model(request, registry, model, log)
         return evaluate_policy(request, registry, model, log)
@@ -280,14 +289,10 @@ def run_model(
         log(f"{ref.flag}: log-probs of {len(inputs.pair_examples)} chosen/rejected completions")
         out.pair_logps = completion_logprobs(model, inputs.pair_examples, pad, size, request.max_length)
     if greedy or sample:
-        from easyrlhf_core.kit.causal_lm import stop_token_ids
-
         engine = answer_engine(model, tokenizer, ref.path, request.rollout_engine, request.seed, request.max_length)
-        stops = stop_token_ids(tokenizer, model)
-        pad_id = pad if pad is not None else stops[0]
         answers = functools.partial(
-            generate_answers, engine, inputs.prompt_ids, stops, pad_id, request.max_new_tokens, size,
-            max_length=request.max_length,
+            generate_answers, model, tokenizer, inputs.prompt_ids, request.max_new_tokens, size,
+            max_length=request.max_length, engine=engine,
         )  # fmt: skip
         if greedy:
             log(f"{ref.flag}: greedy answers to {len(inputs.prompts)} prompts")

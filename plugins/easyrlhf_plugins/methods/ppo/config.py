@@ -17,11 +17,12 @@ from typing import Literal
 from easyrlhf_core.kit.config import invalid, option, require_model_dir, require_positive, with_default
 from easyrlhf_core.kit.online import SampleLogOptions, SamplingOptions
 from easyrlhf_core.kit.rewards import OneRewardOptions
+from easyrlhf_core.kit.environments import EnvironmentOptions
 from easyrlhf_core.kit.trainer_method import TrainerConfig
 
 
 @dataclass
-class PPOConfig(SamplingOptions, SampleLogOptions, OneRewardOptions, TrainerConfig):
+class PPOConfig(SamplingOptions, EnvironmentOptions, SampleLogOptions, OneRewardOptions, TrainerConfig):
     """Options of the ppo method."""
 
     method_name = "ppo"  # in messages
@@ -122,6 +123,8 @@ class PPOConfig(SamplingOptions, SampleLogOptions, OneRewardOptions, TrainerConf
         """A run needs exactly one reward, with valid options; checked before data or models load
         (``show-config`` skips this so it can print the defaults). Built once: the trainer gets it."""
         super().validate_for_run()
+        if self.env is not None and not self.reward_specs():
+            return  # the environment's reward scores the episodes
         self.require_reward(" to score its samples")
         self.build_reward()
 

@@ -53,8 +53,10 @@ def response_mask(responses: torch.Tensor, stop_token_ids: list[int]) -> tuple[t
 
 
 def last_index(mask: torch.Tensor) -> torch.Tensor:
-    """Index of the last real token in each row of a prefix ``mask``."""
-    return mask.long().sum(dim=1).clamp(min=1) - 1
+    """Index of the last 1 in each row of ``mask`` (0 for a row without one): a prefix mask's last real token, an
+    episode's last model token."""
+    positions = torch.arange(1, mask.shape[1] + 1, device=mask.device)
+    return ((mask.long() * positions).max(dim=1).values - 1).clamp(min=0)
 
 
 # --------------------------------------------------------------------------------------------------

@@ -85,6 +85,9 @@ class Rollout:
     values: torch.Tensor
     entropy: torch.Tensor
     scores: torch.Tensor  # raw scores from the reward function, one per sample
+    #: Every real response token, the environment's too (an episode); None: the same as ``mask``. ``mask`` is what
+    #: trains: the model's own tokens.
+    attention: torch.Tensor | None = None
 
     @property
     def input_ids(self) -> torch.Tensor:
@@ -92,7 +95,7 @@ class Rollout:
 
     @property
     def attention_mask(self) -> torch.Tensor:
-        return torch.cat([self.query_mask, self.mask], dim=1)
+        return torch.cat([self.query_mask, self.mask if self.attention is None else self.attention], dim=1)
 
 
 def chunks(n: int, size: int | None) -> list[slice]:
@@ -112,13 +115,19 @@ def record_rollout(
     temperature: float,
     forward_batch_size: int | None,
     score_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+    episode_masks: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None,
 ) -> Rollout:
     """Everything the update needs about sampled ``responses``: masks, log-probs (policy and reference,
-    both with ``logits / temperature``), entropy, values and scores."""
-    mask, has_stop = core.response_mask(responses, stop_ids)
+    both with ``logits / temperature``), entropy, values and scores. ``episode_masks``: an environment episode's
+    ``(trained mask, attention, finished)``: the environment's tokens are attended to, never trained on."""
+    if episode_masks is None:
+        mask, has_stop = core.response_mask(responses, stop_ids)
+        attention = mask
+    else:
+        mask, attention, has_stop = episode_masks
     n_query = queries.shape[1]
     input_ids = torch.cat([queries, responses], dim=1)
-    attention_mask = torch.cat([query_mask, mask], dim=1)
+    attention_mask = torch.cat([query_mask, attention], dim=1)
     logprobs, ref_logprobs, values, entropy = [], [], [], []
     for part in chunks(len(queries), forward_batch_size):
         ids, att, resp = input_ids[part], attention_mask[part], responses[part]
@@ -140,4 +149,5 @@ def record_rollout(
         values=torch.cat(values),
         entropy=torch.cat(entropy),
         scores=scores.float(),
+        attention=None if episode_masks is None else attention,
     )

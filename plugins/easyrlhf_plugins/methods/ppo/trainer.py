@@ -111,8 +111,10 @@ class PPOTrainer:
         config = self.config
         check_precision(config)
         self.accelerator = build_accelerator(config)
-        self.reward_fn = make_reward_function(run, config)  # bad reward options fail before any model loads
-        self.reward_label = config.build_rewards(run.registry)[0].label  # its key in samples.jsonl's rewards
+        # bad reward options fail before any model loads; with an environment the reward plugin is optional
+        self.reward_fn = make_reward_function(run, config) if config.env is None or config.reward_specs() else None
+        # the key of the score in samples.jsonl's rewards: the reward's label, or the environment's name
+        self.reward_label = config.env or config.build_rewards(run.registry)[0].label
         # resume() cuts samples.jsonl back with metrics.jsonl, before the first iteration writes
         self.samples = SampleLog(
             run.output_dir / SAMPLES_FILE,
@@ -267,7 +269,12 @@ class PPOTrainer:
         return out.prompt_ids.to(device), out.prompt_mask.to(device), out.response_ids.to(device), engine_logprobs
 
     def rollout(self, iteration: int) -> tuple[Rollout, list[Record], list[str], dict[str, float]]:
-        """Sample and score this process's prompts; ``(rollout, prompts, completions, timings)``."""
+        """Sample and score this process's prompts; ``(rollout, prompts, completions, timings)``. With an
+        environment, each prompt is an episode (:mod:`.episodes`)."""
+        if self.config.env is not None:
+            from .episodes import episode_rollout
+
+            return episode_rollout(self, iteration)
         indices = self.batch_indices(iteration)
         prompts = [self.prompts[i] for i in indices]
         self.unwrapped.eval()
@@ -427,7 +434,12 @@ class PPOTrainer:
         self.samples.write(iteration, [p["prompt"] for p in prompts], texts, {self.reward_label: scores.tolist()})
 
     def evaluate(self, iteration: int) -> None:
-        """Mean score, length and EOS fraction of sampled responses to the eval prompts."""
+        """Mean score, length and EOS fraction of sampled responses to the eval prompts (an environment run: its
+        held-out episodes)."""
+        if self.config.env is not None:
+            from .episodes import episode_evaluate
+
+            return episode_evaluate(self, iteration)
         if not self.eval_ids:
             return
         mine = list(range(self.rank, len(self.eval_ids), self.world))

@@ -1,0 +1,370 @@
+"""Environments (the fourth plugin kind) and the multi-turn rollout (easyrlhf_core.kit.episodes): episodes with a
+scripted model, the environment's tokens masked out of training (the policy loss's gradient is exactly zero there,
+GAE never reads them), tool failures, max_turns and the token budget, the fallback tool format and a template
+that renders tools itself, a TRL-style class registered in one line, and runs of grpo and ppo on environments,
+a third-party one included."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any
+
+import pytest
+import torch
+
+from easyrlhf_core.kit import rl_math
+from easyrlhf_core.kit.config import option
+from easyrlhf_core.kit.environments import StepResult, ToolEnvironment, TurnEnvironment, from_trl, tool_schemas
+from easyrlhf_core.kit.episodes import (
+    EnvironmentFailed,
+    EpisodeSettings,
+    episode_text,
+    parse_tool_calls,
+    run_episodes,
+    template_renders_tools,
+)
+from easyrlhf_core.kit.model_loading import load_tokenizer
+from easyrlhf_core.kit.rollout import Rollouts, Sampling
+
+
+class ScriptedEngine:
+    """A rollout engine that answers from a script: call k gives every running episode the k-th text."""
+
+    name = "scripted"
+
+    def __init__(self, tokenizer: Any, turns: list[str]) -> None:
+        self.tokenizer, self.turns, self.calls = tokenizer, turns, 0
+
+    def generate(self, prompt_ids: list[list[int]], sampling: Sampling, logprobs: bool = False) -> Rollouts:
+        from easyrlhf_core.kit.causal_lm import left_pad, right_pad
+
+        text = self.turns[min(self.calls, len(self.turns) - 1)]
+        self.calls += 1
+        ids = self.tokenizer.encode(text, add_special_tokens=False)[: sampling.max_new_tokens - 1]
+        ids = ids + [self.tokenizer.eos_token_id]
+        responses, mask = right_pad([ids] * len(prompt_ids), sampling.pad_token_id)
+        queries, query_mask = left_pad(prompt_ids, sampling.pad_token_id)
+        return Rollouts(queries, query_mask, responses, mask, None, [text] * len(prompt_ids))
+
+    def sync_weights(self, model: Any) -> None: ...
+
+    def close(self) -> None: ...
+
+
+class Calculator(ToolEnvironment):
+    name = "test-calculator"
+
+    def reset(self, **row: Any) -> str | None:
+        self.answer = row["answer"]
+        self.final = ""
+        return None
+
+    def calculate(self, expression: str) -> str:
+        """Evaluate an arithmetic expression.
+
+        Args:
+            expression: Numbers and + - * /.
+        """
+        if not set(expression) <= set("0123456789+-*/ ()"):
+            raise ValueError(f"not arithmetic: {expression}")
+        return str(eval(expression))  # noqa: S307 (checked characters only)
+
+    def finish(self, messages: list[dict[str, Any]]) -> None:
+        self.final = messages[-1]["content"]
+
+    def get_reward(self) -> float:
+        return float(self.answer in self.final)
+
+
+class Forever(TurnEnvironment):
+    name = "test-forever"
+
+    def step(self, message: str) -> StepResult:
+        return StepResult("Go on.", reward=0.25)
+
+
+@pytest.fixture(scope="module")
+def tokenizer(tiny_model_dir):
+    return load_tokenizer(str(tiny_model_dir), padding_side="left")
+
+
+def _sampling(tokenizer, max_new_tokens: int = 400) -> Sampling:
+    return Sampling(max_new_tokens, [tokenizer.eos_token_id], tokenizer.pad_token_id)
+
+
+PROMPT = [{"role": "user", "content": "What is 12 * 34?"}]
+CALL = '<tool_call>{"name": "calculate", "arguments": {"expression": "12 * 34"}}</tool_call>'
+
+
+def test_a_tool_episode_runs_the_tool_and_masks_what_the_environment_wrote(tokenizer):
+    engine = ScriptedEngine(tokenizer, [CALL, "The answer is 408."])
+    (episode,) = run_episodes(
+        engine, tokenizer, [Calculator()], [PROMPT], [{"answer": "408"}], _sampling(tokenizer), EpisodeSettings(4, 4096)
+    )
+    assert (episode.turns, episode.tool_calls, episode.tool_failures, episode.done) == (2, 1, 0, True)
+    assert episode.env_reward == 1.0
+    assert [m["role"] for m in episode.transcript] == ["assistant", "tool", "assistant"]
+    assert episode.transcript[1]["content"] == "408"
+    ids, mask = episode.completion_ids, episode.env_mask
+    assert len(ids) == len(mask) and 0 in mask and mask[0] == 1 and mask[-1] == 1
+    model = tokenizer.decode([t for t, m in zip(ids, mask) if m])
+    written = tokenizer.decode([t for t, m in zip(ids, mask) if not m])
+    assert "calculate" in model and "The answer is 408." in model and "408" not in model.split("</tool_call>")[1][:3]
+    assert "408" in written and "tool" in written  # the result, inside the template's markup
+    # the prompt told the model about the tool in the system message: the tiny template renders no tools
+    assert not template_renders_tools(tokenizer)
+    assert "calculate" in episode.messages[0]["content"] and episode.messages[0]["role"] == "system"
+    assert "[tool] 408" in episode_text(episode)
+
+
+def test_tool_failures_reach_the_model_as_text(tokenizer):
+    bad = [
+        '<tool_call>{"name": "calculate", "arguments": {"expression": "__import__(1)"}}</tool_call>',
+        '<tool_call>{"name": "nope", "arguments": {}}</tool_call>',
+        "<tool_call>{not json}</tool_call>",
+        "I give up.",
+    ]
+    engine = ScriptedEngine(tokenizer, bad)
+    (episode,) = run_episodes(
+        engine, tokenizer, [Calculator()], [PROMPT], [{"answer": "408"}], _sampling(tokenizer), EpisodeSettings(8, 8192)
+    )
+    results = [m["content"] for m in episode.transcript if m["role"] == "tool"]
+    assert results[0].startswith("Error: ValueError: not arithmetic")
+    assert results[1].startswith("Error: no tool named 'nope'")
+    assert results[2].startswith("Error: the tool call is not valid JSON")
+    assert (episode.tool_calls, episode.tool_failures, episode.turns, episode.env_reward) == (3, 3, 4, 0.0)
+
+
+def test_max_turns_and_the_token_budget_end_episodes(tokenizer):
+    engine = ScriptedEngine(tokenizer, ["Still thinking."])
+    (episode,) = run_episodes(
+        engine, tokenizer, [Forever()], [PROMPT], [{}], _sampling(tokenizer), EpisodeSettings(3, 4096)
+    )
+    assert (episode.turns, episode.done) == (3, False)
+    assert episode.env_reward == pytest.approx(0.75)  # a step reward per answered message
+    engine = ScriptedEngine(tokenizer, ["Still thinking."])
+    (short,) = run_episodes(
+        engine, tokenizer, [Forever()], [PROMPT], [{}], _sampling(tokenizer), EpisodeSettings(9, 40)
+    )
+    assert len(short.completion_ids) <= 40 and short.turns < 9
+
+
+def test_a_template_that_renders_tools_gets_them_as_tools(tokenizer):
+    native = load_tokenizer_with_tools(tokenizer)
+    assert template_renders_tools(native)
+    engine = ScriptedEngine(native, [CALL, "408"])
+    (episode,) = run_episodes(
+        engine, native, [Calculator()], [PROMPT], [{"answer": "408"}], _sampling(native), EpisodeSettings(4, 4096)
+    )
+    assert episode.messages[0]["role"] == "user"  # no system message added: the template has the tools
+    assert "calculate" in native.decode(episode.prompt_ids)
+    assert episode.env_reward == 1.0
+
+
+def load_tokenizer_with_tools(tokenizer: Any) -> Any:
+    import copy
+
+    native = copy.deepcopy(tokenizer)
+    native.chat_template = (
+        "{% if tools %}<|im_start|>system\nTools: {{ tools | tojson }}<|im_end|>\n{% endif %}"
+        "{% for m in messages %}<|im_start|>{{ m.role }}\n{{ m.content }}<|im_end|>\n{% endfor %}"
+        "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+    )
+    return native
+
+
+def test_parse_tool_calls():
+    assert parse_tool_calls("no call") == []
+    assert parse_tool_calls(CALL + " and " + CALL) == [("calculate", {"expression": "12 * 34"})] * 2
+    assert parse_tool_calls('<tool_call>{"name": 3}</tool_call>')[0].startswith("Error")
+
+
+def test_the_policy_loss_never_trains_on_environment_tokens():
+    """The rollout's mask is the episode's env_mask: the gradient at every environment position is exactly zero,
+    and GAE's advantages and returns at the model's positions do not read the environment's values."""
+    torch.manual_seed(0)
+    env_mask = torch.tensor([[1, 1, 0, 0, 0, 1, 1, 0], [1, 0, 0, 1, 1, 1, 0, 0]])
+    logits = torch.randn(2, 8, 11, requires_grad=True)
+    tokens = torch.randint(0, 11, (2, 8))
+    logprobs = torch.log_softmax(logits, -1).gather(-1, tokens.unsqueeze(-1)).squeeze(-1)
+    advantages = torch.randn(2, 8)
+    loss = rl_math.clipped_policy_loss(logprobs, logprobs.detach() - 0.1, advantages, env_mask, 0.2).loss
+    loss.backward()
+    assert logits.grad is not None
+    assert torch.all(logits.grad[env_mask == 0] == 0)
+    assert torch.any(logits.grad[env_mask == 1] != 0)
+    rewards, values = torch.randn(2, 8), torch.randn(2, 8)
+    adv, ret = rl_math.gae_advantages(rewards, values, env_mask, 0.9, 0.95)
+    noisy = torch.where(env_mask.bool(), values, torch.randn(2, 8) * 100)
+    noisy_rewards = torch.where(env_mask.bool(), rewards, torch.randn(2, 8) * 100)
+    adv2, ret2 = rl_math.gae_advantages(noisy_rewards, noisy, env_mask, 0.9, 0.95)
+    assert torch.allclose(adv, adv2) and torch.allclose(ret, ret2)
+    assert torch.all(adv[env_mask == 0] == 0)
+
+
+class PlainTRLEnv:
+    """A class written for TRL's environment_factory: reset, a tool, get_reward."""
+
+    def reset(self, **row: Any) -> str | None:
+        self.used = 0
+        return " (use the tool)"
+
+    def shout(self, text: str) -> str:
+        """Say it louder.
+
+        Args:
+            text: What to say.
+        """
+        self.used += 1
+        return text.upper()
+
+    def get_reward(self) -> float:
+        return float(self.used)
+
+
+def test_a_trl_environment_registers_in_one_line(tokenizer):
+    adapted = from_trl(PlainTRLEnv, "shouter")
+    assert adapted.name == "shouter" and adapted.kind == "tools"
+    assert [s["function"]["name"] for s in tool_schemas(adapted())] == ["shout"]
+    call = '<tool_call>{"name": "shout", "arguments": {"text": "hi"}}</tool_call>'
+    (episode,) = run_episodes(
+        ScriptedEngine(tokenizer, [call, "done"]),
+        tokenizer,
+        [adapted()],
+        [PROMPT],
+        [{}],
+        _sampling(tokenizer),
+        EpisodeSettings(4, 4096),
+    )
+    assert episode.transcript[1]["content"] == "HI" and episode.env_reward == 1.0
+    assert episode.messages[-4]["content"].endswith("(use the tool)")  # reset's text joins the last user message
+
+
+class Exploding(TurnEnvironment):
+    name = "test-exploding"
+
+    def step(self, message: str) -> StepResult:
+        raise RuntimeError("boom")
+
+
+def test_an_environment_that_raises_is_one_error_naming_it_and_the_row(tokenizer):
+    with pytest.raises(EnvironmentFailed) as info:
+        run_episodes(
+            ScriptedEngine(tokenizer, ["x"]),
+            tokenizer,
+            [Exploding()],
+            [PROMPT],
+            [{}],
+            _sampling(tokenizer),
+            EpisodeSettings(2, 64),
+            row_indices=[17],
+        )
+    assert "environment 'test-exploding' raised in step() on data row 17: RuntimeError: boom" in str(info.value)
+
+
+# --------------------------------------------------------------------------------------------------
+# Runs
+
+
+@dataclass
+class EchoOptions:
+    rounds: int = option(2, "Rounds before the game ends.")
+
+
+class EchoGame(TurnEnvironment):
+    """Rewards saying 'a'; ends after `rounds` messages."""
+
+    name = "echo-game"
+    description = "a third-party test game"
+    options_class = EchoOptions
+
+    def reset(self, **row: Any) -> str | None:
+        self.seen = 0
+        return None
+
+    def step(self, message: str) -> StepResult:
+        self.seen += 1
+        done = self.seen >= self.options.rounds
+        return StepResult("Again." if not done else None, done=done, reward=float("a" in message))
+
+
+class EchoPlugin:
+    @staticmethod
+    def register_environments(register: Any) -> None:
+        register(EchoGame)
+
+
+@pytest.fixture
+def echo_registered():
+    from easyrlhf_core import hookimpl
+    from easyrlhf_core.runtime.registry import register_plugin, unregister_plugin
+
+    class Plugin:
+        __doc__ = "echo game plugin"
+
+        @hookimpl
+        def register_environments(self, register: Any) -> None:
+            register(EchoGame)
+
+    register_plugin("echo-plugin", Plugin())
+    yield
+    unregister_plugin("echo-plugin")
+
+
+def _prompts(tmp_path):
+    path = tmp_path / "prompts.jsonl"
+    path.write_text(
+        "".join(json.dumps({"prompt": [{"role": "user", "content": f"Say a, {i}."}]}) + "\n" for i in range(8))
+    )
+    return path
+
+
+def test_list_plugins_shows_environments(echo_registered, cli_run):
+    result = cli_run("list-plugins", "--json")
+    names = {e["name"] for e in json.loads(result.stdout)["environments"]}
+    assert {"calculator", "guess-number", "echo-game"} <= names
+
+
+@pytest.mark.parametrize("method", ["grpo", "ppo"])
+def test_methods_train_on_a_third_party_environment(method, echo_registered, cli_run, tiny_model_dir, tmp_path):
+    out = tmp_path / method
+    args = ["run", "--method", method, "--model", str(tiny_model_dir), "--env", "echo-game", "--dataset", "jsonl"]
+    args += ["--data-files", str(_prompts(tmp_path)), "--output-dir", str(out), "--max-steps", "2", "--seed", "1"]
+    args += ["--set", "eval_fraction=0", "--set", "max_turns=3", "--set", "max_episode_tokens=96"]
+    args += ["--set", "env_options={rounds: 3}", "--set", "save_steps=1"]
+    if method == "grpo":
+        args += ["--set", "num_generations=2", "--set", "per_device_train_batch_size=2"]
+        args += ["--set", "max_completion_length=6", "--set", "max_length=200"]
+    else:
+        args += ["--set", "rollout_batch_size=2", "--set", "per_device_train_batch_size=2", "--set", "max_new_tokens=6"]
+        args += ["--set", "max_length=200"]
+    result = cli_run(*args)
+    assert result.exit_code == 0, result.stderr
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    turns = [r["episodes/turns"] for r in rows if "episodes/turns" in r]
+    assert turns and all(t == 3 for t in turns)  # every message answered until the game's 3 rounds
+    samples = [json.loads(line) for line in (out / "samples.jsonl").read_text().splitlines()]
+    assert samples and "echo-game" in samples[0]["rewards"] and "[user] Again." in samples[0]["completion"]
+    assert (out / "model" / "config.json").is_file()
+
+
+def test_env_options_are_refused_before_anything_is_written(echo_registered, cli_run, tiny_model_dir, tmp_path):
+    out = tmp_path / "never"
+    result = cli_run(
+        "run", "--method", "ppo", "--model", str(tiny_model_dir), "--env", "echo-game", "--output-dir", str(out),
+        "--set", "env_options={roundz: 3}",
+    )  # fmt: skip
+    assert result.exit_code == 2
+    assert "env_options" in result.stderr and "did you mean 'rounds'" in result.stderr
+    assert not out.exists()
+    unknown = cli_run("run", "--method", "ppo", "--model", str(tiny_model_dir), "--env", "echo-gme")
+    assert unknown.exit_code == 2 and "did you mean 'echo-game'" in unknown.stderr
+
+
+def test_rloo_refuses_environments_with_the_reason(cli_run, tiny_model_dir, tmp_path):
+    result = cli_run(
+        "run", "--method", "rloo", "--model", str(tiny_model_dir), "--env", "guess-number",
+        "--output-dir", str(tmp_path / "r"), "--max-steps", "1",
+    )  # fmt: skip
+    assert result.exit_code == 2 and "rollout_func" in result.stderr
