@@ -66,6 +66,7 @@ def test_two_ranks_train_in_sync_on_different_data_and_rank0_writes(
         "metrics.jsonl",
         "model",
         "plots",
+        "report.html",
         "summary.json",
     ]
     assert sorted(p.name for p in (two / "checkpoints").glob("checkpoint-*")) == ["checkpoint-2", "checkpoint-3"]

@@ -485,6 +485,28 @@ def plot_command(run_dirs: tuple[str, ...], output_dir: str | None) -> None:
         click.echo(missing, err=True)
 
 
+@cli.command("report")
+@click.argument("run_dirs", nargs=-1, required=True, metavar="RUN_DIR [RUN_DIR ...]")
+@click.option(
+    "--out",
+    help="The HTML file to write (default: RUN_DIR/report.html for one run, ./report-compare.html for several).",
+)
+@handle_errors
+def report_command(run_dirs: tuple[str, ...], out: str | None) -> None:
+    """Rebuild a run's report.html: one self-contained page (summary, curves, sampled completions, before/after,
+    model card, config) that opens in any browser, offline. With several runs, write one page comparing them:
+    their summaries side by side, the same metrics' curves overlaid, the config options that differ."""
+    from pathlib import Path
+
+    from easyrlhf_core.runtime.report import COMPARE_FILE, write_compare, write_report
+
+    if len(run_dirs) == 1:
+        written = write_report(Path(run_dirs[0]), Path(out) if out else None)
+    else:
+        written = write_compare([Path(d) for d in run_dirs], Path(out or COMPARE_FILE))
+    click.echo(str(written))
+
+
 def _env_dataset(env: str | None) -> str | None:
     """The dataset an environment plays on by default (its ``default_dataset``), if it names one."""
     if env is None:

@@ -12,7 +12,7 @@ from easyrlhf_core.kit.bases import Method
 from easyrlhf_core.kit.checkpoints import is_complete_run
 from easyrlhf_core.kit.config import BaseConfig, Layer
 from easyrlhf_core.kit.distributed import is_launched, is_main_process, world_size
-from easyrlhf_core.kit.errors import ConfigError, EasyRLHFError
+from easyrlhf_core.kit.errors import ConfigError, EasyRLHFError, one_line
 from easyrlhf_core.kit.shapes import DataSplits
 from easyrlhf_core.runtime.config_layers import config_to_yaml, load_yaml_layer, parse_set_options, resolve_config
 from easyrlhf_core.runtime.registry import Registry, get_registry
@@ -41,6 +41,7 @@ __all__ = [
     "execute",
     "write_run_summary",
     "finish_run_dir",
+    "write_run_report",
 ]
 
 
@@ -395,6 +396,7 @@ def execute(run: Run) -> None:
             + "\n",
             encoding="utf-8",
         )
+        write_run_report(run)
     run.log(f"done in {time.time() - run.started:.0f}s; model: {run.model_dir}")
 
 
@@ -427,3 +429,16 @@ def finish_run_dir(run: Run) -> None:
         write_model_card(run)
     except Exception as exc:  # the trained model is already saved
         run.log(f"warning: could not write plots or README.md: {type(exc).__name__}: {exc}")
+
+
+def write_run_report(run: Run) -> None:
+    """``report.html`` (:mod:`easyrlhf_core.runtime.report`), once everything else is written; a failure here is
+    one warning line, never a failed run."""
+    try:
+        from easyrlhf_core.runtime.report import write_report
+
+        path = write_report(run.output_dir)
+    except Exception as exc:  # the run is complete: the report can be rebuilt with `easyrlhf report`
+        run.log(f"warning: could not write report.html: {type(exc).__name__}: {one_line(str(exc))}")
+        return
+    run.log(f"report: {path}")

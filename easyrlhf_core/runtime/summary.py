@@ -13,9 +13,9 @@ import json
 import shlex
 import sys
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from easyrlhf_core.kit.context import RunContext
@@ -65,6 +65,35 @@ class RunSummary:
         for i, command in enumerate(self.next_commands):
             out.append(f"  {'next' if i == 0 else '':7}  {command}")
         return out
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> RunSummary:
+        """The summary ``summary.json`` holds (keys it does not know are ignored); TypeError when one is missing."""
+        known = {f.name for f in fields(cls)}
+        values = {k: v for k, v in data.items() if k in known}
+        values["changed"] = [
+            Finding(str(f.get("text", "")), dict(f.get("figures") or {}))
+            for f in values.get("changed") or []
+            if isinstance(f, dict)
+        ]
+        return cls(**values)
+
+
+def read_summary(run_dir: Path) -> RunSummary | None:
+    """The run's ``summary.json``, or None when it has none (a run that has not finished; a pipeline, whose
+    stages have theirs). An unreadable one is an error naming the file."""
+    from easyrlhf_core.kit.errors import EasyRLHFError
+
+    path = run_dir / SUMMARY_FILE
+    if not path.is_file():
+        return None
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+        if not isinstance(data, dict):
+            raise TypeError("not a JSON object")
+        return RunSummary.from_json(data)
+    except (json.JSONDecodeError, TypeError, ValueError) as exc:
+        raise EasyRLHFError(f"not a summary written by easyrlhf ({exc})", file=path) from None
 
 
 def _duration(seconds: float) -> str:
