@@ -11,6 +11,7 @@ Nothing heavy is imported here; torch and transformers load when an evaluation r
 
 from __future__ import annotations
 
-from easyrlhf_core.commands.eval.runner import EvalRequest, evaluate
+from easyrlhf_core.commands.eval.request import EvalRequest
+from easyrlhf_core.commands.eval.runner import evaluate
 
 __all__ = ["EvalRequest", "evaluate"]

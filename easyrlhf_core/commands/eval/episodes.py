@@ -15,7 +15,7 @@ from easyrlhf_core.kit.shapes import Shape
 from easyrlhf_core.kit.stats import bootstrap_interval, mean, wilson_interval
 
 if TYPE_CHECKING:
-    from easyrlhf_core.commands.eval.runner import EvalRequest
+    from easyrlhf_core.commands.eval.request import EvalRequest
     from easyrlhf_core.runtime.registry import Registry
 
 Log = Callable[[str], None]

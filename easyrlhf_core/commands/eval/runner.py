@@ -10,9 +10,10 @@ import sys
 from dataclasses import dataclass, field
 from typing import Any, Callable, Literal
 
-from easyrlhf_core.commands.eval.data import EvalData, Split, load_eval_data, pick_shape
+from easyrlhf_core.commands.eval.data import EvalData, load_eval_data, pick_shape
 from easyrlhf_core.commands.eval.generation import Answer, answer_engine, generate_answers
 from easyrlhf_core.commands.eval.report import EvalReport
+from easyrlhf_core.commands.eval.request import EvalRequest
 from easyrlhf_core.kit import chat_template as chat
 from easyrlhf_core.kit.completion_logprobs import (
     CompletionLogProb,
@@ -40,32 +41,6 @@ Log = Callable[[str], None]
 
 def stderr_log(message: str) -> None:
     print(f"[easyrlhf eval] {message}", file=sys.stderr, flush=True)
-
-
-@dataclass
-class EvalRequest:
-    """The options of ``easyrlhf eval`` (see docs/eval.md)."""
-
-    model: str
-    reference: str | None = None
-    reward_model: str | None = None
-    reward: str | None = None
-    reward_options: dict[str, Any] = field(default_factory=dict)
-    dataset: str = "hh-rlhf"
-    data_files: list[str] = field(default_factory=list)
-    split: Split = "eval"
-    limit: int | None = None
-    max_new_tokens: int = 128
-    max_length: int = 1024
-    batch_size: int = 8
-    seed: int = 42
-    sample: bool = True
-    trust_remote_code: bool = False
-    rollout_engine: str = "transformers"
-    env: str | None = None
-    env_options: dict[str, Any] = field(default_factory=dict)
-    max_turns: int = 4
-    max_episode_tokens: int = 256
 
 
 def check_request(request: EvalRequest) -> None:

@@ -1,12 +1,13 @@
 """PPO on an environment (``env``): each rollout row is a multi-turn episode (:mod:`easyrlhf_core.kit.episodes`).
 The environment's tokens are attended to but never trained on: the rollout's ``mask`` (policy loss, KL,
 advantages, value targets) is the episode's ``env_mask``, its ``attention`` every token; the episode's reward
-(the environment's plus the reward plugin's on the transcript) sits on the model's last token."""
+(the environment's plus the reward plugin's on the transcript) sits on the model's last token. The trainer is a
+:class:`.trainer.PPOTrainer`, typed loosely here (that module imports this one)."""
 
 from __future__ import annotations
 
 import time
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import torch
 
@@ -19,10 +20,8 @@ from .rollout import Rollout, record_rollout
 if TYPE_CHECKING:
     from easyrlhf_core.kit.shapes import Record
 
-    from .trainer import PPOTrainer
 
-
-def play(trainer: PPOTrainer, records: list[Record], iteration: int) -> list[Episode]:
+def play(trainer: Any, records: list[Record], iteration: int) -> list[Episode]:
     """One episode per record, on the trainer's rollout engine (inside its ``generating`` block)."""
     config = trainer.config
     if trainer.engine.name != "transformers" and not trainer.engine_synced:
@@ -42,7 +41,7 @@ def play(trainer: PPOTrainer, records: list[Record], iteration: int) -> list[Epi
         )
 
 
-def episode_scores(trainer: PPOTrainer, records: list[Record], episodes: list[Episode]) -> list[float]:
+def episode_scores(trainer: Any, records: list[Record], episodes: list[Episode]) -> list[float]:
     """Each episode's reward: the environment's, plus the reward plugin's on the transcript when one is given."""
     totals = [e.env_reward or 0.0 for e in episodes]
     if trainer.reward_fn is not None:
@@ -52,8 +51,8 @@ def episode_scores(trainer: PPOTrainer, records: list[Record], episodes: list[Ep
     return totals
 
 
-def episode_rollout(trainer: PPOTrainer, iteration: int) -> tuple[Rollout, list[Record], list[str], dict[str, float]]:
-    """:meth:`PPOTrainer.rollout` for an environment run."""
+def episode_rollout(trainer: Any, iteration: int) -> tuple[Rollout, list[Record], list[str], dict[str, float]]:
+    """:meth:`Any.rollout` for an environment run."""
     device = trainer.accelerator.device
     records = [trainer.prompts[i] for i in trainer.batch_indices(iteration)]
     trainer.unwrapped.eval()
@@ -106,7 +105,7 @@ def episode_metrics(episodes: list[Episode], prefix: str = "episodes/") -> dict[
     }
 
 
-def episode_evaluate(trainer: PPOTrainer, iteration: int) -> None:
+def episode_evaluate(trainer: Any, iteration: int) -> None:
     """Held-out episodes: mean reward, turns, tool calls (``eval/...``)."""
     if not trainer.eval_prompts:
         return
