@@ -269,3 +269,12 @@ def test_a_dataset_no_stage_can_use_is_one_line(cli_run, tiny_model_dir, tmp_pat
     assert result.exit_code == 2
     assert "no stage can use dataset 'arithmetic'" in result.stderr.strip().splitlines()[-1], result.stderr
     assert not out.exists()
+
+
+def test_env_is_the_rl_stages_and_skips_the_reward_model_stage():
+    plan = _plan({"env": "guess-number"})
+    assert plan["rm"] is None  # the environment scores the episodes: no reward model to train
+    assert plan["ppo"].env == "guess-number" and plan["ppo"].dataset == "guess-number"
+    assert plan["sft"].dataset == "hh-rlhf" and not hasattr(plan["sft"], "env")
+    grpo = _plan({"env": "calculator"}, ["rl_method=grpo", "grpo.dataset=arithmetic"])
+    assert grpo["grpo"].env == "calculator" and grpo["grpo"].dataset == "arithmetic"  # the user's data wins

@@ -58,6 +58,9 @@ class RLHFConfig:
     report_to: list[str] = option(
         [], "Live trackers for every stage, e.g. [tensorboard]: stages under OUTPUT_DIR/logs/<stage>."
     )
+    env: str | None = option(
+        None, "Environment plugin for the RL stage (--env): it trains on episodes, scored by the environment."
+    )
     rl_method: Literal["ppo", "grpo", "rloo"] = option(
         "ppo", "The RL stage: ppo (the InstructGPT recipe, default), grpo or rloo; its options are in its group."
     )
@@ -112,7 +115,8 @@ class RLHFConfig:
     def rl_has_reward(self) -> bool:
         """The RL stage names its own reward (a function, a directory, or a rewards list): no RM stage."""
         rl = self.rl
-        return rl.reward is not None or rl.reward_model is not None or bool(getattr(rl, "rewards", []))
+        has_env = self.env is not None or getattr(rl, "env", None) is not None  # the environment scores the episodes
+        return has_env or rl.reward is not None or rl.reward_model is not None or bool(getattr(rl, "rewards", []))
 
     def validate_for_run(self) -> None:
         from easyrlhf_core.kit.trackers import check_trackers
@@ -120,6 +124,8 @@ class RLHFConfig:
         check_trackers(self.report_to)
         for name in self.stages:
             stage = getattr(self, name)
+            if name == self.rl_method and self.env is not None and stage.env is None:
+                stage = dataclasses.replace(stage, env=self.env)  # --env is the RL stage's
             if name == self.rl_method and not self.rl_has_reward():
                 if self.rm.model is not None:  # a given reward model must be one, before SFT trains
                     dataclasses.replace(stage, reward_model=self.rm.model).validate_for_run()
@@ -133,7 +139,7 @@ DATA_OPTIONS = ("dataset", "data_files")
 SHARED = tuple(
     f.name
     for f in dataclasses.fields(RLHFConfig)
-    if f.name not in ("model", "output_dir", "rl_method", *STAGE_GROUPS, *DATA_OPTIONS)
+    if f.name not in ("model", "output_dir", "rl_method", "env", *STAGE_GROUPS, *DATA_OPTIONS)
 )
 
 
@@ -186,6 +192,14 @@ def stage_config(config: RLHFConfig, name: str, output_dir: Path, registry: Plug
             f"{name}.{key}", getattr(stage, key), _default(type(stage), key)
         ):
             inherited[key] = value
+    if name == config.rl_method and config.env is not None and getattr(stage, "env", None) is None:
+        inherited["env"] = config.env  # --env is the RL stage's
+    env = inherited.get("env") or getattr(stage, "env", None)
+    own_data = any(set_here(f"{name}.{key}", getattr(stage, key), _default(type(stage), key)) for key in DATA_OPTIONS)
+    if env is not None and "dataset" not in inherited and not own_data:
+        default = getattr(registry.get("environments", env), "default_dataset", None)
+        if default:  # the environment's own problems, as for a single-method run
+            inherited.update(dataset=default, data_files=[])
     return dataclasses.replace(stage, output_dir=str(output_dir), **inherited)
 
 
