@@ -347,7 +347,7 @@ def test_reward_model_scores_and_initialises_the_value_model(cli_run, tiny_model
         (["--reward", "keyword", "--reward-model", "/x"], "give only one"),
         (["--reward", "keywrod"], "did you mean 'keyword'"),
         (["--reward", "keyword", "--set", "reward_options={colour: red}"], "reward_options"),
-        (["--reward", "length", "--set", "generation_backend=vllm"], "vllm"),
+        (["--reward", "length", "--set", "rollout_engine=vllm"], "vLLM is not installed"),
         (["--reward", "length", "--set", "rollout_batch_size=10"], "multiple of the minibatch size"),
         (["--reward-model", "/no/such/rm"], "--reward-model: 'reward_model' is not a transformers model directory"),
         (["--reward", "length", "--set", "value_model=/no/such/vm"], "'value_model' is not a transformers model"),

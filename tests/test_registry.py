@@ -161,7 +161,7 @@ def test_list_plugins_json_shape(cli_run):
         registry.unregister_plugin("echo-test")
     assert result.exit_code == 0, result.stderr
     data = json.loads(result.stdout)
-    assert set(data) == {"plugins", "methods", "datasets", "rewards"}
+    assert set(data) == {"plugins", "methods", "datasets", "rewards", "environments"}
     for kind in ("plugins", "methods", "datasets", "rewards"):
         for item in data[kind]:
             assert {"name", "plugin", "package", "version", "description"} <= set(item), (kind, item)

@@ -91,9 +91,9 @@ class RolloutOptions:
             from easyrlhf_core.kit.errors import ConfigError
 
             raise ConfigError(
-                "rollout_engine is vllm but vLLM is not installed: pip install 'easyrlhf[vllm]' on a GPU "
-                "machine, or the CPU build as docs/rollouts.md says; or use rollout_engine: transformers",
-                where="rollout_engine",
+                "vLLM is not installed: pip install 'easyrlhf[vllm]' on a GPU machine, or the CPU build as "
+                "docs/rollouts.md says; or use rollout_engine: transformers",
+                where="rollout_engine: vllm",
             )
 
 

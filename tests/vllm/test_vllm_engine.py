@@ -113,10 +113,11 @@ def test_ppo_trains_with_the_vllm_engine(vllm_tiny_model, vllm_prompts_file, tmp
     assert moved > 1e-4
 
 
-def test_grpo_trains_with_the_vllm_engine(vllm_tiny_model, vllm_prompts_file, tmp_path):
-    out = tmp_path / "grpo"
+@pytest.mark.parametrize("method", ["grpo", "rloo"])
+def test_grpo_and_rloo_train_with_the_vllm_engine(method, vllm_tiny_model, vllm_prompts_file, tmp_path):
+    out = tmp_path / method
     done = _run(
-        ["run", "--method", "grpo", "--model", str(vllm_tiny_model), "--dataset", "jsonl", "--data-files",
+        ["run", "--method", method, "--model", str(vllm_tiny_model), "--dataset", "jsonl", "--data-files",
          str(vllm_prompts_file), "--output-dir", str(out), "--max-steps", "2", *COMMON,
          "--set", "num_generations=2", "--set", "per_device_train_batch_size=4", "--set", "max_completion_length=8",
          "--set", "max_length=64", "--set", "rollout_engine=vllm"],
@@ -137,3 +138,28 @@ def test_eval_answers_with_the_vllm_engine_as_with_transformers(vllm_tiny_model,
     }
     assert reports["vllm"]["greedy_tokens_mean"] == reports["transformers"]["greedy_tokens_mean"]
     assert reports["vllm"]["reward_greedy_mean"] == reports["transformers"]["reward_greedy_mean"]
+
+
+@pytest.mark.parametrize("method", ["ppo", "grpo"])
+def test_environment_episodes_run_on_the_vllm_engine(method, vllm_tiny_model, tmp_path):
+    out = tmp_path / f"{method}-env"
+    sizes = (
+        ["--set", "rollout_batch_size=2", "--set", "per_device_train_batch_size=2", "--set", "max_new_tokens=6"]
+        if method == "ppo"
+        else [
+            "--set",
+            "num_generations=2",
+            "--set",
+            "per_device_train_batch_size=2",
+            "--set",
+            "max_completion_length=6",
+        ]
+    )
+    _run(
+        ["run", "--method", method, "--model", str(vllm_tiny_model), "--env", "guess-number", "--output-dir", str(out),
+         "--max-steps", "2", "--seed", "1", "--set", "eval_fraction=0", "--set", "max_turns=3",
+         "--set", "max_episode_tokens=64", "--set", "max_length=256", "--set", "rollout_engine=vllm", *sizes],
+        tmp_path,
+    )  # fmt: skip
+    rows = [r for r in _metrics(out) if "episodes/turns" in r]
+    assert len(rows) == 2 and all(r["episodes/turns"] == 3 for r in rows)  # every cut message answered
