@@ -59,6 +59,8 @@ def test_the_wheel_carries_what_the_docs_reference(tmp_path):
         "easyrlhf_core/configs/deepspeed/zero3_offload.json",
         "easyrlhf_plugins/data/embedded/hh-rlhf/LICENSE",
         "easyrlhf_plugins/data/embedded/hh-rlhf/helpful-base/test.jsonl.gz",
+        "easyrlhf_core/commands/export/launch_converter.py",  # run by path: easyrlhf export --gguf
+        "easyrlhf_core/commands/export/quantize.py",
     ):
         assert required in names, required
     licenses = {n.rsplit("/", 1)[-1] for n in names if ".dist-info/licenses/" in n}
