@@ -61,6 +61,8 @@ def test_the_wheel_carries_what_the_docs_reference(tmp_path):
         "easyrlhf_plugins/data/embedded/hh-rlhf/helpful-base/test.jsonl.gz",
         "easyrlhf_core/runtime/report_assets/report.css",  # report.html inlines them
         "easyrlhf_core/runtime/report_assets/report.js",
+        "easyrlhf_core/commands/export/launch_converter.py",  # run by path: easyrlhf export --gguf
+        "easyrlhf_core/commands/export/quantize.py",
     ):
         assert required in names, required
     licenses = {n.rsplit("/", 1)[-1] for n in names if ".dist-info/licenses/" in n}

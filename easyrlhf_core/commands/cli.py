@@ -520,7 +520,8 @@ def _env_dataset(env: str | None) -> str | None:
 @click.option(
     "--model",
     required=True,
-    help="Model to evaluate: a reward model (sequence classifier) or a policy (causal LM) directory.",
+    help="Model to evaluate: a reward model (sequence classifier) or a policy (causal LM): a directory, .gguf file "
+    "or Hub id.",
 )
 @click.option(
     "--reference", help="Policies: the reference (starting) model, for implicit-reward accuracy, KL and win rate."
@@ -679,6 +680,36 @@ def chat_command(
 
     settings.check()
     run_env_chat(model_dir, env, _key_values(env_options, "--env-option"), prompt, settings, stderr_log)
+
+
+@cli.command("export")
+@click.argument("run_dir", metavar="RUN_DIR")
+@click.option("--gguf", "as_gguf", is_flag=True, help="Write a GGUF file (llama.cpp, Ollama, LM Studio).")
+@click.option(
+    "--quantize",
+    type=click.Choice(["q8_0", "q4_k_m", "f16"]),
+    default="q8_0",
+    show_default=True,
+    help="Weight type; q4_k_m needs llama.cpp's quantizer (pip install llama-cpp-python).",
+)
+@click.option("--out", help="The .gguf file to write (default: RUN_DIR/<name>-<quantize>.gguf).")
+@click.option("--ollama", is_flag=True, help="Also write an Ollama Modelfile beside the GGUF.")
+@click.option("--debug", is_flag=True, help="Show full tracebacks on errors.")
+@handle_errors
+def export_command(run_dir: str, as_gguf: bool, quantize: str, out: str | None, ollama: bool, debug: bool) -> None:
+    """Export a run's model (RUN_DIR/model, or a model directory) for other programs: --gguf writes a GGUF file
+    with llama.cpp's own converter, LoRA adapters merged, the chat template in its metadata. Prints the files
+    written."""
+    from easyrlhf_core.commands.export import ExportRequest, export_gguf
+
+    if not as_gguf:
+        raise EasyRLHFError("choose the format to write: --gguf (llama.cpp, Ollama, LM Studio)", where="export")
+    quiet_library_output()
+    written = export_gguf(ExportRequest(path=run_dir, quantize=quantize, out=out, ollama=ollama))
+    click.echo(str(written.gguf))
+    if written.modelfile is not None:
+        click.echo(str(written.modelfile))
+        click.echo(f"Next: cd {written.modelfile.parent} && ollama create NAME -f Modelfile", err=True)
 
 
 def _key_values(items: tuple[str, ...], flag: str) -> dict[str, Any]:
