@@ -158,7 +158,7 @@ def test_environment_episodes_run_on_the_vllm_engine(method, vllm_tiny_model, tm
     _run(
         ["run", "--method", method, "--model", str(vllm_tiny_model), "--env", "guess-number", "--output-dir", str(out),
          "--max-steps", "2", "--seed", "1", "--set", "eval_fraction=0", "--set", "max_turns=3",
-         "--set", "max_episode_tokens=64", "--set", "max_length=256", "--set", "rollout_engine=vllm", *sizes],
+         "--set", "max_episode_tokens=200", "--set", "max_length=512", "--set", "rollout_engine=vllm", *sizes],
         tmp_path,
     )  # fmt: skip
     rows = [r for r in _metrics(out) if "episodes/turns" in r]
