@@ -4,6 +4,7 @@
 - how completions are sampled: :class:`TokenSamplingOptions` (``temperature``, ``top_k``, ``top_p``, and the rule
   of a loss on the full softmax), :class:`SamplingOptions` (those plus ``max_new_tokens``);
 - which prompts leave room for a completion: :func:`prompts_that_fit`;
+- memory that is freed between iterations going back to the system: :func:`return_freed_memory`;
 - ``samples.jsonl``: :class:`SampleLogOptions` (``num_sample_completions``) and :class:`SampleLog`, one row per
   logged completion, the same for every method::
 
@@ -39,6 +40,7 @@ __all__ = [
     "SAMPLES_FILE",
     "encode_prompts",
     "prompts_that_fit",
+    "return_freed_memory",
 ]
 
 #: The run file of sampled completions with their rewards (:class:`SampleLog`), one JSON object a line.
@@ -259,3 +261,29 @@ class SampleLog:
         if set(self._pending) >= set(self.labels):
             self.write(step, prompts, completions, self._pending)
             self._pending = {}
+
+
+# --------------------------------------------------------------------------------------------------
+# Host memory
+
+#: glibc's ``mallopt`` parameter for the size from which an allocation gets a mapping of its own
+_M_MMAP_THRESHOLD = -3
+
+
+def return_freed_memory(threshold: int = 1 << 20) -> bool:
+    """On Linux with glibc, give every allocation of ``threshold`` bytes or more (activations, logits, CPU
+    tensors) a mapping of its own, returned to the system when it is freed. By default glibc raises that
+    threshold as big blocks are freed and then keeps later ones on its heap: an online loop's activations,
+    freed after each update, stayed in the process (measured: 10.9 GB resident after PPO's second update on
+    SmolLM2-135M, with 4.3 GB live). Costs a page fault per fresh page. Returns whether it was set (False on
+    other platforms, where nothing changes)."""
+    import ctypes
+    import sys
+
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        mallopt = ctypes.CDLL("libc.so.6").mallopt
+    except (OSError, AttributeError):  # musl, or no libc.so.6
+        return False
+    return bool(mallopt(_M_MMAP_THRESHOLD, ctypes.c_int(threshold)))
