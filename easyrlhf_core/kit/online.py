@@ -266,24 +266,30 @@ class SampleLog:
 # --------------------------------------------------------------------------------------------------
 # Host memory
 
-#: glibc's ``mallopt`` parameter for the size from which an allocation gets a mapping of its own
+#: glibc's ``mallopt`` parameter: the size from which an allocation gets a mapping of its own
 _M_MMAP_THRESHOLD = -3
 
 
-def return_freed_memory(threshold: int = 1 << 20) -> bool:
-    """On Linux with glibc, give every allocation of ``threshold`` bytes or more (activations, logits, CPU
-    tensors) a mapping of its own, returned to the system when it is freed. By default glibc raises that
-    threshold as big blocks are freed and then keeps later ones on its heap: an online loop's activations,
-    freed after each update, stayed in the process (measured: 10.9 GB resident after PPO's second update on
-    SmolLM2-135M, with 4.3 GB live). Costs a page fault per fresh page. Returns whether it was set (False on
-    other platforms, where nothing changes)."""
+def return_freed_memory(mmap_threshold: int = 1 << 20) -> bool:
+    """Give freed memory back to the system, on Linux with glibc: from now on every allocation of
+    ``mmap_threshold`` bytes or more (activations, logits) gets a mapping of its own, unmapped when it is
+    freed, and what the heap holds free now is trimmed (``malloc_trim``). By default glibc raises its
+    threshold as big blocks are freed and then keeps later ones on its heap, which an online loop's
+    activations, freed after every update, grow with each iteration: measured on PPO with SmolLM2-135M,
+    10.9 GB resident after the second update with 4.3 GB live, and a peak of 11.3 GB that this brings to 7.8
+    (a threshold of 8 MiB: 8.7 GB; trimming alone: 9.3 GB). Fresh pages cost a page fault each: a forward and
+    backward took 0-19% more CPU time in measurements on a busy machine. Call it once before a loop and
+    between its phases. Returns whether it ran (False on other platforms, where nothing changes)."""
     import ctypes
     import sys
 
     if not sys.platform.startswith("linux"):
         return False
     try:
-        mallopt = ctypes.CDLL("libc.so.6").mallopt
+        libc = ctypes.CDLL("libc.so.6")
+        mallopt, trim = libc.mallopt, libc.malloc_trim
     except (OSError, AttributeError):  # musl, or no libc.so.6
         return False
-    return bool(mallopt(_M_MMAP_THRESHOLD, ctypes.c_int(threshold)))
+    mallopt(_M_MMAP_THRESHOLD, ctypes.c_int(mmap_threshold))
+    trim(0)
+    return True

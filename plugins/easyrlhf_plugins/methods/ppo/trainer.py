@@ -327,6 +327,7 @@ class PPOTrainer:
                 pack=self.pack,
                 pad_token_id=self.tokenizer.pad_token_id,
             )
+        return_freed_memory()  # the forwards' activations go back to the system, not to a growing heap
         finished = time.perf_counter()
         timings = {
             "time/generate": generated - start,
@@ -374,6 +375,7 @@ class PPOTrainer:
                 for key, value in step.items():
                     stats[key].append(value)
         self.model.eval()
+        return_freed_memory()  # the update's activations and gradients too
         return {key: torch.stack(values).mean() for key, values in stats.items()}
 
     def optimizer_step(
