@@ -196,37 +196,57 @@ class PolicyLoss:
     ratio_mean: torch.Tensor
 
 
+def _token_mean(values: torch.Tensor, mask: torch.Tensor, total: Any) -> torch.Tensor:
+    """:func:`masked_mean`, or with ``total``: the masked sum over ``total`` tokens."""
+    if total is None:
+        return masked_mean(values, mask)
+    return (values * mask.to(values.dtype)).sum() / total
+
+
 def clipped_policy_loss(
-    logprobs: torch.Tensor, old_logprobs: torch.Tensor, advantages: torch.Tensor, mask: torch.Tensor, cliprange: float
+    logprobs: torch.Tensor,
+    old_logprobs: torch.Tensor,
+    advantages: torch.Tensor,
+    mask: torch.Tensor,
+    cliprange: float,
+    total: float | torch.Tensor | None = None,
 ) -> PolicyLoss:
     """PPO clip: masked mean of ``max(-A r, -A clip(r, 1-e, 1+e))``, ``r = exp(logp - logp_old)``; plus the
-    clip fraction, ``approx_kl = 0.5 * mean(log r ^ 2)`` and ``mean(r)``."""
+    clip fraction, ``approx_kl = 0.5 * mean(log r ^ 2)`` and ``mean(r)``. ``total``: the token sums are divided
+    by it instead of the mask's count, so the losses and diagnostics of a batch's micro-batches, each given the
+    whole batch's token count, add up to the batch's own (gradient accumulation equal to one big batch)."""
     import torch
 
     log_ratio = logprobs - old_logprobs
     ratio = torch.exp(log_ratio)
     unclipped = -advantages * ratio
     clipped = -advantages * torch.clamp(ratio, 1.0 - cliprange, 1.0 + cliprange)
-    loss = masked_mean(torch.maximum(unclipped, clipped), mask)
+    loss = _token_mean(torch.maximum(unclipped, clipped), mask, total)
     with torch.no_grad():
-        clipfrac = masked_mean((clipped > unclipped).float(), mask)
-        approx_kl = 0.5 * masked_mean(log_ratio**2, mask)
-        ratio_mean = masked_mean(ratio, mask)
+        clipfrac = _token_mean((clipped > unclipped).float(), mask, total)
+        approx_kl = 0.5 * _token_mean(log_ratio**2, mask, total)
+        ratio_mean = _token_mean(ratio, mask, total)
     return PolicyLoss(loss, clipfrac, approx_kl, ratio_mean)
 
 
 def clipped_value_loss(
-    values: torch.Tensor, old_values: torch.Tensor, returns: torch.Tensor, mask: torch.Tensor, cliprange_value: float
+    values: torch.Tensor,
+    old_values: torch.Tensor,
+    returns: torch.Tensor,
+    mask: torch.Tensor,
+    cliprange_value: float,
+    total: float | torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """``(loss, clipfrac)``: ``0.5 * max((v - R)^2, (v_old + clip(v - v_old, -e, e) - R)^2)``, masked mean."""
+    """``(loss, clipfrac)``: ``0.5 * max((v - R)^2, (v_old + clip(v - v_old, -e, e) - R)^2)``, masked mean;
+    ``total`` as in :func:`clipped_policy_loss`."""
     import torch
 
     clipped_values = old_values + torch.clamp(values - old_values, -cliprange_value, cliprange_value)
     unclipped_loss = (values - returns) ** 2
     clipped_loss = (clipped_values - returns) ** 2
-    loss = 0.5 * masked_mean(torch.maximum(unclipped_loss, clipped_loss), mask)
+    loss = 0.5 * _token_mean(torch.maximum(unclipped_loss, clipped_loss), mask, total)
     with torch.no_grad():
-        clipfrac = masked_mean((clipped_loss > unclipped_loss).float(), mask)
+        clipfrac = _token_mean((clipped_loss > unclipped_loss).float(), mask, total)
     return loss, clipfrac
 
 

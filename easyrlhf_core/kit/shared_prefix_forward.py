@@ -38,6 +38,7 @@ __all__ = [
     "chunked_token_log_probs",
     "enable_shared_prefix",
     "packed_hidden_states",
+    "packing_unsupported",
     "shared_prefix_unsupported",
     "share_prefixes",
 ]
@@ -116,22 +117,25 @@ def packed_hidden_states(model: Any, packed: dict[str, torch.Tensor]) -> torch.T
 def _head_chunk(
     head_forward: Callable[[Any], Any],
     softcap: float | None,
+    temperature: float,
     hidden: torch.Tensor,
     labels: torch.Tensor,
-    metrics: list[tuple[torch.Tensor, ...]],
+    metrics: list[tuple[torch.Tensor, ...]] | None,
 ) -> torch.Tensor:
-    """log-prob of ``labels`` (with gradient) for one chunk; on the first call also its entropy, mean logit
-    and top-1 hit (without gradient), appended to ``metrics`` (a checkpoint's recompute skips them).
-    ``head_forward`` is the head's forward itself, not the module call (no hooks: see
-    :func:`chunked_token_log_probs`)."""
+    """log-prob of ``labels`` under ``softmax(logits / temperature)`` (with gradient) for one chunk; when
+    ``metrics`` is an empty list, also its entropy, mean logit and top-1 hit (without gradient), appended to it
+    (a checkpoint's recompute finds it filled and skips them). ``head_forward`` is the head's forward itself,
+    not the module call (no hooks: see :func:`chunked_token_log_probs`)."""
     import torch
 
     logits = head_forward(hidden).float()
     if softcap:
         logits = torch.tanh(logits / softcap) * softcap
+    if temperature != 1.0:
+        logits = logits / temperature
     normaliser = torch.logsumexp(logits, dim=-1)
     log_probs = logits.gather(-1, labels.unsqueeze(-1)).squeeze(-1) - normaliser
-    if not metrics:
+    if metrics is not None and not metrics:
         with torch.no_grad():
             probs = torch.exp(logits - normaliser.unsqueeze(-1))
             entropy = normaliser - (probs * logits).sum(dim=-1)
@@ -140,7 +144,13 @@ def _head_chunk(
 
 
 def _head_chunks(
-    head_forward: Callable[[Any], Any], softcap: float | None, chunk: int, hidden: torch.Tensor, labels: torch.Tensor
+    head_forward: Callable[[Any], Any],
+    softcap: float | None,
+    chunk: int,
+    temperature: float,
+    stats: bool,
+    hidden: torch.Tensor,
+    labels: torch.Tensor,
 ) -> tuple[torch.Tensor, ...]:
     """The chunk loop of :func:`chunked_token_log_probs`, run as the head module's forward."""
     import torch
@@ -150,12 +160,14 @@ def _head_chunks(
     starts = range(0, hidden.shape[0], chunk) or range(1)  # no position: one empty chunk, still a graph
     for start in starts:
         h, y = hidden[start : start + chunk], labels[start : start + chunk]
-        found: list[tuple[torch.Tensor, ...]] = []
+        found: list[tuple[torch.Tensor, ...]] | None = [] if stats else None
+        args = (head_forward, softcap, temperature, h, y, found)
         if torch.is_grad_enabled() and h.requires_grad and start != starts[-1]:
-            log_probs.append(checkpoint(_head_chunk, head_forward, softcap, h, y, found, use_reentrant=False))
+            log_probs.append(checkpoint(_head_chunk, *args, use_reentrant=False))
         else:
-            log_probs.append(_head_chunk(head_forward, softcap, h, y, found))
-        metrics.append(found[0])
+            log_probs.append(_head_chunk(*args))
+        if found:
+            metrics.append(found[0])
     return (torch.cat(log_probs), *(torch.cat(column) for column in zip(*metrics)))
 
 
@@ -175,13 +187,20 @@ def _forward_replaced(module: Any, forward: Callable[..., Any]) -> Any:
 
 
 def chunked_token_log_probs(
-    head: Any, hidden: torch.Tensor, labels: torch.Tensor, softcap: float | None = None, chunk: int | None = None
+    head: Any,
+    hidden: torch.Tensor,
+    labels: torch.Tensor,
+    softcap: float | None = None,
+    chunk: int | None = None,
+    temperature: float = 1.0,
+    stats: bool = True,
 ) -> tuple[torch.Tensor, ...]:
-    """``(log_probs, entropy, mean_logits, is_top1)`` of ``labels`` ``[n]`` under ``head(hidden)``
-    (``hidden`` ``[n, d]``), ``chunk`` positions at a time (default :data:`CHUNK_TOKENS`); with gradients
-    on, each chunk but the last is checkpointed, so its logits are recomputed in the backward instead of
-    kept (the last one's are used by the backward right away: at most two chunks' logits exist at a time,
-    and a batch of one chunk is not recomputed at all).
+    """``(log_probs, entropy, mean_logits, is_top1)`` of ``labels`` ``[n]`` under
+    ``softmax(head(hidden) / temperature)`` (``hidden`` ``[n, d]``), ``chunk`` positions at a time (default
+    :data:`CHUNK_TOKENS`); ``stats=False``: ``(log_probs,)`` alone (no entropy pass over the vocabulary). With
+    gradients on, each chunk but the last is checkpointed, so its logits are recomputed in the backward instead
+    of kept (the last one's are used by the backward right away: at most two chunks' logits exist at a time,
+    and a batch of one chunk is not recomputed at all). Entropy, mean logit and top-1 carry no gradient.
 
     The head module is called exactly once, whatever ``n``: the chunks run inside that call through the
     head's own forward. Under ZeRO-3 each module call is a collective (its parameters gathered from every
@@ -190,7 +209,8 @@ def chunked_token_log_probs(
     gathers the largest matrix once, not once per chunk)."""
     chunk = chunk or CHUNK_TOKENS
     head_forward = head.forward
-    with _forward_replaced(head, functools.partial(_head_chunks, head_forward, softcap, chunk)):
+    loop = functools.partial(_head_chunks, head_forward, softcap, chunk, temperature, stats)
+    with _forward_replaced(head, loop):
         return tuple(head(hidden, labels))
 
 
@@ -326,16 +346,12 @@ def _max_difference(model: Any, kind: str) -> float:
     return float((shared - own).abs().max())
 
 
-def enable_shared_prefix(
-    model: Any, kind: str = "causal_lm", tolerance: float = 1e-3, autocast: Callable[[], Any] | None = None
-) -> str | None:
-    """Patch ``model`` (``kind``: ``"causal_lm"`` or ``"classifier"``) to take ``shared_prefix=`` batches;
-    ``autocast``: a context factory the shared path runs in (a trainer's ``accelerator.autocast``).
-
-    Returns None when it is patched, else why not (for one log line; the model is left as it was). The
-    check runs the patched path and the model's own forward on a small probe batch and wants them to
-    agree within ``tolerance`` (log-probs or scores; fp32 agrees to ~1e-6).
-    """
+def packing_unsupported(model: Any, kind: str = "causal_lm", tolerance: float = 1e-3) -> str | None:
+    """Why ``model`` (``kind``: ``"causal_lm"`` or ``"classifier"``) cannot read a packed batch
+    (:func:`packed_hidden_states` with the block mask), or None when it can: the reasons of
+    :func:`shared_prefix_unsupported`, then a probe batch run both ways, packed and the model's own padded
+    forward, which must agree within ``tolerance`` (log-probs or scores; fp32 agrees to ~1e-6). The model is
+    left as it was."""
     if kind not in ("causal_lm", "classifier"):
         raise ValueError(f"kind must be 'causal_lm' or 'classifier', got {kind!r}")
     reason = shared_prefix_unsupported(model)
@@ -352,6 +368,21 @@ def enable_shared_prefix(
             f"the packed forward differs from the model's own by {difference:.2g} on a probe batch "
             f"(its attention ignores the block mask)"
         )
+    return None
+
+
+def enable_shared_prefix(
+    model: Any, kind: str = "causal_lm", tolerance: float = 1e-3, autocast: Callable[[], Any] | None = None
+) -> str | None:
+    """Patch ``model`` (``kind``: ``"causal_lm"`` or ``"classifier"``) to take ``shared_prefix=`` batches;
+    ``autocast``: a context factory the shared path runs in (a trainer's ``accelerator.autocast``).
+
+    Returns None when it is patched, else why not (for one log line; the model is left as it was): the
+    check is :func:`packing_unsupported`.
+    """
+    reason = packing_unsupported(model, kind, tolerance)
+    if reason is not None:
+        return reason
     _install(_base(model), kind, autocast)
     return None
 

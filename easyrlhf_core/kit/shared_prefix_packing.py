@@ -34,6 +34,7 @@ __all__ = [
     "block_attention_mask",
     "common_prefix_length",
     "pack_groups",
+    "pack_rows",
     "pair_groups",
     "query_groups",
 ]
@@ -183,6 +184,34 @@ def pack_groups(
         "branch_ids": branch_ids,
         "token_index": token_index,
     }
+
+
+def pack_rows(
+    input_ids: torch.Tensor, attention_mask: torch.Tensor, pad_token_id: int, budget: int | None = None
+) -> dict[str, torch.Tensor]:
+    """Each row's real tokens (where ``attention_mask`` is 1, left or right padded, or both) packed first-fit
+    into rows of ``budget`` tokens (default: twice the longest row: little room left over at the rows' ends,
+    while a packed row's attention, quadratic in its length, stays near a padded row's), no padding between
+    them: :func:`pack_groups` with a group per row, nothing shared.
+
+    ``token_index`` has the shape of ``input_ids``: the flat index in the packed batch of each real token of
+    the original layout, -1 on its padding.
+    """
+    import torch
+
+    keep = attention_mask.bool()
+    lengths = keep.sum(dim=1)
+    width = int(lengths.max()) if len(lengths) else 0
+    compact = torch.full((input_ids.shape[0], max(width, 1)), pad_token_id, dtype=torch.long)
+    compact_mask = torch.arange(compact.shape[1]).unsqueeze(0) < lengths.cpu().unsqueeze(1)
+    compact[compact_mask] = input_ids.cpu()[keep.cpu()]
+    packed = pack_groups(
+        compact, compact_mask.long(), [[r] for r in range(input_ids.shape[0])], pad_token_id, budget or 2 * width
+    )
+    token_index = torch.full(tuple(input_ids.shape), -1, dtype=torch.long)
+    token_index[keep.cpu()] = packed["token_index"][compact_mask]
+    packed["token_index"] = token_index
+    return {key: value.to(input_ids.device) for key, value in packed.items()}
 
 
 def block_attention_mask(segment_ids: torch.Tensor, branch_ids: torch.Tensor) -> torch.Tensor:

@@ -38,10 +38,16 @@ class PPOConfig(SamplingOptions, EnvironmentOptions, SampleLogOptions, OneReward
     )
     num_train_epochs: float = option(1.0, "Passes over the training prompts when max_steps is -1.")
     learning_rate: float = option(3e-6, "Peak learning rate of the policy.")
-    per_device_train_batch_size: int = option(4, "Samples per forward/backward pass in the PPO update (micro-batch).")
+    per_device_train_batch_size: int = option(
+        4,
+        "Samples per forward/backward pass in the PPO update (micro-batch): bounds its activation memory; "
+        "the results do not depend on it.",
+    )
     per_device_eval_batch_size: int = option(16, "Eval prompts per generate call.")
     gradient_accumulation_steps: int = option(
-        1, "Micro-batches per optimizer step; minibatch = per_device_train_batch_size x this."
+        1,
+        "Micro-batches per optimizer step; minibatch = per_device_train_batch_size x this (the gradient is "
+        "the whole minibatch's, exactly).",
     )
     # reward (reward_model, reward, reward_options: OneRewardOptions)
     missing_eos_penalty: float | None = option(
@@ -61,6 +67,12 @@ class PPOConfig(SamplingOptions, EnvironmentOptions, SampleLogOptions, OneReward
     forward_batch_size: int | None = option(
         None,
         "Sequences per no-grad forward pass (log-probs, reference, values, reward); empty: the whole rollout batch.",
+    )
+    lean_forward: bool = option(
+        True,
+        "Pack rows without padding and run the LM head only at the response positions, in chunks (same "
+        "results, less memory and time); false: padded rows through the model's own forward. Models whose "
+        "attention takes no block mask fall back by themselves.",
     )
     # sampling: temperature, top_k, top_p (SamplingOptions), num_sample_completions (SampleLogOptions)
     max_new_tokens: int = with_default(SamplingOptions, "max_new_tokens", 64)

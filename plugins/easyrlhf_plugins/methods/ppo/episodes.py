@@ -81,6 +81,8 @@ def episode_rollout(trainer: Any, iteration: int) -> tuple[Rollout, list[Record]
             trainer.config.forward_batch_size,
             lambda _responses, _mask: torch.tensor(scores, dtype=torch.float32, device=device),
             episode_masks=(trained.to(device), attention.to(device), finished.to(device)),
+            pack=trainer.pack,
+            pad_token_id=pad,
         )
     finished_at = time.perf_counter()
     timings = {

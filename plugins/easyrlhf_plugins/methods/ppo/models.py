@@ -12,7 +12,7 @@ import torch
 
 from easyrlhf_core.kit.zero import is_partitioned
 
-from .rollout import policy_response_logits, value_response_outputs
+from .forward import Layout, policy_log_probs, response_values
 
 if TYPE_CHECKING:
     from easyrlhf_core.kit.context import RunContext
@@ -29,12 +29,13 @@ class PolicyAndValue(torch.nn.Module):
         self.value_model = value_model
 
     def forward(
-        self, input_ids: torch.Tensor, attention_mask: torch.Tensor, n_query: int
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """``(logits, values)`` at the positions that predict each response token."""
-        logits = policy_response_logits(self.policy, input_ids, attention_mask, n_query)
-        values = value_response_outputs(self.value_model, input_ids, attention_mask, n_query)
-        return logits, values
+        self, batch: Layout, temperature: float, parts: tuple[str, ...] = ("policy", "value")
+    ) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+        """``(log-probs, values)`` ``(batch, response_len)`` of the response tokens (log-probs under
+        ``logits / temperature``), each None when not in ``parts``."""
+        logprobs = policy_log_probs(self.policy, batch, temperature)[0] if "policy" in parts else None
+        values = response_values(self.value_model, batch) if "value" in parts else None
+        return logprobs, values
 
 
 @dataclass
@@ -42,8 +43,8 @@ class Models:
     tokenizer: Any
     policy: Any
     value_model: Any
-    #: ``(input_ids, attention_mask, n_query) -> response logits`` of the frozen reference policy
-    reference: Callable[[torch.Tensor, torch.Tensor, int], torch.Tensor]
+    #: ``(batch, temperature) -> response log-probs`` of the frozen reference policy
+    reference: Callable[[Layout, float], torch.Tensor]
     #: the separate reference model (None with LoRA: the policy without its adapter)
     reference_model: Any
 
@@ -104,9 +105,9 @@ def load_models(run: RunContext, config: PPOConfig, policy_path: str) -> Models:
         disable_dropout(policy)  # the adapters' own dropout too
         disable_dropout(value_model)
 
-        def reference(input_ids: torch.Tensor, attention_mask: torch.Tensor, n_query: int) -> torch.Tensor:
+        def reference(batch: Layout, temperature: float) -> torch.Tensor:
             with unwrap(policy).disable_adapter():
-                return policy_response_logits(policy, input_ids, attention_mask, n_query)
+                return policy_log_probs(policy, batch, temperature)[0]
     else:
         if is_partitioned(policy):  # ZeRO-3 loaded it partitioned: a copy of the slices is no model; load again
             reference_model = load_causal_lm(policy_path, trust_remote_code=config.trust_remote_code)
@@ -115,8 +116,8 @@ def load_models(run: RunContext, config: PPOConfig, policy_path: str) -> Models:
             reference_model = copy.deepcopy(policy)
         reference_model.eval().requires_grad_(False)
 
-        def reference(input_ids: torch.Tensor, attention_mask: torch.Tensor, n_query: int) -> torch.Tensor:
-            return policy_response_logits(reference_model, input_ids, attention_mask, n_query)
+        def reference(batch: Layout, temperature: float) -> torch.Tensor:
+            return policy_log_probs(reference_model, batch, temperature)[0]
 
     return Models(
         tokenizer=tokenizer,

@@ -1,6 +1,6 @@
-"""Rollouts: prompt positions, the sampling settings of the batched ``generate`` call
-(:func:`easyrlhf_core.kit.causal_lm.generate`: left padding, KV cache), and record what the update needs (log-probs,
-reference log-probs, values, scores) without gradients."""
+"""Rollouts: the sampling settings of the batched ``generate`` call (:func:`easyrlhf_core.kit.causal_lm.generate`:
+left padding, KV cache), and record what the update needs (log-probs, reference log-probs, values, scores)
+without gradients, once per rollout, through the lean forwards of :mod:`.forward`."""
 
 from __future__ import annotations
 
@@ -12,18 +12,12 @@ import torch
 from easyrlhf_core.kit import causal_lm as lm
 
 from . import core
+from .forward import Layout, layout, policy_log_probs, policy_response_logits, position_ids, response_values
+
+__all__ = ["Rollout", "chunks", "generation_config", "policy_response_logits", "position_ids", "record_rollout"]
 
 if TYPE_CHECKING:
     from .config import PPOConfig
-
-
-# --------------------------------------------------------------------------------------------------
-# Positions
-
-
-def position_ids(attention_mask: torch.Tensor) -> torch.Tensor:
-    """Positions counted over real tokens only (what ``generate`` uses with left padding)."""
-    return (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -39,36 +33,6 @@ def generation_config(config: PPOConfig, tokenizer: Any, stop_ids: list[int]) ->
         config.sampling_settings(),
         bos_token_id=tokenizer.bos_token_id,
     )
-
-
-# --------------------------------------------------------------------------------------------------
-# Forward passes over prompt + response
-
-
-def policy_response_logits(
-    policy: Any, input_ids: torch.Tensor, attention_mask: torch.Tensor, n_query: int
-) -> torch.Tensor:
-    """Logits that predicted each response token (positions ``n_query - 1 .. end - 1``), with positions
-    counted as ``generate`` counts them; the LM head runs on those positions only."""
-    keep = input_ids.shape[1] - n_query + 1
-    out = policy(
-        input_ids=input_ids,
-        attention_mask=attention_mask,
-        position_ids=position_ids(attention_mask),
-        use_cache=False,
-        logits_to_keep=keep,
-    )
-    return out.logits[:, :-1]
-
-
-def value_response_outputs(
-    value_model: Any, input_ids: torch.Tensor, attention_mask: torch.Tensor, n_query: int
-) -> torch.Tensor:
-    """Value estimates for the states before each response token (same positions as the logits)."""
-    from easyrlhf_core.kit.model_loading import scalar_head_outputs
-
-    values = scalar_head_outputs(value_model, input_ids, attention_mask, position_ids(attention_mask))
-    return values[:, n_query - 1 : -1].float()
 
 
 @dataclass
@@ -106,7 +70,7 @@ def chunks(n: int, size: int | None) -> list[slice]:
 @torch.no_grad()
 def record_rollout(
     policy: Any,
-    reference: Callable[[torch.Tensor, torch.Tensor, int], torch.Tensor],
+    reference: Callable[[Layout, float], torch.Tensor],
     value_model: Any,
     queries: torch.Tensor,
     query_mask: torch.Tensor,
@@ -116,27 +80,32 @@ def record_rollout(
     forward_batch_size: int | None,
     score_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
     episode_masks: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None,
+    pack: bool = False,
+    pad_token_id: int = 0,
 ) -> Rollout:
     """Everything the update needs about sampled ``responses``: masks, log-probs (policy and reference,
-    both with ``logits / temperature``), entropy, values and scores. ``episode_masks``: an environment episode's
-    ``(trained mask, attention, finished)``: the environment's tokens are attended to, never trained on."""
+    both with ``logits / temperature``), entropy, values and scores. Rows are packed without padding when
+    ``pack`` (``forward_batch_size`` rows at a time), and the three models read the same packed batch.
+    ``episode_masks``: an environment episode's ``(trained mask, attention, finished)``: the environment's
+    tokens are attended to, never trained on."""
     if episode_masks is None:
         mask, has_stop = core.response_mask(responses, stop_ids)
         attention = mask
     else:
         mask, attention, has_stop = episode_masks
     n_query = queries.shape[1]
-    input_ids = torch.cat([queries, responses], dim=1)
-    attention_mask = torch.cat([query_mask, attention], dim=1)
+    rows = layout(
+        torch.cat([queries, responses], dim=1), torch.cat([query_mask, attention], dim=1), n_query, pad_token_id, False
+    )
     logprobs, ref_logprobs, values, entropy = [], [], [], []
     for part in chunks(len(queries), forward_batch_size):
-        ids, att, resp = input_ids[part], attention_mask[part], responses[part]
-        logits = policy_response_logits(policy, ids, att, n_query)
-        logprobs.append(lm.logprobs_from_logits(logits, resp, temperature))
-        entropy.append(core.entropy_from_logits(logits, temperature))
-        del logits
-        ref_logprobs.append(lm.logprobs_from_logits(reference(ids, att, n_query), resp, temperature))
-        values.append(value_response_outputs(value_model, ids, att, n_query))
+        batch = rows.select(part, pack, pad_token_id)
+        own, spread = policy_log_probs(policy, batch, temperature, entropy=True)
+        assert spread is not None
+        logprobs.append(own)
+        entropy.append(spread)
+        ref_logprobs.append(reference(batch, temperature))
+        values.append(response_values(value_model, batch))
     scores = score_fn(responses, mask)
     return Rollout(
         queries=queries,

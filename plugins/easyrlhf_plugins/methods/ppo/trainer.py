@@ -22,7 +22,7 @@ from easyrlhf_core.kit import rl_math
 from easyrlhf_core.kit.checkpoints import remove_checkpoints_after, remove_incomplete_checkpoints
 from easyrlhf_core.kit.metrics import drop_rows_after
 from easyrlhf_core.kit.model_loading import unwrap
-from easyrlhf_core.kit.online import SAMPLES_FILE, SampleLog, prompts_that_fit
+from easyrlhf_core.kit.online import SAMPLES_FILE, SampleLog, prompts_that_fit, return_freed_memory
 from easyrlhf_core.kit.rewards import record_columns, score_with_columns
 from easyrlhf_core.kit.stopping import RunInterrupted, StopSignals
 from easyrlhf_core.kit.trainer_run import (
@@ -37,6 +37,7 @@ from easyrlhf_core.kit.zero import fill_size_autos, gathered, gathered_for_gener
 
 from . import core
 from .checkpoint import resume_from_latest, save_checkpoint
+from .forward import Layout, lean_forward_unsupported
 from .models import PolicyAndValue, load_models, response_stop_ids
 from .rollout import Rollout, record_rollout
 
@@ -48,6 +49,8 @@ if TYPE_CHECKING:
     from .config import PPOConfig
 
 VALUE_MODEL_DIR = "value_model"
+#: what the update reports per iteration (means over its optimizer steps)
+UPDATE_STATS = ("policy_loss", "value_loss", "clipfrac", "value_clipfrac", "approx_kl", "ratio_mean")
 
 
 def build_accelerator(config: PPOConfig) -> Any:
@@ -110,6 +113,7 @@ class PPOTrainer:
         self.config: PPOConfig = run.config  # type: ignore[assignment]
         config = self.config
         check_precision(config)
+        return_freed_memory()  # each iteration's activations go back to the system, not to a growing heap
         self.accelerator = build_accelerator(config)
         # bad reward options fail before any model loads; with an environment the reward plugin is optional
         self.reward_fn = make_reward_function(run, config) if config.env is None or config.reward_specs() else None
@@ -165,6 +169,7 @@ class PPOTrainer:
             )
         elif models.reference_model is not None:
             models.reference_model.to(self.accelerator.device)
+        self.pack = self._lean_forwards(models)
         self.kl_ctl = core.kl_controller(config.beta, config.adaptive_kl, config.target_kl, config.kl_horizon)
         self.moments = core.RunningMoments()
         self.nonfinite = NonFinite()  # a NaN / inf loss or gradient norm stops the run (step)
@@ -194,6 +199,26 @@ class PPOTrainer:
     @property
     def unwrapped(self) -> PolicyAndValue:
         return self.accelerator.unwrap_model(self.model)
+
+    def _lean_forwards(self, models: Any) -> bool:
+        """Whether the forwards pack rows and read the LM head at response positions only (``lean_forward``,
+        when every model reads a packed probe batch as its own forward does); logged either way."""
+        if not self.config.lean_forward:
+            self.run.log("forwards: plain (lean_forward: false): padded rows, the model's own forward")
+            return False
+        unwrapped = self.unwrapped
+        with torch.no_grad(), self.accelerator.autocast():
+            reason = lean_forward_unsupported(
+                [m for m in (unwrapped.policy, models.reference_model) if m is not None] + [unwrapped.value_model]
+            )
+        if reason is not None:
+            self.run.log(f"forwards: plain ({reason}): padded rows, the model's own forward")
+            return False
+        self.run.log(
+            "forwards: lean (rows packed without padding; the LM head only at response positions, in chunks; "
+            "lean_forward: false turns it off)"
+        )
+        return True
 
     def _encode(self, records: list[Record], split: str) -> tuple[list[Record], list[list[int]]]:
         limit = self.config.max_length - self.config.max_new_tokens
@@ -306,7 +331,10 @@ class PPOTrainer:
                 self.config.temperature,
                 self.config.forward_batch_size,
                 score,
+                pack=self.pack,
+                pad_token_id=self.tokenizer.pad_token_id,
             )
+        return_freed_memory()  # the forwards' activations go back to the system, not to a growing heap
         finished = time.perf_counter()
         timings = {
             "time/generate": generated - start,
@@ -342,50 +370,95 @@ class PPOTrainer:
     def update(self, ro: Rollout, adv: dict[str, torch.Tensor], iteration: int) -> dict[str, torch.Tensor]:
         """``ppo_epochs`` passes of shuffled minibatches; each minibatch is one optimizer step made of
         ``gradient_accumulation_steps`` micro-batches."""
-        config, accelerator = self.config, self.accelerator
-        n_query = ro.queries.shape[1]
-        input_ids, attention_mask = ro.input_ids, ro.attention_mask
+        config = self.config
+        rows = Layout(ro.input_ids, ro.attention_mask, ro.queries.shape[1])
         generator = torch.Generator().manual_seed(config.seed * 100_003 + iteration)
-        stats: dict[str, list[torch.Tensor]] = {
-            k: [] for k in ("policy_loss", "value_loss", "clipfrac", "value_clipfrac", "approx_kl", "ratio_mean")
-        }
+        stats: dict[str, list[torch.Tensor]] = {key: [] for key in UPDATE_STATS}
         self.model.train()
         for _ in range(config.ppo_epochs):
-            order = torch.randperm(len(ro.responses), generator=generator).to(input_ids.device)
-            for start in range(0, len(order), config.per_device_train_batch_size):
-                idx = order[start : start + config.per_device_train_batch_size]
-                with accelerator.accumulate(self.model):
-                    logits, values = self.model(input_ids[idx], attention_mask[idx], n_query)
-                    logprobs = lm.logprobs_from_logits(logits, ro.responses[idx], config.temperature)
-                    del logits
-                    policy = rl_math.clipped_policy_loss(
-                        logprobs, ro.logprobs[idx], adv["advantages"][idx], ro.mask[idx], config.cliprange
-                    )
-                    value_loss, value_clipfrac = rl_math.clipped_value_loss(
-                        values, ro.values[idx], adv["returns"][idx], ro.mask[idx], config.cliprange_value
-                    )
-                    loss = policy.loss + config.vf_coef * value_loss
-                    accelerator.backward(loss)
-                    self.nonfinite.note("loss", loss)
-                    if accelerator.sync_gradients:
-                        norm = accelerator.clip_grad_norm_(self.model.parameters(), config.max_grad_norm)
-                        if checks_gradient_norm(accelerator):  # fp16: an overflow step is the scaler's to skip
-                            self.nonfinite.note("gradient norm", norm)
-                    self.optimizer.step()
-                    if accelerator.sync_gradients:
-                        self.scheduler.step()
-                    self.optimizer.zero_grad()
-                for key, value in (
-                    ("policy_loss", policy.loss),
-                    ("value_loss", value_loss),
-                    ("clipfrac", policy.clipfrac),
-                    ("value_clipfrac", value_clipfrac),
-                    ("approx_kl", policy.approx_kl),
-                    ("ratio_mean", policy.ratio_mean),
-                ):
-                    stats[key].append(value.detach().float())
+            order = torch.randperm(len(ro.responses), generator=generator).to(ro.responses.device)
+            for start in range(0, len(order), config.mini_batch_size):
+                step = self.optimizer_step(rows, ro, adv, order[start : start + config.mini_batch_size])
+                for key, value in step.items():
+                    stats[key].append(value)
         self.model.eval()
+        return_freed_memory()  # the update's activations and gradients too
         return {key: torch.stack(values).mean() for key, values in stats.items()}
+
+    def optimizer_step(
+        self, rows: Layout, ro: Rollout, adv: dict[str, torch.Tensor], minibatch: torch.Tensor
+    ) -> dict[str, torch.Tensor]:
+        """One optimizer step over ``minibatch``, ``per_device_train_batch_size`` rows per forward/backward.
+        Each micro-batch's losses are its token sums over the whole minibatch's token count, so the gradient
+        (and every statistic returned) is the minibatch's own, however it is split."""
+        config, accelerator = self.config, self.accelerator
+        tokens = ro.mask[minibatch].sum().clamp(min=1).float()
+        scale = float(config.gradient_accumulation_steps)  # accelerator.backward divides by it
+        totals = {key: torch.zeros((), device=tokens.device) for key in UPDATE_STATS}
+        for micro in minibatch.split(config.per_device_train_batch_size):
+            batch = rows.select(micro, self.pack, self.tokenizer.pad_token_id)
+            with accelerator.accumulate(self.model):
+                losses = self.micro_step(batch, ro, adv, micro, tokens, scale)
+                if accelerator.sync_gradients:
+                    norm = accelerator.clip_grad_norm_(self.model.parameters(), config.max_grad_norm)
+                    if checks_gradient_norm(accelerator):  # fp16: an overflow step is the scaler's to skip
+                        self.nonfinite.note("gradient norm", norm)
+                self.optimizer.step()
+                if accelerator.sync_gradients:
+                    self.scheduler.step()
+                self.optimizer.zero_grad()
+            for key, value in losses.items():
+                totals[key] += value.detach().float()
+        return totals
+
+    def micro_step(
+        self,
+        batch: Layout,
+        ro: Rollout,
+        adv: dict[str, torch.Tensor],
+        idx: torch.Tensor,
+        tokens: torch.Tensor,
+        scale: float,
+    ) -> dict[str, torch.Tensor]:
+        """Forward and backward of one micro-batch (``tokens``: the minibatch's). With one process and no
+        DeepSpeed the policy's backward runs before the value model's forward, so only one model's activations
+        are alive at a time; a DDP or DeepSpeed engine gets one forward and one backward over both."""
+        config, accelerator = self.config, self.accelerator
+        mask = ro.mask[idx]
+        separate = self.model is self.unwrapped
+
+        def policy_loss(logprobs: torch.Tensor) -> rl_math.PolicyLoss:
+            return rl_math.clipped_policy_loss(
+                logprobs, ro.logprobs[idx], adv["advantages"][idx], mask, config.cliprange, total=tokens
+            )
+
+        def value_loss(values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+            return rl_math.clipped_value_loss(
+                values, ro.values[idx], adv["returns"][idx], mask, config.cliprange_value, total=tokens
+            )
+
+        if separate:
+            logprobs, _ = self.model(batch, config.temperature, ("policy",))
+            policy = policy_loss(logprobs)
+            accelerator.backward(policy.loss * scale)
+            del logprobs
+            _, values = self.model(batch, config.temperature, ("value",))
+            value, value_clipfrac = value_loss(values)
+            accelerator.backward(config.vf_coef * value * scale)
+        else:
+            logprobs, values = self.model(batch, config.temperature)
+            policy = policy_loss(logprobs)
+            value, value_clipfrac = value_loss(values)
+            accelerator.backward((policy.loss + config.vf_coef * value) * scale)
+        self.nonfinite.note("loss", policy.loss.detach() + config.vf_coef * value.detach())
+        return {
+            "policy_loss": policy.loss,
+            "value_loss": value,
+            "clipfrac": policy.clipfrac,
+            "value_clipfrac": value_clipfrac,
+            "approx_kl": policy.approx_kl,
+            "ratio_mean": policy.ratio_mean,
+        }
 
     # -- reporting -----------------------------------------------------------------------------------
     def _mean(self, value: torch.Tensor) -> float:
