@@ -34,7 +34,7 @@ def test_every_builtin_method_has_a_config_file():
 
 
 #: Shipped configs that are not a method's defaults but a chosen set of settings for one of them.
-PRESETS = {"quickstart": "dpo"}
+PRESETS = {"quickstart": "dpo", "quickstart-hh": "dpo"}
 
 
 @pytest.mark.parametrize("preset, method", sorted(PRESETS.items()))

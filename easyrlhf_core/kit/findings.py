@@ -9,7 +9,15 @@ if TYPE_CHECKING:
     from easyrlhf_core.kit.context import RunContext
     from easyrlhf_core.kit.shapes import Record
 
-__all__ = ["Finding", "PairScores", "score_pairs", "pair_findings", "training_rows_finding", "held_out_pairs_change"]
+__all__ = [
+    "Finding",
+    "PairScores",
+    "beyond_noise",
+    "score_pairs",
+    "pair_findings",
+    "training_rows_finding",
+    "held_out_pairs_change",
+]
 
 
 @dataclass
@@ -60,7 +68,7 @@ def pair_findings(scores: PairScores, seed: int) -> list[Finding]:
     low, high = bootstrap_interval(scores.margin_changes, seed)
     return [
         Finding(
-            f"prefers the human-chosen answer (per-token log-prob) on {before.accuracy:.2f} of {n} held-out "
+            f"prefers the chosen answer (per-token log-prob) on {before.accuracy:.2f} of {n} held-out "
             f"pairs before -> {after.accuracy:.2f} after [{after.ci95[0]:.2f}, {after.ci95[1]:.2f}]",
             {
                 "held_out_pairs": n,
@@ -74,6 +82,7 @@ def pair_findings(scores: PairScores, seed: int) -> list[Finding]:
             f"{moved.ci95[1]:.2f}] (0.50 = no change); the chosen-minus-rejected log-prob margin changed by "
             f"{change:+.3f} nats per pair [{low:+.3f}, {high:+.3f}]" + _verdict(moved.ci95, (low, high), n),
             {
+                "beyond_noise": beyond_noise(moved.ci95, (low, high)),
                 "moved_towards_chosen": moved.accuracy,
                 "moved_towards_chosen_ci95": list(moved.ci95),
                 "margin_change_mean": change,
@@ -81,6 +90,12 @@ def pair_findings(scores: PairScores, seed: int) -> list[Finding]:
             },
         ),
     ]
+
+
+def beyond_noise(moved_ci95: tuple[float, float], margin_ci95: tuple[float, float]) -> bool:
+    """The verdict :func:`_verdict` words: a change beyond noise when either interval excludes no change (the
+    share of pairs that moved excludes 0.50, or the mean margin change excludes 0)."""
+    return not (moved_ci95[0] <= 0.5 <= moved_ci95[1]) or margin_ci95[0] > 0 or margin_ci95[1] < 0
 
 
 def _verdict(moved_ci95: tuple[float, float], margin_ci95: tuple[float, float], n: int) -> str:

@@ -47,6 +47,9 @@ class RunSummary:
     model_dir: str
     changed: list[Finding] = field(default_factory=list)
     next_commands: list[str] = field(default_factory=list)
+    #: the verdict the findings' words give: True when a held-out change excludes "no change", False when
+    #: within noise, None when the method reported no such measurement
+    beyond_noise: bool | None = None
 
     def lines(self) -> list[str]:
         """The summary as a newcomer reads it."""
@@ -124,11 +127,14 @@ def next_commands(run: RunContext) -> list[str]:
 
     start = shlex.quote(run.config.model or DEFAULT_MODEL_ID)  # the default's id finds the embedded copy offline
     compare, reference = f" --compare {start}", f" --reference {start}"
-    return [
+    commands = [
         f"easyrlhf chat {model}{compare}",
         f"easyrlhf eval --model {model}{reference}{data}",
         "easyrlhf run --method rlhf --max-steps 10   # the whole SFT -> RM -> PPO pipeline",
     ]
+    if run.method.name == "dpo" and dataset != "hh-rlhf":  # the quick start's next step: human preferences
+        commands.insert(0, "easyrlhf run --config quickstart-hh --output-dir runs/quickstart-hh   # DPO on hh-rlhf")
+    return commands
 
 
 def lora_trained(run: RunContext) -> str | None:
@@ -161,7 +167,14 @@ def build_summary(run: RunContext, changed: list[Finding]) -> RunSummary:
         model_dir=str(run.model_dir),
         changed=changed,
         next_commands=next_commands(run),
+        beyond_noise=verdict(changed),
     )
+
+
+def verdict(changed: list[Finding]) -> bool | None:
+    """``beyond_noise`` of the findings that carry one: True when any is beyond noise; None when none does."""
+    verdicts = [f.figures["beyond_noise"] for f in changed if isinstance(f.figures.get("beyond_noise"), bool)]
+    return any(verdicts) if verdicts else None
 
 
 def write_summary(run: RunContext, summary: RunSummary) -> Path:
