@@ -104,19 +104,21 @@ def test_the_models_answer_from_their_history(joker):
 
 
 def test_prompt_prints_the_greedy_answer(cli_run, joker):
-    result = cli_run("chat", str(joker), "--prompt", JOKE, "--max-new-tokens", MAX_NEW)
+    result = cli_run("chat", str(joker), "--prompt", JOKE, "--max-new-tokens", MAX_NEW, "--greedy")
     assert result.exit_code == 0, result.stderr
     assert result.stdout == greedy(joker, [user(JOKE)]) + "\n"
+    assert "[easyrlhf chat] sampling: greedy (--greedy)\n" in result.stderr
 
 
 def test_system_message_goes_through_the_template(cli_run, joker):
     system = "You are a helpful assistant."
-    result = cli_run("chat", str(joker), "--prompt", WHY, "--system", system, "--max-new-tokens", "6")
+    result = cli_run("chat", str(joker), "--prompt", WHY, "--system", system, "--max-new-tokens", "6", "--greedy")
     assert result.exit_code == 0, result.stderr
     assert result.stdout == greedy(joker, [{"role": "system", "content": system}, user(WHY)], 6) + "\n"
 
 
 def test_compare_prints_both_labelled_answers(cli_run, joker, baker):
+    """Greedy answers: --compare decodes greedily unless asked to sample."""
     result = cli_run("chat", str(joker), "--compare", str(baker), "--prompt", JOKE, "--max-new-tokens", MAX_NEW)
     assert result.exit_code == 0, result.stderr
     assert result.stdout == (
@@ -131,7 +133,7 @@ def test_piped_session_keeps_history_until_reset(cli_run, joker):
     from easyrlhf_core.commands.cli import cli
 
     lines = f"{JOKE}\n{WHY}\n/reset\n{WHY}\n/quit\nnever read\n"
-    result = CliRunner().invoke(cli, ["chat", str(joker), "--max-new-tokens", MAX_NEW], input=lines)
+    result = CliRunner().invoke(cli, ["chat", str(joker), "--max-new-tokens", MAX_NEW, "--greedy"], input=lines)
     assert result.exit_code == 0, result.stderr
     assert result.stdout == "Why did the chicken cross the road?\n\nTo get to the other side!\n\nBecause.\n\n"
     assert "history cleared" in result.stderr
@@ -187,7 +189,7 @@ def test_compare_is_checked_before_any_model_loads(cli_run, tiny_model_dir, tmp_
 @pytest.mark.parametrize(
     "args, flag",
     [
-        (["--temperature", "0.7"], "--temperature"),
+        (["--greedy", "--temperature", "0.7"], "--temperature"),
         (["--sample", "--top-p", "0"], "--top-p"),
         (["--max-new-tokens", "64", "--max-length", "64"], "--max-new-tokens"),
     ],
@@ -251,8 +253,9 @@ class Terminal:
 
 
 def test_interactive_chat_in_a_terminal(joker):
-    terminal = Terminal(easyrlhf_command("chat", str(joker), "--max-new-tokens", MAX_NEW))
+    terminal = Terminal(easyrlhf_command("chat", str(joker), "--max-new-tokens", MAX_NEW, "--greedy"))
     try:
+        terminal.read_until("sampling: greedy (--greedy)")
         terminal.read_until("/quit (or Ctrl-D) leaves")
         terminal.read_until("> ")
         start = terminal.type(JOKE)

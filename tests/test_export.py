@@ -620,10 +620,30 @@ def joker_gguf(tmp_path_factory, one_torch_thread) -> tuple[Path, Path]:
 
 def test_chat_answers_from_an_exported_gguf(cli_run, joker_gguf):
     answers = [
-        cli_run("chat", str(model), "--prompt", "Tell me a joke.", "--max-new-tokens", "24") for model in joker_gguf
+        cli_run("chat", str(model), "--prompt", "Tell me a joke.", "--max-new-tokens", "24", "--greedy")
+        for model in joker_gguf
     ]
     assert all(result.exit_code == 0 for result in answers), answers[1].stderr
     assert answers[1].stdout == answers[0].stdout == "Why did the chicken cross the road?\n"
+
+
+def test_an_exported_gguf_carries_the_recommended_sampling_settings(cli_run, tmp_path):
+    """llama.cpp's converter copies generation_config.json's sampling fields into general.sampling.*; chat reads
+    them back from the file, the same settings as from the directory (issue 31 item 5)."""
+    from easyrlhf_core.commands.chat_settings import read_generation_config, read_gguf_sampling
+
+    model = save_tiny_causal_lm(tmp_path / "sampler")
+    config = model / "generation_config.json"
+    config.write_text(json.dumps({**json.loads(config.read_text()), "temperature": 0.6, "top_k": 20, "top_p": 0.9}))
+    (path,) = export(cli_run, str(model), "--gguf", "--quantize", "f16")
+    carried = read_gguf_sampling(Path(path))
+    assert carried.values == read_generation_config(config).values == {"temperature": 0.6, "top_k": 20, "top_p": 0.9}
+    result = cli_run("chat", path, "--prompt", "Hi", "--max-new-tokens", "4")
+    assert result.exit_code == 0, result.stderr
+    assert (
+        f"[easyrlhf chat] sampling: temperature 0.6, top_k 20, top_p 0.9, min_p 0.05 (temperature, top_k, top_p "
+        f"from {path} metadata; the rest llama.cpp's defaults)\n"
+    ) in result.stderr
 
 
 def test_eval_takes_an_exported_gguf(cli_run, joker_gguf):

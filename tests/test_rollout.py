@@ -71,6 +71,24 @@ def test_transformers_engine_repeats_under_one_seed(model_and_tokenizer):
     assert not torch.equal(first, other.response_ids)
 
 
+def test_transformers_engine_applies_min_p_and_the_repetition_penalty(model_and_tokenizer):
+    """min_p 1 keeps only the likeliest token, so sampling is greedy decoding; the repetition penalty changes
+    greedy answers too; left at their defaults (the training paths), neither reaches ``generate``."""
+    model, tokenizer = model_and_tokenizer
+    engine = TransformersEngine(model, tokenizer)
+    ids, stop, pad = _prompt_ids(tokenizer), [tokenizer.eos_token_id], tokenizer.pad_token_id
+
+    def responses(**fields):
+        return engine.generate(ids, Sampling(10, stop, pad, seed=5, **fields)).response_ids
+
+    greedy = responses(greedy=True)
+    assert not torch.equal(responses(), greedy)
+    assert torch.equal(responses(min_p=1.0), greedy)
+    assert not torch.equal(responses(greedy=True, repetition_penalty=50.0), greedy)
+    assert Sampling(10, stop, pad).settings() == {"temperature": 1.0, "top_k": 0, "top_p": 1.0}
+    assert Sampling(10, stop, pad).penalties() == {}
+
+
 def test_response_mask_ends_at_the_first_stop_token():
     responses = torch.tensor([[5, 2, 7, 2], [5, 6, 7, 8], [9, 9, 9, 3]])
     assert _response_mask(responses, [2, 3]).tolist() == [[1, 1, 0, 0], [1, 1, 1, 1], [1, 1, 1, 1]]

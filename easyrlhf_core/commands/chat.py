@@ -4,7 +4,9 @@ Multi-turn (each model keeps its own history; ``/reset`` clears it, ``/quit`` or
 for one answer on stdout, ``--compare`` for a second model answering the same messages (side by side in a
 terminal, labelled blocks otherwise). Models are found and loaded as ``easyrlhf eval`` does
 (:mod:`easyrlhf_core.kit.model_dirs`); prompts are rendered by :mod:`easyrlhf_core.kit.chat_template`, generation is
-configured by :mod:`easyrlhf_core.kit.causal_lm`.
+configured by :mod:`easyrlhf_core.kit.causal_lm`. Answers are sampled with the model's own recommended settings
+(:mod:`easyrlhf_core.commands.chat_settings` says which, and prints why), greedy with ``--greedy`` and by default
+with ``--compare``.
 
 Importing this module is cheap: torch and transformers load when a function runs.
 """
@@ -18,6 +20,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, TextIO
 
+from easyrlhf_core.commands.chat_settings import GREEDY, Decoding
 from easyrlhf_core.kit import chat_template as chat
 from easyrlhf_core.kit.errors import ConfigError, EasyRLHFError
 from easyrlhf_core.kit.model_loading import model_label
@@ -44,23 +47,27 @@ def stderr_log(message: str) -> None:
 
 @dataclass
 class ChatSettings:
-    """The options of ``easyrlhf chat``: greedy decoding unless ``sample``."""
+    """The options of ``easyrlhf chat``. ``sample``: True (``--sample``), False (``--greedy``), None (neither:
+    sample, unless ``--compare``); the sampling settings left None come from the model
+    (:mod:`easyrlhf_core.commands.chat_settings`)."""
 
     system: str | None = None
     max_new_tokens: int = 128
     max_length: int = 1024
-    sample: bool = False
-    temperature: float = 1.0
-    top_k: int = 0
-    top_p: float = 1.0
+    sample: bool | None = None
+    temperature: float | None = None
+    top_k: int | None = None
+    top_p: float | None = None
+    min_p: float | None = None
+    repetition_penalty: float | None = None
     seed: int = 42
     trust_remote_code: bool = False
     max_turns: int = 4  # --env: assistant turns per episode
     max_episode_tokens: int = 512  # --env: tokens after the prompt per episode
 
     def check(self) -> None:
-        """Numbers in range; sampling options only with ``--sample``. Raises :class:`ConfigError` naming the flag."""
-        from easyrlhf_core.kit.online import check_sampling
+        """Numbers in range; no sampling flag with ``--greedy``. Raises :class:`ConfigError` naming the flag."""
+        from easyrlhf_core.commands.chat_settings import check_flags
 
         for flag, value, minimum in (
             ("--max-new-tokens", self.max_new_tokens, 1),
@@ -74,35 +81,19 @@ class ChatSettings:
                 f"--max-length ({self.max_length}); raise --max-length",
                 where="--max-new-tokens",
             )
-        try:
-            check_sampling(self)
-        except ConfigError as exc:
-            key = exc.key or ""
-            raise ConfigError(exc.message.removeprefix(f"'{key}' "), where=_flag(key)) from None
-        if not self.sample:
-            for key, default in (("temperature", 1.0), ("top_k", 0), ("top_p", 1.0)):
-                if getattr(self, key) != default:
-                    raise ConfigError(
-                        "only applies when sampling (the default is greedy decoding); add --sample", where=_flag(key)
-                    )
+        check_flags(self.sample, self.flags())
 
-    def sampling(self) -> dict[str, Any] | None:
-        """None (greedy) or the sampling settings (:class:`easyrlhf_core.kit.rollout.Sampling`'s fields)."""
-        if not self.sample:
-            return None
-        return {"temperature": self.temperature, "top_k": self.top_k, "top_p": self.top_p}
+    def flags(self) -> dict[str, float | None]:
+        """The sampling flags, None where not given."""
+        from easyrlhf_core.commands.chat_settings import SETTINGS
 
-    def describe(self) -> str:
-        how = (
-            f"sampling (temperature {self.temperature}, top-k {self.top_k}, top-p {self.top_p}, seed {self.seed})"
-            if self.sample
-            else "greedy"
-        )
-        return f"{how}, up to {self.max_new_tokens} new tokens"
+        return {name: getattr(self, name) for name in SETTINGS}
 
+    def decoding(self, ref: ModelRef, compare: bool = False) -> Decoding:
+        """How the model ``ref`` names decodes: its files' recommended settings under these options."""
+        from easyrlhf_core.commands.chat_settings import decide, recommended
 
-def _flag(key: str) -> str:
-    return "--" + key.replace("_", "-")
+        return decide(recommended(ref), self.sample, self.flags(), compare)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -111,13 +102,14 @@ def _flag(key: str) -> str:
 
 @dataclass
 class ChatModel:
-    """A loaded causal LM, its tokenizer, its end-of-turn ids, and the label its answers carry."""
+    """A loaded causal LM, its tokenizer, its end-of-turn ids, the label its answers carry, and how it decodes."""
 
     label: str
     model: Any
     tokenizer: Any
     stops: list[int]
     pad: int
+    decoding: Decoding = GREEDY
 
 
 def inspect_chat_model(name: str, flag: str, trust_remote_code: bool = False) -> ModelRef:
@@ -221,8 +213,7 @@ def reply(
     from easyrlhf_core.kit.rollout import Sampling, TransformersEngine
 
     ids = fit_prompt(bot.tokenizer, conversation, user, settings.max_length - settings.max_new_tokens)
-    sampled = settings.sampling() or {}
-    sampling = Sampling(settings.max_new_tokens, bot.stops, bot.pad, greedy=not settings.sample, **sampled)
+    sampling = Sampling(settings.max_new_tokens, bot.stops, bot.pad, **bot.decoding.sampling_fields())
     streamer = text_streamer(bot.tokenizer, on_text) if on_text is not None else None
     with torch.inference_mode():
         output = TransformersEngine(bot.model, bot.tokenizer).generate([ids], sampling, streamer=streamer)
@@ -370,6 +361,29 @@ def chat_loop(
         screen.write("\n")
 
 
+def sampling_lines(bots: list[ChatModel]) -> list[str]:
+    """The lines saying how the models decode and why: one when they decode alike, else one per model."""
+    described = [bot.decoding.describe() for bot in bots]
+    if len(set(described)) == 1:
+        return [f"sampling: {described[0]}"]
+    return [f"sampling for {bot.label}: {text}" for bot, text in zip(bots, described)]
+
+
+def start_decoding(
+    bots: list[ChatModel], refs: list[ModelRef], settings: ChatSettings, log: Callable[[str], None]
+) -> None:
+    """Give each loaded model its decoding (:meth:`ChatSettings.decoding`), say it, and seed torch once when
+    any model samples."""
+    for bot, ref in zip(bots, refs):
+        bot.decoding = settings.decoding(ref, compare=len(bots) > 1)
+    for line in sampling_lines(bots):
+        log(line)
+    if not all(bot.decoding.greedy for bot in bots):
+        import torch
+
+        torch.manual_seed(settings.seed)
+
+
 def run_chat(
     model: str, compare: str | None, prompt: str | None, settings: ChatSettings, log: Callable[[str], None] = stderr_log
 ) -> None:
@@ -388,13 +402,13 @@ def run_chat(
         for ref, label in zip(refs, model_labels(names)):
             log(f"loading {ref.name}")
             bots.append(load_chat_model(ref, label, settings.trust_remote_code))
-        if settings.sample:
-            import torch
-
-            torch.manual_seed(settings.seed)
+        start_decoding(bots, refs, settings, log)
         screen = Screen.stdout()
         if prompt is not None:
             show_answers(bots, [Conversation(settings.system) for _ in bots], prompt, settings, screen)
             return
-        log(f"chatting with {' and '.join(b.label for b in bots)}: {settings.describe()}; {COMMANDS_HELP}")
+        log(
+            f"chatting with {' and '.join(b.label for b in bots)}: up to {settings.max_new_tokens} new tokens; "
+            f"{COMMANDS_HELP}"
+        )
         chat_loop(bots, settings, terminal_reader(), screen)

@@ -19,8 +19,7 @@ def play(bot: ChatModel, env_class: Any, options: Any, message: str, settings: C
     prompt = ([{"role": "system", "content": settings.system}] if settings.system else []) + [
         {"role": "user", "content": message}
     ]
-    sampled = settings.sampling() or {}
-    sampling = Sampling(settings.max_new_tokens, bot.stops, bot.pad, greedy=not settings.sample, **sampled)
+    sampling = Sampling(settings.max_new_tokens, bot.stops, bot.pad, **bot.decoding.sampling_fields())
 
     def show(_index: int, entry: dict[str, Any]) -> None:
         out(f"[{ROLE_LABELS.get(entry['role'], entry['role'])}] {entry['content']}")
@@ -54,7 +53,7 @@ def run_env_chat(
     out: Callable[[str], None] = print,
 ) -> None:
     """Check the environment and its options, load the model, then one episode (``prompt``) or one per line."""
-    from easyrlhf_core.commands.chat import inspect_chat_model, load_chat_model, terminal_reader
+    from easyrlhf_core.commands.chat import inspect_chat_model, load_chat_model, start_decoding, terminal_reader
     from easyrlhf_core.kit.environments import build_env_options
     from easyrlhf_core.kit.model_dirs import quiet_transformers
     from easyrlhf_core.runtime.registry import get_registry
@@ -65,10 +64,7 @@ def run_env_chat(
     with quiet_transformers():
         log(f"loading {ref.name}")
         bot = load_chat_model(ref, ref.name, settings.trust_remote_code)
-        if settings.sample:
-            import torch
-
-            torch.manual_seed(settings.seed)
+        start_decoding([bot], [ref], settings, log)
         if prompt is not None:
             play(bot, env_class, options, prompt, settings, out)
             return

@@ -641,12 +641,18 @@ def eval_command(
     help="Token cap per prompt + answer; the oldest turns are dropped to fit.",
 )
 @click.option(
-    "--sample/--no-sample", default=False, show_default=True, help="Sample answers instead of greedy decoding."
+    "--sample/--greedy",
+    default=None,
+    help="Sample (the default, with the model's recommended settings: its generation_config.json or GGUF "
+    "metadata, else llama.cpp's defaults; the first line says which) or decode greedily (deterministic; "
+    "--compare's default).",
 )
-@click.option("--temperature", type=float, default=1.0, show_default=True, help="With --sample: temperature.")
-@click.option("--top-k", type=int, default=0, show_default=True, help="With --sample: the k likeliest tokens; 0: off.")
-@click.option("--top-p", type=float, default=1.0, show_default=True, help="With --sample: nucleus mass; 1.0: off.")
-@click.option("--seed", type=int, default=42, show_default=True, help="With --sample: seed (set once).")
+@click.option("--temperature", type=float, help="Sampling temperature (overrides the model's).")
+@click.option("--top-k", type=int, help="Sample from the k likeliest tokens; 0: off (overrides the model's).")
+@click.option("--top-p", type=float, help="Nucleus mass; 1.0: off (overrides the model's).")
+@click.option("--min-p", type=float, help="Drop tokens below this share of the likeliest's; 0: off.")
+@click.option("--repetition-penalty", type=float, help="Penalty on tokens already in the context; 1.0: off.")
+@click.option("--seed", type=int, default=42, show_default=True, help="Sampling seed (set once).")
 @click.option("--trust-remote-code", is_flag=True, help="Allow custom model code (off by default).")
 @click.option("--env", help="Play this environment: each message starts an episode, tool calls run live.")
 @click.option("--env-option", "env_options", multiple=True, metavar="KEY=VALUE", help="Option for --env (repeatable).")
@@ -666,8 +672,9 @@ def chat_command(
     **options: Any,
 ) -> None:
     """Chat with a causal LM (a model directory, Hub id or .gguf file) through its chat template, the answer
-    streamed as it is generated. Multi-turn: /reset clears the history, /quit or Ctrl-D leaves. With --env,
-    each message starts an episode of the environment instead."""
+    streamed as it is generated, sampled with the model's recommended settings (the first line says which
+    and where from; --greedy for the same answer every time). Multi-turn: /reset clears the history, /quit or
+    Ctrl-D leaves. With --env, each message starts an episode of the environment instead."""
     from easyrlhf_core.commands.chat import ChatSettings, run_chat, stderr_log
 
     settings = ChatSettings(**options)

@@ -100,8 +100,12 @@ class RolloutOptions:
 @dataclass
 class Sampling:
     """How one rollout call picks tokens: greedy, or sampled from ``softmax(logits / temperature)`` cut by
-    ``top_k``/``top_p`` (0 and 1.0: off). ``seed``: the same seed gives the same rollouts (vllm: one seed per
-    row, derived from it; transformers: torch's generator seeded once per call)."""
+    ``top_k``/``top_p``/``min_p`` (0, 1.0 and 0.0: off). ``repetition_penalty`` (1.0: off; transformers' and
+    vLLM's rule: the logit of every token already in the prompt or the response is divided by it when positive,
+    multiplied when negative) applies to greedy decoding too. The training paths leave ``min_p`` and
+    ``repetition_penalty`` off (``easyrlhf chat`` sets them from a model's recommended settings). ``seed``: the
+    same seed gives the same rollouts (vllm: one seed per row, derived from it; transformers: torch's generator
+    seeded once per call)."""
 
     max_new_tokens: int
     stop_ids: list[int]
@@ -111,12 +115,21 @@ class Sampling:
     top_k: int = 0
     top_p: float = 1.0
     seed: int | None = None
+    min_p: float = 0.0
+    repetition_penalty: float = 1.0
 
     def settings(self) -> dict[str, Any] | None:
         """The sampled settings (None: greedy), as :func:`easyrlhf_core.kit.causal_lm.generation_config` takes."""
         if self.greedy:
             return None
-        return {"temperature": self.temperature, "top_k": self.top_k, "top_p": self.top_p}
+        settings: dict[str, Any] = {"temperature": self.temperature, "top_k": self.top_k, "top_p": self.top_p}
+        if self.min_p > 0:
+            settings["min_p"] = self.min_p
+        return settings
+
+    def penalties(self) -> dict[str, Any]:
+        """The ``GenerationConfig`` fields that apply greedy or sampled (empty when off)."""
+        return {"repetition_penalty": self.repetition_penalty} if self.repetition_penalty != 1.0 else {}
 
 
 @dataclass
@@ -202,7 +215,7 @@ class TransformersEngine:
             sampling.stop_ids,
             sampling.pad_token_id,
             sampling.settings(),
-            **self.generate_settings,
+            **{**sampling.penalties(), **self.generate_settings},
         )
         if sampling.seed is not None:
             torch.manual_seed(sampling.seed)
@@ -334,6 +347,8 @@ class VLLMEngine:
                 temperature=0.0 if sampling.greedy else sampling.temperature,
                 top_k=sampling.top_k if sampling.top_k > 0 else -1,
                 top_p=sampling.top_p,
+                min_p=0.0 if sampling.greedy else sampling.min_p,
+                repetition_penalty=sampling.repetition_penalty,
                 max_tokens=sampling.max_new_tokens,
                 stop_token_ids=list(sampling.stop_ids),
                 logprobs=0 if logprobs else None,
