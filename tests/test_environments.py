@@ -1,8 +1,9 @@
 """Environments (the fourth plugin kind) and the multi-turn rollout (easyrlhf_core.kit.episodes): episodes with a
 scripted model, the environment's tokens masked out of training (the policy loss's gradient is exactly zero there,
 GAE never reads them), tool failures, max_turns and the token budget, the fallback tool format and a template
-that renders tools itself, a TRL-style class registered in one line, and runs of grpo and ppo on environments,
-a third-party one included."""
+that renders tools itself, a TRL-style class registered in one line, runs of grpo, rloo and ppo on environments
+(a third-party one included), and the mask TRL's loss reads in grpo and rloo: 0 on every token the environment
+wrote."""
 
 from __future__ import annotations
 
@@ -326,14 +327,14 @@ def test_list_plugins_shows_environments(echo_registered, cli_run):
     assert {"calculator", "guess-number", "echo-game"} <= names
 
 
-@pytest.mark.parametrize("method", ["grpo", "ppo"])
+@pytest.mark.parametrize("method", ["grpo", "rloo", "ppo"])
 def test_methods_train_on_a_third_party_environment(method, echo_registered, cli_run, tiny_model_dir, tmp_path):
     out = tmp_path / method
     args = ["run", "--method", method, "--model", str(tiny_model_dir), "--env", "echo-game", "--dataset", "jsonl"]
     args += ["--data-files", str(_prompts(tmp_path)), "--output-dir", str(out), "--max-steps", "2", "--seed", "1"]
     args += ["--set", "eval_fraction=0", "--set", "max_turns=3", "--set", "max_episode_tokens=96"]
     args += ["--set", "env_options={rounds: 3}", "--set", "save_steps=1"]
-    if method == "grpo":
+    if method in ("grpo", "rloo"):
         args += ["--set", "num_generations=2", "--set", "per_device_train_batch_size=2"]
         args += ["--set", "max_completion_length=6", "--set", "max_length=200"]
     else:
@@ -362,9 +363,94 @@ def test_env_options_are_refused_before_anything_is_written(echo_registered, cli
     assert unknown.exit_code == 2 and "did you mean 'echo-game'" in unknown.stderr
 
 
-def test_rloo_refuses_environments_with_the_reason(cli_run, tiny_model_dir, tmp_path):
-    result = cli_run(
-        "run", "--method", "rloo", "--model", str(tiny_model_dir), "--env", "guess-number",
-        "--output-dir", str(tmp_path / "r"), "--max-steps", "1",
-    )  # fmt: skip
-    assert result.exit_code == 2 and "rollout_func" in result.stderr
+def test_a_trl_trainer_without_rollout_func_refuses_environments(cli_run, tiny_model_dir, tmp_path):
+    """A plugin's method on a TRL trainer that takes no rollout_func, with no episode mixin of its own (rloo has
+    one), cannot keep the environment's tokens out of the loss: one line saying so."""
+    from easyrlhf_plugins.methods.grpo import RLOOConfig
+
+    from easyrlhf_core import hookimpl
+    from easyrlhf_core.kit.online_trl import OnlineMethod
+    from easyrlhf_core.runtime.registry import register_plugin, unregister_plugin
+
+    class BareRLOO(OnlineMethod):
+        name, description, config_class = "bare-rloo", "RLOOTrainer without episodes", RLOOConfig
+        trl_names = ("RLOOConfig", "RLOOTrainer")
+
+    class Plugin:
+        __doc__ = "bare rloo plugin"
+
+        @hookimpl
+        def register_methods(self, register: Any) -> None:
+            register(BareRLOO)
+
+    register_plugin("bare-rloo-plugin", Plugin())
+    try:
+        result = cli_run(
+            "run", "--method", "bare-rloo", "--model", str(tiny_model_dir), "--env", "guess-number",
+            "--output-dir", str(tmp_path / "r"), "--max-steps", "1",
+        )  # fmt: skip
+    finally:
+        unregister_plugin("bare-rloo-plugin")
+    assert result.exit_code == 2 and "takes no rollout_func" in result.stderr, result.stderr
+
+
+def _runs(mask: list[int]) -> list[tuple[int, int, int]]:
+    """``(value, start, end)`` for each run of equal values in a 0/1 row."""
+    runs: list[tuple[int, int, int]] = []
+    for i, v in enumerate(mask):
+        if runs and runs[-1][0] == v:
+            runs[-1] = (v, runs[-1][1], i + 1)
+        else:
+            runs.append((v, i, i + 1))
+    return runs
+
+
+@pytest.mark.parametrize("method", ["grpo", "rloo"])
+def test_trl_methods_train_only_on_the_models_tokens(
+    method, echo_registered, cli_run, tiny_model_dir, tmp_path, monkeypatch
+):
+    """The mask TRL's loss reads is 0 on every token the environment wrote (the game's two "Again." observations
+    and their markup) and 1 on the model's; rloo's ratio log-probs still read the environment's tokens as context
+    (its old log-probs are TRL's own on the model's tokens with every completion token attended to)."""
+    import trl
+
+    trainer_class = getattr(trl, {"grpo": "GRPOTrainer", "rloo": "RLOOTrainer"}[method])
+    seen: list[dict[str, Any]] = []
+    compute_loss = trainer_class._compute_loss
+
+    def spy(self: Any, model: Any, inputs: dict[str, Any]) -> Any:
+        batch = {k: v.detach().clone() if torch.is_tensor(v) else v for k, v in inputs.items()}
+        if method == "rloo" and not seen:  # the policy has not moved yet: old log-probs are the current ones
+            ids = torch.cat([batch["prompt_ids"], batch["completion_ids"]], dim=1)
+            attention = torch.cat([batch["prompt_mask"], torch.ones_like(batch["completion_ids"])], dim=1)
+            with torch.no_grad():
+                logps = trainer_class._get_per_token_logps_and_entropies(
+                    self, model, ids, attention, batch["completion_ids"].size(1)
+                )[0]
+            batch["reference_old_logps"] = (logps * batch["completion_mask"]).sum(1)
+        seen.append(batch)
+        return compute_loss(self, model, inputs)
+
+    monkeypatch.setattr(trainer_class, "_compute_loss", spy)
+    out = tmp_path / method
+    args = ["run", "--method", method, "--model", str(tiny_model_dir), "--env", "echo-game", "--dataset", "jsonl"]
+    args += ["--data-files", str(_prompts(tmp_path)), "--output-dir", str(out), "--max-steps", "1", "--seed", "2"]
+    args += ["--set", "eval_fraction=0", "--set", "max_turns=3", "--set", "max_episode_tokens=96"]
+    args += ["--set", "env_options={rounds: 3}", "--set", "num_generations=2", "--set", "per_device_train_batch_size=2"]
+    args += ["--set", "max_completion_length=6", "--set", "max_length=200"]
+    result = cli_run(*args)
+    assert result.exit_code == 0, result.stderr
+    tokenizer = load_tokenizer(str(tiny_model_dir))
+    assert seen
+    for batch in seen:
+        loss_mask = batch["completion_mask"] * batch.get("tool_mask", 1)  # what TRL's loss multiplies by
+        for ids, mask in zip(batch["completion_ids"].tolist(), loss_mask.tolist()):
+            runs = _runs(mask)
+            inside = [(s, e) for v, s, e in runs[:-1] if v == 0]  # env tokens between the model's messages
+            assert len(inside) == 2, runs  # the game's two observations, each masked
+            for s, e in inside:
+                assert "Again." in tokenizer.decode(ids[s:e])
+            model_text = tokenizer.decode([t for t, m in zip(ids, mask) if m])
+            assert "Again." not in model_text and model_text.strip()
+        if "reference_old_logps" in batch:
+            assert torch.allclose(batch["old_logps"], batch["reference_old_logps"], atol=1e-4)
