@@ -2,8 +2,8 @@
 scripted model, the environment's tokens masked out of training (the policy loss's gradient is exactly zero there,
 GAE never reads them), tool failures, max_turns and the token budget, the fallback tool format and a template
 that renders tools itself, a TRL-style class registered in one line, runs of grpo, rloo and ppo on environments
-(a third-party one included), and the mask TRL's loss reads in grpo and rloo: 0 on every token the environment
-wrote."""
+(a third-party one included), the mask TRL's loss reads in grpo and rloo (0 on every token the environment
+wrote), and a grpo / rloo environment run killed after a checkpoint resuming exactly."""
 
 from __future__ import annotations
 
@@ -454,3 +454,50 @@ def test_trl_methods_train_only_on_the_models_tokens(
             assert "Again." not in model_text and model_text.strip()
         if "reference_old_logps" in batch:
             assert torch.allclose(batch["old_logps"], batch["reference_old_logps"], atol=1e-4)
+
+
+def _env_run_args(method: str, model: Any, out: Any, *extra: str) -> list[str]:
+    """A short guess-number run (a built-in: a subprocess sees it), a reward plugin on top so the advantages
+    are not all zero, a rate that moves the tiny model."""
+    args = ["run", "--method", method, "--model", str(model), "--env", "guess-number", "--output-dir", str(out)]
+    args += ["--reward", "length", "--max-steps", "8", "--seed", "5", "--set", "eval_fraction=0"]
+    args += ["--set", "save_steps=2", "--set", "lr_scheduler_type=constant", "--set", "learning_rate=1e-3"]
+    args += ["--set", "num_generations=2", "--set", "per_device_train_batch_size=2", "--set", "max_turns=2"]
+    args += ["--set", "max_completion_length=6", "--set", "max_episode_tokens=48", "--set", "max_length=300"]
+    return [*args, *extra]
+
+
+@pytest.mark.parametrize("method", ["grpo", "rloo"])
+def test_an_environment_run_killed_after_a_checkpoint_resumes_exactly(method, tiny_model_dir, tmp_path):
+    """SIGKILL after checkpoint-2, then --resume: the same steps, metrics, episodes (samples.jsonl) and final
+    weights as the uninterrupted run."""
+    from tests.subprocess_runs import RunningProcess, model_tensors, run_easyrlhf, train_rows
+
+    whole = run_easyrlhf(_env_run_args(method, tiny_model_dir, tmp_path / "whole"))
+    assert whole.returncode == 0, whole.stderr
+    out = tmp_path / "killed"
+    running = RunningProcess(_env_run_args(method, tiny_model_dir, out))
+    running.wait_until(lambda: (out / "checkpoints" / "checkpoint-2" / "COMPLETE").is_file(), what="checkpoint-2")
+    running.kill()
+    assert not (out / "COMPLETE").exists()
+    resumed = run_easyrlhf(_env_run_args(method, tiny_model_dir, out, "--resume"))
+    assert resumed.returncode == 0, resumed.stderr
+    assert "--resume: continuing from" in resumed.stderr
+    got, want = train_rows(out), train_rows(tmp_path / "whole")
+    assert [r["step"] for r in got] == [r["step"] for r in want] == list(range(1, 9))
+    keys = ("loss", "grad_norm", "num_tokens", "rewards/length/mean", "rewards/guess-number/mean", "episodes/turns")
+    for a, b in zip(got, want):
+        for key in keys:
+            assert a[key] == pytest.approx(b[key], rel=1e-4, abs=1e-6), (a["step"], key)
+    assert any(r["loss"] != 0 for r in want) and any(r["grad_norm"] > 0 for r in want)  # the test has teeth
+    episodes = [(s["step"], s["completion"]) for s in _samples(out)]
+    assert episodes == [(s["step"], s["completion"]) for s in _samples(tmp_path / "whole")]
+    assert {step for step, _ in episodes} == set(range(1, 9))
+    final, expected = model_tensors(out / "model"), model_tensors(tmp_path / "whole" / "model")
+    start = model_tensors(tiny_model_dir)
+    assert any((expected[k] - start[k]).abs().max() > 1e-4 for k in expected)  # training moved the weights
+    assert all((final[k] - expected[k]).abs().max() < 1e-5 for k in final)
+
+
+def _samples(out: Any) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in (out / "samples.jsonl").read_text().splitlines()]
