@@ -1,8 +1,9 @@
 """Environments (the fourth plugin kind) and the multi-turn rollout (easyrlhf_core.kit.episodes): episodes with a
 scripted model, the environment's tokens masked out of training (the policy loss's gradient is exactly zero there,
 GAE never reads them), tool failures, max_turns and the token budget, the fallback tool format and a template
-that renders tools itself, a TRL-style class registered in one line, and runs of grpo and ppo on environments,
-a third-party one included."""
+that renders tools itself, a TRL-style class registered in one line, runs of grpo, rloo and ppo on environments
+(a third-party one included), the mask TRL's loss reads in grpo and rloo (0 on every token the environment
+wrote), and a grpo / rloo environment run killed after a checkpoint resuming exactly."""
 
 from __future__ import annotations
 
@@ -326,14 +327,14 @@ def test_list_plugins_shows_environments(echo_registered, cli_run):
     assert {"calculator", "guess-number", "echo-game"} <= names
 
 
-@pytest.mark.parametrize("method", ["grpo", "ppo"])
+@pytest.mark.parametrize("method", ["grpo", "rloo", "ppo"])
 def test_methods_train_on_a_third_party_environment(method, echo_registered, cli_run, tiny_model_dir, tmp_path):
     out = tmp_path / method
     args = ["run", "--method", method, "--model", str(tiny_model_dir), "--env", "echo-game", "--dataset", "jsonl"]
     args += ["--data-files", str(_prompts(tmp_path)), "--output-dir", str(out), "--max-steps", "2", "--seed", "1"]
     args += ["--set", "eval_fraction=0", "--set", "max_turns=3", "--set", "max_episode_tokens=96"]
     args += ["--set", "env_options={rounds: 3}", "--set", "save_steps=1"]
-    if method == "grpo":
+    if method in ("grpo", "rloo"):
         args += ["--set", "num_generations=2", "--set", "per_device_train_batch_size=2"]
         args += ["--set", "max_completion_length=6", "--set", "max_length=200"]
     else:
@@ -362,9 +363,141 @@ def test_env_options_are_refused_before_anything_is_written(echo_registered, cli
     assert unknown.exit_code == 2 and "did you mean 'echo-game'" in unknown.stderr
 
 
-def test_rloo_refuses_environments_with_the_reason(cli_run, tiny_model_dir, tmp_path):
-    result = cli_run(
-        "run", "--method", "rloo", "--model", str(tiny_model_dir), "--env", "guess-number",
-        "--output-dir", str(tmp_path / "r"), "--max-steps", "1",
-    )  # fmt: skip
-    assert result.exit_code == 2 and "rollout_func" in result.stderr
+def test_a_trl_trainer_without_rollout_func_refuses_environments(cli_run, tiny_model_dir, tmp_path):
+    """A plugin's method on a TRL trainer that takes no rollout_func, with no episode mixin of its own (rloo has
+    one), cannot keep the environment's tokens out of the loss: one line saying so."""
+    from easyrlhf_plugins.methods.grpo import RLOOConfig
+
+    from easyrlhf_core import hookimpl
+    from easyrlhf_core.kit.online_trl import OnlineMethod
+    from easyrlhf_core.runtime.registry import register_plugin, unregister_plugin
+
+    class BareRLOO(OnlineMethod):
+        name, description, config_class = "bare-rloo", "RLOOTrainer without episodes", RLOOConfig
+        trl_names = ("RLOOConfig", "RLOOTrainer")
+
+    class Plugin:
+        __doc__ = "bare rloo plugin"
+
+        @hookimpl
+        def register_methods(self, register: Any) -> None:
+            register(BareRLOO)
+
+    register_plugin("bare-rloo-plugin", Plugin())
+    try:
+        result = cli_run(
+            "run", "--method", "bare-rloo", "--model", str(tiny_model_dir), "--env", "guess-number",
+            "--output-dir", str(tmp_path / "r"), "--max-steps", "1",
+        )  # fmt: skip
+    finally:
+        unregister_plugin("bare-rloo-plugin")
+    assert result.exit_code == 2 and "takes no rollout_func" in result.stderr, result.stderr
+
+
+def _runs(mask: list[int]) -> list[tuple[int, int, int]]:
+    """``(value, start, end)`` for each run of equal values in a 0/1 row."""
+    runs: list[tuple[int, int, int]] = []
+    for i, v in enumerate(mask):
+        if runs and runs[-1][0] == v:
+            runs[-1] = (v, runs[-1][1], i + 1)
+        else:
+            runs.append((v, i, i + 1))
+    return runs
+
+
+@pytest.mark.parametrize("method", ["grpo", "rloo"])
+def test_trl_methods_train_only_on_the_models_tokens(
+    method, echo_registered, cli_run, tiny_model_dir, tmp_path, monkeypatch
+):
+    """The mask TRL's loss reads is 0 on every token the environment wrote (the game's two "Again." observations
+    and their markup) and 1 on the model's; rloo's ratio log-probs still read the environment's tokens as context
+    (its old log-probs are TRL's own on the model's tokens with every completion token attended to)."""
+    import trl
+
+    trainer_class = getattr(trl, {"grpo": "GRPOTrainer", "rloo": "RLOOTrainer"}[method])
+    seen: list[dict[str, Any]] = []
+    compute_loss = trainer_class._compute_loss
+
+    def spy(self: Any, model: Any, inputs: dict[str, Any]) -> Any:
+        batch = {k: v.detach().clone() if torch.is_tensor(v) else v for k, v in inputs.items()}
+        if method == "rloo" and not seen:  # the policy has not moved yet: old log-probs are the current ones
+            ids = torch.cat([batch["prompt_ids"], batch["completion_ids"]], dim=1)
+            attention = torch.cat([batch["prompt_mask"], torch.ones_like(batch["completion_ids"])], dim=1)
+            with torch.no_grad():
+                logps = trainer_class._get_per_token_logps_and_entropies(
+                    self, model, ids, attention, batch["completion_ids"].size(1)
+                )[0]
+            batch["reference_old_logps"] = (logps * batch["completion_mask"]).sum(1)
+        seen.append(batch)
+        return compute_loss(self, model, inputs)
+
+    monkeypatch.setattr(trainer_class, "_compute_loss", spy)
+    out = tmp_path / method
+    args = ["run", "--method", method, "--model", str(tiny_model_dir), "--env", "echo-game", "--dataset", "jsonl"]
+    args += ["--data-files", str(_prompts(tmp_path)), "--output-dir", str(out), "--max-steps", "1", "--seed", "2"]
+    args += ["--set", "eval_fraction=0", "--set", "max_turns=3", "--set", "max_episode_tokens=96"]
+    args += ["--set", "env_options={rounds: 3}", "--set", "num_generations=2", "--set", "per_device_train_batch_size=2"]
+    args += ["--set", "max_completion_length=6", "--set", "max_length=200"]
+    result = cli_run(*args)
+    assert result.exit_code == 0, result.stderr
+    tokenizer = load_tokenizer(str(tiny_model_dir))
+    assert seen
+    for batch in seen:
+        loss_mask = batch["completion_mask"] * batch.get("tool_mask", 1)  # what TRL's loss multiplies by
+        for ids, mask in zip(batch["completion_ids"].tolist(), loss_mask.tolist()):
+            runs = _runs(mask)
+            inside = [(s, e) for v, s, e in runs[:-1] if v == 0]  # env tokens between the model's messages
+            assert len(inside) == 2, runs  # the game's two observations, each masked
+            for s, e in inside:
+                assert "Again." in tokenizer.decode(ids[s:e])
+            model_text = tokenizer.decode([t for t, m in zip(ids, mask) if m])
+            assert "Again." not in model_text and model_text.strip()
+        if "reference_old_logps" in batch:
+            assert torch.allclose(batch["old_logps"], batch["reference_old_logps"], atol=1e-4)
+
+
+def _env_run_args(method: str, model: Any, out: Any, *extra: str) -> list[str]:
+    """A short guess-number run (a built-in: a subprocess sees it), a reward plugin on top so the advantages
+    are not all zero, a rate that moves the tiny model."""
+    args = ["run", "--method", method, "--model", str(model), "--env", "guess-number", "--output-dir", str(out)]
+    args += ["--reward", "length", "--max-steps", "8", "--seed", "5", "--set", "eval_fraction=0"]
+    args += ["--set", "save_steps=2", "--set", "lr_scheduler_type=constant", "--set", "learning_rate=1e-3"]
+    args += ["--set", "num_generations=2", "--set", "per_device_train_batch_size=2", "--set", "max_turns=2"]
+    args += ["--set", "max_completion_length=6", "--set", "max_episode_tokens=48", "--set", "max_length=300"]
+    return [*args, *extra]
+
+
+@pytest.mark.parametrize("method", ["grpo", "rloo"])
+def test_an_environment_run_killed_after_a_checkpoint_resumes_exactly(method, tiny_model_dir, tmp_path):
+    """SIGKILL after checkpoint-2, then --resume: the same steps, metrics, episodes (samples.jsonl) and final
+    weights as the uninterrupted run."""
+    from tests.subprocess_runs import RunningProcess, model_tensors, run_easyrlhf, train_rows
+
+    whole = run_easyrlhf(_env_run_args(method, tiny_model_dir, tmp_path / "whole"))
+    assert whole.returncode == 0, whole.stderr
+    out = tmp_path / "killed"
+    running = RunningProcess(_env_run_args(method, tiny_model_dir, out))
+    running.wait_until(lambda: (out / "checkpoints" / "checkpoint-2" / "COMPLETE").is_file(), what="checkpoint-2")
+    running.kill()
+    assert not (out / "COMPLETE").exists()
+    resumed = run_easyrlhf(_env_run_args(method, tiny_model_dir, out, "--resume"))
+    assert resumed.returncode == 0, resumed.stderr
+    assert "--resume: continuing from" in resumed.stderr
+    got, want = train_rows(out), train_rows(tmp_path / "whole")
+    assert [r["step"] for r in got] == [r["step"] for r in want] == list(range(1, 9))
+    keys = ("loss", "grad_norm", "num_tokens", "rewards/length/mean", "rewards/guess-number/mean", "episodes/turns")
+    for a, b in zip(got, want):
+        for key in keys:
+            assert a[key] == pytest.approx(b[key], rel=1e-4, abs=1e-6), (a["step"], key)
+    assert any(r["loss"] != 0 for r in want) and any(r["grad_norm"] > 0 for r in want)  # the test has teeth
+    episodes = [(s["step"], s["completion"]) for s in _samples(out)]
+    assert episodes == [(s["step"], s["completion"]) for s in _samples(tmp_path / "whole")]
+    assert {step for step, _ in episodes} == set(range(1, 9))
+    final, expected = model_tensors(out / "model"), model_tensors(tmp_path / "whole" / "model")
+    start = model_tensors(tiny_model_dir)
+    assert any((expected[k] - start[k]).abs().max() > 1e-4 for k in expected)  # training moved the weights
+    assert all((final[k] - expected[k]).abs().max() < 1e-5 for k in final)
+
+
+def _samples(out: Any) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in (out / "samples.jsonl").read_text().splitlines()]

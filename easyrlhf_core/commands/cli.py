@@ -241,7 +241,7 @@ def config_options(func: Callable[..., Any]) -> Callable[..., Any]:
 )
 @click.option(
     "--env",
-    help="Environment plugin: multi-turn episodes (tools, games) for ppo, grpo and the rlhf pipeline's RL stage.",
+    help="Environment plugin: multi-turn episodes (tools, games) for ppo, grpo, rloo and the rlhf pipeline's RL stage.",
 )
 @click.option("--trust-remote-code", is_flag=True, default=None, help="Allow custom model code (off by default).")
 @click.option("--overwrite", is_flag=True, help="Replace a non-empty output directory.")

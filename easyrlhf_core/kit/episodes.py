@@ -1,5 +1,5 @@
 """The multi-turn rollout: episodes against environments (:mod:`easyrlhf_core.kit.environments`), on the rollout
-layer (:mod:`easyrlhf_core.kit.rollout`, either engine), for ppo, grpo, eval and chat.
+layer (:mod:`easyrlhf_core.kit.rollout`, either engine), for ppo, grpo, rloo, eval and chat.
 
 Each turn, every episode still running gets one assistant message from the engine (one batched call). A tool
 environment's calls in it are run (a tool that raises gives the model its error text, counted as a failure)

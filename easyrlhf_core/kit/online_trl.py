@@ -230,6 +230,9 @@ class OnlineMethod(TrainerMethod):
 
     shape = Shape.PROMPT
     trl_names: tuple[str, str]  # (config class, trainer class) in trl
+    #: Mixed into TRL's trainer with ``env``; None: :class:`EpisodeRollouts` (through TRL's ``rollout_func``). A
+    #: trainer without one needs a subclass that hands it the episodes itself (rloo's).
+    episode_rollouts: type[EpisodeRollouts] | None = None
 
     def build_trainer(self, run: RunContext) -> tuple[Any, Any]:
         import trl
@@ -246,15 +249,22 @@ class OnlineMethod(TrainerMethod):
         funcs: list[Any]
         funcs, weights = trl_reward_funcs(rewards, samples)
         extra: dict[str, Any] = {}
+        episodes = self.episode_rollouts or EpisodeRollouts
         if config.env is not None:
-            if "rollout_func" not in inspect.signature(getattr(trl, self.trl_names[1]).__init__).parameters:
+            through_rollout_func = episodes.through_rollout_func
+            if (
+                through_rollout_func
+                and "rollout_func" not in inspect.signature(getattr(trl, self.trl_names[1]).__init__).parameters
+            ):
                 raise ConfigError(
                     f"{self.name} cannot run environments: TRL's {self.trl_names[1]} takes no rollout_func, so the "
-                    f"tokens an environment writes could not be kept out of the loss; use grpo or ppo",
+                    f"tokens an environment writes could not be kept out of the loss (the method needs its own "
+                    f"episode_rollouts, as rloo has); use grpo, rloo or ppo",
                     where="--env",
                 )
             funcs, weights = [*funcs, EnvRewardFunc(config.env, samples)], [*weights, 1.0]
-            extra["rollout_func"] = episode_rollout
+            if through_rollout_func:
+                extra["rollout_func"] = episode_rollout
         run.log(
             f"{self.name}: rewards "
             + ", ".join(
@@ -263,7 +273,7 @@ class OnlineMethod(TrainerMethod):
             + f"; {config.num_generations} {'episodes' if config.env else 'completions'} per prompt"
         )
         config_class, trainer_class = (getattr(trl, n) for n in self.trl_names)
-        mixins: list[type] = [EpisodeRollouts] if config.env is not None else []
+        mixins: list[type] = [episodes] if config.env is not None else []
         mixins += [EngineRollouts] if config.rollout_engine != "transformers" else []
         if mixins:
             trainer_class = type(trainer_class.__name__, (*mixins, trainer_class), {})
@@ -376,8 +386,10 @@ class EpisodeRollouts:
     """Mixed into TRL's GRPOTrainer when ``env`` is set: each prompt row is one episode against a fresh environment
     (:func:`easyrlhf_core.kit.episodes.run_episodes`, on the run's rollout engine), returned to TRL through
     ``rollout_func`` with ``env_mask`` (TRL keeps those tokens out of the loss and the KL), the environment's
-    reward and the transcript the reward plugins read."""
+    reward and the transcript the reward plugins read. A trainer without ``rollout_func`` needs a subclass
+    that sets ``through_rollout_func = False`` and hands :meth:`rollout_episodes` to the trainer itself (rloo's)."""
 
+    through_rollout_func = True  # the episodes reach TRL through its rollout_func (and env_mask)
     episode_rows: list[dict[str, Any]] = []
 
     def start_episodes(self, run: RunContext, tokenizer: Any, samples: SampleLog) -> None:

@@ -127,8 +127,10 @@ class RunCallback(TrainerCallback):
 
     def on_train_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
         self.run.progress.start(state.max_steps, description=self.run.method.name)
-        if state.global_step > 0:  # resumed: the trainers count num_tokens from zero again
-            self.tokens_before = last_logged(self.run.metrics_path, "num_tokens", state.global_step) or 0.0
+        if state.global_step > 0:  # resumed: most trainers count num_tokens from zero again; TRL's online ones
+            # (grpo, rloo) count it in the trainer state, restored from the checkpoint: only the rest is added
+            logged = last_logged(self.run.metrics_path, "num_tokens", state.global_step) or 0.0
+            self.tokens_before = max(0.0, logged - (state.num_input_tokens_seen or 0))
 
     def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
         self.run.progress.advance_to(state.global_step)

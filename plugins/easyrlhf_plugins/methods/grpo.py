@@ -1,6 +1,7 @@
 """GRPO and RLOO: critic-free online RL on TRL's GRPOTrainer / RLOOTrainer, scored by the reward plugins
 (several at once, with weights), built only on the online kit (:mod:`easyrlhf_core.kit.online_trl`): each keeps
-only its own options and TRL's names."""
+only its own options and TRL's names, rloo also the overrides that hand TRL's RLOOTrainer environment episodes
+(:mod:`.rloo_episodes`)."""
 
 from __future__ import annotations
 
@@ -10,6 +11,8 @@ from typing import Any, Literal
 from easyrlhf_core import hookimpl
 from easyrlhf_core.kit.config import option
 from easyrlhf_core.kit.online_trl import OnlineConfig, OnlineMethod
+
+from .rloo_episodes import RLOOEpisodeRollouts
 
 
 @dataclass
@@ -56,12 +59,14 @@ class GRPOMethod(OnlineMethod):
 
 
 class RLOOMethod(OnlineMethod):
-    """RLOO: REINFORCE with a leave-one-out baseline from the prompt's other completions."""
+    """RLOO: REINFORCE with a leave-one-out baseline from the prompt's other completions; with ``env``, on
+    episodes (:mod:`.rloo_episodes`: TRL's RLOOTrainer has no rollout_func)."""
 
     name = "rloo"
     description = "RLOO (TRL RLOOTrainer): REINFORCE with a leave-one-out baseline, reward plugins"
     config_class = RLOOConfig
     trl_names = ("RLOOConfig", "RLOOTrainer")
+    episode_rollouts = RLOOEpisodeRollouts
 
 
 @hookimpl
