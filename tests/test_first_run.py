@@ -89,12 +89,10 @@ def test_a_run_without_held_out_pairs_has_no_verdict(cli_run, tiny_model_dir, tm
     out = tmp_path / "run"
     result = cli_run(
         "run",
-        "--method",
-        "dpo",
+        "--config",
+        "quickstart",
         "--model",
         str(tiny_model_dir),
-        "--dataset",
-        "toy-prefs",
         "--max-steps",
         "1",
         "--output-dir",

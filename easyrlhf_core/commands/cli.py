@@ -642,6 +642,7 @@ def eval_command(
 )
 @click.option(
     "--sample/--greedy",
+    " /--no-sample",
     default=None,
     help="Sample (the default, with the model's recommended settings: its generation_config.json or GGUF "
     "metadata, else llama.cpp's defaults; the first line says which) or decode greedily (deterministic; "
