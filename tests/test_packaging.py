@@ -30,7 +30,8 @@ def test_shipped_configs_by_name_from_anywhere(cli_run, tmp_path, monkeypatch):
     missing = cli_run("show-config", "--config", "rlfh")
     assert (
         missing.exit_code == 2
-        and ("name a shipped config: dpo, grpo, ipo, ppo, quickstart, quickstart-hh, rlhf, rloo, rm, rrhf, sft") in missing.stderr
+        and "name a shipped config: dpo, grpo, ipo, ppo, quickstart, quickstart-hh, rlhf, rloo, rm, rrhf, sft"
+        in missing.stderr
     )
 
 

@@ -154,3 +154,32 @@ def test_rollout_options_check_their_values():
         RolloutOptions(vllm_kv_cache_gib=-1)
     with pytest.raises(ConfigError, match="vllm_gpu_memory_utilization"):
         RolloutOptions(vllm_gpu_memory_utilization=0)
+
+
+def test_engine_sync_pushes_once_per_step_and_seeds_every_call_apart():
+    from easyrlhf_core.kit.rollout import EngineSync
+
+    class Engine:
+        name = "vllm"
+        pushed: list[object] = []
+
+        def sync_weights(self, model):
+            self.pushed.append(model)
+
+    engine = Engine()
+    sync = EngineSync(engine, seed=7, rank=0)
+    seeds = [sync.before_rollout("w0", 0), sync.before_rollout("w0", 0), sync.before_rollout("w1", 1)]
+    assert engine.pushed == ["w0", "w1"]  # a step's weights are pushed once, before its first rollout call
+    other_rank = EngineSync(Engine(), seed=7, rank=1)
+    seeds += [other_rank.before_rollout("w0", 0), EngineSync(Engine(), seed=8, rank=0).before_rollout("w0", 0)]
+    assert len(set(seeds)) == len(seeds)  # calls, steps, processes and run seeds all sample apart
+    resumed = EngineSync(Engine(), seed=7, rank=0)
+    assert resumed.before_rollout("w1", 1) == seeds[2]  # a resumed run samples what the uninterrupted one did
+
+    class Transformers:
+        name = "transformers"
+
+        def sync_weights(self, model):
+            raise AssertionError("the transformers engine samples from the model itself")
+
+    assert EngineSync(Transformers(), seed=7, rank=0).before_rollout("w0", 0) is None

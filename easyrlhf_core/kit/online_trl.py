@@ -322,14 +322,13 @@ class EngineRollouts:
     tokens and sampling settings the run's. TRL then scores and trains as usual."""
 
     rollout_engine: Any = None
-    rollout_calls = 0
-    engine_step = -1  # the global step whose weights the engine holds (-1: none pushed yet)
+    engine_sync: Any = None  # kit.rollout.EngineSync
 
     def start_engine(self, run: RunContext, model_dir: str, tokenizer: Any) -> None:
         """Start the engine from ``model_dir`` (the policy's starting weights; the first rollout pushes the
         current ones)."""
         from easyrlhf_core.kit.causal_lm import stop_token_ids
-        from easyrlhf_core.kit.rollout import build_engine
+        from easyrlhf_core.kit.rollout import EngineSync, build_engine
 
         config: OnlineConfig = run.config  # type: ignore[assignment]
         self.rollout_config = config
@@ -345,6 +344,8 @@ class EngineRollouts:
             max_model_len=config.max_length,
             log=run.log,
         )
+        trainer: Any = self
+        self.engine_sync = EngineSync(self.rollout_engine, config.seed, trainer.accelerator.process_index)
 
     def _generate_single_turn(self, prompt_ids: list[list[int]], *args: Any, **kwargs: Any) -> Any:
         import inspect
@@ -353,11 +354,8 @@ class EngineRollouts:
 
         trainer: Any = self
         config = self.rollout_config
-        if trainer.state.global_step != self.engine_step:
-            trainer.rollout_engine.sync_weights(trainer.accelerator.unwrap_model(trainer.model))
-            self.engine_step = trainer.state.global_step
-        self.rollout_calls += 1
-        seed = config.seed * 7919 + trainer.accelerator.process_index * 104729 + self.rollout_calls
+        policy = trainer.accelerator.unwrap_model(trainer.model)
+        seed = self.engine_sync.before_rollout(policy, trainer.state.global_step)
         sampling = Sampling(
             config.max_completion_length,
             self.rollout_stops,
@@ -425,10 +423,8 @@ class EpisodeRollouts:
         settings = EpisodeSettings(config.max_turns, config.max_episode_tokens)
         engine = getattr(trainer, "rollout_engine", None)
         if engine is not None:  # vllm: the weights of the current step first
-            if trainer.state.global_step != trainer.engine_step:
-                engine.sync_weights(trainer.accelerator.unwrap_model(trainer.model))
-                trainer.engine_step = trainer.state.global_step
-            sampling.seed = config.seed * 7919 + trainer.accelerator.process_index * 104729 + trainer.state.global_step
+            model = trainer.accelerator.unwrap_model(trainer.model)
+            sampling.seed = trainer.engine_sync.before_rollout(model, trainer.state.global_step)
             episodes = run_episodes(engine, self.episode_tokenizer, envs, prompts, rows, sampling, settings, True)
         else:
             from trl.models.utils import unwrap_model_for_generation

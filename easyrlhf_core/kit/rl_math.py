@@ -196,11 +196,12 @@ class PolicyLoss:
     ratio_mean: torch.Tensor
 
 
-def _token_mean(values: torch.Tensor, mask: torch.Tensor, total: Any) -> torch.Tensor:
+def _token_mean(values: torch.Tensor, mask: torch.Tensor, total: float | torch.Tensor | None) -> torch.Tensor:
     """:func:`masked_mean`, or with ``total``: the masked sum over ``total`` tokens."""
     if total is None:
         return masked_mean(values, mask)
-    return (values * mask.to(values.dtype)).sum() / total
+    summed: torch.Tensor = (values * mask.to(values.dtype)).sum()
+    return summed / total
 
 
 def clipped_policy_loss(

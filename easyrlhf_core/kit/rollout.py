@@ -29,6 +29,7 @@ __all__ = [
     "TransformersEngine",
     "VLLMEngine",
     "build_engine",
+    "EngineSync",
     "generate_with_scores",
     "policy_weights",
     "logprob_agreement",
@@ -430,6 +431,36 @@ def logprob_agreement(engine: torch.Tensor, trainer: torch.Tensor, mask: torch.T
         "rollout/logprob_diff_mean": float(diff.sum() / count),
         "rollout/logprob_diff_max": float(diff.max()) if diff.numel() else 0.0,
     }
+
+
+class EngineSync:
+    """Keeps an engine in step with training: before each rollout call, :meth:`before_rollout` pushes the policy's
+    weights when an optimizer step has changed them since the last push (the same condition on every process:
+    a ZeRO-3 push is a collective), and gives the call's sampling seed: from the run's seed, the process, the
+    optimizer step and the calls already made at it, so processes sample differently and a resumed run samples
+    what the uninterrupted one did. The transformers engine samples from the model itself with the process's
+    seeded generator: no push, no seed (None)."""
+
+    def __init__(self, engine: RolloutEngine, seed: int, rank: int) -> None:
+        self.engine, self.seed, self.rank = engine, seed, rank
+        self.step: int | None = None  # the optimizer step whose weights the engine holds (None: none pushed)
+        self.calls = 0  # rollout calls made at that step
+
+    def before_rollout(self, model: Any, step: int) -> int | None:
+        """Push ``model``'s weights unless the engine holds step ``step``'s already; the call's seed."""
+        if self.engine.name == "transformers":
+            return None
+        if step != self.step:
+            self.engine.sync_weights(model)
+            self.step, self.calls = step, 0
+        self.calls += 1
+        return rollout_seed(self.seed, self.rank, step, self.calls)
+
+
+def rollout_seed(seed: int, rank: int, step: int, call: int) -> int:
+    """A seeded engine's seed for one rollout call (call 1, 2, ... of optimizer step ``step`` on process
+    ``rank``): distinct across processes, steps and calls for any run seed below 10^5."""
+    return ((seed * 100_003 + rank) * 1_000_003 + step) * 1_009 + call
 
 
 def build_engine(

@@ -21,12 +21,10 @@ if TYPE_CHECKING:
     from easyrlhf_core.kit.shapes import Record
 
 
-def play(trainer: Any, records: list[Record], iteration: int) -> list[Episode]:
-    """One episode per record, on the trainer's rollout engine (inside its ``generating`` block)."""
+def play(trainer: Any, records: list[Record], updates: int) -> list[Episode]:
+    """One episode per record, on the trainer's rollout engine (inside its ``generating`` block), by the policy
+    after ``updates`` updates."""
     config = trainer.config
-    if trainer.engine.name != "transformers" and not trainer.engine_synced:
-        trainer.engine.sync_weights(trainer.unwrapped.policy)
-        trainer.engine_synced = True
     envs = [config.new_environment(trainer.run.registry) for _ in records]
     rows = [{k: v for k, v in r.items() if k != "prompt"} for r in records]
     with trainer.accelerator.autocast():
@@ -36,7 +34,7 @@ def play(trainer: Any, records: list[Record], iteration: int) -> list[Episode]:
             envs,
             [r["prompt"] for r in records],
             rows,
-            trainer.sampling(iteration),
+            trainer.sampling(updates),
             EpisodeSettings(config.max_turns, config.max_episode_tokens),
         )
 
@@ -58,7 +56,7 @@ def episode_rollout(trainer: Any, iteration: int) -> tuple[Rollout, list[Record]
     trainer.unwrapped.eval()
     start = time.perf_counter()
     with trainer.generating():
-        episodes = play(trainer, records, iteration)
+        episodes = play(trainer, records, iteration - 1)
     generated = time.perf_counter()
     pad = trainer.tokenizer.pad_token_id
     queries, query_mask = left_pad([e.prompt_ids for e in episodes], pad)
@@ -115,9 +113,10 @@ def episode_evaluate(trainer: Any, iteration: int) -> None:
     size = trainer.config.per_device_eval_batch_size
     totals = torch.zeros(5, device=trainer.accelerator.device)  # score, turns, tool calls, failures, count
     with trainer.generating():
+        trainer.engine_sync.before_rollout(trainer.unwrapped.policy, iteration)  # every rank pushes (ZeRO-3: together)
         for start in range(0, len(mine), size):
             records = mine[start : start + size]
-            episodes = play(trainer, records, 0)
+            episodes = play(trainer, records, iteration)
             scores = episode_scores(trainer, records, episodes)
             totals += torch.tensor(
                 [

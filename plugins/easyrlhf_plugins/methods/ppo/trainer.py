@@ -32,7 +32,7 @@ from easyrlhf_core.kit.trainer_run import (
     continue_schedule,
     diverged_error,
 )
-from easyrlhf_core.kit.rollout import Sampling, build_engine, logprob_agreement
+from easyrlhf_core.kit.rollout import EngineSync, Sampling, build_engine, logprob_agreement
 from easyrlhf_core.kit.zero import fill_size_autos, gathered, gathered_for_generation, inference_engine, is_partitioned
 
 from . import core
@@ -185,7 +185,7 @@ class PPOTrainer:
             log=run.log,
             bos_token_id=self.tokenizer.bos_token_id,
         )
-        self.engine_synced = False  # the vllm engine starts from policy_path: push the weights before sampling
+        self.engine_sync = EngineSync(self.engine, config.seed, self.rank)  # pushes the weights before sampling
         set_seed(config.seed, device_specific=True)  # each process samples differently
         describe_trainable(run, self.unwrapped)
         run.log(
@@ -262,11 +262,13 @@ class PPOTrainer:
             return contextlib.nullcontext()
         return gathered_for_generation(self.model, self.unwrapped.policy)
 
-    def sampling(self, iteration: int) -> Sampling:
-        """This iteration's sampling settings; the vllm engine's rows are seeded from the run's seed, the rank
-        and the iteration (the transformers engine draws from the process's seeded generator, as before)."""
+    def sampling(self, updates: int) -> Sampling:
+        """Sampling settings for a rollout call by the policy after ``updates`` updates; the vllm engine is given
+        the policy's weights first when they changed (:class:`~easyrlhf_core.kit.rollout.EngineSync`: its rows
+        seeded from the run's seed, the rank and ``updates``; the transformers engine draws from the process's
+        seeded generator)."""
         config = self.config
-        seed = None if self.engine.name == "transformers" else config.seed * 7919 + self.rank * 104729 + iteration
+        seed = self.engine_sync.before_rollout(self.unwrapped.policy, updates)
         return Sampling(
             max_new_tokens=config.max_new_tokens,
             stop_ids=self.stop_ids,
@@ -278,17 +280,12 @@ class PPOTrainer:
         )
 
     def sample(
-        self, prompt_ids: list[list[int]], iteration: int = 0
+        self, prompt_ids: list[list[int]], updates: int
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None]:
         """``(queries, query_mask, responses, engine log-probs or None)`` for ``prompt_ids`` in one rollout call
         (inside :meth:`generating`); the vllm engine gets the policy's weights first when they changed."""
-        if self.engine.name != "transformers" and not self.engine_synced:
-            self.engine.sync_weights(self.unwrapped.policy)
-            self.engine_synced = True
         with self.accelerator.autocast():
-            out = self.engine.generate(
-                prompt_ids, self.sampling(iteration), logprobs=self.engine.name != "transformers"
-            )
+            out = self.engine.generate(prompt_ids, self.sampling(updates), logprobs=self.engine.name != "transformers")
         device = self.accelerator.device
         engine_logprobs = out.logprobs.to(device) if out.logprobs is not None else None
         return out.prompt_ids.to(device), out.prompt_mask.to(device), out.response_ids.to(device), engine_logprobs
@@ -306,7 +303,7 @@ class PPOTrainer:
         start = time.perf_counter()
         with self.generating():
             queries, query_mask, responses, engine_logprobs = self.sample(
-                [self.prompt_ids[i] for i in indices], iteration
+                [self.prompt_ids[i] for i in indices], iteration - 1
             )
         generated = time.perf_counter()
         texts: list[str] = []
@@ -519,9 +516,10 @@ class PPOTrainer:
         totals = torch.zeros(4, device=self.accelerator.device)  # score, length, eos, count
         size = self.config.per_device_eval_batch_size
         with self.generating():  # once: ranks may have different numbers of eval chunks
+            self.engine_sync.before_rollout(self.unwrapped.policy, iteration)  # every rank pushes (ZeRO-3: together)
             for start in range(0, len(mine), size):
                 chunk = mine[start : start + size]
-                _, _, responses, _ = self.sample([self.eval_ids[i] for i in chunk])
+                _, _, responses, _ = self.sample([self.eval_ids[i] for i in chunk], iteration)
                 mask, has_stop = core.response_mask(responses, self.stop_ids)
                 records = [self.eval_prompts[i] for i in chunk]
                 scores = score_with_columns(
@@ -633,7 +631,6 @@ class PPOTrainer:
         adv = self.advantages(ro)
         update_start = time.perf_counter()
         update = self.update(ro, adv, iteration)
-        self.engine_synced = False  # the policy moved: the vllm engine gets its weights before the next rollout
         diverged = self.nonfinite.check(self.accelerator.device)  # every rank, every iteration: agreed
         timings["time/update"] = time.perf_counter() - update_start
         timings["time/iteration"] = time.perf_counter() - began
