@@ -31,8 +31,10 @@ from easyrlhf_core.kit.errors import ConfigError
 from easyrlhf_core.kit.environments import EnvironmentOptions
 from easyrlhf_core.kit.rollout import RolloutOptions
 from easyrlhf_core.kit.online import SampleLog, SampleLogOptions, TokenSamplingOptions, prompts_that_fit
+from easyrlhf_core.kit.online_prefix_sharing import SharedPromptLogProbs
 from easyrlhf_core.kit.rewards import WeightedReward, WeightedRewardsOptions, score_with_columns
 from easyrlhf_core.kit.shapes import Shape
+from easyrlhf_core.kit.shared_prefix_packing import PREFIX_SHARING_HELP
 from easyrlhf_core.kit.trainer_method import (
     TrainerConfig,
     TrainerMethod,
@@ -160,6 +162,7 @@ class OnlineConfig(
     vllm_mode: Literal["colocate", "server"] = option(
         "colocate", "With use_vllm: server (a `trl vllm-serve` server); colocate is rollout_engine: vllm."
     )
+    prefix_sharing: bool = option(True, PREFIX_SHARING_HELP)
 
     def __post_init__(self) -> None:
         super().__post_init__()  # the sampling rule, num_sample_completions, the one-reward rule, the shared options
@@ -275,6 +278,7 @@ class OnlineMethod(TrainerMethod):
         config_class, trainer_class = (getattr(trl, n) for n in self.trl_names)
         mixins: list[type] = [episodes] if config.env is not None else []
         mixins += [EngineRollouts] if config.rollout_engine != "transformers" else []
+        mixins += [SharedPromptLogProbs] if config.prefix_sharing else []
         if mixins:
             trainer_class = type(trainer_class.__name__, (*mixins, trainer_class), {})
         try:  # TRL checks the batch against num_generations across all processes, in its config and trainer
@@ -300,6 +304,8 @@ class OnlineMethod(TrainerMethod):
                 ) from None
             raise
         pin_generation(trainer.model)  # TRL's generate: its config alone, not the model's generation_config.json
+        if isinstance(trainer, SharedPromptLogProbs):
+            trainer.share_prompts(run.log)
         if isinstance(trainer, EngineRollouts):
             trainer.start_engine(run, path, tokenizer)
         if isinstance(trainer, EpisodeRollouts):

@@ -6,8 +6,10 @@ attention mask and continued position ids, and then answers in the padded layout
 
 - causal LM, called with ``labels`` (``-100`` where nothing is read): ``log_probs`` ``[rows, T-1]`` of
   each next-token label, plus ``entropy``, ``mean_logits`` and ``is_top1`` (no gradient), zero where the
-  label is ``-100`` (the fields of TRL's fused LM head output). The LM head runs on the labelled positions
-  only, in chunks, each chunk recomputed in the backward: no ``[batch, length, vocab]`` tensor exists.
+  label is ``-100`` (the fields of TRL's fused LM head output), under ``softmax(logits / temperature)``
+  when also called with ``temperature`` (as TRL's fused head divides them). The LM head runs on the
+  labelled positions only, in chunks, each chunk recomputed in the backward: no ``[batch, length, vocab]``
+  tensor exists.
 - sequence classifier: ``logits`` ``[rows, num_labels]`` read at each row's last token that is not
   ``config.pad_token_id``, the readout of the classifier's own forward
   (:func:`easyrlhf_core.kit.model_loading.reward_scores`).
@@ -28,7 +30,12 @@ import types
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Callable, cast
 
-from easyrlhf_core.kit.shared_prefix_packing import SHARED_PREFIX_KEY, block_attention_mask, pack_groups
+from easyrlhf_core.kit.shared_prefix_packing import (
+    SHARED_PREFIX_KEY,
+    block_attention_mask,
+    pack_groups,
+    pack_prompt_groups,
+)
 
 if TYPE_CHECKING:
     import torch
@@ -234,7 +241,9 @@ def _lm_output_class() -> type:
     return SharedPrefixLMOutput
 
 
-def _lm_forward(self: Any, packed: dict[str, torch.Tensor], labels: torch.Tensor | None) -> Any:
+def _lm_forward(
+    self: Any, packed: dict[str, torch.Tensor], labels: torch.Tensor | None, temperature: float = 1.0
+) -> Any:
     if labels is None:
         raise ValueError("a shared-prefix forward of a causal LM needs labels (-100 where nothing is read)")
     hidden = packed_hidden_states(self, packed)
@@ -243,7 +252,9 @@ def _lm_forward(self: Any, packed: dict[str, torch.Tensor], labels: torch.Tensor
     sources = packed["token_index"][:, :-1][read]
     head = self.get_output_embeddings()
     softcap = getattr(_text_config(self), "final_logit_softcapping", None)
-    values = chunked_token_log_probs(head, hidden.index_select(0, sources), targets[read], softcap)
+    values = chunked_token_log_probs(
+        head, hidden.index_select(0, sources), targets[read], softcap, temperature=temperature
+    )
     log_probs, entropy, mean_logits, is_top1 = (v.new_zeros(read.shape).masked_scatter(read, v) for v in values)
     loss = -log_probs.sum() / read.sum().clamp(min=1)
     return _lm_output_class()(
@@ -281,7 +292,7 @@ def _install(model: Any, kind: str, autocast: Callable[[], Any] | None) -> None:
         # ``autocast`` itself: policy and reference then run in the same precision.
         with autocast() if autocast is not None else contextlib.nullcontext():
             if kind == "causal_lm":
-                return _lm_forward(self, shared_prefix, kwargs.get("labels"))
+                return _lm_forward(self, shared_prefix, kwargs.get("labels"), kwargs.get("temperature", 1.0))
             return _classifier_forward(self, shared_prefix)
 
     setattr(forward, _MARK, True)
@@ -305,10 +316,41 @@ def _probe_batch(model: Any) -> dict[str, Any]:
         input_ids[r, : len(row)] = torch.tensor(row)
         attention_mask[r, : len(row)] = 1
     packed = pack_groups(input_ids, attention_mask, [[0, 2], [1, 3]], pad, budget=4 * width)
-    return {"input_ids": input_ids, "attention_mask": attention_mask, SHARED_PREFIX_KEY: packed}
+    labels = input_ids.masked_fill(attention_mask == 0, -100)
+    return {"input_ids": input_ids, "attention_mask": attention_mask, "labels": labels, SHARED_PREFIX_KEY: packed}
 
 
-def _max_difference(model: Any, kind: str) -> float:
+def _online_probe_batch(model: Any) -> dict[str, Any]:
+    """TRL's online rows: two prompts, left-padded to one width, each followed by its completions
+    (right-padded; two of one prompt's start alike), the prompts packed once into one row; labels on the
+    completions only, as TRL reads them."""
+    import torch
+
+    vocab = _text_config(model).vocab_size
+    pad = _text_config(model).pad_token_id
+    pad = 0 if pad is None else pad
+    ids = [t for t in range(3, vocab) if t != pad][:40]
+    rows = [
+        (ids[:6], ids[20:23]),
+        (ids[10:12], ids[23:27]),
+        (ids[:6], ids[20:22] + ids[27:32]),
+        (ids[:6], ids[32:33]),
+        (ids[10:12], ids[33:39]),
+    ]
+    prompt_width, completion_width = 6, max(len(c) for _, c in rows)
+    input_ids = torch.full((len(rows), prompt_width + completion_width), pad, dtype=torch.long)
+    attention_mask = torch.zeros_like(input_ids)
+    for r, (prompt, completion) in enumerate(rows):
+        span = slice(prompt_width - len(prompt), prompt_width + len(completion))
+        input_ids[r, span] = torch.tensor(prompt + completion)
+        attention_mask[r, span] = 1
+    packed = pack_prompt_groups(input_ids, attention_mask, [[0, 2, 3], [1, 4]], pad, budget=4 * input_ids.shape[1])
+    labels = input_ids.masked_fill(attention_mask == 0, -100)
+    labels[:, :prompt_width] = -100
+    return {"input_ids": input_ids, "attention_mask": attention_mask, "labels": labels, SHARED_PREFIX_KEY: packed}
+
+
+def _max_difference(model: Any, kind: str, probe: Callable[[Any], dict[str, Any]] = _probe_batch) -> float:
     """Largest absolute difference between the patched path and the model class's own forward on a probe,
     both in the weights' dtype without autocast (an instance's forward may carry wrappers: TRL's fused LM
     head, accelerate's mixed-precision autocast on a prepared reference model)."""
@@ -317,15 +359,15 @@ def _max_difference(model: Any, kind: str) -> float:
     base = _base(model)
     own_forward = type(base).forward
     device = next(base.parameters()).device
-    probe = _probe_batch(base)
-    batch = {k: v.to(device) for k, v in probe.items() if k != SHARED_PREFIX_KEY}
-    packed = {k: v.to(device) for k, v in probe[SHARED_PREFIX_KEY].items()}
+    rows = probe(base)
+    batch = {k: v.to(device) for k, v in rows.items() if k != SHARED_PREFIX_KEY}
+    packed = {k: v.to(device) for k, v in rows[SHARED_PREFIX_KEY].items()}
     was_training = base.training
     base.eval()
     try:
         with torch.no_grad(), torch.autocast(device.type, enabled=False):
             if kind == "causal_lm":
-                labels = batch["input_ids"].masked_fill(batch["attention_mask"] == 0, -100)
+                labels = batch["labels"]
                 shared = _lm_forward(base, packed, labels).log_probs
                 logits = (
                     own_forward(
@@ -335,7 +377,7 @@ def _max_difference(model: Any, kind: str) -> float:
                     .float()
                 )
                 own = torch.log_softmax(logits, dim=-1).gather(-1, labels[:, 1:].clamp(min=0).unsqueeze(-1))
-                own = own.squeeze(-1) * (labels[:, 1:] != -100)
+                own = torch.where(labels[:, 1:] != -100, own.squeeze(-1), 0.0)  # padding may read NaN
             else:
                 shared = _classifier_forward(base, packed).logits.float()
                 own = own_forward(
@@ -346,12 +388,16 @@ def _max_difference(model: Any, kind: str) -> float:
     return float((shared - own).abs().max())
 
 
-def packing_unsupported(model: Any, kind: str = "causal_lm", tolerance: float = 1e-3) -> str | None:
+def packing_unsupported(
+    model: Any, kind: str = "causal_lm", tolerance: float = 1e-3, online: bool = False
+) -> str | None:
     """Why ``model`` (``kind``: ``"causal_lm"`` or ``"classifier"``) cannot read a packed batch
     (:func:`packed_hidden_states` with the block mask), or None when it can: the reasons of
     :func:`shared_prefix_unsupported`, then a probe batch run both ways, packed and the model's own padded
-    forward, which must agree within ``tolerance`` (log-probs or scores; fp32 agrees to ~1e-6). The model is
-    left as it was."""
+    forward, which must agree within ``tolerance`` (log-probs or scores; fp32 agrees to ~1e-6). ``online``
+    (causal LMs): also a probe of TRL's online rows, left-padded prompts each followed by its completions
+    (:func:`~easyrlhf_core.kit.shared_prefix_packing.pack_prompt_groups`), which a model that numbers the
+    positions of a left-padded row its own way fails. The model is left as it was."""
     if kind not in ("causal_lm", "classifier"):
         raise ValueError(f"kind must be 'causal_lm' or 'classifier', got {kind!r}")
     reason = shared_prefix_unsupported(model)
@@ -359,28 +405,33 @@ def packing_unsupported(model: Any, kind: str = "causal_lm", tolerance: float = 
         reason = f"{type(_base(model)).__name__} has no 'score' head"
     if reason is not None:
         return reason
-    try:
-        difference = _max_difference(model, kind)
-    except Exception as error:  # noqa: BLE001  (a forward that rejects a 4D mask; ZeRO-3-sharded weights)
-        return f"the packed forward failed on a probe batch ({type(error).__name__}: {error})"
-    if not difference <= tolerance:
-        return (
-            f"the packed forward differs from the model's own by {difference:.2g} on a probe batch "
-            f"(its attention ignores the block mask)"
-        )
+    probes = [(_probe_batch, "its attention ignores the block mask")]
+    if online and kind == "causal_lm":
+        probes.append((_online_probe_batch, "it numbers the positions of a left-padded row its own way"))
+    for probe, suspect in probes:
+        try:
+            difference = _max_difference(model, kind, probe)
+        except Exception as error:  # noqa: BLE001  (a forward that rejects a 4D mask; ZeRO-3-sharded weights)
+            return f"the packed forward failed on a probe batch ({type(error).__name__}: {error})"
+        if not difference <= tolerance:
+            return f"the packed forward differs from the model's own by {difference:.2g} on a probe batch ({suspect})"
     return None
 
 
 def enable_shared_prefix(
-    model: Any, kind: str = "causal_lm", tolerance: float = 1e-3, autocast: Callable[[], Any] | None = None
+    model: Any,
+    kind: str = "causal_lm",
+    tolerance: float = 1e-3,
+    autocast: Callable[[], Any] | None = None,
+    online: bool = False,
 ) -> str | None:
     """Patch ``model`` (``kind``: ``"causal_lm"`` or ``"classifier"``) to take ``shared_prefix=`` batches;
     ``autocast``: a context factory the shared path runs in (a trainer's ``accelerator.autocast``).
 
     Returns None when it is patched, else why not (for one log line; the model is left as it was): the
-    check is :func:`packing_unsupported`.
+    check is :func:`packing_unsupported` (with its ``online`` probe too when ``online``).
     """
-    reason = packing_unsupported(model, kind, tolerance)
+    reason = packing_unsupported(model, kind, tolerance, online)
     if reason is not None:
         return reason
     _install(_base(model), kind, autocast)

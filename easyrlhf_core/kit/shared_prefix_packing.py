@@ -34,8 +34,10 @@ __all__ = [
     "block_attention_mask",
     "common_prefix_length",
     "pack_groups",
+    "pack_prompt_groups",
     "pack_rows",
     "pair_groups",
+    "prompt_groups",
     "query_groups",
 ]
 
@@ -110,6 +112,18 @@ def query_groups(query_index: Sequence[int]) -> list[list[int]]:
     groups: dict[int, list[int]] = {}
     for row, query in enumerate(query_index):
         groups.setdefault(int(query), []).append(row)
+    return list(groups.values())
+
+
+def prompt_groups(prompt_ids: torch.Tensor, prompt_mask: torch.Tensor) -> list[list[int]]:
+    """Rows grouped by their prompt (the same tokens under the same mask, so the same padding too), in order
+    of first appearance: the completions TRL's online trainers sample for one prompt."""
+    import torch
+
+    masked = (prompt_ids * prompt_mask).tolist()
+    groups: dict[tuple[tuple[int, ...], tuple[int, ...]], list[int]] = {}
+    for row, (ids, mask) in enumerate(zip(masked, torch.as_tensor(prompt_mask).tolist())):
+        groups.setdefault((tuple(ids), tuple(mask)), []).append(row)
     return list(groups.values())
 
 
@@ -210,6 +224,48 @@ def pack_rows(
     )
     token_index = torch.full(tuple(input_ids.shape), -1, dtype=torch.long)
     token_index[keep.cpu()] = packed["token_index"][compact_mask]
+    packed["token_index"] = token_index
+    return {key: value.to(input_ids.device) for key, value in packed.items()}
+
+
+def pack_prompt_groups(
+    input_ids: torch.Tensor,
+    attention_mask: torch.Tensor,
+    groups: list[list[int]],
+    pad_token_id: int,
+    budget: int | None = None,
+) -> dict[str, torch.Tensor]:
+    """:func:`pack_groups` for TRL's online rows ``[left padding | prompt | completion | right padding]``:
+    each row's real tokens are one run anywhere in the row, and a group's rows (e.g. :func:`prompt_groups`)
+    start at the same column. Position ids are the columns of the padded row, as the model's own forward
+    numbers a padded row when given none (transformers counts from column 0, padding included), so the
+    packed forward reproduces that forward's log-probs exactly; ``token_index`` has the shape of
+    ``input_ids`` (-1 on padding). ``budget`` defaults to the longest group's layout: a packed row about one
+    group long (masked attention costs grow with the square of a packed row's length)."""
+    import torch
+
+    keep = attention_mask.bool().cpu()
+    lengths = keep.sum(dim=1)
+    first = keep.int().argmax(dim=1)
+    last = keep.shape[1] - 1 - keep.flip(1).int().argmax(dim=1)
+    if bool(((last - first + 1 != lengths) & (lengths > 0)).any()):
+        raise ValueError("each row's real tokens must be one run (left and right padding only)")
+    for group in groups:
+        if len({int(first[r]) for r in group}) > 1:
+            raise ValueError(f"the rows of a group must start at the same column, got {group}")
+    width = max(int(lengths.max()) if len(lengths) else 0, 1)
+    compact_mask = torch.arange(width).unsqueeze(0) < lengths.unsqueeze(1)
+    compact = torch.full((input_ids.shape[0], width), pad_token_id, dtype=torch.long)
+    compact[compact_mask] = input_ids.cpu()[keep]
+    if budget is None:
+        rows = [compact[r, : int(lengths[r])].tolist() for r in range(compact.shape[0])]
+        budget = max(len(PackedGroup.of({r: rows[r] for r in g}).tokens) for g in groups) if groups else width
+    packed = pack_groups(compact, compact_mask.long(), groups, pad_token_id, budget)
+    index = packed["token_index"]
+    columns = first.unsqueeze(1) + torch.arange(width).unsqueeze(0)
+    packed["position_ids"].view(-1)[index[compact_mask]] = columns[compact_mask]
+    token_index = torch.full(tuple(input_ids.shape), -1, dtype=torch.long)
+    token_index[keep] = index[compact_mask]
     packed["token_index"] = token_index
     return {key: value.to(input_ids.device) for key, value in packed.items()}
 
