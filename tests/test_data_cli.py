@@ -165,7 +165,7 @@ def test_a_dataset_without_the_methods_shape_is_a_config_error_before_anything_i
     assert result.stderr.strip().splitlines() == [
         "Error: --dataset: method 'probe-preference' needs preference pairs (prompt, chosen, rejected), but "
         "dataset 'slimorca' yields conversations (messages) for SFT, prompts for online generation; use one of: "
-        "hh-rlhf, jsonl"
+        "arithmetic, hh-rlhf, jsonl"
     ]
     assert not out.exists()
     for method in ("probe-conversation", "probe-prompt"):
