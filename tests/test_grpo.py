@@ -228,6 +228,7 @@ def test_resume_after_sigkill_matches_an_uninterrupted_run(tiny_model_dir, promp
     for a, b in zip(got, want):
         assert a["loss"] == pytest.approx(b["loss"], rel=1e-4, abs=1e-6)
         assert a["rewards/length/mean"] == pytest.approx(b["rewards/length/mean"], rel=1e-5, abs=1e-6)
+        assert a["num_tokens"] == b["num_tokens"]  # the trainer state carries the count: not added twice
     final, expected = model_tensors(out / "model"), model_tensors(tmp_path / "whole" / "model")
     assert all((final[k] - expected[k]).abs().max() < 1e-5 for k in final)
 

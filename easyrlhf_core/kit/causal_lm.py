@@ -120,8 +120,7 @@ def stop_token_ids(tokenizer: Any, model: Any = None) -> list[int]:
 #: bad_words_ids, suppress_tokens, sequence_bias, ...) cannot be pinned in a config: transformers fills every None
 #: field from the model's file, so :func:`generate` hides that file while it runs (:func:`model_defaults_hidden`).
 NEUTRAL_SETTINGS = {
-    "min_new_tokens": 0,
-    "min_length": 0,
+    "min_new_tokens": 0,  # transformers derives min_length from it (pinning both only draws a warning per call)
     "repetition_penalty": 1.0,
     "encoder_repetition_penalty": 1.0,
     "no_repeat_ngram_size": 0,
