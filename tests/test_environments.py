@@ -501,3 +501,27 @@ def test_an_environment_run_killed_after_a_checkpoint_resumes_exactly(method, ti
 
 def _samples(out: Any) -> list[dict[str, Any]]:
     return [json.loads(line) for line in (out / "samples.jsonl").read_text().splitlines()]
+
+
+@pytest.mark.parametrize("method", ["grpo", "rloo", "ppo"])
+def test_two_processes_play_episodes_and_stay_in_sync(method, tiny_model_dir, tmp_path):
+    """Two DDP processes each play their share of the episodes, end with the same weights, and every step logs
+    its episodes within max_turns."""
+    from tests.subprocess_runs import read_metrics, run_easyrlhf
+
+    out = tmp_path / method
+    args = ["run", "--method", method, "--model", str(tiny_model_dir), "--env", "guess-number"]
+    args += ["--output-dir", str(out), "--max-steps", "2", "--seed", "3", "--set", "eval_fraction=0"]
+    args += ["--set", "max_turns=2", "--set", "max_episode_tokens=48", "--set", "max_length=300"]
+    if method == "ppo":
+        args += ["--set", "rollout_batch_size=2", "--set", "per_device_train_batch_size=2", "--set", "max_new_tokens=6"]
+    else:
+        args += ["--set", "num_generations=2", "--set", "per_device_train_batch_size=2"]
+        args += ["--set", "max_completion_length=6", "--reward", "length"]
+    result = run_easyrlhf(args, num_processes=2)
+    assert result.returncode == 0, result.stderr
+    checksums = result.rank_checksums
+    assert len(checksums) == 2 and checksums[0] == checksums[1], result.stderr
+    rows = [r for r in read_metrics(out) if "episodes/turns" in r]
+    assert sorted({r["step"] for r in rows}) == [1, 2]  # every step played and logged its episodes
+    assert all(1 <= r["episodes/turns"] <= 2 for r in rows)  # max_turns held on both ranks
