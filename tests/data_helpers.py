@@ -14,7 +14,7 @@ from easyrlhf_core.kit.bases import Method
 from easyrlhf_core.kit.config import BaseConfig
 from easyrlhf_core.kit.shapes import Shape
 
-ROLES = {"system", "user", "assistant"}
+ROLES = {"system", "user", "assistant", "tool"}
 
 
 def check_messages(messages: Any) -> None:

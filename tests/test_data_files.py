@@ -177,7 +177,7 @@ def test_jsonl_needs_files_and_known_columns(tmp_path):
         (
             {"messages": [{"role": "bot", "content": "x"}]},
             Shape.CONVERSATION,
-            "'messages'[0] has role 'bot'; use one of: system, user, assistant",
+            "'messages'[0] has role 'bot'; use one of: system, user, assistant, tool",
         ),
         (
             {"messages": [U("hi")]},

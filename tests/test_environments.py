@@ -525,3 +525,33 @@ def test_two_processes_play_episodes_and_stay_in_sync(method, tiny_model_dir, tm
     rows = [r for r in read_metrics(out) if "episodes/turns" in r]
     assert sorted({r["step"] for r in rows}) == [1, 2]  # every step played and logged its episodes
     assert all(1 <= r["episodes/turns"] <= 2 for r in rows)  # max_turns held on both ranks
+
+
+def test_calculator_demonstrations_are_the_episodes_the_environment_plays(tokenizer):
+    """The calculator's conversations (the SFT warm start) are episodes as the environment plays and renders
+    them: replayed through the rollout, the same messages, the same tokens, reward 1; on problems the
+    environment never asks."""
+    from tests.data_helpers import check_record
+    from easyrlhf_plugins.environments import CalculatorDataset, CalculatorEnvironment
+
+    from easyrlhf_core.kit.shapes import DataOptions, Shape
+
+    dataset = CalculatorDataset()
+    demonstrations = dataset.load(DataOptions(Shape.CONVERSATION)).train
+    asked = {str(p["prompt"][-1]) for p in dataset.load(DataOptions(Shape.PROMPT)).train}
+    assert len(demonstrations) > 900
+    assert not asked & {str(d["messages"][1]) for d in demonstrations}
+    for record in demonstrations[:3]:
+        check_record(Shape.CONVERSATION, record)
+        messages = record["messages"]
+        assert [m["role"] for m in messages] == ["system", "user", "assistant", "tool", "assistant"]
+        engine = ScriptedEngine(tokenizer, [messages[2]["content"], messages[4]["content"]])
+        answer = messages[3]["content"]
+        (episode,) = run_episodes(
+            engine, tokenizer, [CalculatorEnvironment()], [messages[1:2]], [{"answer": answer}],
+            _sampling(tokenizer), EpisodeSettings(4, 4096),
+        )  # fmt: skip
+        assert episode.messages == messages and episode.env_reward == 1.0 and episode.tool_failures == 0
+        rendered = tokenizer.encode(tokenizer.apply_chat_template(messages, tokenize=False), add_special_tokens=False)
+        played = episode.prompt_ids + episode.completion_ids
+        assert list(rendered[: len(played)]) == played

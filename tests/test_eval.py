@@ -17,7 +17,7 @@ from easyrlhf_core.kit.bases import Dataset, RewardFunction
 from easyrlhf_core.kit.shapes import DataSplits, Shape
 from easyrlhf_core.kit.stats import bootstrap_interval, outcomes, pairwise, wilson_interval
 from easyrlhf_core.runtime.registry import register_plugin, unregister_plugin
-from tests.helpers import build_tiny_causal_lm, build_tiny_tokenizer
+from tests.helpers import build_tiny_causal_lm, build_tiny_reward_model, build_tiny_tokenizer
 
 MARKER = "Paris"
 
@@ -129,27 +129,6 @@ def toy_plugin():
 # Tiny models
 
 
-def _reward_model(tokenizer, seed: int = 0):
-    import torch
-    from transformers import AutoModelForSequenceClassification, LlamaConfig
-
-    torch.manual_seed(seed)
-    config = LlamaConfig(
-        vocab_size=len(tokenizer),
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=1024,
-        num_labels=1,
-        pad_token_id=tokenizer.pad_token_id,
-        bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-    )
-    return AutoModelForSequenceClassification.from_config(config)
-
-
 def _save(model, tokenizer, path: Path) -> Path:
     model.save_pretrained(path)
     tokenizer.save_pretrained(path)
@@ -223,11 +202,11 @@ def models(tmp_path_factory) -> dict[str, Path]:
     marker_policy = build_tiny_causal_lm(tokenizer, seed=0)
     _train_policy_to_say(marker_policy, tokenizer, [r["prompt"] for r in EVAL_PAIRS + TRAIN_PAIRS], MARKER)
     out["marker_policy"] = _save(marker_policy, tokenizer, root / "marker-policy")
-    out["random_rm"] = _save(_reward_model(tokenizer, seed=1), tokenizer, root / "random-rm")
-    zero = _reward_model(tokenizer, seed=2)
+    out["random_rm"] = _save(build_tiny_reward_model(tokenizer, seed=1), tokenizer, root / "random-rm")
+    zero = build_tiny_reward_model(tokenizer, seed=2)
     zero.score.weight.data.zero_()
     out["zero_rm"] = _save(zero, tokenizer, root / "zero-rm")
-    marker_rm = _reward_model(tokenizer, seed=3)
+    marker_rm = build_tiny_reward_model(tokenizer, seed=3)
     _train_rm_to_prefer_chosen(marker_rm, tokenizer, EVAL_PAIRS + TRAIN_PAIRS)
     out["marker_rm"] = _save(marker_rm, tokenizer, root / "marker-rm")
     return out

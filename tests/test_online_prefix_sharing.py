@@ -257,25 +257,9 @@ def test_a_batch_with_nothing_to_share_takes_trls_path_and_says_so_once(tiny_mod
 
 
 def test_a_model_that_cannot_take_the_mask_stays_on_trls_path_and_says_why(tiny_tokenizer_dir, prompts, tmp_path):
-    import torch
-    from transformers import AutoTokenizer, MistralConfig, MistralForCausalLM
+    from tests.helpers import save_tiny_sliding_window_lm
 
-    tokenizer = AutoTokenizer.from_pretrained(tiny_tokenizer_dir)
-    torch.manual_seed(0)
-    config = MistralConfig(
-        vocab_size=len(tokenizer),
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        sliding_window=64,
-        pad_token_id=tokenizer.pad_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-    )
-    model_dir = tmp_path / "tiny-mistral"
-    MistralForCausalLM(config).save_pretrained(model_dir)
-    tokenizer.save_pretrained(model_dir)
+    model_dir = save_tiny_sliding_window_lm(tiny_tokenizer_dir, tmp_path / "tiny-mistral")
     trainer, lines = build("grpo", model_dir, prompts, tmp_path / "out")
     assert not trainer.prompt_sharing
     assert any(line.startswith("prefix sharing: off (sliding-window attention") for line in lines)
@@ -316,3 +300,36 @@ def test_grpo_trains_with_prefix_sharing_through_the_cli(cli_run, tiny_model_dir
     assert result.exit_code == 0, result.stderr[-3000:]
     assert "prefix sharing: on" in result.stderr
     assert len(train_rows(tmp_path / "out")) == 2
+
+
+@pytest.mark.parametrize("sharing", ["true", "false"])
+def test_trls_generation_reads_each_prompt_once_with_prefix_sharing(tiny_model_dir, prompts, tmp_path, sharing):
+    """TRL's own generate call (the transformers path of grpo and rloo) on a group's repeated prompt: with
+    prefix_sharing the prompt is run once per group before decoding, off it is run on every row; the same
+    tokens either way."""
+    import torch
+
+    trainer, _ = build("grpo", tiny_model_dir, prompts, tmp_path / "out", f"prefix_sharing={sharing}")
+    tokenizer = trainer.processing_class
+    rows = [tokenizer.encode(q, add_special_tokens=False) for q in QUESTIONS[:2] for _ in range(4)]
+    width = max(map(len, rows))
+    ids = torch.tensor([[tokenizer.pad_token_id] * (width - len(r)) + r for r in rows])
+    mask = torch.tensor([[0] * (width - len(r)) + [1] * len(r) for r in rows])
+    model = trainer.accelerator.unwrap_model(trainer.model)
+    seen: list[tuple[int, ...]] = []
+    hook = model.model.register_forward_pre_hook(
+        lambda _m, args, kwargs: seen.append(tuple(kwargs["input_ids"].shape)), with_kwargs=True
+    )
+    try:
+        torch.manual_seed(0)
+        with torch.no_grad():
+            out = model.generate(input_ids=ids, attention_mask=mask, generation_config=trainer.generation_config)
+    finally:
+        hook.remove()
+    assert seen[0] == ((2, width - 1) if sharing == "true" else (8, width))
+    torch.manual_seed(0)
+    with torch.no_grad():
+        plain = type(model).generate(
+            model, input_ids=ids, attention_mask=mask, generation_config=trainer.generation_config
+        )
+    assert out.shape[0] == 8 and torch.equal(out, plain)

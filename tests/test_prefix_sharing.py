@@ -410,25 +410,9 @@ def test_a_few_steps_with_and_without_prefix_sharing_end_with_the_same_weights(
 
 
 def test_a_model_that_cannot_take_the_mask_trains_on_padded_rows_and_says_why(cli_run, tiny_tokenizer_dir, tmp_path):
-    import torch
-    from transformers import AutoTokenizer, MistralConfig, MistralForCausalLM
+    from tests.helpers import save_tiny_sliding_window_lm
 
-    tokenizer = AutoTokenizer.from_pretrained(tiny_tokenizer_dir)
-    torch.manual_seed(0)
-    config = MistralConfig(
-        vocab_size=len(tokenizer),
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        sliding_window=64,
-        pad_token_id=tokenizer.pad_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-    )
-    model_dir = tmp_path / "tiny-mistral"
-    MistralForCausalLM(config).save_pretrained(model_dir)
-    tokenizer.save_pretrained(model_dir)
+    model_dir = save_tiny_sliding_window_lm(tiny_tokenizer_dir, tmp_path / "tiny-mistral")
     result = run_method(cli_run, "dpo", model_dir, tmp_path / "out", "--set", "max_eval_samples=0", steps=1)
     assert "prefix sharing: off (sliding-window attention" in result.stderr
     assert (tmp_path / "out" / "model" / "model.safetensors").is_file()

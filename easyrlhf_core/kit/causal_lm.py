@@ -192,19 +192,36 @@ def model_defaults_hidden(model: Any) -> Iterator[None]:
 
 
 def generate(
-    model: Any, input_ids: torch.Tensor, attention_mask: torch.Tensor, config: Any, **kwargs: Any
+    model: Any,
+    input_ids: torch.Tensor,
+    attention_mask: torch.Tensor,
+    config: Any,
+    share_prompts: bool = True,
+    **kwargs: Any,
 ) -> torch.Tensor:
     """The new token ids ``(rows, new_tokens)`` of one batched ``generate`` call on left-padded prompts
     (``config.num_return_sequences`` consecutive rows per prompt), with ``config`` alone deciding how tokens
     are picked (:func:`model_defaults_hidden`); ``kwargs`` (a ``streamer``, ...) go to ``generate``."""
+    from easyrlhf_core.kit.shared_prefill import generate_sharing_prompts
+
     with model_defaults_hidden(model):
-        output = model.generate(input_ids=input_ids, attention_mask=attention_mask, generation_config=config, **kwargs)
+        output = generate_sharing_prompts(
+            model.generate,
+            model,
+            input_ids=input_ids,
+            attention_mask=attention_mask,
+            generation_config=config,
+            **kwargs,
+        )
     return cast("torch.Tensor", output[:, input_ids.shape[1] :])
 
 
-def pin_generation(model: Any) -> Any:
+def pin_generation(model: Any, share_prompts: bool = True) -> Any:
     """Make every later ``generate`` call on ``model`` (from code we do not own: TRL's online trainers) run
-    under :func:`model_defaults_hidden`, so only the config passed to it applies. Returns ``model``."""
+    under :func:`model_defaults_hidden`, so only the config passed to it applies; with ``share_prompts``, rows
+    with the same prompt read it once (:mod:`easyrlhf_core.kit.shared_prefill`). Returns ``model``."""
+    from easyrlhf_core.kit.shared_prefill import generate_sharing_prompts
+
     for module in _configured_modules(model):
         if "generate" in vars(module):  # pinned already
             continue
@@ -213,6 +230,8 @@ def pin_generation(model: Any) -> Any:
         @functools.wraps(original)
         def pinned(*args: Any, _original: Any = original, _module: Any = module, **kwargs: Any) -> Any:
             with model_defaults_hidden(_module):
+                if share_prompts and not args:
+                    return generate_sharing_prompts(_original, _module, **kwargs)
                 return _original(*args, **kwargs)
 
         module.generate = pinned

@@ -162,7 +162,11 @@ class OnlineConfig(
     vllm_mode: Literal["colocate", "server"] = option(
         "colocate", "With use_vllm: server (a `trl vllm-serve` server); colocate is rollout_engine: vllm."
     )
-    prefix_sharing: bool = option(True, PREFIX_SHARING_HELP)
+    prefix_sharing: bool = option(
+        True,
+        PREFIX_SHARING_HELP + " Generation (rollout_engine: transformers) also reads each group's prompt once "
+        "and copies its KV cache to the group's rows.",
+    )
 
     def __post_init__(self) -> None:
         super().__post_init__()  # the sampling rule, num_sample_completions, the one-reward rule, the shared options
@@ -276,6 +280,8 @@ class OnlineMethod(TrainerMethod):
             + f"; {config.num_generations} {'episodes' if config.env else 'completions'} per prompt"
         )
         config_class, trainer_class = (getattr(trl, n) for n in self.trl_names)
+        # The order is the call order: an episode mixin's overrides (RLOO's wrap the log-prob forwards) run first
+        # and reach the engine's and the shared-prompt forwards through super(), which reach TRL's own.
         mixins: list[type] = [episodes] if config.env is not None else []
         mixins += [EngineRollouts] if config.rollout_engine != "transformers" else []
         mixins += [SharedPromptLogProbs] if config.prefix_sharing else []
@@ -303,7 +309,8 @@ class OnlineMethod(TrainerMethod):
                     where="num_generations",
                 ) from None
             raise
-        pin_generation(trainer.model)  # TRL's generate: its config alone, not the model's generation_config.json
+        # TRL's generate: its config alone, not the model's generation_config.json; a group's prompt read once
+        pin_generation(trainer.model, share_prompts=config.prefix_sharing)
         if isinstance(trainer, SharedPromptLogProbs):
             trainer.share_prompts(run.log)
         if isinstance(trainer, EngineRollouts):
@@ -362,14 +369,8 @@ class EngineRollouts:
         config = self.rollout_config
         policy = trainer.accelerator.unwrap_model(trainer.model)
         seed = self.engine_sync.before_rollout(policy, trainer.state.global_step)
-        sampling = Sampling(
-            config.max_completion_length,
-            self.rollout_stops,
-            self.rollout_pad,
-            temperature=config.temperature,
-            top_k=config.top_k,
-            top_p=config.top_p,
-            seed=seed,
+        sampling = Sampling.from_config(
+            config, config.max_completion_length, self.rollout_stops, self.rollout_pad, seed
         )
         out = trainer.rollout_engine.generate(prompt_ids, sampling, logprobs=True)
         lengths = out.response_mask.sum(dim=1).tolist()
@@ -416,14 +417,8 @@ class EpisodeRollouts:
         trainer: Any = self
         config = self.episode_config
         pad = self.episode_tokenizer.pad_token_id
-        sampling = Sampling(
-            config.max_completion_length,
-            self.episode_stops,
-            pad if pad is not None else self.episode_stops[0],
-            temperature=config.temperature,
-            top_k=config.top_k,
-            top_p=config.top_p,
-        )
+        pad = pad if pad is not None else self.episode_stops[0]
+        sampling = Sampling.from_config(config, config.max_completion_length, self.episode_stops, pad)
         rows = [{k: v for k, v in row.items() if k != "prompt"} for row in self.episode_rows]
         envs = [config.new_environment(self.episode_registry) for _ in prompts]
         settings = EpisodeSettings(config.max_turns, config.max_episode_tokens)

@@ -10,6 +10,7 @@ colocated in this process, its weights pushed from the policy after every optimi
 
 from __future__ import annotations
 
+import functools
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -119,6 +120,21 @@ class Sampling:
     min_p: float = 0.0
     repetition_penalty: float = 1.0
 
+    @classmethod
+    def from_config(
+        cls, config: Any, max_new_tokens: int, stop_ids: list[int], pad_token_id: int, seed: int | None = None
+    ) -> Sampling:
+        """A method's training sampling: its config's ``temperature``, ``top_k`` and ``top_p``, the rest off."""
+        return cls(
+            max_new_tokens,
+            stop_ids,
+            pad_token_id,
+            temperature=config.temperature,
+            top_k=config.top_k,
+            top_p=config.top_p,
+            seed=seed,
+        )
+
     def settings(self) -> dict[str, Any] | None:
         """The sampled settings (None: greedy), as :func:`easyrlhf_core.kit.causal_lm.generation_config` takes."""
         if self.greedy:
@@ -192,9 +208,10 @@ class TransformersEngine:
 
     name = "transformers"
 
-    def __init__(self, model: Any, tokenizer: Any, **generate_settings: Any) -> None:
+    def __init__(self, model: Any, tokenizer: Any, share_prompts: bool = True, **generate_settings: Any) -> None:
         self.model = model
         self.tokenizer = tokenizer
+        self.share_prompts = share_prompts  # rows with the same prompt read it once (kit.shared_prefill)
         self.generate_settings = generate_settings  # extra GenerationConfig fields (bos_token_id, ...)
 
     def _device(self) -> Any:
@@ -222,12 +239,14 @@ class TransformersEngine:
             torch.manual_seed(sampling.seed)
         with torch.no_grad():
             if not logprobs:
-                responses = generate(self.model, queries, query_mask, config, **kwargs)
+                responses = generate(self.model, queries, query_mask, config, self.share_prompts, **kwargs)
                 scores = None
             else:
                 config.output_scores = True
                 config.return_dict_in_generate = True
-                responses, processed = generate_with_scores(self.model, queries, query_mask, config, **kwargs)
+                responses, processed = generate_with_scores(
+                    self.model, queries, query_mask, config, self.share_prompts, **kwargs
+                )
                 scores = logprobs_from_logits(processed, responses)
         mask = _response_mask(responses, sampling.stop_ids)
         if scores is not None:
@@ -242,7 +261,12 @@ class TransformersEngine:
 
 
 def generate_with_scores(
-    model: Any, queries: torch.Tensor, query_mask: torch.Tensor, config: Any, **kwargs: Any
+    model: Any,
+    queries: torch.Tensor,
+    query_mask: torch.Tensor,
+    config: Any,
+    share_prompts: bool = True,
+    **kwargs: Any,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """``(new token ids, the processed scores they were sampled from)`` of one pinned ``generate`` call
     (``config`` with ``output_scores`` and ``return_dict_in_generate`` on): the scores are the logits after
@@ -250,9 +274,11 @@ def generate_with_scores(
     import torch
 
     from easyrlhf_core.kit.causal_lm import model_defaults_hidden
+    from easyrlhf_core.kit.shared_prefill import generate_sharing_prompts
 
+    run = functools.partial(generate_sharing_prompts, model.generate, model) if share_prompts else model.generate
     with model_defaults_hidden(model):
-        out = model.generate(input_ids=queries, attention_mask=query_mask, generation_config=config, **kwargs)
+        out = run(input_ids=queries, attention_mask=query_mask, generation_config=config, **kwargs)
     return out.sequences[:, queries.shape[1] :], torch.stack(out.scores, dim=1)
 
 

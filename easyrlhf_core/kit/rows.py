@@ -30,7 +30,7 @@ __all__ = [
 #: One chat message: ``{"role": ..., "content": ...}`` (also :data:`easyrlhf_core.kit.shapes.Message`).
 Message = dict[str, str]
 
-ROLES = ("system", "user", "assistant")
+ROLES = ("system", "user", "assistant", "tool")
 
 
 class RowProblem(Exception):

@@ -23,6 +23,7 @@ __all__ = [
     "build_tiny_tokenizer",
     "save_tiny_causal_lm",
     "save_tiny_reward_model",
+    "tiny_config_fields",
 ]
 
 #: The special tokens (SmolLM2's): unk, bos and eos (= pad).
@@ -72,19 +73,24 @@ def _tiny_llama_config(tokenizer: Any, **fields: Any) -> Any:
     """The 2-layer, hidden-32 Llama config sized to ``tokenizer`` (its bos, eos and pad ids)."""
     from transformers import LlamaConfig
 
-    return LlamaConfig(
-        vocab_size=len(tokenizer),
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=1024,
-        bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-        pad_token_id=tokenizer.pad_token_id,
-        **fields,
-    )
+    return LlamaConfig(**tiny_config_fields(tokenizer), **fields)
+
+
+def tiny_config_fields(tokenizer: Any) -> dict[str, Any]:
+    """The tiny models' config fields, sized to ``tokenizer`` (its bos, eos and pad ids): for building another
+    architecture the same size (a Mistral with ``sliding_window``, say)."""
+    return {
+        "vocab_size": len(tokenizer),
+        "hidden_size": 32,
+        "intermediate_size": 64,
+        "num_hidden_layers": 2,
+        "num_attention_heads": 4,
+        "num_key_value_heads": 2,
+        "max_position_embeddings": 1024,
+        "bos_token_id": tokenizer.bos_token_id,
+        "eos_token_id": tokenizer.eos_token_id,
+        "pad_token_id": tokenizer.pad_token_id,
+    }
 
 
 def build_tiny_causal_lm(tokenizer: Any, seed: int = 0, **fields: Any) -> Any:

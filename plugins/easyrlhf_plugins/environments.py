@@ -4,6 +4,7 @@ datasets of problems they play on (generated from a seed, the run holding ``eval
 from __future__ import annotations
 
 import ast
+import json
 import operator
 import random
 import re
@@ -13,7 +14,8 @@ from typing import Any
 from easyrlhf_core import hookimpl
 from easyrlhf_core.kit.bases import Dataset
 from easyrlhf_core.kit.config import invalid, option
-from easyrlhf_core.kit.environments import StepResult, ToolEnvironment, TurnEnvironment
+from easyrlhf_core.kit.environments import StepResult, ToolEnvironment, TurnEnvironment, tool_schemas
+from easyrlhf_core.kit.episodes import tool_system_prompt
 from easyrlhf_core.kit.shapes import DataOptions, DataSplits, Record, Shape
 
 from .rewards import MatchReward
@@ -129,17 +131,61 @@ def generated(count: int, seed: int, make: Any) -> list[Record]:
     return list(seen.values())
 
 
+def demonstration(record: Record, system: str | None) -> Record:
+    """A worked tool-use episode for ``record``: the call, the tool's result, the final answer (``system``: the
+    tool list as an episode renders it for a template without tools; None: the template renders the tools)."""
+    question = record["prompt"][-1]["content"]
+    expression = re.match(r"What is (.+)\?", question)
+    assert expression is not None, question
+    call = {"name": "calculate", "arguments": {"expression": expression.group(1)}}
+    messages = [
+        *([{"role": "system", "content": system}] if system else []),
+        {"role": "user", "content": question},
+        {"role": "assistant", "content": f"<tool_call>{json.dumps(call)}</tool_call>"},
+        {"role": "tool", "content": record["answer"]},
+        {"role": "assistant", "content": f"{expression.group(1)} = {record['answer']}"},
+    ]
+    return {"messages": messages}
+
+
 class CalculatorDataset(Dataset):
-    """Generated multi-digit arithmetic problems with an ``answer`` column."""
+    """Generated multi-digit arithmetic problems with an ``answer`` column; as conversations, worked tool-use
+    episodes on other problems (a warm start for models that never call a tool on their own)."""
 
     name = "calculator"
-    description = "generated multi-digit products and sums with an 'answer' column (for --env calculator)"
-    shapes = frozenset({Shape.PROMPT})
+    description = (
+        "generated multi-digit products and sums with an 'answer' column (for --env calculator); as "
+        "conversations, worked tool-use episodes for an SFT warm start"
+    )
+    shapes = frozenset({Shape.PROMPT, Shape.CONVERSATION})
     fields = ()
 
     def load(self, options: DataOptions) -> DataSplits:
-        records = generated(CALCULATOR_SIZE, CALCULATOR_SEED, calculator_problem)
-        return DataSplits(options.shape, records, [], notes=[f"calculator: {len(records)} generated problems"])
+        problems = generated(CALCULATOR_SIZE, CALCULATOR_SEED, calculator_problem)
+        if options.shape is not Shape.CONVERSATION:
+            return DataSplits(options.shape, problems, [], notes=[f"calculator: {len(problems)} generated problems"])
+        asked = {str(p["prompt"]) for p in problems}
+        others = [
+            p
+            for p in generated(DEMONSTRATIONS, DEMONSTRATION_SEED, calculator_problem)
+            if str(p["prompt"]) not in asked
+        ]
+        system = tool_system_prompt(tool_schemas(CalculatorEnvironment(None)))
+        records = [demonstration(p, system) for p in others]
+        return DataSplits(
+            options.shape,
+            records,
+            [],
+            notes=[
+                f"calculator: {len(records)} worked tool-use episodes (problems from seed {DEMONSTRATION_SEED}, "
+                "none among the environment's; the tool list in the system message, as episodes render it for "
+                "a template without tools)"
+            ],
+        )
+
+
+DEMONSTRATIONS = 1000
+DEMONSTRATION_SEED = 4322
 
 
 # --------------------------------------------------------------------------------------------------

@@ -269,15 +269,7 @@ class PPOTrainer:
         seeded generator)."""
         config = self.config
         seed = self.engine_sync.before_rollout(self.unwrapped.policy, updates)
-        return Sampling(
-            max_new_tokens=config.max_new_tokens,
-            stop_ids=self.stop_ids,
-            pad_token_id=self.tokenizer.pad_token_id,
-            temperature=config.temperature,
-            top_k=config.top_k,
-            top_p=config.top_p,
-            seed=seed,
-        )
+        return Sampling.from_config(config, config.max_new_tokens, self.stop_ids, self.tokenizer.pad_token_id, seed)
 
     def sample(
         self, prompt_ids: list[list[int]], updates: int

@@ -189,14 +189,7 @@ def sampling_config(config: RRHFConfig, tokenizer: Any, model: Any) -> Sampling:
     (:func:`easyrlhf_core.kit.causal_lm.stop_token_ids`)."""
     from easyrlhf_core.kit.causal_lm import stop_token_ids
 
-    return Sampling(
-        config.max_new_tokens,
-        stop_token_ids(tokenizer, model),
-        tokenizer.pad_token_id,
-        temperature=config.temperature,
-        top_k=config.top_k,
-        top_p=config.top_p,
-    )
+    return Sampling.from_config(config, config.max_new_tokens, stop_token_ids(tokenizer, model), tokenizer.pad_token_id)
 
 
 def build_candidates(
