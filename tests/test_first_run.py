@@ -61,20 +61,15 @@ def test_beyond_noise_is_the_verdict_the_words_give(moved, margin, expected):
     )
 
 
+def _quickstart(cli_run, model_dir, *options: str):
+    """``easyrlhf run --config quickstart`` on ``model_dir``, with ``options``."""
+    return cli_run("run", "--config", "quickstart", "--model", str(model_dir), *options)
+
+
 def test_summary_json_carries_the_verdict_at_the_top(cli_run, tiny_model_dir, tmp_path):
     out = tmp_path / "run"
-    result = cli_run(
-        "run",
-        "--config",
-        "quickstart",
-        "--model",
-        str(tiny_model_dir),
-        "--output-dir",
-        str(out),
-        "--max-steps",
-        "2",
-        "--set",
-        "summary_pairs=8",
+    result = _quickstart(
+        cli_run, tiny_model_dir, "--output-dir", str(out), "--max-steps", "2", "--set", "summary_pairs=8"
     )
     assert result.exit_code == 0, result.stderr[-3000:]
     summary = json.loads((out / "summary.json").read_text())
@@ -87,18 +82,8 @@ def test_summary_json_carries_the_verdict_at_the_top(cli_run, tiny_model_dir, tm
 
 def test_a_run_without_held_out_pairs_has_no_verdict(cli_run, tiny_model_dir, tmp_path):
     out = tmp_path / "run"
-    result = cli_run(
-        "run",
-        "--config",
-        "quickstart",
-        "--model",
-        str(tiny_model_dir),
-        "--max-steps",
-        "1",
-        "--output-dir",
-        str(out),
-        "--set",
-        "summary_pairs=0",
+    result = _quickstart(
+        cli_run, tiny_model_dir, "--max-steps", "1", "--output-dir", str(out), "--set", "summary_pairs=0"
     )
     assert result.exit_code == 0, result.stderr[-3000:]
     assert json.loads((out / "summary.json").read_text())["beyond_noise"] is None

@@ -48,18 +48,28 @@ def test_summary_shares_of_all_pairs_keep_an_honest_interval():
     assert "the margin rose" in moved.text
 
 
-def test_dpo_summary_agrees_with_eval_on_the_same_pairs(cli_run, tiny_model_dir, tmp_path):
-    out = tmp_path / "dpo"
-    result = cli_run(
+def _toy_dpo(cli_run, model_dir, out, *options: str):
+    """``easyrlhf run --method dpo`` on the toy pairs into ``out``, with ``options``."""
+    return cli_run(
         "run",
         "--method",
         "dpo",
         "--model",
-        str(tiny_model_dir),
+        str(model_dir),
         "--dataset",
         "toy-prefs",
         "--output-dir",
         str(out),
+        *options,
+    )
+
+
+def test_dpo_summary_agrees_with_eval_on_the_same_pairs(cli_run, tiny_model_dir, tmp_path):
+    out = tmp_path / "dpo"
+    result = _toy_dpo(
+        cli_run,
+        tiny_model_dir,
+        out,
         "--max-steps",
         "4",
         "--set",
@@ -133,22 +143,8 @@ def test_quick_start_settings_end_with_a_summary_of_what_changed(cli_run, tiny_m
 
 def test_the_summary_counts_the_pairs_trained_on_when_some_are_too_long(cli_run, tiny_model_dir, tmp_path):
     out = tmp_path / "short"
-    result = cli_run(
-        "run",
-        "--method",
-        "dpo",
-        "--model",
-        str(tiny_model_dir),
-        "--dataset",
-        "toy-prefs",
-        "--output-dir",
-        str(out),
-        "--max-steps",
-        "1",
-        "--set",
-        "max_length=29",
-        "--set",
-        "summary_pairs=0",
+    result = _toy_dpo(
+        cli_run, tiny_model_dir, out, "--max-steps", "1", "--set", "max_length=29", "--set", "summary_pairs=0"
     )
     assert result.exit_code == 0, result.stderr[-3000:]
     summary = json.loads((out / "summary.json").read_text())
@@ -159,19 +155,7 @@ def test_the_summary_counts_the_pairs_trained_on_when_some_are_too_long(cli_run,
 
 def test_a_negative_summary_pairs_is_one_line_before_anything_is_written(cli_run, tiny_model_dir, tmp_path):
     out = tmp_path / "bad"
-    result = cli_run(
-        "run",
-        "--method",
-        "dpo",
-        "--model",
-        str(tiny_model_dir),
-        "--dataset",
-        "toy-prefs",
-        "--output-dir",
-        str(out),
-        "--set",
-        "summary_pairs=-1",
-    )
+    result = _toy_dpo(cli_run, tiny_model_dir, out, "--set", "summary_pairs=-1")
     assert result.exit_code == 2
     assert result.stderr.strip().splitlines()[-1] == (
         "Error: --set summary_pairs: 'summary_pairs' must be >= 0 (0: no before/after scoring)"
@@ -196,21 +180,7 @@ def test_the_summary_says_within_noise_only_when_no_interval_excludes_no_change(
 
 def test_dpo_with_no_pair_that_fits_is_one_line_naming_max_length(cli_run, tiny_model_dir, tmp_path):
     out = tmp_path / "none-fit"
-    result = cli_run(
-        "run",
-        "--method",
-        "dpo",
-        "--model",
-        str(tiny_model_dir),
-        "--dataset",
-        "toy-prefs",
-        "--output-dir",
-        str(out),
-        "--max-steps",
-        "1",
-        "--set",
-        "max_length=20",
-    )
+    result = _toy_dpo(cli_run, tiny_model_dir, out, "--max-steps", "1", "--set", "max_length=20")
     assert result.exit_code != 0 and "Traceback" not in result.stderr
     assert (
         result.stderr.strip()

@@ -204,7 +204,6 @@ def build_report(run: RunFiles) -> str:
         ("model-card", "Model card", _card_section(run)),
         ("config", "Config", _config_section(run)),
     ]
-    body = "\n".join(f'<section id="{anchor}"><h2>{title}</h2>\n{html}</section>' for anchor, title, html in sections)
     status = (
         f'<span class="badge ok">complete {esc((run.complete or {}).get("finished", ""))}</span>'
         if run.complete is not None
@@ -215,14 +214,15 @@ def build_report(run: RunFiles) -> str:
         f'<div class="meta">EasyRLHF run report &middot; method <b>{esc(run.method)}</b> &middot; {status} &middot; '
         f'<span class="mono">{esc(run.path.resolve())}</span></div>'
     )
-    return page(
-        f"{run.label}: EasyRLHF report",
-        header,
-        [(anchor, title) for anchor, title, _ in sections],
-        body,
-        {"charts": charts},
-        _footer(f"easyrlhf report {run.path}"),
-    )
+    return _sectioned_page(f"{run.label}: EasyRLHF report", header, sections, charts, f"easyrlhf report {run.path}")
+
+
+def _sectioned_page(title: str, header: str, sections: list[tuple[str, str, str]], charts: Any, command: str) -> str:
+    """A report page: ``sections`` (anchor, title, html) in order and in the navigation, the charts' data, and
+    the footer naming ``command``."""
+    body = "\n".join(f'<section id="{anchor}"><h2>{name}</h2>\n{html}</section>' for anchor, name, html in sections)
+    navigation = [(anchor, name) for anchor, name, _ in sections]
+    return page(title, header, navigation, body, {"charts": charts}, _footer(command))
 
 
 def _footer(command: str) -> str:
@@ -475,18 +475,10 @@ def build_compare(runs: list[RunFiles], out: Path) -> str:
         ("curves", "Curves", _compare_curves(charts, alone)),
         ("config", "Config differences", _config_differences(runs)),
     ]
-    body = "\n".join(f'<section id="{anchor}"><h2>{title}</h2>\n{html}</section>' for anchor, title, html in sections)
     names = ", ".join(f"{run.label} ({run.method})" for run in runs)
     header = f'<h1>Comparing {len(runs)} runs</h1><div class="meta">EasyRLHF comparison &middot; {esc(names)}</div>'
     command = "easyrlhf report " + " ".join(str(run.path) for run in runs) + f" --out {out}"
-    return page(
-        f"Comparing {len(runs)} runs: EasyRLHF report",
-        header,
-        [(anchor, title) for anchor, title, _ in sections],
-        body,
-        {"charts": charts},
-        _footer(command),
-    )
+    return _sectioned_page(f"Comparing {len(runs)} runs: EasyRLHF report", header, sections, charts, command)
 
 
 def _compare_summaries(runs: list[RunFiles], out: Path) -> str:
