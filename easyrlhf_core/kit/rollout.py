@@ -317,7 +317,12 @@ class VLLMEngine:
     processed distribution (after temperature/top-k/top-p), the model's own ``generation_config`` is ignored
     (our :class:`Sampling` alone decides), and :meth:`sync_weights` pushes the policy's weights after each
     optimizer step (LoRA merged, ZeRO-3 gathered) through vLLM's ``reload_weights``, which works in fp32 on
-    CPU and on GPUs. Each process of a multi-process run owns its engine."""
+    CPU and on GPUs.
+
+    Each process of a multi-process run owns a tensor-parallel-1 engine: vLLM finds the training's process group
+    initialised and lays its own groups over it (one rank per tensor-parallel group), so every rank must start
+    its engine at the same point (the trainers do, at set-up); the engine is seeded ``seed + rank``, and
+    :meth:`close` leaves the training's process group alone (vLLM's teardown would destroy it)."""
 
     name = "vllm"
 
@@ -340,13 +345,16 @@ class VLLMEngine:
         from vllm import LLM
 
         eager = options.vllm_enforce_eager if options.vllm_enforce_eager is not None else not on_gpu
+        self.shares_process_group = shared_process_group()
+        rank = torch.distributed.get_rank() if self.shares_process_group else 0
         started = time.perf_counter()
         kwargs: dict[str, Any] = {"gpu_memory_utilization": options.vllm_gpu_memory_utilization} if on_gpu else {}
         self.llm = LLM(
             model=str(model_dir),
             dtype=dtype,
             enforce_eager=eager,
-            seed=seed,
+            seed=seed + rank,
+            tensor_parallel_size=1,
             max_model_len=max_model_len,
             logprobs_mode="processed_logprobs",
             generation_config="vllm",
@@ -411,10 +419,29 @@ class VLLMEngine:
         self.llm.reset_prefix_cache()
 
     def close(self) -> None:
+        """Free the engine. In a multi-process run, vLLM's teardown would destroy the training's process group
+        with its own: that one call is skipped, so the training goes on with its collectives."""
         import gc
 
-        del self.llm
-        gc.collect()
+        import torch.distributed as dist
+
+        keep = self.shares_process_group and dist.is_initialized()
+        destroy = dist.destroy_process_group
+        if keep:
+            dist.destroy_process_group = lambda *args, **kwargs: None
+        try:
+            del self.llm
+            gc.collect()
+        finally:
+            dist.destroy_process_group = destroy
+
+
+def shared_process_group() -> bool:
+    """Whether this process is one rank of several in an initialised process group (the training's), which a
+    vLLM engine started now lays its groups over."""
+    import torch.distributed as dist
+
+    return bool(dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1)
 
 
 def policy_weights(model: Any) -> Iterator[tuple[str, torch.Tensor]]:

@@ -163,3 +163,33 @@ def test_environment_episodes_run_on_the_vllm_engine(method, vllm_tiny_model, tm
     )  # fmt: skip
     rows = [r for r in _metrics(out) if "episodes/turns" in r]
     assert len(rows) == 2 and all(r["episodes/turns"] == 3 for r in rows)  # every cut message answered
+
+
+@pytest.mark.parametrize("method", ["ppo", "grpo"])
+def test_two_processes_each_own_an_engine_and_stay_in_sync(method, vllm_tiny_model, vllm_prompts_file, tmp_path):
+    """Two DDP processes (gloo), one vLLM engine each laid over the training's process group: both ranks sample
+    with their engine after every push, end with the same weights, and the training's collectives outlive the
+    engines (the final save and checksum run after them)."""
+    from tests.subprocess_runs import read_metrics, run_easyrlhf
+
+    out = tmp_path / method
+    args = ["run", "--method", method, "--model", str(vllm_tiny_model), "--dataset", "jsonl", "--data-files",
+            str(vllm_prompts_file), "--output-dir", str(out), "--max-steps", "2", *COMMON,
+            "--set", "max_length=64", "--set", "rollout_engine=vllm",
+            "--set", "per_device_train_batch_size=2"]  # fmt: skip
+    if method == "ppo":
+        args += ["--set", "rollout_batch_size=2", "--set", "max_new_tokens=8"]
+    else:
+        args += ["--set", "num_generations=2", "--set", "max_completion_length=8"]
+    result = run_easyrlhf(args, num_processes=2, timeout=900, env={"VLLM_CPU_KVCACHE_SPACE": "1"})
+    assert result.returncode == 0, result.stderr[-4000:]
+    assert result.stderr.count("vLLM engine") >= 1
+    checksums = result.rank_checksums
+    assert len(checksums) == 2 and checksums[0] == checksums[1], result.stderr[-3000:]
+    rows = read_metrics(out)
+    if method == "ppo":
+        drift = [r["rollout/logprob_diff_max"] for r in rows if "rollout/logprob_diff_max" in r]
+        assert len(drift) == 2 and max(drift) < LOGPROB_TOLERANCE, rows
+    else:
+        assert len([r for r in rows if "rewards/keyword/mean" in r]) == 2
+    assert (out / "model" / "config.json").is_file() and (out / "COMPLETE").is_file()
