@@ -65,8 +65,9 @@ class RolloutOptions:
     )
     vllm_cpu_threads: str = option(
         "",
-        "vLLM on CPU: cores the engine binds (VLLM_CPU_OMP_THREADS_BIND, e.g. 0-1); empty: every core "
-        "this process may use.",
+        "vLLM on CPU: cores its worker processes bind (VLLM_CPU_OMP_THREADS_BIND, e.g. 0-1), read only when "
+        "vLLM runs its engine in processes of its own (VLLM_ENABLE_V1_MULTIPROCESSING=1); the in-process engine "
+        "(the default) computes on this process's torch threads. Empty: every core this process may use.",
     )
 
     def __post_init__(self) -> None:
