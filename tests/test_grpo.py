@@ -186,6 +186,7 @@ def test_match_reads_the_dataset_column(cli_run, tiny_model_dir, prompts, tmp_pa
     "extra, message",
     [
         (["--set", "num_generations=1"], "at least 2"),
+        (["--set", "per_device_eval_batch_size=6"], "must be a multiple of num_generations (4)"),
         (["--set", "use_vllm=true"], "use_vllm needs"),
         (["--set", "loss_type=ppo"], "one of 'grpo', 'dr_grpo', 'dapo'"),
         (["--set", "reward_options.letter=e"], "a reward is needed"),
@@ -373,3 +374,20 @@ def test_no_prompt_that_fits_is_one_line_naming_max_length(cli_run, tiny_model_d
         "= 56 tokens; raise max_length"
     ], result.stderr
     assert not out.exists()
+
+
+@pytest.mark.parametrize("method", ["grpo", "rloo"])
+def test_groups_larger_than_the_eval_batch_default_reach_the_final_eval(
+    method, cli_run, tiny_model_dir, prompts, tmp_path
+):
+    """num_generations 8 (TRL's grpo default) with held-out prompts: the eval batch follows the group size (the
+    old default of 4 split a group and the final eval failed after training, before the model was saved)."""
+    out = tmp_path / method
+    result = cli_run(
+        *args(method, tiny_model_dir, prompts, out, "--reward", "length", "--max-steps", "1"),
+        "--set", "num_generations=8", "--set", "eval_fraction=0.25", "--set", "max_eval_samples=2",
+    )  # fmt: skip
+    assert result.exit_code == 0, result.stderr[-3000:]
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert any("eval_reward" in row for row in rows), rows
+    assert (out / "model" / "config.json").is_file()

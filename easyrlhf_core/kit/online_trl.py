@@ -141,7 +141,11 @@ class OnlineConfig(
         "Completions per device per micro-batch; x processes x "
         "steps_per_generation must be a multiple of num_generations.",
     )
-    per_device_eval_batch_size: int = option(4, "Eval completions per device per pass.")
+    per_device_eval_batch_size: int = option(
+        0,
+        "Eval completions per device per pass: a multiple of num_generations (each eval prompt's completions "
+        "are scored as one group); 0: num_generations.",
+    )
     max_length: int = option(512, "Prompt + completion tokens at most; longer prompts are dropped.")
     num_generations: int = option(
         4,
@@ -169,10 +173,18 @@ class OnlineConfig(
     )
 
     def __post_init__(self) -> None:
+        if self.per_device_eval_batch_size == 0 and self.num_generations > 0:
+            self.per_device_eval_batch_size = self.num_generations
         super().__post_init__()  # the sampling rule, num_sample_completions, the one-reward rule, the shared options
         require_positive(self, "num_generations", "max_completion_length", "num_iterations")
         if self.num_generations < 2:
             raise invalid("num_generations", "must be at least 2: the group is what the advantages compare")
+        if self.per_device_eval_batch_size % self.num_generations:
+            raise invalid(
+                "per_device_eval_batch_size",
+                f"must be a multiple of num_generations ({self.num_generations}): each eval prompt's completions "
+                "are scored as one group (0: num_generations)",
+            )
         if self.max_completion_length >= self.max_length:
             raise invalid(
                 "max_completion_length", f"must be below max_length ({self.max_length}), which also bounds the prompt"
