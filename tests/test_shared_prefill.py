@@ -119,3 +119,16 @@ def test_nothing_to_share_or_a_cache_given_runs_plain_generate(tokenizer, model)
     config.num_beams = 2
     generate_sharing_prompts(spy, model, input_ids=repeated, attention_mask=repeated_mask, generation_config=config)
     assert calls == [["attention_mask", "generation_config", "input_ids"]] * 2
+
+
+@pytest.mark.parametrize("share", [True, False])
+def test_the_kits_generate_shares_unless_told_not_to(tokenizer, model, share):
+    queries, mask = _batch(tokenizer, TEXTS, repeats=2)
+    config = generation_config(3, [tokenizer.eos_token_id], tokenizer.pad_token_id, None)
+    counter = Counter(model)
+    try:
+        generate(model, queries, mask, config, share_prompts=share)
+    finally:
+        counter.close()
+    rows, length = queries.shape
+    assert counter.shapes[0] == ((len(TEXTS), length - 1) if share else (rows, length))

@@ -201,18 +201,14 @@ def generate(
 ) -> torch.Tensor:
     """The new token ids ``(rows, new_tokens)`` of one batched ``generate`` call on left-padded prompts
     (``config.num_return_sequences`` consecutive rows per prompt), with ``config`` alone deciding how tokens
-    are picked (:func:`model_defaults_hidden`); ``kwargs`` (a ``streamer``, ...) go to ``generate``."""
+    are picked (:func:`model_defaults_hidden`), rows with the same prompt reading it once unless
+    ``share_prompts`` is off (:mod:`easyrlhf_core.kit.shared_prefill`); ``kwargs`` (a ``streamer``, ...) go to
+    ``generate``."""
     from easyrlhf_core.kit.shared_prefill import generate_sharing_prompts
 
+    run = functools.partial(generate_sharing_prompts, model.generate, model) if share_prompts else model.generate
     with model_defaults_hidden(model):
-        output = generate_sharing_prompts(
-            model.generate,
-            model,
-            input_ids=input_ids,
-            attention_mask=attention_mask,
-            generation_config=config,
-            **kwargs,
-        )
+        output = run(input_ids=input_ids, attention_mask=attention_mask, generation_config=config, **kwargs)
     return cast("torch.Tensor", output[:, input_ids.shape[1] :])
 
 
