@@ -326,3 +326,24 @@ def test_the_trainers_report_to_nothing_themselves(tmp_path):
     run = SimpleNamespace(checkpoints_dir=tmp_path / "checkpoints")
     args = TrainingArguments(**training_arguments(BaseConfig(report_to=["tensorboard"]), run, has_eval=False))
     assert args.report_to == []
+
+
+def test_a_run_that_failed_after_its_last_step_resumes_without_training_further(
+    tiny_model_dir, data_files, tmp_path, cli_run
+):
+    """Training reached max_steps and saved its checkpoint, then a later stage failed (the final eval, the save):
+    --resume restores that checkpoint and goes on to the eval and the save, with no step past max_steps
+    (transformers alone trains one more)."""
+    out = tmp_path / "dpo"
+    args = run_args("dpo", tiny_model_dir, data_files, out, "--max-steps", "4", "--set", "save_steps=2")
+    first = cli_run(*args)
+    assert first.exit_code == 0, first.stderr[-3000:]
+    trained = model_tensors(out / "model")
+    shutil.rmtree(out / "model")  # as if the run had died after its last checkpoint
+    (out / "COMPLETE").unlink()
+    resumed = cli_run(*args, "--resume")
+    assert resumed.exit_code == 0, resumed.stderr[-3000:]
+    assert "training is done, going on to the final eval and save" in resumed.stderr
+    assert max(r["step"] for r in read_metrics(out)) == 4
+    after = model_tensors(out / "model")
+    assert after.keys() == trained.keys() and all((after[k] == trained[k]).all() for k in trained)

@@ -525,6 +525,8 @@ def train_and_save(run: RunContext, trainer: Any, model_for_save: Any = None, to
     trainer.add_callback(RunCallback(run))
     trainer.add_callback(CheckpointCallback(run))
     checkpoint = resume_checkpoint(run)
+    if checkpoint is not None and _trained_to_the_end(checkpoint, trainer.args.max_steps):
+        _train_no_further(run, trainer)
     trainer.add_callback(ScheduleCallback(run, checkpoint))
     with StopSignals(run.log, run.checkpoints_dir) as stop:
         trainer.add_callback(StopCallback(stop))
@@ -548,6 +550,26 @@ def train_and_save(run: RunContext, trainer: Any, model_for_save: Any = None, to
     tok = tokenizer if tokenizer is not None else getattr(trainer, "processing_class", None)
     run.save_model(model, tok)
     return final
+
+
+def _trained_to_the_end(checkpoint: str, max_steps: int) -> bool:
+    """Whether ``checkpoint`` was saved at the run's last step (a later stage failed: the final eval, the save)."""
+    state = Path(checkpoint) / "trainer_state.json"
+    try:
+        step = int(json.loads(state.read_text())["global_step"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return False
+    return max_steps > 0 and step >= max_steps
+
+
+def _train_no_further(run: RunContext, trainer: Any) -> None:
+    """Resuming from the last step: transformers would train one step past ``max_steps`` (it checks the limit
+    after a step, not before); its epoch loop is skipped, so ``train`` only restores the checkpoint and the run
+    goes on to its final eval and save."""
+    if not hasattr(trainer, "_run_epoch"):  # another transformers: its own loop decides
+        return
+    trainer._run_epoch = lambda *args, **kwargs: None
+    run.log("resume: the checkpoint is at max_steps; training is done, going on to the final eval and save")
 
 
 def _eval_at_step(trainer: Any, step: int) -> dict[str, Any]:
