@@ -140,7 +140,7 @@ def test_eval_answers_with_the_vllm_engine_as_with_transformers(vllm_tiny_model,
     assert reports["vllm"]["reward_greedy_mean"] == reports["transformers"]["reward_greedy_mean"]
 
 
-@pytest.mark.parametrize("method", ["ppo", "grpo"])
+@pytest.mark.parametrize("method", ["ppo", "grpo", "rloo"])
 def test_environment_episodes_run_on_the_vllm_engine(method, vllm_tiny_model, tmp_path):
     out = tmp_path / f"{method}-env"
     sizes = (
