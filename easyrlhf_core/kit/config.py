@@ -166,6 +166,10 @@ class BaseConfig:
     lora: LoraOptions = option(LoraOptions(), "LoRA adapters (peft).")
     save_adapter_only: bool = option(False, "With LoRA: save only the adapter in model/ instead of the merged model.")
 
+    def eval_batch_size(self) -> int:
+        """The evaluation batch per device (a method may derive it: grpo/rloo from ``num_generations``)."""
+        return self.per_device_eval_batch_size
+
     def __post_init__(self) -> None:
         require_positive(
             self,

@@ -155,6 +155,6 @@ def held_out_pairs_change(run: RunContext, max_pairs: int) -> list[Finding]:
             tokenizer,
             records,
             run.config.max_length,
-            batch_size=getattr(run.config, "per_device_eval_batch_size", 8),
+            batch_size=run.config.eval_batch_size() if hasattr(run.config, "eval_batch_size") else 8,
         )
     return pair_findings(scores, run.config.seed)

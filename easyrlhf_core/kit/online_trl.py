@@ -173,13 +173,16 @@ class OnlineConfig(
     )
 
     def __post_init__(self) -> None:
-        if self.per_device_eval_batch_size == 0 and self.num_generations > 0:
-            self.per_device_eval_batch_size = self.num_generations
+        auto_eval_batch = self.per_device_eval_batch_size == 0  # stays 0 in the config: it follows num_generations
+        if auto_eval_batch:
+            self.per_device_eval_batch_size = 1  # for the shared checks
         super().__post_init__()  # the sampling rule, num_sample_completions, the one-reward rule, the shared options
+        if auto_eval_batch:
+            self.per_device_eval_batch_size = 0
         require_positive(self, "num_generations", "max_completion_length", "num_iterations")
         if self.num_generations < 2:
             raise invalid("num_generations", "must be at least 2: the group is what the advantages compare")
-        if self.per_device_eval_batch_size % self.num_generations:
+        if self.eval_batch_size() % self.num_generations:
             raise invalid(
                 "per_device_eval_batch_size",
                 f"must be a multiple of num_generations ({self.num_generations}): each eval prompt's completions "
@@ -219,6 +222,10 @@ class OnlineConfig(
                 raise ConfigError(
                     "use_vllm needs CUDA GPUs; on CPU generate with transformers (use_vllm: false)", where="use_vllm"
                 )
+
+    def eval_batch_size(self) -> int:
+        """``per_device_eval_batch_size``, 0 meaning ``num_generations``."""
+        return self.per_device_eval_batch_size or self.num_generations
 
     def trl_fields(self) -> dict[str, Any]:
         """The fields of TRL's config (on top of the shared training arguments); a subclass adds its own (its

@@ -80,7 +80,7 @@ def training_arguments(config: BaseConfig, run: RunContext, has_eval: bool) -> d
         weight_decay=config.weight_decay,
         max_grad_norm=config.max_grad_norm,
         per_device_train_batch_size=config.per_device_train_batch_size,
-        per_device_eval_batch_size=config.per_device_eval_batch_size,
+        per_device_eval_batch_size=config.eval_batch_size(),
         gradient_accumulation_steps=config.gradient_accumulation_steps,
         logging_steps=config.logging_steps,
         eval_strategy="steps" if evaluate else "no",
