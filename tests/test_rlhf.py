@@ -265,9 +265,9 @@ def test_pipeline_data_flags_through_the_cli(cli_run, tiny_model_dir, tmp_path):
 
 def test_a_dataset_no_stage_can_use_is_one_line(cli_run, tiny_model_dir, tmp_path):
     out = tmp_path / "run"
-    result = _pipeline(cli_run, tiny_model_dir, out, "--dataset", "calculator", "--set", "ppo.dataset=hh-rlhf")
+    result = _pipeline(cli_run, tiny_model_dir, out, "--dataset", "guess-number", "--set", "ppo.dataset=hh-rlhf")
     assert result.exit_code == 2
-    assert "no stage can use dataset 'calculator'" in result.stderr.strip().splitlines()[-1], result.stderr
+    assert "no stage can use dataset 'guess-number'" in result.stderr.strip().splitlines()[-1], result.stderr
     assert not out.exists()
 
 
