@@ -132,3 +132,26 @@ def test_the_kits_generate_shares_unless_told_not_to(tokenizer, model, share):
         counter.close()
     rows, length = queries.shape
     assert counter.shapes[0] == ((len(TEXTS), length - 1) if share else (rows, length))
+
+
+def test_a_recurrent_cache_falls_back_to_plain_generate_once_and_for_all(tokenizer):
+    """A hybrid model (LFM2: convolution layers hold a recurrent state, not rows of keys and values) cannot have
+    its cache copied to rows: the first call finds that out, generates plainly, and the model is not tried again."""
+    transformers = pytest.importorskip("transformers")
+    if not hasattr(transformers, "Lfm2Config"):
+        pytest.skip("this transformers has no LFM2")
+    from easyrlhf_core.kit.shared_prefill import NOT_SHAREABLE
+    from easyrlhf_core.kit.tiny_models import tiny_config_fields
+
+    fields = {k: v for k, v in tiny_config_fields(tokenizer).items() if k != "max_position_embeddings"}
+    torch.manual_seed(0)
+    model = transformers.Lfm2ForCausalLM(transformers.Lfm2Config(**fields, layer_types=["conv", "full_attention"]))
+    model.eval()
+    queries, mask = _batch(tokenizer, TEXTS, repeats=2)
+    config = generation_config(4, [tokenizer.eos_token_id], tokenizer.pad_token_id, None)
+    plain = model.generate(input_ids=queries, attention_mask=mask, generation_config=config)
+    for _ in range(2):
+        ours = generate_sharing_prompts(
+            model.generate, model, input_ids=queries, attention_mask=mask, generation_config=config
+        )
+        assert torch.equal(plain, ours) and getattr(model, NOT_SHAREABLE)

@@ -69,8 +69,9 @@ class SharedPromptLogProbs:
         else:
             log(
                 "prefix sharing: on (each prompt runs once for all of its completions in the policy, old-policy and "
-                "reference forwards, packed without padding, the LM head on completion tokens only; and once in "
-                "generation, its KV cache copied to the group's rows); prefix_sharing=false turns it off"
+                "reference forwards, packed without padding, the LM head on completion tokens only; and, with the "
+                "transformers engine, once in generation, its KV cache copied to the group's rows); "
+                "prefix_sharing=false turns it off"
             )
         return self.prompt_sharing
 

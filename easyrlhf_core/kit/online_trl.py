@@ -450,7 +450,7 @@ class EpisodeRollouts:
             from trl.models.utils import unwrap_model_for_generation
 
             with unwrap_model_for_generation(trainer.model_wrapped, trainer.accelerator) as model:
-                engine = TransformersEngine(model, self.episode_tokenizer)
+                engine = TransformersEngine(model, self.episode_tokenizer, share_prompts=config.prefix_sharing)
                 episodes = run_episodes(engine, self.episode_tokenizer, envs, prompts, rows, sampling, settings)
         mode = "train" if trainer.model.training else "eval"
         for key, values in (

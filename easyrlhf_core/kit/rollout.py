@@ -420,16 +420,22 @@ class VLLMEngine:
         self.llm.reset_prefix_cache()
 
     def close(self) -> None:
-        """Free the engine. In a multi-process run, vLLM's teardown would destroy the training's process group
-        with its own: that one call is skipped, so the training goes on with its collectives."""
+        """Free the engine. In a multi-process run, vLLM's teardown would destroy the training's (default)
+        process group with its own: that group is kept (vLLM's groups are destroyed), so the training goes on
+        with its collectives."""
         import gc
 
         import torch.distributed as dist
 
         keep = self.shares_process_group and dist.is_initialized()
         destroy = dist.destroy_process_group
+
+        def all_but_the_default(group: Any = None, *args: Any, **kwargs: Any) -> None:
+            if group is not None and group is not dist.GroupMember.WORLD:  # vLLM's own groups go
+                destroy(group, *args, **kwargs)
+
         if keep:
-            dist.destroy_process_group = lambda *args, **kwargs: None
+            dist.destroy_process_group = all_but_the_default
         try:
             del self.llm
             gc.collect()

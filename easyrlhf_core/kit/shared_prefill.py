@@ -7,9 +7,9 @@ prompt, copies that KV cache to every row of the prompt's group, and lets ``gene
 feeds only the uncached last token). The tokens are the same as without sharing (greedy: equal; sampled: the
 same random draws, so equal up to the float rounding of a differently batched prefill).
 
-It applies to decoder-only models whose cache can select batch rows (transformers' ``DynamicCache``), with
-greedy or sampled decoding (no beam search), and falls back to plain ``generate`` otherwise, or when no two
-rows share a prompt.
+It applies to decoder-only models whose cache layers are plain keys and values (transformers' dynamic layers,
+full or sliding-window; not recurrent or hybrid ones), with greedy or sampled decoding (no beam search, no
+cache settings or images), and falls back to plain ``generate`` otherwise, or when no two rows share a prompt.
 """
 
 from __future__ import annotations
@@ -25,8 +25,13 @@ if TYPE_CHECKING:
 
 __all__ = ["generate_sharing_prompts", "shared_prompt_cache"]
 
-#: Keyword arguments that make ``generate`` run plain: a cache the caller gives, settings outside the config.
-OVERRIDES = frozenset({"cache", "past_key_values", "cache_params", "num_return_sequences", "num_beams"})
+#: The ``generate`` keyword arguments the shared path takes; any other (a cache, settings outside the config,
+#: images) makes it run plain.
+TAKEN = frozenset({"input_ids", "attention_mask", "generation_config", "streamer"})
+#: Cache layers whose state is per-row keys and values only.
+SELECTABLE_LAYERS = frozenset({"DynamicLayer", "DynamicSlidingWindowLayer"})
+#: Set on a model whose cache cannot be shared (found at its first prefill).
+NOT_SHAREABLE = "_easyrlhf_prompts_not_shareable"
 
 
 def _forward_parameters(model: Any) -> Any:
@@ -44,10 +49,9 @@ def shared_prompt_cache(
 
     if input_ids.size(1) < 2 or getattr(getattr(model, "config", None), "is_encoder_decoder", False):
         return None
-    if (getattr(config, "num_beams", 1) or 1) > 1 or getattr(config, "cache_implementation", None) not in (
-        None,
-        "dynamic",
-    ):
+    if getattr(model, NOT_SHAREABLE, False) or getattr(config, "use_cache", True) is False:
+        return None
+    if (getattr(config, "num_beams", 1) or 1) > 1 or getattr(config, "cache_implementation", None) is not None:
         return None
     if getattr(config, "num_return_sequences", 1) not in (None, 1):
         return None
@@ -66,10 +70,20 @@ def shared_prompt_cache(
     with torch.no_grad():
         out = model(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=True, **extra)
     cache = out.get("cache") if out.get("cache") is not None else out.get("past_key_values")
-    if cache is None or not hasattr(cache, "batch_select_indices"):
+    if not _selectable(cache):  # recurrent or hybrid layers: their state is not rows of keys and values
+        setattr(model, NOT_SHAREABLE, True)  # not tried again on this model
         return None
     cache.batch_select_indices(group)
     return name, cache
+
+
+def _selectable(cache: Any) -> bool:
+    """Whether every layer of ``cache`` holds plain per-row keys and values (transformers' dynamic layers, full
+    or sliding-window), which selecting batch rows copies whole."""
+    layers = getattr(cache, "layers", None)
+    if cache is None or not hasattr(cache, "batch_select_indices") or not layers:
+        return False
+    return all(type(layer).__name__ in SELECTABLE_LAYERS for layer in layers)
 
 
 def generate_sharing_prompts(generate: Callable[..., Any], model: Any, **kwargs: Any) -> Any:
@@ -78,10 +92,10 @@ def generate_sharing_prompts(generate: Callable[..., Any], model: Any, **kwargs:
     first so that their prompt is shared too. Without a ``generation_config``, plain ``generate``."""
     input_ids, attention_mask = kwargs.get("input_ids"), kwargs.get("attention_mask")
     config = kwargs.get("generation_config")
-    if input_ids is None or attention_mask is None or config is None or set(kwargs) & OVERRIDES:
-        return generate(**kwargs)  # a cache given, or settings outside the config: generate's own way
+    if input_ids is None or attention_mask is None or config is None or set(kwargs) - TAKEN:
+        return generate(**kwargs)  # a cache given, settings outside the config, images: generate's own way
     repeats = getattr(config, "num_return_sequences", 1) or 1
-    if repeats > 1 and (getattr(config, "num_beams", 1) or 1) == 1:
+    if repeats > 1 and (getattr(config, "num_beams", 1) or 1) == 1 and getattr(config, "do_sample", False):
         config = copy.copy(config)
         config.num_return_sequences = 1
         input_ids = input_ids.repeat_interleave(repeats, dim=0)

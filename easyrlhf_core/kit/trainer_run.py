@@ -553,13 +553,14 @@ def train_and_save(run: RunContext, trainer: Any, model_for_save: Any = None, to
 
 
 def _trained_to_the_end(checkpoint: str, max_steps: int) -> bool:
-    """Whether ``checkpoint`` was saved at the run's last step (a later stage failed: the final eval, the save)."""
-    state = Path(checkpoint) / "trainer_state.json"
+    """Whether ``checkpoint`` was saved at the run's last step (a later stage failed: the final eval, the save):
+    at ``max_steps``, or at the step count its run had (``max_steps`` -1: epochs)."""
     try:
-        step = int(json.loads(state.read_text())["global_step"])
+        state = json.loads((Path(checkpoint) / "trainer_state.json").read_text())
+        step, limit = int(state["global_step"]), int(max_steps if max_steps > 0 else state.get("max_steps", 0))
     except (OSError, ValueError, KeyError, TypeError):
         return False
-    return max_steps > 0 and step >= max_steps
+    return limit > 0 and step >= limit
 
 
 def _train_no_further(run: RunContext, trainer: Any) -> None:

@@ -160,7 +160,7 @@ def sample_responses(
     sampling = sampling_config(config, tokenizer, model)
     engine = build_engine(
         config, model, tokenizer, model_dir=model_dir, precision=config.precision, seed=config.seed,
-        max_model_len=config.max_length, log=log,
+        max_model_len=config.max_length, log=log, share_prompts=config.prefix_sharing,
     )  # fmt: skip
     was_training = model.training
     model.eval()
