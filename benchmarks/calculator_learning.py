@@ -129,7 +129,11 @@ def main() -> None:
         if "objective/kl" in entry or "reward" in entry:
             print(
                 json.dumps(
-                    {k: v for k, v in entry.items() if k.split("/")[0] in {"step", "reward", "objective", "episodes"}}
+                    {
+                        k: v
+                        for k, v in entry.items()
+                        if k.split("/")[0] in {"step", "reward", "kl", "objective", "episodes"}
+                    }
                 )
             )
 
