@@ -155,3 +155,36 @@ def test_a_recurrent_cache_falls_back_to_plain_generate_once_and_for_all(tokeniz
             model.generate, model, input_ids=queries, attention_mask=mask, generation_config=config
         )
         assert torch.equal(plain, ours) and getattr(model, NOT_SHAREABLE)
+
+
+def test_a_forward_that_hides_position_ids_gets_the_positions_generate_uses(tokenizer):
+    """``generate`` gives position ids only to a forward whose signature names them (a ``**kwargs`` wrapper's
+    does not: the model then counts positions from the cache, padding included); the shared prefill follows the
+    same rule, or a left-padded row's prompt and its new tokens would sit at inconsistent positions."""
+    import types
+
+    from easyrlhf_core.kit.rollout import Sampling, TransformersEngine
+
+    wrapped = build_tiny_causal_lm(tokenizer, seed=3).eval()
+    original = wrapped.forward
+    wrapped.forward = types.MethodType(lambda self, *args, **kwargs: original(*args, **kwargs), wrapped)
+    prompts = [tokenizer.encode(t, add_special_tokens=False) for t in TEXTS for _ in range(2)]
+    sampling = Sampling(6, [tokenizer.eos_token_id], tokenizer.pad_token_id, greedy=True)
+    shared = TransformersEngine(wrapped, tokenizer).generate(prompts, sampling, logprobs=True)
+    plain = TransformersEngine(wrapped, tokenizer, share_prompts=False).generate(prompts, sampling, logprobs=True)
+    assert torch.equal(shared.response_ids, plain.response_ids)
+    assert torch.allclose(shared.logprobs, plain.logprobs, atol=1e-5)
+
+
+def test_the_shared_prefix_patch_keeps_the_forward_signature(tiny_model_dir):
+    """The shared-prefix patch (grpo/rloo log-prob forwards) shows the original parameters plus shared_prefix, so
+    generate keeps passing position ids to the patched model."""
+    import inspect
+
+    from easyrlhf_core.kit.model_loading import load_causal_lm
+    from easyrlhf_core.kit.shared_prefix_forward import enable_shared_prefix
+
+    model = load_causal_lm(str(tiny_model_dir))
+    assert enable_shared_prefix(model, "causal_lm", online=True) is None
+    parameters = inspect.signature(model.forward).parameters
+    assert {"input_ids", "attention_mask", "position_ids", "shared_prefix"} <= set(parameters)

@@ -63,12 +63,13 @@ def shared_prompt_cache(
     for number, rows in enumerate(groups):
         group[rows] = number
     ids, mask = input_ids[first, :-1], attention_mask[first, :-1]
-    positions = (mask.long().cumsum(-1) - 1).masked_fill(mask == 0, 1)  # generate's own rule for left padding
     parameters = _forward_parameters(model)
     name = "cache" if "cache" in parameters else "past_key_values"  # transformers renamed it
-    extra = {"logits_to_keep": 1} if "logits_to_keep" in parameters else {}
+    extra: dict[str, Any] = {"logits_to_keep": 1} if "logits_to_keep" in parameters else {}
+    if "position_ids" in inspect.signature(model.forward).parameters:  # as generate decides: the same positions
+        extra["position_ids"] = (mask.long().cumsum(-1) - 1).masked_fill(mask == 0, 1)  # its left-padding rule
     with torch.no_grad():
-        out = model(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=True, **extra)
+        out = model(input_ids=ids, attention_mask=mask, use_cache=True, **extra)
     cache = out.get("cache") if out.get("cache") is not None else out.get("past_key_values")
     if not _selectable(cache):  # recurrent or hybrid layers: their state is not rows of keys and values
         setattr(model, NOT_SHAREABLE, True)  # not tried again on this model

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import inspect
 import types
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Callable, cast
@@ -296,7 +297,22 @@ def _install(model: Any, kind: str, autocast: Callable[[], Any] | None) -> None:
             return _classifier_forward(self, shared_prefix)
 
     setattr(forward, _MARK, True)
+    forward.__signature__ = _with_shared_prefix(previous)  # type: ignore[attr-defined]
     model.forward = types.MethodType(forward, model)
+
+
+def _with_shared_prefix(previous: Any) -> inspect.Signature:
+    """The patched forward's signature: ``self``, the original's parameters, and ``shared_prefix``. Code that
+    reads a model's forward signature sees what it takes (``generate`` passes ``position_ids`` only to a forward
+    that names them: hidden behind ``**kwargs``, left-padded rows would be generated with other positions)."""
+    parameters = list(inspect.signature(previous).parameters.values())
+    kept = [p for p in parameters if p.kind is not inspect.Parameter.VAR_KEYWORD]
+    rest = [p for p in parameters if p.kind is inspect.Parameter.VAR_KEYWORD]
+    extra = inspect.Parameter("shared_prefix", inspect.Parameter.KEYWORD_ONLY, default=None)
+    self_parameter = inspect.Parameter("self", inspect.Parameter.POSITIONAL_OR_KEYWORD)
+    if any(p.name == "shared_prefix" for p in kept):
+        return inspect.Signature([self_parameter, *parameters])
+    return inspect.Signature([self_parameter, *kept, extra, *rest])
 
 
 def _probe_batch(model: Any) -> dict[str, Any]:
